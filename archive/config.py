@@ -1,0 +1,131 @@
+"""Layered configuration: package defaults, user file, environment, command line.
+
+The order, lowest first, is written once here and in ``configs/archive.toml``:
+
+1. ``configs/archive.toml`` shipped with the package;
+2. the user file ``$ARCHIVE_CONFIG``, else ``~/.config/archive/config.toml``;
+3. environment variables (``ARCHIVE_DB``, ``ARCHIVE_WORKERS``, ``ARCHIVE_BATCH_SIZE``);
+4. explicit overrides (command-line flags) passed to :func:`load_settings`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from archive.errors import ConfigError
+from archive.resources import resource_dir
+
+ENVIRONMENT = {
+    "ARCHIVE_DB": ("database", "url"),
+    "ARCHIVE_WORKERS": ("ingest", "workers"),
+    "ARCHIVE_BATCH_SIZE": ("ingest", "batch_size"),
+}
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML file, turning syntax errors into :class:`ConfigError` naming the file."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` updated recursively by ``extra`` (tables merge, other values replace)."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def default_database_path() -> Path:
+    """The default SQLite catalogue: ``$XDG_DATA_HOME/archive/catalogue.sqlite``."""
+    data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return data_home / "archive" / "catalogue.sqlite"
+
+
+def user_config_path() -> Path:
+    """The user configuration file: ``$ARCHIVE_CONFIG``, else ``~/.config/archive/config.toml``."""
+    explicit = os.environ.get("ARCHIVE_CONFIG")
+    if explicit:
+        return Path(explicit)
+    config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return config_home / "archive" / "config.toml"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective configuration.
+
+    Attributes
+    ----------
+    database_url : str
+        SQLAlchemy URL or SQLite path; empty for :func:`default_database_path`.
+    sqlite_busy_timeout_s : float
+        Seconds a SQLite connection waits for another writer.
+    workers : int
+        Header-reading processes for ingest (0: one per core).
+    batch_size : int
+        Files per catalogue transaction.
+    extensions : tuple of str
+        Lower-case file-name endings treated as FITS.
+    sites : dict
+        Site longitude (deg, east positive) per instrument name.
+    raw : dict
+        The whole merged configuration, for sections other modules own.
+    """
+
+    database_url: str = ""
+    sqlite_busy_timeout_s: float = 60.0
+    workers: int = 0
+    batch_size: int = 500
+    extensions: tuple[str, ...] = ()
+    sites: dict[str, float] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+def load_settings(overrides: dict[str, dict[str, Any]] | None = None) -> Settings:
+    """Merge the configuration layers into :class:`Settings`.
+
+    Parameters
+    ----------
+    overrides : dict, optional
+        Section -> key -> value from the command line; ``None`` values are ignored.
+
+    Raises
+    ------
+    ConfigError
+        A layer is unreadable, or a value has the wrong type.
+    """
+    merged = read_toml(resource_dir("configs") / "archive.toml")
+    user = user_config_path()
+    if user.is_file():
+        merged = merge(merged, read_toml(user))
+    for variable, (section, key) in ENVIRONMENT.items():
+        if os.environ.get(variable):
+            merged = merge(merged, {section: {key: os.environ[variable]}})
+    for section, values in (overrides or {}).items():
+        merged = merge(merged, {section: {k: v for k, v in values.items() if v is not None}})
+    try:
+        db, ingest = merged.get("database", {}), merged.get("ingest", {})
+        return Settings(
+            database_url=str(db.get("url", "")),
+            sqlite_busy_timeout_s=float(db.get("sqlite_busy_timeout_s", 60)),
+            workers=int(ingest.get("workers", 0)),
+            batch_size=max(1, int(ingest.get("batch_size", 500))),
+            extensions=tuple(e.lower() for e in ingest.get("extensions", ())),
+            sites={str(k): float(v) for k, v in merged.get("sites", {}).items()},
+            raw=merged,
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid configuration value: {exc}") from exc

@@ -1,0 +1,185 @@
+"""The catalogue schema (SQLAlchemy 2.0 typed ORM).
+
+Identity follows ``shared/DESIGN.md``: a :class:`Frame` is one image, identified by the
+SHA-256 of its bytes; a :class:`Copy` is one file on disk holding a frame (the same bytes at
+two paths are two copies of one frame). An *exposure* is one instrument and one DATE-OBS;
+frames of the same exposure with different bytes point to the first one through
+``duplicate_of_id``. Times are UTC, stored naive.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from archive.db.base import Base
+
+#: Normalized image types. Raw: bias, dark, flat, light, dark_flat, arc; masters and the
+#: derived products of reduction. Kept as strings (not a database enum) so that new types
+#: need no migration.
+RAW_TYPES = ("bias", "dark", "flat", "light", "dark_flat", "arc")
+MASTER_TYPES = ("master_bias", "master_dark", "master_flat")
+DERIVED_TYPES = MASTER_TYPES + ("calibrated", "registered", "stacked")
+IMAGE_TYPES = RAW_TYPES + DERIVED_TYPES
+
+
+class Instrument(Base):
+    """A camera as named by its header (INSTRUME or the dialect's equivalent)."""
+
+    __tablename__ = "instruments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+
+
+class Night(Base):
+    """A local observing night (see :func:`archive.ingest.timing.observing_night`)."""
+
+    __tablename__ = "nights"
+
+    night: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+
+
+class IngestRun(Base):
+    """One call of :func:`archive.ingest.ingest_paths`: what it was asked and what it did."""
+
+    __tablename__ = "ingest_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    host: Mapped[str] = mapped_column(String(200))
+    software_version: Mapped[str] = mapped_column(String(50))
+    roots: Mapped[list[str]] = mapped_column(JSON)
+    n_new: Mapped[int] = mapped_column(Integer, default=0)
+    n_unchanged: Mapped[int] = mapped_column(Integer, default=0)
+    n_new_copies: Mapped[int] = mapped_column(Integer, default=0)
+    n_changed: Mapped[int] = mapped_column(Integer, default=0)
+    n_problems: Mapped[int] = mapped_column(Integer, default=0)
+    n_skipped: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Frame(Base):
+    """One image: a raw exposure or a derived product, with normalized columns and its header.
+
+    Every normalized column is NULL when no keyword or rule gave a value; ``sources`` says,
+    per column, which keyword or rule produced the value.
+    """
+
+    __tablename__ = "frames"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    image_type: Mapped[str | None] = mapped_column(String(20), index=True)
+    exposure_time_s: Mapped[float | None] = mapped_column(Float, index=True)
+    filter_name: Mapped[str | None] = mapped_column(String(100), index=True)
+    binning_x: Mapped[int | None] = mapped_column(Integer)
+    binning_y: Mapped[int | None] = mapped_column(Integer)
+    ccd_temp_c: Mapped[float | None] = mapped_column(Float)
+    set_temp_c: Mapped[float | None] = mapped_column(Float)
+    gain: Mapped[float | None] = mapped_column(Float)
+    offset: Mapped[float | None] = mapped_column(Float)
+    readout_mode: Mapped[str | None] = mapped_column(String(100))
+    instrument_id: Mapped[int | None] = mapped_column(ForeignKey("instruments.id"), index=True)
+    telescope: Mapped[str | None] = mapped_column(String(200))
+    target: Mapped[str | None] = mapped_column(String(200))
+    #: ``target`` folded for loose matching: lower case, letters and digits only ("M 31" -> "m31").
+    target_key: Mapped[str | None] = mapped_column(String(200), index=True)
+    ra_deg: Mapped[float | None] = mapped_column(Float)
+    dec_deg: Mapped[float | None] = mapped_column(Float)
+    date_obs: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    #: ``date_obs`` as integer seconds since 1970-01-01 UTC, for portable nearest-in-time ordering.
+    date_obs_s: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    night: Mapped[dt.date | None] = mapped_column(ForeignKey("nights.night"), index=True)
+    naxis1: Mapped[int | None] = mapped_column(Integer)
+    naxis2: Mapped[int | None] = mapped_column(Integer)
+    naxis3: Mapped[int | None] = mapped_column(Integer)
+    bitpix: Mapped[int | None] = mapped_column(Integer)
+    #: Index of the HDU holding the image (0 for simple files, >0 in multi-extension files).
+    hdu_index: Mapped[int] = mapped_column(Integer, default=0)
+    #: The image HDU's header as 80-character cards joined by newlines (END and blank cards
+    #: left out); ``primary_header`` likewise when the image lives in an extension.
+    header: Mapped[str] = mapped_column(Text)
+    primary_header: Mapped[str | None] = mapped_column(Text)
+    #: Normalized column -> the keyword or rule that produced its value; also ``dialect``.
+    sources: Mapped[dict[str, Any]] = mapped_column(JSON)
+    duplicate_of_id: Mapped[int | None] = mapped_column(ForeignKey("frames.id"), index=True)
+    ingested_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("ingest_runs.id"))
+
+    instrument: Mapped[Instrument | None] = relationship()
+    copies: Mapped[list[Copy]] = relationship(back_populates="frame", order_by="Copy.id")
+
+    __table_args__ = (
+        Index("ix_frames_exposure", "instrument_id", "date_obs"),
+        Index("ix_frames_type_night", "image_type", "night"),
+    )
+
+
+class Copy(Base):
+    """One file on disk holding a frame.
+
+    A path has at most one *current* copy: when the file at a known path changes, the old row
+    is kept with ``is_current`` false (history) and a new row is added. Among the current copies
+    of a frame exactly one is canonical (the first one ingested, unless moved).
+    """
+
+    __tablename__ = "copies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    frame_id: Mapped[int] = mapped_column(ForeignKey("frames.id"), index=True)
+    path: Mapped[str] = mapped_column(String(4096), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    #: File modification time in integer nanoseconds (``os.stat().st_mtime_ns``).
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    is_canonical: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_current: Mapped[bool] = mapped_column(Boolean, default=True)
+    ingested_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("ingest_runs.id"))
+
+    frame: Mapped[Frame] = relationship(back_populates="copies")
+
+    __table_args__ = (
+        Index(
+            "uq_copies_current_path",
+            "path",
+            unique=True,
+            sqlite_where=text("is_current"),
+            postgresql_where=text("is_current"),
+        ),
+    )
+
+
+class IngestProblem(Base):
+    """A file that could not be ingested (severity ``error``) or was ingested with a gap
+    the user should know of (``warning``: no image type, no DATE-OBS, ...)."""
+
+    __tablename__ = "ingest_problems"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("ingest_runs.id"), index=True)
+    path: Mapped[str] = mapped_column(String(4096), index=True)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
+    severity: Mapped[str] = mapped_column(String(10))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    #: Set when a later ingest of the same path succeeded.
+    resolved: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -1,0 +1,26 @@
+"""Errors a user can act on.
+
+Every error meant for a user derives from :class:`ArchiveError` and mixes in the built-in it
+resembles, so library callers can catch either. The CLI prints these as one line and exits
+non-zero, without a traceback.
+"""
+
+
+class ArchiveError(Exception):
+    """Base class of every error that is the user's to fix (bad input, bad configuration)."""
+
+
+class ConfigError(ValueError, ArchiveError):
+    """A configuration file or setting is missing, unreadable or invalid."""
+
+
+class HeaderError(ValueError, ArchiveError):
+    """A FITS file could not be read or its header could not be parsed."""
+
+
+class DatabaseError(RuntimeError, ArchiveError):
+    """The catalogue database cannot be opened, or its schema is not the expected one."""
+
+
+class QueryError(LookupError, ArchiveError):
+    """A named report query does not exist or its parameters are wrong."""

@@ -1,0 +1,7 @@
+"""Getting frames into the catalogue: scanning folders, reading headers, normalizing them by
+keyword dialects (``configs/dialects``) and writing frames and copies in transactions."""
+
+from archive.ingest.dialects import DialectSet, Normalized, normalize_header
+from archive.ingest.ingest import IngestSummary, ingest_paths
+
+__all__ = ["DialectSet", "IngestSummary", "Normalized", "ingest_paths", "normalize_header"]

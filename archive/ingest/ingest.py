@@ -1,0 +1,421 @@
+"""Ingest: folders of FITS files into the catalogue.
+
+The rules (``shared/DESIGN.md``, "Identity" and "Safety"):
+
+* a file whose path, size and mtime are already in the catalogue is unchanged and not read;
+* the same bytes (SHA-256) at another path are another copy of the same frame;
+* a changed file at a known path gets a new copy row, the old row is kept as history;
+* frames of one instrument with the same DATE-OBS but other bytes are duplicate exposures:
+  ``duplicate_of_id`` points to the first one ingested;
+* a file that cannot be read is an ingest problem (path, one-line reason); the batch goes on;
+* files are written in batches, one transaction each; a batch that clashes with a concurrent
+  ingest of the same files is rolled back and redone, so two processes ingesting one tree give
+  the same catalogue as one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from itertools import islice
+from pathlib import Path
+
+from sqlalchemy import Engine, and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+import archive
+from archive.config import Settings, load_settings
+from archive.db.models import Copy, Frame, IngestProblem, IngestRun, Instrument, Night
+from archive.db.session import session_scope
+from archive.db.upsert import insert_missing
+from archive.ingest.dialects import DialectSet
+from archive.ingest.headers import FileRead, ReadFailure, read_fits
+from archive.ingest.scan import Candidate, scan_paths
+from archive.progress import NoProgress, Progress
+
+log = logging.getLogger(__name__)
+
+#: Times a batch is redone after clashing with a concurrent writer.
+RETRIES = 5
+#: Below this many files to read, a process pool costs more than it saves.
+POOL_THRESHOLD = 64
+
+
+def utcnow() -> dt.datetime:
+    """The current time, naive UTC (how the catalogue stores times)."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+@dataclass
+class IngestSummary:
+    """What one ingest did.
+
+    Attributes
+    ----------
+    new : int
+        Files that became new frames.
+    new_copies : int
+        Files whose bytes were already a frame (another path): new copies of known frames.
+    changed : int
+        Known paths whose bytes changed (a new copy row; the old one kept as history).
+    unchanged : int
+        Known paths with the same size and mtime (not read), or touched with the same bytes.
+    skipped : int
+        Files whose name does not say FITS.
+    problems : list of (path, reason)
+        Files that could not be ingested, including known bad files seen again unchanged.
+    warnings : int
+        Frames ingested with a gap (no image type, no DATE-OBS, ...), see ``archive problems``.
+    duplicates : int
+        New frames flagged as duplicate exposures.
+    by_type : Counter
+        New frames by image type (``None`` for untyped).
+    run_id : int
+        The ingest run's row.
+    """
+
+    new: int = 0
+    new_copies: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    warnings: int = 0
+    duplicates: int = 0
+    by_type: Counter = field(default_factory=Counter)
+    run_id: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when every FITS file was ingested or unchanged."""
+        return not self.problems
+
+
+# -- reading, in worker processes -------------------------------------------------------------
+
+_worker_state: dict = {}
+
+
+def _init_worker(dialect_folder: str | None, sites: dict[str, float]) -> None:
+    _worker_state["dialects"] = DialectSet(Path(dialect_folder) if dialect_folder else None)
+    _worker_state["sites"] = sites
+
+
+def _read_one(candidate: Candidate) -> FileRead | ReadFailure:
+    return read_fits(
+        candidate.path, _worker_state["dialects"], folders=candidate.folders, sites=_worker_state["sites"]
+    )
+
+
+def _read_all(todo: Sequence[Candidate], workers: int, dialect_folder, sites) -> Iterator[FileRead | ReadFailure]:
+    if workers <= 1 or len(todo) < POOL_THRESHOLD:
+        _init_worker(dialect_folder, sites)
+        yield from map(_read_one, todo)
+        return
+    chunk = max(1, min(64, len(todo) // (workers * 8)))
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(dialect_folder, sites)) as pool:
+        yield from pool.map(_read_one, todo, chunksize=chunk)
+
+
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+# -- writing, in the main process ---------------------------------------------------------------
+
+
+def _known_copies(session: Session, candidates: Sequence[Candidate]) -> dict[str, tuple[int, int]]:
+    """path -> (size, mtime_ns) of the current copies among the candidates' paths."""
+    paths = [c.path for c in candidates]
+    known: dict[str, tuple[int, int]] = {}
+    for batch in _batches(paths, 5000):
+        rows = session.execute(
+            select(Copy.path, Copy.size, Copy.mtime_ns).where(Copy.is_current, Copy.path.in_(batch))
+        )
+        known.update((p, (s, m)) for p, s, m in rows)
+    return known
+
+
+def _known_problems(session: Session, candidates: Sequence[Candidate]) -> dict[str, tuple[int, int, str]]:
+    """path -> (size, mtime_ns, reason) of unresolved errors among the candidates' paths."""
+    paths = [c.path for c in candidates]
+    known: dict[str, tuple[int, int, str]] = {}
+    for batch in _batches(paths, 5000):
+        rows = session.execute(
+            select(IngestProblem.path, IngestProblem.size, IngestProblem.mtime_ns, IngestProblem.reason).where(
+                IngestProblem.severity == "error", ~IngestProblem.resolved, IngestProblem.path.in_(batch)
+            )
+        )
+        known.update((p, (s, m, r)) for p, s, m, r in rows)
+    return known
+
+
+def _ids(session: Session, model, key, values: set) -> dict:
+    if not values:
+        return {}
+    return dict(session.execute(select(key, model.id).where(key.in_(values))).all())
+
+
+def _frame_row(read: FileRead, instrument_id: int | None, run_id: int, now: dt.datetime) -> dict:
+    values = read.normalized.values
+    return {
+        "sha256": read.sha256,
+        "image_type": values["image_type"],
+        "exposure_time_s": values["exposure_time_s"],
+        "filter_name": values["filter_name"],
+        "binning_x": values["binning_x"],
+        "binning_y": values["binning_y"],
+        "ccd_temp_c": values["ccd_temp_c"],
+        "set_temp_c": values["set_temp_c"],
+        "gain": values["gain"],
+        "offset": values["offset"],
+        "readout_mode": values["readout_mode"],
+        "instrument_id": instrument_id,
+        "telescope": values["telescope"],
+        "target": values["target"],
+        "target_key": values["target_key"],
+        "ra_deg": values["ra_deg"],
+        "dec_deg": values["dec_deg"],
+        "date_obs": values["date_obs"],
+        "date_obs_s": values["date_obs_s"],
+        "night": values["night"],
+        "naxis1": read.naxis[0],
+        "naxis2": read.naxis[1],
+        "naxis3": read.naxis[2],
+        "bitpix": read.bitpix,
+        "hdu_index": read.hdu_index,
+        "header": read.header,
+        "primary_header": read.primary_header,
+        "sources": read.normalized.sources,
+        "ingested_at": now,
+        "run_id": run_id,
+    }
+
+
+def _write_batch(session: Session, results: Sequence[FileRead | ReadFailure], run_id: int, summary: IngestSummary) -> None:
+    """Write one batch in the caller's transaction; counts go to ``summary`` only on success."""
+    now = utcnow()
+    counts = IngestSummary()
+    reads = [r for r in results if isinstance(r, FileRead)]
+    failures = [r for r in results if isinstance(r, ReadFailure)]
+
+    instrument_names = {r.normalized.values["instrument"] for r in reads} - {None}
+    insert_missing(session, Instrument.__table__, [{"name": n} for n in sorted(instrument_names)])
+    instrument_ids = _ids(session, Instrument, Instrument.name, instrument_names)
+    nights = {r.normalized.values["night"] for r in reads} - {None}
+    insert_missing(session, Night.__table__, [{"night": n} for n in sorted(nights)])
+
+    frame_ids = _ids(session, Frame, Frame.sha256, {r.sha256 for r in reads})
+    new_rows: dict[str, dict] = {}
+    for read in reads:
+        if read.sha256 not in frame_ids and read.sha256 not in new_rows:
+            new_rows[read.sha256] = _frame_row(read, instrument_ids.get(read.normalized.values["instrument"]), run_id, now)
+    new_frame_ids: dict[str, int] = {}
+    if new_rows:
+        inserted = session.execute(
+            Frame.__table__.insert().returning(Frame.id, Frame.sha256), list(new_rows.values())
+        )
+        new_frame_ids = {sha: fid for fid, sha in inserted}
+        frame_ids.update(new_frame_ids)
+
+    paths = [r.path for r in reads]
+    current = {c.path: c for c in session.scalars(select(Copy).where(Copy.is_current, Copy.path.in_(paths)))}
+    canonical_frames = set(
+        session.scalars(select(Copy.frame_id).where(Copy.is_current, Copy.is_canonical, Copy.frame_id.in_(set(frame_ids.values()))))
+    )
+    new_copies = []
+    for read in reads:
+        old = current.get(read.path)
+        if old is not None and old.sha256 == read.sha256:  # touched, same bytes
+            old.size, old.mtime_ns = read.size, read.mtime_ns
+            counts.unchanged += 1
+            continue
+        if old is not None:  # changed bytes at a known path: keep the old row as history
+            old.is_current = False
+            if old.is_canonical:
+                old.is_canonical = False
+                canonical_frames.discard(old.frame_id)
+            counts.changed += 1
+        frame_id = frame_ids[read.sha256]
+        is_new_frame = new_frame_ids.pop(read.sha256, None) is not None
+        if old is None:
+            if is_new_frame:
+                counts.new += 1
+                counts.by_type[read.normalized.values["image_type"]] += 1
+            else:
+                counts.new_copies += 1
+        new_copies.append({
+            "frame_id": frame_id, "path": read.path, "size": read.size, "mtime_ns": read.mtime_ns,
+            "sha256": read.sha256, "is_canonical": frame_id not in canonical_frames, "is_current": True,
+            "ingested_at": now, "run_id": run_id,
+        })
+        canonical_frames.add(frame_id)
+        if is_new_frame and read.normalized.warnings:
+            counts.warnings += 1
+            session.add(IngestProblem(
+                run_id=run_id, path=read.path, size=read.size, mtime_ns=read.mtime_ns, severity="warning",
+                reason="; ".join(read.normalized.warnings), created_at=now, resolved=False,
+            ))
+    session.flush()  # the superseded copies must stop being current before the new rows arrive
+    if new_copies:
+        session.execute(Copy.__table__.insert(), new_copies)
+    _promote_canonical(session, {c.frame_id for c in current.values() if not c.is_current})
+    counts.duplicates = _flag_duplicates(session, {frame_ids[s] for s in new_rows})
+
+    if paths:
+        session.execute(
+            update(IngestProblem)
+            .where(IngestProblem.severity == "error", IngestProblem.path.in_(paths), ~IngestProblem.resolved)
+            .values(resolved=True)
+        )
+    for failure in failures:
+        session.add(IngestProblem(
+            run_id=run_id, path=failure.path, size=failure.size, mtime_ns=failure.mtime_ns,
+            severity="error", reason=failure.reason, created_at=now, resolved=False,
+        ))
+        counts.problems.append((failure.path, failure.reason))
+    session.flush()
+
+    summary.new += counts.new
+    summary.new_copies += counts.new_copies
+    summary.changed += counts.changed
+    summary.unchanged += counts.unchanged
+    summary.warnings += counts.warnings
+    summary.duplicates += counts.duplicates
+    summary.by_type.update(counts.by_type)
+    summary.problems.extend(counts.problems)
+
+
+def _promote_canonical(session: Session, frame_ids: set[int]) -> None:
+    """Give each of ``frame_ids`` that lost its canonical copy a new one (its oldest current copy)."""
+    for frame_id in frame_ids:
+        has = session.scalar(select(func.count()).where(Copy.frame_id == frame_id, Copy.is_current, Copy.is_canonical))
+        if not has:
+            first = session.scalar(select(func.min(Copy.id)).where(Copy.frame_id == frame_id, Copy.is_current))
+            if first is not None:
+                session.execute(update(Copy).where(Copy.id == first).values(is_canonical=True))
+
+
+def _flag_duplicates(session: Session, new_ids: set[int]) -> int:
+    """Point each new frame that repeats an earlier frame's exposure to the earliest one."""
+    if not new_ids:
+        return 0
+    new = Frame.__table__.alias("new")
+    first = (
+        select(func.min(Frame.id))
+        .where(
+            Frame.instrument_id == new.c.instrument_id,
+            Frame.date_obs == new.c.date_obs,
+            Frame.id != new.c.id,
+            Frame.duplicate_of_id.is_(None),
+        )
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        select(new.c.id, first).where(
+            new.c.id.in_(new_ids), new.c.instrument_id.is_not(None), new.c.date_obs.is_not(None)
+        )
+    ).all()
+    pairs = [(fid, dup) for fid, dup in rows if dup is not None and dup < fid]
+    for fid, dup in pairs:
+        session.execute(update(Frame).where(Frame.id == fid).values(duplicate_of_id=dup))
+    return len(pairs)
+
+
+def _write_with_retry(engine: Engine, batch, run_id: int, summary: IngestSummary) -> None:
+    for attempt in range(RETRIES):
+        try:
+            with session_scope(engine, write=True) as session:
+                _write_batch(session, batch, run_id, summary)
+            return
+        except (IntegrityError, OperationalError) as exc:
+            if attempt == RETRIES - 1:
+                raise
+            log.info("batch clashed with a concurrent writer (%s); redoing it", type(exc.orig).__name__)
+
+
+def ingest_paths(
+    engine: Engine,
+    paths: Iterable[str | Path],
+    *,
+    settings: Settings | None = None,
+    dialects: Path | None = None,
+    progress: Progress | None = None,
+) -> IngestSummary:
+    """Ingest every FITS file under ``paths`` into the catalogue.
+
+    Parameters
+    ----------
+    engine : Engine
+        The catalogue (:func:`archive.db.open_catalogue`).
+    paths : iterable of str or Path
+        Files and folders; folders are walked recursively.
+    settings : Settings, optional
+        Workers, batch size, FITS extensions and configured sites (default
+        :func:`archive.config.load_settings`).
+    dialects : Path, optional
+        A folder of keyword dialects (default the bundled ``configs/dialects``).
+    progress : Progress, optional
+        Told the number of files to read and each one read.
+
+    Returns
+    -------
+    IngestSummary
+
+    Raises
+    ------
+    FileNotFoundError
+        A given path does not exist (nothing is written then).
+    """
+    settings = settings or load_settings()
+    progress = progress or NoProgress()
+    paths = [str(p) for p in paths]
+    scan = scan_paths(paths, settings.extensions)
+    summary = IngestSummary(skipped=scan.skipped)
+    with session_scope(engine, write=True) as session:
+        run = IngestRun(
+            started_at=utcnow(), host=socket.gethostname(), software_version=archive.__version__,
+            roots=[str(Path(p).absolute()) for p in paths],
+        )
+        session.add(run)
+        session.flush()
+        summary.run_id = run.id
+        known = _known_copies(session, scan.candidates)
+        known_bad = _known_problems(session, scan.candidates)
+    todo = []
+    for candidate in scan.candidates:
+        if known.get(candidate.path) == (candidate.size, candidate.mtime_ns):
+            summary.unchanged += 1
+        elif candidate.path in known_bad and known_bad[candidate.path][:2] == (candidate.size, candidate.mtime_ns):
+            summary.problems.append((candidate.path, known_bad[candidate.path][2]))
+        else:
+            todo.append(candidate)
+    failures = [ReadFailure(path, None, None, reason) for path, reason in scan.failures]
+    workers = settings.workers or os.cpu_count() or 1
+    progress.start(len(todo), "reading headers")
+    results = _read_all(todo, workers, str(dialects) if dialects else None, settings.sites)
+    for batch in _batches(results, settings.batch_size):
+        _write_with_retry(engine, batch, summary.run_id, summary)
+        progress.advance(len(batch))
+    if failures:
+        _write_with_retry(engine, failures, summary.run_id, summary)
+    progress.finish()
+    with session_scope(engine, write=True) as session:
+        session.execute(
+            update(IngestRun).where(IngestRun.id == summary.run_id).values(
+                finished_at=utcnow(), n_new=summary.new, n_unchanged=summary.unchanged,
+                n_new_copies=summary.new_copies, n_changed=summary.changed,
+                n_problems=len(summary.problems), n_skipped=summary.skipped,
+            )
+        )
+    return summary
