@@ -8,7 +8,7 @@ from alembic import context
 from sqlalchemy import create_engine
 
 from archive.db.base import Base
-from archive.db import models  # noqa: F401 - registers the tables on Base.metadata
+import archive.db  # noqa: F401 - imports every model module, registering the tables
 from archive.db.session import database_url
 
 config = context.config

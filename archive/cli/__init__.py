@@ -1,0 +1,87 @@
+"""The ``archive`` command: a click group whose verbs each call one library function.
+
+Only this package imports click and configures logging. Library errors meant for the user
+(:class:`archive.errors.ArchiveError`) are printed as one line, with exit status 1; usage
+errors exit with status 2 (click's convention).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+
+import click
+from sqlalchemy import Engine
+
+from archive import __version__
+from archive.config import Settings, default_database_path, load_settings
+from archive.errors import ArchiveError
+
+
+@dataclass
+class AppContext:
+    """What every command gets: the settings and, opened on first use, the catalogue."""
+
+    settings: Settings
+    quiet: bool = False
+    _engine: Engine | None = field(default=None, repr=False)
+
+    @property
+    def engine(self) -> Engine:
+        """The catalogue engine, opened (and for a new SQLite file created) on first use."""
+        if self._engine is None:
+            from archive.db.session import open_catalogue
+
+            self._engine = open_catalogue(self.settings.database_url, busy_timeout_s=self.settings.sqlite_busy_timeout_s)
+        return self._engine
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+class ArchiveGroup(click.Group):
+    """A group that turns :class:`ArchiveError` into one clear line and exit status 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ArchiveError as exc:
+            click.echo(f"archive: error: {exc}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=ArchiveGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--db", "database", metavar="URL",
+    help=f"Catalogue: a SQLAlchemy URL (postgresql+psycopg://user@host/db) or a SQLite file path. "
+    f"Also ARCHIVE_DB. Default: {default_database_path()}",
+)
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars, warnings and errors only.")
+@click.version_option(__version__, prog_name="archive")
+@click.pass_context
+def main(ctx: click.Context, database: str | None, verbose: int, quiet: bool) -> None:
+    """Catalogue astronomical FITS frames in SQLite or PostgreSQL, and report on them.
+
+    \b
+    Every morning:
+      archive ingest /data/2026-11-20          # last night's frames into the catalogue
+      archive summary --night 2026-11-20        # what came in
+      archive problems                          # files that could not be read
+    \b
+    Configuration, lowest first: configs/archive.toml in the package, ~/.config/archive/config.toml
+    (or ARCHIVE_CONFIG), ARCHIVE_* environment variables, then these options.
+    """
+    level = logging.WARNING if quiet or not verbose else (logging.INFO if verbose == 1 else logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    ctx.obj = AppContext(settings=load_settings({"database": {"url": database}}), quiet=quiet)
+    ctx.call_on_close(lambda: ctx.obj._engine.dispose() if ctx.obj._engine is not None else None)
+
+
+from archive.cli import catalog, db, ingest  # noqa: E402  (commands register on main)
+
+main.add_command(db.db)
+main.add_command(ingest.ingest)
+for command in (catalog.frames, catalog.summary, catalog.problems, catalog.report):
+    main.add_command(command)

@@ -1,0 +1,129 @@
+"""``archive frames``, ``summary``, ``problems`` and ``report``: looking at the catalogue."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import click
+
+from archive.cli import AppContext, pass_app
+from archive.cli.options import emit, output_format, parse_params
+from archive.db.models import IMAGE_TYPES
+from archive.db.session import session_scope
+from archive.reports import FrameFilter, list_problems, load_queries, run_query, select_frames, summarize
+from archive.reports.catalog import SUMMARY_KEYS
+
+
+def frame_filters(func: Callable) -> Callable:
+    """The usual frame filters as options, gathered into a ``filters`` FrameFilter argument."""
+    options = [
+        click.option("--type", "image_type", type=click.Choice(IMAGE_TYPES), help="Image type."),
+        click.option("--filter", "filter_name", help="Filter name (case-insensitive)."),
+        click.option("--night", type=click.DateTime(["%Y-%m-%d"]), help="Local observing night, YYYY-MM-DD."),
+        click.option("--target", help="Target (OBJECT), matched loosely: 'M 31' = 'M31' = 'm31'."),
+        click.option("--instrument", help="Instrument name (INSTRUME)."),
+        click.option("--since", type=click.DateTime(), help="DATE-OBS on or after (UTC)."),
+        click.option("--until", type=click.DateTime(), help="DATE-OBS before (UTC)."),
+        click.option("--min-exposure", type=float, help="Exposure time at least (s)."),
+        click.option("--max-exposure", type=float, help="Exposure time at most (s)."),
+    ]
+
+    @functools.wraps(func)
+    def wrapper(*args, image_type, filter_name, night, target, instrument, since, until, min_exposure, max_exposure, **kwargs):
+        kwargs["filters"] = FrameFilter(
+            image_type=image_type, filter_name=filter_name, night=night.date() if night else None,
+            target=target, instrument=instrument, since=since, until=until,
+            min_exposure_s=min_exposure, max_exposure_s=max_exposure,
+        )
+        return func(*args, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+@click.command()
+@frame_filters
+@output_format
+@pass_app
+def frames(app: AppContext, filters: FrameFilter, fmt: str) -> None:
+    """List frames, one row each, ordered by DATE-OBS.
+
+    \b
+    Examples:
+      archive frames --night 2025-06-01 --type light
+      archive frames --target "M 31" --filter Ha --format csv > m31_ha.csv
+      archive frames --type dark --min-exposure 300 --format json
+    """
+    with session_scope(app.engine) as session:
+        emit(select_frames(session, filters), fmt)
+
+
+@click.command()
+@click.option("--by", default="night,image_type,filter_name,exposure_time_s", show_default=True,
+              help=f"Comma-separated grouping keys among {', '.join(SUMMARY_KEYS)}.")
+@frame_filters
+@output_format
+@pass_app
+def summary(app: AppContext, by: str, filters: FrameFilter, fmt: str) -> None:
+    """Count frames and files, and total their exposure, by night, type, filter and exposure time.
+
+    'frames' counts distinct images, 'files' the copies on disk (the same bytes at two paths
+    are one frame and two files); 'exposure_h' totals the frames' exposure in hours.
+
+    \b
+    Examples:
+      archive summary
+      archive summary --by target,filter_name --type light
+      archive summary --night 2025-06-01 --format json
+    """
+    keys = [k.strip() for k in by.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in SUMMARY_KEYS]
+    if unknown:
+        raise click.BadParameter(f"unknown key(s) {unknown}; choose from {', '.join(SUMMARY_KEYS)}", param_hint="--by")
+    with session_scope(app.engine) as session:
+        emit(summarize(session, keys, filters), fmt)
+
+
+@click.command()
+@click.option("--all", "include_resolved", is_flag=True, help="Also list errors a later ingest resolved.")
+@click.option("--severity", type=click.Choice(["error", "warning"]), help="Only errors or only warnings.")
+@output_format
+@pass_app
+def problems(app: AppContext, include_resolved: bool, severity: str | None, fmt: str) -> None:
+    """List files that could not be ingested (error) and frames ingested with gaps (warning).
+
+    \b
+    Examples:
+      archive problems
+      archive problems --severity error --format csv
+    """
+    with session_scope(app.engine) as session:
+        emit(list_problems(session, include_resolved=include_resolved, severity=severity), fmt)
+
+
+@click.command()
+@click.argument("name", required=False)
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A query parameter (repeatable).")
+@click.option("--list", "show_list", is_flag=True, help="List the named reports and their parameters.")
+@output_format
+@pass_app
+def report(app: AppContext, name: str | None, params: tuple[str, ...], show_list: bool, fmt: str) -> None:
+    """Run the named report NAME (queries/NAME.sql) with bound parameters.
+
+    \b
+    Examples:
+      archive report --list
+      archive report nights
+      archive report integration_by_target_filter --param instrument=dcam-spare --format csv
+      archive report problems --param severity=error
+    """
+    if show_list or not name:
+        for query in load_queries().values():
+            click.echo(f"{query.name}: {query.title}\n    {query.description}")
+            for param, (default, help_text) in query.params.items():
+                click.echo(f"    --param {param}=...  {help_text}" + (f" (default {default})" if default else ""))
+        return
+    with session_scope(app.engine) as session:
+        emit(run_query(session, name, parse_params(params)), fmt)

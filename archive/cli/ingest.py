@@ -1,0 +1,60 @@
+"""``archive ingest``: folders of FITS files into the catalogue."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from archive.cli import AppContext, pass_app
+from archive.cli.options import BarProgress
+from archive.config import load_settings
+from archive.ingest import ingest_paths
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--workers", type=click.IntRange(min=0), help="Header-reading processes (default: one per core).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Files per transaction (default 500).")
+@click.option("--dialects", type=click.Path(exists=True, file_okay=False),
+              help="A folder of keyword dialects to use instead of the bundled configs/dialects.")
+@pass_app
+def ingest(app: AppContext, paths: tuple[str, ...], workers: int | None, batch_size: int | None, dialects: str | None) -> None:
+    """Ingest the FITS files under PATHS (files or folders, walked recursively).
+
+    Reads headers only (no pixel data), records every frame with its whole header and
+    normalized metadata, and each file as a copy of its frame. Unchanged files (same path, size
+    and mtime) are not read again. Raw files are opened read-only and never changed.
+
+    \b
+    Exit status: 0 when every FITS file was ingested or unchanged, 1 when any could not be
+    read (listed at the end and in 'archive problems'), 2 for usage errors.
+
+    \b
+    Examples:
+      archive ingest /data/2026-11-20
+      archive ingest --workers 2 /data/2026-11-*
+      archive --db postgresql://astro@server/archive ingest /mnt/nas/raw
+    """
+    settings = load_settings({
+        "database": {"url": app.settings.database_url},
+        "ingest": {"workers": workers, "batch_size": batch_size},
+    })
+    summary = ingest_paths(
+        app.engine, paths, settings=settings, dialects=dialects, progress=BarProgress(not app.quiet)
+    )
+    types = ", ".join(f"{n} {t or 'untyped'}" for t, n in sorted(summary.by_type.items(), key=lambda kv: str(kv[0])))
+    click.echo(
+        f"new frames: {summary.new}" + (f" ({types})" if types else "")
+        + f"\nnew copies of known frames: {summary.new_copies}"
+        + f"\nchanged files (history kept): {summary.changed}"
+        + f"\nunchanged: {summary.unchanged}"
+        + f"\nduplicate exposures flagged: {summary.duplicates}"
+        + f"\nnon-FITS files skipped: {summary.skipped}"
+        + f"\nframes with warnings: {summary.warnings}"
+        + f"\nproblems: {len(summary.problems)}"
+    )
+    for path, reason in summary.problems:
+        click.echo(f"  {path}: {reason}", err=True)
+    if not summary.ok:
+        sys.exit(1)
