@@ -122,6 +122,8 @@ class Frame(Base):
     duplicate_of_id: Mapped[int | None] = mapped_column(ForeignKey("frames.id"), index=True)
     ingested_at: Mapped[dt.datetime] = mapped_column(DateTime)
     run_id: Mapped[int | None] = mapped_column(ForeignKey("ingest_runs.id"))
+    #: The reduction that produced a derived frame (NULL for raw frames and external masters).
+    reduction_id: Mapped[int | None] = mapped_column(ForeignKey("reductions.id"), index=True)
 
     instrument: Mapped[Instrument | None] = relationship()
     copies: Mapped[list[Copy]] = relationship(back_populates="frame", order_by="Copy.id")
@@ -183,3 +185,103 @@ class IngestProblem(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime)
     #: Set when a later ingest of the same path succeeded.
     resolved: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+# -- reductions and provenance; the master calibration library (issue 3, migration 0002) -------
+
+#: Steps a reduction records; roles an input frame plays in one.
+REDUCTION_STEPS = ("master_bias", "master_dark", "master_flat", "calibrate", "register", "stack")
+INPUT_ROLES = ("raw", "light", "master_bias", "master_dark", "master_flat", "reference", "input")
+CALIBRATION_KINDS = ("bias", "dark", "flat")
+
+
+class Reduction(Base):
+    """One run of a reduction step: what it was asked, with which software, on which host.
+
+    ``fingerprint`` is the SHA-256 of the step, its inputs with their roles, its parameters and
+    the rule version: a request whose fingerprint has a ``done`` reduction is a no-op.
+    """
+
+    __tablename__ = "reductions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    step: Mapped[str] = mapped_column(String(30), index=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), index=True)
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: Package -> version (archive, astropy, ccdproc, numpy, ...).
+    software: Mapped[dict[str, Any]] = mapped_column(JSON)
+    host: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    #: running | done | failed
+    status: Mapped[str] = mapped_column(String(10))
+    message: Mapped[str | None] = mapped_column(Text)
+    rule_version: Mapped[str | None] = mapped_column(String(50))
+
+    inputs: Mapped[list[ReductionInput]] = relationship(back_populates="reduction")
+
+
+class ReductionInput(Base):
+    """A frame used by a reduction, in a role (raw, light, master_bias, reference, ...)."""
+
+    __tablename__ = "reduction_inputs"
+
+    reduction_id: Mapped[int] = mapped_column(ForeignKey("reductions.id"), primary_key=True)
+    frame_id: Mapped[int] = mapped_column(ForeignKey("frames.id"), primary_key=True, index=True)
+    role: Mapped[str] = mapped_column(String(20), primary_key=True)
+
+    reduction: Mapped[Reduction] = relationship(back_populates="inputs")
+
+
+class Master(Base):
+    """A frame of the master calibration library, built here or made elsewhere.
+
+    Masters built by ``archive masters build`` get their row when built; masters made by other
+    software (PixInsight, Siril: ``IMAGETYP = 'Master Dark'``, normalized to ``master_*`` at
+    ingest) get theirs the first time the library is consulted (``origin = 'external'``).
+    A master flagged ``is_bad`` or outside ``[valid_from, valid_until)`` is never selected.
+    """
+
+    __tablename__ = "masters"
+
+    frame_id: Mapped[int] = mapped_column(ForeignKey("frames.id"), primary_key=True)
+    #: bias | dark | flat
+    kind: Mapped[str] = mapped_column(String(10), index=True)
+    #: built | external
+    origin: Mapped[str] = mapped_column(String(10))
+    n_combined: Mapped[int | None] = mapped_column(Integer)
+    combine_method: Mapped[str | None] = mapped_column(String(30))
+    #: Darks: the master bias was subtracted, so the dark scales with exposure time.
+    bias_subtracted: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_bad: Mapped[bool] = mapped_column(Boolean, default=False)
+    bad_reason: Mapped[str | None] = mapped_column(Text)
+    valid_from: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    valid_until: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    rule_version: Mapped[str | None] = mapped_column(String(50))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime)
+
+    frame: Mapped[Frame] = relationship()
+
+
+class CalibrationSelection(Base):
+    """A decision: which master calibrates a frame, by which method, under which rules.
+
+    ``candidates`` lists every candidate considered, each with its rank or the rule that
+    rejected it, so "why this master" and "what would change" are queries later.
+    """
+
+    __tablename__ = "calibration_selections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    frame_id: Mapped[int] = mapped_column(ForeignKey("frames.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(10))
+    master_id: Mapped[int | None] = mapped_column(ForeignKey("frames.id"), index=True)
+    #: exact | scaled | interpolated | none
+    method: Mapped[str] = mapped_column(String(20))
+    scale: Mapped[float | None] = mapped_column(Float)
+    rule_version: Mapped[str] = mapped_column(String(50))
+    decided_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    candidates: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    #: Method details: the masters and coefficients of an interpolated dark, ...
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    reduction_id: Mapped[int | None] = mapped_column(ForeignKey("reductions.id"), index=True)
