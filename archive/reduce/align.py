@@ -1,0 +1,165 @@
+"""Registering calibrated lights of one target and filter onto a reference frame.
+
+Stars are detected with SEP (Source Extractor's algorithms, as astroalign does internally);
+the transform (rotation, scale, translation) is astroalign's triangle-asterism match between
+the brightest sources, and the frame is warped onto the reference's pixel grid. Pixels outside
+the warped frame's footprint become NaN, so a stack ignores them.
+
+Reference rule (``[register] reference = "most_stars"``): the frame with the most sources
+detected above ``detect_sigma`` times the background RMS; ties go to the earliest DATE-OBS
+(the order the caller passes). A frame that fails to align is reported and left out.
+A shift larger than ``max_shift_fraction`` of the field (astro_reduce's 15 %) is a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from archive.reduce import keywords as kw
+from archive.reduce.fitsio import product_header, read_pixels, write_atomic
+
+log = logging.getLogger(__name__)
+
+
+def detect_stars(data: np.ndarray, detect_sigma: float = 5.0, max_sources: int = 50) -> np.ndarray:
+    """Positions of the brightest sources, shape (n, 2), columns x, y (pixels), brightest first."""
+    import sep
+
+    image = np.ascontiguousarray(np.nan_to_num(data, nan=0.0), dtype=np.float64)
+    background = sep.Background(image)
+    residual = image - background.back()
+    sep.set_extract_pixstack(max(300000, image.size))
+    try:
+        sources = sep.extract(residual, detect_sigma, err=background.globalrms, minarea=5)
+    except Exception as exc:  # noqa: BLE001 - sep raises plain Exception on buffer overflow
+        log.warning("source extraction failed: %s", exc)
+        return np.empty((0, 2))
+    order = np.argsort(sources["flux"])[::-1]
+    xy = np.column_stack([sources["x"], sources["y"]])[order]
+    return xy if max_sources is None else xy[: max(max_sources, 0) or None]
+
+
+def count_stars(path: str, detect_sigma: float = 5.0, max_sources: int = 50) -> dict:
+    """Detect stars in ``path`` (a worker task): ``{'path', 'n_stars', 'xy'}``.
+
+    ``n_stars`` counts every detection; ``xy`` keeps the ``max_sources`` brightest (control
+    points for matching).
+    """
+    data, _ = read_pixels(path)
+    everything = detect_stars(data, detect_sigma, max_sources=None)
+    return {"path": path, "n_stars": int(len(everything)), "xy": everything[:max_sources]}
+
+
+def choose_reference(star_counts: Sequence[tuple[str, int]]) -> str:
+    """The reference by the "most stars" rule: most detections, ties to the earliest listed.
+
+    Raises
+    ------
+    ValueError
+        No frames.
+    """
+    if not star_counts:
+        raise ValueError("no frames to choose a reference from")
+    best = max(range(len(star_counts)), key=lambda i: (star_counts[i][1], -i))
+    return star_counts[best][0]
+
+
+@dataclass(frozen=True)
+class RegistrationJob:
+    """One frame to warp onto the reference (picklable).
+
+    Attributes
+    ----------
+    source, output, reference : str
+        Calibrated frame, registered file to write, the reference frame.
+    source_xy, reference_xy : ndarray, shape (n, 2)
+        Control points (brightest sources) of source and reference.
+    max_shift_fraction : float
+        Warn above this shift, as a fraction of the field's width or height.
+    header : dict
+        Extra output cards.
+    """
+
+    source: str
+    output: str
+    reference: str
+    source_xy: np.ndarray
+    reference_xy: np.ndarray
+    max_shift_fraction: float = 0.15
+    header: dict = field(default_factory=dict)
+
+
+def _take_reference_wcs(header, reference: str) -> None:
+    """Replace the WCS of ``header`` by the reference's: the warped pixels are on its grid."""
+    import warnings
+
+    from astropy.io import fits
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        for key in WCS(header).to_header(relax=True):
+            header.remove(key, ignore_missing=True, remove_all=True)
+        for key in ("CROTA1", "CROTA2", "CDELT1", "CDELT2", "CD1_1", "CD1_2", "CD2_1", "CD2_2"):
+            header.remove(key, ignore_missing=True, remove_all=True)
+        reference_wcs = WCS(fits.getheader(reference))
+        if reference_wcs.has_celestial:
+            header.update(reference_wcs.to_header(relax=True))
+
+
+def register_file(job: RegistrationJob) -> dict:
+    """Align ``job.source`` onto the reference grid and write ``job.output``.
+
+    Returns
+    -------
+    dict
+        ``ok`` (bool), ``output``, ``dx``, ``dy`` (pixels), ``rotation_deg``, ``scale``,
+        ``shift_fraction``, ``warning`` (str or None), ``error`` (str, when not ok).
+        Alignment failures are returned, not raised, so that the caller reports the frame and
+        leaves it out of the stack.
+    """
+    import astroalign
+
+    data, header = read_pixels(job.source)
+    ny, nx = data.shape
+    try:
+        if job.source == job.reference:
+            aligned = data
+            dx = dy = rotation = 0.0
+            scale = 1.0
+        else:
+            if len(job.source_xy) < 3 or len(job.reference_xy) < 3:
+                raise ValueError(f"too few stars ({len(job.source_xy)} here, {len(job.reference_xy)} in the reference)")
+            transform, _ = astroalign.find_transform(np.asarray(job.source_xy), np.asarray(job.reference_xy))
+            aligned, footprint = astroalign.apply_transform(transform, data, np.empty((ny, nx), dtype=np.float32))
+            aligned = np.where(footprint, np.nan, aligned)
+            dx, dy = (float(v) for v in transform.translation)
+            rotation = float(np.degrees(transform.rotation))
+            scale = float(transform.scale)
+    except Exception as exc:  # noqa: BLE001 - astroalign raises MaxIterError, ValueError, TypeError
+        return {"ok": False, "source": job.source, "output": job.output, "error": f"{type(exc).__name__}: {exc}"}
+    shift_fraction = max(abs(dx) / nx, abs(dy) / ny)
+    warning = None
+    if shift_fraction > job.max_shift_fraction:
+        warning = (f"{job.source}: shift ({dx:.1f}, {dy:.1f}) px is {shift_fraction:.0%} of the field, "
+                   f"above {job.max_shift_fraction:.0%}")
+    out = product_header(header)
+    if job.source != job.reference:
+        _take_reference_wcs(out, job.reference)
+    out[kw.IMAGE_TYPE] = kw.IMAGE_TYPE_VALUES["registered"]
+    out[kw.REFERENCE] = (job.reference.rsplit("/", 1)[-1][:68], "registration reference")
+    out[kw.SHIFT_X] = (dx, "[pix] x shift onto the reference")
+    out[kw.SHIFT_Y] = (dy, "[pix] y shift onto the reference")
+    out[kw.ROTATION] = (rotation, "[deg] rotation onto the reference")
+    out[kw.SCALE] = (scale, "scale onto the reference")
+    for key, value in job.header.items():
+        out[key] = value
+    write_atomic(job.output, aligned, out)
+    return {
+        "ok": True, "source": job.source, "output": job.output, "dx": dx, "dy": dy, "rotation_deg": rotation,
+        "scale": scale, "shift_fraction": shift_fraction, "warning": warning,
+    }

@@ -1,0 +1,222 @@
+"""Calibrating a light: bias, dark (exact, scaled or interpolated), flat, cosmic rays.
+
+The arithmetic is ccdproc's (``subtract_bias``, ``subtract_dark``, ``flat_correct``,
+``cosmicray_lacosmic``): for a light :math:`L` of exposure :math:`t`, a master bias
+:math:`B`, bias-subtracted master darks :math:`D_k` with weights :math:`w_k` and a master flat
+:math:`F`,
+
+.. math:: C = \\frac{L - B - \\sum_k w_k D_k}{F / \\operatorname{median}(F)}
+
+An exact dark has one weight 1; a scaled dark one weight :math:`t / t_D` (ccdproc's
+``scale=True``); an interpolated dark the weights of the least-squares line
+:math:`D = A t + B` through darks of several exposures evaluated at :math:`t` (astro_reduce's
+method): :math:`w_k = 1/n + (t - \\bar t)(t_k - \\bar t) / \\sum_j (t_j - \\bar t)^2`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import astropy.units as u
+import numpy as np
+from astropy.nddata import CCDData
+
+from archive.reduce import keywords as kw
+from archive.reduce.fitsio import product_header, read_pixels, write_atomic
+
+log = logging.getLogger(__name__)
+
+
+def interpolation_weights(exposures_s: Sequence[float], exposure_s: float) -> list[float]:
+    """Weights of darks of ``exposures_s`` (s) whose weighted sum is the fitted dark at ``exposure_s``.
+
+    The per-pixel least-squares line ``D = A t + B`` through the darks, evaluated at
+    ``exposure_s``, is linear in the darks; these are its coefficients (they sum to 1).
+
+    Raises
+    ------
+    ValueError
+        Fewer than two distinct exposure times.
+    """
+    t = np.asarray(exposures_s, dtype=float)
+    spread = ((t - t.mean()) ** 2).sum()
+    if len(t) < 2 or spread == 0:
+        raise ValueError("an interpolated dark needs darks of at least two exposure times")
+    return list(1.0 / len(t) + (exposure_s - t.mean()) * (t - t.mean()) / spread)
+
+
+@dataclass(frozen=True)
+class CalibrationJob:
+    """What a worker needs to calibrate one light (paths and numbers only: picklable).
+
+    Attributes
+    ----------
+    light : str
+        The raw light.
+    output : str
+        The calibrated file to write.
+    bias : str or None
+        Master bias.
+    darks : sequence of (str, float)
+        Bias-subtracted master darks and their weights (see the module docstring).
+    dark_method : str
+        'exact', 'scaled', 'interpolated' or 'none', as the selection decided.
+    flat : str or None
+        Master flat.
+    cosmic_rays : bool
+        Clean cosmic rays with ``ccdproc.cosmicray_lacosmic`` (astroscrappy).
+    cr_sigclip : float
+        L.A.Cosmic detection limit (sigma).
+    flat_min_value : float
+        Normalized flat values below this are replaced by it.
+    header : dict
+        Extra cards for the output (provenance: step, fingerprint, software).
+    """
+
+    light: str
+    output: str
+    bias: str | None = None
+    darks: tuple[tuple[str, float], ...] = ()
+    dark_method: str = "none"
+    flat: str | None = None
+    cosmic_rays: bool = False
+    cr_sigclip: float = 4.5
+    flat_min_value: float = 0.01
+    header: dict = field(default_factory=dict)
+
+
+def calibrate_array(
+    light: np.ndarray,
+    bias: np.ndarray | None = None,
+    darks: Sequence[tuple[np.ndarray, float]] = (),
+    flat: np.ndarray | None = None,
+    *,
+    cosmic_rays: bool = False,
+    cr_sigclip: float = 4.5,
+    flat_min_value: float | None = 0.01,
+) -> tuple[np.ndarray, list[str], float | None]:
+    """Calibrate one light image with ccdproc.
+
+    Parameters
+    ----------
+    light : ndarray, shape (ny, nx)
+        Raw light, ADU.
+    bias : ndarray, shape (ny, nx), optional
+        Master bias, ADU.
+    darks : sequence of (ndarray (ny, nx), float)
+        Bias-subtracted master darks (ADU) and their weights.
+    flat : ndarray, shape (ny, nx), optional
+        Master flat (any scale; normalized here by its median).
+    cosmic_rays, cr_sigclip, flat_min_value
+        See :class:`CalibrationJob`.
+
+    Returns
+    -------
+    data : ndarray, shape (ny, nx), float64
+        Calibrated image, ADU.
+    steps : list of str
+        The steps applied, in order.
+    flat_norm : float or None
+        The median the flat was divided by.
+
+    Raises
+    ------
+    ValueError
+        A calibration image's shape differs from the light's, or the flat's median is not positive.
+    """
+    ccd = CCDData(np.asarray(light, dtype=np.float64), unit=u.adu)
+    steps = []
+    for name, image in [("bias", bias), ("flat", flat)] + [("dark", d) for d, _ in darks]:
+        if image is not None and np.shape(image) != ccd.shape:
+            raise ValueError(f"master {name} has shape {np.shape(image)}, the light {ccd.shape}")
+    if bias is not None:
+        import ccdproc
+
+        ccd = ccdproc.subtract_bias(ccd, CCDData(np.asarray(bias, dtype=np.float64), unit=u.adu))
+        steps.append("bias")
+    if darks:
+        import ccdproc
+
+        if len(darks) == 1:  # exact (weight 1) or scaled (t / t_dark): ccdproc's scale=True
+            dark, weight = darks[0]
+            ccd = ccdproc.subtract_dark(
+                ccd, CCDData(np.asarray(dark, dtype=np.float64), unit=u.adu),
+                dark_exposure=1.0 * u.s, data_exposure=float(weight) * u.s, scale=True,
+            )
+        else:
+            combined = sum(float(w) * np.asarray(d, dtype=np.float64) for d, w in darks)
+            ccd = ccdproc.subtract_dark(
+                ccd, CCDData(combined, unit=u.adu), dark_exposure=1.0 * u.s, data_exposure=1.0 * u.s, scale=False,
+            )
+        steps.append("dark")
+    flat_norm = None
+    if flat is not None:
+        import ccdproc
+
+        flat_norm = float(np.median(flat))
+        if not flat_norm > 0:
+            raise ValueError(f"the master flat's median is {flat_norm}, not positive")
+        min_value = None if flat_min_value is None else flat_min_value * flat_norm
+        ccd = ccdproc.flat_correct(
+            ccd, CCDData(np.asarray(flat, dtype=np.float64), unit=u.adu), min_value=min_value,
+            norm_value=flat_norm,
+        )
+        steps.append("flat")
+    if cosmic_rays:
+        import ccdproc
+
+        ccd = ccdproc.cosmicray_lacosmic(ccd, sigclip=cr_sigclip)
+        ccd = CCDData(np.asarray(ccd.data, dtype=np.float64), unit=u.adu)
+        steps.append("cosmic_rays")
+    return np.asarray(ccd.data, dtype=np.float64), steps, flat_norm
+
+
+def calibrate_light_file(job: CalibrationJob) -> dict:
+    """Calibrate ``job.light`` and write ``job.output`` (float32, temporary name then rename).
+
+    The header is the light's, with IMAGETYP 'CALIBRATED', the masters' file names, the dark
+    method and scale, the flat normalization and the steps applied (keywords in
+    :mod:`archive.reduce.keywords`), plus ``job.header``.
+
+    Returns
+    -------
+    dict
+        ``output`` (path), ``steps`` (list), ``flat_norm`` (float or None).
+
+    Raises
+    ------
+    OSError
+        A file cannot be read or written.
+    ValueError
+        Shapes differ, or the flat is unusable.
+    """
+    light, header = read_pixels(job.light)
+    bias = read_pixels(job.bias)[0] if job.bias else None
+    darks = [(read_pixels(path)[0], weight) for path, weight in job.darks]
+    flat = read_pixels(job.flat)[0] if job.flat else None
+    data, steps, flat_norm = calibrate_array(
+        light, bias, darks, flat, cosmic_rays=job.cosmic_rays, cr_sigclip=job.cr_sigclip,
+        flat_min_value=job.flat_min_value,
+    )
+    out = product_header(header)
+    out[kw.IMAGE_TYPE] = kw.IMAGE_TYPE_VALUES["calibrated"]
+    if job.bias:
+        out[kw.MASTER_BIAS] = (Path(job.bias).name[:68], "master bias")
+    if job.darks:
+        out[kw.MASTER_DARK] = (",".join(Path(p).name for p, _ in job.darks)[:68], "master dark(s)")
+        out[kw.DARK_METHOD] = (job.dark_method, "exact, scaled or interpolated dark")
+        if len(job.darks) == 1:
+            out[kw.DARK_SCALE] = (float(job.darks[0][1]), "dark scale factor (t_light / t_dark)")
+    if job.flat:
+        out[kw.MASTER_FLAT] = (Path(job.flat).name[:68], "master flat")
+        out[kw.FLAT_NORM] = (flat_norm, "flat divided by this median")
+    out[kw.COSMIC_RAYS] = (bool(job.cosmic_rays), "cosmic rays cleaned (L.A.Cosmic)")
+    out[kw.STEPS] = (",".join(steps), "calibration steps in order")
+    for key, value in job.header.items():
+        out[key] = value
+    write_atomic(job.output, data, out)
+    log.debug("calibrated %s -> %s (%s)", job.light, job.output, ",".join(steps))
+    return {"output": job.output, "steps": steps, "flat_norm": flat_norm}

@@ -1,0 +1,69 @@
+"""Reading pixels and writing products: float32 FITS, temporary name, then rename."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from archive.reduce import keywords as kw
+
+
+def read_pixels(path: str | Path, hdu: int = 0) -> tuple[np.ndarray, fits.Header]:
+    """The image of ``path`` as float64 (BZERO/BSCALE applied) and its header; opened read-only."""
+    with fits.open(path, mode="readonly", memmap=False) as hdul:
+        data = np.asarray(hdul[hdu].data, dtype=np.float64)
+        header = hdul[hdu].header.copy()
+    return data, header
+
+
+def product_header(source: fits.Header) -> fits.Header:
+    """A copy of ``source`` without the keywords that describe raw pixel storage."""
+    header = source.copy()
+    for key in kw.DROPPED:
+        header.remove(key, ignore_missing=True, remove_all=True)
+    for key in ("SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "EXTEND"):
+        header.remove(key, ignore_missing=True, remove_all=True)
+    return header
+
+
+def temporary_path(path: Path) -> Path:
+    """A unique temporary name beside ``path`` (same folder, so the rename is atomic)."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
+
+
+def write_atomic(path: str | Path, data: np.ndarray, header: fits.Header) -> Path:
+    """Write ``data`` as float32 FITS to ``path`` through a temporary name and a rename.
+
+    A reader never sees a partial file at ``path``: either the previous file (or none) or the
+    complete new one. The temporary file of an interrupted write is left as ``.NAME.*.part``
+    and removed by :func:`remove_partials`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
+    hdu = fits.PrimaryHDU(np.asarray(data, dtype=np.float32), header=header)
+    try:
+        with open(tmp, "wb") as fh:
+            hdu.writeto(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def remove_partials(folder: str | Path) -> int:
+    """Delete temporary files of interrupted writes under ``folder``; returns how many."""
+    count = 0
+    folder = Path(folder)
+    if folder.is_dir():
+        for tmp in folder.rglob(".*.part"):
+            tmp.unlink(missing_ok=True)
+            count += 1
+    return count

@@ -1,0 +1,182 @@
+"""Stacking registered frames: median or sigma-clipped mean, memory bounded.
+
+The frames are read through memory maps a block of rows at a time; a block holds
+``n_frames x rows x nx`` float32 values and is sized so that it and its working copies stay
+under ``memory_limit_mb``. NaN pixels (outside a registered frame's footprint) are ignored.
+Sigma clipping follows astropy's ``sigma_clip`` rule: reject pixels farther than ``sigma``
+standard deviations from the median, repeat up to ``iterations`` times or until nothing
+changes, then average the survivors.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import astropy.units as u
+import numpy as np
+from astropy.io import fits
+from astropy.time import Time
+
+from archive.reduce import keywords as kw
+from archive.reduce.fitsio import product_header, write_atomic
+
+log = logging.getLogger(__name__)
+
+METHODS = ("median", "sigma_clip")
+#: Working copies of a block alive at once while combining (sort buffer, masks, result).
+_WORKING_COPIES = 3
+
+
+def nanmedian_axis0(cube: np.ndarray) -> np.ndarray:
+    """Median along axis 0 ignoring NaN (faster than ``np.nanmedian`` for few frames).
+
+    Sorting puts NaN last; the median is taken from the first ``n_valid`` values of each pixel.
+    All-NaN pixels give NaN.
+    """
+    ordered = np.sort(cube, axis=0)
+    valid = np.sum(~np.isnan(cube), axis=0)
+    low = np.clip((valid - 1) // 2, 0, None)
+    high = np.clip(valid // 2, 0, None)
+    lo = np.take_along_axis(ordered, low[None], axis=0)[0]
+    hi = np.take_along_axis(ordered, high[None], axis=0)[0]
+    result = (lo + hi) / 2
+    result[valid == 0] = np.nan
+    return result
+
+
+def sigma_clipped_mean_axis0(cube: np.ndarray, sigma: float = 3.0, iterations: int = 5) -> np.ndarray:
+    """Mean along axis 0 after iterative clipping at ``sigma`` standard deviations from the median."""
+    work = cube.copy()
+    for _ in range(iterations):
+        centre = nanmedian_axis0(work)
+        with np.errstate(invalid="ignore"):
+            spread = np.nanstd(work, axis=0)
+            reject = np.abs(work - centre) > sigma * spread
+        if not reject.any():
+            break
+        work[reject] = np.nan
+    with np.errstate(invalid="ignore", divide="ignore"):
+        count = np.sum(~np.isnan(work), axis=0)
+        total = np.nansum(work, axis=0)
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def combine(cube: np.ndarray, method: str = "median", sigma: float = 3.0, iterations: int = 5) -> np.ndarray:
+    """Combine ``cube`` (n, ny, nx) along axis 0 by ``method`` ('median' or 'sigma_clip').
+
+    Raises
+    ------
+    ValueError
+        Unknown method.
+    """
+    if method == "median":
+        return nanmedian_axis0(cube)
+    if method == "sigma_clip":
+        return sigma_clipped_mean_axis0(cube, sigma, iterations)
+    raise ValueError(f"unknown combine method {method!r}; use one of {METHODS}")
+
+
+def rows_per_block(n_frames: int, nx: int, memory_limit_mb: float) -> int:
+    """Rows combined at once so that the block and its working copies fit in the limit."""
+    per_row = n_frames * nx * 4 * (1 + _WORKING_COPIES) + nx * 8
+    return max(1, int(memory_limit_mb * 2**20 // per_row))
+
+
+@dataclass(frozen=True)
+class StackJob:
+    """One stack to build (picklable).
+
+    Attributes
+    ----------
+    inputs : sequence of str
+        Registered frames, all of one shape.
+    output : str
+        The stacked file to write.
+    method : str
+        'median' or 'sigma_clip'.
+    sigma, iterations : float, int
+        Sigma clipping parameters.
+    memory_limit_mb : float
+        Upper bound on the pixel buffers, MB.
+    header : dict
+        Extra cards.
+    """
+
+    inputs: tuple[str, ...]
+    output: str
+    method: str = "median"
+    sigma: float = 3.0
+    iterations: int = 5
+    memory_limit_mb: float = 512
+    header: dict = field(default_factory=dict)
+
+
+def stack_files(job: StackJob) -> dict:
+    """Combine ``job.inputs`` into ``job.output`` (float32; temporary name then rename).
+
+    The header is the first input's with IMAGETYP 'STACKED', COMBINE (method), NCOMBINE,
+    EXPTIME (the exposure of one input, s), TOTEXP (sum of the inputs' exposures, s), DATE-OBS
+    and DATE-BEG (the first input's start), DATE-END (the last input's end).
+
+    Returns
+    -------
+    dict
+        ``output``, ``ncombine``, ``total_exposure_s``, ``date_begin``, ``date_end``,
+        ``rows_per_block``.
+
+    Raises
+    ------
+    ValueError
+        No inputs, inputs of different shapes, or an unknown method.
+    """
+    if not job.inputs:
+        raise ValueError("nothing to stack")
+    handles = [fits.open(path, mode="readonly", memmap=True) for path in job.inputs]
+    try:
+        arrays = [h[0].data for h in handles]
+        shapes = {a.shape for a in arrays}
+        if len(shapes) != 1:
+            raise ValueError(f"inputs have different shapes: {sorted(shapes)}")
+        ny, nx = arrays[0].shape
+        block = rows_per_block(len(arrays), nx, job.memory_limit_mb)
+        result = np.empty((ny, nx), dtype=np.float32)
+        cube = np.empty((len(arrays), min(block, ny), nx), dtype=np.float32)
+        for start in range(0, ny, block):
+            stop = min(start + block, ny)
+            part = cube[:, : stop - start]
+            for i, array in enumerate(arrays):
+                part[i] = array[start:stop]
+            result[start:stop] = combine(part, job.method, job.sigma, job.iterations)
+        headers = [h[0].header for h in handles]
+        exposures = [float(h.get(kw.EXPOSURE_TIME, 0.0) or 0.0) for h in headers]
+        starts = [Time(h[kw.DATE_OBS], scale="utc") for h in headers if kw.DATE_OBS in h]
+        out = product_header(headers[0])
+    finally:
+        for h in handles:
+            h.close()
+    out[kw.IMAGE_TYPE] = kw.IMAGE_TYPE_VALUES["stacked"]
+    out[kw.COMBINE] = (job.method, "combine method")
+    out[kw.NCOMBINE] = (len(job.inputs), "number of frames combined")
+    out[kw.EXPOSURE_TIME] = (exposures[0], "[s] exposure of one input frame")
+    out[kw.TOTAL_EXPOSURE] = (sum(exposures), "[s] total exposure of the inputs")
+    date_begin = date_end = None
+    if starts:
+        ends = [t + e * u.s for t, e in zip(starts, exposures)]
+        date_begin, date_end = min(starts).isot, max(ends).isot
+        out[kw.DATE_OBS] = (date_begin, "start of the first input")
+        out[kw.DATE_BEGIN] = (date_begin, "start of the first input")
+        out[kw.DATE_END] = (date_end, "end of the last input")
+    for key, value in job.header.items():
+        out[key] = value
+    write_atomic(job.output, result, out)
+    return {
+        "output": job.output, "ncombine": len(job.inputs), "total_exposure_s": sum(exposures),
+        "date_begin": date_begin, "date_end": date_end, "rows_per_block": block,
+    }
+
+
+def stack_arrays(arrays: Sequence[np.ndarray], method: str = "median", **kwargs) -> np.ndarray:
+    """Combine in-memory images (n of shape (ny, nx)); for tests and small jobs."""
+    return combine(np.stack([np.asarray(a, dtype=np.float32) for a in arrays]), method, **kwargs)

@@ -1,0 +1,178 @@
+"""Pixel-level reduction on the real ARCSAT night (no database): calibrate, register, stack, preview.
+
+Masters here are built with plain numpy in the test, independently of archive.calib.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.stats import sigma_clip
+
+from archive.reduce import keywords as kw
+from archive.reduce.align import RegistrationJob, choose_reference, count_stars, register_file
+from archive.reduce.calibrate import CalibrationJob, calibrate_light_file, interpolation_weights
+from archive.reduce.executor import SerialExecutor, make_executor
+from archive.reduce.fitsio import remove_partials
+from archive.reduce.preview import write_preview
+from archive.reduce.stack import StackJob, combine, rows_per_block, stack_files
+
+
+def _stack(paths):
+    return np.stack([fits.getdata(p).astype(np.float64) for p in paths])
+
+
+@pytest.fixture(scope="module")
+def masters(tmp_path_factory):
+    """Master bias, bias-subtracted dark and flat of the ARCSAT night, built with numpy."""
+    from tests.conftest import SHARED_DATA
+
+    night = SHARED_DATA / "arcsat-uw-astr480" / "data" / "20250601"
+    folder = tmp_path_factory.mktemp("masters")
+    bias = np.median(_stack(sorted(night.glob("Bias_*.fits"))), axis=0)
+    dark = np.median(_stack(sorted(night.glob("Dark_*.fits"))), axis=0) - bias
+    flat = np.median(_stack(sorted(night.glob("domeflat_z_*.fits"))), axis=0) - bias
+    paths = {}
+    for name, data in {"bias": bias, "dark": dark, "flat": flat}.items():
+        paths[name] = folder / f"master_{name}.fits"
+        fits.PrimaryHDU(data.astype(np.float32)).writeto(paths[name])
+    lights = sorted(night.glob("XO1-b_z_*.fits"))
+    return {"night": night, "folder": folder, "lights": lights, **paths}
+
+
+@pytest.fixture(scope="module")
+def calibrated(masters, tmp_path_factory):
+    out = tmp_path_factory.mktemp("calibrated")
+    results = []
+    for light in masters["lights"][:4]:
+        job = CalibrationJob(
+            light=str(light), output=str(out / f"{light.stem}_cal.fits"), bias=str(masters["bias"]),
+            darks=((str(masters["dark"]), 60.0 / 60.0),), dark_method="exact", flat=str(masters["flat"]),
+        )
+        results.append(calibrate_light_file(job))
+    return [r["output"] for r in results]
+
+
+def test_calibrated_pixels_equal_numpy(masters, calibrated):
+    light = fits.getdata(masters["lights"][0]).astype(np.float64)
+    bias = fits.getdata(masters["bias"]).astype(np.float64)
+    dark = fits.getdata(masters["dark"]).astype(np.float64)
+    flat = fits.getdata(masters["flat"]).astype(np.float64)
+    flat_norm = flat / np.median(flat)
+    flat_norm = np.maximum(flat_norm, 0.01)
+    expected = (light - bias - dark * (60.0 / 60.0)) / flat_norm
+    with fits.open(calibrated[0]) as hdul:
+        got = hdul[0].data
+        header = hdul[0].header
+    assert header["BITPIX"] == -32
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-3)
+    assert header[kw.IMAGE_TYPE] == "CALIBRATED"
+    assert header[kw.STEPS] == "bias,dark,flat"
+    assert header[kw.MASTER_BIAS] == "master_bias.fits"
+    assert header[kw.DARK_METHOD] == "exact"
+    assert header["OBJECT"].strip() == "XO1-b" and header["EXPTIME"] == 60.0
+    assert not list(masters["folder"].parent.rglob("*.part"))
+
+
+def test_scaled_and_interpolated_dark_weights(masters, tmp_path):
+    light = masters["lights"][0]
+    job = CalibrationJob(light=str(light), output=str(tmp_path / "s.fits"), darks=((str(masters["dark"]), 0.5),),
+                         dark_method="scaled")
+    calibrate_light_file(job)
+    expected = fits.getdata(light).astype(np.float64) - 0.5 * fits.getdata(masters["dark"]).astype(np.float64)
+    np.testing.assert_allclose(fits.getdata(tmp_path / "s.fits"), expected, rtol=1e-6, atol=1e-2)
+    assert fits.getheader(tmp_path / "s.fits")[kw.DARK_SCALE] == 0.5
+    # the least-squares line through darks at 10 s and 30 s, evaluated at 20 s, is their mean
+    assert interpolation_weights([10, 30], 20) == pytest.approx([0.5, 0.5])
+    assert sum(interpolation_weights([10, 30, 60], 45)) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        interpolation_weights([30, 30], 20)
+
+
+def test_cosmic_ray_cleaning_runs(masters, tmp_path):
+    job = CalibrationJob(light=str(masters["lights"][1]), output=str(tmp_path / "cr.fits"), bias=str(masters["bias"]),
+                         cosmic_rays=True)
+    result = calibrate_light_file(job)
+    assert result["steps"] == ["bias", "cosmic_rays"]
+    assert fits.getheader(tmp_path / "cr.fits")[kw.COSMIC_RAYS] is True
+
+
+def test_register_and_stack(calibrated, tmp_path):
+    counts = [count_stars(p) for p in calibrated]
+    assert all(c["n_stars"] >= 10 for c in counts)
+    reference = choose_reference([(c["path"], c["n_stars"]) for c in counts])
+    assert reference == max(counts, key=lambda c: c["n_stars"])["path"]
+    ref_xy = next(c["xy"] for c in counts if c["path"] == reference)
+    results = [
+        register_file(RegistrationJob(source=c["path"], output=str(tmp_path / f"r{i}.fits"), reference=reference,
+                                      source_xy=c["xy"], reference_xy=ref_xy))
+        for i, c in enumerate(counts)
+    ]
+    assert all(r["ok"] for r in results), results
+    assert all(r["warning"] is None for r in results)
+    assert fits.getheader(results[0]["output"])[kw.IMAGE_TYPE] == "REGISTERED"
+    # the registered frames line up: the brightest star lands on the reference's within 1 px
+    ref_star = count_stars(str(tmp_path / f"r{[c['path'] for c in counts].index(reference)}.fits"))["xy"][0]
+    for r in results:
+        star = count_stars(r["output"])["xy"]
+        assert np.min(np.hypot(*(star - ref_star).T)) < 1.0
+    inputs = tuple(r["output"] for r in results)
+    small = stack_files(StackJob(inputs=inputs, output=str(tmp_path / "stack_small.fits"), memory_limit_mb=0.05))
+    assert small["rows_per_block"] < 1024
+    full = stack_files(StackJob(inputs=inputs, output=str(tmp_path / "stack.fits"), memory_limit_mb=1024))
+    assert full["rows_per_block"] >= 1024
+    a, b = fits.getdata(small["output"]), fits.getdata(full["output"])
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a, np.nanmedian(_stack(inputs), axis=0), rtol=1e-6, equal_nan=True)
+    header = fits.getheader(full["output"])
+    assert header[kw.NCOMBINE] == 4 and header[kw.TOTAL_EXPOSURE] == 240.0
+    assert header[kw.IMAGE_TYPE] == "STACKED" and header[kw.DATE_BEGIN] < header[kw.DATE_END]
+    png = write_preview(full["output"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_failed_alignment_is_reported(calibrated, tmp_path):
+    noise = np.random.default_rng(1).normal(0, 1, (64, 64)).astype(np.float32)
+    fits.PrimaryHDU(noise).writeto(tmp_path / "noise.fits")
+    result = register_file(RegistrationJob(source=str(tmp_path / "noise.fits"), output=str(tmp_path / "x.fits"),
+                                           reference=calibrated[0], source_xy=np.empty((0, 2)),
+                                           reference_xy=count_stars(calibrated[0])["xy"]))
+    assert not result["ok"] and "too few stars" in result["error"]
+    assert not (tmp_path / "x.fits").exists()
+
+
+def test_large_shift_warns(calibrated, tmp_path):
+    c = count_stars(calibrated[0])
+    shifted = np.roll(fits.getdata(calibrated[0]), 200, axis=1)
+    fits.PrimaryHDU(shifted, header=fits.getheader(calibrated[0])).writeto(tmp_path / "shifted.fits")
+    s = count_stars(str(tmp_path / "shifted.fits"))
+    result = register_file(RegistrationJob(source=s["path"], output=str(tmp_path / "reg.fits"), reference=calibrated[0],
+                                           source_xy=s["xy"], reference_xy=c["xy"]))
+    assert result["ok"], result
+    assert result["shift_fraction"] > 0.15 and "above 15%" in result["warning"]
+
+
+def test_combine_methods():
+    rng = np.random.default_rng(0)
+    cube = rng.normal(100, 5, (9, 20, 30)).astype(np.float32)
+    cube[3, 5, 5] = 1e6
+    cube[:, 0, 0] = np.nan
+    cube[:4, 1, 1] = np.nan
+    np.testing.assert_allclose(combine(cube, "median"), np.nanmedian(cube, axis=0), rtol=1e-6, equal_nan=True)
+    expected = sigma_clip(cube, axis=0, sigma=3, maxiters=5, cenfunc="median", stdfunc="std").mean(axis=0).filled(np.nan)
+    got = combine(cube, "sigma_clip", sigma=3, iterations=5)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, equal_nan=True)
+    assert got[5, 5] < 200
+    with pytest.raises(ValueError):
+        combine(cube, "mode")
+    assert rows_per_block(16, 1024, 1) >= 1
+
+
+def test_executors_and_partials(tmp_path):
+    assert SerialExecutor().submit(sum, [1, 2]).result() == 3
+    with make_executor("process", 2) as pool:
+        assert list(pool.map(abs, [-1, -2])) == [1, 2]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / ".x.fits.1234.part").write_bytes(b"partial")
+    assert remove_partials(tmp_path) == 1
