@@ -2,7 +2,7 @@
 
 Stars are detected with SEP (Source Extractor's algorithms, as astroalign does internally);
 the transform (rotation, scale, translation) is astroalign's triangle-asterism match between
-the brightest sources, and the frame is warped onto the reference's pixel grid. Pixels outside
+the brightest sources, and the frame is warped onto the reference's pixel grid (bilinear). Pixels outside
 the warped frame's footprint become NaN, so a stack ignores them.
 
 Reference rule (``[register] reference = "most_stars"``): the frame with the most sources
@@ -14,6 +14,7 @@ A shift larger than ``max_shift_fraction`` of the field (astro_reduce's 15 %) is
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -80,6 +81,8 @@ class RegistrationJob:
         Control points (brightest sources) of source and reference.
     max_shift_fraction : float
         Warn above this shift, as a fraction of the field's width or height.
+    reference_wcs : dict
+        The reference's WCS cards (:func:`wcs_cards`): the warped pixels are on its grid.
     header : dict
         Extra output cards.
     """
@@ -90,25 +93,34 @@ class RegistrationJob:
     source_xy: np.ndarray
     reference_xy: np.ndarray
     max_shift_fraction: float = 0.15
+    reference_wcs: dict = field(default_factory=dict)
     header: dict = field(default_factory=dict)
 
 
-def _take_reference_wcs(header, reference: str) -> None:
-    """Replace the WCS of ``header`` by the reference's: the warped pixels are on its grid."""
-    import warnings
+#: Header keywords of a celestial WCS (FITS WCS papers I and II, plus the AIPS CROTA/CDELT
+#: convention): replaced by the reference's in a registered frame.
+_WCS_KEY = re.compile(r"^(WCSAXES|CTYPE\d|CRVAL\d|CRPIX\d|CDELT\d|CROTA\d|CUNIT\d|CD\d_\d|PC\d_\d|PV\d_\d+|"
+                      r"LONPOLE|LATPOLE|RADESYS|RADECSYS|EQUINOX|[AB]P?_\d+_\d+|[AB]P?_ORDER)$")
 
-    from astropy.io import fits
-    from astropy.wcs import WCS, FITSFixedWarning
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)
-        for key in WCS(header).to_header(relax=True):
-            header.remove(key, ignore_missing=True, remove_all=True)
-        for key in ("CROTA1", "CROTA2", "CDELT1", "CDELT2", "CD1_1", "CD1_2", "CD2_1", "CD2_2"):
-            header.remove(key, ignore_missing=True, remove_all=True)
-        reference_wcs = WCS(fits.getheader(reference))
-        if reference_wcs.has_celestial:
-            header.update(reference_wcs.to_header(relax=True))
+def wcs_cards(header) -> dict:
+    """The WCS cards of ``header`` (keyword -> value), to hand to :class:`RegistrationJob`."""
+    return {key: header[key] for key in header if _WCS_KEY.match(key)}
+
+
+def warp_onto(data: np.ndarray, params: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resample ``data`` onto a grid of ``shape`` given the 3x3 source->target matrix ``params``.
+
+    ``params`` acts on (x, y, 1) pixel coordinates (astroalign's / scikit-image's
+    convention); bilinear interpolation (scipy.ndimage), NaN outside the source's footprint.
+    """
+    from scipy import ndimage
+
+    inverse = np.linalg.inv(params)
+    matrix = np.array([[inverse[1, 1], inverse[1, 0]], [inverse[0, 1], inverse[0, 0]]])
+    offset = np.array([inverse[1, 2], inverse[0, 2]])
+    return ndimage.affine_transform(np.asarray(data, dtype=np.float32), matrix, offset, output_shape=shape,
+                                    order=1, mode="constant", cval=np.nan, prefilter=False)
 
 
 def register_file(job: RegistrationJob) -> dict:
@@ -135,8 +147,7 @@ def register_file(job: RegistrationJob) -> dict:
             if len(job.source_xy) < 3 or len(job.reference_xy) < 3:
                 raise ValueError(f"too few stars ({len(job.source_xy)} here, {len(job.reference_xy)} in the reference)")
             transform, _ = astroalign.find_transform(np.asarray(job.source_xy), np.asarray(job.reference_xy))
-            aligned, footprint = astroalign.apply_transform(transform, data, np.empty((ny, nx), dtype=np.float32))
-            aligned = np.where(footprint, np.nan, aligned)
+            aligned = warp_onto(data, transform.params, (ny, nx))
             dx, dy = (float(v) for v in transform.translation)
             rotation = float(np.degrees(transform.rotation))
             scale = float(transform.scale)
@@ -148,8 +159,10 @@ def register_file(job: RegistrationJob) -> dict:
         warning = (f"{job.source}: shift ({dx:.1f}, {dy:.1f}) px is {shift_fraction:.0%} of the field, "
                    f"above {job.max_shift_fraction:.0%}")
     out = product_header(header)
-    if job.source != job.reference:
-        _take_reference_wcs(out, job.reference)
+    if job.source != job.reference and job.reference_wcs:
+        for key in [k for k in out if _WCS_KEY.match(k)]:
+            out.remove(key, ignore_missing=True, remove_all=True)
+        out.update(job.reference_wcs)
     out[kw.IMAGE_TYPE] = kw.IMAGE_TYPE_VALUES["registered"]
     out[kw.REFERENCE] = (job.reference.rsplit("/", 1)[-1][:68], "registration reference")
     out[kw.SHIFT_X] = (dx, "[pix] x shift onto the reference")
