@@ -7,6 +7,7 @@ errors exit with status 2 (click's convention).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -41,7 +42,29 @@ pass_app = click.make_pass_decorator(AppContext)
 
 
 class ArchiveGroup(click.Group):
-    """A group that turns :class:`ArchiveError` into one clear line and exit status 1."""
+    """A group whose commands are imported only when called (a quick start for every verb),
+    and that turns :class:`ArchiveError` into one clear line and exit status 1."""
+
+    #: command name -> "module:attribute"
+    lazy_commands = {
+        "db": "archive.cli.db:db",
+        "ingest": "archive.cli.ingest:ingest",
+        "frames": "archive.cli.catalog:frames",
+        "summary": "archive.cli.catalog:summary",
+        "problems": "archive.cli.catalog:problems",
+        "report": "archive.cli.catalog:report",
+        "copyback": "archive.cli.gather:copyback",
+        "project": "archive.cli.gather:project",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy_commands))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy_commands:
+            module, attribute = self.lazy_commands[name].split(":")
+            return getattr(importlib.import_module(module), attribute)
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -78,10 +101,3 @@ def main(ctx: click.Context, database: str | None, verbose: int, quiet: bool) ->
     ctx.obj = AppContext(settings=load_settings({"database": {"url": database}}), quiet=quiet)
     ctx.call_on_close(lambda: ctx.obj._engine.dispose() if ctx.obj._engine is not None else None)
 
-
-from archive.cli import catalog, db, ingest  # noqa: E402  (commands register on main)
-
-main.add_command(db.db)
-main.add_command(ingest.ingest)
-for command in (catalog.frames, catalog.summary, catalog.problems, catalog.report):
-    main.add_command(command)

@@ -7,8 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-import pandas as pd
-from tqdm import tqdm
 
 FORMATS = ("table", "csv", "json")
 
@@ -21,8 +19,10 @@ def output_format(func: Callable) -> Callable:
     )(func)
 
 
-def emit(frame: pd.DataFrame, fmt: str) -> None:
-    """Print a DataFrame in the chosen format; an empty table says so on stderr."""
+def emit(frame, fmt: str) -> None:
+    """Print a pandas DataFrame in the chosen format; an empty table says so on stderr."""
+    import pandas as pd
+
     if fmt == "csv":
         click.echo(frame.to_csv(index=False), nl=False)
     elif fmt == "json":
@@ -32,7 +32,7 @@ def emit(frame: pd.DataFrame, fmt: str) -> None:
     else:
         with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200,
                                "display.max_colwidth", 60):
-            click.echo(frame.to_string(index=False))
+            click.echo(frame.to_string(index=False, na_rep=""))
 
 
 class BarProgress:
@@ -40,9 +40,11 @@ class BarProgress:
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
-        self._bar: tqdm | None = None
+        self._bar = None
 
     def start(self, total: int, description: str) -> None:  # noqa: D102
+        from tqdm import tqdm
+
         self._bar = tqdm(total=total, desc=description, unit="file", disable=not self.enabled or total == 0,
                          leave=False, dynamic_ncols=True)
 

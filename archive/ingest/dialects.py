@@ -17,9 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
-import astropy.units as u
-from astropy.coordinates import Angle
-
 from archive.config import read_toml
 from archive.errors import ConfigError, HeaderError
 from archive.ingest import timing
@@ -226,13 +223,16 @@ def _number(value: Any) -> float:
     return number
 
 
-def _angle(value: Any, unit: u.UnitBase) -> float:
+def _angle(value: Any, unit: str) -> float:
+    """Degrees from a number (already degrees) or a sexagesimal string in ``unit``."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return _number(value)
     text = str(value).strip()
     try:
         return float(text)
     except ValueError:
+        from astropy.coordinates import Angle  # imported on first use: a slow import
+
         return float(Angle(text, unit=unit).deg)
 
 
@@ -253,14 +253,16 @@ def _convert(rule: PropertyRule, keyword: Keyword, value: Any) -> Any:
     if kind == "float":
         number = _number(value)
         if keyword.unit and rule.unit and keyword.unit != rule.unit:
+            import astropy.units as u  # imported on first use: a slow import
+
             number = (number * u.Unit(keyword.unit)).to_value(u.Unit(rule.unit), equivalencies=u.temperature())
         return number
     if kind in ("binning_x", "binning_y"):
         return _binning(value, 0 if kind == "binning_x" else 1)
     if kind == "ra":
-        return _angle(value, u.hourangle)
+        return _angle(value, "hourangle")
     if kind in ("dec", "longitude"):
-        return _angle(value, u.deg)
+        return _angle(value, "deg")
     raise ConfigError(f"dialect property {rule.name}: unknown type {kind!r}")
 
 
@@ -271,7 +273,7 @@ def _read_property(headers, rule: PropertyRule, out: Normalized) -> Any:
             continue
         try:
             converted = _convert(rule, keyword, value)
-        except (ValueError, TypeError, u.UnitsError) as exc:
+        except (ValueError, TypeError, ArithmeticError) as exc:  # astropy's UnitsError is a ValueError
             out.warnings.append(f"{keyword.key}={value!r} is not a valid {rule.name}: {exc}")
             continue
         if converted is not None:

@@ -1,7 +1,8 @@
 """Reading one FITS file for the catalogue: checksum, image header, normalized values.
 
-Plain FITS files (the common case) are read once, as a stream: the header blocks are parsed by
-astropy's ``Header.fromstring`` and the rest only hashed, so no pixel data is decoded.
+Plain FITS files (the common case) are read once, as a stream: the header blocks are indexed
+by keyword (:class:`CardIndex`) and the rest only hashed, so no pixel data is decoded and only
+the values normalization asks for are parsed.
 Multi-extension, gzip- and tile-compressed files are opened with ``astropy.io.fits`` (lazily)
 to find the HDU holding the image. Files are opened read-only and never modified.
 """
@@ -16,8 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from astropy.io import fits
 
 from archive.errors import HeaderError
 from archive.ingest.dialects import DialectSet, Normalized, normalize_header
@@ -59,41 +58,122 @@ class ReadFailure:
     reason: str
 
 
-class HeaderView(Mapping):
-    """A read-only view of an astropy header that answers absent keywords without a lookup.
+class CardIndex(Mapping):
+    """Read-only header view over the raw 80-character cards, parsing values on demand.
 
-    Header normalization tries many alias keywords that are absent; checking a set of the
-    present keywords first keeps that cheap.
+    Ingest needs some 25 values of a header of ~100 cards, so cards are indexed by keyword
+    (the first occurrence wins, as in astropy; ``HIERARCH ESO DPR TYPE`` is found as
+    ``ESO DPR TYPE``) and a value is parsed only when asked for: plain strings, logicals,
+    integers and reals here (FITS standard 4.0, sec. 4.2), anything else (long strings
+    continued over CONTINUE cards, complex values, D exponents, odd spacing) by astropy's
+    :class:`~astropy.io.fits.Card`.
     """
 
-    def __init__(self, header: fits.Header):
-        self._header = header
-        self._present = {k.upper() for k in header.keys()}
+    def __init__(self, text: str):
+        self.text = text
+        self._cards: dict[str, str] = {}
+        previous = None
+        for i in range(0, len(text) - CARD + 1, CARD):
+            card = text[i : i + CARD]
+            key = card[:8].rstrip().upper()
+            if key == "END":
+                break
+            if key == "CONTINUE" and previous is not None:
+                self._cards[previous] += card
+                continue
+            previous = None
+            if key == "HIERARCH":
+                equals = card.find("=")
+                if equals < 0:
+                    continue
+                key = card[9:equals].strip().upper()
+            elif key in ("", "COMMENT", "HISTORY", "END") or card[8:10] != "= ":
+                continue
+            if key not in self._cards:
+                self._cards[key] = card
+                previous = key
+        self._values: dict[str, Any] = {}
 
     def get(self, key: str, default: Any = None) -> Any:
         key = key.upper()
-        if key not in self._present and f"HIERARCH {key}" not in self._present:
-            return default
-        return self._header.get(key, default)
+        if key not in self._values:
+            card = self._cards.get(key)
+            if card is None:
+                return default
+            self._values[key] = _card_value(card)
+        value = self._values[key]
+        return default if value is None else value
 
     def __getitem__(self, key: str) -> Any:
-        return self._header[key]
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key.upper() in self._cards
 
     def __iter__(self):
-        return iter(self._header.keys())
+        return iter(self._cards)
 
     def __len__(self) -> int:
-        return len(self._header)
+        return len(self._cards)
+
+
+_MISSING = object()
+
+
+def _card_value(card: str) -> Any:
+    """The value of one card (None for an undefined value)."""
+    if len(card) == CARD:
+        value = card[10:] if not card.startswith("HIERARCH") else card[card.find("=") + 1 :]
+        body = value.lstrip()
+        if body.startswith("'"):
+            close = body.find("'", 1)
+            if close > 0 and body[close + 1 : close + 2] != "'" and "''" not in body[:close] and not body[:close].endswith("&"):
+                rest = body[close + 1 :].lstrip()
+                if not rest or rest.startswith("/"):
+                    return body[1:close].rstrip()
+        else:
+            token = body.split("/", 1)[0].strip()
+            if token in ("T", "F"):
+                return token == "T"
+            if token == "":
+                return None
+            try:
+                return int(token)
+            except ValueError:
+                pass
+            if "D" not in token.upper() and "(" not in token:
+                try:
+                    return float(token)
+                except ValueError:
+                    pass
+    from astropy.io import fits  # imported on first use: plain files never need it
+
+    value = fits.Card.fromstring(card).value
+    return None if isinstance(value, fits.card.Undefined) else value
 
 
 def cards_text(header_text: str) -> str:
-    """80-character cards as lines, trailing blanks, blank cards and END left out."""
-    lines = (header_text[i : i + CARD].rstrip() for i in range(0, len(header_text), CARD))
-    return "\n".join(line for line in lines if line and line != "END")
+    """The cards up to END as lines, without trailing blanks or blank cards.
+
+    NUL bytes (non-standard padding some writers use) become blanks, as astropy reads them.
+    """
+    lines = []
+    for i in range(0, len(header_text), CARD):
+        line = header_text[i : i + CARD].replace("\x00", " ").rstrip()
+        if line == "END":
+            break
+        if line:
+            lines.append(line)
+    return "\n".join(lines)
 
 
-def header_from_text(text: str) -> fits.Header:
-    """Rebuild an astropy Header from the text stored in the catalogue."""
+def header_from_text(text: str):
+    """Rebuild an :class:`astropy.io.fits.Header` from the text stored in the catalogue."""
+    from astropy.io import fits
+
     return fits.Header.fromstring(text, sep="\n")
 
 
@@ -143,8 +223,10 @@ def _sha256(path: str) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def _read_with_astropy(path: str) -> tuple[fits.Header, fits.Header | None, int]:
+def _read_with_astropy(path: str):
     """(image header, primary header if the image is in an extension, HDU index)."""
+    from astropy.io import fits
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with fits.open(path, mode="readonly", memmap=False, lazy_load_hdus=True) as hdul:
@@ -204,25 +286,26 @@ def read_fits(
             if not lower.endswith((".gz", ".fz")):
                 with open(path, "rb") as fh:
                     raw, sha256 = _read_plain(fh, size)
-                header = fits.Header.fromstring(raw.decode("ascii", errors="replace"))
+                text = raw.decode("ascii", errors="replace")
+                header = CardIndex(text)
                 if _has_image(header):
                     needed = len(raw) + _data_bytes(header)
                     if size < needed:
                         raise HeaderError(f"truncated: the header needs {needed} bytes, the file has {size}")
-                    header_text = cards_text(raw.decode("ascii", errors="replace"))
+                    header_text = cards_text(text)
                 else:
                     header = None
             else:
                 sha256 = _sha256(path)
             if header is None:
-                header, primary, hdu_index = _read_with_astropy(path)
-                header_text = cards_text(header.tostring())
-            view = HeaderView(header)
-            primary_view = HeaderView(primary) if primary is not None else None
+                image, primary_header, hdu_index = _read_with_astropy(path)
+                header_text = cards_text(image.tostring())
+                header = CardIndex(image.tostring())
+                primary = CardIndex(primary_header.tostring()) if primary_header is not None else None
             normalized = normalize_header(
-                view, dialects, primary=primary_view, path=Path(path), folders=folders, sites=sites
+                header, dialects, primary=primary, path=Path(path), folders=folders, sites=sites
             )
-            axes, bitpix = _shape(view)
+            axes, bitpix = _shape(header)
     except HeaderError as exc:
         return ReadFailure(path, size, mtime_ns, str(exc))
     except OSError as exc:
@@ -235,7 +318,7 @@ def read_fits(
         mtime_ns=mtime_ns,
         sha256=sha256,
         header=header_text,
-        primary_header=cards_text(primary.tostring()) if primary is not None else None,
+        primary_header=cards_text(primary.text) if primary is not None else None,
         hdu_index=hdu_index,
         naxis=axes,
         bitpix=bitpix,

@@ -16,8 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from astropy.time import Time
-
 from archive.errors import HeaderError
 
 _OLD_DATE = re.compile(r"^\s*(\d{2})/(\d{2})/(\d{2})\s*$")
@@ -60,6 +58,8 @@ def parse_datetime(value: str, *, scale: str = "utc") -> tuple[dt.datetime, bool
         if scale == "utc":  # the common case: the standard library parses ISO 8601 quickly
             stamp = dt.datetime.fromisoformat(text)
             return (stamp.astimezone(dt.UTC).replace(tzinfo=None) if stamp.tzinfo else stamp), has_time
+        from astropy.time import Time  # imported on first use: a slow import
+
         return Time(text, format="isot" if has_time else "iso", scale=scale).utc.to_datetime(), has_time
     except ValueError as exc:
         raise HeaderError(f"not an ISO 8601 date: {value!r}") from exc
@@ -67,6 +67,8 @@ def parse_datetime(value: str, *, scale: str = "utc") -> tuple[dt.datetime, bool
 
 def from_mjd(mjd: float, *, scale: str = "utc") -> dt.datetime:
     """Naive UTC datetime of a Modified Julian Date in time scale ``scale``."""
+    from astropy.time import Time  # imported on first use: a slow import
+
     return Time(float(mjd), format="mjd", scale=scale).utc.to_datetime()
 
 

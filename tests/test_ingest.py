@@ -1,0 +1,279 @@
+"""Ingest on both backends, with real files: the shared real sets, astropy's own FITS test
+files, and small synthetic files (synthetic where the real sets have gaps: compressed copies,
+changed files, duplicate exposures, bad files)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import astropy
+import numpy as np
+import pytest
+from astropy.io import fits
+from sqlalchemy import func, select
+
+from archive.db import Copy, Frame, IngestProblem, session_scope
+from archive.ingest import ingest_paths
+from archive.reports import summarize
+from tests.factories import nina_header, write_fits
+
+ASTROPY_FITS_DATA = Path(astropy.__file__).parent / "io" / "fits" / "tests" / "data"
+
+
+def manifest_counts(manifest: Path) -> Counter:
+    """(type, filter, exptime) -> files, from a MANIFEST.md 'Counts by' list."""
+    counts = Counter()
+    for line in manifest.read_text().splitlines():
+        match = re.match(r"- \((.+?), (.+?), ([\d.]+)\): (\d+)$", line)
+        if match:
+            kind, filt, exptime, n = match.groups()
+            kind = None if kind == "None" else kind.strip("'").lower()
+            filt = None if filt == "None" else filt.strip("'")
+            counts[(kind, filt, round(float(exptime), 2))] += int(n)
+    return counts
+
+
+def catalogue_state(engine):
+    """Everything ingest decides, in a comparable form (ids and times left out)."""
+    with session_scope(engine) as s:
+        frames = sorted(s.execute(select(Frame.sha256, Frame.image_type, Frame.duplicate_of_id.is_not(None))).all())
+        copies = sorted(s.execute(select(Copy.path, Copy.sha256, Copy.is_current, Copy.is_canonical)).all())
+        problems = sorted(s.execute(select(IngestProblem.path, IngestProblem.severity, IngestProblem.resolved)).all())
+    return frames, copies, problems
+
+
+def test_arcsat_night_matches_manifest(engine, shared_data):
+    root = shared_data / "arcsat-uw-astr480"
+    summary = ingest_paths(engine, [root])
+    assert summary.ok and summary.new == 32 and summary.skipped == 5  # 4 ACP logs + MANIFEST.md
+    assert summary.by_type == Counter(bias=5, dark=5, flat=5, light=17)
+    with session_scope(engine) as s:
+        table = summarize(s, ("image_type", "filter_name", "exposure_time_s"))
+    table = table.astype(object).where(table.notna(), None)  # no filter: None, as in the MANIFEST
+    got = Counter({(r.image_type, r.filter_name, round(r.exposure_time_s, 2)): r.files for r in table.itertuples()})
+    assert got == manifest_counts(root / "MANIFEST.md")
+
+
+def test_sbig_lab_set_typed_from_file_names_with_copies(engine, shared_data):
+    root = shared_data / "sbig-st7-ccdchar-lab"
+    summary = ingest_paths(engine, [root])
+    assert summary.ok
+    assert summary.new == 25 and summary.new_copies == 24  # 24 byte-identical copies under PWentCCDStuff
+    with session_scope(engine) as s:
+        rows = s.execute(select(Frame.image_type, Frame.sources, Frame.id)).all()
+        assert {t for t, _, _ in rows} == {"bias", "flat"}
+        assert all("file name" in src["image_type"] for _, src, _ in rows)
+        for frame_id in [fid for _, _, fid in rows]:
+            copies = s.scalars(select(Copy).where(Copy.frame_id == frame_id)).all()
+            assert sum(c.is_canonical for c in copies) == 1
+            names = {Path(c.path).name for c in copies}
+            assert len(names) == 1  # the copies are the same file name under two folders
+        table = summarize(s, ("exposure_time_s",))
+    got = Counter({round(r.exposure_time_s, 2): r.files for r in table.itertuples()})
+    expected = Counter()
+    for (_, _, exptime), n in manifest_counts(root / "MANIFEST.md").items():
+        expected[exptime] += n
+    assert got == expected and sum(got.values()) == 49
+
+
+def test_odd_dialects_every_frame_typed_or_reported(engine, shared_data):
+    root = shared_data / "odd-dialects-eso-midas-testdata"
+    summary = ingest_paths(engine, [root])
+    assert summary.ok and summary.new == 6
+    with session_scope(engine) as s:
+        frames = s.execute(select(Frame.image_type, Frame.hdu_index, Frame.naxis3, Copy.path).join(Copy)).all()
+        warned = set(s.scalars(select(IngestProblem.path).where(IngestProblem.severity == "warning")))
+    for image_type, _, _, path in frames:
+        assert image_type is not None or path in warned
+    by_name = {Path(p).name: (t, h, n3) for t, h, n3, p in frames}
+    assert by_name["vimos.fits"][:2] == ("flat", 1)  # image in the first extension
+    assert by_name["NOT.fits"][:2] == ("flat", 1)
+    assert by_name["VISIR.2004-09-30T03:17:49.095.fits"][2] == 17  # a cube
+    assert by_name["ccd.fits"][0] is None
+
+
+def test_astropy_test_files_each_give_a_row_or_a_problem(engine, tmp_path):
+    assert ASTROPY_FITS_DATA.is_dir()
+    summary = ingest_paths(engine, [ASTROPY_FITS_DATA])
+    fits_names = [p for p in ASTROPY_FITS_DATA.rglob("*") if p.is_file() and p.name.lower().endswith(
+        (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fits.fz", ".fz"))]
+    with session_scope(engine) as s:
+        ingested = set(s.scalars(select(Copy.path).where(Copy.is_current)))
+        failed = set(s.scalars(select(IngestProblem.path).where(IngestProblem.severity == "error")))
+    for path in fits_names:
+        assert (str(path) in ingested) != (str(path) in failed), path
+    assert len(ingested) > 20 and summary.problems  # astropy ships deliberately broken files too
+    assert all(reason and "\n" not in reason for _, reason in summary.problems)
+
+
+def test_bad_files_become_problems_and_the_batch_goes_on(engine, tmp_path, arcsat_night):
+    night = tmp_path / "night"
+    night.mkdir()
+    good = shutil.copy2(arcsat_night / "Bias_BIN1_20250602_032138.fits", night / "good.fits")
+    whole = Path(good).read_bytes()
+    (night / "truncated.fits").write_bytes(whole[: len(whole) // 2])
+    (night / "empty.fits").write_bytes(b"")
+    (night / "notes.fits").write_text("observing notes, not FITS\n" * 200)
+    (night / "no_end.fit").write_bytes(whole[:2880 * 2].replace(b"END     ", b"XEND    "))
+    (night / "readme.txt").write_text("skipped quietly")
+    summary = ingest_paths(engine, [night])
+    reasons = {Path(p).name: r for p, r in summary.problems}
+    assert summary.new == 1 and summary.skipped == 1 and not summary.ok
+    assert reasons["truncated.fits"].startswith("truncated")
+    assert reasons["empty.fits"] == "empty file (0 bytes)"
+    assert reasons["notes.fits"].startswith("not a FITS file")
+    assert reasons["no_end.fit"].startswith("truncated")
+    assert Path(good).read_bytes() == whole  # raw files are never modified
+    # seen again unchanged, they are still problems but are neither re-read nor re-recorded
+    again = ingest_paths(engine, [night])
+    assert {Path(p).name for p, _ in again.problems} == set(reasons) and again.unchanged == 1
+    with session_scope(engine) as s:
+        assert s.scalar(select(func.count()).select_from(IngestProblem).where(IngestProblem.severity == "error")) == 4
+    # fixing a file resolves its problem
+    shutil.copy2(arcsat_night / "Dark_BIN1_20250602_032243.fits", night / "truncated.fits")
+    fixed = ingest_paths(engine, [night])
+    assert fixed.new == 1 and len(fixed.problems) == 3
+    with session_scope(engine) as s:
+        resolved = s.scalars(select(IngestProblem.path).where(IngestProblem.resolved)).all()
+    assert [Path(p).name for p in resolved] == ["truncated.fits"]
+
+
+def test_reingest_is_decided_from_size_and_mtime_without_reading(engine, tmp_path):
+    path = write_fits(tmp_path / "n" / "light.fits", nina_header(), seed=1)
+    ingest_paths(engine, [tmp_path / "n"])
+    stat = path.stat()
+    other = write_fits(tmp_path / "other.fits", nina_header(), seed=2)
+    assert other.stat().st_size == stat.st_size
+    shutil.copyfile(other, path)  # different bytes, same size ...
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # ... and the old mtime
+    summary = ingest_paths(engine, [tmp_path / "n"])
+    assert (summary.unchanged, summary.new, summary.changed) == (1, 0, 0)
+
+
+def test_same_bytes_elsewhere_is_a_new_copy_and_a_changed_file_keeps_history(engine, tmp_path):
+    first = write_fits(tmp_path / "a" / "light.fits", nina_header(), seed=1)
+    ingest_paths(engine, [tmp_path / "a"])
+    twin = tmp_path / "b" / "light copy.fits"
+    twin.parent.mkdir()
+    shutil.copyfile(first, twin)
+    summary = ingest_paths(engine, [tmp_path])
+    assert (summary.new, summary.new_copies, summary.unchanged) == (0, 1, 1)
+    # the canonical copy changes: history is kept and the other copy becomes canonical
+    write_fits(first, nina_header(), seed=3)
+    os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10**9))
+    summary = ingest_paths(engine, [tmp_path])
+    assert (summary.changed, summary.new, summary.unchanged) == (1, 0, 1)
+    with session_scope(engine) as s:
+        rows = s.execute(select(Copy.path, Copy.is_current, Copy.is_canonical, Copy.frame_id).order_by(Copy.id)).all()
+        assert s.scalar(select(func.count()).select_from(Frame)) == 2
+    assert [(Path(p).name, cur, can) for p, cur, can, _ in rows] == [
+        ("light.fits", False, False), ("light copy.fits", True, True), ("light.fits", True, True)]
+    assert rows[0].frame_id == rows[1].frame_id != rows[2].frame_id
+    # the changed file shares DATE-OBS and instrument with the old frame: a duplicate exposure
+    assert summary.duplicates == 1
+
+
+def test_duplicate_exposures_are_flagged(engine, tmp_path):
+    write_fits(tmp_path / "one.fits", nina_header(), seed=1)
+    with fits.open(tmp_path / "one.fits") as hdul:  # the same exposure, tile-compressed
+        fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(hdul[0].data, hdul[0].header)]).writeto(tmp_path / "one.fits.fz")
+    write_fits(tmp_path / "two.fits", nina_header(**{"DATE-OBS": "2026-11-20T22:05:00"}), seed=2)
+    summary = ingest_paths(engine, [tmp_path])
+    assert summary.new == 3 and summary.duplicates == 1
+    with session_scope(engine) as s:
+        rows = dict(s.execute(select(Copy.path, Frame.duplicate_of_id).join(Frame)).all())
+        first_id = s.scalar(select(Copy.frame_id).where(Copy.path == str(tmp_path / "one.fits")))
+    assert rows[str(tmp_path / "one.fits.fz")] == first_id
+    assert rows[str(tmp_path / "one.fits")] is None and rows[str(tmp_path / "two.fits")] is None
+
+
+def test_compressed_multi_extension_and_odd_names(engine, tmp_path):
+    data = np.arange(24 * 32, dtype=np.uint16).reshape(24, 32)
+    header = fits.Header(nina_header("FLAT"))
+    folder = tmp_path / "odd names"
+    folder.mkdir()
+    fits.PrimaryHDU(data, header).writeto(folder / "flat 1: Ha.FTS")
+    with open(folder / "flat 1: Ha.FTS", "rb") as src, gzip.open(folder / "flat2.fits.gz", "wb") as dst:
+        dst.write(src.read().replace(b"2026-11-20T22:01:02.123", b"2026-11-20T22:09:09.000"))
+    fits.HDUList([fits.PrimaryHDU(header=fits.Header(nina_header("FLAT", **{"DATE-OBS": "2026-11-20T22:10:00"}))),
+                  fits.ImageHDU(data, name="SCI")]).writeto(folder / "mef.fits")
+    fits.PrimaryHDU(np.zeros((3, 8, 8), np.int16), fits.Header(nina_header("LIGHT"))).writeto(folder / "cube.fit")
+    summary = ingest_paths(engine, [folder])
+    assert summary.ok and summary.new == 4, summary.problems
+    with session_scope(engine) as s:
+        rows = {Path(p).name: (t, h, n1, n2, n3) for p, t, h, n1, n2, n3 in s.execute(
+            select(Copy.path, Frame.image_type, Frame.hdu_index, Frame.naxis1, Frame.naxis2, Frame.naxis3).join(Frame))}
+    assert rows["flat 1: Ha.FTS"] == ("flat", 0, 32, 24, None)
+    assert rows["flat2.fits.gz"] == ("flat", 0, 32, 24, None)
+    assert rows["mef.fits"] == ("flat", 1, 32, 24, None)  # header inherited from the primary
+    assert rows["cube.fit"] == ("light", 0, 8, 8, 3)
+
+
+def test_whole_header_is_stored(engine, arcsat_night):
+    from archive.ingest.headers import header_from_text
+
+    path = arcsat_night / "XO1-b_z_20250602_041008.fits"
+    ingest_paths(engine, [path])
+    with session_scope(engine) as s:
+        frame = s.scalars(select(Frame)).one()
+        stored = header_from_text(frame.header)
+    original = fits.getheader(path)
+    assert list(stored.keys()) == list(original.keys())
+    assert stored["AIRMASS"] == original["AIRMASS"] and stored["OBJCTRA"] == original["OBJCTRA"]
+    assert frame.sources["image_type"] == "IMAGETYP='LIGHT'" and frame.sources["dialect"] == "maxim/1"
+
+
+def test_ingesting_twice_changes_nothing(engine, shared_data):
+    ingest_paths(engine, [shared_data])
+    once = catalogue_state(engine)
+    again = ingest_paths(engine, [shared_data])
+    assert again.new == again.new_copies == again.changed == 0 and again.unchanged == 87
+    assert catalogue_state(engine) == once
+
+
+def test_two_processes_at_once_give_the_catalogue_of_one(db_url, shared_data, tmp_path):
+    from archive.db.session import open_catalogue
+
+    tree = tmp_path / "tree"
+    shutil.copytree(shared_data / "sbig-st7-ccdchar-lab", tree / "sbig", copy_function=shutil.copy2)
+    shutil.copytree(shared_data / "arcsat-uw-astr480", tree / "arcsat", copy_function=shutil.copy2)
+    command = [sys.executable, "-m", "archive.cli", "--quiet", "--db", db_url, "ingest", "--batch-size", "7", str(tree)]
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for run in runs:
+        out, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err
+        assert "Traceback" not in err
+    engine = open_catalogue(db_url)
+    both = catalogue_state(engine)
+    engine.dispose()
+
+    single_db = tmp_path / "single.sqlite"
+    single = open_catalogue(single_db)
+    ingest_paths(single, [tree])
+    expected = catalogue_state(single)
+    single.dispose()
+    assert both[0] == expected[0] and both[1] == expected[1]
+    assert len(both[0]) == 57 and sum(1 for c in both[1] if c[2]) == 81
+
+
+def test_a_reader_is_not_blocked_by_an_open_write(db_url, tmp_path):
+    from archive.db.session import open_catalogue
+
+    writer, reader = open_catalogue(db_url), open_catalogue(db_url, busy_timeout_s=0.5)
+    write_fits(tmp_path / "f.fits", nina_header(), seed=1)
+    ingest_paths(writer, [tmp_path])
+    with session_scope(writer, write=True) as w:
+        w.execute(Frame.__table__.update().values(target="changing"))
+        with session_scope(reader) as r:  # reads the last committed state, without waiting
+            assert r.scalar(select(Frame.target)) == "M 31"
+    with session_scope(reader) as r:
+        assert r.scalar(select(Frame.target)) == "changing"
+    writer.dispose()
+    reader.dispose()
