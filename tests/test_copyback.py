@@ -1,0 +1,307 @@
+"""Copyback on both backends, with real files: the ARCSAT night and the SBIG lab set from
+../shared/data, and a SYNTHETIC multi-night set (written here with astropy: N.I.N.A.-style
+headers, three nights, renamed copies, .fits.gz and .fits.fz copies of exposures, a night
+copied to a second folder), because the shared sets hold one night and no compressed files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from astropy.io import fits
+from click.testing import CliRunner
+from sqlalchemy import func, select, update
+
+from archive.cli import main
+from archive.db import Copy, Frame, session_scope
+from archive.errors import UnsafePathError
+from archive.gather.copyback import (
+    DELAY_ENV, TEMP_PREFIX, GatherConfig, Selection, copyback, destination, load_gather_config, safe_component,
+)
+from archive.ingest.ingest import ingest_paths
+from tests.factories import nina_header, write_fits
+
+CONFIG = GatherConfig()  # the package defaults, independent of any user file
+M31 = (10.684708, 41.26875)
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def fits_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def synthetic_nights(root: Path) -> Path:
+    """SYNTHETIC: three nights of M 31 (named 'M 31', 'M31', 'm31' on successive nights) in Ha
+    and OIII, 3 exposures each; one frame named 'Andromeda' at M 31's position; one 'M 33'."""
+    nights = root / "nights"
+    names = ["M 31", "M31", "m31"]
+    for n, day in enumerate(["2026-11-18", "2026-11-19", "2026-11-20"]):
+        for k in range(3):
+            for f, filt in enumerate(("Ha", "OIII")):
+                header = nina_header(OBJECT=names[n], FILTER=filt, **{
+                    "DATE-OBS": f"{day}T22:{10 * k + 5 * f:02d}:00.000", "DATE-LOC": f"{day}T23:{10 * k + 5 * f:02d}:00.000"})
+                write_fits(nights / f"night{n}" / f"{names[n]}_{filt}_{k}.fits", header, seed=100 * n + 10 * k + f)
+    write_fits(nights / "night2" / "andromeda_Ha.fits",
+               nina_header(OBJECT="Andromeda", FILTER="Ha", RA=10.70, DEC=41.30, **{"DATE-OBS": "2026-11-20T23:30:00.000"}), seed=7)
+    write_fits(nights / "night2" / "m33_Ha.fits",
+               nina_header(OBJECT="M 33", FILTER="Ha", RA=23.4621, DEC=30.6599, **{"DATE-OBS": "2026-11-20T23:40:00.000"}), seed=8)
+    return nights
+
+
+def synthetic_extras(nights: Path, root: Path) -> Path:
+    """SYNTHETIC copies made later: a renamed copy, a .fits.gz and a .fits.fz copy of two
+    exposures (other bytes, same exposure), and night 2 copied again to a backup folder."""
+    extras = root / "extras"
+    (extras / "renamed").mkdir(parents=True)
+    shutil.copy2(nights / "night0" / "M 31_Ha_0.fits", extras / "renamed" / "whatever_001.fits")
+    source = nights / "night1" / "M31_Ha_1.fits"
+    (extras / "compressed").mkdir()
+    with gzip.open(extras / "compressed" / "M31_Ha_1.fits.gz", "wb") as out:
+        out.write(source.read_bytes())
+    with fits.open(nights / "night1" / "M31_OIII_2.fits") as hdul:
+        header, data = hdul[0].header.copy(), hdul[0].data.copy()
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data=data, header=header)]).writeto(
+        extras / "compressed" / "M31_OIII_2.fits.fz")
+    shutil.copytree(nights / "night2", extras / "backup" / "night2")
+    return extras
+
+
+@pytest.fixture
+def synthetic(engine, tmp_path):
+    nights = synthetic_nights(tmp_path / "raw")
+    first = ingest_paths(engine, [nights])
+    extras = synthetic_extras(nights, tmp_path / "raw")
+    later = ingest_paths(engine, [extras])
+    assert first.new == 20 and later.duplicates == 2 and later.new_copies == 9, (first, later)
+    return tmp_path / "raw"
+
+
+def test_arcsat_copyback_loose_name_then_rerun_is_a_no_op(engine, arcsat_night, tmp_path):
+    ingest_paths(engine, [arcsat_night])
+    dest = tmp_path / "out"
+    summary = copyback(engine, Selection(target="xo1 b"), dest, config=CONFIG)
+    assert summary.ok and summary.copied == 16 and summary.exposures == 16
+    files = fits_files(dest)
+    assert len(files) == 16 and all(f.parent == dest / "xo1_b" / "z" for f in files)
+    with session_scope(engine) as session:
+        frame_shas = set(session.scalars(select(Frame.sha256).where(Frame.target_key == "xo1b")))
+        recorded = session.execute(select(Copy.path, Copy.sha256, Copy.is_canonical).where(
+            Copy.path.startswith(str(dest)))).all()
+    assert {sha(f) for f in files} == frame_shas
+    assert sorted(p for p, _, _ in recorded) == sorted(map(str, files))
+    assert not any(canonical for _, _, canonical in recorded)  # the raw file stays canonical
+    again = copyback(engine, Selection(target="XO1-b"), dest, config=CONFIG)
+    assert again.copied == 0 and again.present == 16 and again.ok
+    assert fits_files(dest) == files
+    # a raw file was never touched
+    assert sha(arcsat_night / "XO1-b_z_20250602_041008.fits") in frame_shas
+
+
+def test_sbig_same_bytes_under_two_paths_are_copied_once(engine, shared_data, tmp_path):
+    ingest_paths(engine, [shared_data / "sbig-st7-ccdchar-lab"])
+    dest = tmp_path / "flats"
+    summary = copyback(engine, Selection(image_type="flat"), dest, config=CONFIG)
+    assert summary.ok
+    with session_scope(engine) as session:
+        n_flats = session.scalar(select(func.count()).select_from(Frame).where(Frame.image_type == "flat"))
+    files = fits_files(dest)
+    assert len(files) == summary.copied == summary.exposures == n_flats == 20
+    assert summary.same_bytes == 19  # byte-identical copies in the other student folder
+    assert len({sha(f) for f in files}) == len(files)
+    assert all(f.suffix == ".fit" for f in files)  # the source's ending is kept
+
+
+def test_synthetic_nights_deduplicated_by_exposure(engine, synthetic, tmp_path):
+    dest = tmp_path / "m31"
+    summary = copyback(engine, Selection(target="M 31"), dest, config=CONFIG)
+    # 18 named exposures + 'Andromeda' by position; the .gz and .fz copies are duplicates
+    assert summary.exposures == 19 and summary.frames == 21 and summary.by_position == 1
+    assert sum(summary.duplicates.values()) == 2
+    assert summary.same_bytes == 8  # renamed copy + the 7 M 31 and Andromeda frames of the backup night
+    files = fits_files(dest)
+    assert len(files) == 19 and all(f.name.endswith(".fits") for f in files)  # originals, not .gz/.fz
+    assert {f.parent.name for f in files} == {"Ha", "OIII"} and {f.parent.parent.name for f in files} == {"M_31"}
+    with session_scope(engine) as session:
+        originals = set(session.scalars(select(Frame.sha256).where(Frame.duplicate_of_id.is_(None))))
+    assert {sha(f) for f in files} <= originals
+    text = "\n".join(summary.lines())
+    assert "skipped 2 duplicate(s): same exposure" in text and "19 exposure(s)" in text
+
+
+def test_filter_and_time_range(engine, synthetic, tmp_path):
+    import datetime as dt
+
+    summary = copyback(engine, Selection(target="m31", filter_name="ha", since=dt.datetime(2026, 11, 19),
+                                         until=dt.datetime(2026, 11, 20)), tmp_path / "o", config=CONFIG)
+    assert summary.exposures == 3 and summary.copied == 3
+
+
+def test_position_match_and_explicit_position(engine, synthetic, tmp_path):
+    no_position = copyback(engine, Selection(target="M31", radius_arcmin=0), tmp_path / "a", config=CONFIG, dry_run=True)
+    assert no_position.exposures == 18
+    by_position = copyback(engine, Selection(ra_deg=M31[0], dec_deg=M31[1], radius_arcmin=5), tmp_path / "b",
+                           config=CONFIG, dry_run=True)
+    assert by_position.exposures == 19  # the 18 M 31 exposures and 'Andromeda', not 'M 33'
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # dry run writes nothing
+
+
+def test_header_values_cannot_escape_the_destination(engine, tmp_path):
+    raw = tmp_path / "raw"
+    hostile = ["../../etc", "a/b\\c", "..", "x@@@@y", "/abs/path", "C:\\win"]
+    for i, name in enumerate(hostile):
+        path = write_fits(raw / f"f{i}.fits", nina_header(OBJECT=name, FILTER="../Ha", RA=100 + 20 * i, DEC=-60 + 10 * i,
+                                                          **{"DATE-OBS": f"2026-11-20T22:0{i}:00"}), seed=i)
+        # astropy refuses control characters in values: put them into the bytes afterwards
+        path.write_bytes(path.read_bytes().replace(b"x@@@@y", b"x\x1b\x07\x7f\ty"))
+    ingest_paths(engine, [raw])
+    with session_scope(engine) as session:
+        targets = set(session.scalars(select(Frame.target)))
+    assert "../../etc" in targets and any("\x1b" in (t or "") for t in targets)
+    before = {p for p in tmp_path.rglob("*")}
+    dest = tmp_path / "deep" / "dest"
+    for name in hostile:
+        summary = copyback(engine, Selection(target=None, image_type="light", ra_deg=None, dec_deg=None), dest,
+                           config=CONFIG)
+        assert summary.ok
+    created = {p for p in tmp_path.rglob("*")} - before
+    assert created and all(p.resolve().is_relative_to(dest.resolve()) or p == dest.parent for p in created)
+    files = fits_files(dest)
+    assert len(files) == len(hostile)
+    for f in files:
+        rel = f.relative_to(dest).parts
+        assert all(".." not in part and "\\" not in part and part.isprintable() for part in rel)
+        assert rel[1] == "Ha"  # '../Ha' made safe
+
+
+def test_safe_component_and_destination_rules():
+    assert safe_component("../../etc") == "etc"
+    assert safe_component("a/b") == "a_b"
+    assert safe_component("..") == "unknown" and safe_component(None) == "unknown" and safe_component("\n\t") == "unknown"
+    assert safe_component("M 31") == "M_31"
+    with pytest.raises(UnsafePathError):
+        destination(Path("/tmp/x"), "../{seq}{ext}", {"ext": ".fits"}, 1)
+
+
+def test_never_overwrites_an_existing_name(engine, arcsat_night, tmp_path):
+    ingest_paths(engine, [arcsat_night])
+    dest = tmp_path / "out"
+    squatter = dest / "43BetCom" / "z" / "20250602T033907_30s_0001.fits"
+    squatter.parent.mkdir(parents=True)
+    squatter.write_bytes(b"not mine")
+    summary = copyback(engine, Selection(target="43BetCom"), dest, config=CONFIG)
+    assert summary.copied == 1
+    assert squatter.read_bytes() == b"not mine"
+    assert (squatter.parent / "20250602T033907_30s_0002.fits").is_file()
+
+
+def test_move_deletes_sources_only_after_recording(engine, synthetic, tmp_path):
+    dest = tmp_path / "moved"
+    with session_scope(engine) as session:
+        before = dict(session.execute(select(Frame.sha256, Frame.id).where(Frame.target_key == "m31")).all())
+    summary = copyback(engine, Selection(target="M31", filter_name="OIII", radius_arcmin=0), dest, mode="move",
+                       config=CONFIG)
+    assert summary.ok and summary.copied == 9 and summary.moved == 9
+    files = fits_files(dest)
+    assert {sha(f) for f in files} <= set(before)
+    with session_scope(engine) as session:
+        for f in files:
+            canonical = session.execute(select(Copy.path).where(Copy.is_current, Copy.is_canonical,
+                                                                Copy.sha256 == sha(f))).scalars().all()
+            assert canonical == [str(f)]
+        stale = session.execute(select(Copy.path).where(Copy.is_current)).scalars().all()
+    assert all(os.path.exists(p) for p in stale)  # no current copy points to a deleted file
+    assert not list((synthetic / "nights").rglob("*OIII*"))
+    again = copyback(engine, Selection(target="M31", filter_name="OIII", radius_arcmin=0), dest, mode="move", config=CONFIG)
+    assert again.copied == 0 and again.moved == 0 and again.present == 9
+
+
+def test_link_mode(engine, arcsat_night, tmp_path):
+    ingest_paths(engine, [arcsat_night])
+    dest = tmp_path / "links"
+    summary = copyback(engine, Selection(target="43 Bet Com"), dest, mode="link", config=CONFIG)
+    assert summary.copied == 1
+    (link,) = fits_files(dest)
+    assert link.is_symlink() and sha(link) == sha(arcsat_night / "43Bet Com_z_20250602_033902.fits")
+
+
+def test_kind_calibrated(engine, tmp_path):
+    # The default dialect maps no IMAGETYP to 'calibrated' (reduction records its products
+    # itself), so these SYNTHETIC frames are ingested as lights and re-typed in the catalogue.
+    raw = tmp_path / "cal"
+    for i in range(3):
+        write_fits(raw / f"cal_{i}.fits", nina_header(OBJECT="NGC 7000", **{"DATE-OBS": f"2026-11-20T22:0{i}:00"}), seed=i)
+    write_fits(raw / "light.fits", nina_header(OBJECT="NGC 7000", **{"DATE-OBS": "2026-11-20T23:00:00"}), seed=9)
+    ingest_paths(engine, [raw])
+    with session_scope(engine, write=True) as session:
+        shas = [sha(raw / f"cal_{i}.fits") for i in range(3)]
+        session.execute(update(Frame).where(Frame.sha256.in_(shas)).values(image_type="calibrated"))
+    summary = copyback(engine, Selection(target="ngc7000", kind="calibrated"), tmp_path / "o", config=CONFIG)
+    assert summary.copied == 3
+    assert copyback(engine, Selection(target="ngc7000"), tmp_path / "r", config=CONFIG).copied == 1
+
+
+def test_cli_copyback_dry_run_and_run(db_url, arcsat_night, tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(main, ["--db", db_url, "-q", "ingest", str(arcsat_night)]).exit_code == 0
+    dest = tmp_path / "cli"
+    result = runner.invoke(main, ["--db", db_url, "-q", "copyback", "--target", "XO1 b", "--to", str(dest), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "would copy 16 file(s)" in result.output and " -> " in result.output and not dest.exists()
+    result = runner.invoke(main, ["--db", db_url, "-q", "copyback", "--target", "XO1 b", "--to", str(dest)])
+    assert result.exit_code == 0 and "copied 16 file(s)" in result.output
+    result = runner.invoke(main, ["--db", db_url, "copyback", "--to", str(dest)])
+    assert result.exit_code == 2 and "--target" in result.output
+
+
+def test_killed_copyback_is_finished_by_the_rerun(db_url, engine, synthetic, tmp_path):
+    """A real `archive copyback` process is killed (SIGKILL) half-way through."""
+    dest = tmp_path / "killed"
+    env = dict(os.environ, **{DELAY_ENV: "0.4"})
+    archive_cmd = shutil.which("archive") or pytest.fail("the archive command is not installed")
+    proc = subprocess.Popen([archive_cmd, "--db", db_url, "-q", "copyback", "--target", "M31", "--to", str(dest)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline:
+            finals = [p for p in dest.rglob("*.fits")] if dest.exists() else []
+            temps = [p for p in dest.rglob(f"{TEMP_PREFIX}*")] if dest.exists() else []
+            if len(finals) >= 4 and temps:
+                break
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.02)
+        else:
+            pytest.fail("the copyback never got half-way")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finals_at_kill = [p for p in dest.rglob("*.fits")]
+    assert 4 <= len(finals_at_kill) < 19
+    summary = copyback(engine, Selection(target="M31"), dest, config=CONFIG)
+    assert summary.ok and summary.recorded_found == len(finals_at_kill)
+    assert summary.copied == 19 - len(finals_at_kill) and summary.present == len(finals_at_kill)
+    assert not [p for p in dest.rglob("*") if p.name.startswith(TEMP_PREFIX)]  # no partial file
+    files = fits_files(dest)
+    shas = [sha(f) for f in files]
+    assert len(files) == 19 and len(set(shas)) == 19  # nothing lost, nothing twice
+    with session_scope(engine) as session:
+        recorded = session.execute(select(Copy.path, Copy.sha256).where(Copy.is_current,
+                                                                        Copy.path.startswith(str(dest)))).all()
+    assert sorted(recorded) == sorted(zip(map(str, files), shas))
+    assert copyback(engine, Selection(target="M31"), dest, config=CONFIG).copied == 0
+
+
+def test_configuration_is_read_and_checked():
+    config = load_gather_config()
+    assert "{seq" in config.template and config.position_radius_arcmin > 0
