@@ -24,3 +24,11 @@ class DatabaseError(RuntimeError, ArchiveError):
 
 class QueryError(LookupError, ArchiveError):
     """A named report query does not exist or its parameters are wrong."""
+
+
+class UnsafePathError(ValueError, ArchiveError):
+    """A destination path built from a name template and header values would leave its folder."""
+
+
+class ProjectError(LookupError, ArchiveError):
+    """A project does not exist, or one of that name already exists."""
