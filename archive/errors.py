@@ -32,3 +32,8 @@ class UnsafePathError(ValueError, ArchiveError):
 
 class ProjectError(LookupError, ArchiveError):
     """A project does not exist, or one of that name already exists."""
+
+
+class CalibrationNotFoundError(LookupError, ArchiveError):
+    """No master calibration passes the matching rules; the message names the rule that
+    removed the last candidates."""

@@ -1,0 +1,186 @@
+"""Matching rules of the master calibration library, read from ``configs/matching/*.toml``.
+
+The same :class:`KindRules` group raw calibrations into masters and select masters for
+lights, so the two never drift apart (LCO BANZAI keeps its ``CALIBRATION_SET_CRITERIA`` for
+both; Gemini's calibration manager reads like the same prose: match these descriptors, within
+this tolerance, not older than this interval, nearest in time first).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from archive.config import merge, read_toml
+from archive.db.models import CALIBRATION_KINDS
+from archive.errors import ConfigError
+from archive.resources import resource_dir
+
+#: Normalized names usable in ``exact`` and ``tolerance`` (the catalogue's frame columns;
+#: ``instrument`` is compared through ``frames.instrument_id``).
+MATCH_COLUMNS = (
+    "instrument", "binning_x", "binning_y", "naxis1", "naxis2", "gain", "offset", "readout_mode",
+    "filter_name", "telescope", "set_temp_c", "ccd_temp_c", "exposure_time_s",
+)
+COMBINE_METHODS = ("median", "sigma_clip")
+
+
+@dataclass(frozen=True)
+class KindRules:
+    """The rules of one calibration kind.
+
+    Attributes
+    ----------
+    kind : {'bias', 'dark', 'flat'}
+    exact : tuple of str
+        Columns that must be equal (NULL matches NULL only).
+    tolerance : dict of str to float
+        Column -> largest allowed absolute difference (set_temp_c in deg C).
+    max_age_days : float
+        Largest |DATE-OBS difference| between master and frame, days.
+    min_frames : int
+        Fewest raw frames a master is built from.
+    combine : {'median', 'sigma_clip'}
+    exposure_tolerance_s : float
+        Darks: exposures this close (s) count as equal.
+    scale : bool
+        Darks: allow the nearest longer bias-subtracted master scaled by exposure time.
+    interpolate : bool
+        Darks: allow dark = A*t + B fitted over bias-subtracted masters of several exposures.
+    """
+
+    kind: str
+    exact: tuple[str, ...]
+    tolerance: dict[str, float] = field(default_factory=dict)
+    max_age_days: float = 30.0
+    min_frames: int = 3
+    combine: str = "median"
+    exposure_tolerance_s: float = 0.01
+    scale: bool = False
+    interpolate: bool = False
+
+
+@dataclass(frozen=True)
+class MatchingRules:
+    """The rules of every kind for one instrument, with their version and combine settings.
+
+    Attributes
+    ----------
+    version : str
+        ``<name>:<version>`` of the rules file(s), recorded with masters and decisions.
+    kinds : dict of str to KindRules
+    sigma_low, sigma_high : float
+        Sigma-clipping bounds of ``combine = 'sigma_clip'`` (in standard deviations).
+    maxiters : int
+        Sigma-clipping iterations.
+    memory_limit_bytes : int
+        Memory for one combine.
+    header : dict
+        The FITS keywords written into masters (``[header]`` of the rules file).
+    """
+
+    version: str
+    kinds: dict[str, KindRules]
+    sigma_low: float = 3.0
+    sigma_high: float = 3.0
+    maxiters: int = 5
+    memory_limit_bytes: int = 2048 * 1024 * 1024
+    header: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, kind: str) -> KindRules:
+        try:
+            return self.kinds[kind]
+        except KeyError:
+            raise ConfigError(f"no matching rules for calibration kind {kind!r}") from None
+
+
+def _parse(raw: dict[str, Any], source: str) -> MatchingRules:
+    try:
+        kinds = {}
+        for kind in CALIBRATION_KINDS:
+            section = raw[kind]
+            exact = tuple(section.get("exact", ()))
+            tolerance = {str(k): float(v) for k, v in section.get("tolerance", {}).items()}
+            unknown = [c for c in (*exact, *tolerance) if c not in MATCH_COLUMNS]
+            if unknown:
+                raise ConfigError(f"{source}: [{kind}] names unknown columns {unknown}; choose from {MATCH_COLUMNS}")
+            combine = str(section.get("combine", "median"))
+            if combine not in COMBINE_METHODS:
+                raise ConfigError(f"{source}: [{kind}] combine = {combine!r}; choose from {COMBINE_METHODS}")
+            kinds[kind] = KindRules(
+                kind=kind, exact=exact, tolerance=tolerance,
+                max_age_days=float(section.get("max_age_days", 30)),
+                min_frames=int(section.get("min_frames", 3)), combine=combine,
+                exposure_tolerance_s=float(section.get("exposure_tolerance_s", 0.01)),
+                scale=bool(section.get("scale", False)), interpolate=bool(section.get("interpolate", False)),
+            )
+        combine = raw.get("combine", {})
+        return MatchingRules(
+            version=f"{raw.get('name', 'default')}:{raw.get('version', '0')}",
+            kinds=kinds,
+            sigma_low=float(combine.get("sigma_low", 3.0)), sigma_high=float(combine.get("sigma_high", 3.0)),
+            maxiters=int(combine.get("maxiters", 5)),
+            memory_limit_bytes=int(float(combine.get("memory_limit_mb", 2048)) * 1024 * 1024),
+            header=dict(raw.get("header", {})),
+        )
+    except KeyError as exc:
+        raise ConfigError(f"{source}: matching rules miss {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: invalid matching rule: {exc}") from exc
+
+
+class RuleBook:
+    """The default matching rules and the per-instrument overrides of a folder.
+
+    Parameters
+    ----------
+    folder : Path, optional
+        A folder with ``default.toml`` and optional override files (default the bundled
+        ``configs/matching``).
+
+    Raises
+    ------
+    ConfigError
+        No ``default.toml``, or a file is invalid.
+    """
+
+    def __init__(self, folder: Path | None = None):
+        self.folder = Path(folder) if folder else resource_dir("configs") / "matching"
+        default_file = self.folder / "default.toml"
+        if not default_file.is_file():
+            raise ConfigError(f"{self.folder}: no default.toml matching rules")
+        self._default_raw = read_toml(default_file)
+        self.default = _parse(self._default_raw, str(default_file))
+        self._by_instrument: dict[str, MatchingRules] = {}
+        for path in sorted(self.folder.glob("*.toml")):
+            if path.name == "default.toml":
+                continue
+            extra = read_toml(path)
+            instruments = extra.pop("instruments", None)
+            if not instruments:
+                raise ConfigError(f"{path}: an override file needs instruments = [...]")
+            extra.setdefault("name", path.stem)
+            rules = _parse(merge(self._default_raw, extra), str(path))
+            for name in instruments:
+                self._by_instrument[str(name)] = rules
+
+    def for_instrument(self, name: str | None) -> MatchingRules:
+        """The rules of instrument ``name`` (its override merged over the default)."""
+        return self._by_instrument.get(name or "", self.default)
+
+    @property
+    def overridden(self) -> dict[str, MatchingRules]:
+        """Instrument name -> its rules, for the instruments with an override."""
+        return dict(self._by_instrument)
+
+
+def load_rules(folder: Path | None = None, instrument: str | None = None) -> MatchingRules:
+    """The matching rules for ``instrument`` (the default when ``None``) from ``folder``.
+
+    Raises
+    ------
+    ConfigError
+        The rules folder or a file in it is invalid.
+    """
+    return RuleBook(folder).for_instrument(instrument)

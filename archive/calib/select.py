@@ -1,0 +1,570 @@
+"""Choosing master calibrations for frames, by the matching rules, as database queries.
+
+Two paths give the same answer:
+
+* :func:`select_master` (one frame) evaluates every rule on every candidate in Python and keeps
+  the verdicts, so the decision can be explained (``--explain``) and stored with its rejected
+  candidates (:func:`record_selection`);
+* :func:`select_masters` (many frames) is one set-based SQL query per instrument and kind:
+  candidates joined on the exact keys and tolerances, ranked by a window function, nearest in
+  time by the integer ``frames.date_obs_s``. Frames it cannot serve with an exact or scaled
+  master (an interpolated dark, or nothing) fall back to the Python path.
+
+The rule, after Gemini's calibration manager and LCO BANZAI: the candidate must match the
+``exact`` columns, lie within the ``tolerance`` (deg C, s), be no more than ``max_age_days``
+from the frame, not be flagged bad and be valid at the frame's time. Among the survivors an
+exact-exposure dark beats a scaled one, a scaled dark prefers the nearest longer exposure;
+then the nearest in time wins, ties going to more input frames, then the most recently built,
+then the larger frame id (so the choice is deterministic).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Float, and_, case, cast, func, literal, or_, select
+from sqlalchemy.orm import Session, aliased
+
+from archive.calib.rules import KindRules, MatchingRules, RuleBook
+from archive.db.models import (
+    CALIBRATION_KINDS, CalibrationSelection, Frame, Instrument, Master,
+)
+from archive.errors import ArchiveError, CalibrationNotFoundError
+
+#: Order in which rules are applied when explaining: the last one to remove candidates is
+#: the one named when nothing is left.
+SECONDS_PER_DAY = 86400.0
+_NULL_NUMBER = -987654321.0
+_NULL_TEXT = "\x00"
+
+
+@dataclass
+class Verdict:
+    """One candidate master as judged for one frame.
+
+    Attributes
+    ----------
+    master_id : int
+    date_obs : datetime or None
+    exposure_time_s : float or None
+    n_combined : int or None
+    delta_s : int or None
+        |DATE-OBS difference| to the frame, s.
+    rejected_by : str or None
+        The first rule the candidate fails (e.g. ``exact:filter_name``, ``tolerance:set_temp_c``,
+        ``max_age_days``, ``exposure``, ``is_bad``, ``validity``), ``None`` for a survivor.
+    reason : str or None
+        The rule in words, with the values compared.
+    method : str or None
+        exact | scaled for darks, exact for bias and flat; ``None`` when rejected.
+    rank : int or None
+        1 for the chosen master, 2, 3, ... for the other survivors.
+    """
+
+    master_id: int
+    date_obs: dt.datetime | None
+    exposure_time_s: float | None
+    n_combined: int | None
+    delta_s: int | None
+    rejected_by: str | None = None
+    reason: str | None = None
+    method: str | None = None
+    rank: int | None = None
+    sort_key: tuple = field(default=(), repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The verdict as JSON-ready values (for ``calibration_selections.candidates``)."""
+        return {
+            "master_id": self.master_id,
+            "date_obs": self.date_obs.isoformat() if self.date_obs else None,
+            "exposure_time_s": self.exposure_time_s, "n_combined": self.n_combined, "delta_s": self.delta_s,
+            "rejected_by": self.rejected_by, "reason": self.reason, "method": self.method, "rank": self.rank,
+        }
+
+
+@dataclass
+class Selection:
+    """The masters that calibrate one frame for one kind, and why.
+
+    Attributes
+    ----------
+    frame_id : int
+    kind : {'bias', 'dark', 'flat'}
+    method : {'exact', 'scaled', 'interpolated', 'none'}
+    master_id : int or None
+        The chosen master (for 'interpolated', the one nearest in time among those combined).
+    scale : float or None
+        'scaled': frame exposure / master exposure.
+    weights : list of (int, float)
+        (master frame id, weight): the calibration is ``sum(weight * master)``. One pair of
+        weight 1 for 'exact', weight ``scale`` for 'scaled', the least-squares weights of
+        dark = A*t + B evaluated at the frame's exposure for 'interpolated'.
+    rule_version : str
+    candidates : list of Verdict
+    explanation : str
+        One sentence: what was chosen, or the rule that removed the last candidates.
+    """
+
+    frame_id: int
+    kind: str
+    method: str
+    master_id: int | None
+    scale: float | None
+    weights: list[tuple[int, float]]
+    rule_version: str
+    candidates: list[Verdict]
+    explanation: str
+    detail: dict[str, Any] | None = None
+
+    @property
+    def found(self) -> bool:
+        """A master (or a combination) was found."""
+        return self.method != "none"
+
+
+def rules_for(rules: RuleBook | MatchingRules | None, instrument: str | None) -> MatchingRules:
+    """The :class:`MatchingRules` of ``instrument`` from a rule book (or the rules themselves)."""
+    if rules is None:
+        rules = RuleBook()
+    if isinstance(rules, RuleBook):
+        return rules.for_instrument(instrument)
+    return rules
+
+
+# -- the rules in Python: one frame, every candidate explained --------------------------------
+
+
+def _value(frame: Frame, column: str) -> Any:
+    return frame.instrument_id if column == "instrument" else getattr(frame, column)
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, float) or isinstance(b, float):
+        return abs(float(a) - float(b)) < 1e-9
+    return a == b
+
+
+def _judge(frame: Frame, master: Master, mframe: Frame, rules: KindRules) -> Verdict:
+    delta = (
+        abs(frame.date_obs_s - mframe.date_obs_s)
+        if frame.date_obs_s is not None and mframe.date_obs_s is not None else None
+    )
+    verdict = Verdict(mframe.id, mframe.date_obs, mframe.exposure_time_s, master.n_combined, delta)
+
+    def reject(rule: str, reason: str) -> Verdict:
+        verdict.rejected_by, verdict.reason = rule, reason
+        return verdict
+
+    for column in rules.exact:
+        mine, theirs = _value(frame, column), _value(mframe, column)
+        if not _equal(mine, theirs):
+            if column == "instrument":
+                mine = frame.instrument.name if frame.instrument else None
+                theirs = mframe.instrument.name if mframe.instrument else None
+            return reject(f"exact:{column}", f"{column} {theirs!r} differs from the frame's {mine!r}")
+    for column, limit in rules.tolerance.items():
+        mine, theirs = _value(frame, column), _value(mframe, column)
+        if mine is None or theirs is None:
+            if mine is None and theirs is None:
+                continue
+            return reject(f"tolerance:{column}", f"{column} is unknown on one side ({theirs!r} vs {mine!r})")
+        if abs(theirs - mine) > limit + 1e-9:
+            return reject(f"tolerance:{column}", f"|{column} {theirs} - {mine}| > {limit}")
+    method = "exact"
+    if rules.kind == "dark":
+        method = _dark_method(frame, master, mframe, rules)
+        if method is None:
+            return reject(
+                "exposure",
+                f"exposure {mframe.exposure_time_s} s cannot serve {frame.exposure_time_s} s"
+                + ("" if master.bias_subtracted else " (not bias-subtracted: cannot scale)"),
+            )
+    if delta is None:
+        return reject("max_age_days", "no DATE-OBS on the frame or the master")
+    if delta > rules.max_age_days * SECONDS_PER_DAY:
+        return reject("max_age_days", f"{delta / SECONDS_PER_DAY:.1f} days apart > {rules.max_age_days:g}")
+    if master.is_bad:
+        return reject("is_bad", f"flagged bad: {master.bad_reason or 'no reason given'}")
+    if (master.valid_from is not None and (frame.date_obs is None or frame.date_obs < master.valid_from)) or (
+        master.valid_until is not None and (frame.date_obs is None or frame.date_obs >= master.valid_until)
+    ):
+        return reject("validity", f"valid {master.valid_from or '...'} to {master.valid_until or '...'}")
+    verdict.method = method
+    exposure_order = mframe.exposure_time_s if method == "scaled" else 0.0
+    verdict.sort_key = (
+        0 if method == "exact" else 1, exposure_order, delta, -(master.n_combined or 0),
+        -master.created_at.timestamp(), -mframe.id,
+    )
+    return verdict
+
+
+def _dark_method(frame: Frame, master: Master, mframe: Frame, rules: KindRules) -> str | None:
+    t, tm = frame.exposure_time_s, mframe.exposure_time_s
+    if t is None or tm is None:
+        return "exact" if t is None and tm is None else None
+    if abs(t - tm) <= rules.exposure_tolerance_s:
+        return "exact"
+    if rules.scale and master.bias_subtracted and tm > t:
+        return "scaled"
+    return None
+
+
+def interpolation_weights(exposures: Sequence[float], t: float) -> list[float]:
+    """Weights w such that ``sum(w_i * D_i)`` is the least-squares line D = A*t + B at ``t``.
+
+    Parameters
+    ----------
+    exposures : sequence of float
+        Exposure times t_i (s) of the master darks D_i; at least two distinct values.
+    t : float
+        Exposure time (s) to evaluate at.
+
+    Returns
+    -------
+    list of float
+        w_i = 1/n + (t - mean)(t_i - mean) / sum_j (t_j - mean)^2 (the hat-matrix row of
+        ordinary least squares; astro_reduce fits dark = A*t + B pixel-wise the same way).
+
+    Raises
+    ------
+    ValueError
+        Fewer than two distinct exposure times.
+    """
+    n = len(exposures)
+    mean = sum(exposures) / n
+    ss = sum((ti - mean) ** 2 for ti in exposures)
+    if n < 2 or ss <= 0:
+        raise ValueError("interpolation needs master darks of at least two distinct exposure times")
+    return [1.0 / n + (t - mean) * (ti - mean) / ss for ti in exposures]
+
+
+def _interpolate(frame: Frame, pairs: list[tuple[Master, Frame, Verdict]], rules: KindRules) -> tuple[list[tuple[int, float]], dict] | None:
+    """Bias-subtracted darks rejected only for their exposure: the nearest in time per exposure."""
+    if not rules.interpolate or frame.exposure_time_s is None:
+        return None
+    best: dict[float, tuple[Master, Frame, Verdict]] = {}
+    for master, mframe, verdict in pairs:
+        if not master.bias_subtracted or mframe.exposure_time_s is None:
+            continue
+        # every rule but the exposure one must pass: re-judge with exposure ignored
+        key = round(mframe.exposure_time_s, 6)
+        order = (verdict.delta_s, -(master.n_combined or 0), -master.created_at.timestamp(), -mframe.id)
+        if key not in best or order < best[key][2].sort_key:
+            verdict.sort_key = order
+            best[key] = (master, mframe, verdict)
+    if len(best) < 2:
+        return None
+    chosen = sorted(best.values(), key=lambda p: p[1].exposure_time_s)
+    exposures = [p[1].exposure_time_s for p in chosen]
+    weights = interpolation_weights(exposures, frame.exposure_time_s)
+    return (
+        [(p[1].id, w) for p, w in zip(chosen, weights)],
+        {"fit": "dark = A*t + B (least squares)", "exposures_s": exposures, "t_s": frame.exposure_time_s},
+    )
+
+
+def _masters_of(session: Session, kind: str) -> list[tuple[Master, Frame]]:
+    return list(session.execute(
+        select(Master, Frame).join(Frame, Frame.id == Master.frame_id).where(Master.kind == kind).order_by(Frame.id)
+    ).tuples())
+
+
+def explain_selection(
+    session: Session, frame: Frame, kind: str, *, rules: RuleBook | MatchingRules | None = None
+) -> Selection:
+    """Judge every master of ``kind`` for ``frame`` and choose one, keeping every verdict.
+
+    Parameters
+    ----------
+    session : Session
+    frame : Frame
+        The frame to calibrate (usually a light; a raw flat for the dark of a master flat).
+    kind : {'bias', 'dark', 'flat'}
+    rules : RuleBook or MatchingRules, optional
+        Default: the bundled ``configs/matching``; a rule book gives the frame's instrument's rules.
+
+    Returns
+    -------
+    Selection
+        ``method == 'none'`` when nothing passes; ``explanation`` then names the rule that
+        removed the last candidates.
+
+    Raises
+    ------
+    ValueError
+        ``kind`` is not a calibration kind.
+    """
+    if kind not in CALIBRATION_KINDS:
+        raise ValueError(f"unknown calibration kind {kind!r}; choose from {CALIBRATION_KINDS}")
+    matching = rules_for(rules, frame.instrument.name if frame.instrument else None)
+    kind_rules = matching[kind]
+    judged = [(m, f, _judge(frame, m, f, kind_rules)) for m, f in _masters_of(session, kind) if f.id != frame.id]
+    verdicts = [v for _, _, v in judged]
+    survivors = sorted((v for v in verdicts if v.rejected_by is None), key=lambda v: v.sort_key)
+    for rank, verdict in enumerate(survivors, 1):
+        verdict.rank = rank
+    if survivors:
+        best = survivors[0]
+        scale = frame.exposure_time_s / best.exposure_time_s if best.method == "scaled" else None
+        weights = [(best.master_id, scale if scale is not None else 1.0)]
+        explanation = f"{kind}: master {best.master_id} ({best.method}" + (
+            f", scale {scale:.4g}" if scale is not None else "") + f"), {len(survivors)} of {len(verdicts)} candidates pass"
+        return Selection(frame.id, kind, best.method, best.master_id, scale, weights, matching.version, verdicts, explanation)
+    if kind == "dark":
+        exposure_only = [(m, f, v) for m, f, v in judged if v.rejected_by == "exposure" and _passes_rest(frame, m, f, kind_rules)]
+        interpolated = _interpolate(frame, exposure_only, kind_rules)
+        if interpolated:
+            weights, detail = interpolated
+            nearest = min(exposure_only, key=lambda p: (p[2].delta_s, -p[1].id))[1].id
+            used = {mid for mid, _ in weights}
+            for verdict in verdicts:
+                if verdict.master_id in used:
+                    verdict.method = "interpolated"
+            return Selection(
+                frame.id, kind, "interpolated", nearest, None, weights, matching.version, verdicts,
+                f"dark: interpolated from masters {sorted(used)} at {frame.exposure_time_s} s", detail,
+            )
+    return Selection(frame.id, kind, "none", None, None, [], matching.version, verdicts, _why_none(kind, verdicts, kind_rules))
+
+
+def _passes_rest(frame: Frame, master: Master, mframe: Frame, rules: KindRules) -> bool:
+    """Every rule but the exposure one passes (a candidate for interpolation)."""
+    relaxed = KindRules(**{**rules.__dict__, "kind": "bias"})
+    return _judge(frame, master, mframe, relaxed).rejected_by is None
+
+
+_RULE_ORDER = ("exact", "tolerance", "exposure", "max_age_days", "is_bad", "validity")
+
+
+def _why_none(kind: str, verdicts: list[Verdict], rules: KindRules) -> str:
+    if not verdicts:
+        return f"no master {kind} in the library at all"
+    order = []
+    for column in rules.exact:
+        order.append(f"exact:{column}")
+    for column in rules.tolerance:
+        order.append(f"tolerance:{column}")
+    order += ["exposure", "max_age_days", "is_bad", "validity"]
+    counts = {rule: sum(v.rejected_by == rule for v in verdicts) for rule in order}
+    last = [rule for rule in order if counts[rule]][-1]
+    example = next(v for v in verdicts if v.rejected_by == last)
+    return (
+        f"no master {kind}: the rule {last!r} removed the last {counts[last]} candidate(s) "
+        f"(e.g. master {example.master_id}: {example.reason}); {len(verdicts)} considered"
+    )
+
+
+def select_master(
+    session: Session, frame: Frame, kind: str, *, rules: RuleBook | MatchingRules | None = None
+) -> Selection:
+    """Select the master calibration frame that best matches ``frame``.
+
+    Candidates must match ``rules[kind].exact`` (e.g. instrument, binning, gain), lie within
+    ``rules[kind].tolerance`` (set-point temperature in deg C) and be no more than
+    ``max_age_days`` from the frame; masters flagged bad or outside their validity are
+    excluded. Darks: an exact exposure (within ``exposure_tolerance_s``) is preferred; else,
+    when ``scale`` allows, the nearest longer bias-subtracted master scaled by t/t_dark; else,
+    when ``interpolate`` allows, dark = A*t + B fitted by least squares over bias-subtracted
+    masters of two or more exposures (astro_reduce's method). The nearest in time
+    (|date_obs difference|, s) wins; ties go to more input frames, then the most recently
+    built. Rule after the calibration association of Gemini's archive and LCO's BANZAI.
+
+    Masters made elsewhere take part once :func:`archive.calib.masters.sync_library` has
+    given them a library row (every ``archive masters`` command does).
+
+    Parameters
+    ----------
+    session : Session
+    frame : Frame
+    kind : {'bias', 'dark', 'flat'}
+    rules : RuleBook or MatchingRules, optional
+        Default: the bundled ``configs/matching``.
+
+    Returns
+    -------
+    Selection
+        The chosen master (``master_id``), the method, the weights and every candidate's verdict.
+
+    Raises
+    ------
+    CalibrationNotFoundError
+        No candidate passes; the message names the rule that removed the last candidates.
+    """
+    selection = explain_selection(session, frame, kind, rules=rules)
+    if not selection.found:
+        raise CalibrationNotFoundError(f"frame {frame.id}: {selection.explanation}")
+    return selection
+
+
+def record_selection(session: Session, selection: Selection, *, reduction_id: int | None = None) -> CalibrationSelection:
+    """Store a decision (chosen master, method, scale, rule version, every candidate's verdict).
+
+    The interpolated dark's masters and weights go to ``detail``. Returns the new row (flushed).
+    """
+    detail = dict(selection.detail or {})
+    if selection.method == "interpolated":
+        detail["weights"] = [[mid, w] for mid, w in selection.weights]
+    row = CalibrationSelection(
+        frame_id=selection.frame_id, kind=selection.kind, master_id=selection.master_id, method=selection.method,
+        scale=selection.scale, rule_version=selection.rule_version, decided_at=_utcnow(),
+        candidates=[v.as_dict() for v in selection.candidates], detail=detail or None, reduction_id=reduction_id,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+# -- the rules in SQL: many frames at once ------------------------------------------------------
+
+
+def _key(column, text: bool):
+    return func.coalesce(column, literal(_NULL_TEXT) if text else literal(_NULL_NUMBER))
+
+
+_TEXT_COLUMNS = {"readout_mode", "filter_name", "telescope"}
+
+
+def _column(table, name: str):
+    return table.c.instrument_id if name == "instrument" else table.c[name]
+
+
+def _bulk_query(frame_ids: Sequence[int], kind: str, rules: KindRules, instrument_id: int | None):
+    """One statement: the best exact-or-scaled master per frame, by a window over the candidates."""
+    frames = Frame.__table__
+    light = (
+        select(frames).where(frames.c.id.in_(frame_ids)).cte("light")
+    )
+    mf = (
+        select(frames, Master.n_combined, Master.bias_subtracted, Master.created_at, Master.valid_from,
+               Master.valid_until)
+        .join(Master, Master.frame_id == frames.c.id)
+        .where(Master.kind == kind, ~Master.is_bad, frames.c.date_obs_s.is_not(None),
+               frames.c.instrument_id == instrument_id if instrument_id is not None else frames.c.instrument_id.is_(None))
+        .cte("cand")
+    )
+    window_s = int(rules.max_age_days * SECONDS_PER_DAY)
+    on = [mf.c.id != light.c.id]
+    for name in rules.exact:
+        if name == "instrument":
+            continue  # one instrument per statement
+        text = name in _TEXT_COLUMNS
+        on.append(_key(_column(mf, name), text) == _key(_column(light, name), text))
+    for name, limit in rules.tolerance.items():
+        a, b = _column(mf, name), _column(light, name)
+        on.append(or_(and_(a.is_(None), b.is_(None)), func.abs(a - b) <= limit + 1e-9))
+    on += [
+        mf.c.date_obs_s >= light.c.date_obs_s - window_s,
+        mf.c.date_obs_s <= light.c.date_obs_s + window_s,
+        or_(mf.c.valid_from.is_(None), light.c.date_obs >= mf.c.valid_from),
+        or_(mf.c.valid_until.is_(None), light.c.date_obs < mf.c.valid_until),
+    ]
+    if kind == "dark":
+        same = or_(
+            and_(mf.c.exposure_time_s.is_(None), light.c.exposure_time_s.is_(None)),
+            func.abs(mf.c.exposure_time_s - light.c.exposure_time_s) <= rules.exposure_tolerance_s,
+        )
+        longer = and_(mf.c.bias_subtracted, mf.c.exposure_time_s > light.c.exposure_time_s) if rules.scale else literal(False)
+        method = case((same, 0), (longer, 1), else_=None)
+        on.append(or_(same, longer))
+        exposure_order = case((same, 0.0), else_=mf.c.exposure_time_s)
+    else:
+        method = literal(0)
+        exposure_order = literal(0.0)
+    delta = func.abs(mf.c.date_obs_s - light.c.date_obs_s)
+    rank = func.row_number().over(
+        partition_by=light.c.id,
+        order_by=(method, exposure_order, delta, func.coalesce(mf.c.n_combined, 0).desc(), mf.c.created_at.desc(),
+                  mf.c.id.desc()),
+    )
+    ranked = (
+        select(light.c.id.label("frame_id"), mf.c.id.label("master_id"), method.label("method"),
+               (cast(light.c.exposure_time_s, Float) / mf.c.exposure_time_s).label("scale"), rank.label("rn"))
+        .select_from(light.join(mf, and_(*on)))
+        .subquery()
+    )
+    return select(ranked.c.frame_id, ranked.c.master_id, ranked.c.method, ranked.c.scale).where(ranked.c.rn == 1)
+
+
+def select_masters(
+    session: Session,
+    frame_ids: Iterable[int],
+    kinds: Sequence[str] = CALIBRATION_KINDS,
+    *,
+    rules: RuleBook | MatchingRules | None = None,
+    fallback: bool = True,
+    batch_size: int = 20000,
+) -> dict[tuple[int, str], Selection]:
+    """Select masters of ``kinds`` for many frames with a few set-based queries.
+
+    One statement per instrument, kind and batch of frames joins the frames to the library on
+    the exact keys, the tolerances, the age window and validity, and keeps the best candidate
+    per frame with a window function (the ordering of :func:`select_master`). Frames left
+    without an exact or scaled master are judged one by one (:func:`explain_selection`) when
+    ``fallback``, which finds interpolated darks and the rule that removed the last candidates.
+
+    Parameters
+    ----------
+    session : Session
+    frame_ids : iterable of int
+        The frames to calibrate.
+    kinds : sequence of {'bias', 'dark', 'flat'}
+    rules : RuleBook or MatchingRules, optional
+    fallback : bool
+        Judge the frames the query leaves without a master one by one (default True).
+    batch_size : int
+        Frames per statement.
+
+    Returns
+    -------
+    dict of (frame_id, kind) to Selection
+        The bulk path's selections carry no candidate verdicts (``candidates == []``).
+    """
+    ids = list(dict.fromkeys(frame_ids))
+    book = rules if isinstance(rules, RuleBook) else None
+    by_instrument: dict[int | None, list[int]] = {}
+    names: dict[int | None, str | None] = {None: None}
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start:start + batch_size]
+        for fid, iid, name in session.execute(
+            select(Frame.id, Frame.instrument_id, Instrument.name).outerjoin(Instrument, Instrument.id == Frame.instrument_id)
+            .where(Frame.id.in_(chunk))
+        ):
+            by_instrument.setdefault(iid, []).append(fid)
+            names[iid] = name
+    out: dict[tuple[int, str], Selection] = {}
+    for iid, fids in by_instrument.items():
+        matching = rules_for(book or rules, names[iid])
+        for kind in kinds:
+            kind_rules = matching[kind]
+            if "instrument" not in kind_rules.exact:
+                raise ArchiveError("the bulk selection needs 'instrument' among the exact keys; use select_master")
+            for start in range(0, len(fids), batch_size):
+                chunk = fids[start:start + batch_size]
+                for fid, mid, method, scale in session.execute(_bulk_query(chunk, kind, kind_rules, iid)):
+                    name = "exact" if method == 0 else "scaled"
+                    sc = float(scale) if name == "scaled" else None
+                    out[(fid, kind)] = Selection(
+                        fid, kind, name, mid, sc, [(mid, sc if sc is not None else 1.0)], matching.version, [],
+                        f"{kind}: master {mid} ({name})",
+                    )
+            if fallback:
+                for fid in fids:
+                    if (fid, kind) not in out:
+                        frame = session.get(Frame, fid)
+                        out[(fid, kind)] = explain_selection(session, frame, kind, rules=matching)
+    return out
+
+
+__all__ = [
+    "CalibrationNotFoundError", "Selection", "Verdict", "explain_selection", "interpolation_weights",
+    "record_selection", "rules_for", "select_master", "select_masters",
+]
