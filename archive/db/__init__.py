@@ -5,6 +5,7 @@ code receives a ``Session`` explicitly.
 """
 
 from archive.db.models import Copy, Frame, IngestProblem, IngestRun, Instrument, Night
+from archive.db.projects import Project, ProjectGoal  # noqa: F401 - registers the project tables
 from archive.db.session import open_catalogue, session_scope
 
 __all__ = [
