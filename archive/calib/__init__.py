@@ -10,18 +10,20 @@
 """
 
 from archive.calib.masters import (
-    BuildSummary, MasterBuildError, build_masters, combine_files, default_library, mark_bad, plan_masters,
+    BuildSummary, MasterBuildError, build_masters, combine_files, default_library, library_table, mark_bad,
+    plan_masters,
     set_validity, sync_library,
 )
 from archive.calib.rules import KindRules, MatchingRules, RuleBook, load_rules
 from archive.calib.select import (
-    Selection, Verdict, explain_selection, interpolation_weights, record_selection, select_master, select_masters,
+    Selection, Verdict, explain_selection, interpolation_weights, missing_calibrations, record_selection,
+    select_master, select_masters,
 )
 from archive.errors import CalibrationNotFoundError
 
 __all__ = [
     "BuildSummary", "CalibrationNotFoundError", "KindRules", "MasterBuildError", "MatchingRules", "RuleBook",
     "Selection", "Verdict", "build_masters", "combine_files", "default_library", "explain_selection",
-    "interpolation_weights", "load_rules", "mark_bad", "plan_masters", "record_selection", "select_master",
+    "interpolation_weights", "library_table", "load_rules", "mark_bad", "missing_calibrations", "plan_masters", "record_selection", "select_master",
     "select_masters", "set_validity", "sync_library",
 ]

@@ -832,3 +832,34 @@ def frame_for_path(session: Session, path: str | Path) -> Frame:
     if frame is None:
         raise CalibrationNotFoundError(f"{path} is not in the catalogue: run 'archive ingest' on it first")
     return frame
+
+
+def library_table(session: Session, kind: str | None = None, *, include_bad: bool = True) -> "pd.DataFrame":
+    """The masters of the library, one row each, ordered by kind and DATE-OBS.
+
+    Returns
+    -------
+    DataFrame
+        Columns: frame_id, kind, origin, instrument, night, date_obs, exposure_time_s,
+        filter_name, binning_x, set_temp_c, n_combined, combine_method, bias_subtracted, is_bad,
+        bad_reason, valid_from, valid_until, rule_version, reduction_id, path.
+    """
+    import pandas as pd
+
+    path = (
+        select(Copy.path).where(Copy.frame_id == Frame.id, Copy.is_current, Copy.is_canonical).limit(1).scalar_subquery()
+    )
+    query = (
+        select(Master.frame_id, Master.kind, Master.origin, Instrument.name.label("instrument"), Frame.night,
+               Frame.date_obs, Frame.exposure_time_s, Frame.filter_name, Frame.binning_x, Frame.set_temp_c,
+               Master.n_combined, Master.combine_method, Master.bias_subtracted, Master.is_bad, Master.bad_reason,
+               Master.valid_from, Master.valid_until, Master.rule_version, Frame.reduction_id, path.label("path"))
+        .join(Frame, Frame.id == Master.frame_id).outerjoin(Instrument, Instrument.id == Frame.instrument_id)
+        .order_by(Master.kind, Frame.date_obs, Frame.id)
+    )
+    if kind:
+        query = query.where(Master.kind == kind)
+    if not include_bad:
+        query = query.where(~Master.is_bad)
+    rows = session.execute(query).all()
+    return pd.DataFrame(rows, columns=list(query.selected_columns.keys()))

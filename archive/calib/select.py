@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pandas as pd
 from sqlalchemy import Float, and_, case, cast, func, literal, or_, select
 from sqlalchemy.orm import Session, aliased
 
@@ -275,7 +276,8 @@ def _masters_of(session: Session, kind: str) -> list[tuple[Master, Frame]]:
 
 
 def explain_selection(
-    session: Session, frame: Frame, kind: str, *, rules: RuleBook | MatchingRules | None = None
+    session: Session, frame: Frame, kind: str, *, rules: RuleBook | MatchingRules | None = None,
+    library: list[tuple[Master, Frame]] | None = None,
 ) -> Selection:
     """Judge every master of ``kind`` for ``frame`` and choose one, keeping every verdict.
 
@@ -287,6 +289,8 @@ def explain_selection(
     kind : {'bias', 'dark', 'flat'}
     rules : RuleBook or MatchingRules, optional
         Default: the bundled ``configs/matching``; a rule book gives the frame's instrument's rules.
+    library : list of (Master, Frame), optional
+        The masters of ``kind``, when the caller has already loaded them (judging many frames).
 
     Returns
     -------
@@ -303,7 +307,8 @@ def explain_selection(
         raise ValueError(f"unknown calibration kind {kind!r}; choose from {CALIBRATION_KINDS}")
     matching = rules_for(rules, frame.instrument.name if frame.instrument else None)
     kind_rules = matching[kind]
-    judged = [(m, f, _judge(frame, m, f, kind_rules)) for m, f in _masters_of(session, kind) if f.id != frame.id]
+    candidates = library if library is not None else _masters_of(session, kind)
+    judged = [(m, f, _judge(frame, m, f, kind_rules)) for m, f in candidates if f.id != frame.id]
     verdicts = [v for _, _, v in judged]
     survivors = sorted((v for v in verdicts if v.rejected_by is None), key=lambda v: v.sort_key)
     for rank, verdict in enumerate(survivors, 1):
@@ -557,14 +562,72 @@ def select_masters(
                         f"{kind}: master {mid} ({name})",
                     )
             if fallback:
-                for fid in fids:
-                    if (fid, kind) not in out:
-                        frame = session.get(Frame, fid)
-                        out[(fid, kind)] = explain_selection(session, frame, kind, rules=matching)
+                left = [fid for fid in fids if (fid, kind) not in out]
+                if left:
+                    library = _masters_of(session, kind)
+                    for frame in session.scalars(select(Frame).where(Frame.id.in_(left))):
+                        out[(frame.id, kind)] = explain_selection(session, frame, kind, rules=matching, library=library)
     return out
 
 
+def missing_calibrations(
+    session: Session,
+    frame_ids: Iterable[int],
+    kinds: Sequence[str] = CALIBRATION_KINDS,
+    *,
+    rules: RuleBook | MatchingRules | None = None,
+) -> pd.DataFrame:
+    """The frames no master can calibrate, grouped by the calibration set that would be needed.
+
+    The set is what the rules would require of a master: the kind, the instrument and the
+    other ``exact`` columns, the ``tolerance`` columns (set-point temperature), and for darks
+    the exposure time (filter_name is among the exact columns of flats). One row per set: what
+    to shoot next.
+
+    Returns
+    -------
+    DataFrame
+        Columns: kind, instrument, the needed columns of the rules, ``lights`` (count),
+        ``first_night``, ``last_night``, ``why`` (the rule that removed the last candidates for
+        one of them), ``frame_ids`` (up to 20).
+    """
+    selections = select_masters(session, frame_ids, kinds, rules=rules, fallback=True)
+    missing = [(fid, kind, sel) for (fid, kind), sel in selections.items() if not sel.found]
+    if not missing:
+        return pd.DataFrame(columns=["kind", "instrument", "lights", "first_night", "last_night", "why", "frame_ids"])
+    frames = {f.id: f for f in session.scalars(select(Frame).where(Frame.id.in_({m[0] for m in missing})))}
+    book = rules if isinstance(rules, RuleBook) else None
+    groups: dict[tuple, dict[str, Any]] = {}
+    for fid, kind, sel in missing:
+        frame = frames[fid]
+        name = frame.instrument.name if frame.instrument else None
+        kr = rules_for(book or rules, name)[kind]
+        columns = [c for c in (*kr.exact, *kr.tolerance) if c != "instrument"]
+        if kind == "dark":
+            columns.append("exposure_time_s")
+        key = (kind, name) + tuple((c, getattr(frame, c)) for c in columns)
+        group = groups.setdefault(key, {"frames": [], "nights": [], "why": sel.explanation})
+        group["frames"].append(fid)
+        if frame.night is not None:
+            group["nights"].append(frame.night)
+    rows = []
+    for key, group in groups.items():
+        row = {"kind": key[0], "instrument": key[1], **dict(key[2:])}
+        row.update(
+            lights=len(group["frames"]), first_night=min(group["nights"], default=None),
+            last_night=max(group["nights"], default=None), why=group["why"],
+            frame_ids=",".join(map(str, sorted(group["frames"])[:20])),
+        )
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    leading = ["kind", "instrument"]
+    trailing = ["lights", "first_night", "last_night", "why", "frame_ids"]
+    middle = [c for c in table.columns if c not in leading + trailing]
+    return table[leading + middle + trailing].sort_values(["kind", "lights"], ascending=[True, False]).reset_index(drop=True)
+
+
 __all__ = [
+    "missing_calibrations",
     "CalibrationNotFoundError", "Selection", "Verdict", "explain_selection", "interpolation_weights",
     "record_selection", "rules_for", "select_master", "select_masters",
 ]

@@ -55,6 +55,7 @@ class ArchiveGroup(click.Group):
         "report": "archive.cli.catalog:report",
         "copyback": "archive.cli.gather:copyback",
         "project": "archive.cli.gather:project",
+        "masters": "archive.cli.masters:masters",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

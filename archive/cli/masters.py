@@ -1,0 +1,270 @@
+"""``archive masters``: build the master calibration library and choose masters for lights."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+import pandas as pd
+from sqlalchemy import select
+
+from archive.calib import (
+    RuleBook, build_masters, default_library, explain_selection, library_table, mark_bad, missing_calibrations,
+    record_selection, select_masters, set_validity, sync_library,
+)
+from archive.calib.masters import frame_for_path
+from archive.cli import AppContext, pass_app
+from archive.cli.catalog import frame_filters
+from archive.cli.options import BarProgress, emit, output_format
+from archive.db.models import CALIBRATION_KINDS, Frame, Master
+from archive.db.session import session_scope
+from archive.reports.catalog import FrameFilter, frame_query
+
+
+def _rules_option(func: Callable) -> Callable:
+    return click.option(
+        "--rules", "rules_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+        help="A folder of matching rules (default.toml + per-instrument overrides); default: the "
+        "bundled configs/matching, or [masters] rules in the configuration.",
+    )(func)
+
+
+def _book(app: AppContext, rules_dir: Path | None) -> RuleBook:
+    configured = app.settings.raw.get("masters", {}).get("rules")
+    return RuleBook(rules_dir or (Path(configured).expanduser() if configured else None))
+
+
+def _kinds_option(func: Callable) -> Callable:
+    return click.option(
+        "--kind", "kinds", multiple=True, type=click.Choice(CALIBRATION_KINDS),
+        help="Calibration kind (repeat for several; default all).",
+    )(func)
+
+
+@click.group()
+def masters() -> None:
+    """Build the master bias/dark/flat library and choose masters for lights.
+
+    Matching rules are data (configs/matching/*.toml): the same rules group raw frames into
+    masters and select masters for lights.
+
+    \b
+    Examples:
+      archive masters build --night 2025-06-01
+      archive masters select --night 2025-06-01 --explain
+      archive masters missing
+    """
+
+
+@masters.command()
+@click.option("--night", type=click.DateTime(["%Y-%m-%d"]), help="Only raw calibrations of this local night.")
+@click.option("--since", type=click.DateTime(), help="DATE-OBS on or after (UTC).")
+@click.option("--until", type=click.DateTime(), help="DATE-OBS before (UTC).")
+@click.option("--instrument", help="Instrument name (INSTRUME).")
+@_kinds_option
+@click.option("--library", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder the masters are written to (default: [masters] library of the configuration, "
+              "else ~/.local/share/archive/masters).")
+@click.option("--memory-limit", "memory_mb", type=click.IntRange(64), help="Memory per combine, MB (default 2048).")
+@_rules_option
+@pass_app
+def build(app: AppContext, night, since, until, instrument, kinds, library, memory_mb, rules_dir) -> None:
+    """Group raw bias/dark/flat frames by the matching rules and build one master per group.
+
+    Bias first, then darks (bias-subtracted), then flats (bias/dark-corrected, median 1).
+    Each master is written to LIBRARY/<instrument>/<kind>/, ingested and linked to its inputs.
+    Rebuilding with the same inputs and rules does nothing.
+
+    \b
+    Examples:
+      archive masters build --night 2025-06-01
+      archive masters build --kind dark --since 2025-06-01 --until 2025-07-01
+      archive masters build --library /data/masters --memory-limit 1024
+    """
+    filters = FrameFilter(night=night.date() if night else None, since=since, until=until, instrument=instrument)
+    summary = build_masters(
+        app.engine, filters=filters, kinds=kinds or CALIBRATION_KINDS, rules=_book(app, rules_dir),
+        library=library or default_library(app.settings),
+        memory_limit_bytes=memory_mb * 1024 * 1024 if memory_mb else None, settings=app.settings,
+        progress=BarProgress(not app.quiet),
+    )
+    for kind, frame_id, path in summary.built:
+        click.echo(f"built master {kind} {frame_id}: {path}")
+    click.echo(f"{len(summary.built)} built, {summary.unchanged} unchanged (same inputs and rules)")
+    for kind, what, count in summary.too_small:
+        click.echo(f"too few frames for a master {kind}: {what} ({count})", err=True)
+    if summary.skipped_no_date:
+        click.echo(f"{summary.skipped_no_date} raw calibration(s) without DATE-OBS left out", err=True)
+    for kind, what, reason in summary.failed:
+        click.echo(f"failed: master {kind} {what}: {reason}", err=True)
+    if summary.failed:
+        raise SystemExit(1)
+
+
+def _selection_rows(selections) -> pd.DataFrame:
+    rows = [
+        {"frame_id": fid, "kind": kind, "method": sel.method, "master_id": sel.master_id, "scale": sel.scale,
+         "weights": ";".join(f"{m}:{w:.4g}" for m, w in sel.weights) if sel.method == "interpolated" else "",
+         "rule_version": sel.rule_version, "why": "" if sel.found else sel.explanation}
+        for (fid, kind), sel in sorted(selections.items())
+    ]
+    return pd.DataFrame(rows, columns=["frame_id", "kind", "method", "master_id", "scale", "weights", "rule_version", "why"])
+
+
+@masters.command("select")
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+@frame_filters
+@_kinds_option
+@click.option("--explain", is_flag=True, help="List every candidate with its rank or the rule that removed it.")
+@click.option("--record", is_flag=True, help="Store the decisions (calibration_selections) for later queries.")
+@_rules_option
+@output_format
+@pass_app
+def select_cmd(app: AppContext, files, filters: FrameFilter, kinds, explain: bool, record: bool, rules_dir, fmt) -> None:
+    """Choose the master bias, dark and flat for FILES, or for every light matching the filters.
+
+    Nearest in time among the masters that pass the rules; darks prefer an exact exposure, then
+    the nearest longer bias-subtracted dark scaled by exposure, then an interpolated one.
+
+    \b
+    Examples:
+      archive masters select /data/2025-06-01/XO1-b_z_001.fits --explain
+      archive masters select --night 2025-06-01 --target "XO-1"
+      archive masters select --night 2025-06-01 --kind dark --record --format csv
+    """
+    book = _book(app, rules_dir)
+    kinds = kinds or CALIBRATION_KINDS
+    with session_scope(app.engine, write=True) as session:
+        sync_library(session, book)
+        if files:
+            ids = [frame_for_path(session, path).id for path in files]
+        else:
+            if filters.image_type is None:
+                filters = FrameFilter(**{**filters.__dict__, "image_type": "light"})
+            ids = list(session.scalars(frame_query(filters, Frame.id).order_by(Frame.date_obs_s, Frame.id)))
+        if explain or record:
+            selections = {}
+            library = {}
+            for frame in session.scalars(select(Frame).where(Frame.id.in_(ids)).order_by(Frame.date_obs_s, Frame.id)):
+                for kind in kinds:
+                    if kind not in library:
+                        library[kind] = list(session.execute(
+                            select(Master, Frame).join(Frame, Frame.id == Master.frame_id).where(Master.kind == kind)
+                        ).tuples())
+                    selections[(frame.id, kind)] = explain_selection(session, frame, kind, rules=book, library=library[kind])
+        else:
+            selections = select_masters(session, ids, kinds, rules=book)
+        if record:
+            for sel in selections.values():
+                record_selection(session, sel)
+    if explain and fmt == "table":
+        for (fid, kind), sel in sorted(selections.items()):
+            click.echo(f"frame {fid} {kind}: {sel.explanation}")
+            for v in sorted(sel.candidates, key=lambda v: (v.rank is None, v.rank or 0, v.master_id)):
+                status = f"rank {v.rank} ({v.method})" if v.rank else f"removed by {v.rejected_by}: {v.reason}"
+                when = v.date_obs.isoformat(timespec="seconds") if v.date_obs else "no DATE-OBS"
+                click.echo(f"    master {v.master_id} {when} {v.exposure_time_s} s: {status}")
+    elif explain:
+        rows = [{"frame_id": fid, "kind": kind, **v.as_dict()} for (fid, kind), sel in sorted(selections.items())
+                for v in sel.candidates]
+        emit(pd.DataFrame(rows), fmt)
+    else:
+        emit(_selection_rows(selections), fmt)
+    if not selections:
+        click.echo("no frames match", err=True)
+    elif files and not all(sel.found for sel in selections.values()):
+        raise SystemExit(1)
+
+
+def _master_ids(session, refs: tuple[str, ...]) -> list[int]:
+    ids = []
+    for ref in refs:
+        ids.append(int(ref) if ref.isdigit() else frame_for_path(session, ref).id)
+    return ids
+
+
+@masters.command("mark-bad")
+@click.argument("masters_", metavar="MASTER...", nargs=-1, required=True)
+@click.option("--reason", help="Why (stored with the flag).")
+@click.option("--undo", is_flag=True, help="Mark the masters good again.")
+@pass_app
+def mark_bad_cmd(app: AppContext, masters_, reason, undo) -> None:
+    """Flag masters (frame id or file path) as bad: they are never selected again.
+
+    \b
+    Examples:
+      archive masters mark-bad 1234 --reason "light leak"
+      archive masters mark-bad ~/.local/share/archive/masters/cam/dark/master_dark_x.fits
+      archive masters mark-bad 1234 --undo
+    """
+    with session_scope(app.engine, write=True) as session:
+        sync_library(session)
+        rows = mark_bad(session, _master_ids(session, masters_), reason, bad=not undo)
+    click.echo(f"{len(rows)} master(s) marked {'good' if undo else 'bad'}")
+
+
+@masters.command()
+@click.argument("master")
+@click.option("--from", "valid_from", type=click.DateTime(), help="Valid from (UTC, inclusive).")
+@click.option("--until", "valid_until", type=click.DateTime(), help="Valid until (UTC, exclusive).")
+@pass_app
+def validity(app: AppContext, master: str, valid_from, valid_until) -> None:
+    """Set the time range in which a master (frame id or path) may be selected; omit a bound to open it.
+
+    \b
+    Examples:
+      archive masters validity 1234 --from 2025-06-01 --until 2025-06-15
+      archive masters validity 1234                 # valid at any time again
+    """
+    with session_scope(app.engine, write=True) as session:
+        sync_library(session)
+        try:
+            row = set_validity(session, _master_ids(session, (master,))[0], valid_from, valid_until)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from exc
+    click.echo(f"master {row.frame_id} valid from {row.valid_from or 'any time'} until {row.valid_until or 'any time'}")
+
+
+@masters.command()
+@frame_filters
+@_kinds_option
+@_rules_option
+@output_format
+@pass_app
+def missing(app: AppContext, filters: FrameFilter, kinds, rules_dir, fmt) -> None:
+    """Lights that no master can calibrate, grouped by the calibration set needed: what to shoot next.
+
+    \b
+    Examples:
+      archive masters missing
+      archive masters missing --since 2025-06-01 --kind flat --format csv
+    """
+    book = _book(app, rules_dir)
+    if filters.image_type is None:
+        filters = FrameFilter(**{**filters.__dict__, "image_type": "light"})
+    with session_scope(app.engine, write=True) as session:
+        sync_library(session, book)
+        ids = list(session.scalars(frame_query(filters, Frame.id)))
+        table = missing_calibrations(session, ids, kinds or CALIBRATION_KINDS, rules=book)
+    emit(table, fmt)
+
+
+@masters.command("list")
+@click.option("--kind", type=click.Choice(CALIBRATION_KINDS), help="Only this kind.")
+@output_format
+@pass_app
+def list_cmd(app: AppContext, kind, fmt) -> None:
+    """List the masters of the library (built here or made elsewhere), with flags and validity.
+
+    \b
+    Examples:
+      archive masters list
+      archive masters list --kind dark --format csv
+    """
+    with session_scope(app.engine, write=True) as session:
+        sync_library(session)
+        emit(library_table(session, kind), fmt)
+
+
+__all__ = ["masters"]
