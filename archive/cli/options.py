@@ -26,13 +26,23 @@ def emit(frame, fmt: str) -> None:
     if fmt == "csv":
         click.echo(frame.to_csv(index=False), nl=False)
     elif fmt == "json":
-        click.echo(json.dumps(json.loads(frame.to_json(orient="records", date_format="iso")), indent=2))
+        records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+        click.echo(json.dumps(records, indent=2, default=_json_value))
     elif frame.empty:
         click.echo("(no rows)", err=True)
     else:
         with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200,
                                "display.max_colwidth", 60):
             click.echo(frame.to_string(index=False, na_rep=""))
+
+
+def _json_value(value: Any) -> Any:
+    """JSON for what the json module does not know: dates as ISO 8601, numpy scalars as numbers."""
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
 
 
 class BarProgress:
