@@ -5,6 +5,8 @@ Masters here are built with plain numpy in the test, independently of archive.ca
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -174,5 +176,8 @@ def test_executors_and_partials(tmp_path):
     with make_executor("process", 2) as pool:
         assert list(pool.map(abs, [-1, -2])) == [1, 2]
     (tmp_path / "a").mkdir()
-    (tmp_path / "a" / ".x.fits.1234.part").write_bytes(b"partial")
-    assert remove_partials(tmp_path) == 1
+    (tmp_path / "a" / ".x.fits.999999999.ab12.part").write_bytes(b"partial")  # writer gone
+    (tmp_path / "a" / f".y.fits.{os.getpid()}.ab12.part").write_bytes(b"partial")  # writer alive
+    (tmp_path / "a" / ".m.fits.tmp-999999999").write_bytes(b"partial")
+    assert remove_partials(tmp_path) == 2
+    assert (tmp_path / "a" / f".y.fits.{os.getpid()}.ab12.part").exists()

@@ -209,11 +209,11 @@ def calibrate_light_file(job: CalibrationJob) -> dict:
         out[kw.MASTER_DARK] = (",".join(Path(p).name for p, _ in job.darks)[:68], "master dark(s)")
         out[kw.DARK_METHOD] = (job.dark_method, "exact, scaled or interpolated dark")
         if len(job.darks) == 1:
-            out[kw.DARK_SCALE] = (float(job.darks[0][1]), "dark scale factor (t_light / t_dark)")
+            out[kw.DARK_SCALE] = (float(job.darks[0][1]), "dark scale t_light / t_dark")
     if job.flat:
         out[kw.MASTER_FLAT] = (Path(job.flat).name[:68], "master flat")
         out[kw.FLAT_NORM] = (flat_norm, "flat divided by this median")
-    out[kw.COSMIC_RAYS] = (bool(job.cosmic_rays), "cosmic rays cleaned (L.A.Cosmic)")
+    out[kw.COSMIC_RAYS] = (bool(job.cosmic_rays), "cosmic rays cleaned")
     out[kw.STEPS] = (",".join(steps), "calibration steps in order")
     for key, value in job.header.items():
         out[key] = value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def product_header(source: fits.Header) -> fits.Header:
 
 def temporary_path(path: Path) -> Path:
     """A unique temporary name beside ``path`` (same folder, so the rename is atomic)."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
 
 
 def write_atomic(path: str | Path, data: np.ndarray, header: fits.Header) -> Path:
@@ -58,12 +59,33 @@ def write_atomic(path: str | Path, data: np.ndarray, header: fits.Header) -> Pat
     return path
 
 
+#: Temporary names of interrupted writes, with the writer's process id: ours
+#: (``.NAME.PID.RANDOM.part``) and the master library's (``.NAME.tmp-PID``).
+_PARTIAL = re.compile(r"^\..+\.(\d+)\.[0-9a-f]+\.part$|^\..+\.tmp-(\d+)$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def remove_partials(folder: str | Path) -> int:
-    """Delete temporary files of interrupted writes under ``folder``; returns how many."""
+    """Delete temporary files left under ``folder`` by interrupted writes; returns how many.
+
+    Only files whose writer process is gone are removed, so a concurrent writer is safe.
+    """
     count = 0
     folder = Path(folder)
-    if folder.is_dir():
-        for tmp in folder.rglob(".*.part"):
+    if not folder.is_dir():
+        return 0
+    for tmp in folder.rglob(".*"):
+        match = _PARTIAL.match(tmp.name)
+        if match and tmp.is_file() and not _alive(int(match.group(1) or match.group(2))):
             tmp.unlink(missing_ok=True)
             count += 1
     return count

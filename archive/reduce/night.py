@@ -1,0 +1,217 @@
+"""The nightly loop: find last night's folders, ingest, build masters, reduce, stack, summarize.
+
+``run_night`` does what GeSS's loop mode does after each night, one folder at a time:
+
+1. ingest the folder (:func:`archive.ingest.ingest_paths`);
+2. build the masters its raw calibrations make (:func:`archive.calib.masters.build_masters`,
+   per observing night found in the folder);
+3. calibrate every light of the folder, register and stack its groups
+   (:func:`archive.reduce.pipeline.reduce_lights`).
+
+A failure in one folder or group is recorded in the summary and the loop goes on. Every step
+is idempotent (unchanged files are not re-read, finished reductions are not redone), so a
+second run does nothing and an interrupted run is completed by the next one; temporary files
+of writers that were killed are removed first.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine, select
+
+from archive.calib.rules import RuleBook
+from archive.config import Settings, load_settings
+from archive.db.models import Copy, Frame
+from archive.db.session import session_scope
+from archive.errors import ConfigError
+from archive.progress import NoProgress, Progress
+from archive.reduce.config import ReductionConfig, load_reduction_config
+from archive.reduce.executor import SerialExecutor
+from archive.reduce.fitsio import remove_partials
+from archive.reduce.pipeline import ReduceSummary, lights_under, reduce_lights
+
+log = logging.getLogger(__name__)
+
+
+def default_searches(formats: Sequence[str], today: dt.date | None = None) -> list[str]:
+    """Last night's date (yesterday, local time) in each of ``formats`` (strftime)."""
+    night = (today or dt.date.today()) - dt.timedelta(days=1)
+    return list(dict.fromkeys(night.strftime(f) for f in formats))
+
+
+def find_folders(root: Path, searches: Sequence[str], exclude: Sequence[Path] = ()) -> list[Path]:
+    """Folders under ``root`` whose path (relative to ``root``) contains one of ``searches``.
+
+    Only the top-most matching folders are returned (their sub-folders are ingested with
+    them); hidden folders and the folders in ``exclude`` (the products, the master library)
+    are skipped. Sorted by path.
+
+    Raises
+    ------
+    ConfigError
+        ``root`` is not a folder.
+    """
+    if not root.is_dir():
+        raise ConfigError(f"the imaging root {root} is not a folder (set [night] imaging_root or --root)")
+    excluded = {p.absolute() for p in exclude}
+    found: list[Path] = []
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            log.warning("cannot list %s: %s", folder, exc.strerror)
+            continue
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                continue
+            path = Path(entry.path)
+            if path.absolute() in excluded:
+                continue
+            relative = path.relative_to(root).as_posix()
+            if any(s in relative for s in searches):
+                found.append(path)
+            else:
+                stack.append(path)
+    return sorted(found)
+
+
+@dataclass
+class FolderResult:
+    """What the loop did with one folder."""
+
+    folder: str
+    ingested_new: int = 0
+    masters_built: int = 0
+    lights: int = 0
+    reduction: ReduceSummary = field(default_factory=ReduceSummary)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Nothing failed in this folder."""
+        return not self.failures and self.reduction.ok
+
+
+@dataclass
+class NightSummary:
+    """What ``run_night`` did (or, with ``dry_run``, would do)."""
+
+    searches: list[str]
+    folders: list[FolderResult] = field(default_factory=list)
+    removed_partials: int = 0
+    dry_run: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """Every folder went through without a failure."""
+        return all(f.ok for f in self.folders)
+
+
+def _masters_library(settings: Settings) -> Path:
+    from archive.calib.masters import default_library
+
+    return default_library(settings).expanduser().absolute()
+
+
+def run_night(
+    engine: Engine,
+    search: str | None = None,
+    *,
+    config: ReductionConfig | None = None,
+    settings: Settings | None = None,
+    executor: Executor | None = None,
+    rules: RuleBook | None = None,
+    dry_run: bool = False,
+    today: dt.date | None = None,
+    progress: Progress | None = None,
+) -> NightSummary:
+    """Ingest, build masters, reduce and stack every folder of the night matching ``search``.
+
+    Parameters
+    ----------
+    engine : Engine
+    search : str, optional
+        A piece of folder path to look for under the imaging root; default last night's date
+        in each of ``[night] date_formats`` (e.g. 2026-11-20, 20261120).
+    config, settings : optional
+        Default: the layered configuration.
+    executor : Executor, optional
+        Where pixel work runs (default in this process; the CLI passes a process pool).
+    rules : RuleBook, optional
+        Matching rules of the master library.
+    dry_run : bool
+        Only find the folders and count what is in them; nothing is written.
+    today : date, optional
+        For the default search (tests).
+    progress : Progress, optional
+
+    Returns
+    -------
+    NightSummary
+        Failures are recorded per folder; nothing is raised for a failing folder.
+
+    Raises
+    ------
+    ConfigError
+        No imaging root is configured, or it is not a folder.
+    """
+    from archive.calib.masters import build_masters
+    from archive.ingest.ingest import ingest_paths
+    from archive.reports.catalog import FrameFilter
+
+    settings = settings or load_settings()
+    config = config or load_reduction_config(settings)
+    executor = executor or SerialExecutor()
+    progress = progress or NoProgress()
+    if config.imaging_root is None:
+        raise ConfigError("no imaging root: set [night] imaging_root in the configuration, ARCHIVE_IMAGING_ROOT or --root")
+    searches = [search] if search else default_searches(config.date_formats, today)
+    library = _masters_library(settings)
+    products = config.products_root()
+    folders = find_folders(config.imaging_root, searches, exclude=[products, library])
+    summary = NightSummary(searches=searches, dry_run=dry_run)
+    if dry_run:
+        for folder in folders:
+            result = FolderResult(str(folder))
+            with session_scope(engine) as session:
+                result.lights = len(lights_under(session, folder))
+            summary.folders.append(result)
+        return summary
+    summary.removed_partials = remove_partials(products) + remove_partials(library)
+    for folder in folders:
+        result = FolderResult(str(folder))
+        summary.folders.append(result)
+        try:
+            ingested = ingest_paths(engine, [folder], settings=settings, progress=progress)
+            result.ingested_new = ingested.new + ingested.changed
+            result.failures += [(f"ingest {path}", reason) for path, reason in ingested.problems]
+            with session_scope(engine) as session:
+                prefix = str(folder.absolute()).rstrip("/") + "/"
+                nights = sorted(set(session.scalars(
+                    select(Frame.night).join(Copy, Copy.frame_id == Frame.id)
+                    .where(Copy.is_current, Copy.path.startswith(prefix, autoescape=True), Frame.night.is_not(None),
+                           Frame.image_type.in_(("bias", "dark", "flat")))
+                    .distinct())))
+            for night in nights:
+                built = build_masters(engine, filters=FrameFilter(night=night), rules=rules, library=library,
+                                      settings=settings, progress=progress)
+                result.masters_built += len(built.built)
+                result.failures += [(f"master {kind} {what}", why) for kind, what, why in built.failed]
+            with session_scope(engine) as session:
+                light_ids = lights_under(session, folder)
+            result.lights = len(light_ids)
+            result.reduction = reduce_lights(engine, light_ids, config=config, settings=settings, executor=executor,
+                                             rules=rules, progress=progress)
+        except Exception as exc:  # noqa: BLE001 - a failing folder is recorded; the loop goes on
+            log.exception("folder %s failed", folder)
+            result.failures.append((f"folder {folder}", f"{type(exc).__name__}: {exc}"))
+    return summary

@@ -1,0 +1,655 @@
+"""Reducing lights into calibrated, registered and stacked products, with provenance.
+
+Each product is its own unit of work, in this order:
+
+1. its reduction row is committed as ``running`` with its inputs (a later run takes the same
+   row up again: no duplicate);
+2. the pixels are computed in the executor and written to a temporary name, then renamed;
+3. the file is ingested as a derived frame (:func:`archive.ingest.ingest_paths`);
+4. one transaction links the frame to the reduction, stores the master selections used and
+   marks the reduction ``done``.
+
+A request whose fingerprint (:func:`archive.calib.masters.fingerprint`: step, input files and
+roles, parameters, rule version) already has a ``done`` reduction is skipped, so running twice
+does nothing the second time; a file already at the output path carrying the request's
+fingerprint (an interrupted run got past the rename) is ingested and linked, not recomputed.
+
+Grouping: lights are registered per instrument, target and filter (and night when
+``[stack] per_night``), onto one reference per group; stacks are made per group and exposure
+time. The *current* calibrated frame of a light is the output of its latest finished
+calibration; a group's current registered frames are those registered for its current
+membership (``parameters.group``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Executor, Future, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from astropy.io import fits
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.orm import Session
+
+from archive.calib.masters import fingerprint, safe_name
+from archive.calib.rules import RuleBook
+from archive.calib.select import Selection, explain_selection, record_selection
+from archive.config import Settings, load_settings
+from archive.db.models import (
+    CALIBRATION_KINDS, CalibrationSelection, Copy, Frame, Master, Reduction, ReductionInput,
+)
+from archive.db.session import session_scope
+from archive.progress import NoProgress, Progress
+from archive.reduce import keywords as kw
+from archive.reduce.align import RegistrationJob, choose_reference, count_stars, register_file, wcs_cards
+from archive.reduce.calibrate import CalibrationJob, calibrate_light_file
+from archive.reduce.config import ReductionConfig, load_reduction_config
+from archive.reduce.executor import SerialExecutor
+from archive.reduce.preview import write_preview
+from archive.reduce.provenance import clear_selections, finish_reduction, start_reduction, utcnow
+from archive.reduce.stack import StackJob, stack_files
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReduceSummary:
+    """What a reduction run did.
+
+    Attributes
+    ----------
+    calibrated, registered, stacked : list of str
+        Products written (paths).
+    unchanged : int
+        Requests whose fingerprint already had a finished reduction.
+    failures : list of (str, str)
+        (what, reason): a light without masters, a frame that failed to align, an error.
+    warnings : list of str
+        Large shifts, missing master kinds.
+    by_group : dict
+        "target / filter" -> counts of calibrated, registered, stacked, failed.
+    """
+
+    calibrated: list[str] = field(default_factory=list)
+    registered: list[str] = field(default_factory=list)
+    stacked: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    by_group: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+
+    @property
+    def ok(self) -> bool:
+        """Nothing failed."""
+        return not self.failures
+
+    def merge(self, other: ReduceSummary) -> None:
+        """Add ``other``'s counts to these."""
+        self.calibrated += other.calibrated
+        self.registered += other.registered
+        self.stacked += other.stacked
+        self.unchanged += other.unchanged
+        self.failures += other.failures
+        self.warnings += other.warnings
+        for group, counts in other.by_group.items():
+            for key, value in counts.items():
+                self.by_group[group][key] += value
+
+
+def _group_name(frame: Frame) -> str:
+    return f"{frame.target or '?'} / {frame.filter_name or '?'}"
+
+
+def _canonical_paths(session: Session, frame_ids: Iterable[int]) -> dict[int, str]:
+    ids = list(set(frame_ids))
+    out: dict[int, str] = {}
+    for start in range(0, len(ids), 5000):
+        out.update(session.execute(select(Copy.frame_id, Copy.path).where(
+            Copy.frame_id.in_(ids[start:start + 5000]), Copy.is_current, Copy.is_canonical)).tuples().all())
+    return out
+
+
+def _layout(config: ReductionConfig, kind: str, **values: Any) -> Path:
+    """The output path of a product: the layout template filled with sanitized values."""
+    clean = {k: safe_name(str(v)) if v is not None else "unknown" for k, v in values.items()}
+    relative = Path(config.layout[kind].format(**clean))
+    if relative.is_absolute() or ".." in relative.parts:
+        raise ValueError(f"layout {config.layout[kind]!r} leaves the output folder")
+    return config.products_root() / relative
+
+
+def _file_fingerprint(path: Path) -> str | None:
+    """The fingerprint written in a product's header, if the file exists and is readable."""
+    try:
+        return fits.getval(path, kw.FINGERPRINT)
+    except (OSError, KeyError):
+        return None
+
+
+def _ingest_and_link(
+    engine: Engine, settings: Settings, reduction_id: int, output: Path,
+    selections: Sequence[Selection] = (), extra: dict[str, Any] | None = None,
+) -> int:
+    """Ingest ``output`` and, in one transaction, link it to its reduction and mark it done."""
+    from archive.ingest.ingest import ingest_paths
+
+    result = ingest_paths(engine, [output], settings=settings)
+    if result.problems:
+        raise RuntimeError(f"{output}: could not be ingested: {result.problems[0][1]}")
+    with session_scope(engine, write=True) as session:
+        frame_id = session.scalar(select(Copy.frame_id).where(Copy.path == str(output.absolute()), Copy.is_current))
+        if frame_id is None:
+            raise RuntimeError(f"{output}: not in the catalogue after ingest")
+        # a product shares its DATE-OBS with its raw light: it is not a duplicate exposure
+        session.execute(update(Frame).where(Frame.id == frame_id).values(duplicate_of_id=None))
+        clear_selections(session, reduction_id)
+        for selection in selections:
+            record_selection(session, selection, reduction_id=reduction_id)
+        if extra:
+            reduction = session.get(Reduction, reduction_id)
+            reduction.parameters = {**reduction.parameters, **extra}
+        finish_reduction(session, reduction_id, [frame_id])
+    return frame_id
+
+
+def _fail(engine: Engine, reduction_id: int, message: str) -> None:
+    with session_scope(engine, write=True) as session:
+        finish_reduction(session, reduction_id, status="failed", message=message[:2000])
+
+
+# -- calibration ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _CalPlan:
+    light_id: int
+    group: str
+    fingerprint: str
+    job: CalibrationJob
+    selections: list[Selection]
+    inputs: list[tuple[int, str]]
+    parameters: dict[str, Any]
+    rule_version: str
+
+
+def plan_calibration(
+    session: Session, light: Frame, config: ReductionConfig, rules: RuleBook | None = None
+) -> _CalPlan | str:
+    """The calibration request of one light, or the reason there is none.
+
+    Masters are chosen by :func:`archive.calib.select.explain_selection` for bias, dark and
+    flat; a kind with no master is left out of the calibration (a warning; ``archive stale``
+    lists the product once a master exists). Returns a string when no master at all is found.
+    """
+    selections = [explain_selection(session, light, kind, rules=rules) for kind in CALIBRATION_KINDS]
+    found = [s for s in selections if s.found]
+    if not found:
+        return "no master bias, dark or flat: " + "; ".join(s.explanation for s in selections)
+    master_ids = {mid for s in found for mid, _ in s.weights}
+    masters = {f.id: f for f in session.scalars(select(Frame).where(Frame.id.in_(master_ids)))}
+    paths = _canonical_paths(session, master_ids | {light.id})
+    if light.id not in paths:
+        return "the light has no file on disk"
+    by_kind = {s.kind: s for s in found}
+    fp_inputs = [(light.sha256, "light")]
+    inputs = [(light.id, "light")]
+    for s in found:
+        for mid, weight in s.weights:
+            fp_inputs.append((f"{masters[mid].sha256}*{weight:.9g}", f"master_{s.kind}"))
+            inputs.append((mid, f"master_{s.kind}"))
+    cal = config.calibrate
+    parameters = {
+        "cosmic_rays": bool(cal.get("cosmic_rays", False)), "cr_sigclip": float(cal.get("cr_sigclip", 4.5)),
+        "flat_min_value": float(cal.get("flat_min_value", 0.01)),
+        "dark_method": by_kind["dark"].method if "dark" in by_kind else "none",
+        "masters": {s.kind: [[mid, w] for mid, w in s.weights] for s in found},
+        "missing": [s.kind for s in selections if not s.found],
+    }
+    rule_version = found[0].rule_version
+    fp = fingerprint("calibrate", fp_inputs, parameters, rule_version)
+    stem = Path(paths[light.id]).name
+    for suffix in (".gz", ".fz", ".fits", ".fit", ".fts"):
+        stem = stem.removesuffix(suffix)
+    output = _layout(config, "calibrated", night=light.night, target=light.target, filter=light.filter_name,
+                     stem=stem, exposure=light.exposure_time_s)
+    job = CalibrationJob(
+        light=paths[light.id], output=str(output),
+        bias=paths[by_kind["bias"].weights[0][0]] if "bias" in by_kind else None,
+        darks=tuple((paths[mid], w) for mid, w in by_kind["dark"].weights) if "dark" in by_kind else (),
+        dark_method=parameters["dark_method"],
+        flat=paths[by_kind["flat"].weights[0][0]] if "flat" in by_kind else None,
+        cosmic_rays=parameters["cosmic_rays"], cr_sigclip=parameters["cr_sigclip"],
+        flat_min_value=parameters["flat_min_value"],
+        header={kw.REDUCTION_STEP: "calibrate", kw.FINGERPRINT: fp},
+    )
+    return _CalPlan(light.id, _group_name(light), fp, job, selections, inputs, parameters, rule_version)
+
+
+def calibrate_lights(
+    engine: Engine, light_ids: Sequence[int], *, config: ReductionConfig, settings: Settings,
+    executor: Executor, rules: RuleBook | None = None, progress: Progress | None = None,
+    summary: ReduceSummary | None = None,
+) -> ReduceSummary:
+    """Calibrate the lights ``light_ids`` (each once per fingerprint), see the module docstring."""
+    summary = summary if summary is not None else ReduceSummary()
+    progress = progress or NoProgress()
+    todo: list[_CalPlan] = []
+    with session_scope(engine) as session:
+        for light in session.scalars(select(Frame).where(Frame.id.in_(list(light_ids))).order_by(Frame.date_obs_s, Frame.id)):
+            plan = plan_calibration(session, light, config, rules)
+            if isinstance(plan, str):
+                summary.failures.append((f"calibrate light #{light.id} ({_group_name(light)})", plan))
+                summary.by_group[_group_name(light)]["failed"] += 1
+                continue
+            done = session.scalar(select(func.count()).select_from(Reduction).where(
+                Reduction.fingerprint == plan.fingerprint, Reduction.status == "done"))
+            if done:
+                summary.unchanged += 1
+                continue
+            for s in plan.selections:
+                if not s.found:
+                    summary.warnings.append(f"light #{light.id}: calibrated without a {s.kind}: {s.explanation}")
+            todo.append(plan)
+    progress.start(len(todo), "calibrating")
+    futures: dict[Future, tuple[_CalPlan, int]] = {}
+    for plan in todo:
+        with session_scope(engine, write=True) as session:
+            reduction = start_reduction(session, "calibrate", plan.fingerprint, plan.parameters, plan.rule_version,
+                                        plan.inputs)
+            reduction_id = reduction.id
+        output = Path(plan.job.output)
+        if _file_fingerprint(output) == plan.fingerprint:  # an interrupted run got past the rename
+            future: Future = Future()
+            future.set_result({"output": str(output)})
+        else:
+            future = executor.submit(calibrate_light_file, plan.job)
+        futures[future] = (plan, reduction_id)
+    for future in as_completed(futures):
+        plan, reduction_id = futures[future]
+        try:
+            future.result()
+            _ingest_and_link(engine, settings, reduction_id, Path(plan.job.output), plan.selections)
+            summary.calibrated.append(plan.job.output)
+            summary.by_group[plan.group]["calibrated"] += 1
+        except Exception as exc:  # noqa: BLE001 - one light's failure is recorded; the loop goes on
+            log.warning("calibrating %s failed: %s", plan.job.light, exc)
+            _fail(engine, reduction_id, f"{type(exc).__name__}: {exc}")
+            summary.failures.append((f"calibrate {plan.job.light}", str(exc)))
+            summary.by_group[plan.group]["failed"] += 1
+        progress.advance()
+    progress.finish()
+    return summary
+
+
+# -- registration and stacking -------------------------------------------------------------------
+
+
+def _group_key(frame: Frame, per_night: bool) -> tuple:
+    return (frame.instrument_id, frame.target_key, (frame.filter_name or "").lower(), frame.night if per_night else None)
+
+
+def current_calibrated(session: Session, light_ids: Iterable[int] | None = None) -> dict[int, tuple[int, int]]:
+    """light id -> (calibrated frame id, reduction id) of each light's latest finished calibration."""
+    latest = (
+        select(ReductionInput.frame_id.label("light_id"), func.max(Reduction.id).label("rid"))
+        .join(Reduction, Reduction.id == ReductionInput.reduction_id)
+        .where(Reduction.step == "calibrate", Reduction.status == "done", ReductionInput.role == "light")
+        .group_by(ReductionInput.frame_id)
+    )
+    if light_ids is not None:
+        latest = latest.where(ReductionInput.frame_id.in_(list(light_ids)))
+    latest = latest.subquery()
+    rows = session.execute(
+        select(latest.c.light_id, Frame.id, latest.c.rid).join(Frame, Frame.reduction_id == latest.c.rid)
+    ).tuples()
+    return {light: (frame, rid) for light, frame, rid in rows}
+
+
+def _group_members(session: Session, lights: Sequence[Frame], per_night: bool) -> dict[tuple, list[tuple[Frame, Frame]]]:
+    """Registration groups touched by ``lights``: key -> [(light, current calibrated frame)] of
+    every light of the group that has one, ordered by DATE-OBS."""
+    keys = {_group_key(light, per_night) for light in lights}
+    out: dict[tuple, list[tuple[Frame, Frame]]] = defaultdict(list)
+    for instrument_id, target_key, filter_name, night in keys:
+        query = select(Frame).where(Frame.image_type == "light", Frame.duplicate_of_id.is_(None))
+        query = query.where(Frame.instrument_id == instrument_id if instrument_id is not None else Frame.instrument_id.is_(None))
+        query = query.where(Frame.target_key == target_key if target_key is not None else Frame.target_key.is_(None))
+        query = query.where(func.lower(func.coalesce(Frame.filter_name, "")) == filter_name)
+        if per_night:
+            query = query.where(Frame.night == night)
+        members = list(session.scalars(query.order_by(Frame.date_obs_s, Frame.id)))
+        current = current_calibrated(session, [m.id for m in members])
+        calibrated = {f.id: f for f in session.scalars(select(Frame).where(Frame.id.in_([c for c, _ in current.values()])))}
+        out[(instrument_id, target_key, filter_name, night)] = [
+            (m, calibrated[current[m.id][0]]) for m in members if m.id in current
+        ]
+    return out
+
+
+def _registration_state(session: Session, calibrated_ids: Sequence[int], group_hash: str) -> dict[int, tuple[str, int | None]]:
+    """calibrated frame id -> (status, registered frame id) of registrations made for this group."""
+    rows = session.execute(
+        select(ReductionInput.frame_id, Reduction.status, Reduction.parameters, Frame.id)
+        .join(Reduction, Reduction.id == ReductionInput.reduction_id)
+        .outerjoin(Frame, Frame.reduction_id == Reduction.id)
+        .where(Reduction.step == "register", ReductionInput.role == "input",
+               ReductionInput.frame_id.in_(list(calibrated_ids)))
+        .order_by(Reduction.id)
+    ).tuples()
+    state: dict[int, tuple[str, int | None]] = {}
+    for cid, status, params, out_id in rows:
+        if (params or {}).get("group") == group_hash and status in ("done", "failed"):
+            state[cid] = (status, out_id)
+    return state
+
+
+def register_and_stack(
+    engine: Engine, light_ids: Sequence[int], *, config: ReductionConfig, settings: Settings,
+    executor: Executor, progress: Progress | None = None, summary: ReduceSummary | None = None,
+) -> ReduceSummary:
+    """Register and stack the groups the lights ``light_ids`` belong to."""
+    summary = summary if summary is not None else ReduceSummary()
+    per_night = bool(config.stack.get("per_night", False))
+    with session_scope(engine) as session:
+        lights = list(session.scalars(select(Frame).where(Frame.id.in_(list(light_ids)))))
+        groups = _group_members(session, lights, per_night)
+    for key, members in groups.items():
+        if not members:
+            continue
+        name = _group_name(members[0][0])
+        try:
+            registered = _register_group(engine, key, members, config=config, settings=settings,
+                                         executor=executor, progress=progress, summary=summary, name=name)
+            _stack_group(engine, registered, config=config, settings=settings, executor=executor,
+                         summary=summary, name=name)
+        except Exception as exc:  # noqa: BLE001 - one group's failure is recorded; the loop goes on
+            log.exception("group %s failed", name)
+            summary.failures.append((f"register/stack {name}", f"{type(exc).__name__}: {exc}"))
+            summary.by_group[name]["failed"] += 1
+    return summary
+
+
+def _register_group(
+    engine: Engine, key: tuple, members: list[tuple[Frame, Frame]], *, config: ReductionConfig,
+    settings: Settings, executor: Executor, progress: Progress | None, summary: ReduceSummary, name: str,
+) -> list[int]:
+    """Register the group's current calibrated frames; returns the registered frame ids."""
+    progress = progress or NoProgress()
+    reg = config.register
+    group_hash = hashlib.sha256(",".join(sorted(c.sha256 for _, c in members)).encode()).hexdigest()[:16]
+    calibrated = [c for _, c in members]
+    with session_scope(engine) as session:
+        state = _registration_state(session, [c.id for c in calibrated], group_hash)
+        paths = _canonical_paths(session, [c.id for c in calibrated])
+    if all(c.id in state for c in calibrated):
+        summary.unchanged += len(calibrated)
+        return [state[c.id][1] for c in calibrated if state[c.id][0] == "done" and state[c.id][1] is not None]
+    parameters = {
+        "reference_rule": reg.get("reference", "most_stars"), "detect_sigma": float(reg.get("detect_sigma", 5.0)),
+        "max_control_points": int(reg.get("max_control_points", 50)),
+        "max_shift_fraction": float(reg.get("max_shift_fraction", 0.15)), "interpolation": "bilinear",
+    }
+    ordered = [paths[c.id] for c in calibrated]
+    progress.start(len(ordered), f"stars {name}")
+    stars = {}
+    for result in executor.map(count_stars, ordered, [parameters["detect_sigma"]] * len(ordered),
+                               [parameters["max_control_points"]] * len(ordered)):
+        stars[result["path"]] = result
+        progress.advance()
+    progress.finish()
+    reference_path = choose_reference([(p, stars[p]["n_stars"]) for p in ordered])
+    reference = calibrated[ordered.index(reference_path)]
+    reference_wcs = wcs_cards(fits.getheader(reference_path))
+    out_ids: list[int] = []
+    futures: dict[Future, tuple] = {}
+    for light, cal in members:
+        path = paths[cal.id]
+        params = {**parameters, "n_stars": stars[path]["n_stars"], "reference_stars": stars[reference_path]["n_stars"]}
+        fp = fingerprint("register", [(cal.sha256, "input"), (reference.sha256, "reference")],
+                         {k: v for k, v in params.items() if k not in ("n_stars", "reference_stars")}, None)
+        with session_scope(engine, write=True) as session:
+            existing = session.scalars(select(Reduction).where(Reduction.fingerprint == fp).order_by(Reduction.id.desc())).first()
+            if existing is not None and existing.status in ("done", "failed"):
+                # same source and reference as before: adopt it for the current group membership
+                existing.parameters = {**existing.parameters, "group": group_hash}
+                out = session.scalar(select(Frame.id).where(Frame.reduction_id == existing.id))
+                summary.unchanged += 1
+                if existing.status == "done" and out is not None:
+                    out_ids.append(out)
+                continue
+            reduction = start_reduction(session, "register", fp, {**params, "group": group_hash}, None,
+                                        [(cal.id, "input"), (reference.id, "reference")])
+            reduction_id = reduction.id
+        output = _layout(config, "registered", night=light.night, target=light.target, filter=light.filter_name,
+                         stem=Path(path).stem.removesuffix("_cal"), exposure=light.exposure_time_s)
+        job = RegistrationJob(
+            source=path, output=str(output), reference=reference_path, source_xy=stars[path]["xy"],
+            reference_xy=stars[reference_path]["xy"], max_shift_fraction=parameters["max_shift_fraction"],
+            reference_wcs=reference_wcs, header={kw.REDUCTION_STEP: "register", kw.FINGERPRINT: fp},
+        )
+        if _file_fingerprint(output) == fp:
+            future: Future = Future()
+            future.set_result({"ok": True, "output": str(output), "warning": None})
+        else:
+            future = executor.submit(register_file, job)
+        futures[future] = (job, reduction_id)
+    for future in as_completed(futures):
+        job, reduction_id = futures[future]
+        try:
+            result = future.result()
+        except Exception as exc:  # noqa: BLE001
+            result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        if not result["ok"]:
+            log.warning("%s: not registered, left out of the stack: %s", job.source, result["error"])
+            _fail(engine, reduction_id, result["error"])
+            summary.failures.append((f"register {job.source}", result["error"]))
+            summary.by_group[name]["failed"] += 1
+            continue
+        if result.get("warning"):
+            log.warning(result["warning"])
+            summary.warnings.append(result["warning"])
+        extra = {k: result[k] for k in ("dx", "dy", "rotation_deg", "scale") if k in result}
+        out_ids.append(_ingest_and_link(engine, settings, reduction_id, Path(job.output), extra=extra))
+        summary.registered.append(job.output)
+        summary.by_group[name]["registered"] += 1
+    return out_ids
+
+
+def _stack_group(
+    engine: Engine, registered_ids: list[int], *, config: ReductionConfig, settings: Settings,
+    executor: Executor, summary: ReduceSummary, name: str,
+) -> None:
+    """Stack the registered frames per exposure time (at least two frames per stack)."""
+    st = config.stack
+    parameters = {"method": st.get("method", "median"), "sigma": float(st.get("sigma", 3.0)),
+                  "iterations": int(st.get("iterations", 5)), "memory_limit_mb": float(st.get("memory_limit_mb", 512))}
+    fp_parameters = {k: v for k, v in parameters.items() if k != "memory_limit_mb"}
+    with session_scope(engine) as session:
+        frames = list(session.scalars(select(Frame).where(Frame.id.in_(registered_ids)).order_by(Frame.date_obs_s, Frame.id)))
+        paths = _canonical_paths(session, registered_ids)
+    by_exposure: dict[float | None, list[Frame]] = defaultdict(list)
+    for frame in frames:
+        by_exposure[frame.exposure_time_s].append(frame)
+    for exposure, members in by_exposure.items():
+        if len(members) < 2:
+            summary.warnings.append(f"{name}: {len(members)} registered frame(s) of {exposure} s, not stacked")
+            continue
+        fp = fingerprint("stack", [(f.sha256, "input") for f in members], fp_parameters, None)
+        with session_scope(engine, write=True) as session:
+            existing = session.scalars(select(Reduction).where(Reduction.fingerprint == fp).order_by(Reduction.id.desc())).first()
+            if existing is not None and existing.status in ("done", "failed"):
+                summary.unchanged += 1
+                continue
+            reduction_id = start_reduction(session, "stack", fp, parameters, None, [(f.id, "input") for f in members]).id
+        first = members[0]
+        exposure_text = f"{exposure:g}" if exposure is not None else "unknown"
+        output = _layout(config, "stacked", night=first.night, target=first.target, filter=first.filter_name,
+                         exposure=exposure_text, group=fp[:10], stem="stack")
+        job = StackJob(inputs=tuple(paths[f.id] for f in members), output=str(output), method=parameters["method"],
+                       sigma=parameters["sigma"], iterations=parameters["iterations"],
+                       memory_limit_mb=parameters["memory_limit_mb"],
+                       header={kw.REDUCTION_STEP: "stack", kw.FINGERPRINT: fp})
+        try:
+            if _file_fingerprint(output) != fp:
+                executor.submit(stack_files, job).result()
+            if config.previews:
+                write_preview(output)
+            _ingest_and_link(engine, settings, reduction_id, output)
+        except Exception as exc:  # noqa: BLE001
+            _fail(engine, reduction_id, f"{type(exc).__name__}: {exc}")
+            summary.failures.append((f"stack {output.name}", str(exc)))
+            summary.by_group[name]["failed"] += 1
+            continue
+        summary.stacked.append(str(output))
+        summary.by_group[name]["stacked"] += 1
+
+
+def reduce_lights(
+    engine: Engine, light_ids: Sequence[int], *, config: ReductionConfig | None = None,
+    settings: Settings | None = None, executor: Executor | None = None, rules: RuleBook | None = None,
+    register: bool = True, progress: Progress | None = None,
+) -> ReduceSummary:
+    """Calibrate the lights ``light_ids``, then register and stack the groups they belong to.
+
+    Parameters
+    ----------
+    engine : Engine
+        The catalogue; each product is its own transaction (see the module docstring).
+    light_ids : sequence of int
+        Raw light frames.
+    config : ReductionConfig, optional
+        Default :func:`archive.reduce.config.load_reduction_config`.
+    settings : Settings, optional
+        For ingesting products.
+    executor : Executor, optional
+        Where pixel work runs (default: in this process); see :mod:`archive.reduce.executor`.
+    rules : RuleBook, optional
+        Matching rules for master selection (default the bundled ``configs/matching``).
+    register : bool
+        Also register and stack (default True).
+    progress : Progress, optional
+
+    Returns
+    -------
+    ReduceSummary
+        Failures are recorded there (and as ``failed`` reductions), never raised per frame.
+    """
+    settings = settings or load_settings()
+    config = config or load_reduction_config(settings)
+    executor = executor or SerialExecutor()
+    summary = calibrate_lights(engine, light_ids, config=config, settings=settings, executor=executor, rules=rules,
+                               progress=progress)
+    if register:
+        register_and_stack(engine, light_ids, config=config, settings=settings, executor=executor,
+                           progress=progress, summary=summary)
+    return summary
+
+
+def lights_under(session: Session, folder: str | Path) -> list[int]:
+    """Raw lights (not duplicate exposures) with a current copy under ``folder``."""
+    prefix = str(Path(folder).absolute()).rstrip("/") + "/"
+    return list(session.scalars(
+        select(Frame.id).join(Copy, Copy.frame_id == Frame.id)
+        .where(Frame.image_type == "light", Frame.duplicate_of_id.is_(None), Copy.is_current,
+               Copy.path.startswith(prefix, autoescape=True))
+        .distinct().order_by(Frame.id)
+    ))
+
+
+# -- stale products --------------------------------------------------------------------------------
+
+
+@dataclass
+class StaleProduct:
+    """A product whose inputs would now be chosen differently.
+
+    Attributes
+    ----------
+    frame_id : int
+    path : str or None
+    step : str
+        calibrate, register or stack.
+    light_id : int or None
+        For a calibrated frame, the raw light to calibrate again.
+    reasons : list of str
+        Why: a master marked bad, a better master, a master now available, a rule change, or
+        (for registered and stacked frames) a stale input.
+    """
+
+    frame_id: int
+    path: str | None
+    step: str
+    light_id: int | None
+    reasons: list[str]
+
+
+def _recorded_masters(row: CalibrationSelection) -> set[int]:
+    if row.method == "interpolated" and row.detail and row.detail.get("weights"):
+        return {int(mid) for mid, _ in row.detail["weights"]}
+    return {row.master_id} if row.master_id is not None else set()
+
+
+def find_stale(session: Session, *, rules: RuleBook | None = None) -> list[StaleProduct]:
+    """Products whose inputs would now be chosen differently, and everything made from them.
+
+    For the current calibrated frame of every light, the masters are selected again by the
+    current rules (:func:`archive.calib.select.explain_selection`) and compared with the
+    selections stored with its reduction: a master since marked bad or outside its validity, a
+    better master built or ingested since, a master now found where none was, a changed rule
+    version. Registered and stacked frames made from a stale calibrated frame are stale too.
+
+    Returns
+    -------
+    list of StaleProduct
+        Calibrated frames first (by light), then the products made from them.
+    """
+    current = current_calibrated(session)
+    out: list[StaleProduct] = []
+    stale_cal: list[int] = []
+    lights = {f.id: f for f in session.scalars(select(Frame).where(Frame.id.in_(list(current))))}
+    for light_id, (cal_id, rid) in sorted(current.items()):
+        light = lights[light_id]
+        recorded = {row.kind: row for row in session.scalars(
+            select(CalibrationSelection).where(CalibrationSelection.reduction_id == rid))}
+        reasons = []
+        for kind in CALIBRATION_KINDS:
+            new = explain_selection(session, light, kind, rules=rules)
+            old = recorded.get(kind)
+            old_ids = _recorded_masters(old) if old is not None else set()
+            new_ids = {mid for mid, _ in new.weights}
+            bad = [m.frame_id for m in session.scalars(select(Master).where(Master.frame_id.in_(old_ids), Master.is_bad))]
+            if bad:
+                reasons.append(f"{kind} master #{', #'.join(map(str, bad))} marked bad")
+            if old is not None and new.rule_version != old.rule_version:
+                reasons.append(f"{kind} rules changed ({old.rule_version} -> {new.rule_version})")
+            if old_ids != new_ids:
+                if not old_ids:
+                    reasons.append(f"a {kind} master is now available (#{', #'.join(map(str, sorted(new_ids)))})")
+                elif not new_ids:
+                    if not bad:
+                        reasons.append(f"{kind} master #{', #'.join(map(str, sorted(old_ids)))} no longer selected: "
+                                       f"{new.explanation}")
+                else:
+                    reasons.append(f"{kind}: master #{', #'.join(map(str, sorted(new_ids)))} ({new.method}) would be "
+                                   f"chosen instead of #{', #'.join(map(str, sorted(old_ids)))}")
+        if reasons:
+            stale_cal.append(cal_id)
+            out.append(StaleProduct(cal_id, None, "calibrate", light_id, list(dict.fromkeys(reasons))))
+    from archive.reduce.provenance import used_by
+
+    seen = {p.frame_id for p in out}
+    for cal_id in stale_cal:
+        for product in used_by(session, session.get(Frame, cal_id)):
+            if product["frame_id"] not in seen:
+                seen.add(product["frame_id"])
+                out.append(StaleProduct(product["frame_id"], product["path"], product["step"], None,
+                                        [f"made from stale calibrated frame #{cal_id}"]))
+    paths = _canonical_paths(session, [p.frame_id for p in out])
+    for product in out:
+        product.path = product.path or paths.get(product.frame_id)
+    return out

@@ -1,0 +1,274 @@
+"""Provenance: reductions recorded as rows, and the trees they form.
+
+A derived frame points to the reduction that produced it (``frames.reduction_id``); the
+reduction lists its input frames with their roles (``reduction_inputs``), its step,
+parameters, software versions, host and times. Following inputs down from a product reaches
+raw frames (``reduction_id`` NULL); following them up from a raw frame or master finds every
+product it went into.
+
+A reduction is identified by its *fingerprint*: the SHA-256 of the step, the SHA-256 of every
+input file with its role, the parameters and the rule version. Asking again for a reduction
+whose fingerprint is ``done`` is a no-op; one left ``running`` by an interrupted run is taken
+up again (same row, no duplicate).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import socket
+from collections.abc import Iterable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from archive.db.models import CalibrationSelection, Copy, Frame, Reduction, ReductionInput
+from archive.errors import ArchiveError
+
+log = logging.getLogger(__name__)
+
+#: Packages whose versions are recorded with every reduction.
+SOFTWARE = ("archive", "numpy", "scipy", "astropy", "ccdproc", "astroalign", "sep", "astroscrappy")
+
+
+class ProvenanceError(LookupError, ArchiveError):
+    """A file is not in the catalogue, or a frame has no recorded provenance."""
+
+
+def utcnow() -> dt.datetime:
+    """The current time, naive UTC (as the catalogue stores times)."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def software_versions() -> dict[str, str]:
+    """Installed versions of the packages in :data:`SOFTWARE` (missing ones left out)."""
+    versions = {}
+    for name in SOFTWARE:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def fingerprint(step: str, inputs: Iterable[tuple[str, str]], parameters: dict[str, Any], rule_version: str | None) -> str:
+    """SHA-256 (hex) identifying a reduction: step, (input sha256, role) pairs, parameters, rules.
+
+    Inputs are sorted, so their order does not matter; parameters are serialized as sorted JSON.
+    """
+    payload = json.dumps(
+        {"step": step, "inputs": sorted(inputs), "parameters": parameters, "rules": rule_version},
+        sort_keys=True, default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def find_reduction(session: Session, fp: str) -> Reduction | None:
+    """The most recent reduction with fingerprint ``fp``, if any."""
+    return session.scalars(select(Reduction).where(Reduction.fingerprint == fp).order_by(Reduction.id.desc())).first()
+
+
+def start_reduction(
+    session: Session, step: str, fp: str, parameters: dict[str, Any], rule_version: str | None,
+    inputs: Sequence[tuple[int, str]],
+) -> Reduction:
+    """Record (or take up again) a reduction about to run, with its inputs (frame id, role).
+
+    A reduction of the same fingerprint left ``running`` or ``failed`` is reused: its status,
+    host and start time are reset and missing input rows added. Flushes; the caller commits.
+    """
+    reduction = find_reduction(session, fp)
+    if reduction is None:
+        reduction = Reduction(step=step, fingerprint=fp, parameters=parameters, rule_version=rule_version,
+                              software=software_versions(), host=socket.gethostname(), started_at=utcnow(),
+                              status="running")
+        session.add(reduction)
+        session.flush()
+    else:
+        reduction.status, reduction.message, reduction.finished_at = "running", None, None
+        reduction.host, reduction.started_at, reduction.software = socket.gethostname(), utcnow(), software_versions()
+    have = set(session.execute(
+        select(ReductionInput.frame_id, ReductionInput.role).where(ReductionInput.reduction_id == reduction.id)
+    ).tuples())
+    for frame_id, role in dict.fromkeys(inputs):
+        if (frame_id, role) not in have:
+            session.add(ReductionInput(reduction_id=reduction.id, frame_id=frame_id, role=role))
+    session.flush()
+    return reduction
+
+
+def finish_reduction(
+    session: Session, reduction_id: int, outputs: Sequence[int] = (), *, status: str = "done", message: str | None = None
+) -> None:
+    """Mark a reduction done (or failed) and point its output frames to it."""
+    session.execute(update(Reduction).where(Reduction.id == reduction_id).values(
+        status=status, message=message, finished_at=utcnow()))
+    if outputs:
+        session.execute(update(Frame).where(Frame.id.in_(list(outputs))).values(reduction_id=reduction_id))
+
+
+def clear_selections(session: Session, reduction_id: int) -> None:
+    """Remove selections recorded for ``reduction_id`` by an interrupted attempt."""
+    session.execute(delete(CalibrationSelection).where(CalibrationSelection.reduction_id == reduction_id))
+
+
+def frame_at_path(session: Session, path: str | Path) -> Frame:
+    """The frame whose current copy is at ``path`` (absolute or relative to the working folder).
+
+    Raises
+    ------
+    ProvenanceError
+        No current copy of that path is catalogued.
+    """
+    absolute = str(Path(path).expanduser().absolute())
+    frame = session.scalars(
+        select(Frame).join(Copy, Copy.frame_id == Frame.id).where(Copy.path == absolute, Copy.is_current)
+    ).first()
+    if frame is None:
+        raise ProvenanceError(f"{path}: not in the catalogue (run 'archive ingest' on it first)")
+    return frame
+
+
+def _canonical_paths(session: Session, frame_ids: Iterable[int]) -> dict[int, str]:
+    ids = list(set(frame_ids))
+    out: dict[int, str] = {}
+    for start in range(0, len(ids), 5000):
+        rows = session.execute(select(Copy.frame_id, Copy.path).where(
+            Copy.frame_id.in_(ids[start:start + 5000]), Copy.is_current, Copy.is_canonical))
+        out.update(rows.tuples().all())
+    return out
+
+
+def _frame_summary(frame: Frame, path: str | None) -> dict[str, Any]:
+    return {
+        "frame_id": frame.id, "image_type": frame.image_type, "path": path, "target": frame.target,
+        "filter": frame.filter_name, "exposure_time_s": frame.exposure_time_s,
+        "date_obs": frame.date_obs.isoformat() if frame.date_obs else None, "sha256": frame.sha256,
+    }
+
+
+def _reduction_summary(reduction: Reduction) -> dict[str, Any]:
+    return {
+        "reduction_id": reduction.id, "step": reduction.step, "status": reduction.status,
+        "parameters": reduction.parameters, "software": reduction.software, "host": reduction.host,
+        "started_at": reduction.started_at.isoformat() if reduction.started_at else None,
+        "finished_at": reduction.finished_at.isoformat() if reduction.finished_at else None,
+        "rule_version": reduction.rule_version,
+    }
+
+
+def provenance_tree(session: Session, frame: Frame) -> dict[str, Any]:
+    """The tree from ``frame`` down to raw frames.
+
+    Returns
+    -------
+    dict
+        The frame (id, type, path, target, filter, exposure, DATE-OBS, sha256), its
+        ``reduction`` (step, parameters, software, host, times, rule version) and ``inputs``:
+        a list of the same structure with a ``role`` each. Raw frames (and masters made
+        elsewhere) have no ``reduction`` and no inputs. A frame reached twice (a master used by
+        every light) is expanded each time.
+    """
+    frames: dict[int, Frame] = {}
+    reductions: dict[int, Reduction] = {}
+    inputs: dict[int, list[tuple[int, str]]] = {}
+    todo = {frame.id}
+    frames[frame.id] = frame
+    while todo:  # load the whole graph level by level: one query per level, not per node
+        level = [frames[i] for i in todo if i in frames]
+        missing = [i for i in todo if i not in frames]
+        for f in session.scalars(select(Frame).where(Frame.id.in_(missing))) if missing else ():
+            frames[f.id] = f
+            level.append(f)
+        rids = {f.reduction_id for f in level if f.reduction_id is not None} - set(reductions)
+        todo = set()
+        if not rids:
+            continue
+        for r in session.scalars(select(Reduction).where(Reduction.id.in_(rids))):
+            reductions[r.id] = r
+        for rid, fid, role in session.execute(select(ReductionInput.reduction_id, ReductionInput.frame_id,
+                                                     ReductionInput.role).where(ReductionInput.reduction_id.in_(rids))):
+            inputs.setdefault(rid, []).append((fid, role))
+            if fid not in frames:
+                todo.add(fid)
+    paths = _canonical_paths(session, frames)
+
+    def build(fid: int, role: str | None, seen: frozenset) -> dict[str, Any]:
+        f = frames[fid]
+        node = _frame_summary(f, paths.get(fid))
+        if role:
+            node["role"] = role
+        if f.reduction_id is not None and f.reduction_id in reductions and fid not in seen:
+            node["reduction"] = _reduction_summary(reductions[f.reduction_id])
+            node["inputs"] = [build(i, r, seen | {fid}) for i, r in sorted(inputs.get(f.reduction_id, []),
+                                                                          key=lambda p: (p[1], p[0]))]
+        return node
+
+    return build(frame.id, None, frozenset())
+
+
+def raw_leaves(tree: dict[str, Any]) -> set[int]:
+    """Frame ids of the leaves of a provenance tree (frames with no recorded reduction)."""
+    if not tree.get("inputs") and "reduction" not in tree:
+        return {tree["frame_id"]}
+    out: set[int] = set()
+    for child in tree.get("inputs", []):
+        out |= raw_leaves(child)
+    return out
+
+
+def used_by(session: Session, frame: Frame) -> list[dict[str, Any]]:
+    """Every product ``frame`` went into, directly or through other products.
+
+    Returns
+    -------
+    list of dict
+        One per product: frame summary, ``step``, ``reduction_id``, ``depth`` (1 = made
+        directly from ``frame``) and ``via`` (the input frame id it was made from), ordered
+        by depth then id.
+    """
+    seen: set[int] = {frame.id}
+    level = {frame.id}
+    found: list[tuple[int, int, int, Reduction]] = []
+    depth = 0
+    while level:
+        depth += 1
+        rows = session.execute(
+            select(Frame, ReductionInput.frame_id, Reduction)
+            .join(ReductionInput, ReductionInput.reduction_id == Frame.reduction_id)
+            .join(Reduction, Reduction.id == Frame.reduction_id)
+            .where(ReductionInput.frame_id.in_(list(level)))
+        ).tuples().all()
+        level = set()
+        for product, via, reduction in rows:
+            if product.id in seen:
+                continue
+            seen.add(product.id)
+            level.add(product.id)
+            found.append((depth, product.id, via, reduction, product))
+    paths = _canonical_paths(session, [p[1] for p in found])
+    return [
+        {**_frame_summary(product, paths.get(pid)), "step": reduction.step, "reduction_id": reduction.id,
+         "depth": d, "via": via}
+        for d, pid, via, reduction, product in sorted(found, key=lambda p: (p[0], p[1]))
+    ]
+
+
+def format_tree(tree: dict[str, Any], indent: str = "") -> list[str]:
+    """Lines of a provenance tree for people: one frame per line, its step and parameters."""
+    role = f"[{tree['role']}] " if tree.get("role") else ""
+    line = f"{indent}{role}{tree['image_type'] or '?'} #{tree['frame_id']} {tree['path'] or '(no file)'}"
+    lines = [line]
+    if "reduction" in tree:
+        r = tree["reduction"]
+        params = ", ".join(f"{k}={v}" for k, v in sorted((r["parameters"] or {}).items()))
+        lines.append(f"{indent}  <- {r['step']} (reduction {r['reduction_id']}, {r['status']}, {r['host']}, "
+                     f"{r['finished_at'] or r['started_at']}){': ' + params if params else ''}")
+        for child in tree.get("inputs", []):
+            lines += format_tree(child, indent + "    ")
+    return lines
