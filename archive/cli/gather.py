@@ -75,6 +75,110 @@ def project() -> None:
     \b
     Examples:
       archive project create m31 --target "M 31" --filters L,R,G,B,Ha --goal Ha=10h --dir ~/projects/m31
-      archive project collect m31
+      archive project collect m31 --super-luminance
       archive project status m31
+      archive project list
     """
+
+
+@project.command("create")
+@click.argument("name")
+@click.option("--target", required=True, help="Target (OBJECT), matched loosely and by position.")
+@click.option("--filters", default="", help="Comma-separated filters, e.g. L,R,G,B,Ha (default: every filter found).")
+@click.option("--since", type=click.DateTime(), help="DATE-OBS on or after (UTC).")
+@click.option("--until", type=click.DateTime(), help="DATE-OBS before (UTC).")
+@click.option("--goal", "goals", multiple=True, metavar="FILTER=DURATION",
+              help="Wanted integration per filter, e.g. Ha=10h, L=90m (repeatable).")
+@click.option("--ra", type=float, help="Reference RA (deg) for position matching.")
+@click.option("--dec", type=float, help="Reference Dec (deg), with --ra.")
+@click.option("--radius", type=float, help="Position-match radius (arcmin; default configs/copyback.toml).")
+@click.option("--dir", "folder", type=click.Path(file_okay=False), help="The project folder (default ./NAME).")
+@pass_app
+def project_create(app: AppContext, name, target, filters, since, until, goals, ra, dec, radius, folder) -> None:
+    """Create the project NAME: a target, its filters, a date range and goals.
+
+    \b
+    Examples:
+      archive project create m31 --target "M 31" --filters L,R,G,B,Ha --goal Ha=10h --goal L=5h
+      archive project create ngc7000 --target NGC7000 --filters Ha,OIII --since 2026-09-01 --dir /data/ngc7000
+    """
+    from archive.db.session import session_scope
+    from archive.gather.projects import create_project, parse_goals
+
+    if (ra is None) != (dec is None):
+        raise click.UsageError("give --ra and --dec together")
+    try:
+        goal_s = parse_goals(goals)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--goal") from exc
+    with session_scope(app.engine, write=True) as session:
+        created = create_project(
+            session, name, target=target, folder=folder or name, filters=filters.split(","), since=since, until=until,
+            goals=goal_s, ra_deg=ra, dec_deg=dec, radius_arcmin=radius,
+        )
+        click.echo(f"project {created.name}: target {created.target!r}, filters {','.join(created.filters) or 'all'}, "
+                   f"folder {created.folder}")
+
+
+@project.command("collect")
+@click.argument("name")
+@click.option("--super-luminance", is_flag=True, help="Also list every L, R, G, B light in superlum.txt.")
+@click.option("--copy", "mode", flag_value="copy", default=True, help="Copy the files (default).")
+@click.option("--link", "mode", flag_value="link", help="Make symbolic links instead.")
+@click.option("--move", "mode", flag_value="move", help="Move the lights (masters are always copied).")
+@click.option("--dry-run", is_flag=True, help="Only say what would be copied.")
+@pass_app
+def project_collect(app: AppContext, name, super_luminance, mode, dry_run) -> None:
+    """Copy the project's new lights and their masters into <project>/lights/<filter>/ and
+    <project>/masters/<filter>/. Collecting again adds only what is new.
+
+    \b
+    Examples:
+      archive project collect m31
+      archive project collect m31 --super-luminance --dry-run
+    """
+    from archive.gather.projects import collect_project
+
+    summary = collect_project(app.engine, name, mode=mode, dry_run=dry_run, super_luminance=super_luminance,
+                              settings=app.settings, config=load_gather_config(app.settings),
+                              progress=BarProgress(not app.quiet))
+    _echo_summary(summary.lines())
+    if not summary.ok:
+        sys.exit(1)
+
+
+@project.command("status")
+@click.argument("name")
+@output_format
+@pass_app
+def project_status(app: AppContext, name, fmt) -> None:
+    """Per filter: frames, nights, total and usable integration (h), and the gap to the goal.
+
+    Usable lights have a valid master of every kind in required_masters (configs/copyback.toml)
+    and are not duplicate exposures.
+
+    \b
+    Examples:
+      archive project status m31
+      archive project status m31 --format json
+    """
+    from archive.gather.projects import project_status as status
+
+    emit(status(app.engine, name, config=load_gather_config(app.settings)), fmt)
+
+
+@project.command("list")
+@output_format
+@pass_app
+def project_list(app: AppContext, fmt) -> None:
+    """List the projects.
+
+    \b
+    Example:
+      archive project list
+    """
+    from archive.db.session import session_scope
+    from archive.gather.projects import list_projects
+
+    with session_scope(app.engine) as session:
+        emit(list_projects(session), fmt)

@@ -97,8 +97,12 @@ class GatherConfig:
         Position-match radius, arcmin.
     batch_files : int
         Files copied per catalogue transaction.
+    lights_folder, masters_folder : str
+        A project's folders of lights and of masters, below its folder (``{filter}`` allowed).
     project_lights, project_masters : str
-        Templates of a project's lights and masters below its folder.
+        Name templates of a project's lights and masters in those folders.
+    required_masters : tuple of str
+        Calibration kinds (bias, dark, flat) a light needs to count as usable.
     super_luminance : str
         File name of a project's super-luminance list.
     super_luminance_filters : tuple of str
@@ -110,8 +114,11 @@ class GatherConfig:
     missing: str = "unknown"
     position_radius_arcmin: float = 10.0
     batch_files: int = 50
-    project_lights: str = "lights/{filter}/{date_obs}_{exposure}s_{seq:04d}{ext}"
-    project_masters: str = "masters/{filter}/{image_type}_{date_obs}_{exposure}s_{seq:04d}{ext}"
+    lights_folder: str = "lights/{filter}"
+    project_lights: str = "{date_obs}_{exposure}s_{seq:04d}{ext}"
+    masters_folder: str = "masters/{filter}"
+    project_masters: str = "{image_type}_{date_obs}_{exposure}s_{seq:04d}{ext}"
+    required_masters: tuple[str, ...] = ("dark", "flat")
     super_luminance: str = "superlum.txt"
     super_luminance_filters: tuple[str, ...] = ("L", "R", "G", "B")
 
@@ -135,8 +142,11 @@ def load_gather_config(settings: Settings | None = None) -> GatherConfig:
             missing=str(cb.get("missing", "unknown")),
             position_radius_arcmin=float(cb.get("position_radius_arcmin", 10.0)),
             batch_files=max(1, int(cb.get("batch_files", 50))),
+            lights_folder=str(pr.get("lights_folder", GatherConfig.lights_folder)),
             project_lights=str(pr.get("lights", GatherConfig.project_lights)),
+            masters_folder=str(pr.get("masters_folder", GatherConfig.masters_folder)),
             project_masters=str(pr.get("masters", GatherConfig.project_masters)),
+            required_masters=tuple(str(k) for k in pr.get("required_masters", ("dark", "flat"))),
             super_luminance=str(pr.get("super_luminance", "superlum.txt")),
             super_luminance_filters=tuple(str(f) for f in pr.get("super_luminance_filters", ("L", "R", "G", "B"))),
         )

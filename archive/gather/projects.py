@@ -1,0 +1,474 @@
+"""Multi-night projects: a target's lights per filter, their masters, and the integration so far.
+
+A project (:class:`archive.db.projects.Project`) is a stored query: a target (matched loosely
+by name and by position, as in copyback), a list of filters, an optional DATE-OBS range and a
+goal of integration per filter. Collecting writes dss-automation's layout below the project's
+folder::
+
+    <project>/lights/<filter>/<date_obs>_<exposure>s_<seq>.fits
+    <project>/masters/<filter>/<master_type>_<date_obs>_<exposure>s_<seq>.fits
+    <project>/superlum.txt           (with --super-luminance: every L, R, G, B light)
+
+with the copyback machinery (one file per exposure, verified, recorded, never overwritten),
+so collecting again after a new night adds only the new frames. Folder and name templates
+are in ``configs/copyback.toml`` (``[project]``).
+
+Masters: the master library's selection (:func:`archive.calib.select.select_masters`, the
+matching rules of ``configs/matching``) chooses, for every light, the masters of
+``required_masters``; the union per filter is collected. A light is *usable* when every
+required kind has a valid master (not flagged bad, within validity) and the light is not a
+duplicate exposure. (Frames themselves carry no bad flag in the catalogue yet.)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from sqlalchemy import Engine, Row, select
+from sqlalchemy.orm import Session
+
+from archive.config import Settings, load_settings
+from archive.db.models import Copy, Frame, Instrument
+from archive.db.projects import Project, ProjectGoal
+from archive.db.session import session_scope
+from archive.errors import ProjectError, UnsafePathError
+from archive.gather.copyback import (
+    _COLUMNS, CopybackSummary, ExposureSelection, GatherConfig, Selection, _under, clean_temporary, execute_plan,
+    load_gather_config, plan_copyback, safe_component, select_exposures,
+)
+from archive.ingest.ingest import ingest_paths, utcnow
+from archive.progress import Progress
+
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([hms]?)\s*$", re.IGNORECASE)
+_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """``'10h'``, ``'90m'``, ``'3600s'`` or ``'3600'`` (seconds) -> seconds.
+
+    Raises
+    ------
+    ValueError
+        Not a number with an optional h, m or s unit.
+    """
+    match = _DURATION.match(str(text))
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (say 10h, 90m or 3600s)")
+    return float(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+def parse_goals(items: Iterable[str]) -> dict[str, float]:
+    """``['Ha=10h', 'L=5h']`` -> ``{'Ha': 36000.0, 'L': 18000.0}`` (seconds).
+
+    Raises
+    ------
+    ValueError
+        An item is not ``FILTER=DURATION``.
+    """
+    goals: dict[str, float] = {}
+    for item in items:
+        name, sep, value = str(item).partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"a goal is FILTER=DURATION (e.g. Ha=10h), not {item!r}")
+        goals[name.strip()] = parse_duration(value)
+    return goals
+
+
+def create_project(
+    session: Session,
+    name: str,
+    *,
+    target: str,
+    folder: str | Path,
+    filters: Sequence[str] = (),
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    goals: dict[str, float] | None = None,
+    ra_deg: float | None = None,
+    dec_deg: float | None = None,
+    radius_arcmin: float | None = None,
+) -> Project:
+    """Create a project.
+
+    Parameters
+    ----------
+    session : Session
+    name : str
+        Unique project name.
+    target : str
+        Target, matched loosely ("M 31" = "M31") and by position (see copyback).
+    folder : str or Path
+        The project's folder (stored absolute; created when collecting).
+    filters : sequence of str
+        Filters in order; empty for every filter found.
+    since, until : datetime, optional
+        ``since <= DATE-OBS < until`` (UTC).
+    goals : dict, optional
+        Filter -> wanted integration, s.
+    ra_deg, dec_deg, radius_arcmin : float, optional
+        Reference position (deg) and radius (arcmin) for position matching.
+
+    Raises
+    ------
+    ProjectError
+        A project of that name exists.
+    """
+    if session.scalar(select(Project.id).where(Project.name == name)) is not None:
+        raise ProjectError(f"a project named {name!r} exists already")
+    project = Project(
+        name=name, target=target, filters=[f.strip() for f in filters if f.strip()], since=since, until=until,
+        ra_deg=ra_deg, dec_deg=dec_deg, radius_arcmin=radius_arcmin,
+        folder=str(Path(folder).expanduser().absolute()), created_at=utcnow(),
+    )
+    project.goals = [ProjectGoal(filter_name=f, goal_s=float(s)) for f, s in (goals or {}).items()]
+    session.add(project)
+    session.flush()
+    return project
+
+
+def get_project(session: Session, name: str) -> Project:
+    """The project called ``name``.
+
+    Raises
+    ------
+    ProjectError
+        No such project (the message lists the known ones).
+    """
+    project = session.scalar(select(Project).where(Project.name == name))
+    if project is None:
+        known = session.scalars(select(Project.name).order_by(Project.name)).all()
+        raise ProjectError(f"no project named {name!r}" + (f"; known: {', '.join(known)}" if known else ""))
+    project.goals  # noqa: B018 - load while the session is open
+    return project
+
+
+def project_selection(project: Project) -> Selection:
+    """The copyback :class:`Selection` of a project's raw lights (all its filters)."""
+    return Selection(
+        target=project.target, since=project.since, until=project.until, kind="raw",
+        ra_deg=project.ra_deg, dec_deg=project.dec_deg, radius_arcmin=project.radius_arcmin,
+    )
+
+
+def _by_filter(project: Project, groups: ExposureSelection) -> dict[str, ExposureSelection]:
+    """Split exposures by filter: the project's filters (case-insensitive) in order, or every one found."""
+    wanted = {f.lower(): f for f in project.filters}
+    out: dict[str, ExposureSelection] = {f: ExposureSelection() for f in project.filters}
+    for group in groups.groups:
+        name = group[0].filter_name
+        if wanted:
+            key = wanted.get((name or "").lower())
+            if key is None:
+                continue
+        else:
+            key = name or "none"
+        out.setdefault(key, ExposureSelection()).groups.append(group)
+    return out
+
+
+def _folder(root: Path, template: str, filter_name: str, config: GatherConfig) -> Path:
+    relative = template.format(filter=safe_component(filter_name, safe_component(config.missing)))
+    parts = re.split(r"[/\\]", relative)
+    if any(p in ("", ".", "..") for p in parts):
+        raise UnsafePathError(f"project folder template {template!r} gives {relative!r}, not a plain relative path")
+    return root.joinpath(*parts)
+
+
+# -- masters -----------------------------------------------------------------------------------
+
+
+def _calib():
+    """The master library's selection, when the calib package is installed (issue 3)."""
+    try:
+        from archive.calib.masters import sync_library
+        from archive.calib.select import explain_selection
+    except ImportError:  # pragma: no cover - the library ships with archive
+        return None
+    return sync_library, explain_selection
+
+
+def _fallback_masters(session: Session, light_ids: Sequence[int], kinds: Sequence[str]) -> dict[tuple[int, str], list[int]]:
+    """Without the master library: a ``master_<kind>`` frame of the same instrument and binning
+    (flats: same filter; darks: same exposure within 0.01 s), nearest in time."""
+    out: dict[tuple[int, str], list[int]] = {}
+    lights = session.scalars(select(Frame).where(Frame.id.in_(light_ids))).all()
+    for light in lights:
+        for kind in kinds:
+            query = select(Frame.id).where(
+                Frame.image_type == f"master_{kind}", Frame.instrument_id == light.instrument_id,
+                Frame.binning_x == light.binning_x, Frame.binning_y == light.binning_y,
+                Frame.duplicate_of_id.is_(None),
+            )
+            if kind == "flat":
+                query = query.where(Frame.filter_name == light.filter_name)
+            if kind == "dark" and light.exposure_time_s is not None:
+                query = query.where(Frame.exposure_time_s.between(light.exposure_time_s - 0.01, light.exposure_time_s + 0.01))
+            rows = session.execute(query.add_columns(Frame.date_obs_s)).all()
+            if rows:
+                best = min(rows, key=lambda r: (abs((r.date_obs_s or 0) - (light.date_obs_s or 0)), -r.id))
+                out[(light.id, kind)] = [best.id]
+    return out
+
+
+def masters_for(session: Session, light_ids: Sequence[int], kinds: Sequence[str]) -> dict[tuple[int, str], list[int]]:
+    """(light id, kind) -> the master frame ids that calibrate it (several for an interpolated
+    dark); pairs without a valid master are absent.
+
+    Uses the master library's rule (:func:`archive.calib.select.explain_selection`, rules of
+    ``configs/matching``; masters flagged bad or outside their validity are never chosen),
+    one light at a time; without the master library, a simple match on instrument, binning,
+    filter (flats) and exposure (darks).
+    """
+    if not light_ids or not kinds:
+        return {}
+    calib = _calib()
+    if calib is None:
+        return _fallback_masters(session, light_ids, kinds)
+    _sync, explain_selection = calib
+    out: dict[tuple[int, str], list[int]] = {}
+    for light in session.scalars(select(Frame).where(Frame.id.in_(list(light_ids)))):
+        for kind in kinds:
+            chosen = explain_selection(session, light, kind)
+            if chosen.found:
+                out[(light.id, kind)] = [mid for mid, _ in chosen.weights]
+    return out
+
+
+def _sync_library(engine: Engine) -> None:
+    calib = _calib()
+    if calib is not None:
+        with session_scope(engine, write=True) as session:
+            calib[0](session)
+
+
+# -- collect -----------------------------------------------------------------------------------
+
+
+@dataclass
+class CollectSummary:
+    """What ``archive project collect`` did, per filter.
+
+    Attributes
+    ----------
+    lights, masters : dict of str to CopybackSummary
+        Per filter: the lights and the masters copied (or planned).
+    missing_masters : dict of str to Counter
+        Per filter: calibration kind -> lights without a valid master of that kind.
+    super_luminance : Path, optional
+        The super-luminance list written, and ``super_luminance_count`` lights in it.
+    """
+
+    lights: dict[str, CopybackSummary] = field(default_factory=dict)
+    masters: dict[str, CopybackSummary] = field(default_factory=dict)
+    missing_masters: dict[str, Counter] = field(default_factory=dict)
+    super_luminance: Path | None = None
+    super_luminance_count: int = 0
+    recorded_found: int = 0
+    temp_removed: int = 0
+    dry_run: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """Nothing failed."""
+        return all(s.ok for s in (*self.lights.values(), *self.masters.values()))
+
+    def lines(self) -> list[str]:
+        """A human summary: one line per filter, then the failures."""
+        verb = "would copy" if self.dry_run else "copied"
+        out = []
+        for name, lights in self.lights.items():
+            masters = self.masters.get(name, CopybackSummary())
+            dup = sum(lights.duplicates.values())
+            line = (f"{name}: {lights.exposures} exposure(s); {verb} {lights.copied} light(s), "
+                    f"{lights.present} already there" + (f", {dup} duplicate(s) skipped" if dup else "")
+                    + f"; masters: {verb} {masters.copied}, {masters.present} already there")
+            missing = self.missing_masters.get(name)
+            if missing:
+                line += "; no valid master for " + ", ".join(f"{n} light(s) ({k})" for k, n in sorted(missing.items()))
+            out.append(line)
+        if self.super_luminance:
+            out.append(f"super-luminance: {self.super_luminance_count} light(s) listed in {self.super_luminance}")
+        if self.recorded_found:
+            out.append(f"recorded {self.recorded_found} file(s) found in the project folder (an interrupted run)")
+        for summary in (*self.lights.values(), *self.masters.values()):
+            out.extend(f"FAILED {path}: {reason}" for path, reason in summary.failures)
+        return out
+
+
+def collect_project(
+    engine: Engine,
+    name: str,
+    *,
+    mode: str = "copy",
+    dry_run: bool = False,
+    super_luminance: bool = False,
+    settings: Settings | None = None,
+    config: GatherConfig | None = None,
+    progress: Progress | None = None,
+) -> CollectSummary:
+    """Collect a project's lights and their masters into its folder, per filter.
+
+    Lights are gathered like :func:`archive.gather.copyback.copyback` (one file per exposure,
+    verified, recorded as copies; an exposure already in the filter's folder is skipped, so a
+    second collect after a new night adds only the new frames). For each filter, the masters
+    chosen for its lights (:func:`masters_for`) are copied to the filter's masters folder
+    (never moved, even with ``mode='move'``).
+
+    Parameters
+    ----------
+    engine : Engine
+    name : str
+        The project.
+    mode : {'copy', 'link', 'move'}
+        For the lights; masters are copied (or linked with 'link').
+    dry_run : bool
+        Plan only: nothing is written to disk or to the catalogue.
+    super_luminance : bool
+        Also write the list of every collected L, R, G and B light (``superlum.txt``).
+
+    Raises
+    ------
+    ProjectError
+        No such project.
+    """
+    settings = settings or load_settings()
+    config = config or load_gather_config(settings)
+    summary = CollectSummary(dry_run=dry_run)
+    with session_scope(engine) as session:
+        project = get_project(session, name)
+    root = Path(project.folder)
+    if not dry_run:
+        if root.is_dir():
+            summary.temp_removed = clean_temporary(root)
+            found = ingest_paths(engine, [root], settings=settings)
+            summary.recorded_found = found.new + found.new_copies + found.changed
+        _sync_library(engine)
+    selection = project_selection(project)
+    plans: list[tuple[CopybackSummary, Path, str]] = []
+    with session_scope(engine) as session:
+        per_filter = _by_filter(project, select_exposures(session, selection, config=config))
+        for filter_name, groups in per_filter.items():
+            lights_root = _folder(root, config.lights_folder, filter_name, config)
+            lights = plan_copyback(session, selection, lights_root, mode=mode, config=config,
+                                   template=config.project_lights, groups=groups)
+            summary.lights[filter_name] = lights
+            plans.append((lights, lights_root, mode))
+            light_ids = [g[0].id for g in groups.groups]
+            chosen = masters_for(session, light_ids, config.required_masters)
+            missing = Counter(k for i in light_ids for k in config.required_masters if (i, k) not in chosen)
+            if missing:
+                summary.missing_masters[filter_name] = missing
+            master_ids = sorted({m for ids in chosen.values() for m in ids})
+            rows = session.execute(
+                select(*_COLUMNS).select_from(Frame).outerjoin(Instrument, Frame.instrument_id == Instrument.id)
+                .where(Frame.id.in_(master_ids)).order_by(Frame.id)
+            ).all() if master_ids else []
+            masters_root = _folder(root, config.masters_folder, filter_name, config)
+            master_mode = "link" if mode == "link" else "copy"
+            masters = plan_copyback(session, selection, masters_root, mode=master_mode, config=config,
+                                    template=config.project_masters, groups=ExposureSelection(groups=[[r] for r in rows]))
+            summary.masters[filter_name] = masters
+            plans.append((masters, masters_root, master_mode))
+    if dry_run:
+        for plan, _, _ in plans:
+            plan.dry_run = True
+        return summary
+    for plan, plan_root, plan_mode in plans:
+        if plan.plan:
+            plan_root.mkdir(parents=True, exist_ok=True)
+            execute_plan(engine, plan, plan_root, mode=plan_mode, config=config, settings=settings, progress=progress)
+    if super_luminance:
+        summary.super_luminance, summary.super_luminance_count = _write_super_luminance(engine, project, root, config)
+    with session_scope(engine, write=True) as session:
+        session.get(Project, project.id).collected_at = utcnow()
+    return summary
+
+
+def _write_super_luminance(engine: Engine, project: Project, root: Path, config: GatherConfig) -> tuple[Path, int]:
+    """Write the list of the collected lights of the L, R, G, B filters (absolute paths, one a
+    line, by name), to a temporary name then renamed."""
+    wanted = {f.lower() for f in config.super_luminance_filters}
+    folders = [_folder(root, config.lights_folder, f, config) for f in project.filters if f.lower() in wanted]
+    paths: list[str] = []
+    with session_scope(engine) as session:
+        for folder in folders:
+            paths += [p for p in session.scalars(select(Copy.path).where(
+                Copy.is_current, Copy.path.startswith(_under(folder), autoescape=True))) if os.path.exists(p)]
+    target = root / safe_component(config.super_luminance, "superlum.txt")
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text("".join(f"{p}\n" for p in sorted(paths)))
+    os.replace(tmp, target)  # the list is ours to replace (it is not a frame)
+    return target, len(paths)
+
+
+# -- status ------------------------------------------------------------------------------------
+
+
+def project_status(engine: Engine, name: str, *, config: GatherConfig | None = None) -> pd.DataFrame:
+    """Integration per filter: what the catalogue holds for the project, what is usable, the gap.
+
+    Returns
+    -------
+    DataFrame
+        One row per filter (the project's, in order; else every filter found): ``frames``
+        (exposures, duplicates counted once), ``nights``, ``total_h`` (their exposure, hours),
+        ``usable_h`` (of lights with a valid master of every required kind), ``goal_h`` and
+        ``gap_h`` (goal minus usable, at least 0; empty without a goal), ``collected``
+        (exposures with a file in the project's lights folder), ``duplicates`` (frames skipped
+        as duplicate exposures) and ``missing`` (lights without a valid master, per kind).
+
+    Raises
+    ------
+    ProjectError
+        No such project.
+    """
+    config = config or load_gather_config()
+    _sync_library(engine)
+    rows = []
+    with session_scope(engine) as session:
+        project = get_project(session, name)
+        goals = {g.filter_name.lower(): g.goal_s for g in project.goals}
+        per_filter = _by_filter(project, select_exposures(session, project_selection(project), config=config))
+        for filter_name, groups in per_filter.items():
+            kept = [g[0] for g in groups.groups]
+            chosen = masters_for(session, [r.id for r in kept], config.required_masters)
+            missing = Counter(k for r in kept for k in config.required_masters if (r.id, k) not in chosen)
+            usable = [r for r in kept if all((r.id, k) in chosen for k in config.required_masters)]
+            folder = _under(_folder(Path(project.folder), config.lights_folder, filter_name, config))
+            ids = [r.id for g in groups.groups for r in g]
+            inside = set(session.scalars(select(Copy.frame_id).where(
+                Copy.is_current, Copy.frame_id.in_(ids), Copy.path.startswith(folder, autoescape=True)))) if ids else set()
+            collected = sum(1 for g in groups.groups if any(r.id in inside for r in g))
+            total_s = sum(r.exposure_time_s or 0.0 for r in kept)
+            usable_s = sum(r.exposure_time_s or 0.0 for r in usable)
+            goal_s = goals.get(filter_name.lower())
+            rows.append({
+                "filter": filter_name, "frames": len(kept), "nights": len({r.night for r in kept if r.night}),
+                "total_h": round(total_s / 3600.0, 3), "usable_h": round(usable_s / 3600.0, 3),
+                "goal_h": round(goal_s / 3600.0, 3) if goal_s is not None else None,
+                "gap_h": round(max(goal_s - usable_s, 0.0) / 3600.0, 3) if goal_s is not None else None,
+                "collected": collected, "duplicates": sum(len(g) - 1 for g in groups.groups),
+                "missing": ", ".join(f"{k}: {n}" for k, n in sorted(missing.items())),
+            })
+    columns = ["filter", "frames", "nights", "total_h", "usable_h", "goal_h", "gap_h", "collected", "duplicates", "missing"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def list_projects(session: Session) -> pd.DataFrame:
+    """Every project: name, target, filters, folder, goals (h), created and last collected."""
+    rows = []
+    for p in session.scalars(select(Project).order_by(Project.name)):
+        rows.append({
+            "name": p.name, "target": p.target, "filters": ",".join(p.filters), "folder": p.folder,
+            "goals": ", ".join(f"{g.filter_name}={g.goal_s / 3600:g}h" for g in p.goals),
+            "created_at": p.created_at, "collected_at": p.collected_at,
+        })
+    return pd.DataFrame(rows, columns=["name", "target", "filters", "folder", "goals", "created_at", "collected_at"])
