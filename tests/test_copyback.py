@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from astropy.io import fits
 from click.testing import CliRunner
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from archive.cli import main
 from archive.db import Copy, Frame, session_scope
@@ -237,18 +237,20 @@ def test_link_mode(engine, arcsat_night, tmp_path):
 
 
 def test_kind_calibrated(engine, tmp_path):
-    # The default dialect maps no IMAGETYP to 'calibrated' (reduction records its products
-    # itself), so these SYNTHETIC frames are ingested as lights and re-typed in the catalogue.
+    # SYNTHETIC calibrated lights: IMAGETYP 'Calibrated Light' (the default dialect's value for
+    # reduction's products) beside a raw light of the same target.
     raw = tmp_path / "cal"
     for i in range(3):
-        write_fits(raw / f"cal_{i}.fits", nina_header(OBJECT="NGC 7000", **{"DATE-OBS": f"2026-11-20T22:0{i}:00"}), seed=i)
+        write_fits(raw / f"cal_{i}.fits", nina_header("Calibrated Light", OBJECT="NGC 7000",
+                                                      **{"DATE-OBS": f"2026-11-20T22:0{i}:00"}), seed=i)
     write_fits(raw / "light.fits", nina_header(OBJECT="NGC 7000", **{"DATE-OBS": "2026-11-20T23:00:00"}), seed=9)
     ingest_paths(engine, [raw])
-    with session_scope(engine, write=True) as session:
-        shas = [sha(raw / f"cal_{i}.fits") for i in range(3)]
-        session.execute(update(Frame).where(Frame.sha256.in_(shas)).values(image_type="calibrated"))
+    with session_scope(engine) as session:
+        types = sorted(session.scalars(select(Frame.image_type)))
+    assert types == ["calibrated"] * 3 + ["light"]
     summary = copyback(engine, Selection(target="ngc7000", kind="calibrated"), tmp_path / "o", config=CONFIG)
     assert summary.copied == 3
+    assert {sha(f) for f in fits_files(tmp_path / "o")} == {sha(raw / f"cal_{i}.fits") for i in range(3)}
     assert copyback(engine, Selection(target="ngc7000"), tmp_path / "r", config=CONFIG).copied == 1
 
 
@@ -305,3 +307,36 @@ def test_killed_copyback_is_finished_by_the_rerun(db_url, engine, synthetic, tmp
 def test_configuration_is_read_and_checked():
     config = load_gather_config()
     assert "{seq" in config.template and config.position_radius_arcmin > 0
+
+
+def test_a_source_changed_since_ingest_is_not_copied(engine, synthetic, tmp_path):
+    """Verification fails for real: one source's bytes change after it was catalogued."""
+    changed = synthetic / "nights" / "night0" / "M 31_Ha_1.fits"
+    with open(changed, "r+b") as fh:
+        fh.seek(-10, os.SEEK_END)
+        fh.write(b"0123456789")
+    dest = tmp_path / "out"
+    summary = copyback(engine, Selection(target="M31", radius_arcmin=0), dest, config=CONFIG)
+    assert not summary.ok and summary.copied == 17
+    assert summary.failures == [(str(changed), "the source's SHA-256 differs from the catalogue's (changed since it was catalogued?)")]
+    assert len(fits_files(dest)) == 17 and not [p for p in dest.rglob("*") if p.name.startswith(TEMP_PREFIX)]
+    result = CliRunner().invoke(main, ["--db", str(engine.url.render_as_string(hide_password=False)), "-q", "copyback",
+                                       "--target", "M31", "--radius", "0", "--to", str(dest)])
+    assert result.exit_code == 1 and "FAILED" in result.output and "copied 0 file(s)" in result.output
+
+
+def test_move_after_copy_finishes_the_move_but_never_deletes_through_a_link(engine, synthetic, tmp_path):
+    selection = Selection(target="M31", filter_name="Ha", since=None, radius_arcmin=0)
+    linked = copyback(engine, selection, tmp_path / "links", mode="link", config=CONFIG)
+    assert linked.copied == 9
+    refused = copyback(engine, selection, tmp_path / "links", mode="move", config=CONFIG)
+    assert refused.moved == 0 and len(refused.failures) == 9 and "is a link to it" in refused.failures[0][1]
+    assert len(list((synthetic / "nights").rglob("*_Ha_*.fits"))) == 9  # nothing deleted
+    copied = copyback(engine, selection, tmp_path / "copies", config=CONFIG)
+    assert copied.copied == 9 and copied.moved == 0
+    moved = copyback(engine, selection, tmp_path / "copies", mode="move", config=CONFIG)
+    assert moved.ok and moved.copied == 0 and moved.moved == 9 and moved.present == 9
+    assert not list((synthetic / "nights").rglob("*_Ha_*.fits"))
+    with session_scope(engine) as session:
+        current = session.scalars(select(Copy.path).where(Copy.is_current, Copy.is_canonical)).all()
+    assert all(os.path.exists(p) for p in current)

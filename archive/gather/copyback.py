@@ -787,9 +787,13 @@ def execute_plan(
             done.append(item)
             if mode != "move":
                 continue
-            if item.action == "finish-move" and os.path.exists(item.source) and _hash_file(item.dest) != item.sha256:
-                summary.failures.append((item.source, f"its copy {item.dest} does not verify; source kept"))
-                continue
+            if item.action == "finish-move" and os.path.exists(item.source):
+                if os.path.islink(item.dest) or os.path.samefile(item.dest, item.source):
+                    summary.failures.append((item.source, f"{item.dest} is a link to it, not a copy; source kept"))
+                    continue
+                if _hash_file(item.dest) != item.sha256:
+                    summary.failures.append((item.source, f"its copy {item.dest} does not verify; source kept"))
+                    continue
             if os.path.exists(item.source):
                 os.unlink(item.source)
                 moved += 1
