@@ -88,7 +88,7 @@ class Settings:
     database_url: str = ""
     sqlite_busy_timeout_s: float = 60.0
     workers: int = 0
-    batch_size: int = 500
+    batch_size: int = 1000
     extensions: tuple[str, ...] = ()
     sites: dict[str, float] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
@@ -122,7 +122,7 @@ def load_settings(overrides: dict[str, dict[str, Any]] | None = None) -> Setting
             database_url=str(db.get("url", "")),
             sqlite_busy_timeout_s=float(db.get("sqlite_busy_timeout_s", 60)),
             workers=int(ingest.get("workers", 0)),
-            batch_size=max(1, int(ingest.get("batch_size", 500))),
+            batch_size=max(1, int(ingest.get("batch_size", 1000))),
             extensions=tuple(e.lower() for e in ingest.get("extensions", ())),
             sites={str(k): float(v) for k, v in merged.get("sites", {}).items()},
             raw=merged,

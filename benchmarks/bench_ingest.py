@@ -104,7 +104,7 @@ def run(n: int, workdir: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for sub in subfolders:
-                ImageFileCollection(str(sub)).summary
+                _ = ImageFileCollection(str(sub)).summary  # the property builds the table
 
     settings = load_settings()
     engine = open_catalogue(workdir / f"library_{n}.sqlite")

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import astropy
 import numpy as np
-import pytest
 from astropy.io import fits
 from sqlalchemy import func, select
 

@@ -25,6 +25,7 @@ BLOCK = 2880  # FITS logical record, bytes (FITS standard 4.0, sec. 3.1)
 CARD = 80
 _END = b"END" + b" " * 77
 _CHUNK = 1 << 20
+_HEAD = 1 << 16
 
 
 @dataclass
@@ -197,25 +198,30 @@ def _has_image(header: Mapping) -> bool:
 
 
 def _read_plain(fh, size: int) -> tuple[bytes, str]:
-    """Read the primary header blocks and hash the whole file; returns (header bytes, sha256)."""
+    """Read the primary header blocks and hash the whole file; returns (header bytes, sha256).
+
+    The first 64 KiB are read at once (a whole small frame, or the header of a large one).
+    """
     digest = hashlib.sha256()
-    first = fh.read(BLOCK)
-    if not first.startswith(b"SIMPLE  ="):
+    head = fh.read(_HEAD)
+    if not head.startswith(b"SIMPLE  ="):
         raise HeaderError("not a FITS file: it does not begin with a SIMPLE card")
-    blocks = [first]
+    offset = 0
     while True:
-        block = blocks[-1]
-        if any(block[i : i + CARD] == _END for i in range(0, len(block), CARD)):
-            break
-        block = fh.read(BLOCK)
+        block = head[offset : offset + BLOCK]
         if len(block) < BLOCK:
-            raise HeaderError(f"truncated: the header has no END card within the file's {size} bytes")
-        blocks.append(block)
-    raw = b"".join(blocks)
-    digest.update(raw)
+            more = fh.read(_HEAD)
+            if not more:
+                raise HeaderError(f"truncated: the header has no END card within the file's {size} bytes")
+            head += more
+            continue
+        offset += BLOCK
+        if any(block[i : i + CARD] == _END for i in range(0, BLOCK, CARD)):
+            break
+    digest.update(head)
     while chunk := fh.read(_CHUNK):
         digest.update(chunk)
-    return raw, digest.hexdigest()
+    return head[:offset], digest.hexdigest()
 
 
 def _sha256(path: str) -> str:
