@@ -110,7 +110,7 @@ def _canonical_paths(session: Session, frame_ids: Iterable[int]) -> dict[int, st
     out: dict[int, str] = {}
     for start in range(0, len(ids), 5000):
         out.update(session.execute(select(Copy.frame_id, Copy.path).where(
-            Copy.frame_id.in_(ids[start:start + 5000]), Copy.is_current, Copy.is_canonical)).tuples().all())
+            Copy.frame_id.in_(ids[start:start + 5000]), Copy.is_current, Copy.is_canonical)).all())
     return out
 
 
@@ -306,7 +306,7 @@ def current_calibrated(session: Session, light_ids: Iterable[int] | None = None)
     latest = latest.subquery()
     rows = session.execute(
         select(latest.c.light_id, Frame.id, latest.c.rid).join(Frame, Frame.reduction_id == latest.c.rid)
-    ).tuples()
+    )
     return {light: (frame, rid) for light, frame, rid in rows}
 
 
@@ -340,7 +340,7 @@ def _registration_state(session: Session, calibrated_ids: Sequence[int], group_h
         .where(Reduction.step == "register", ReductionInput.role == "input",
                ReductionInput.frame_id.in_(list(calibrated_ids)))
         .order_by(Reduction.id)
-    ).tuples()
+    )
     state: dict[int, tuple[str, int | None]] = {}
     for cid, status, params, out_id in rows:
         if (params or {}).get("group") == group_hash and status in ("done", "failed"):

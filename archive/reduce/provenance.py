@@ -94,7 +94,7 @@ def start_reduction(
         reduction.host, reduction.started_at, reduction.software = socket.gethostname(), utcnow(), software_versions()
     have = set(session.execute(
         select(ReductionInput.frame_id, ReductionInput.role).where(ReductionInput.reduction_id == reduction.id)
-    ).tuples())
+    ))
     for frame_id, role in dict.fromkeys(inputs):
         if (frame_id, role) not in have:
             session.add(ReductionInput(reduction_id=reduction.id, frame_id=frame_id, role=role))
@@ -140,7 +140,7 @@ def _canonical_paths(session: Session, frame_ids: Iterable[int]) -> dict[int, st
     for start in range(0, len(ids), 5000):
         rows = session.execute(select(Copy.frame_id, Copy.path).where(
             Copy.frame_id.in_(ids[start:start + 5000]), Copy.is_current, Copy.is_canonical))
-        out.update(rows.tuples().all())
+        out.update(rows.all())
     return out
 
 
@@ -243,7 +243,7 @@ def used_by(session: Session, frame: Frame) -> list[dict[str, Any]]:
             .join(ReductionInput, ReductionInput.reduction_id == Frame.reduction_id)
             .join(Reduction, Reduction.id == Frame.reduction_id)
             .where(ReductionInput.frame_id.in_(list(level)))
-        ).tuples().all()
+        ).all()
         level = set()
         for product, via, reduction in rows:
             if product.id in seen:

