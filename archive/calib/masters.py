@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 from astropy.io import fits
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import Session
 
 import archive
@@ -39,7 +39,7 @@ from archive.calib.rules import KindRules, MatchingRules, RuleBook
 from archive.calib.select import Selection, explain_selection, interpolation_weights, record_selection, rules_for
 from archive.config import Settings, load_settings
 from archive.db.models import (
-    CALIBRATION_KINDS, Copy, Frame, Instrument, Master, Reduction, ReductionInput,
+    CALIBRATION_KINDS, CalibrationSelection, Copy, Frame, Instrument, Master, Reduction, ReductionInput,
 )
 from archive.db.session import session_scope
 from archive.errors import ArchiveError, CalibrationNotFoundError, ConfigError
@@ -720,6 +720,9 @@ def _build_one(engine: Engine, plan: MasterPlan, library: Path, settings: Settin
             master.rule_version = plan.rules.version
             master.is_bad = bool(master.is_bad)
             session.add(master)
+            # a redone (interrupted or failed) build replaces what its first attempt left
+            session.execute(delete(ReductionInput).where(ReductionInput.reduction_id == reduction_id))
+            session.execute(delete(CalibrationSelection).where(CalibrationSelection.reduction_id == reduction_id))
             rows = [{"reduction_id": reduction_id, "frame_id": f.id, "role": "raw"} for f in plan.frames]
             rows += [{"reduction_id": reduction_id, "frame_id": mid, "role": role} for mid, (role, _) in calib_frames.items()]
             session.execute(ReductionInput.__table__.insert(), rows)

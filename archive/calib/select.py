@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Float, and_, case, cast, func, literal, or_, select
+from sqlalchemy import Float, and_, case, cast, func, literal, null, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from archive.calib.rules import KindRules, MatchingRules, RuleBook
@@ -39,7 +39,7 @@ from archive.errors import ArchiveError, CalibrationNotFoundError
 #: the one named when nothing is left.
 SECONDS_PER_DAY = 86400.0
 _NULL_NUMBER = -987654321.0
-_NULL_TEXT = "\x00"
+_NULL_TEXT = "\x01(null)"
 
 
 @dataclass
@@ -270,9 +270,10 @@ def _interpolate(frame: Frame, pairs: list[tuple[Master, Frame, Verdict]], rules
 
 
 def _masters_of(session: Session, kind: str) -> list[tuple[Master, Frame]]:
-    return list(session.execute(
+    rows = session.execute(
         select(Master, Frame).join(Frame, Frame.id == Master.frame_id).where(Master.kind == kind).order_by(Frame.id)
-    ).tuples())
+    )
+    return [(master, frame) for master, frame in rows]
 
 
 def explain_selection(
@@ -445,11 +446,12 @@ def _column(table, name: str):
 def _bulk_query(frame_ids: Sequence[int], kind: str, rules: KindRules, instrument_id: int | None):
     """One statement: the best exact-or-scaled master per frame, by a window over the candidates."""
     frames = Frame.__table__
-    light = (
-        select(frames).where(frames.c.id.in_(frame_ids)).cte("light")
-    )
+    needed = {"id", "date_obs", "date_obs_s", "exposure_time_s", "instrument_id"}
+    needed |= {("instrument_id" if c == "instrument" else c) for c in (*rules.exact, *rules.tolerance)}
+    columns = [frames.c[c] for c in sorted(needed)]
+    light = select(*columns).where(frames.c.id.in_(frame_ids)).cte("light")
     mf = (
-        select(frames, Master.n_combined, Master.bias_subtracted, Master.created_at, Master.valid_from,
+        select(*columns, Master.n_combined, Master.bias_subtracted, Master.created_at, Master.valid_from,
                Master.valid_until)
         .join(Master, Master.frame_id == frames.c.id)
         .where(Master.kind == kind, ~Master.is_bad, frames.c.date_obs_s.is_not(None),
@@ -484,6 +486,10 @@ def _bulk_query(frame_ids: Sequence[int], kind: str, rules: KindRules, instrumen
     else:
         method = literal(0)
         exposure_order = literal(0.0)
+    scale = (
+        case((method == 1, cast(light.c.exposure_time_s, Float) / func.nullif(mf.c.exposure_time_s, 0)), else_=None)
+        if kind == "dark" else cast(null(), Float)
+    )
     delta = func.abs(mf.c.date_obs_s - light.c.date_obs_s)
     rank = func.row_number().over(
         partition_by=light.c.id,
@@ -492,7 +498,7 @@ def _bulk_query(frame_ids: Sequence[int], kind: str, rules: KindRules, instrumen
     )
     ranked = (
         select(light.c.id.label("frame_id"), mf.c.id.label("master_id"), method.label("method"),
-               (cast(light.c.exposure_time_s, Float) / mf.c.exposure_time_s).label("scale"), rank.label("rn"))
+               scale.label("scale"), rank.label("rn"))
         .select_from(light.join(mf, and_(*on)))
         .subquery()
     )

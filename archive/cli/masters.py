@@ -149,9 +149,9 @@ def select_cmd(app: AppContext, files, filters: FrameFilter, kinds, explain: boo
             for frame in session.scalars(select(Frame).where(Frame.id.in_(ids)).order_by(Frame.date_obs_s, Frame.id)):
                 for kind in kinds:
                     if kind not in library:
-                        library[kind] = list(session.execute(
+                        library[kind] = [(m, f) for m, f in session.execute(
                             select(Master, Frame).join(Frame, Frame.id == Master.frame_id).where(Master.kind == kind)
-                        ).tuples())
+                        )]
                     selections[(frame.id, kind)] = explain_selection(session, frame, kind, rules=book, library=library[kind])
         else:
             selections = select_masters(session, ids, kinds, rules=book)
