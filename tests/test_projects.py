@@ -161,3 +161,16 @@ def test_cli_project(db_url, arcsat_night, tmp_path):
     result = runner.invoke(main, [*db, "project", "create", "bad", "--target", "x", "--goal", "Ha"])
     assert result.exit_code == 2
     assert "xo1" in runner.invoke(main, [*db, "project", "list"]).output
+
+
+def test_fallback_master_match_agrees_with_the_library_here(engine, m31):
+    """The simple match used when the master library is absent finds the same masters."""
+    from archive.db import Frame
+    from archive.gather.projects import _fallback_masters, _sync_library, masters_for
+
+    _sync_library(engine)
+    with session_scope(engine) as session:
+        lights = session.scalars(select(Frame.id).where(Frame.image_type == "light", Frame.duplicate_of_id.is_(None))).all()
+        library = masters_for(session, lights, ("dark", "flat"))
+        simple = _fallback_masters(session, lights, ("dark", "flat"))
+    assert len(lights) == 12 and library == simple and len(library) == 12 + 8  # a dark each, flats for L and R

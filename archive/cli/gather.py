@@ -8,7 +8,7 @@ import click
 
 from archive.cli import AppContext, pass_app
 from archive.cli.options import BarProgress, emit, output_format
-from archive.gather.copyback import KINDS, MODES, Selection, copyback as run_copyback, load_gather_config
+from archive.gather.copyback import KINDS, Selection, copyback as run_copyback, load_gather_config
 
 
 def _echo_summary(lines: list[str]) -> None:

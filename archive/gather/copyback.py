@@ -41,7 +41,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,6 @@ from archive.config import Settings, load_settings, merge, read_toml
 from archive.db.models import Copy, Frame, Instrument
 from archive.db.session import session_scope
 from archive.errors import ConfigError, UnsafePathError
-from archive.ingest.dialects import target_key
 from archive.ingest.ingest import ingest_paths
 from archive.progress import NoProgress, Progress
 from archive.reports.catalog import FrameFilter, frame_query
@@ -771,6 +770,7 @@ def execute_plan(
                 written.append(item)
             except (_VerifyError, OSError) as exc:
                 reason = str(exc) if isinstance(exc, _VerifyError) else f"{type(exc).__name__}: {exc.strerror or exc}"
+                log.warning("not copied: %s: %s", item.source, reason)
                 summary.failures.append((item.source, reason))
             progress.advance()
         to_record = [i for i in written if i.action == "copy"]

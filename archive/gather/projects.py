@@ -25,13 +25,13 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from sqlalchemy import Engine, Row, select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from archive.config import Settings, load_settings
@@ -188,10 +188,10 @@ def _calib():
     """The master library's selection, when the calib package is installed (issue 3)."""
     try:
         from archive.calib.masters import sync_library
-        from archive.calib.select import explain_selection
+        from archive.calib.select import select_masters
     except ImportError:  # pragma: no cover - the library ships with archive
         return None
-    return sync_library, explain_selection
+    return sync_library, select_masters
 
 
 def _fallback_masters(session: Session, light_ids: Sequence[int], kinds: Sequence[str]) -> dict[tuple[int, str], list[int]]:
@@ -221,24 +221,19 @@ def masters_for(session: Session, light_ids: Sequence[int], kinds: Sequence[str]
     """(light id, kind) -> the master frame ids that calibrate it (several for an interpolated
     dark); pairs without a valid master are absent.
 
-    Uses the master library's rule (:func:`archive.calib.select.explain_selection`, rules of
-    ``configs/matching``; masters flagged bad or outside their validity are never chosen),
-    one light at a time; without the master library, a simple match on instrument, binning,
-    filter (flats) and exposure (darks).
+    Uses the master library's selection (:func:`archive.calib.select.select_masters`, rules of
+    ``configs/matching``; masters flagged bad or outside their validity are never chosen);
+    without the master library, a simple match on instrument, binning, filter (flats) and
+    exposure (darks).
     """
     if not light_ids or not kinds:
         return {}
     calib = _calib()
     if calib is None:
         return _fallback_masters(session, light_ids, kinds)
-    _sync, explain_selection = calib
-    out: dict[tuple[int, str], list[int]] = {}
-    for light in session.scalars(select(Frame).where(Frame.id.in_(list(light_ids)))):
-        for kind in kinds:
-            chosen = explain_selection(session, light, kind)
-            if chosen.found:
-                out[(light.id, kind)] = [mid for mid, _ in chosen.weights]
-    return out
+    _sync, select_masters = calib
+    chosen = select_masters(session, list(light_ids), tuple(kinds))
+    return {key: [mid for mid, _ in sel.weights] for key, sel in chosen.items() if sel.found}
 
 
 def _sync_library(engine: Engine) -> None:
