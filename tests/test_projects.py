@@ -174,3 +174,17 @@ def test_fallback_master_match_agrees_with_the_library_here(engine, m31):
         library = masters_for(session, lights, ("dark", "flat"))
         simple = _fallback_masters(session, lights, ("dark", "flat"))
     assert len(lights) == 12 and library == simple and len(library) == 12 + 8  # a dark each, flats for L and R
+
+
+def test_a_master_flagged_bad_makes_its_lights_unusable(engine, m31):
+    from archive.calib.masters import mark_bad
+    from archive.db import Frame
+    from archive.gather.projects import _sync_library
+
+    _sync_library(engine)
+    with session_scope(engine, write=True) as session:
+        flat_l = session.scalar(select(Frame.id).where(Frame.image_type == "master_flat", Frame.filter_name == "L"))
+        mark_bad(session, [flat_l], "dust donut")
+    status = project_status(engine, "m31", config=CONFIG).set_index("filter")
+    assert status.loc["L", "usable_h"] == 0 and status.loc["L", "missing"] == "flat: 4"
+    assert status.loc["L", "gap_h"] == 0.1 and status.loc["R", "usable_h"] > 0
