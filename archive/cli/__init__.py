@@ -56,6 +56,10 @@ class ArchiveGroup(click.Group):
         "copyback": "archive.cli.gather:copyback",
         "project": "archive.cli.gather:project",
         "masters": "archive.cli.masters:masters",
+        "reduce": "archive.cli.reduce:reduce",
+        "provenance": "archive.cli.reduce:provenance",
+        "stale": "archive.cli.reduce:stale",
+        "night": "archive.cli.reduce:night",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
