@@ -188,3 +188,20 @@ def test_a_master_flagged_bad_makes_its_lights_unusable(engine, m31):
     status = project_status(engine, "m31", config=CONFIG).set_index("filter")
     assert status.loc["L", "usable_h"] == 0 and status.loc["L", "missing"] == "flat: 4"
     assert status.loc["L", "gap_h"] == 0.1 and status.loc["R", "usable_h"] > 0
+
+
+def test_arcsat_with_masters_built_by_the_library(engine, arcsat_night, tmp_path):
+    """The real ARCSAT calibrations made into masters (archive.calib): every light is usable and
+    its dark and flat are collected beside the lights."""
+    from archive.calib.masters import build_masters
+
+    ingest_paths(engine, [arcsat_night])
+    built = build_masters(engine, library=tmp_path / "library")
+    with session_scope(engine, write=True) as session:
+        create_project(session, "xo1", target="XO1-b", folder=tmp_path / "xo1", filters=["z"], goals={"z": 3600.0})
+    summary = collect_project(engine, "xo1", config=CONFIG)
+    assert summary.ok and not summary.missing_masters, (built, summary.lines())
+    assert sorted(f.name.split("_")[1] for f in files(tmp_path / "xo1" / "masters" / "z")) == ["dark", "flat"]
+    status = project_status(engine, "xo1", config=CONFIG).set_index("filter")
+    assert status.loc["z", "usable_h"] == status.loc["z", "total_h"] == pytest.approx(16 / 60, abs=1e-3)
+    assert status.loc["z", "gap_h"] == pytest.approx(1 - 16 / 60, abs=1e-3) and status.loc["z", "collected"] == 16
