@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from astropy.io import fits
 from click.testing import CliRunner
+from hypothesis import given, settings, strategies as st
 from sqlalchemy import func, select
 
 from archive.cli import main
@@ -339,3 +340,15 @@ def test_move_after_copy_finishes_the_move_but_never_deletes_through_a_link(engi
     with session_scope(engine) as session:
         current = session.scalars(select(Copy.path).where(Copy.is_current, Copy.is_canonical)).all()
     assert all(os.path.exists(p) for p in current)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300), st.text(max_size=50))
+def test_any_header_value_gives_a_safe_name(value, filt):
+    part = safe_component(value)
+    assert part and ".." not in part and not part.startswith(".") and len(part) <= 100
+    assert all(c.isascii() and (c.isalnum() or c in "._+-") for c in part)
+    root = Path("/tmp/archive-dest")
+    path = destination(root, CONFIG.template, {"target": part, "filter": safe_component(filt), "date_obs": "d",
+                                               "exposure": "1", "ext": ".fits"}, 1)
+    assert path.parent.parent.parent == root
