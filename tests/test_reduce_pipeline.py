@@ -1,0 +1,134 @@
+"""The reduction pipeline on small SYNTHETIC nights (128x128 frames with Gaussian stars), both
+backends: failures recorded and the loop going on, alignment failures left out of the stack,
+folder search, and the default search dates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+from archive.cli import main
+from archive.db.models import Frame, Reduction
+from archive.db.session import session_scope
+from archive.reduce import keywords as kw
+from archive.reduce.night import default_searches, find_folders
+from tests.factories import nina_header, write_fits
+
+SHAPE = (128, 128)
+STARS = np.random.default_rng(7).uniform(15, 113, (12, 2))
+FLUX = np.random.default_rng(8).uniform(2000, 20000, 12)
+
+
+def _sky(dx: float, dy: float, seed: int) -> np.ndarray:
+    y, x = np.mgrid[: SHAPE[0], : SHAPE[1]]
+    image = np.full(SHAPE, 100.0)
+    for (sx, sy), f in zip(STARS, FLUX):
+        image += f / (2 * np.pi * 1.5**2) * np.exp(-((x - sx - dx) ** 2 + (y - sy - dy) ** 2) / (2 * 1.5**2))
+    return image + np.random.default_rng(seed).normal(0, 3, SHAPE)
+
+
+def _frame(path, image_type, seconds, minute, data, **extra):
+    header = nina_header(image_type.upper(), EXPTIME=seconds, EXPOSURE=seconds,
+                         **{"DATE-OBS": f"2026-11-20T22:{minute:02d}:00"}, **extra)
+    write_fits(path, header, data=np.clip(data, 0, 65535).astype(np.uint16))
+
+
+def synthetic_night(folder, noise_light: bool = True, light_s: float = 120.0):
+    """3 bias, 3 dark 120 s, 3 flats Ha 2 s, 3 M 31 lights 120 s shifted by a few pixels, and
+    (``noise_light``) a fourth light of pure noise that cannot be aligned."""
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        _frame(folder / f"bias_{i}.fits", "bias", 0.0, i, 500 + rng.normal(0, 3, SHAPE))
+        _frame(folder / f"dark_{i}.fits", "dark", 120.0, 5 + i, 520 + rng.normal(0, 3, SHAPE))
+        _frame(folder / f"flat_{i}.fits", "flat", 2.0, 10 + i, 500 + 20000 * (1 + 0.1 * rng.random()) * np.ones(SHAPE)
+               + rng.normal(0, 30, SHAPE))
+    for i, (dx, dy) in enumerate([(0, 0), (3.2, -2.1), (-4.5, 1.7)]):
+        _frame(folder / f"m31_{i}.fits", "light", light_s, 20 + i, 500 + 20 * light_s / 120 + _sky(dx, dy, 10 + i))
+    if noise_light:
+        _frame(folder / "m31_noise.fits", "light", 120.0, 30, 620 + rng.normal(0, 3, SHAPE))
+
+
+def test_failures_are_recorded_and_the_loop_goes_on(db_url, tmp_path):
+    root = tmp_path / "imaging"
+    synthetic_night(root / "2026-11-20" / "good")
+    bad = root / "2026-11-20_other"
+    bad.mkdir(parents=True)
+    (bad / "truncated.fits").write_bytes(b"SIMPLE  =                    T" + b" " * 50)
+    (tmp_path / "config.toml").write_text(f'[masters]\nlibrary = "{tmp_path / "masters"}"\n')
+    env = {"ARCHIVE_CONFIG": str(tmp_path / "config.toml")}
+    args = ["--db", db_url, "night", "2026-11-20", "--root", str(root), "--output", str(tmp_path / "out"), "--serial"]
+    result = CliRunner().invoke(main, args, env=env, catch_exceptions=False)
+    assert result.exit_code == 1, result.output
+    assert "FAILED register" in result.output and "m31_noise" in result.output
+    assert "FAILED ingest" in result.output and "truncated.fits" in result.output
+    assert "M 31 / Ha: 4 calibrated, 3 registered, 1 stacked, 1 failed" in result.output
+    from archive.db.session import open_catalogue
+
+    engine = open_catalogue(db_url)
+    try:
+        with session_scope(engine) as session:
+            failed = session.scalars(select(Reduction).where(Reduction.status == "failed")).all()
+            assert [r.step for r in failed] == ["register"] and failed[0].message
+            stack = session.scalars(select(Frame).where(Frame.image_type == "stacked")).one()
+            header = fits.Header.fromstring(stack.header, sep="\n")
+            assert header[kw.NCOMBINE] == 3 and header[kw.TOTAL_EXPOSURE] == 360.0
+            cal = session.scalars(select(Frame).where(Frame.image_type == "calibrated")).first()
+            # lights of 120 s: the 120 s master dark, exact
+            dark_method = fits.Header.fromstring(cal.header, sep="\n")[kw.DARK_METHOD]
+            assert dark_method == "exact"
+            n = session.scalar(select(func.count()).select_from(Reduction))
+        again = CliRunner().invoke(main, args, env=env, catch_exceptions=False)
+        assert "0 calibrated, 0 registered, 0 stacked" in again.output
+        with session_scope(engine) as session:
+            assert session.scalar(select(func.count()).select_from(Reduction)) == n
+    finally:
+        engine.dispose()
+
+
+def test_default_search_and_folders(tmp_path):
+    assert default_searches(("%Y-%m-%d", "%Y%m%d", "%Y_%m_%d"), dt.date(2026, 11, 21)) == [
+        "2026-11-20", "20261120", "2026_11_20"]
+    for name in ("a/2026-11-20/lights", "b/20261120", "c/2026-11-19", ".hidden/2026-11-20", "reduced/2026-11-20"):
+        (tmp_path / name).mkdir(parents=True)
+    found = find_folders(tmp_path, ["2026-11-20", "20261120"], exclude=[tmp_path / "reduced"])
+    assert found == [tmp_path / "a" / "2026-11-20", tmp_path / "b" / "20261120"]
+    with pytest.raises(Exception, match="not a folder"):
+        find_folders(tmp_path / "missing", ["x"])
+
+
+def test_night_without_imaging_root_is_a_clear_error(db_url, tmp_path):
+    (tmp_path / "config.toml").write_text("")
+    result = CliRunner().invoke(main, ["--db", db_url, "night"], env={"ARCHIVE_CONFIG": str(tmp_path / "config.toml"),
+                                                                       "ARCHIVE_IMAGING_ROOT": ""})
+    assert result.exit_code == 1 and "no imaging root" in result.output
+
+
+def test_scaled_dark_in_the_pipeline(db_url, tmp_path):
+    """Lights of 60 s with only a 120 s master dark: the bias-subtracted dark scaled by 0.5."""
+    root = tmp_path / "imaging"
+    synthetic_night(root / "2026-11-20", noise_light=False, light_s=60.0)
+    (tmp_path / "config.toml").write_text(f'[masters]\nlibrary = "{tmp_path / "masters"}"\n')
+    env = {"ARCHIVE_CONFIG": str(tmp_path / "config.toml")}
+    result = CliRunner().invoke(main, ["--db", db_url, "night", "2026-11-20", "--root", str(root), "--output",
+                                       str(tmp_path / "out"), "--serial"], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    cal = sorted((tmp_path / "out").rglob("m31_0_cal.fits"))[0]
+    header = fits.getheader(cal)
+    assert header[kw.DARK_METHOD] == "scaled" and header[kw.DARK_SCALE] == pytest.approx(0.5)
+    def median_of(pattern):
+        return np.median(np.stack([fits.getdata(p).astype(float) for p in sorted(root.rglob(pattern))]), axis=0)
+    bias = median_of("bias_*.fits")
+    dark = median_of("dark_*.fits") - bias
+    flats = np.stack([fits.getdata(p).astype(float) for p in sorted(root.rglob("flat_*.fits"))]) - bias
+    flats /= np.median(flats, axis=(1, 2))[:, None, None]
+    flat = np.median(flats, axis=0)
+    flat /= np.median(flat)
+    light = fits.getdata(root / "2026-11-20" / "m31_0.fits").astype(float)
+    expected = (light - bias - 0.5 * dark) / flat
+    np.testing.assert_allclose(fits.getdata(cal), expected, rtol=1e-3, atol=0.5)
