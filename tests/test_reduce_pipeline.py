@@ -132,3 +132,14 @@ def test_scaled_dark_in_the_pipeline(db_url, tmp_path):
     light = fits.getdata(root / "2026-11-20" / "m31_0.fits").astype(float)
     expected = (light - bias - 0.5 * dark) / flat
     np.testing.assert_allclose(fits.getdata(cal), expected, rtol=1e-3, atol=0.5)
+
+    # the same lights stacked again, per night, by sigma-clipped mean, with a PNG preview
+    again = CliRunner().invoke(main, ["--db", db_url, "reduce", "--target", "M31", "--method", "sigma_clip",
+                                      "--per-night", "--previews", "--serial", "--output", str(tmp_path / "out")],
+                               env=env, catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    assert "0 calibrated" in again.output and "1 stacked" in again.output
+    stacks = sorted((tmp_path / "out" / "stacks").rglob("*.fits"))
+    assert len(stacks) == 2
+    assert sorted(fits.getval(p, kw.COMBINE) for p in stacks) == ["median", "sigma_clip"]
+    assert len(list((tmp_path / "out" / "stacks").rglob("*.png"))) == 1

@@ -50,13 +50,15 @@ def _print_reduction(summary, quiet: bool) -> None:
 @click.option("--no-register", is_flag=True, help="Calibrate only; do not register or stack.")
 @click.option("--cosmic-rays/--no-cosmic-rays", default=None, help="Clean cosmic rays (astroscrappy).")
 @click.option("--method", type=click.Choice(["median", "sigma_clip"]), help="Stack combine method.")
+@click.option("--per-night/--all-nights", default=None,
+              help="Register and stack each night separately (default [stack] per_night).")
 @click.option("--previews", is_flag=True, default=None, help="Write PNG previews of the stacks.")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), help="Products folder.")
 @executor_options
 @pass_app
 @click.pass_context
 def reduce(ctx, app: AppContext, filters: FrameFilter, only_stale: bool, no_register: bool, cosmic_rays, method,
-           previews, output, workers, serial) -> None:
+           per_night, previews, output, workers, serial) -> None:
     """Calibrate lights with their selected masters, register and stack them, with provenance.
 
     Lights are chosen with the usual filters (the type is always light). Each product is
@@ -76,7 +78,7 @@ def reduce(ctx, app: AppContext, filters: FrameFilter, only_stale: bool, no_regi
     from archive.db.models import Frame
 
     config = load_reduction_config(app.settings, {
-        "calibrate": {"cosmic_rays": cosmic_rays}, "stack": {"method": method},
+        "calibrate": {"cosmic_rays": cosmic_rays}, "stack": {"method": method, "per_night": per_night},
         "output": {"root": str(output) if output else None, "previews": previews},
     })
     with session_scope(app.engine) as session:
@@ -164,7 +166,7 @@ def stale(app: AppContext, fmt: str) -> None:
               help="Imaging root to search (default [night] imaging_root or ARCHIVE_IMAGING_ROOT).")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), help="Products folder.")
 @click.option("--dry-run", is_flag=True, help="Show the folders and lights that would be processed; write nothing.")
-@click.option("--previews", is_flag=True, default=None, help="Write PNG previews of the stacks.")
+@click.option("--previews", is_flag=True, default=None, help="Write PNG previews of the masters and stacks.")
 @executor_options
 @pass_app
 @click.pass_context

@@ -205,6 +205,11 @@ def run_night(
                 built = build_masters(engine, filters=FrameFilter(night=night), rules=rules, library=library,
                                       settings=settings, progress=progress)
                 result.masters_built += len(built.built)
+                if config.previews:
+                    from archive.reduce.preview import write_preview
+
+                    for _kind, _frame_id, path in built.built:
+                        write_preview(path)
                 result.failures += [(f"master {kind} {what}", why) for kind, what, why in built.failed]
             with session_scope(engine) as session:
                 light_ids = lights_under(session, folder)
