@@ -112,6 +112,16 @@ def test_register_and_stack(calibrated, tmp_path):
         for i, c in enumerate(counts)
     ]
     assert all(r["ok"] for r in results), results
+    # the transform from precomputed triangle invariants is astroalign's own
+    import astroalign
+
+    from archive.reduce.align import find_transform
+
+    src, ref = counts[1], next(c for c in counts if c["path"] == reference)
+    if src["path"] != ref["path"]:
+        ours = find_transform(src["xy"], ref["xy"], src["asterisms"], ref["asterisms"])
+        theirs = astroalign.find_transform(src["xy"], ref["xy"])[0]
+        np.testing.assert_allclose(ours.params, theirs.params, atol=1e-6)
     assert all(r["warning"] is None for r in results)
     assert fits.getheader(results[0]["output"])[kw.IMAGE_TYPE] == "REGISTERED"
     # the registered frames line up: the brightest star lands on the reference's within 1 px
@@ -126,6 +136,9 @@ def test_register_and_stack(calibrated, tmp_path):
     assert full["rows_per_block"] >= 1024
     a, b = fits.getdata(small["output"]), fits.getdata(full["output"])
     np.testing.assert_array_equal(a, b)
+    banded = stack_files(StackJob(inputs=inputs, output=str(tmp_path / "stack_bands.fits")), executor=SerialExecutor(),
+                         parts=3)
+    np.testing.assert_array_equal(fits.getdata(banded["output"]), b)
     np.testing.assert_allclose(a, np.nanmedian(_stack(inputs), axis=0), rtol=1e-6, equal_nan=True)
     header = fits.getheader(full["output"])
     assert header[kw.NCOMBINE] == 4 and header[kw.TOTAL_EXPOSURE] == 240.0

@@ -52,7 +52,59 @@ def count_stars(path: str, detect_sigma: float = 5.0, max_sources: int = 50) -> 
     """
     data, _ = read_pixels(path)
     everything = detect_stars(data, detect_sigma, max_sources=None)
-    return {"path": path, "n_stars": int(len(everything)), "xy": everything[:max_sources]}
+    xy = everything[:max_sources]
+    return {"path": path, "n_stars": int(len(everything)), "xy": xy, "asterisms": asterisms(xy)}
+
+
+def asterisms(xy: np.ndarray):
+    """astroalign's triangle invariants of the control points ``xy`` (computed once per frame).
+
+    Returns ``(invariants, triangles)``, or ``None`` for fewer than three points or when this
+    astroalign version does not expose them (then :func:`find_transform` lets astroalign
+    compute them).
+    """
+    import astroalign
+
+    if len(xy) < 3 or not hasattr(astroalign, "_generate_invariants"):
+        return None
+    try:
+        return astroalign._generate_invariants(np.asarray(xy))
+    except Exception:  # noqa: BLE001 - degenerate geometry: astroalign decides later
+        return None
+
+
+def find_transform(source_xy, target_xy, source_asterisms=None, target_asterisms=None):
+    """The similarity transform taking ``source_xy`` onto ``target_xy`` (astroalign's algorithm).
+
+    This is ``astroalign.find_transform`` on control points (Beroiz, Cabral & Sanchez 2020,
+    Astronomy and Computing 32, 100384: matching triangle invariants, then RANSAC), with the
+    triangle invariants of each frame computed once (:func:`asterisms`) instead of once per
+    pair; without them it calls astroalign directly.
+
+    Raises
+    ------
+    ValueError, astroalign.MaxIterError
+        Too few stars, or no transform found.
+    """
+    import astroalign
+
+    needed = ("_MatchTransform", "_ransac", "PIXEL_TOL", "MIN_MATCHES_FRACTION")
+    if source_asterisms is None or target_asterisms is None or not all(hasattr(astroalign, n) for n in needed):
+        return astroalign.find_transform(np.asarray(source_xy), np.asarray(target_xy))[0]
+    from scipy.spatial import KDTree
+
+    source_xy, target_xy = np.asarray(source_xy), np.asarray(target_xy)
+    (s_inv, s_ast), (t_inv, t_ast) = source_asterisms, target_asterisms
+    matches_list = KDTree(s_inv).query_ball_tree(KDTree(t_inv), r=0.1)
+    matches = np.array([list(zip(t1, t2)) for t1, t2_list in zip(s_ast, matches_list) for t2 in t_ast[t2_list]])
+    if len(matches) == 0:
+        raise ValueError("no matching star triangles between the frame and the reference")
+    model = astroalign._MatchTransform(source_xy, target_xy)
+    min_matches = max(1, min(10, int(len(matches) * astroalign.MIN_MATCHES_FRACTION)))
+    if (len(source_xy) == 3 or len(target_xy) == 3) and len(matches) == 1:
+        return model.fit(matches)
+    best, _ = astroalign._ransac(matches, model, astroalign.PIXEL_TOL, min_matches)
+    return best
 
 
 def choose_reference(star_counts: Sequence[tuple[str, int]]) -> str:
@@ -83,6 +135,8 @@ class RegistrationJob:
         Warn above this shift, as a fraction of the field's width or height.
     reference_wcs : dict
         The reference's WCS cards (:func:`wcs_cards`): the warped pixels are on its grid.
+    source_asterisms, reference_asterisms : tuple, optional
+        Triangle invariants from :func:`asterisms` (computed by :func:`count_stars`).
     header : dict
         Extra output cards.
     """
@@ -95,6 +149,8 @@ class RegistrationJob:
     max_shift_fraction: float = 0.15
     reference_wcs: dict = field(default_factory=dict)
     header: dict = field(default_factory=dict)
+    source_asterisms: tuple | None = None
+    reference_asterisms: tuple | None = None
 
 
 #: Header keywords of a celestial WCS (FITS WCS papers I and II, plus the AIPS CROTA/CDELT
@@ -134,8 +190,6 @@ def register_file(job: RegistrationJob) -> dict:
         Alignment failures are returned, not raised, so that the caller reports the frame and
         leaves it out of the stack.
     """
-    import astroalign
-
     data, header = read_pixels(job.source)
     ny, nx = data.shape
     try:
@@ -146,7 +200,7 @@ def register_file(job: RegistrationJob) -> dict:
         else:
             if len(job.source_xy) < 3 or len(job.reference_xy) < 3:
                 raise ValueError(f"too few stars ({len(job.source_xy)} here, {len(job.reference_xy)} in the reference)")
-            transform, _ = astroalign.find_transform(np.asarray(job.source_xy), np.asarray(job.reference_xy))
+            transform = find_transform(job.source_xy, job.reference_xy, job.source_asterisms, job.reference_asterisms)
             aligned = warp_onto(data, transform.params, (ny, nx))
             dx, dy = (float(v) for v in transform.translation)
             rotation = float(np.degrees(transform.rotation))

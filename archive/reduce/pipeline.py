@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor, Future, as_completed
@@ -431,6 +432,7 @@ def _register_group(
             source=path, output=str(output), reference=reference_path, source_xy=stars[path]["xy"],
             reference_xy=stars[reference_path]["xy"], max_shift_fraction=parameters["max_shift_fraction"],
             reference_wcs=reference_wcs, header={kw.REDUCTION_STEP: "register", kw.FINGERPRINT: fp},
+            source_asterisms=stars[path]["asterisms"], reference_asterisms=stars[reference_path]["asterisms"],
         )
         if _file_fingerprint(output) == fp:
             future: Future = Future()
@@ -496,7 +498,7 @@ def _stack_group(
                        header={kw.REDUCTION_STEP: "stack", kw.FINGERPRINT: fp})
         try:
             if _file_fingerprint(output) != fp:
-                executor.submit(stack_files, job).result()
+                stack_files(job, executor=executor, parts=int(config.executor.get("workers") or os.cpu_count() or 1))
             if config.previews:
                 write_preview(output)
             _ingest_and_link(engine, settings, reduction_id, output)

@@ -113,12 +113,58 @@ class StackJob:
     header: dict = field(default_factory=dict)
 
 
-def stack_files(job: StackJob) -> dict:
+def combine_rows(
+    inputs: Sequence[str], start: int, stop: int, method: str = "median", sigma: float = 3.0,
+    iterations: int = 5, memory_limit_mb: float = 512,
+) -> np.ndarray:
+    """Combine rows ``start:stop`` of the ``inputs`` (a worker task), in blocks that fit the limit.
+
+    Returns
+    -------
+    ndarray, shape (stop - start, nx), float32
+
+    Raises
+    ------
+    ValueError
+        Inputs of different shapes, or an unknown method.
+    """
+    handles = [fits.open(path, mode="readonly", memmap=True) for path in inputs]
+    try:
+        arrays = [h[0].data for h in handles]
+        shapes = {a.shape for a in arrays}
+        if len(shapes) != 1:
+            raise ValueError(f"inputs have different shapes: {sorted(shapes)}")
+        nx = arrays[0].shape[1]
+        block = rows_per_block(len(arrays), nx, memory_limit_mb)
+        result = np.empty((stop - start, nx), dtype=np.float32)
+        cube = np.empty((len(arrays), min(block, stop - start), nx), dtype=np.float32)
+        for first in range(start, stop, block):
+            last = min(first + block, stop)
+            part = cube[:, : last - first]
+            for i, array in enumerate(arrays):
+                part[i] = array[first:last]
+            result[first - start:last - start] = combine(part, method, sigma, iterations)
+        return result
+    finally:
+        for h in handles:
+            h.close()
+
+
+def stack_files(job: StackJob, executor=None, parts: int = 1) -> dict:
     """Combine ``job.inputs`` into ``job.output`` (float32; temporary name then rename).
 
     The header is the first input's with IMAGETYP 'STACKED', COMBINE (method), NCOMBINE,
     EXPTIME (the exposure of one input, s), TOTEXP (sum of the inputs' exposures, s), DATE-OBS
     and DATE-BEG (the first input's start), DATE-END (the last input's end).
+
+    Parameters
+    ----------
+    job : StackJob
+    executor : concurrent.futures.Executor, optional
+        Combine ``parts`` bands of rows in parallel there (:func:`combine_rows`); each task keeps
+        within ``job.memory_limit_mb``. Default: all in this process.
+    parts : int
+        Bands of rows (1: one task).
 
     Returns
     -------
@@ -133,29 +179,19 @@ def stack_files(job: StackJob) -> dict:
     """
     if not job.inputs:
         raise ValueError("nothing to stack")
-    handles = [fits.open(path, mode="readonly", memmap=True) for path in job.inputs]
-    try:
-        arrays = [h[0].data for h in handles]
-        shapes = {a.shape for a in arrays}
-        if len(shapes) != 1:
-            raise ValueError(f"inputs have different shapes: {sorted(shapes)}")
-        ny, nx = arrays[0].shape
-        block = rows_per_block(len(arrays), nx, job.memory_limit_mb)
-        result = np.empty((ny, nx), dtype=np.float32)
-        cube = np.empty((len(arrays), min(block, ny), nx), dtype=np.float32)
-        for start in range(0, ny, block):
-            stop = min(start + block, ny)
-            part = cube[:, : stop - start]
-            for i, array in enumerate(arrays):
-                part[i] = array[start:stop]
-            result[start:stop] = combine(part, job.method, job.sigma, job.iterations)
-        headers = [h[0].header for h in handles]
-        exposures = [float(h.get(kw.EXPOSURE_TIME, 0.0) or 0.0) for h in headers]
-        starts = [Time(h[kw.DATE_OBS], scale="utc") for h in headers if kw.DATE_OBS in h]
-        out = product_header(headers[0])
-    finally:
-        for h in handles:
-            h.close()
+    headers = [fits.getheader(path) for path in job.inputs]
+    ny, nx = headers[0]["NAXIS2"], headers[0]["NAXIS1"]
+    bounds = np.linspace(0, ny, max(1, min(parts, ny)) + 1).astype(int)
+    args = [(tuple(job.inputs), int(a), int(b), job.method, job.sigma, job.iterations, job.memory_limit_mb)
+            for a, b in zip(bounds[:-1], bounds[1:])]
+    if executor is None or len(args) == 1:
+        bands = [combine_rows(*a) for a in args]
+    else:
+        bands = [f.result() for f in [executor.submit(combine_rows, *a) for a in args]]
+    result = np.concatenate(bands, axis=0)
+    exposures = [float(h.get(kw.EXPOSURE_TIME, 0.0) or 0.0) for h in headers]
+    starts = [Time(h[kw.DATE_OBS], scale="utc") for h in headers if kw.DATE_OBS in h]
+    out = product_header(headers[0])
     out[kw.IMAGE_TYPE] = kw.IMAGE_TYPE_VALUES["stacked"]
     out[kw.COMBINE] = (job.method, "combine method")
     out[kw.NCOMBINE] = (len(job.inputs), "number of frames combined")
@@ -173,7 +209,8 @@ def stack_files(job: StackJob) -> dict:
     write_atomic(job.output, result, out)
     return {
         "output": job.output, "ncombine": len(job.inputs), "total_exposure_s": sum(exposures),
-        "date_begin": date_begin, "date_end": date_end, "rows_per_block": block,
+        "date_begin": date_begin, "date_end": date_end,
+        "rows_per_block": rows_per_block(len(job.inputs), nx, job.memory_limit_mb),
     }
 
 
