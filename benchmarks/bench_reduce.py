@@ -68,7 +68,12 @@ def calibrate_all(folder: Path) -> list[Path]:
 def run_archive(folder: Path, workers: int, method: str) -> None:
     """The archive side (in its own process): detect, choose reference, register, stack."""
     sys.path.insert(0, str(ROOT))
-    from archive.reduce.align import RegistrationJob, choose_reference, count_stars, register_file
+    from archive.reduce.align import (
+        RegistrationJob,
+        choose_reference,
+        count_stars,
+        register_file,
+    )
     from archive.reduce.executor import make_executor
     from archive.reduce.stack import StackJob, stack_files
 
@@ -151,7 +156,7 @@ def main() -> int:
             print("Siril (siril-cli) is not installed: apt-get install -y siril; no comparison made.")
             return 0
         s_wall, s_rss, s_note = min(theirs)
-        version = subprocess.run([siril, "--version"], capture_output=True, text=True).stdout.strip()
+        version = subprocess.run([siril, "--version"], capture_output=True, text=True, check=False).stdout.strip()
         print(f"{version}: convert + register + stack, best of {args.repeat}: {s_wall:.2f} s "
               f"(all: {', '.join(f'{w:.2f}' for w, _, _ in theirs)}), peak RSS {s_rss:.0f} MB  {s_note}")
         ratio = wall / s_wall

@@ -19,7 +19,14 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from archive.cli import main
-from archive.db.models import CalibrationSelection, Copy, Frame, Master, Reduction, ReductionInput
+from archive.db.models import (
+    CalibrationSelection,
+    Copy,
+    Frame,
+    Master,
+    Reduction,
+    ReductionInput,
+)
 from archive.db.session import open_catalogue, session_scope
 from archive.reduce import keywords as kw
 from archive.reduce.provenance import provenance_tree, raw_leaves, used_by
@@ -142,7 +149,7 @@ def test_provenance_leads_from_the_stack_to_every_raw_frame(night):
     assert raw_leaves(json.loads(out.stdout)) == leaves
     text_out = night["runner"].invoke(main, ["--db", night["url"], "provenance", stack_path], env=night["env"])
     assert "<- stack" in text_out.output and "[raw] bias" in text_out.output
-    light = sorted((night["root"] / "2025-06-01_arcsat").glob("XO1-b_z_*.fits"))[0]
+    light = min((night["root"] / "2025-06-01_arcsat").glob("XO1-b_z_*.fits"))
     rev = night["runner"].invoke(main, ["--db", night["url"], "provenance", "--used-by", str(light)], env=night["env"])
     assert rev.exit_code == 0 and "calibrate: calibrated" in rev.output and "stack: stacked" in rev.output
 

@@ -118,7 +118,7 @@ def test_scaled_dark_in_the_pipeline(db_url, tmp_path):
     result = CliRunner().invoke(main, ["--db", db_url, "night", "2026-11-20", "--root", str(root), "--output",
                                        str(tmp_path / "out"), "--serial"], env=env, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    cal = sorted((tmp_path / "out").rglob("m31_0_cal.fits"))[0]
+    cal = min((tmp_path / "out").rglob("m31_0_cal.fits"))
     header = fits.getheader(cal)
     assert header[kw.DARK_METHOD] == "scaled" and header[kw.DARK_SCALE] == pytest.approx(0.5)
     def median_of(pattern):

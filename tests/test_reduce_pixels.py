@@ -13,8 +13,17 @@ from astropy.io import fits
 from astropy.stats import sigma_clip
 
 from archive.reduce import keywords as kw
-from archive.reduce.align import RegistrationJob, choose_reference, count_stars, register_file
-from archive.reduce.calibrate import CalibrationJob, calibrate_light_file, interpolation_weights
+from archive.reduce.align import (
+    RegistrationJob,
+    choose_reference,
+    count_stars,
+    register_file,
+)
+from archive.reduce.calibrate import (
+    CalibrationJob,
+    calibrate_light_file,
+    interpolation_weights,
+)
 from archive.reduce.executor import SerialExecutor, make_executor
 from archive.reduce.fitsio import remove_partials
 from archive.reduce.preview import write_preview

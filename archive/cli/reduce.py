@@ -72,10 +72,10 @@ def reduce(ctx, app: AppContext, filters: FrameFilter, only_stale: bool, no_regi
       archive reduce --target "XO-1 b" --filter z --method sigma_clip --previews
       archive reduce --stale                      # redo what 'archive stale' lists
     """
+    from archive.db.models import Frame
     from archive.reduce.config import load_reduction_config
     from archive.reduce.pipeline import find_stale, reduce_lights
     from archive.reports.catalog import frame_query
-    from archive.db.models import Frame
 
     config = load_reduction_config(app.settings, {
         "calibrate": {"cosmic_rays": cosmic_rays}, "stack": {"method": method, "per_night": per_night},

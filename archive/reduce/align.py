@@ -53,7 +53,7 @@ def count_stars(path: str, detect_sigma: float = 5.0, max_sources: int = 50) -> 
     data, _ = read_pixels(path)
     everything = detect_stars(data, detect_sigma, max_sources=None)
     xy = everything[:max_sources]
-    return {"path": path, "n_stars": int(len(everything)), "xy": xy, "asterisms": asterisms(xy)}
+    return {"path": path, "n_stars": len(everything), "xy": xy, "asterisms": asterisms(xy)}
 
 
 def asterisms(xy: np.ndarray):

@@ -26,7 +26,7 @@ from archive.errors import ConfigError
 class SerialExecutor(Executor):
     """Run each task at once in the calling process (same interface as a pool)."""
 
-    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:  # noqa: D102
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
         future: Future = Future()
         try:
             future.set_result(fn(*args, **kwargs))
@@ -34,7 +34,7 @@ class SerialExecutor(Executor):
             future.set_exception(exc)
         return future
 
-    def map(self, fn: Callable, *iterables: Iterable, timeout=None, chunksize: int = 1) -> Iterator:  # noqa: D102
+    def map(self, fn: Callable, *iterables: Iterable, timeout=None, chunksize: int = 1) -> Iterator:
         return map(fn, *iterables)
 
 

@@ -216,7 +216,7 @@ def run_night(
             result.lights = len(light_ids)
             result.reduction = reduce_lights(engine, light_ids, config=config, settings=settings, executor=executor,
                                              rules=rules, progress=progress)
-        except Exception as exc:  # noqa: BLE001 - a failing folder is recorded; the loop goes on
+        except Exception as exc:
             log.exception("folder %s failed", folder)
             result.failures.append((f"folder {folder}", f"{type(exc).__name__}: {exc}"))
     return summary

@@ -42,17 +42,33 @@ from archive.calib.rules import RuleBook
 from archive.calib.select import Selection, explain_selection, record_selection
 from archive.config import Settings, load_settings
 from archive.db.models import (
-    CALIBRATION_KINDS, CalibrationSelection, Copy, Frame, Master, Reduction, ReductionInput,
+    CALIBRATION_KINDS,
+    CalibrationSelection,
+    Copy,
+    Frame,
+    Master,
+    Reduction,
+    ReductionInput,
 )
 from archive.db.session import session_scope
 from archive.progress import NoProgress, Progress
 from archive.reduce import keywords as kw
-from archive.reduce.align import RegistrationJob, choose_reference, count_stars, register_file, wcs_cards
+from archive.reduce.align import (
+    RegistrationJob,
+    choose_reference,
+    count_stars,
+    register_file,
+    wcs_cards,
+)
 from archive.reduce.calibrate import CalibrationJob, calibrate_light_file
 from archive.reduce.config import ReductionConfig, load_reduction_config
 from archive.reduce.executor import SerialExecutor
 from archive.reduce.preview import write_preview
-from archive.reduce.provenance import clear_selections, finish_reduction, start_reduction, utcnow
+from archive.reduce.provenance import (
+    clear_selections,
+    finish_reduction,
+    start_reduction,
+)
 from archive.reduce.stack import StackJob, stack_files
 
 log = logging.getLogger(__name__)
@@ -368,7 +384,7 @@ def register_and_stack(
                                          executor=executor, progress=progress, summary=summary, name=name)
             _stack_group(engine, registered, config=config, settings=settings, executor=executor,
                          summary=summary, name=name)
-        except Exception as exc:  # noqa: BLE001 - one group's failure is recorded; the loop goes on
+        except Exception as exc:
             log.exception("group %s failed", name)
             summary.failures.append((f"register/stack {name}", f"{type(exc).__name__}: {exc}"))
             summary.by_group[name]["failed"] += 1

@@ -27,7 +27,13 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from archive.db.models import CalibrationSelection, Copy, Frame, Reduction, ReductionInput
+from archive.db.models import (
+    CalibrationSelection,
+    Copy,
+    Frame,
+    Reduction,
+    ReductionInput,
+)
 from archive.errors import ArchiveError
 
 log = logging.getLogger(__name__)
@@ -259,10 +265,17 @@ def used_by(session: Session, frame: Frame) -> list[dict[str, Any]]:
     ]
 
 
-def format_tree(tree: dict[str, Any], indent: str = "") -> list[str]:
-    """Lines of a provenance tree for people: one frame per line, its step and parameters."""
+def format_tree(tree: dict[str, Any], indent: str = "", _shown: set[int] | None = None) -> list[str]:
+    """Lines of a provenance tree for people: one frame per line, its step and parameters.
+
+    A product reached again (a master used by every light) is expanded the first time only.
+    """
+    shown = set() if _shown is None else _shown
     role = f"[{tree['role']}] " if tree.get("role") else ""
     line = f"{indent}{role}{tree['image_type'] or '?'} #{tree['frame_id']} {tree['path'] or '(no file)'}"
+    if "reduction" in tree and tree["frame_id"] in shown:
+        return [line + "  (inputs shown above)"]
+    shown.add(tree["frame_id"])
     lines = [line]
     if "reduction" in tree:
         r = tree["reduction"]
@@ -270,5 +283,5 @@ def format_tree(tree: dict[str, Any], indent: str = "") -> list[str]:
         lines.append(f"{indent}  <- {r['step']} (reduction {r['reduction_id']}, {r['status']}, {r['host']}, "
                      f"{r['finished_at'] or r['started_at']}){': ' + params if params else ''}")
         for child in tree.get("inputs", []):
-            lines += format_tree(child, indent + "    ")
+            lines += format_tree(child, indent + "    ", shown)
     return lines

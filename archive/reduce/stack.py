@@ -10,6 +10,7 @@ changes, then average the survivors.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -183,7 +184,7 @@ def stack_files(job: StackJob, executor=None, parts: int = 1) -> dict:
     ny, nx = headers[0]["NAXIS2"], headers[0]["NAXIS1"]
     bounds = np.linspace(0, ny, max(1, min(parts, ny)) + 1).astype(int)
     args = [(tuple(job.inputs), int(a), int(b), job.method, job.sigma, job.iterations, job.memory_limit_mb)
-            for a, b in zip(bounds[:-1], bounds[1:])]
+            for a, b in itertools.pairwise(bounds)]
     if executor is None or len(args) == 1:
         bands = [combine_rows(*a) for a in args]
     else:
