@@ -143,3 +143,69 @@ def test_scaled_dark_in_the_pipeline(db_url, tmp_path):
     assert len(stacks) == 2
     assert sorted(fits.getval(p, kw.COMBINE) for p in stacks) == ["median", "sigma_clip"]
     assert len(list((tmp_path / "out" / "stacks").rglob("*.png"))) == 1
+
+
+def test_stale_after_a_rule_change_and_a_better_master(db_url, tmp_path):
+    """A new rules version makes every calibrated frame stale; so does a nearer master bias."""
+    import shutil
+
+    from archive.calib.rules import RuleBook
+    from archive.db.session import open_catalogue
+    from archive.reduce.pipeline import find_stale
+    from archive.resources import resource_dir
+
+    root = tmp_path / "imaging"
+    synthetic_night(root / "2026-11-20", noise_light=False)
+    (tmp_path / "config.toml").write_text(f'[masters]\nlibrary = "{tmp_path / "masters"}"\n')
+    env = {"ARCHIVE_CONFIG": str(tmp_path / "config.toml")}
+    args = ["--db", db_url, "night", "2026-11-20", "--root", str(root), "--output", str(tmp_path / "out"), "--serial"]
+    assert CliRunner().invoke(main, args, env=env, catch_exceptions=False).exit_code == 0
+    rules = tmp_path / "matching"
+    shutil.copytree(resource_dir("configs") / "matching", rules)
+    default = rules / "default.toml"
+    default.write_text(default.read_text().replace('version = "1"', 'version = "2"', 1))
+    engine = open_catalogue(db_url)
+    try:
+        with session_scope(engine) as session:
+            assert find_stale(session) == []
+            stale = find_stale(session, rules=RuleBook(rules))
+        calibrated = [p for p in stale if p.step == "calibrate"]
+        assert len(calibrated) == 3 and all("rules changed" in " ".join(p.reasons) for p in calibrated)
+        assert {p.step for p in stale} == {"calibrate", "register", "stack"}
+        # three more bias frames, taken just before the lights: a nearer master bias
+        later = root / "2026-11-20" / "late_bias"
+        rng = np.random.default_rng(5)
+        for i in range(3):
+            _frame(later / f"bias_late_{i}.fits", "bias", 0.0, 17 + i, 500 + rng.normal(0, 3, SHAPE))
+        from archive.calib.masters import build_masters
+        from archive.ingest.ingest import ingest_paths
+        from archive.reports.catalog import FrameFilter
+
+        ingest_paths(engine, [later])
+        built = build_masters(engine, filters=FrameFilter(image_type="bias"), kinds=("bias",),
+                              library=tmp_path / "masters")
+        assert built.built
+        with session_scope(engine) as session:
+            stale = find_stale(session)
+        reasons = " ".join(r for p in stale if p.step == "calibrate" for r in p.reasons)
+        assert "bias: master" in reasons and "would be chosen instead" in reasons
+        result = CliRunner().invoke(main, ["--db", db_url, "reduce", "--stale", "--serial", "--output",
+                                           str(tmp_path / "out")], env=env, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        with session_scope(engine) as session:
+            assert find_stale(session) == []
+    finally:
+        engine.dispose()
+
+
+def test_lights_without_masters_fail_clearly(db_url, tmp_path):
+    folder = tmp_path / "lights"
+    for i in range(2):
+        _frame(folder / f"m31_{i}.fits", "light", 120.0, 20 + i, 520 + _sky(0, 0, i))
+    env = {"ARCHIVE_CONFIG": str(tmp_path / "none.toml")}
+    assert CliRunner().invoke(main, ["--db", db_url, "ingest", str(folder)], env=env).exit_code == 0
+    result = CliRunner().invoke(main, ["--db", db_url, "reduce", "--target", "M 31", "--serial", "--output",
+                                       str(tmp_path / "out")], env=env, catch_exceptions=False)
+    assert result.exit_code == 1
+    assert "no master bias, dark or flat" in result.output and "no master bias in the library" in result.output
+    assert not (tmp_path / "out").exists()
