@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from archive.reduce import keywords as kw
-from archive.reduce.fitsio import product_header, read_pixels, write_atomic
+from archive.reduce.fitsio import product_header, read_pixels, set_card, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ def register_file(job: RegistrationJob) -> dict:
             out.remove(key, ignore_missing=True, remove_all=True)
         out.update(job.reference_wcs)
     out[kw.IMAGE_TYPE] = kw.IMAGE_TYPE_VALUES["registered"]
-    out[kw.REFERENCE] = (job.reference.rsplit("/", 1)[-1][:68], "registration reference")
+    set_card(out, kw.REFERENCE, job.reference.rsplit("/", 1)[-1], "registration reference")
     out[kw.SHIFT_X] = (dx, "[pix] x shift onto the reference")
     out[kw.SHIFT_Y] = (dy, "[pix] y shift onto the reference")
     out[kw.ROTATION] = (rotation, "[deg] rotation onto the reference")

@@ -25,7 +25,7 @@ import numpy as np
 from astropy.nddata import CCDData
 
 from archive.reduce import keywords as kw
-from archive.reduce.fitsio import product_header, read_pixels, write_atomic
+from archive.reduce.fitsio import product_header, read_pixels, set_card, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -204,14 +204,14 @@ def calibrate_light_file(job: CalibrationJob) -> dict:
     out = product_header(header)
     out[kw.IMAGE_TYPE] = kw.IMAGE_TYPE_VALUES["calibrated"]
     if job.bias:
-        out[kw.MASTER_BIAS] = (Path(job.bias).name[:68], "master bias")
+        set_card(out, kw.MASTER_BIAS, Path(job.bias).name, "master bias")
     if job.darks:
-        out[kw.MASTER_DARK] = (",".join(Path(p).name for p, _ in job.darks)[:68], "master dark(s)")
+        set_card(out, kw.MASTER_DARK, ",".join(Path(p).name for p, _ in job.darks), "master dark(s)")
         out[kw.DARK_METHOD] = (job.dark_method, "exact, scaled or interpolated dark")
         if len(job.darks) == 1:
             out[kw.DARK_SCALE] = (float(job.darks[0][1]), "dark scale t_light / t_dark")
     if job.flat:
-        out[kw.MASTER_FLAT] = (Path(job.flat).name[:68], "master flat")
+        set_card(out, kw.MASTER_FLAT, Path(job.flat).name, "master flat")
         out[kw.FLAT_NORM] = (flat_norm, "flat divided by this median")
     out[kw.COSMIC_RAYS] = (bool(job.cosmic_rays), "cosmic rays cleaned")
     out[kw.STEPS] = (",".join(steps), "calibration steps in order")

@@ -31,6 +31,15 @@ def product_header(source: fits.Header) -> fits.Header:
     return header
 
 
+def set_card(header: fits.Header, key: str, value, comment: str = "") -> None:
+    """Set ``key``; a long string value is cut to fit one card, the comment kept only if it fits."""
+    if isinstance(value, str):
+        value = value[:68]
+        if len(value) + len(comment) > 45:
+            comment = ""
+    header[key] = (value, comment) if comment else value
+
+
 def temporary_path(path: Path) -> Path:
     """A unique temporary name beside ``path`` (same folder, so the rename is atomic)."""
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -52,7 +53,8 @@ def sigma_clipped_mean_axis0(cube: np.ndarray, sigma: float = 3.0, iterations: i
     work = cube.copy()
     for _ in range(iterations):
         centre = nanmedian_axis0(work)
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels stay NaN
             spread = np.nanstd(work, axis=0)
             reject = np.abs(work - centre) > sigma * spread
         if not reject.any():
