@@ -30,7 +30,9 @@ def detect_stars(data: np.ndarray, detect_sigma: float = 5.0, max_sources: int =
     """Positions of the brightest sources, shape (n, 2), columns x, y (pixels), brightest first."""
     import sep
 
-    image = np.ascontiguousarray(np.nan_to_num(data, nan=0.0), dtype=np.float64)
+    image = np.ascontiguousarray(data, dtype=np.float32)
+    if np.isnan(image).any():
+        image = np.nan_to_num(image, nan=0.0)
     background = sep.Background(image)
     residual = image - background.back()
     sep.set_extract_pixstack(max(300000, image.size))
@@ -50,7 +52,7 @@ def count_stars(path: str, detect_sigma: float = 5.0, max_sources: int = 50) -> 
     ``n_stars`` counts every detection; ``xy`` keeps the ``max_sources`` brightest (control
     points for matching).
     """
-    data, _ = read_pixels(path)
+    data, _ = read_pixels(path, dtype=np.float32)
     everything = detect_stars(data, detect_sigma, max_sources=None)
     xy = everything[:max_sources]
     return {"path": path, "n_stars": len(everything), "xy": xy, "asterisms": asterisms(xy)}
@@ -190,7 +192,7 @@ def register_file(job: RegistrationJob) -> dict:
         Alignment failures are returned, not raised, so that the caller reports the frame and
         leaves it out of the stack.
     """
-    data, header = read_pixels(job.source)
+    data, header = read_pixels(job.source, dtype=np.float32)
     ny, nx = data.shape
     try:
         if job.source == job.reference:

@@ -13,10 +13,11 @@ from astropy.io import fits
 from archive.reduce import keywords as kw
 
 
-def read_pixels(path: str | Path, hdu: int = 0) -> tuple[np.ndarray, fits.Header]:
-    """The image of ``path`` as float64 (BZERO/BSCALE applied) and its header; opened read-only."""
+def read_pixels(path: str | Path, hdu: int = 0, dtype=np.float64) -> tuple[np.ndarray, fits.Header]:
+    """The image of ``path`` as ``dtype`` in native byte order (BZERO/BSCALE applied) and its
+    header; opened read-only."""
     with fits.open(path, mode="readonly", memmap=False) as hdul:
-        data = np.asarray(hdul[hdu].data, dtype=np.float64)
+        data = np.asarray(hdul[hdu].data).astype(np.dtype(dtype).newbyteorder("="), copy=False)
         header = hdul[hdu].header.copy()
     return data, header
 
