@@ -276,3 +276,11 @@ def test_a_reader_is_not_blocked_by_an_open_write(db_url, tmp_path):
         assert r.scalar(select(Frame.target)) == "changing"
     writer.dispose()
     reader.dispose()
+
+
+def test_derived_frames_of_an_exposure_are_not_duplicates(engine, tmp_path):
+    write_fits(tmp_path / "light.fits", nina_header(), seed=1)
+    write_fits(tmp_path / "light_cal.fits", nina_header(IMAGETYP="Calibrated Light"), seed=2)
+    write_fits(tmp_path / "light_cal_again.fits", nina_header(IMAGETYP="Calibrated Light"), seed=3)
+    summary = ingest_paths(engine, [tmp_path])
+    assert summary.by_type == Counter(light=1, calibrated=2) and summary.duplicates == 0

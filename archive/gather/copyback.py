@@ -51,7 +51,7 @@ from sqlalchemy import Engine, Row, select, update
 from sqlalchemy.orm import Session
 
 from archive.config import Settings, load_settings, merge, read_toml
-from archive.db.models import Copy, Frame, Instrument
+from archive.db.models import DERIVED_TYPES, Copy, Frame, Instrument
 from archive.db.session import session_scope
 from archive.errors import ConfigError, UnsafePathError
 from archive.ingest.ingest import ingest_paths
@@ -329,7 +329,8 @@ def select_exposures(session: Session, selection: Selection, *, config: GatherCo
         groups[key].append(row)
     ordered = []
     for members in groups.values():
-        members.sort(key=lambda r: (r.duplicate_of_id is not None, r.id))
+        # raw: the original exposure first; derived (re-reduced after a better master): the newest
+        members.sort(key=lambda r: (r.duplicate_of_id is not None, -r.id if r.image_type in DERIVED_TYPES else r.id))
         ordered.append(members)
     ordered.sort(key=lambda g: (g[0].date_obs is None, g[0].date_obs or dt.datetime.min, g[0].id))
     return ExposureSelection(groups=ordered, by_position=by_position)

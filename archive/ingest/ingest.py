@@ -5,8 +5,10 @@ The rules (``shared/DESIGN.md``, "Identity" and "Safety"):
 * a file whose path, size and mtime are already in the catalogue is unchanged and not read;
 * the same bytes (SHA-256) at another path are another copy of the same frame;
 * a changed file at a known path gets a new copy row, the old row is kept as history;
-* frames of one instrument with the same DATE-OBS but other bytes are duplicate exposures:
-  ``duplicate_of_id`` points to the first one ingested;
+* raw frames of one instrument and image type with the same DATE-OBS but other bytes are
+  duplicate exposures: ``duplicate_of_id`` points to the first one ingested. Derived frames
+  (masters, calibrated, registered, stacked) share DATE-OBS with their inputs and are told
+  apart by their provenance, not flagged;
 * a file that cannot be read is an ingest problem (path, one-line reason); the batch goes on;
 * files are written in batches, one transaction each; a batch that clashes with a concurrent
   ingest of the same files is rolled back and redone, so two processes ingesting one tree give
@@ -26,13 +28,13 @@ from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 import archive
 from archive.config import Settings, load_settings
-from archive.db.models import Copy, Frame, IngestProblem, IngestRun, Instrument, Night
+from archive.db.models import DERIVED_TYPES, Copy, Frame, IngestProblem, IngestRun, Instrument, Night
 from archive.db.session import session_scope
 from archive.db.upsert import insert_missing
 from archive.ingest.dialects import DialectSet
@@ -306,7 +308,8 @@ def _promote_canonical(session: Session, frame_ids: set[int]) -> None:
 
 
 def _flag_duplicates(session: Session, new_ids: set[int]) -> int:
-    """Point each new frame that repeats an earlier frame's exposure to the earliest one."""
+    """Point each new raw frame that repeats an earlier raw frame's exposure (same instrument,
+    image type and DATE-OBS) to the earliest one."""
     if not new_ids:
         return 0
     new = Frame.__table__.alias("new")
@@ -315,6 +318,7 @@ def _flag_duplicates(session: Session, new_ids: set[int]) -> int:
         .where(
             Frame.instrument_id == new.c.instrument_id,
             Frame.date_obs == new.c.date_obs,
+            Frame.image_type == new.c.image_type,
             Frame.id != new.c.id,
             Frame.duplicate_of_id.is_(None),
         )
@@ -322,7 +326,8 @@ def _flag_duplicates(session: Session, new_ids: set[int]) -> int:
     )
     rows = session.execute(
         select(new.c.id, first).where(
-            new.c.id.in_(new_ids), new.c.instrument_id.is_not(None), new.c.date_obs.is_not(None)
+            new.c.id.in_(new_ids), new.c.instrument_id.is_not(None), new.c.date_obs.is_not(None),
+            or_(new.c.image_type.is_(None), new.c.image_type.not_in(DERIVED_TYPES)),
         )
     ).all()
     pairs = [(fid, dup) for fid, dup in rows if dup is not None and dup < fid]

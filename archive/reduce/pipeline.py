@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from astropy.io import fits
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from archive.calib.masters import fingerprint, safe_name
@@ -162,8 +162,6 @@ def _ingest_and_link(
         frame_id = session.scalar(select(Copy.frame_id).where(Copy.path == str(output.absolute()), Copy.is_current))
         if frame_id is None:
             raise RuntimeError(f"{output}: not in the catalogue after ingest")
-        # a product shares its DATE-OBS with its raw light: it is not a duplicate exposure
-        session.execute(update(Frame).where(Frame.id == frame_id).values(duplicate_of_id=None))
         clear_selections(session, reduction_id)
         for selection in selections:
             record_selection(session, selection, reduction_id=reduction_id)
