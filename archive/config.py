@@ -48,10 +48,38 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def apply_layers(
+    merged: dict[str, Any],
+    environment: dict[str, tuple[str, str]],
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Apply the two upper layers: environment variables, then explicit overrides (flags).
+
+    Parameters
+    ----------
+    merged : dict
+        The lower layers, already merged.
+    environment : dict
+        Variable name -> (section, key) it sets, when set and not empty.
+    overrides : dict, optional
+        Section -> key -> value; ``None`` values (flags not given) are ignored.
+    """
+    for variable, (section, key) in environment.items():
+        if os.environ.get(variable):
+            merged = merge(merged, {section: {key: os.environ[variable]}})
+    for section, values in (overrides or {}).items():
+        merged = merge(merged, {section: {k: v for k, v in values.items() if v is not None}})
+    return merged
+
+
+def data_home() -> Path:
+    """archive's data folder: ``$XDG_DATA_HOME/archive``, else ``~/.local/share/archive``."""
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "archive"
+
+
 def default_database_path() -> Path:
-    """The default SQLite catalogue: ``$XDG_DATA_HOME/archive/catalogue.sqlite``."""
-    data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return data_home / "archive" / "catalogue.sqlite"
+    """The default SQLite catalogue: :func:`data_home` / ``catalogue.sqlite``."""
+    return data_home() / "catalogue.sqlite"
 
 
 def user_config_path() -> Path:
@@ -111,11 +139,7 @@ def load_settings(overrides: dict[str, dict[str, Any]] | None = None) -> Setting
     user = user_config_path()
     if user.is_file():
         merged = merge(merged, read_toml(user))
-    for variable, (section, key) in ENVIRONMENT.items():
-        if os.environ.get(variable):
-            merged = merge(merged, {section: {key: os.environ[variable]}})
-    for section, values in (overrides or {}).items():
-        merged = merge(merged, {section: {k: v for k, v in values.items() if v is not None}})
+    merged = apply_layers(merged, ENVIRONMENT, overrides)
     try:
         db, ingest = merged.get("database", {}), merged.get("ingest", {})
         return Settings(

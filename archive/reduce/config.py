@@ -7,12 +7,11 @@ variables ``ARCHIVE_IMAGING_ROOT`` and ``ARCHIVE_PRODUCTS``; explicit overrides 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from archive.config import Settings, load_settings, merge, read_toml
+from archive.config import Settings, apply_layers, data_home, load_settings, merge, read_toml
 from archive.errors import ConfigError
 from archive.resources import resource_dir
 
@@ -61,8 +60,7 @@ class ReductionConfig:
             return self.output_root
         if self.imaging_root:
             return self.imaging_root.parent / "reduced"
-        data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-        return data_home / "archive" / "products"
+        return data_home() / "products"
 
 
 def load_reduction_config(
@@ -77,12 +75,7 @@ def load_reduction_config(
     """
     settings = settings or load_settings()
     merged = read_toml(resource_dir("configs") / "reduction.toml")
-    merged = merge(merged, settings.raw.get("reduction", {}))
-    for variable, (section, key) in ENVIRONMENT.items():
-        if os.environ.get(variable):
-            merged = merge(merged, {section: {key: os.environ[variable]}})
-    for section, values in (overrides or {}).items():
-        merged = merge(merged, {section: {k: v for k, v in values.items() if v is not None}})
+    merged = apply_layers(merge(merged, settings.raw.get("reduction", {})), ENVIRONMENT, overrides)
     try:
         night, output = merged.get("night", {}), merged.get("output", {})
         root = night.get("imaging_root") or None
