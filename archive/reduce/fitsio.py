@@ -75,13 +75,21 @@ _PARTIAL = re.compile(r"^\..+\.(\d+)\.[0-9a-f]+\.part$|^\..+\.tmp-(\d+)$")
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs. A zombie (killed, not yet reaped by its parent,
+    as happens to pool workers of a killed run) counts as gone: it writes nothing more."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
         return False
-    except PermissionError:
+    except (OSError, IndexError):  # no /proc (not Linux): ask the kernel directly
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
         return True
-    return True
 
 
 def remove_partials(folder: str | Path) -> int:
