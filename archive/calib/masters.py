@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +37,9 @@ from sqlalchemy.orm import Session
 
 import archive
 from archive.calib.rules import KindRules, MatchingRules, RuleBook
-from archive.calib.select import Selection, explain_selection, interpolation_weights, record_selection, rules_for
+from archive.calib.select import (
+    Selection, explain_selection, exposure_key, interpolation_weights, record_selection, rules_for,
+)
 from archive.config import Settings, load_settings
 from archive.db.models import (
     CALIBRATION_KINDS, CalibrationSelection, Copy, Frame, Instrument, Master, Reduction, ReductionInput,
@@ -90,51 +93,70 @@ def software_versions() -> dict[str, str]:
 class RowReader:
     """Blocks of rows of one image HDU, read without loading the whole image.
 
-    Uncompressed images are memory-mapped and scaled by BSCALE/BZERO here (an unsigned 16-bit
-    image is read as int16 + 32768); other HDUs (tile-compressed) go through astropy's
-    ``section``. Values come back as float32, ADU.
+    Uncompressed images are read block by block with ``os.pread`` (no memory map, so the
+    resident memory stays that of the blocks) and scaled by BSCALE/BZERO here (an unsigned
+    16-bit image is int16 + 32768); other HDUs (tile-compressed) go through astropy's
+    ``section``. Values come back as float32, ADU. ``rows`` of the plain path may be called
+    from several threads at once.
 
     Parameters
     ----------
     path : str
     hdu_index : int
+
+    Raises
+    ------
+    MasterBuildError
+        The file cannot be read or the HDU is not a 2-D image.
     """
 
     def __init__(self, path: str, hdu_index: int = 0):
         self.path = path
+        self._fd: int | None = None
+        self._hdul = None
         try:
-            self._hdul = fits.open(path, memmap=True, mode="readonly", do_not_scale_image_data=True)
-            hdu = self._hdul[hdu_index]
+            hdul = fits.open(path, memmap=False, mode="readonly", do_not_scale_image_data=True, lazy_load_hdus=True)
+            hdu = hdul[hdu_index]
+            header = hdu.header
         except (OSError, IndexError, ValueError) as exc:
             raise MasterBuildError(f"{path}: cannot read the image: {exc}") from exc
-        header = hdu.header
-        if header.get("NAXIS", 0) != 2:  # noqa: ARC001 - FITS structure, not a dialect keyword
+        if header.get("NAXIS", 0) != 2 and not isinstance(hdu, fits.CompImageHDU):
+            hdul.close()
             raise MasterBuildError(f"{path}: not a 2-D image")
+        if isinstance(hdu, fits.CompImageHDU):
+            self.shape = tuple(hdu.shape)
+            self._scale, self._zero = 1.0, 0.0  # section applies the scaling
+            self._hdul, self._hdu = hdul, hdu
+            self.threadsafe = False
+            return
         self.shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
         self._scale = float(header.get("BSCALE", 1.0))
         self._zero = float(header.get("BZERO", 0.0))
-        self._raw = None
-        if not getattr(hdu, "_has_data", True) or isinstance(hdu, fits.CompImageHDU) or hdu._data_offset is None:
-            self._hdu = hdu
-        else:
-            self._hdu = hdu
-            try:
-                self._raw = np.memmap(path, dtype=_BITPIX_DTYPES[int(header["BITPIX"])], mode="r",
-                                      offset=hdu._data_offset, shape=self.shape)
-            except (KeyError, ValueError, OSError):
-                self._raw = None
+        try:
+            self._dtype = np.dtype(_BITPIX_DTYPES[int(header["BITPIX"])])
+        except KeyError as exc:
+            hdul.close()
+            raise MasterBuildError(f"{path}: unsupported BITPIX {header.get('BITPIX')}") from exc
+        self._offset = hdu._data_offset
+        hdul.close()
+        self._row_bytes = self.shape[1] * self._dtype.itemsize
+        self._fd = os.open(path, os.O_RDONLY)
+        self.threadsafe = True
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` as float32, shape (stop - start, nx)."""
-        if self._raw is not None:
-            block = self._raw[start:stop].astype(np.float32)
-            if self._scale != 1.0:
-                block *= np.float32(self._scale)
-            if self._zero != 0.0:
-                block += np.float32(self._zero)
-            return block
-        section = self._hdu.section[start:stop]
-        return np.asarray(section, dtype=np.float32) * np.float32(self._scale) + np.float32(self._zero)
+        if self._fd is None:
+            return np.asarray(self._hdu.section[start:stop], dtype=np.float32)
+        nbytes = (stop - start) * self._row_bytes
+        raw = os.pread(self._fd, nbytes, self._offset + start * self._row_bytes)
+        if len(raw) != nbytes:
+            raise MasterBuildError(f"{self.path}: file is truncated")
+        block = np.frombuffer(raw, dtype=self._dtype).astype(np.float32).reshape(stop - start, self.shape[1])
+        if self._scale != 1.0:
+            block *= np.float32(self._scale)
+        if self._zero != 0.0:
+            block += np.float32(self._zero)
+        return block
 
     def full(self) -> np.ndarray:
         """The whole image as float32."""
@@ -142,8 +164,11 @@ class RowReader:
 
     def close(self) -> None:
         """Release the file."""
-        self._raw = None
-        self._hdul.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._hdul is not None:
+            self._hdul.close()
 
 
 def rows_per_block(n_frames: int, shape: tuple[int, int], memory_limit_bytes: int) -> int:
@@ -169,6 +194,7 @@ def combine_files(
     sigma_low: float = 3.0,
     sigma_high: float = 3.0,
     maxiters: int = 5,
+    workers: int = 0,
 ) -> np.ndarray:
     """Combine images pixel by pixel, in blocks of rows that fit ``memory_limit_bytes``.
 
@@ -190,6 +216,9 @@ def combine_files(
         Each input is multiplied by its scale after ``prepare`` (flats: 1 / their median).
     memory_limit_bytes : int
         Memory for the blocks and the output (default 2 GiB).
+    workers : int
+        Threads combining blocks at once (0: one per core, at most 8); the memory limit is
+        shared between them.
 
     Returns
     -------
@@ -216,13 +245,15 @@ def combine_files(
                 raise MasterBuildError(f"{reader.path}: shape {reader.shape} differs from {readers[0].path}'s {shape}")
         n = len(readers)
         ny, nx = shape
-        step = rows_per_block(n, shape, memory_limit_bytes)
+        workers = max(1, min(workers or os.cpu_count() or 1, 8))
+        if not all(r.threadsafe for r in readers):
+            workers = 1
+        step = rows_per_block(n * workers, shape, memory_limit_bytes)
         out = np.empty(shape, dtype=np.float32)
-        buffer = np.empty((n, step * nx), dtype=np.float32)
-        for start in range(0, ny, step):
+
+        def one_block(start: int) -> None:
             stop = min(ny, start + step)
-            size = (stop - start) * nx
-            stack = buffer[:, :size]
+            stack = np.empty((n, (stop - start) * nx), dtype=np.float32)
             for i, reader in enumerate(readers):
                 block = reader.rows(start, stop)
                 if prepare is not None:
@@ -231,6 +262,14 @@ def combine_files(
                     block = block * np.float32(scales[i])
                 stack[i] = block.reshape(-1)
             out[start:stop] = _combine_block(stack, method, sigma_low, sigma_high, maxiters).reshape(stop - start, nx)
+
+        starts = range(0, ny, step)
+        if workers == 1 or len(starts) == 1:
+            for start in starts:
+                one_block(start)
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(one_block, starts))  # numpy's sort and the reads release the GIL
         return out
     finally:
         for reader in readers:
@@ -369,7 +408,7 @@ def plan_masters(
         key = [("night", frame.night)] + [(c, _group_value(frame, c)) for c in kr.exact]
         if kind == "dark":
             t = frame.exposure_time_s
-            key.append(("exposure_time_s", None if t is None else round(t / max(kr.exposure_tolerance_s, 1e-6))))
+            key.append(("exposure_time_s", exposure_key(t, kr.exposure_tolerance_s)))
         groups[tuple(key)].append(frame)
     plans, too_small = [], []
     for key, members in groups.items():

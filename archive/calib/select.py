@@ -21,6 +21,8 @@ then the larger frame id (so the choice is deterministic).
 from __future__ import annotations
 
 import datetime as dt
+import math
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,9 +147,16 @@ def _value(frame: Frame, column: str) -> Any:
 def _equal(a: Any, b: Any) -> bool:
     if a is None or b is None:
         return a is None and b is None
-    if isinstance(a, float) or isinstance(b, float):
-        return abs(float(a) - float(b)) < 1e-9
     return a == b
+
+
+def exposure_key(exposure_s: float | None, tolerance_s: float) -> int | None:
+    """The exposure time as a multiple of ``tolerance_s``, rounded half up: two darks have "the
+    same exposure" when their keys are equal (used to group raw darks and to select masters).
+    ``None`` for an unknown exposure."""
+    if exposure_s is None:
+        return None
+    return int(math.floor(exposure_s / max(tolerance_s, 1e-9) + 0.5))
 
 
 def _judge(frame: Frame, master: Master, mframe: Frame, rules: KindRules) -> Verdict:
@@ -208,7 +217,7 @@ def _dark_method(frame: Frame, master: Master, mframe: Frame, rules: KindRules) 
     t, tm = frame.exposure_time_s, mframe.exposure_time_s
     if t is None or tm is None:
         return "exact" if t is None and tm is None else None
-    if abs(t - tm) <= rules.exposure_tolerance_s:
+    if exposure_key(t, rules.exposure_tolerance_s) == exposure_key(tm, rules.exposure_tolerance_s):
         return "exact"
     if rules.scale and master.bias_subtracted and tm > t:
         return "scaled"
@@ -430,79 +439,198 @@ def _utcnow() -> dt.datetime:
 
 
 # -- the rules in SQL: many frames at once ------------------------------------------------------
-
-
-def _key(column, text: bool):
-    return func.coalesce(column, literal(_NULL_TEXT) if text else literal(_NULL_NUMBER))
-
+#
+# The frames and the candidate masters go into two temporary tables whose key columns hold the
+# exact-match values (NULL replaced by a sentinel, so that "unknown" matches "unknown") and the
+# exposure key of darks, computed by the same Python as the one-frame path. An index on the
+# candidates' (keys, date_obs_s) lets each frame find its nearest candidate before and after
+# it with two index seeks (correlated subqueries ordered by date_obs_s, LIMIT 1): the work per
+# frame is bounded by the masters within max_age_days, however large the catalogue. The same
+# statements run on SQLite and PostgreSQL.
 
 _TEXT_COLUMNS = {"readout_mode", "filter_name", "telescope"}
+_FRAME_COLUMNS = ("id", "instrument_id", "date_obs", "date_obs_s", "exposure_time_s", "binning_x", "binning_y",
+                  "naxis1", "naxis2", "gain", "offset", "readout_mode", "filter_name", "telescope", "set_temp_c",
+                  "ccd_temp_c")
 
 
-def _column(table, name: str):
-    return table.c.instrument_id if name == "instrument" else table.c[name]
+def _sentinel(value: Any, text: bool) -> Any:
+    if value is None:
+        return _NULL_TEXT if text else _NULL_NUMBER
+    return value
 
 
-def _bulk_query(frame_ids: Sequence[int], kind: str, rules: KindRules, instrument_id: int | None):
-    """One statement: the best exact-or-scaled master per frame, by a window over the candidates."""
-    frames = Frame.__table__
-    needed = {"id", "date_obs", "date_obs_s", "exposure_time_s", "instrument_id"}
-    needed |= {("instrument_id" if c == "instrument" else c) for c in (*rules.exact, *rules.tolerance)}
-    columns = [frames.c[c] for c in sorted(needed)]
-    light = select(*columns).where(frames.c.id.in_(frame_ids)).cte("light")
-    mf = (
-        select(*columns, Master.n_combined, Master.bias_subtracted, Master.created_at, Master.valid_from,
-               Master.valid_until)
-        .join(Master, Master.frame_id == frames.c.id)
-        .where(Master.kind == kind, ~Master.is_bad, frames.c.date_obs_s.is_not(None),
-               frames.c.instrument_id == instrument_id if instrument_id is not None else frames.c.instrument_id.is_(None))
-        .cte("cand")
+_EPOCH = dt.datetime(1970, 1, 1)
+
+
+def _us(value: dt.datetime | None) -> int | None:
+    """A naive UTC datetime as integer microseconds since 1970 (exact, portable comparisons)."""
+    if value is None:
+        return None
+    delta = value - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _temp_tables(rules: KindRules, uid: str):
+    from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, MetaData, String, Table
+
+    metadata = MetaData()
+    keys = list(rules.exact)
+
+    def common() -> list:
+        return [
+            Column("id", Integer, primary_key=True),
+            *[Column(f"k_{c}", String(200) if c in _TEXT_COLUMNS else (Integer if c == "instrument" else Float))
+              for c in keys],
+            Column("k_exposure", BigInteger), *[Column(f"t_{c}", Float) for c in rules.tolerance],
+            Column("t", BigInteger), Column("us", BigInteger), Column("exposure_time_s", Float),
+        ]
+
+    light = Table(f"sel_light_{uid}", metadata, *common(), prefixes=["TEMPORARY"])
+    cand = Table(
+        f"sel_cand_{uid}", metadata, *common(), Column("n_combined", Integer), Column("created_us", BigInteger),
+        Column("valid_from_us", BigInteger), Column("valid_until_us", BigInteger), Column("bias_subtracted", Boolean),
+        prefixes=["TEMPORARY"],
     )
-    window_s = int(rules.max_age_days * SECONDS_PER_DAY)
-    on = [mf.c.id != light.c.id]
-    for name in rules.exact:
-        if name == "instrument":
-            continue  # one instrument per statement
-        text = name in _TEXT_COLUMNS
-        on.append(_key(_column(mf, name), text) == _key(_column(light, name), text))
-    for name, limit in rules.tolerance.items():
-        a, b = _column(mf, name), _column(light, name)
-        on.append(or_(and_(a.is_(None), b.is_(None)), func.abs(a - b) <= limit + 1e-9))
-    on += [
-        mf.c.date_obs_s >= light.c.date_obs_s - window_s,
-        mf.c.date_obs_s <= light.c.date_obs_s + window_s,
-        or_(mf.c.valid_from.is_(None), light.c.date_obs >= mf.c.valid_from),
-        or_(mf.c.valid_until.is_(None), light.c.date_obs < mf.c.valid_until),
-    ]
-    if kind == "dark":
-        same = or_(
-            and_(mf.c.exposure_time_s.is_(None), light.c.exposure_time_s.is_(None)),
-            func.abs(mf.c.exposure_time_s - light.c.exposure_time_s) <= rules.exposure_tolerance_s,
+    Index(f"ix_sel_cand_{uid}", *[cand.c[f"k_{c}"] for c in keys], cand.c.k_exposure, cand.c.t)
+    return metadata, light, cand, keys
+
+
+def _key_function(rules: KindRules, keys: Sequence[str]):
+    """row (in ``_FRAME_COLUMNS`` order) -> the temporary table's common columns, as a tuple."""
+    position = {name: i for i, name in enumerate(_FRAME_COLUMNS)}
+    key_at = [(position["instrument_id" if c == "instrument" else c], _NULL_TEXT if c in _TEXT_COLUMNS else _NULL_NUMBER)
+              for c in keys]
+    tol_at = [position[c] for c in rules.tolerance]
+    i_id, i_t, i_date, i_exp = position["id"], position["date_obs_s"], position["date_obs"], position["exposure_time_s"]
+    is_dark, tolerance = rules.kind == "dark", rules.exposure_tolerance_s
+
+    def build(row) -> tuple:
+        exp = row[i_exp]
+        k_exp = (-1 if exp is None else exposure_key(exp, tolerance)) if is_dark else 0
+        return (
+            row[i_id], *[row[i] if row[i] is not None else null for i, null in key_at], k_exp,
+            *[row[i] for i in tol_at], row[i_t], _us(row[i_date]), exp,
         )
-        longer = and_(mf.c.bias_subtracted, mf.c.exposure_time_s > light.c.exposure_time_s) if rules.scale else literal(False)
-        method = case((same, 0), (longer, 1), else_=None)
-        on.append(or_(same, longer))
-        exposure_order = case((same, 0.0), else_=mf.c.exposure_time_s)
+
+    return build
+
+
+def _insert_many(connection, table, rows: list[tuple]) -> None:
+    """Insert tuples (in the table's column order) with one ``executemany`` of the DB-API driver."""
+    if not rows:
+        return
+    compiled = table.insert().compile(dialect=connection.dialect)
+    names = [c.name for c in table.columns]
+    if compiled.positional:
+        order = [names.index(name) for name in compiled.positiontup]
+        params = [tuple(row[i] for i in order) for row in rows]
     else:
-        method = literal(0)
-        exposure_order = literal(0.0)
-    scale = (
-        case((method == 1, cast(light.c.exposure_time_s, Float) / func.nullif(mf.c.exposure_time_s, 0)), else_=None)
-        if kind == "dark" else cast(null(), Float)
-    )
-    delta = func.abs(mf.c.date_obs_s - light.c.date_obs_s)
+        params = [dict(zip(names, row)) for row in rows]
+    connection.exec_driver_sql(str(compiled), params)
+
+
+def _common_conditions(light, cand, rules: KindRules, keys: Sequence[str]) -> list:
+    conditions = [cand.c[f"k_{c}"] == light.c[f"k_{c}"] for c in keys]
+    for c, limit in rules.tolerance.items():
+        a, b = cand.c[f"t_{c}"], light.c[f"t_{c}"]
+        conditions.append(or_(and_(a.is_(None), b.is_(None)), func.abs(a - b) <= limit + 1e-9))
+    conditions += [
+        cand.c.id != light.c.id,
+        or_(cand.c.valid_from_us.is_(None), light.c.us >= cand.c.valid_from_us),
+        or_(cand.c.valid_until_us.is_(None), light.c.us < cand.c.valid_until_us),
+    ]
+    return conditions
+
+
+def _nearest_query(light, cand, rules: KindRules, keys: Sequence[str], *, after: bool):
+    window_s = int(rules.max_age_days * SECONDS_PER_DAY)
+    conditions = _common_conditions(light, cand, rules, keys) + [cand.c.k_exposure == light.c.k_exposure]
+    if after:
+        conditions += [cand.c.t > light.c.t, cand.c.t <= light.c.t + window_s]
+    else:
+        conditions += [cand.c.t <= light.c.t, cand.c.t >= light.c.t - window_s]
+    order = (cand.c.t.asc() if after else cand.c.t.desc(), cand.c.n_combined.desc(), cand.c.created_us.desc(),
+             cand.c.id.desc())
+    return select(cand.c.id).where(*conditions).order_by(*order).limit(1).correlate(light).scalar_subquery()
+
+
+def _scaled_query(light, cand, rules: KindRules, keys: Sequence[str], light_ids: Sequence[int]):
+    """Darks: the nearest longer bias-subtracted master, by a window over the candidates."""
+    window_s = int(rules.max_age_days * SECONDS_PER_DAY)
+    conditions = _common_conditions(light, cand, rules, keys) + [
+        cand.c.bias_subtracted, cand.c.exposure_time_s > light.c.exposure_time_s,
+        cand.c.t >= light.c.t - window_s, cand.c.t <= light.c.t + window_s,
+    ]
     rank = func.row_number().over(
         partition_by=light.c.id,
-        order_by=(method, exposure_order, delta, func.coalesce(mf.c.n_combined, 0).desc(), mf.c.created_at.desc(),
-                  mf.c.id.desc()),
+        order_by=(cand.c.exposure_time_s, func.abs(cand.c.t - light.c.t), cand.c.n_combined.desc(),
+                  cand.c.created_us.desc(), cand.c.id.desc()),
     )
     ranked = (
-        select(light.c.id.label("frame_id"), mf.c.id.label("master_id"), method.label("method"),
-               scale.label("scale"), rank.label("rn"))
-        .select_from(light.join(mf, and_(*on)))
+        select(light.c.id.label("frame_id"), cand.c.id.label("master_id"),
+               (light.c.exposure_time_s / cand.c.exposure_time_s).label("scale"), rank.label("rn"))
+        .select_from(light.join(cand, and_(*conditions)))
+        .where(light.c.id.in_(light_ids))
         .subquery()
     )
-    return select(ranked.c.frame_id, ranked.c.master_id, ranked.c.method, ranked.c.scale).where(ranked.c.rn == 1)
+    return select(ranked.c.frame_id, ranked.c.master_id, ranked.c.scale).where(ranked.c.rn == 1)
+
+
+def _bulk_kind(session: Session, lights: list, kind: str, matching: MatchingRules, instrument_id: int | None,
+               out: dict[tuple[int, str], Selection]) -> None:
+    rules = matching[kind]
+    uid = uuid.uuid4().hex[:12]
+    metadata, light, cand, keys = _temp_tables(rules, uid)
+    build = _key_function(rules, keys)
+    frames = Frame.__table__
+    masters = select(*[frames.c[c] for c in _FRAME_COLUMNS], Master.n_combined, Master.created_at, Master.valid_from,
+                     Master.valid_until, Master.bias_subtracted).join(Master, Master.frame_id == frames.c.id).where(
+        Master.kind == kind, ~Master.is_bad, frames.c.date_obs_s.is_not(None))
+    if "instrument" in rules.exact:
+        masters = masters.where(frames.c.instrument_id == instrument_id if instrument_id is not None
+                                else frames.c.instrument_id.is_(None))
+    n = len(_FRAME_COLUMNS)
+    cand_rows = [
+        (*build(row), row[n] or 0, _us(row[n + 1]), _us(row[n + 2]), _us(row[n + 3]), bool(row[n + 4]))
+        for row in session.execute(masters)
+    ]
+    i_t = _FRAME_COLUMNS.index("date_obs_s")
+    light_rows = [build(row) for row in lights if row[i_t] is not None]
+    if not cand_rows or not light_rows:
+        return
+    info = {row[0]: (row[-8], row[-5], row[-4]) for row in cand_rows}  # id -> (t, n_combined, created_us)
+    connection = session.connection()
+    metadata.create_all(connection)
+    try:
+        _insert_many(connection, cand, cand_rows)
+        _insert_many(connection, light, light_rows)
+        before = _nearest_query(light, cand, rules, keys, after=False)
+        after = _nearest_query(light, cand, rules, keys, after=True)
+        light_t = {}
+        for fid, t, b, a in connection.execute(select(light.c.id, light.c.t, before, after)):
+            light_t[fid] = t
+            best = None
+            for mid in (b, a):
+                if mid is None:
+                    continue
+                mt, ncomb, created = info[mid]
+                key = (abs(mt - t), -ncomb, -(created or 0), -mid)
+                if best is None or key < best[0]:
+                    best = (key, mid)
+            if best is not None:
+                mid = best[1]
+                out[(fid, kind)] = Selection(fid, kind, "exact", mid, None, [(mid, 1.0)], matching.version, [],
+                                             f"{kind}: master {mid} (exact)")
+        if kind == "dark" and rules.scale:
+            left = [fid for fid in light_t if (fid, kind) not in out]
+            for start in range(0, len(left), 5000):
+                chunk = left[start:start + 5000]
+                for fid, mid, scale in connection.execute(_scaled_query(light, cand, rules, keys, chunk)):
+                    out[(fid, kind)] = Selection(fid, kind, "scaled", mid, float(scale), [(mid, float(scale))],
+                                                 matching.version, [], f"{kind}: master {mid} (scaled)")
+    finally:
+        metadata.drop_all(connection)
 
 
 def select_masters(
@@ -512,15 +640,18 @@ def select_masters(
     *,
     rules: RuleBook | MatchingRules | None = None,
     fallback: bool = True,
-    batch_size: int = 20000,
+    batch_size: int = 5000,
 ) -> dict[tuple[int, str], Selection]:
     """Select masters of ``kinds`` for many frames with a few set-based queries.
 
-    One statement per instrument, kind and batch of frames joins the frames to the library on
-    the exact keys, the tolerances, the age window and validity, and keeps the best candidate
-    per frame with a window function (the ordering of :func:`select_master`). Frames left
-    without an exact or scaled master are judged one by one (:func:`explain_selection`) when
-    ``fallback``, which finds interpolated darks and the rule that removed the last candidates.
+    Per instrument and kind: the frames and the candidate masters are loaded into temporary
+    tables keyed by the exact columns; one statement finds, for every frame at once, the
+    nearest valid candidate before and after it (index seeks on the candidates' keys and
+    ``date_obs_s``); a second one, a window over the candidates, finds the nearest longer
+    bias-subtracted dark for the frames without an exact-exposure one. The ordering is the one
+    of :func:`select_master`. Frames left without a master are judged one by one
+    (:func:`explain_selection`) when ``fallback``, which finds interpolated darks and names the
+    rule that removed the last candidates.
 
     Parameters
     ----------
@@ -530,49 +661,36 @@ def select_masters(
     kinds : sequence of {'bias', 'dark', 'flat'}
     rules : RuleBook or MatchingRules, optional
     fallback : bool
-        Judge the frames the query leaves without a master one by one (default True).
+        Judge the frames the queries leave without a master one by one (default True).
     batch_size : int
-        Frames per statement.
+        Frame ids per ``IN (...)`` list when loading the frames.
 
     Returns
     -------
     dict of (frame_id, kind) to Selection
-        The bulk path's selections carry no candidate verdicts (``candidates == []``).
+        The set-based selections carry no candidate verdicts (``candidates == []``).
     """
     ids = list(dict.fromkeys(frame_ids))
     book = rules if isinstance(rules, RuleBook) else None
-    by_instrument: dict[int | None, list[int]] = {}
-    names: dict[int | None, str | None] = {None: None}
+    frames = Frame.__table__
+    by_instrument: dict[int | None, list] = {}
     for start in range(0, len(ids), batch_size):
         chunk = ids[start:start + batch_size]
-        for fid, iid, name in session.execute(
-            select(Frame.id, Frame.instrument_id, Instrument.name).outerjoin(Instrument, Instrument.id == Frame.instrument_id)
-            .where(Frame.id.in_(chunk))
-        ):
-            by_instrument.setdefault(iid, []).append(fid)
-            names[iid] = name
+        for row in session.execute(select(*[frames.c[c] for c in _FRAME_COLUMNS]).where(frames.c.id.in_(chunk))):
+            by_instrument.setdefault(row[1], []).append(tuple(row))
+    names = dict(session.execute(select(Instrument.id, Instrument.name)).all())
     out: dict[tuple[int, str], Selection] = {}
-    for iid, fids in by_instrument.items():
-        matching = rules_for(book or rules, names[iid])
+    for iid, lights in by_instrument.items():
+        matching = rules_for(book or rules, names.get(iid))
         for kind in kinds:
-            kind_rules = matching[kind]
-            if "instrument" not in kind_rules.exact:
-                raise ArchiveError("the bulk selection needs 'instrument' among the exact keys; use select_master")
-            for start in range(0, len(fids), batch_size):
-                chunk = fids[start:start + batch_size]
-                for fid, mid, method, scale in session.execute(_bulk_query(chunk, kind, kind_rules, iid)):
-                    name = "exact" if method == 0 else "scaled"
-                    sc = float(scale) if name == "scaled" else None
-                    out[(fid, kind)] = Selection(
-                        fid, kind, name, mid, sc, [(mid, sc if sc is not None else 1.0)], matching.version, [],
-                        f"{kind}: master {mid} ({name})",
-                    )
+            _bulk_kind(session, lights, kind, matching, iid, out)
             if fallback:
-                left = [fid for fid in fids if (fid, kind) not in out]
+                left = [row[0] for row in lights if (row[0], kind) not in out]
                 if left:
                     library = _masters_of(session, kind)
-                    for frame in session.scalars(select(Frame).where(Frame.id.in_(left))):
-                        out[(frame.id, kind)] = explain_selection(session, frame, kind, rules=matching, library=library)
+                    for start in range(0, len(left), batch_size):
+                        for frame in session.scalars(select(Frame).where(Frame.id.in_(left[start:start + batch_size]))):
+                            out[(frame.id, kind)] = explain_selection(session, frame, kind, rules=matching, library=library)
     return out
 
 
