@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Float, and_, case, cast, func, literal, null, or_, select
+from sqlalchemy import Float, and_, func, or_, select, text
 from sqlalchemy.orm import Session, aliased
 
 from archive.calib.rules import KindRules, MatchingRules, RuleBook
+from archive.db.bulk import index_seeks, insert_rows
 from archive.db.models import (
     CALIBRATION_KINDS, CalibrationSelection, Frame, Instrument, Master,
 )
@@ -471,63 +472,61 @@ def _us(value: dt.datetime | None) -> int | None:
     return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def _temp_tables(rules: KindRules, uid: str):
-    from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, MetaData, String, Table
+def _key_table(name: str, keys: Sequence[str], tolerance: Sequence[str], *extra):
+    """A temporary table of frames' match keys: id, k_<exact column>..., k_exposure,
+    t_<tolerance column>..., t (date_obs_s), us (date_obs in microseconds), exposure_time_s."""
+    from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table
 
     metadata = MetaData()
-    keys = list(rules.exact)
-
-    def common() -> list:
-        return [
-            Column("id", Integer, primary_key=True),
-            *[Column(f"k_{c}", String(200) if c in _TEXT_COLUMNS else (Integer if c == "instrument" else Float))
-              for c in keys],
-            Column("k_exposure", BigInteger), *[Column(f"t_{c}", Float) for c in rules.tolerance],
-            Column("t", BigInteger), Column("us", BigInteger), Column("exposure_time_s", Float),
-        ]
-
-    light = Table(f"sel_light_{uid}", metadata, *common(), prefixes=["TEMPORARY"])
-    cand = Table(
-        f"sel_cand_{uid}", metadata, *common(), Column("n_combined", Integer), Column("created_us", BigInteger),
-        Column("valid_from_us", BigInteger), Column("valid_until_us", BigInteger), Column("bias_subtracted", Boolean),
+    table = Table(
+        name, metadata, Column("id", Integer, primary_key=True),
+        *[Column(f"k_{c}", String(200) if c in _TEXT_COLUMNS else (Integer if c == "instrument" else Float)) for c in keys],
+        Column("k_exposure", BigInteger), *[Column(f"t_{c}", Float) for c in tolerance],
+        Column("t", BigInteger), Column("us", BigInteger), Column("exposure_time_s", Float), *extra,
         prefixes=["TEMPORARY"],
     )
-    Index(f"ix_sel_cand_{uid}", *[cand.c[f"k_{c}"] for c in keys], cand.c.k_exposure, cand.c.t)
-    return metadata, light, cand, keys
+    return metadata, table
 
 
-def _key_function(rules: KindRules, keys: Sequence[str]):
-    """row (in ``_FRAME_COLUMNS`` order) -> the temporary table's common columns, as a tuple."""
+def _candidate_table(rules: KindRules, uid: str):
+    from sqlalchemy import BigInteger, Boolean, Column, Index, Integer
+
+    keys = list(rules.exact)
+    metadata, cand = _key_table(
+        f"sel_cand_{uid}", keys, list(rules.tolerance), Column("neg_n_combined", Integer),
+        Column("neg_created_us", BigInteger), Column("neg_id", Integer), Column("valid_from_us", BigInteger),
+        Column("valid_until_us", BigInteger), Column("bias_subtracted", Boolean),
+    )
+    # two orderings of (keys, exposure, time, tie-breaks): the nearest candidate before and after a
+    # frame is then the first row of an index range scan (the tie-breaks are negated)
+    prefix = [cand.c[f"k_{c}"] for c in keys] + [cand.c.k_exposure]
+    ties = [cand.c.neg_n_combined, cand.c.neg_created_us, cand.c.neg_id]
+    Index(f"ix_sel_after_{uid}", *prefix, cand.c.t, *ties)
+    Index(f"ix_sel_before_{uid}", *prefix, cand.c.t.desc(), *ties)
+    return metadata, cand, keys
+
+
+def _key_function(keys: Sequence[str], tolerance: Sequence[str], exposure_tolerance_s: float | None):
+    """row (in ``_FRAME_COLUMNS`` order) -> the key table's columns, as a tuple (``k_exposure``
+    is 0 when ``exposure_tolerance_s`` is None: exposure is no key)."""
     position = {name: i for i, name in enumerate(_FRAME_COLUMNS)}
     key_at = [(position["instrument_id" if c == "instrument" else c], _NULL_TEXT if c in _TEXT_COLUMNS else _NULL_NUMBER)
               for c in keys]
-    tol_at = [position[c] for c in rules.tolerance]
+    tol_at = [position[c] for c in tolerance]
     i_id, i_t, i_date, i_exp = position["id"], position["date_obs_s"], position["date_obs"], position["exposure_time_s"]
-    is_dark, tolerance = rules.kind == "dark", rules.exposure_tolerance_s
 
     def build(row) -> tuple:
         exp = row[i_exp]
-        k_exp = (-1 if exp is None else exposure_key(exp, tolerance)) if is_dark else 0
+        if exposure_tolerance_s is None:
+            k_exp = 0
+        else:
+            k_exp = -1 if exp is None else exposure_key(exp, exposure_tolerance_s)
         return (
             row[i_id], *[row[i] if row[i] is not None else null for i, null in key_at], k_exp,
             *[row[i] for i in tol_at], row[i_t], _us(row[i_date]), exp,
         )
 
     return build
-
-
-def _insert_many(connection, table, rows: list[tuple]) -> None:
-    """Insert tuples (in the table's column order) with one ``executemany`` of the DB-API driver."""
-    if not rows:
-        return
-    compiled = table.insert().compile(dialect=connection.dialect)
-    names = [c.name for c in table.columns]
-    if compiled.positional:
-        order = [names.index(name) for name in compiled.positiontup]
-        params = [tuple(row[i] for i in order) for row in rows]
-    else:
-        params = [dict(zip(names, row)) for row in rows]
-    connection.exec_driver_sql(str(compiled), params)
 
 
 def _common_conditions(light, cand, rules: KindRules, keys: Sequence[str]) -> list:
@@ -545,13 +544,17 @@ def _common_conditions(light, cand, rules: KindRules, keys: Sequence[str]) -> li
 
 def _nearest_query(light, cand, rules: KindRules, keys: Sequence[str], *, after: bool):
     window_s = int(rules.max_age_days * SECONDS_PER_DAY)
-    conditions = _common_conditions(light, cand, rules, keys) + [cand.c.k_exposure == light.c.k_exposure]
+    conditions = _common_conditions(light, cand, rules, keys)
+    if rules.kind == "dark":
+        conditions.append(cand.c.k_exposure == light.c.k_exposure)
+    else:
+        conditions.append(cand.c.k_exposure == 0)
     if after:
         conditions += [cand.c.t > light.c.t, cand.c.t <= light.c.t + window_s]
     else:
         conditions += [cand.c.t <= light.c.t, cand.c.t >= light.c.t - window_s]
-    order = (cand.c.t.asc() if after else cand.c.t.desc(), cand.c.n_combined.desc(), cand.c.created_us.desc(),
-             cand.c.id.desc())
+    order = (cand.c.t.asc() if after else cand.c.t.desc(), cand.c.neg_n_combined, cand.c.neg_created_us,
+             cand.c.neg_id)
     return select(cand.c.id).where(*conditions).order_by(*order).limit(1).correlate(light).scalar_subquery()
 
 
@@ -564,8 +567,8 @@ def _scaled_query(light, cand, rules: KindRules, keys: Sequence[str], light_ids:
     ]
     rank = func.row_number().over(
         partition_by=light.c.id,
-        order_by=(cand.c.exposure_time_s, func.abs(cand.c.t - light.c.t), cand.c.n_combined.desc(),
-                  cand.c.created_us.desc(), cand.c.id.desc()),
+        order_by=(cand.c.exposure_time_s, func.abs(cand.c.t - light.c.t), cand.c.neg_n_combined,
+                  cand.c.neg_created_us, cand.c.neg_id),
     )
     ranked = (
         select(light.c.id.label("frame_id"), cand.c.id.label("master_id"),
@@ -577,58 +580,53 @@ def _scaled_query(light, cand, rules: KindRules, keys: Sequence[str], light_ids:
     return select(ranked.c.frame_id, ranked.c.master_id, ranked.c.scale).where(ranked.c.rn == 1)
 
 
-def _bulk_kind(session: Session, lights: list, kind: str, matching: MatchingRules, instrument_id: int | None,
-               out: dict[tuple[int, str], Selection]) -> None:
+def _bulk_kind(session: Session, light, kind: str, matching: MatchingRules, instrument_ids: set,
+               library: list, light_t: dict[int, int], out: dict[tuple[int, str], Selection]) -> None:
+    """The set-based selection of one kind for the frames already loaded into ``light``."""
     rules = matching[kind]
     uid = uuid.uuid4().hex[:12]
-    metadata, light, cand, keys = _temp_tables(rules, uid)
-    build = _key_function(rules, keys)
-    frames = Frame.__table__
-    masters = select(*[frames.c[c] for c in _FRAME_COLUMNS], Master.n_combined, Master.created_at, Master.valid_from,
-                     Master.valid_until, Master.bias_subtracted).join(Master, Master.frame_id == frames.c.id).where(
-        Master.kind == kind, ~Master.is_bad, frames.c.date_obs_s.is_not(None))
-    if "instrument" in rules.exact:
-        masters = masters.where(frames.c.instrument_id == instrument_id if instrument_id is not None
-                                else frames.c.instrument_id.is_(None))
+    metadata, cand, keys = _candidate_table(rules, uid)
+    build = _key_function(keys, list(rules.tolerance), rules.exposure_tolerance_s if kind == "dark" else None)
     n = len(_FRAME_COLUMNS)
-    cand_rows = [
-        (*build(row), row[n] or 0, _us(row[n + 1]), _us(row[n + 2]), _us(row[n + 3]), bool(row[n + 4]))
-        for row in session.execute(masters)
-    ]
-    i_t = _FRAME_COLUMNS.index("date_obs_s")
-    light_rows = [build(row) for row in lights if row[i_t] is not None]
-    if not cand_rows or not light_rows:
+    cand_rows = []
+    for row in library:
+        if "instrument" in rules.exact and row[1] not in instrument_ids:
+            continue
+        n_combined, created_at, valid_from, valid_until, bias_subtracted = row[n:n + 5]
+        cand_rows.append((*build(row), -(n_combined or 0), -(_us(created_at) or 0), -row[0], _us(valid_from),
+                          _us(valid_until), bool(bias_subtracted)))
+    if not cand_rows:
         return
-    info = {row[0]: (row[-8], row[-5], row[-4]) for row in cand_rows}  # id -> (t, n_combined, created_us)
+    info = {row[0]: (row[-9], row[-6], row[-5]) for row in cand_rows}  # id -> (t, -n_combined, -created_us)
     connection = session.connection()
     metadata.create_all(connection)
     try:
-        _insert_many(connection, cand, cand_rows)
-        _insert_many(connection, light, light_rows)
+        insert_rows(connection, cand, cand_rows)
+        connection.execute(text(f"ANALYZE {cand.name}"))  # statistics for the planner (both backends)
         before = _nearest_query(light, cand, rules, keys, after=False)
         after = _nearest_query(light, cand, rules, keys, after=True)
-        light_t = {}
-        for fid, t, b, a in connection.execute(select(light.c.id, light.c.t, before, after)):
-            light_t[fid] = t
-            best = None
-            for mid in (b, a):
-                if mid is None:
-                    continue
-                mt, ncomb, created = info[mid]
-                key = (abs(mt - t), -ncomb, -(created or 0), -mid)
-                if best is None or key < best[0]:
-                    best = (key, mid)
-            if best is not None:
-                mid = best[1]
-                out[(fid, kind)] = Selection(fid, kind, "exact", mid, None, [(mid, 1.0)], matching.version, [],
-                                             f"{kind}: master {mid} (exact)")
+        with index_seeks(connection):
+            nearest = connection.execute(select(light.c.id, before, after)).all()
+        version = matching.version
+        for fid, b, a in nearest:
+            if b is None and a is None:
+                continue
+            if b is None or a is None:
+                mid = a if b is None else b
+            else:
+                t = light_t[fid]
+                tb, nb, cb = info[b]
+                ta, na, ca = info[a]
+                mid = b if (t - tb, nb, cb, -b) <= (ta - t, na, ca, -a) else a
+            out[(fid, kind)] = Selection(fid, kind, "exact", mid, None, [(mid, 1.0)], version, [],
+                                         f"{kind}: master {mid} (exact)")
         if kind == "dark" and rules.scale:
             left = [fid for fid in light_t if (fid, kind) not in out]
             for start in range(0, len(left), 5000):
                 chunk = left[start:start + 5000]
                 for fid, mid, scale in connection.execute(_scaled_query(light, cand, rules, keys, chunk)):
                     out[(fid, kind)] = Selection(fid, kind, "scaled", mid, float(scale), [(mid, float(scale))],
-                                                 matching.version, [], f"{kind}: master {mid} (scaled)")
+                                                 version, [], f"{kind}: master {mid} (scaled)")
     finally:
         metadata.drop_all(connection)
 
@@ -673,17 +671,64 @@ def select_masters(
     ids = list(dict.fromkeys(frame_ids))
     book = rules if isinstance(rules, RuleBook) else None
     frames = Frame.__table__
+    columns = [frames.c[c] for c in _FRAME_COLUMNS]
     by_instrument: dict[int | None, list] = {}
-    for start in range(0, len(ids), batch_size):
-        chunk = ids[start:start + batch_size]
-        for row in session.execute(select(*[frames.c[c] for c in _FRAME_COLUMNS]).where(frames.c.id.in_(chunk))):
+    # the frames: their ids go to a temporary table joined to frames (no long IN lists)
+    from sqlalchemy import Column, Integer, MetaData, Table
+
+    metadata = MetaData()
+    wanted = Table(f"sel_ids_{uuid.uuid4().hex[:12]}", metadata, Column("id", Integer, primary_key=True),
+                   prefixes=["TEMPORARY"])
+    connection = session.connection()
+    metadata.create_all(connection)
+    try:
+        insert_rows(connection, wanted, [(i,) for i in ids])
+        connection.execute(text(f"ANALYZE {wanted.name}"))
+        with index_seeks(connection):
+            rows = connection.execute(select(*columns).join(wanted, wanted.c.id == frames.c.id)).all()
+        for row in rows:
             by_instrument.setdefault(row[1], []).append(tuple(row))
+    finally:
+        metadata.drop_all(connection)
+    # the library of every kind asked for, in one statement
+    libraries: dict[str, list] = {kind: [] for kind in kinds}
+    with index_seeks(connection):
+        library = connection.execute(
+            select(*columns, Master.n_combined, Master.created_at, Master.valid_from, Master.valid_until,
+                   Master.bias_subtracted, Master.kind)
+            .join(Master, Master.frame_id == frames.c.id)
+            .where(Master.kind.in_(list(kinds)), ~Master.is_bad, frames.c.date_obs_s.is_not(None))
+        ).all()
+    for row in library:
+        libraries[row[-1]].append(tuple(row))
     names = dict(session.execute(select(Instrument.id, Instrument.name)).all())
-    out: dict[tuple[int, str], Selection] = {}
-    for iid, lights in by_instrument.items():
+    # instruments that share their rules are selected together (the instrument is a key column)
+    by_rules: dict[int, tuple[MatchingRules, set, list]] = {}
+    for iid, rows in by_instrument.items():
         matching = rules_for(book or rules, names.get(iid))
+        entry = by_rules.setdefault(id(matching), (matching, set(), []))
+        entry[1].add(iid)
+        entry[2].extend(rows)
+    out: dict[tuple[int, str], Selection] = {}
+    i_t = _FRAME_COLUMNS.index("date_obs_s")
+    for matching, instrument_ids, lights in by_rules.values():
+        # the frames' keys, for every kind at once: the union of the kinds' exact and tolerance columns
+        keys = list(dict.fromkeys(c for kind in kinds for c in matching[kind].exact))
+        tolerance = list(dict.fromkeys(c for kind in kinds for c in matching[kind].tolerance))
+        build = _key_function(keys, tolerance, matching["dark"].exposure_tolerance_s)
+        light_rows = [build(row) for row in lights if row[i_t] is not None]
+        light_t = {row[0]: row[i_t] for row in lights if row[i_t] is not None}
+        light_metadata, light = _key_table(f"sel_light_{uuid.uuid4().hex[:12]}", keys, tolerance)
+        if light_rows:
+            light_metadata.create_all(connection)
+            try:
+                insert_rows(connection, light, light_rows)
+                connection.execute(text(f"ANALYZE {light.name}"))
+                for kind in kinds:
+                    _bulk_kind(session, light, kind, matching, instrument_ids, libraries[kind], light_t, out)
+            finally:
+                light_metadata.drop_all(connection)
         for kind in kinds:
-            _bulk_kind(session, lights, kind, matching, iid, out)
             if fallback:
                 left = [row[0] for row in lights if (row[0], kind) not in out]
                 if left:

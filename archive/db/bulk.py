@@ -1,0 +1,62 @@
+"""Bulk work whose mechanism differs between SQLite and PostgreSQL: loading rows into a
+(usually temporary) table (``COPY`` on PostgreSQL, one ``executemany`` elsewhere), and a planner
+hint for index seeks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from sqlalchemy import Connection, Table
+
+
+def insert_rows(connection: Connection, table: Table, rows: Sequence[tuple]) -> None:
+    """Insert ``rows`` (tuples in the order of ``table.columns``) as fast as the backend allows.
+
+    PostgreSQL: ``COPY ... FROM STDIN`` through psycopg; other backends: one DB-API
+    ``executemany`` of the compiled ``INSERT``. Values are plain Python (int, float, str, bool,
+    None); the caller converts datetimes.
+    """
+    if not rows:
+        return
+    names = [c.name for c in table.columns]
+    if connection.dialect.name == "postgresql":
+        quoted = ", ".join(connection.dialect.identifier_preparer.quote(n) for n in names)
+        target = connection.dialect.identifier_preparer.format_table(table)
+        cursor = connection.connection.driver_connection.cursor()
+        with cursor.copy(f"COPY {target} ({quoted}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        return
+    compiled = table.insert().compile(dialect=connection.dialect)
+    if compiled.positional:
+        order = [names.index(name) for name in compiled.positiontup]
+        params = [tuple(row[i] for i in order) for row in rows]
+    else:
+        params = [dict(zip(names, row)) for row in rows]
+    connection.exec_driver_sql(str(compiled), params)
+
+
+@contextmanager
+def index_seeks(connection: Connection) -> Iterator[None]:
+    """Run the enclosed statements by index seeks: ordered index scans and nested loops.
+
+    For correlated ``ORDER BY ... LIMIT 1`` subqueries over a freshly loaded temporary table,
+    and for joining a few thousand rows to a large table by primary key, PostgreSQL's planner
+    prefers bitmap scans plus sorts and hash joins over a full scan, which read every row; an
+    ordered index scan stops at the first row that qualifies and a nested loop reads only the
+    rows asked for. SQLite needs no hint. The settings are restored afterwards (they only
+    ever apply to the current transaction on PostgreSQL).
+    """
+    if connection.dialect.name != "postgresql":
+        yield
+        return
+    settings = ("enable_bitmapscan", "enable_hashjoin", "enable_mergejoin")
+    previous = {name: connection.exec_driver_sql(f"SHOW {name}").scalar() for name in settings}
+    for name in settings:
+        connection.exec_driver_sql(f"SET LOCAL {name} = off")
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            connection.exec_driver_sql(f"SET LOCAL {name} = {'on' if value == 'on' else 'off'}")
