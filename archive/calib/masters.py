@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from astropy.io import fits
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import Session
@@ -876,7 +877,7 @@ def frame_for_path(session: Session, path: str | Path) -> Frame:
     return frame
 
 
-def library_table(session: Session, kind: str | None = None, *, include_bad: bool = True) -> "pd.DataFrame":
+def library_table(session: Session, kind: str | None = None, *, include_bad: bool = True) -> pd.DataFrame:
     """The masters of the library, one row each, ordered by kind and DATE-OBS.
 
     Returns
@@ -886,8 +887,6 @@ def library_table(session: Session, kind: str | None = None, *, include_bad: boo
         filter_name, binning_x, set_temp_c, n_combined, combine_method, bias_subtracted, is_bad,
         bad_reason, valid_from, valid_until, rule_version, reduction_id, path.
     """
-    import pandas as pd
-
     path = (
         select(Copy.path).where(Copy.frame_id == Frame.id, Copy.is_current, Copy.is_canonical).limit(1).scalar_subquery()
     )

@@ -5,10 +5,12 @@ Two paths give the same answer:
 * :func:`select_master` (one frame) evaluates every rule on every candidate in Python and keeps
   the verdicts, so the decision can be explained (``--explain``) and stored with its rejected
   candidates (:func:`record_selection`);
-* :func:`select_masters` (many frames) is one set-based SQL query per instrument and kind:
-  candidates joined on the exact keys and tolerances, ranked by a window function, nearest in
-  time by the integer ``frames.date_obs_s``. Frames it cannot serve with an exact or scaled
-  master (an interpolated dark, or nothing) fall back to the Python path.
+* :func:`select_masters` (many frames) is set-based SQL, a few statements per kind whatever
+  the number of frames: the frames' and the candidates' match keys go into temporary tables,
+  and one statement finds every frame's nearest valid candidate before and after it by index
+  seeks on (keys, ``frames.date_obs_s``); a window over the candidates finds scaled darks.
+  Frames it cannot serve with an exact or scaled master (an interpolated dark, or nothing) fall
+  back to the Python path.
 
 The rule, after Gemini's calibration manager and LCO BANZAI: the candidate must match the
 ``exact`` columns, lie within the ``tolerance`` (deg C, s), be no more than ``max_age_days``
@@ -29,17 +31,15 @@ from typing import Any
 
 import pandas as pd
 from sqlalchemy import Float, and_, func, or_, select, text
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from archive.calib.rules import KindRules, MatchingRules, RuleBook
 from archive.db.bulk import index_seeks, insert_rows
 from archive.db.models import (
     CALIBRATION_KINDS, CalibrationSelection, Frame, Instrument, Master,
 )
-from archive.errors import ArchiveError, CalibrationNotFoundError
+from archive.errors import CalibrationNotFoundError
 
-#: Order in which rules are applied when explaining: the last one to remove candidates is
-#: the one named when nothing is left.
 SECONDS_PER_DAY = 86400.0
 _NULL_NUMBER = -987654321.0
 _NULL_TEXT = "\x01(null)"
@@ -352,9 +352,6 @@ def _passes_rest(frame: Frame, master: Master, mframe: Frame, rules: KindRules) 
     """Every rule but the exposure one passes (a candidate for interpolation)."""
     relaxed = KindRules(**{**rules.__dict__, "kind": "bias"})
     return _judge(frame, master, mframe, relaxed).rejected_by is None
-
-
-_RULE_ORDER = ("exact", "tolerance", "exposure", "max_age_days", "is_bad", "validity")
 
 
 def _why_none(kind: str, verdicts: list[Verdict], rules: KindRules) -> str:
