@@ -66,7 +66,7 @@ def write_frames(folder: Path, n: int, shape: tuple[int, int]) -> list[Path]:
 
 ARCHIVE_COMBINE = textwrap.dedent("""
     import sys, time
-    from archive.calib import combine_files
+    from archive.calib.combine import combine_files
     paths = sys.argv[2:]
     t = time.perf_counter()
     data = combine_files(paths, method="median", memory_limit_bytes=int(sys.argv[1]) * 1024 * 1024)

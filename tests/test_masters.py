@@ -17,7 +17,7 @@ from archive.calib import (
     CalibrationNotFoundError, RuleBook, build_masters, combine_files, explain_selection, mark_bad,
     missing_calibrations, record_selection, select_master, select_masters, set_validity, sync_library,
 )
-from archive.calib.masters import rows_per_block
+from archive.calib.combine import rows_per_block
 from archive.cli import main
 from archive.db import Frame, session_scope
 from archive.db.models import CalibrationSelection, Copy, Master, Reduction, ReductionInput

@@ -2,28 +2,36 @@
 
 * :mod:`archive.calib.rules` reads ``configs/matching/*.toml`` (a default, overridable per
   instrument); the same rules group raw frames into masters and select masters for lights;
-* :mod:`archive.calib.masters` builds masters (chunked median or sigma-clipped mean, bounded
-  memory), ingests them with their provenance, and keeps the library (bad flags, validity,
-  masters made elsewhere);
+* :mod:`archive.calib.combine` combines images in blocks of rows (chunked median or
+  sigma-clipped mean, bounded memory; pixels only);
+* :mod:`archive.calib.masters` builds masters, ingests them with their provenance, and keeps
+  the library (bad flags, validity, masters made elsewhere);
 * :mod:`archive.calib.select` chooses masters for frames, one with every candidate explained
   (:func:`select_master`) or many with set-based SQL (:func:`select_masters`).
 """
 
-from archive.calib.masters import (
-    BuildSummary, MasterBuildError, build_masters, combine_files, default_library, library_table, mark_bad,
-    plan_masters,
-    set_validity, sync_library,
-)
-from archive.calib.rules import KindRules, MatchingRules, RuleBook, load_rules
-from archive.calib.select import (
-    Selection, Verdict, explain_selection, interpolation_weights, missing_calibrations, record_selection,
-    select_master, select_masters,
-)
-from archive.errors import CalibrationNotFoundError
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "BuildSummary", "CalibrationNotFoundError", "KindRules", "MasterBuildError", "MatchingRules", "RuleBook",
-    "Selection", "Verdict", "build_masters", "combine_files", "default_library", "explain_selection",
-    "interpolation_weights", "library_table", "load_rules", "mark_bad", "missing_calibrations", "plan_masters", "record_selection", "select_master",
-    "select_masters", "set_validity", "sync_library",
-]
+#: name -> module: imported on first use, so that the pixel code (archive.calib.combine) loads
+#: without the database layers (PEP 562).
+_EXPORTS = {
+    "combine_files": "combine", "MasterBuildError": "combine",
+    "BuildSummary": "masters", "build_masters": "masters", "default_library": "masters", "library_table": "masters",
+    "mark_bad": "masters", "plan_masters": "masters", "set_validity": "masters", "sync_library": "masters",
+    "KindRules": "rules", "MatchingRules": "rules", "RuleBook": "rules", "load_rules": "rules",
+    "Selection": "select", "Verdict": "select", "explain_selection": "select", "interpolation_weights": "select",
+    "missing_calibrations": "select", "record_selection": "select", "select_master": "select",
+    "select_masters": "select",
+}
+__all__ = sorted([*_EXPORTS, "CalibrationNotFoundError"])
+
+
+def __getattr__(name: str) -> Any:
+    if name == "CalibrationNotFoundError":
+        from archive.errors import CalibrationNotFoundError
+
+        return CalibrationNotFoundError
+    if name in _EXPORTS:
+        return getattr(import_module(f"archive.calib.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'archive.calib' has no attribute {name!r}")
