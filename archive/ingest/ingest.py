@@ -223,10 +223,8 @@ def _write_batch(session: Session, results: Sequence[FileRead | ReadFailure], ru
             new_rows[read.sha256] = _frame_row(read, instrument_ids.get(read.normalized.values["instrument"]), run_id, now)
     new_frame_ids: dict[str, int] = {}
     if new_rows:
-        inserted = session.execute(
-            Frame.__table__.insert().returning(Frame.id, Frame.sha256), list(new_rows.values())
-        )
-        new_frame_ids = {sha: fid for fid, sha in inserted}
+        session.execute(Frame.__table__.insert(), list(new_rows.values()))  # executemany: no RETURNING
+        new_frame_ids = _ids(session, Frame, Frame.sha256, set(new_rows))
         frame_ids.update(new_frame_ids)
 
     paths = [r.path for r in reads]
