@@ -660,8 +660,11 @@ def frame_for_path(session: Session, path: str | Path) -> Frame:
     CalibrationNotFoundError
         The file is not in the catalogue (ingest it first).
     """
-    resolved = str(Path(path).expanduser().resolve())
-    frame = session.scalar(select(Frame).join(Copy, Copy.frame_id == Frame.id).where(Copy.path == resolved, Copy.is_current))
+    given = Path(path).expanduser()
+    names = list(dict.fromkeys([str(given.absolute()), str(given.resolve())]))  # as ingested, or symlinks resolved
+    frame = session.scalar(
+        select(Frame).join(Copy, Copy.frame_id == Frame.id).where(Copy.path.in_(names), Copy.is_current).limit(1)
+    )
     if frame is None:
         raise CalibrationNotFoundError(f"{path} is not in the catalogue: run 'archive ingest' on it first")
     return frame
