@@ -73,23 +73,35 @@ class CardIndex(Mapping):
     def __init__(self, text: str):
         self.text = text
         self._cards: dict[str, str] = {}
+        #: The cards up to END without trailing blanks, blank cards left out (the stored header).
+        self.lines: list[str] = []
         previous = None
         for i in range(0, len(text) - CARD + 1, CARD):
             card = text[i : i + CARD]
-            key = card[:8].rstrip().upper()
-            if key == "END":
+            line = card.rstrip()
+            if not line:
+                continue
+            if "\x00" in line:  # non-standard NUL padding: blanks, as astropy reads it
+                card = card.replace("\x00", " ")
+                line = card.rstrip()
+                if not line:
+                    continue
+            if line == "END":
                 break
-            if key == "CONTINUE" and previous is not None:
+            self.lines.append(line)
+            if card[8:10] == "= " and card[:8] not in _COMMENTARY:
+                key = card[:8].rstrip().upper()
+                if key == "HIERARCH":
+                    key = card[9 : card.find("=")].strip().upper()
+            elif card.startswith("HIERARCH ") and "=" in card:
+                key = card[9 : card.find("=")].strip().upper()
+            elif card.startswith("CONTINUE") and previous is not None:
                 self._cards[previous] += card
                 continue
-            previous = None
-            if key == "HIERARCH":
-                equals = card.find("=")
-                if equals < 0:
-                    continue
-                key = card[9:equals].strip().upper()
-            elif key in ("", "COMMENT", "HISTORY", "END") or card[8:10] != "= ":
+            else:
+                previous = None
                 continue
+            previous = None
             if key not in self._cards:
                 self._cards[key] = card
                 previous = key
@@ -122,6 +134,8 @@ class CardIndex(Mapping):
 
 
 _MISSING = object()
+#: Commentary keywords (FITS 4.0 sec. 4.4.2.4): never values, even when a "= " follows.
+_COMMENTARY = ("COMMENT ", "HISTORY ", "        ")
 
 
 def _card_value(card: str) -> Any:
@@ -157,18 +171,8 @@ def _card_value(card: str) -> Any:
 
 
 def cards_text(header_text: str) -> str:
-    """The cards up to END as lines, without trailing blanks or blank cards.
-
-    NUL bytes (non-standard padding some writers use) become blanks, as astropy reads them.
-    """
-    lines = []
-    for i in range(0, len(header_text), CARD):
-        line = header_text[i : i + CARD].replace("\x00", " ").rstrip()
-        if line == "END":
-            break
-        if line:
-            lines.append(line)
-    return "\n".join(lines)
+    """The cards up to END as lines, without trailing blanks or blank cards (NULs as blanks)."""
+    return "\n".join(CardIndex(header_text).lines)
 
 
 def header_from_text(text: str):
@@ -298,15 +302,15 @@ def read_fits(
                     needed = len(raw) + _data_bytes(header)
                     if size < needed:
                         raise HeaderError(f"truncated: the header needs {needed} bytes, the file has {size}")
-                    header_text = cards_text(text)
+                    header_text = "\n".join(header.lines)
                 else:
                     header = None
             else:
                 sha256 = _sha256(path)
             if header is None:
                 image, primary_header, hdu_index = _read_with_astropy(path)
-                header_text = cards_text(image.tostring())
                 header = CardIndex(image.tostring())
+                header_text = "\n".join(header.lines)
                 primary = CardIndex(primary_header.tostring()) if primary_header is not None else None
             normalized = normalize_header(
                 header, dialects, primary=primary, path=Path(path), folders=folders, sites=sites
@@ -324,7 +328,7 @@ def read_fits(
         mtime_ns=mtime_ns,
         sha256=sha256,
         header=header_text,
-        primary_header=cards_text(primary.text) if primary is not None else None,
+        primary_header="\n".join(primary.lines) if primary is not None else None,
         hdu_index=hdu_index,
         naxis=axes,
         bitpix=bitpix,
