@@ -326,6 +326,13 @@ def test_combine_in_small_blocks_equals_numpy(tmp_path):
     expected = sigma_clip(stack.astype(np.float32), sigma_lower=2.0, sigma_upper=2.0, maxiters=3, axis=0,
                           cenfunc="median", stdfunc="std").mean(axis=0)
     np.testing.assert_allclose(clipped, expected, rtol=1e-5)
+    # float images (no integer fast path), odd count, and a calibration step applied per block
+    floats = rng.normal(100, 10, (5, 37, 23)).astype(np.float32)
+    fpaths = [str(write_fits(tmp_path / f"g{i}.fits", data=floats[i])) for i in range(5)]
+    np.testing.assert_allclose(combine_files(fpaths, memory_limit_bytes=70 * 1024 * 1024),
+                               np.median(floats, axis=0), rtol=1e-6)
+    np.testing.assert_array_equal(combine_files(paths, prepare=lambda i, block, a, b: block - 10),
+                                  np.median(stack.astype(np.float64) - 10, axis=0))
 
 
 # -- the command line ---------------------------------------------------------------------------------

@@ -65,6 +65,7 @@ class RowReader:
             self._scale, self._zero = 1.0, 0.0  # section applies the scaling
             self._hdul, self._hdu = hdul, hdu
             self.threadsafe = False
+            self.native_dtype = None
             return
         self.shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
         self._scale = float(header.get("BSCALE", 1.0))
@@ -79,6 +80,11 @@ class RowReader:
         self._row_bytes = self.shape[1] * self._dtype.itemsize
         self._fd = os.open(path, os.O_RDONLY)
         self.threadsafe = True
+        #: The integer type the values fit exactly (16-bit images, unsigned by BZERO 32768 or
+        #: signed), for an exact integer median; None otherwise.
+        self.native_dtype = None
+        if self._dtype == np.dtype(">i2") and self._scale == 1.0 and self._zero in (0.0, 32768.0):
+            self.native_dtype = np.dtype(np.uint16 if self._zero else np.int16)
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` as float32, shape (stop - start, nx)."""
@@ -94,6 +100,18 @@ class RowReader:
         if self._zero != 0.0:
             block += np.float32(self._zero)
         return block
+
+    def native_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` in :attr:`native_dtype` (values exact, no float conversion)."""
+        nbytes = (stop - start) * self._row_bytes
+        raw = os.pread(self._fd, nbytes, self._offset + start * self._row_bytes)
+        if len(raw) != nbytes:
+            raise MasterBuildError(f"{self.path}: file is truncated")
+        if self.native_dtype == np.uint16:  # stored int16 s, value s + 32768: flip the sign bit
+            block = np.frombuffer(raw, dtype=">u2").astype(np.uint16) ^ np.uint16(0x8000)
+        else:
+            block = np.frombuffer(raw, dtype=">i2").astype(np.int16)
+        return block.reshape(stop - start, self.shape[1])
 
     def full(self) -> np.ndarray:
         """The whole image as float32."""
@@ -190,16 +208,26 @@ def combine_files(
         step = min(rows_per_block(n * workers, shape, memory_limit_bytes), max(1, -(-ny // (4 * workers))))
         out = np.empty(shape, dtype=np.float32)
 
+        # raw 16-bit frames combined by median need no arithmetic: sort their integers (exact,
+        # half the memory and about twice as fast as float32)
+        native = readers[0].native_dtype
+        integer = (method == "median" and prepare is None and scales is None and native is not None
+                   and all(r.native_dtype == native for r in readers))
+
         def one_block(start: int) -> None:
             stop = min(ny, start + step)
-            stack = np.empty((n, (stop - start) * nx), dtype=np.float32)
+            # one pixel's values contiguous (pixels x frames): the sort runs along the last axis
+            stack = np.empty(((stop - start) * nx, n), dtype=native if integer else np.float32)
             for i, reader in enumerate(readers):
+                if integer:
+                    stack[:, i] = reader.native_rows(start, stop).reshape(-1)
+                    continue
                 block = reader.rows(start, stop)
                 if prepare is not None:
                     block = prepare(i, block, start, stop)
                 if scales is not None:
                     block = block * np.float32(scales[i])
-                stack[i] = block.reshape(-1)
+                stack[:, i] = block.reshape(-1)
             out[start:stop] = _combine_block(stack, method, sigma_low, sigma_high, maxiters).reshape(stop - start, nx)
 
         starts = range(0, ny, step)
@@ -216,17 +244,18 @@ def combine_files(
 
 
 def _combine_block(stack: np.ndarray, method: str, sigma_low: float, sigma_high: float, maxiters: int) -> np.ndarray:
-    n = stack.shape[0]
+    """Combine a (pixels, frames) block along the frames axis; returns float32 (pixels,)."""
+    n = stack.shape[1]
     if method == "median":
-        stack.sort(axis=0)
+        stack.sort(axis=1)
         if n % 2:
-            return stack[n // 2].copy()
-        return (stack[n // 2 - 1] + stack[n // 2]) * np.float32(0.5)
+            return stack[:, n // 2].astype(np.float32)
+        return (stack[:, n // 2 - 1].astype(np.float32) + stack[:, n // 2]) * np.float32(0.5)
     from astropy.stats import sigma_clip
 
     clipped = sigma_clip(stack, sigma_lower=sigma_low, sigma_upper=sigma_high, maxiters=maxiters,
-                         cenfunc="median", stdfunc="std", axis=0, masked=True, copy=False)
-    return np.ma.mean(clipped, axis=0).filled(np.nan).astype(np.float32)
+                         cenfunc="median", stdfunc="std", axis=1, masked=True, copy=False)
+    return np.ma.mean(clipped, axis=1).filled(np.nan).astype(np.float32)
 
 
 def image_median(reader: RowReader, prepare, index: int) -> float:
