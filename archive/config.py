@@ -105,8 +105,6 @@ class Settings:
         Header-reading processes for ingest (0: one per core).
     batch_size : int
         Files per catalogue transaction.
-    extensions : tuple of str
-        Lower-case file-name endings treated as FITS.
     sites : dict
         Site longitude (deg, east positive) per instrument name.
     raw : dict
@@ -117,7 +115,6 @@ class Settings:
     sqlite_busy_timeout_s: float = 60.0
     workers: int = 0
     batch_size: int = 1000
-    extensions: tuple[str, ...] = ()
     sites: dict[str, float] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -147,7 +144,6 @@ def load_settings(overrides: dict[str, dict[str, Any]] | None = None) -> Setting
             sqlite_busy_timeout_s=float(db.get("sqlite_busy_timeout_s", 60)),
             workers=int(ingest.get("workers", 0)),
             batch_size=max(1, int(ingest.get("batch_size", 1000))),
-            extensions=tuple(e.lower() for e in ingest.get("extensions", ())),
             sites={str(k): float(v) for k, v in merged.get("sites", {}).items()},
             raw=merged,
         )

@@ -10,7 +10,7 @@ from archive.errors import ConfigError
 
 def test_layers_in_order(tmp_path, monkeypatch):
     defaults = load_settings()
-    assert defaults.batch_size == 1000 and ".fits.fz" in defaults.extensions
+    assert defaults.batch_size == 1000 and defaults.workers == 0
     user = tmp_path / "config.toml"
     user.write_text('[ingest]\nbatch_size = 50\nworkers = 3\n[sites]\n"ZWO ASI2600MM Pro" = 8.54\n')
     monkeypatch.setenv("ARCHIVE_CONFIG", str(user))

@@ -1,4 +1,7 @@
-"""Declarative base with an explicit constraint naming convention (alembic needs stable names)."""
+"""Declarative base with an explicit constraint naming convention (alembic needs stable names),
+and the clock of the catalogue."""
+
+import datetime as dt
 
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
@@ -16,3 +19,8 @@ class Base(DeclarativeBase):
     """Base class of every catalogue table."""
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def utcnow() -> dt.datetime:
+    """The current time as the catalogue stores times: naive UTC."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)

@@ -4,8 +4,9 @@ hint for index seeks."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from itertools import islice
 
 from sqlalchemy import Connection, Table
 
@@ -60,3 +61,14 @@ def index_seeks(connection: Connection) -> Iterator[None]:
     finally:
         for name, value in previous.items():
             connection.exec_driver_sql(f"SET LOCAL {name} = {'on' if value == 'on' else 'off'}")
+
+
+#: Values per ``IN (...)`` list: far below SQLite's 32,766 bound parameters.
+IN_CHUNK = 5000
+
+
+def chunked(values: Iterable, size: int = IN_CHUNK) -> Iterator[list]:
+    """``values`` in lists of at most ``size``: for ``IN (...)`` lists and write batches."""
+    iterator = iter(values)
+    while batch := list(islice(iterator, size)):
+        yield batch

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from archive.errors import HeaderError
+from archive.files import sha256_file
 from archive.ingest.dialects import DialectSet, Normalized, normalize_header
 
 BLOCK = 2880  # FITS logical record, bytes (FITS standard 4.0, sec. 3.1)
@@ -228,11 +229,6 @@ def _read_plain(fh, size: int) -> tuple[bytes, str]:
     return head[:offset], digest.hexdigest()
 
 
-def _sha256(path: str) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def _read_with_astropy(path: str):
     """(image header, primary header if the image is in an extension, HDU index)."""
     from astropy.io import fits
@@ -306,7 +302,7 @@ def read_fits(
                 else:
                     header = None
             else:
-                sha256 = _sha256(path)
+                sha256 = sha256_file(path)
             if header is None:
                 image, primary_header, hdu_index = _read_with_astropy(path)
                 header = CardIndex(image.tostring())

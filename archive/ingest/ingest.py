@@ -25,7 +25,6 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 
 from sqlalchemy import Engine, func, or_, select, update
@@ -34,6 +33,8 @@ from sqlalchemy.orm import Session
 
 import archive
 from archive.config import Settings, load_settings
+from archive.db.base import utcnow
+from archive.db.bulk import chunked
 from archive.db.models import DERIVED_TYPES, Copy, Frame, IngestProblem, IngestRun, Instrument, Night
 from archive.db.session import session_scope
 from archive.db.upsert import insert_missing
@@ -48,11 +49,6 @@ log = logging.getLogger(__name__)
 RETRIES = 5
 #: Below this many files to read, a process pool costs more than it saves.
 POOL_THRESHOLD = 64
-
-
-def utcnow() -> dt.datetime:
-    """The current time, naive UTC (how the catalogue stores times)."""
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 @dataclass
@@ -126,12 +122,6 @@ def _read_all(todo: Sequence[Candidate], workers: int, dialect_folder, sites) ->
         yield from pool.map(_read_one, todo, chunksize=chunk)
 
 
-def _batches(items: Iterable, size: int) -> Iterator[list]:
-    iterator = iter(items)
-    while batch := list(islice(iterator, size)):
-        yield batch
-
-
 # -- writing, in the main process ---------------------------------------------------------------
 
 
@@ -139,7 +129,7 @@ def _known_copies(session: Session, candidates: Sequence[Candidate]) -> dict[str
     """path -> (size, mtime_ns) of the current copies among the candidates' paths."""
     paths = [c.path for c in candidates]
     known: dict[str, tuple[int, int]] = {}
-    for batch in _batches(paths, 5000):
+    for batch in chunked(paths):
         rows = session.execute(
             select(Copy.path, Copy.size, Copy.mtime_ns).where(Copy.is_current, Copy.path.in_(batch))
         )
@@ -151,7 +141,7 @@ def _known_problems(session: Session, candidates: Sequence[Candidate]) -> dict[s
     """path -> (size, mtime_ns, reason) of unresolved errors among the candidates' paths."""
     paths = [c.path for c in candidates]
     known: dict[str, tuple[int, int, str]] = {}
-    for batch in _batches(paths, 5000):
+    for batch in chunked(paths):
         rows = session.execute(
             select(IngestProblem.path, IngestProblem.size, IngestProblem.mtime_ns, IngestProblem.reason).where(
                 IngestProblem.severity == "error", ~IngestProblem.resolved, IngestProblem.path.in_(batch)
@@ -382,7 +372,7 @@ def ingest_paths(
     settings = settings or load_settings()
     progress = progress or NoProgress()
     paths = [str(p) for p in paths]
-    scan = scan_paths(paths, settings.extensions)
+    scan = scan_paths(paths)
     summary = IngestSummary(skipped=scan.skipped)
     with session_scope(engine, write=True) as session:
         run = IngestRun(
@@ -406,7 +396,7 @@ def ingest_paths(
     workers = settings.workers or os.cpu_count() or 1
     progress.start(len(todo), "reading headers")
     results = _read_all(todo, workers, str(dialects) if dialects else None, settings.sites)
-    for batch in _batches(results, settings.batch_size):
+    for batch in chunked(results, settings.batch_size):
         _write_with_retry(engine, batch, summary.run_id, summary)
         progress.advance(len(batch))
     if failures:

@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from archive.files import FITS_ENDINGS
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -30,12 +32,12 @@ class Scan:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
 
 
-def is_fits_name(name: str, extensions: tuple[str, ...]) -> bool:
-    """Whether a file name ends with one of the FITS ``extensions`` (case-insensitive)."""
-    return name.lower().endswith(extensions)
+def is_fits_name(name: str) -> bool:
+    """Whether a file name ends with a FITS ending (:data:`archive.files.FITS_ENDINGS`, any case)."""
+    return name.lower().endswith(FITS_ENDINGS)
 
 
-def scan_paths(paths: Iterable[str | Path], extensions: tuple[str, ...]) -> Scan:
+def scan_paths(paths: Iterable[str | Path]) -> Scan:
     """Find the FITS files under ``paths`` (files or folders, walked recursively).
 
     Symbolic links to folders are not followed (no loops); hidden files and folders (names
@@ -69,7 +71,7 @@ def scan_paths(paths: Iterable[str | Path], extensions: tuple[str, ...]) -> Scan
                 try:
                     if entry.is_dir(follow_symlinks=False):
                         stack.append((entry.path, names + (entry.name,)))
-                    elif not is_fits_name(entry.name, extensions):
+                    elif not is_fits_name(entry.name):
                         scan.skipped += 1
                     else:
                         stat = entry.stat()

@@ -1,0 +1,141 @@
+"""Safe file handling shared by every step that writes: checksums, temporary names,
+clean-up after interrupted writers, and paths built from header values.
+
+The rules (``shared/DESIGN.md``, "Safety"): outputs go to a temporary name in the target
+folder and are renamed into place; a temporary file carries its writer's process id so that
+the next run removes only those whose writer is gone; paths built from header values are
+sanitized and checked to stay below their root.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+from archive.errors import UnsafePathError
+
+#: FITS file endings, longest first, lower case.
+FITS_ENDINGS = (".fits.gz", ".fit.gz", ".fts.gz", ".fits.fz", ".fit.fz", ".fits", ".fit", ".fts", ".fz")
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+_DOTS = re.compile(r"\.{2,}")
+_MAX_COMPONENT = 100
+#: Temporary names: ``.NAME.PID.RANDOM.part`` beside the final file.
+_PARTIAL = re.compile(r"^\..+\.(\d+)\.[0-9a-f]+\.part$")
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def fits_ending(path: str | Path) -> str:
+    """The FITS ending of a file name (``.fits``, ``.fits.gz``, ``.fz``, ...), lower case;
+    ``.fits`` when the name has none."""
+    lower = str(path).lower()
+    return next((ending for ending in FITS_ENDINGS if lower.endswith(ending)), ".fits")
+
+
+def fits_stem(path: str | Path) -> str:
+    """The file name without its FITS ending (``a.b.fits.gz`` -> ``a.b``)."""
+    name = Path(path).name
+    ending = fits_ending(name)
+    return name[: -len(ending)] if name.lower().endswith(ending) else Path(name).stem
+
+
+def temporary_path(path: str | Path) -> Path:
+    """A unique temporary name beside ``path`` (same folder, so the final rename is atomic),
+    carrying this process's id for :func:`remove_partials`."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs. A zombie (killed, not yet reaped by its parent,
+    as happens to pool workers of a killed run) counts as gone: it writes nothing more."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):  # no /proc (not Linux): ask the kernel directly
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def remove_partials(folder: str | Path) -> int:
+    """Delete the temporary files (:func:`temporary_path`) of interrupted writers under
+    ``folder``; returns how many. Files of a writer that still runs are left alone."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    count = 0
+    for tmp in folder.rglob(".*.part"):
+        match = _PARTIAL.match(tmp.name)
+        if match and tmp.is_file() and not _alive(int(match.group(1))):
+            tmp.unlink(missing_ok=True)
+            count += 1
+    return count
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Make a rename or link in ``folder`` durable (best effort where folders cannot be synced)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def safe_component(value: Any, missing: str = "unknown") -> str:
+    """Make one header value safe as (part of) a path component.
+
+    Every run of characters other than ASCII letters, digits, ``.``, ``_``, ``+`` and ``-``
+    (separators, blanks, control characters, ``:``) becomes ``_``; runs of dots become one dot;
+    leading and trailing dots, blanks and underscores go; the result is at most 100 characters.
+    An empty result is ``missing``. So ``'../../etc'`` gives ``'etc'`` and ``'a/b'`` ``'a_b'``.
+    """
+    if value is None:
+        return missing
+    text = _DOTS.sub(".", _UNSAFE.sub("_", str(value)))
+    text = text.strip("._ -")[:_MAX_COMPONENT].strip("._ -")
+    return text or missing
+
+
+def render_path(root: str | Path, template: str, **fields: Any) -> Path:
+    """``root / template.format(**fields)``, checked to stay below ``root``.
+
+    ``fields`` should already be :func:`safe_component` values; the template's own separators
+    make the folders.
+
+    Raises
+    ------
+    UnsafePathError
+        The template is absolute, has empty, ``.`` or ``..`` parts, or the path leaves ``root``.
+    KeyError
+        The template names a field that is not given.
+    """
+    root = Path(root)
+    relative = template.format(**fields)
+    parts = re.split(r"[/\\]", relative)
+    if any(p in ("", ".", "..") for p in parts) or relative.startswith(("/", "\\")):
+        raise UnsafePathError(f"path {relative!r} (template {template!r}) is not a plain relative path")
+    path = root.joinpath(*parts)
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise UnsafePathError(f"path {path} leaves {root}")
+    return path
