@@ -11,7 +11,8 @@ build is redone by the next run under the same reduction row.
 Pixels follow ccdproc's conventions (``ccdproc.combine``, ``subtract_bias``,
 ``subtract_dark`` with exposure scaling, flats normalized to a median of 1) but are combined
 in blocks of rows read straight from the files, so memory stays within the configured limit
-however many frames are combined, and a median of 20 full frames takes about a second.
+however many frames are combined (:mod:`archive.calib.combine`; the median of 20 raw 16-bit
+frames of 3072 x 2048 takes about 0.4 s on two cores).
 """
 
 from __future__ import annotations
