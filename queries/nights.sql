@@ -1,6 +1,7 @@
 -- title: Observing nights
--- description: One row per local observing night: frames by image type, light integration
--- description: in hours, and the first and last exposure start (UTC).
+-- description: One row per local observing night: raw exposures by image type (a duplicate
+-- description: exposure counted once, masters and products left out), light integration in
+-- description: hours, and the first and last exposure start (UTC).
 -- param: instrument | Instrument name (INSTRUME); every instrument when not given
 SELECT f.night,
        COUNT(*) AS frames,
@@ -14,6 +15,8 @@ SELECT f.night,
 FROM frames f
 LEFT JOIN instruments i ON i.id = f.instrument_id
 WHERE f.night IS NOT NULL
+  AND f.duplicate_of_id IS NULL
+  AND (f.image_type IS NULL OR f.image_type IN ('bias', 'dark', 'flat', 'light', 'dark_flat', 'arc'))
   AND (CAST(:instrument AS VARCHAR(200)) IS NULL OR i.name = :instrument)
 GROUP BY f.night
 ORDER BY f.night

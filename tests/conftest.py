@@ -25,6 +25,16 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PG_ADMIN_URL = os.environ.get("ARCHIVE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
+@pytest.fixture(autouse=True)
+def isolated_environment(tmp_path_factory, monkeypatch):
+    """No test reads the developer's configuration or data folders, or ARCHIVE_* variables."""
+    home = tmp_path_factory.mktemp("home")
+    for name in [n for n in os.environ if n.startswith("ARCHIVE_") and n != "ARCHIVE_TEST_PG_URL"]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
+
+
 def _admin():
     return create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
 

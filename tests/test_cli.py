@@ -141,3 +141,15 @@ def test_environment_and_flag_choose_the_database(tmp_path, monkeypatch, arcsat_
     assert run("--quiet", "ingest", arcsat_night / "Bias_BIN1_20250602_032152.fits", db=flag_db).exit_code == 0
     assert flag_db.exists()
     assert json.loads(run("frames", "--format", "json").output)[0]["path"].endswith("032138.fits")
+
+
+def test_schema_commands_give_one_line_errors(tmp_path):
+    fresh = tmp_path / "new" / "folder" / "c.sqlite"
+    assert run("db", "upgrade", db=fresh).output.startswith("schema at ")
+    assert "catalogue: " in run("db", "current", db=fresh).output
+    unknown = run("db", "upgrade", "nosuch", db=fresh)
+    assert unknown.exit_code == 1 and unknown.output.startswith("archive: error: schema revision 'nosuch'")
+    down = run("db", "downgrade", "base", "--yes", db=fresh)
+    assert down.exit_code == 0 and "schema at base" in down.output
+    unreachable = run("db", "current", db="postgresql+psycopg://nobody@127.0.0.1:1/none")
+    assert unreachable.exit_code == 1 and unreachable.output.startswith("archive: error: cannot reach the catalogue")

@@ -284,3 +284,17 @@ def test_derived_frames_of_an_exposure_are_not_duplicates(engine, tmp_path):
     write_fits(tmp_path / "light_cal_again.fits", nina_header(IMAGETYP="Calibrated Light"), seed=3)
     summary = ingest_paths(engine, [tmp_path])
     assert summary.by_type == Counter(light=1, calibrated=2) and summary.duplicates == 0
+
+
+def test_values_the_schema_cannot_hold_are_cut_or_null_with_a_warning(engine, tmp_path):
+    header = nina_header(OBJECT="NGC 7000 " + "x" * 400, XBINNING=10**12)
+    write_fits(tmp_path / "odd.fits", header, seed=1)
+    write_fits(tmp_path / "fine.fits", nina_header(**{"DATE-OBS": "2026-11-20T23:00:00"}), seed=2)
+    summary = ingest_paths(engine, [tmp_path])
+    assert summary.ok and summary.new == 2 and summary.warnings == 1
+    with session_scope(engine) as s:
+        target, binning = s.execute(select(Frame.target, Frame.binning_x).join(Copy).where(
+            Copy.path == str(tmp_path / "odd.fits"))).one()
+        reason = s.scalar(select(IngestProblem.reason).where(IngestProblem.severity == "warning"))
+    assert target.startswith("NGC 7000 xx") and len(target) == 200 and binning is None
+    assert "target longer than 200 characters" in reason and "binning_x=1000000000000 is out of range" in reason

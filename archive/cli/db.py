@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import click
-from sqlalchemy import create_engine
+from sqlalchemy.exc import OperationalError
 
 from archive.cli import AppContext, pass_app
 from archive.db import migrate
-from archive.db.session import database_url
+from archive.db.session import schema_engine
+from archive.errors import DatabaseError
 
 
-def _raw_engine(app: AppContext):
-    return create_engine(database_url(app.settings.database_url))
+@contextmanager
+def _engine(app: AppContext) -> Iterator:
+    engine = schema_engine(app.settings.database_url)
+    try:
+        yield engine
+    except OperationalError as exc:
+        raise DatabaseError(f"cannot reach the catalogue {engine.url!r}: {exc.orig}") from exc
+    finally:
+        engine.dispose()
 
 
 @click.group()
@@ -30,11 +41,16 @@ def db() -> None:
 @click.argument("revision", default="head")
 @pass_app
 def upgrade(app: AppContext, revision: str) -> None:
-    """Upgrade the schema to REVISION (default: the newest)."""
-    engine = _raw_engine(app)
-    migrate.upgrade(engine, revision)
-    click.echo(f"schema at {migrate.current_revision(engine)}")
-    engine.dispose()
+    """Upgrade the schema to REVISION (default: the newest).
+
+    \b
+    Examples:
+      archive db upgrade
+      archive --db postgresql://astro@server/archive db upgrade
+    """
+    with _engine(app) as engine:
+        migrate.upgrade(engine, revision)
+        click.echo(f"schema at {migrate.current_revision(engine)}")
 
 
 @db.command()
@@ -42,17 +58,26 @@ def upgrade(app: AppContext, revision: str) -> None:
 @click.confirmation_option(prompt="Downgrading can drop tables and their rows. Continue?")
 @pass_app
 def downgrade(app: AppContext, revision: str) -> None:
-    """Downgrade the schema to REVISION ('base' drops every table)."""
-    engine = _raw_engine(app)
-    migrate.downgrade(engine, revision)
-    click.echo(f"schema at {migrate.current_revision(engine) or 'base'}")
-    engine.dispose()
+    """Downgrade the schema to REVISION ('base' drops every table).
+
+    \b
+    Examples:
+      archive db downgrade 0002
+      archive --db test.sqlite db downgrade base --yes
+    """
+    with _engine(app) as engine:
+        migrate.downgrade(engine, revision)
+        click.echo(f"schema at {migrate.current_revision(engine) or 'base'}")
 
 
 @db.command()
 @pass_app
 def current(app: AppContext) -> None:
-    """Print the schema revision of the catalogue and the newest one this archive knows."""
-    engine = _raw_engine(app)
-    click.echo(f"catalogue: {migrate.current_revision(engine) or 'empty'}; newest: {migrate.head_revision()}")
-    engine.dispose()
+    """Print the schema revision of the catalogue and the newest one this archive knows.
+
+    \b
+    Example:
+      archive db current
+    """
+    with _engine(app) as engine:
+        click.echo(f"catalogue: {migrate.current_revision(engine) or 'empty'}; newest: {migrate.head_revision()}")

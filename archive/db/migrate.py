@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from alembic import command
 from alembic.config import Config
+from alembic.util import CommandError
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
+from archive.errors import DatabaseError
 from archive.resources import resource_dir
 
 
@@ -30,16 +33,43 @@ def head_revision() -> str:
 
 
 def current_revision(engine: Engine) -> str | None:
-    """The revision the database is at, ``None`` for a database never migrated."""
+    """The revision the database is at, ``None`` for a database never migrated.
+
+    Raises
+    ------
+    sqlalchemy.exc.OperationalError
+        The database cannot be reached (callers turn it into :class:`DatabaseError`).
+    """
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+def _run(step, engine: Engine, revision: str) -> None:
+    try:
+        step(alembic_config(engine), revision)
+    except CommandError as exc:
+        raise DatabaseError(f"schema revision {revision!r}: {exc}") from exc
+    except OperationalError as exc:
+        raise DatabaseError(f"cannot migrate {engine.url!r}: {exc.orig}") from exc
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Upgrade the database to ``revision`` (default the newest)."""
-    command.upgrade(alembic_config(engine), revision)
+    """Upgrade the database to ``revision`` (default the newest).
+
+    Raises
+    ------
+    DatabaseError
+        Unknown revision, or the database cannot be reached.
+    """
+    _run(command.upgrade, engine, revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
-    """Downgrade the database to ``revision`` (``base`` removes every table)."""
-    command.downgrade(alembic_config(engine), revision)
+    """Downgrade the database to ``revision`` (``base`` removes every table).
+
+    Raises
+    ------
+    DatabaseError
+        Unknown revision, or the database cannot be reached.
+    """
+    _run(command.downgrade, engine, revision)

@@ -60,6 +60,15 @@ def _configure_sqlite(engine: Engine, busy_timeout_s: float) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN")
 
 
+def schema_engine(url: str | Path | None = None) -> Engine:
+    """An engine for schema commands (``archive db``): no schema check, and the folder of a new
+    SQLite file is created."""
+    full_url = database_url(url)
+    if full_url.startswith("sqlite"):
+        Path(make_url(full_url).database).parent.mkdir(parents=True, exist_ok=True)
+    return create_engine(full_url)
+
+
 def open_catalogue(
     url: str | Path | None = None, *, busy_timeout_s: float = 60.0, create: bool = True
 ) -> Engine:

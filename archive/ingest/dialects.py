@@ -198,12 +198,9 @@ class DialectSet:
 
 def _get(header: Mapping[str, Any], key: str) -> Any:
     try:
-        value = header.get(key)
+        return header.get(key)
     except (KeyError, ValueError):  # astropy raises on malformed cards of that keyword
         return None
-    if value is None or (type(value).__name__ == "Undefined"):
-        return None
-    return value
 
 
 def _lookup(headers: tuple[Mapping[str, Any], ...], key: str) -> Any:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import Engine, func, or_, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 import archive
@@ -118,8 +118,11 @@ def _read_all(todo: Sequence[Candidate], workers: int, dialect_folder, sites) ->
         yield from map(_read_one, todo)
         return
     chunk = max(1, min(64, len(todo) // (workers * 8)))
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(dialect_folder, sites)) as pool:
+    pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(dialect_folder, sites))
+    try:
         yield from pool.map(_read_one, todo, chunksize=chunk)
+    finally:  # on an error or Ctrl-C, files not yet read are not read
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # -- writing, in the main process ---------------------------------------------------------------
@@ -157,7 +160,26 @@ def _ids(session: Session, model, key, values: set) -> dict:
     return dict(session.execute(select(key, model.id).where(key.in_(values))).all())
 
 
+#: Column -> its length limit, for the string columns normalization fills.
+_STRING_LIMITS = {c.name: c.type.length for c in Frame.__table__.columns if getattr(c.type, "length", None)}
+_INT_RANGE = (-(2**31), 2**31 - 1)
+
+
+def _fit_to_schema(read: FileRead) -> None:
+    """Values the catalogue's columns cannot hold become a warning: strings are cut to the
+    column's length, integers out of range become NULL (both backends then store the same)."""
+    values, warnings = read.normalized.values, read.normalized.warnings
+    for name, value in values.items():
+        if isinstance(value, str) and name in _STRING_LIMITS and len(value) > _STRING_LIMITS[name]:
+            values[name] = value[: _STRING_LIMITS[name]]
+            warnings.append(f"{name} longer than {_STRING_LIMITS[name]} characters: cut")
+        elif isinstance(value, int) and not isinstance(value, bool) and not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
+            values[name] = None
+            warnings.append(f"{name}={value} is out of range: NULL")
+
+
 def _frame_row(read: FileRead, instrument_id: int | None, run_id: int, now: dt.datetime) -> dict:
+    _fit_to_schema(read)
     values = read.normalized.values
     return {
         "sha256": read.sha256,
@@ -306,7 +328,7 @@ def _flag_duplicates(session: Session, new_ids: set[int]) -> int:
         .where(
             Frame.instrument_id == new.c.instrument_id,
             Frame.date_obs == new.c.date_obs,
-            Frame.image_type == new.c.image_type,
+            Frame.image_type.is_not_distinct_from(new.c.image_type),
             Frame.id != new.c.id,
             Frame.duplicate_of_id.is_(None),
         )
@@ -325,10 +347,20 @@ def _flag_duplicates(session: Session, new_ids: set[int]) -> int:
 
 
 def _write_with_retry(engine: Engine, batch, run_id: int, summary: IngestSummary) -> None:
+    """Write a batch in one transaction; redo it when it clashed with a concurrent writer, and
+    split it when the database refused a value, so that only the offending file fails."""
     for attempt in range(RETRIES):
         try:
             with session_scope(engine, write=True) as session:
                 _write_batch(session, batch, run_id, summary)
+            return
+        except DataError as exc:
+            if len(batch) > 1:
+                for item in batch:
+                    _write_with_retry(engine, [item], run_id, summary)
+                return
+            reason = f"could not be stored: {str(exc.orig).splitlines()[0]}"
+            _write_with_retry(engine, [ReadFailure(batch[0].path, batch[0].size, batch[0].mtime_ns, reason)], run_id, summary)
             return
         except (IntegrityError, OperationalError) as exc:
             if attempt == RETRIES - 1:

@@ -53,7 +53,7 @@ def parse_datetime(value: str, *, scale: str = "utc") -> tuple[dt.datetime, bool
         except ValueError as exc:
             raise HeaderError(f"not a dd/mm/yy date: {value!r}") from exc
     text = value.strip()
-    has_time = "T" in text
+    has_time = len(text) > 10  # more than YYYY-MM-DD: a time of day, after "T" or a blank
     try:
         if scale == "utc":  # the common case: the standard library parses ISO 8601 quickly
             stamp = dt.datetime.fromisoformat(text)
