@@ -54,6 +54,9 @@ from archive.reports.catalog import FrameFilter, frame_query
 
 log = logging.getLogger(__name__)
 
+#: A reduction 'running' for longer than this was interrupted: the next build redoes it.
+RUNNING_IS_STALE_AFTER = dt.timedelta(hours=1)
+
 def utcnow() -> dt.datetime:
     """The current time, naive UTC."""
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -522,9 +525,20 @@ def _build_one(engine: Engine, plan: MasterPlan, library: Path, settings: Settin
     name = safe_name(f"master_{plan.kind}_{describe(plan).split(' ', 1)[1]}_{fp[:10]}".replace(" ", "_")) + ".fits"
     target = folder / name
     with session_scope(engine, write=True) as session:
-        reduction = next((r for r in existing if r.status != "done"), None)
+        # look again inside the write transaction: another process may have built or started
+        # this master while the pixels were being combined here
+        now_rows = session.scalars(select(Reduction).where(Reduction.fingerprint == fp).order_by(Reduction.id)).all()
+        if any(r.status == "done" for r in now_rows):
+            summary.unchanged += 1
+            return
+        busy = [r for r in now_rows if r.status == "running" and r.id not in {e.id for e in existing}
+                and r.started_at > utcnow() - RUNNING_IS_STALE_AFTER]
+        if busy:
+            log.info("master %s %s is being built by another run (reduction %d)", plan.kind, describe(plan), busy[0].id)
+            summary.unchanged += 1
+            return
+        reduction = next((r for r in now_rows if r.status != "done"), None)
         if reduction is not None:
-            reduction = session.merge(reduction)
             reduction.started_at, reduction.status, reduction.message = utcnow(), "running", None
         else:
             reduction = Reduction(
