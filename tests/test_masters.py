@@ -48,7 +48,7 @@ def test_arcsat_night_masters(engine, arcsat_night, copy_tree, tmp_path):
     built = {kind: frame_id for kind, frame_id, _ in summary.built}
     for _, _, path in summary.built:
         assert Path(path).is_file() and Path(path).is_relative_to(library)
-        assert not list(Path(path).parent.glob(".*tmp*"))  # written under a temporary name, renamed
+        assert not list(Path(path).parent.glob(".*.part"))  # written under a temporary name, renamed
 
     with session_scope(engine) as session:
         biases = [fits.getdata(p).astype(np.float64) for p in _raw_paths(session, "bias")]

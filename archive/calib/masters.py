@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import socket
 from collections import defaultdict
 from collections.abc import Sequence
@@ -48,6 +47,7 @@ from archive.db.models import (
 )
 from archive.db.session import session_scope
 from archive.errors import ArchiveError, CalibrationNotFoundError, ConfigError
+from archive.files import fsync_dir, remove_partials, safe_component, temporary_path
 from archive.ingest.headers import header_from_text
 from archive.progress import NoProgress, Progress
 from archive.reports.catalog import FrameFilter, frame_query
@@ -241,13 +241,9 @@ def describe(plan: MasterPlan) -> str:
     return " ".join(parts)
 
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
-
-
 def safe_name(text: str) -> str:
-    """A header-derived value made safe as one path component (no separators, no dots first)."""
-    cleaned = _UNSAFE.sub("_", text).strip("._") or "unknown"
-    return cleaned[:80]
+    """A header-derived value made safe as one path component (:func:`archive.files.safe_component`)."""
+    return safe_component(text)
 
 
 # -- fingerprints and provenance -----------------------------------------------------------------
@@ -331,14 +327,15 @@ def _master_header(plan: MasterPlan, parameters: dict[str, Any], fp: str, names:
 
 
 def _write_atomic(path: Path, data: np.ndarray, header: fits.Header) -> None:
+    """Write under a temporary name beside ``path`` (:func:`archive.files.temporary_path`), then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_path(path)
     try:
         fits.PrimaryHDU(data=data, header=header).writeto(tmp, overwrite=True, output_verify="silentfix")
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
 
 
 def _compute(session: Session, plan: MasterPlan, paths: dict[int, str], cal: _Calibrators) -> np.ndarray:
@@ -469,6 +466,9 @@ def build_masters(
     rules = rules if rules is not None else RuleBook()
     progress = progress or NoProgress()
     summary = BuildSummary()
+    removed = remove_partials(library)  # temporary files of builds that were killed
+    if removed:
+        log.info("removed %d temporary file(s) of interrupted builds under %s", removed, library)
     with session_scope(engine, write=True) as session:
         sync_library(session, rules)
     for kind in [k for k in CALIBRATION_KINDS if k in kinds]:
