@@ -226,6 +226,10 @@ def plan_masters(
 
 def describe(plan: MasterPlan) -> str:
     """A short readable name of a group: instrument, night, binning, exposure, filter, temperature."""
+    return " ".join(_describe_parts(plan))
+
+
+def _describe_parts(plan: MasterPlan) -> list[str]:
     first = plan.frames[0]
     parts = [plan.instrument or "unknown-instrument", str(plan.night)]
     if first.binning_x is not None:
@@ -238,7 +242,7 @@ def describe(plan: MasterPlan) -> str:
         parts.append(f"g{first.gain:g}")
     if first.set_temp_c is not None:
         parts.append(f"{first.set_temp_c:g}C")
-    return " ".join(parts)
+    return parts
 
 
 def safe_name(text: str) -> str:
@@ -522,7 +526,8 @@ def _build_one(engine: Engine, plan: MasterPlan, library: Path, settings: Settin
         data = _compute(session, plan, paths, cal)
         header = _master_header(plan, parameters, fp, [Path(paths[f.id]).name for f in plan.frames])
     folder = library / safe_name(plan.instrument or "unknown-instrument") / plan.kind
-    name = safe_name(f"master_{plan.kind}_{describe(plan).split(' ', 1)[1]}_{fp[:10]}".replace(" ", "_")) + ".fits"
+    setup = "_".join(_describe_parts(plan)[1:])  # night, binning, exposure, filter, temperature
+    name = safe_name(f"master_{plan.kind}_{setup}_{fp[:10]}".replace(" ", "_")) + ".fits"
     target = folder / name
     with session_scope(engine, write=True) as session:
         # look again inside the write transaction: another process may have built or started
