@@ -188,7 +188,7 @@ def bench_combine(n: int, shape: tuple[int, int], limit_mb: int, work: Path, rep
         print(f"ratio archive process / siril process wall time:       {rows[0][1] / sir[1]:.2f}x  (target <= 1.2x)")
         print(f"ratio archive masters build process / siril:            {rows[2][1] / sir[1]:.2f}x")
     print(f"peak memory within limit: {limit_mb} MB limit -> {rows[0][3]:.0f} MB; 256 MB limit -> {rows[1][3]:.0f} MB "
-          f"(RSS includes the interpreter and libraries, about 100-150 MB)")
+          f"(RSS of the whole process: interpreter, libraries, blocks and the output image)")
 
 
 # -- 2. selection over a synthetic catalogue ----------------------------------------------------------
