@@ -370,3 +370,144 @@ def test_cli_masters(db_url, tmp_path):
     err = runner.invoke(main, ["--db", db_url, "masters", "mark-bad", "999999"])
     assert err.exit_code == 1 and "not a master" in err.output and "Traceback" not in err.output
     assert run("masters", "select", str(light), "--record", "--format", "json").count('"frame_id"') == 3
+
+
+# -- robustness: bad inputs, unknown values, concurrent runs ----------------------------------------
+
+
+def _bias_night(root: Path, day: int, n: int, *, instrument: str = INSTRUMENT) -> list[Path]:
+    """SYNTHETIC: ``n`` biases on night ``day`` (after BASE)."""
+    start = BASE + dt.timedelta(days=day)
+    return [_write(root, f"d{day}/bias_{i}.fits", "BIAS", start + dt.timedelta(minutes=i), exposure=0.0,
+                   seed=100 * day + i + 1, INSTRUME=instrument) for i in range(n)]
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 2880])  # the header and part of the data remain
+
+
+def test_bad_input_is_left_out_and_a_bad_group_fails_alone(engine, tmp_path):
+    root, library = tmp_path / "raw", tmp_path / "library"
+    good = _bias_night(root, 0, 4, instrument="../../evil/cam")  # a header value that must not make the path
+    short = _bias_night(root, 3, 3, instrument="../../evil/cam")
+    ingest_paths(engine, [root])
+    _truncate(good[2])
+    _truncate(short[0])
+    summary = build_masters(engine, library=library, kinds=["bias"])
+    # the night with 4 biases is built from the 3 readable ones; the other night fails alone
+    assert len(summary.built) == 1 and len(summary.failed) == 1
+    assert "min_frames" in summary.failed[0][2]
+    assert sorted(Path(p).name for _, p, _ in summary.skipped_inputs) == sorted([good[2].name, short[0].name])
+    assert all("truncated" in reason for _, _, reason in summary.skipped_inputs)
+    _, frame_id, path = summary.built[0]
+    assert Path(path).is_relative_to(library.absolute()) and ".." not in Path(path).parts
+    with session_scope(engine) as session:
+        assert session.get(Master, frame_id).n_combined == 3
+        reduction_id = session.get(Frame, frame_id).reduction_id
+        raw = session.scalar(select(func.count()).where(ReductionInput.reduction_id == reduction_id,
+                                                         ReductionInput.role == "raw"))
+        assert raw == 3
+    # again: the same good inputs make the same master, a no-op; the bad frame is reported again
+    again = build_masters(engine, library=library, kinds=["bias"])
+    assert again.built == [] and again.unchanged == 1 and len(again.skipped_inputs) == 2
+
+
+def test_unknown_exposure_is_never_a_guess():
+    from archive.calib.combine import MasterBuildError
+    from archive.calib.masters import _dark_factor
+
+    subtracted, plain = Master(bias_subtracted=True), Master(bias_subtracted=False)
+    assert _dark_factor(Frame(id=1, exposure_time_s=30.0), subtracted, Frame(id=2, exposure_time_s=60.0), 1.0) == 0.5
+    assert _dark_factor(Frame(id=1, exposure_time_s=0.0), subtracted, Frame(id=2, exposure_time_s=60.0), 1.0) == 0.0
+    assert _dark_factor(Frame(id=1, exposure_time_s=None), plain, Frame(id=2, exposure_time_s=60.0), 1.0) == 1.0
+    assert _dark_factor(Frame(id=1, exposure_time_s=None), subtracted, Frame(id=2, exposure_time_s=None), 1.0) == 1.0
+    with pytest.raises(MasterBuildError, match="exposure time unknown"):
+        _dark_factor(Frame(id=1, exposure_time_s=None), subtracted, Frame(id=2, exposure_time_s=60.0), 0.5)
+
+
+def test_default_library_is_below_the_data_home(monkeypatch, tmp_path):
+    from archive.calib import default_library
+    from archive.config import Settings
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert default_library(Settings()) == tmp_path / "archive" / "masters"
+    assert default_library(Settings(raw={"masters": {"library": str(tmp_path / "lib")}})) == tmp_path / "lib"
+
+
+def test_rules_refuse_a_tolerance_on_text(tmp_path):
+    from archive.errors import ConfigError
+
+    default = (Path(__file__).resolve().parents[1] / "configs" / "matching" / "default.toml").read_text()
+    (tmp_path / "default.toml").write_text(default.replace("tolerance = { set_temp_c = 5.0 }",
+                                                           "tolerance = { filter_name = 1.0 }"))
+    with pytest.raises(ConfigError, match="text columns"):
+        RuleBook(tmp_path)
+
+
+def test_concurrent_builds_of_one_group_build_it_once(engine, tmp_path, monkeypatch):
+    """Two runs past the first fingerprint check at once (both combining pixels): one builds,
+    the other finds it running (the group's frames are locked while the row is written)."""
+    import threading
+
+    from archive.calib import masters
+
+    _bias_night(tmp_path / "raw", 0, 3)
+    ingest_paths(engine, [tmp_path / "raw"])
+    barrier = threading.Barrier(2, timeout=60)
+    compute = masters._compute
+
+    def both_computing(*args, **kwargs):
+        barrier.wait()
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(masters, "_compute", both_computing)
+    summaries, errors = [], []
+
+    def run():
+        try:
+            summaries.append(build_masters(engine, library=tmp_path / "library", kinds=["bias"]))
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == [] and len(summaries) == 2
+    assert sum(len(s.built) for s in summaries) == 1
+    assert sum(s.busy + s.unchanged for s in summaries) == 1
+    with session_scope(engine) as session:
+        assert session.scalar(select(func.count()).select_from(Reduction)) == 1
+        assert session.scalar(select(func.count()).select_from(Master)) == 1
+
+
+def test_running_build_of_a_live_run_is_left_alone(engine, tmp_path):
+    import socket
+    import subprocess
+
+    from archive.db.base import utcnow
+
+    _bias_night(tmp_path / "raw", 0, 3)
+    ingest_paths(engine, [tmp_path / "raw"])
+    library = tmp_path / "library"
+    assert len(build_masters(engine, library=library, kinds=["bias"]).built) == 1
+    host = socket.gethostname()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+
+    def claimed(message: str, age: dt.timedelta):
+        with session_scope(engine, write=True) as session:
+            reduction = session.scalars(select(Reduction)).one()
+            reduction.status, reduction.message, reduction.started_at = "running", message, utcnow() - age
+        return build_masters(engine, library=library, kinds=["bias"])
+
+    assert claimed(f"claimed by {host} pid 1 run x", dt.timedelta(minutes=5)).busy == 1  # alive here
+    assert claimed("claimed by elsewhere pid 7 run x", dt.timedelta(minutes=5)).busy == 1  # cannot be checked
+    assert len(claimed("claimed by elsewhere pid 7 run x", dt.timedelta(hours=2)).built) == 1  # stale
+    assert len(claimed(f"claimed by {host} pid {dead.pid} run x", dt.timedelta(minutes=5)).built) == 1  # killed
+    with session_scope(engine) as session:
+        assert session.scalar(select(func.count()).select_from(Reduction)) == 1
+        assert session.scalars(select(Reduction)).one().status == "done"
+        assert session.scalar(select(func.count()).select_from(Master)) == 1

@@ -20,7 +20,8 @@ _EXPORTS = {
     "BuildSummary": "masters", "build_masters": "masters", "default_library": "masters", "library_table": "masters",
     "mark_bad": "masters", "plan_masters": "masters", "set_validity": "masters", "sync_library": "masters",
     "KindRules": "rules", "MatchingRules": "rules", "RuleBook": "rules", "load_rules": "rules",
-    "Selection": "select", "Verdict": "select", "explain_selection": "select", "interpolation_weights": "select",
+    "Selection": "select", "Verdict": "select", "explain_selection": "select", "explain_selections": "select",
+    "interpolation_weights": "select",
     "missing_calibrations": "select", "record_selection": "select", "select_master": "select",
     "select_masters": "select",
 }

@@ -34,7 +34,8 @@ class RowReader:
     resident memory stays that of the blocks) and scaled by BSCALE/BZERO here (an unsigned
     16-bit image is int16 + 32768); other HDUs (tile-compressed) go through astropy's
     ``section``. Values come back as float32, ADU. ``rows`` of the plain path may be called
-    from several threads at once.
+    from several threads at once. Only the FITS structure keywords that lay out the data
+    (BITPIX, BSCALE, BZERO) are read here; everything else comes from the catalogue.
 
     Parameters
     ----------
@@ -44,7 +45,7 @@ class RowReader:
     Raises
     ------
     MasterBuildError
-        The file cannot be read or the HDU is not a 2-D image.
+        The file cannot be read, the HDU is not a 2-D image, or its data are truncated.
     """
 
     def __init__(self, path: str, hdu_index: int = 0):
@@ -57,17 +58,18 @@ class RowReader:
             header = hdu.header
         except (OSError, IndexError, ValueError) as exc:
             raise MasterBuildError(f"{path}: cannot read the image: {exc}") from exc
-        if header.get("NAXIS", 0) != 2 and not isinstance(hdu, fits.CompImageHDU):
+        shape = tuple(hdu.shape or ()) if hasattr(hdu, "shape") else ()
+        if len(shape) != 2:
             hdul.close()
             raise MasterBuildError(f"{path}: not a 2-D image")
         if isinstance(hdu, fits.CompImageHDU):
-            self.shape = tuple(hdu.shape)
+            self.shape = shape
             self._scale, self._zero = 1.0, 0.0  # section applies the scaling
             self._hdul, self._hdu = hdul, hdu
             self.threadsafe = False
             self.native_dtype = None
             return
-        self.shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
+        self.shape = (int(shape[0]), int(shape[1]))
         self._scale = float(header.get("BSCALE", 1.0))
         self._zero = float(header.get("BZERO", 0.0))
         try:
@@ -75,10 +77,19 @@ class RowReader:
         except KeyError as exc:
             hdul.close()
             raise MasterBuildError(f"{path}: unsupported BITPIX {header.get('BITPIX')}") from exc
-        self._offset = hdu._data_offset
+        self._offset = int(hdu.fileinfo()["datLoc"])
         hdul.close()
         self._row_bytes = self.shape[1] * self._dtype.itemsize
-        self._fd = os.open(path, os.O_RDONLY)
+        try:
+            self._fd = os.open(path, os.O_RDONLY)
+            size = os.fstat(self._fd).st_size
+        except OSError as exc:
+            self.close()
+            raise MasterBuildError(f"{path}: cannot read the image: {exc.strerror or exc}") from exc
+        if size < self._offset + self.shape[0] * self._row_bytes:
+            self.close()
+            raise MasterBuildError(f"{path}: file is truncated ({size} bytes, the image needs "
+                                   f"{self._offset + self.shape[0] * self._row_bytes})")
         self.threadsafe = True
         #: The integer type the values fit exactly (16-bit images, unsigned by BZERO 32768 or
         #: signed), for an exact integer median; None otherwise.
@@ -130,7 +141,21 @@ def rows_per_block(n_frames: int, shape: tuple[int, int], memory_limit_bytes: in
     """Rows per combine block so that ``n_frames`` blocks and the output fit the memory limit.
 
     The output (float32, the whole image) and one input frame's worth of scratch are set aside;
-    the rest is divided by ``n_frames * nx * 12`` bytes per row. At least one row.
+    the rest is divided by ``n_frames * nx * 12`` bytes per row.
+
+    Parameters
+    ----------
+    n_frames : int
+        Blocks held at once (input frames times worker threads).
+    shape : (int, int)
+        Image shape (ny, nx), pixels.
+    memory_limit_bytes : int
+        Memory for the blocks and the output, bytes.
+
+    Returns
+    -------
+    int
+        Rows per block, between 1 and ny.
     """
     ny, nx = shape
     reserve = 2 * ny * nx * 4 + 64 * 1024 * 1024
@@ -170,7 +195,11 @@ def combine_files(
     scales : sequence of float, optional
         Each input is multiplied by its scale after ``prepare`` (flats: 1 / their median).
     memory_limit_bytes : int
-        Memory for the blocks and the output (default 2 GiB).
+        Memory for the blocks and the output, bytes (default 2 GiB).
+    sigma_low, sigma_high : float
+        ``sigma_clip`` bounds below and above the median, in standard deviations (default 3).
+    maxiters : int
+        ``sigma_clip`` iterations (default 5).
     workers : int
         Threads combining blocks at once (0: one per core, at most 8); the memory limit is
         shared between them.
@@ -258,5 +287,28 @@ def _combine_block(stack: np.ndarray, method: str, sigma_low: float, sigma_high:
     return np.ma.mean(clipped, axis=1).filled(np.nan).astype(np.float32)
 
 
-def image_median(reader: RowReader, prepare, index: int) -> float:
+def image_median(
+    reader: RowReader, prepare: Callable[[int, np.ndarray, int, int], np.ndarray] | None, index: int
+) -> float:
+    """The median of a whole image, after the calibration step ``prepare`` (flat normalization).
+
+    Parameters
+    ----------
+    reader : RowReader
+        The open image.
+    prepare : callable or None
+        ``prepare(index, block, 0, ny) -> block``, as in :func:`combine_files`; None: raw values.
+    index : int
+        The input's position, passed to ``prepare``.
+
+    Returns
+    -------
+    float
+        The median (ADU) of the finite pixels (NaN when none is finite).
+
+    Raises
+    ------
+    MasterBuildError
+        The image cannot be read.
+    """
     return float(np.nanmedian(prepare(index, reader.full(), 0, reader.shape[0]) if prepare else reader.full()))

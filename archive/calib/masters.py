@@ -17,13 +17,15 @@ frames of 3072 x 2048 takes about 0.4 s on two cores).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
 import logging
 import os
 import socket
-from collections import defaultdict
+import uuid
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,42 +43,59 @@ from archive.calib.rules import KindRules, MatchingRules, RuleBook
 from archive.calib.select import (
     Selection, explain_selection, exposure_key, interpolation_weights, record_selection, rules_for,
 )
-from archive.config import Settings, load_settings
+from archive.config import Settings, data_home, load_settings
+from archive.db.base import utcnow
+from archive.db.bulk import chunked
 from archive.db.models import (
     CALIBRATION_KINDS, CalibrationSelection, Copy, Frame, Instrument, Master, Reduction, ReductionInput,
 )
 from archive.db.session import session_scope
 from archive.errors import ArchiveError, CalibrationNotFoundError, ConfigError
-from archive.files import fsync_dir, remove_partials, safe_component, temporary_path
+from archive.files import fsync_dir, remove_partials, render_path, safe_component, temporary_path
 from archive.ingest.headers import header_from_text
 from archive.progress import NoProgress, Progress
 from archive.reports.catalog import FrameFilter, frame_query
 
 log = logging.getLogger(__name__)
 
-#: A reduction 'running' for longer than this was interrupted: the next build redoes it.
+#: A reduction 'running' for longer than this, claimed by a process that cannot be checked
+#: from here (another host), was interrupted: the next build redoes it.
 RUNNING_IS_STALE_AFTER = dt.timedelta(hours=1)
 
-def utcnow() -> dt.datetime:
-    """The current time, naive UTC."""
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+#: Where a master file goes below the library folder (every field a safe path component).
+LIBRARY_LAYOUT = "{instrument}/{kind}/{name}"
 
 
 def default_library(settings: Settings | None = None) -> Path:
-    """The library folder: ``[masters] library`` of the configuration, else
-    ``$XDG_DATA_HOME/archive/masters`` (``~/.local/share/archive/masters``)."""
+    """The library folder.
+
+    Parameters
+    ----------
+    settings : Settings, optional
+        Default :func:`archive.config.load_settings`.
+
+    Returns
+    -------
+    Path
+        ``[masters] library`` of the configuration, else :func:`archive.config.data_home` /
+        ``masters`` (``~/.local/share/archive/masters``).
+    """
     settings = settings or load_settings()
     configured = settings.raw.get("masters", {}).get("library")
     if configured:
         return Path(configured).expanduser()
-    data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return data_home / "archive" / "masters"
+    return data_home() / "masters"
 
 
 def software_versions() -> dict[str, str]:
     """Package -> version of the software that touches pixels (for provenance).
 
     Read from the installed distributions' metadata, so that nothing is imported for it.
+
+    Returns
+    -------
+    dict of str to str
+        archive, astropy, ccdproc, numpy -> version (``'not installed'`` when absent).
     """
     from importlib.metadata import PackageNotFoundError, version
 
@@ -104,6 +123,8 @@ class MasterPlan:
     key : dict
         The group's values of the exact keys (and night; exposure for darks).
     rules : MatchingRules
+    instrument : str or None
+        The instrument's name (the first folder of the master's path).
     """
 
     kind: str
@@ -132,6 +153,12 @@ class BuildSummary:
     failed : list of (kind, description, reason)
     skipped_no_date : int
         Raw calibrations without DATE-OBS (no night, cannot be grouped).
+    skipped_inputs : list of (kind, path, reason)
+        Raw frames left out of their group's master because they cannot be read (missing,
+        truncated, not a 2-D image, a shape other than the group's); the master is built
+        from the others when at least ``min_frames`` remain.
+    busy : int
+        Groups another live run was building (left to it).
     """
 
     built: list[tuple[str, int, str]] = field(default_factory=list)
@@ -139,6 +166,8 @@ class BuildSummary:
     too_small: list[tuple[str, str, int]] = field(default_factory=list)
     failed: list[tuple[str, str, str]] = field(default_factory=list)
     skipped_no_date: int = 0
+    skipped_inputs: list[tuple[str, str, str]] = field(default_factory=list)
+    busy: int = 0
 
 
 def _group_value(frame: Frame, column: str) -> Any:
@@ -180,6 +209,15 @@ def plan_masters(
     within ``exposure_tolerance_s``) and spans at most each ``tolerance``. Duplicate exposures
     count once.
 
+    Parameters
+    ----------
+    session : Session
+    kind : {'bias', 'dark', 'flat'}
+    filters : FrameFilter, optional
+        Which raw calibrations (night, since/until, instrument, ...); the type is set to ``kind``.
+    rules : RuleBook or MatchingRules, optional
+        Default: the bundled ``configs/matching``.
+
     Returns
     -------
     plans : list of MasterPlan
@@ -187,6 +225,11 @@ def plan_masters(
     too_small : list of (description, count)
     no_date : int
         Frames without DATE-OBS, left out.
+
+    Raises
+    ------
+    ConfigError
+        No rules for ``kind``.
     """
     book = rules if isinstance(rules, RuleBook) else None
     base = filters or FrameFilter()
@@ -225,7 +268,17 @@ def plan_masters(
 
 
 def describe(plan: MasterPlan) -> str:
-    """A short readable name of a group: instrument, night, binning, exposure, filter, temperature."""
+    """A short readable name of a group: instrument, night, binning, exposure, filter, temperature.
+
+    Parameters
+    ----------
+    plan : MasterPlan
+
+    Returns
+    -------
+    str
+        E.g. ``'ZWO ASI2600MM Pro 2026-03-02 bin1x1 60s g100 -10C'`` (exposure in s, set-point in deg C).
+    """
     return " ".join(_describe_parts(plan))
 
 
@@ -246,7 +299,18 @@ def _describe_parts(plan: MasterPlan) -> list[str]:
 
 
 def safe_name(text: str) -> str:
-    """A header-derived value made safe as one path component (:func:`archive.files.safe_component`)."""
+    """Kept for callers of earlier versions: use :func:`archive.files.safe_component`.
+
+    Parameters
+    ----------
+    text : str
+        A header-derived value.
+
+    Returns
+    -------
+    str
+        ``safe_component(text)``.
+    """
     return safe_component(text)
 
 
@@ -258,6 +322,21 @@ def fingerprint(step: str, inputs: Sequence[tuple[str, str]], parameters: dict[s
 
     The same request always has the same fingerprint (inputs are sorted; parameters are
     serialized with sorted keys), so a finished reduction with it makes the request a no-op.
+
+    Parameters
+    ----------
+    step : str
+        E.g. ``'master_dark'``.
+    inputs : sequence of (str, str)
+        (hex SHA-256 of the input file, role) pairs, in any order.
+    parameters : dict
+        JSON-serializable parameters (other values are serialized with ``str``).
+    rule_version : str or None
+
+    Returns
+    -------
+    str
+        64 hex digits.
     """
     payload = json.dumps(
         {"step": step, "inputs": sorted(inputs), "parameters": parameters, "rules": rule_version},
@@ -266,18 +345,54 @@ def fingerprint(step: str, inputs: Sequence[tuple[str, str]], parameters: dict[s
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _canonical_paths(session: Session, frame_ids: Sequence[int]) -> dict[int, str]:
-    rows = session.execute(
-        select(Copy.frame_id, Copy.path).where(Copy.frame_id.in_(frame_ids), Copy.is_current)
-        .order_by(Copy.frame_id, Copy.is_canonical.desc(), Copy.id)
-    )
+def _canonical_paths(session: Session, frame_ids: Sequence[int], *, require: bool = True) -> dict[int, str]:
+    """frame id -> the path of its current copy (the canonical one first).
+
+    Raises ``MasterBuildError`` when a frame has none, unless ``require`` is false (such
+    frames are then absent from the result)."""
     out: dict[int, str] = {}
-    for fid, path in rows:
-        out.setdefault(fid, path)
+    for batch in chunked(frame_ids):
+        rows = session.execute(
+            select(Copy.frame_id, Copy.path).where(Copy.frame_id.in_(batch), Copy.is_current)
+            .order_by(Copy.frame_id, Copy.is_canonical.desc(), Copy.id)
+        )
+        for fid, path in rows:
+            out.setdefault(fid, path)
     missing = [fid for fid in frame_ids if fid not in out]
-    if missing:
+    if missing and require:
         raise MasterBuildError(f"frames {missing} have no current file on disk")
     return out
+
+
+def _usable_inputs(plan: MasterPlan, paths: dict[int, str]) -> list[tuple[Frame, str]]:
+    """Check the raw inputs' files (present, readable, 2-D, not truncated, one shape) and drop
+    the bad ones from ``plan.frames``; returns the dropped (frame, reason) pairs.
+
+    The shape kept is the most common one (ties: the first frame's)."""
+    shapes: dict[int, tuple[int, int]] = {}
+    bad: list[tuple[Frame, str]] = []
+    for frame in plan.frames:
+        path = paths.get(frame.id)
+        if path is None:
+            bad.append((frame, f"frame {frame.id} has no current file on disk"))
+            continue
+        try:
+            reader = RowReader(path, frame.hdu_index)
+        except MasterBuildError as exc:
+            bad.append((frame, str(exc)))
+            continue
+        shapes[frame.id] = reader.shape
+        reader.close()
+    if shapes:
+        counts = Counter(shapes.values())
+        first = next(shapes[f.id] for f in plan.frames if f.id in shapes)
+        keep = max(counts, key=lambda shape: (counts[shape], shape == first))
+        for frame in plan.frames:
+            if frame.id in shapes and shapes[frame.id] != keep:
+                bad.append((frame, f"{paths[frame.id]}: shape {shapes[frame.id]} differs from the group's {keep}"))
+    dropped = {f.id for f, _ in bad}
+    plan.frames = [f for f in plan.frames if f.id not in dropped]
+    return bad
 
 
 @dataclass
@@ -306,10 +421,10 @@ def _master_header(plan: MasterPlan, parameters: dict[str, Any], fp: str, names:
         first.strip()
         mid_s = sum(f.date_obs_s for f in plan.frames) / len(plan.frames)
         mid = dt.datetime(1970, 1, 1) + dt.timedelta(seconds=mid_s)
-        exposures = [f.exposure_time_s for f in plan.frames if f.exposure_time_s is not None]
+        exposures = [f.exposure_time_s for f in plan.frames]
         first[keys["image_type"]] = (keys["image_type_values"][plan.kind], "archive master calibration")
         first[keys["date_obs"]] = (mid.isoformat(timespec="milliseconds"), "mean DATE-OBS of the inputs (UTC)")
-        if exposures:
+        if exposures and None not in exposures:  # an unknown exposure is never written as a guess
             first[keys["exposure_time"]] = (float(np.mean(exposures)), "[s] mean exposure of the inputs")
         first[keys["ncombine"]] = (len(plan.frames), "number of frames combined")
         first[keys["combine_method"]] = (parameters["combine"], "combine method")
@@ -331,11 +446,15 @@ def _master_header(plan: MasterPlan, parameters: dict[str, Any], fp: str, names:
 
 
 def _write_atomic(path: Path, data: np.ndarray, header: fits.Header) -> None:
-    """Write under a temporary name beside ``path`` (:func:`archive.files.temporary_path`), then rename."""
+    """Write under a temporary name beside ``path`` (:func:`archive.files.temporary_path`),
+    flush it to disk, then rename it into place (a crash leaves the old file or the new one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
     try:
-        fits.PrimaryHDU(data=data, header=header).writeto(tmp, overwrite=True, output_verify="silentfix")
+        with open(tmp, "wb") as fh:
+            fits.PrimaryHDU(data=data, header=header).writeto(fh, output_verify="silentfix")
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
     finally:
@@ -363,12 +482,12 @@ def _compute(session: Session, plan: MasterPlan, paths: dict[int, str], cal: _Ca
                 mids = [mid for mid, _ in cal.dark.weights]
                 weights = interpolation_weights([darks[m][2].exposure_time_s for m in mids], t)
                 per_frame[i] = [(darks[m][0], w) for m, w in zip(mids, weights)]
+            elif cal.dark.method == "interpolated":
+                raise MasterBuildError(f"frame {frame.id}: no exposure time, cannot interpolate the master dark")
             else:
                 for mid, weight in cal.dark.weights:
                     data, master, dframe = darks[mid]
-                    td = dframe.exposure_time_s
-                    factor = t / td if (master.bias_subtracted and t and td) else weight
-                    per_frame[i].append((data, factor))
+                    per_frame[i].append((data, _dark_factor(frame, master, dframe, weight)))
     has_dark = any(per_frame)
 
     def prepare(i: int, block: np.ndarray, start: int, stop: int) -> np.ndarray:
@@ -401,6 +520,23 @@ def _compute(session: Session, plan: MasterPlan, paths: dict[int, str], cal: _Ca
             raise MasterBuildError(f"combined flat has median {med}; cannot normalize")
         data /= np.float32(med)
     return data
+
+
+def _dark_factor(frame: Frame, master: Master, dframe: Frame, weight: float) -> float:
+    """The factor of a master dark subtracted from a raw frame: t / t_dark for a
+    bias-subtracted dark (it scales with exposure), else its selection weight (1: an exact
+    dark, bias included). An unknown exposure is never taken as 0 or as the group's."""
+    if not master.bias_subtracted:
+        return weight
+    t, td = frame.exposure_time_s, dframe.exposure_time_s
+    if t is None and td is None:
+        return weight  # matched as "unknown equals unknown": an exact dark
+    if t is None or td is None or td <= 0:
+        raise MasterBuildError(
+            f"frame {frame.id} ({t} s) and master dark {dframe.id} ({td} s): exposure time unknown or "
+            "zero, cannot scale the dark"
+        )
+    return t / td
 
 
 def _load_master(session: Session, frame_id: int) -> np.ndarray:
@@ -437,7 +573,10 @@ def build_masters(
 
     Takes the engine, not a session, because each master is its own unit of work: the
     reduction row is committed as 'running' first, so an interrupted build is finished
-    (not duplicated) by the next run.
+    (not duplicated) by the next run, and a concurrent run building the same group leaves it
+    to this one (``busy``). A master that fails (an input that cannot be calibrated, a write
+    error) is reported in ``failed`` and the others are built; a raw frame that cannot be
+    read is left out of its master and reported in ``skipped_inputs``.
 
     Parameters
     ----------
@@ -463,13 +602,14 @@ def build_masters(
     Raises
     ------
     ConfigError
-        Invalid rules.
+        Invalid rules or configuration.
     """
     settings = settings or load_settings()
     library = (Path(library) if library else default_library(settings)).expanduser().absolute()
     rules = rules if rules is not None else RuleBook()
     progress = progress or NoProgress()
     summary = BuildSummary()
+    claim = _claim()
     removed = remove_partials(library)  # temporary files of builds that were killed
     if removed:
         log.info("removed %d temporary file(s) of interrupted builds under %s", removed, library)
@@ -483,76 +623,148 @@ def build_masters(
         progress.start(len(plans), f"master {kind}")
         for plan in plans:
             if memory_limit_bytes:
-                plan.rules = MatchingRules(**{**plan.rules.__dict__, "memory_limit_bytes": memory_limit_bytes})
+                plan.rules = dataclasses.replace(plan.rules, memory_limit_bytes=memory_limit_bytes)
+            what = describe(plan)
             try:
-                _build_one(engine, plan, library, settings, summary)
-            except ArchiveError as exc:
-                summary.failed.append((kind, describe(plan), str(exc)))
-                log.warning("master %s %s failed: %s", kind, describe(plan), exc)
+                _build_one(engine, plan, library, settings, summary, claim)
+            except (ArchiveError, OSError) as exc:  # this master fails; the others are built
+                summary.failed.append((kind, what, str(exc)))
+                log.warning("master %s %s failed: %s", kind, what, exc)
             progress.advance()
         progress.finish()
     return summary
 
 
-def _build_one(engine: Engine, plan: MasterPlan, library: Path, settings: Settings, summary: BuildSummary) -> None:
+def _claim() -> str:
+    """``Reduction.message`` of a master being built here: host, process id and a token of this run."""
+    return f"claimed by {socket.gethostname()} pid {os.getpid()} run {uuid.uuid4().hex[:12]}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_busy(reduction: Reduction, claim: str, now: dt.datetime) -> bool:
+    """Whether a ``running`` reduction is being built by another live run.
+
+    Claimed on this host by a process that is gone: free at once (a killed build). Claimed by
+    another run of this process, by a process on another host, or not claimed: busy until
+    :data:`RUNNING_IS_STALE_AFTER` after its start.
+    """
+    if reduction.status != "running" or reduction.message == claim:
+        return False
+    parts = (reduction.message or "").split()
+    if (len(parts) >= 5 and parts[:2] == ["claimed", "by"] and parts[2] == socket.gethostname()
+            and parts[3] == "pid" and parts[4].isdigit() and int(parts[4]) != os.getpid()
+            and not _pid_alive(int(parts[4]))):
+        return False
+    return reduction.started_at > now - RUNNING_IS_STALE_AFTER
+
+
+def _start(session: Session, plan: MasterPlan, fp: str, parameters: dict[str, Any], claim: str) -> tuple[str, int]:
+    """Record (or take up again) the reduction of ``plan`` as running, in the caller's write
+    transaction: ``('start', id)``; or ``('done', id)`` when a reduction of ``fp`` is done,
+    ``('busy', id)`` when another live run builds it.
+
+    Two runs building the same group at once must not both build it, and reductions have no
+    unique fingerprint to stop a second insert: so the group's raw frames are locked first
+    (``SELECT ... FOR UPDATE``, ids in order, so that two runs never wait for each other in a
+    cycle; SQLite's write transactions already run one at a time). Every run that builds this
+    fingerprint has the same raw frames (the fingerprint hashes their checksums), so the
+    second run waits for the first one's commit and then sees its running row.
+    """
+    for batch in chunked(sorted(f.id for f in plan.frames)):
+        session.execute(select(Frame.id).where(Frame.id.in_(batch)).order_by(Frame.id).with_for_update()).all()
+    rows = session.scalars(select(Reduction).where(Reduction.fingerprint == fp).order_by(Reduction.id)).all()
+    done = [r for r in rows if r.status == "done"]
+    if done:
+        return "done", done[0].id
+    now = utcnow()
+    busy = [r for r in rows if _is_busy(r, claim, now)]
+    if busy:
+        log.info("master %s %s is being built by another run (reduction %d)", plan.kind, describe(plan), busy[0].id)
+        return "busy", busy[0].id
+    reduction = rows[-1] if rows else None  # failed, or left running by a build that is gone
+    if reduction is None:
+        reduction = Reduction(step=f"master_{plan.kind}", fingerprint=fp, parameters=parameters,
+                              software=software_versions(), host=socket.gethostname(), started_at=now,
+                              status="running", rule_version=plan.rules.version, message=claim)
+        session.add(reduction)
+    else:
+        reduction.status, reduction.message, reduction.finished_at = "running", claim, None
+        reduction.started_at, reduction.host, reduction.software = now, socket.gethostname(), software_versions()
+        reduction.parameters = parameters
+    session.flush()
+    return "start", reduction.id
+
+
+def _build_one(engine: Engine, plan: MasterPlan, library: Path, settings: Settings, summary: BuildSummary,
+               claim: str) -> None:
     from archive.ingest.ingest import ingest_paths
 
     step = f"master_{plan.kind}"
     kr = plan.rules[plan.kind]
     with session_scope(engine) as session:
         plan.frames = [session.merge(f, load=False) for f in plan.frames]
-        cal = _select_calibrators(session, plan)
-        calib_frames = {}
-        for role, sel in (("master_bias", cal.bias), ("master_dark", cal.dark)):
-            for mid, _w in (sel.weights if sel else []):
-                calib_frames[mid] = (role, session.get(Frame, mid).sha256)
-        parameters: dict[str, Any] = {
-            "combine": kr.combine, "group": {k: str(v) for k, v in plan.key.items()},
-            "master_bias": cal.bias.master_id if cal.bias else None,
-            "master_dark": [[m, w] for m, w in cal.dark.weights] if cal.dark else None,
-            "dark_method": cal.dark.method if cal.dark else None,
-        }
-        if kr.combine == "sigma_clip":
-            parameters["sigma"] = [plan.rules.sigma_low, plan.rules.sigma_high, plan.rules.maxiters]
-        inputs = [(f.sha256, "raw") for f in plan.frames] + [(sha, role) for role, sha in calib_frames.values()]
-        fp = fingerprint(step, inputs, parameters, plan.rules.version)
-        existing = session.scalars(
-            select(Reduction).where(Reduction.fingerprint == fp).order_by(Reduction.id)
-        ).all()
-        if any(r.status == "done" for r in existing):
-            summary.unchanged += 1
-            return
-        paths = _canonical_paths(session, [f.id for f in plan.frames])
+        paths = _canonical_paths(session, [f.id for f in plan.frames], require=False)
+        checked = False
+        while True:
+            cal = _select_calibrators(session, plan)
+            calib_frames = {}
+            for role, sel in (("master_bias", cal.bias), ("master_dark", cal.dark)):
+                for mid, _w in (sel.weights if sel else []):
+                    calib_frames[mid] = (role, session.get(Frame, mid).sha256)
+            parameters: dict[str, Any] = {
+                "combine": kr.combine, "group": {k: str(v) for k, v in plan.key.items()},
+                "master_bias": cal.bias.master_id if cal.bias else None,
+                "master_dark": [[m, w] for m, w in cal.dark.weights] if cal.dark else None,
+                "dark_method": cal.dark.method if cal.dark else None,
+            }
+            if kr.combine == "sigma_clip":
+                parameters["sigma"] = [plan.rules.sigma_low, plan.rules.sigma_high, plan.rules.maxiters]
+            inputs = [(f.sha256, "raw") for f in plan.frames] + [(sha, role) for role, sha in calib_frames.values()]
+            fp = fingerprint(step, inputs, parameters, plan.rules.version)
+            done = session.scalar(select(Reduction.id).where(Reduction.fingerprint == fp, Reduction.status == "done").limit(1))
+            if done is not None:
+                summary.unchanged += 1
+                return
+            if checked:
+                break
+            # not built yet: check the files, leave the bad ones out (reported), and look again
+            # for a master built earlier from the good ones
+            checked = True
+            bad = _usable_inputs(plan, paths)
+            for frame, reason in bad:
+                summary.skipped_inputs.append((plan.kind, paths.get(frame.id) or f"frame {frame.id}", reason))
+                log.warning("master %s %s: input left out: %s", plan.kind, describe(plan), reason)
+            if len(plan.frames) < kr.min_frames:
+                raise MasterBuildError(f"{len(plan.frames)} usable input(s) after leaving out {len(bad)}; "
+                                       f"min_frames is {kr.min_frames}")
+            if not bad:
+                break
         data = _compute(session, plan, paths, cal)
         header = _master_header(plan, parameters, fp, [Path(paths[f.id]).name for f in plan.frames])
-    folder = library / safe_name(plan.instrument or "unknown-instrument") / plan.kind
     setup = "_".join(_describe_parts(plan)[1:])  # night, binning, exposure, filter, temperature
-    name = safe_name(f"master_{plan.kind}_{setup}_{fp[:10]}".replace(" ", "_")) + ".fits"
-    target = folder / name
+    target = render_path(
+        library, LIBRARY_LAYOUT, instrument=safe_component(plan.instrument, "unknown-instrument"), kind=plan.kind,
+        name=f"{safe_component(f'master_{plan.kind}_{setup}')}_{fp[:10]}.fits",
+    )
     with session_scope(engine, write=True) as session:
-        # look again inside the write transaction: another process may have built or started
-        # this master while the pixels were being combined here
-        now_rows = session.scalars(select(Reduction).where(Reduction.fingerprint == fp).order_by(Reduction.id)).all()
-        if any(r.status == "done" for r in now_rows):
-            summary.unchanged += 1
-            return
-        busy = [r for r in now_rows if r.status == "running" and r.id not in {e.id for e in existing}
-                and r.started_at > utcnow() - RUNNING_IS_STALE_AFTER]
-        if busy:
-            log.info("master %s %s is being built by another run (reduction %d)", plan.kind, describe(plan), busy[0].id)
-            summary.unchanged += 1
-            return
-        reduction = next((r for r in now_rows if r.status != "done"), None)
-        if reduction is not None:
-            reduction.started_at, reduction.status, reduction.message = utcnow(), "running", None
-        else:
-            reduction = Reduction(
-                step=step, fingerprint=fp, parameters=parameters, software=software_versions(),
-                host=socket.gethostname(), started_at=utcnow(), status="running", rule_version=plan.rules.version,
-            )
-            session.add(reduction)
-        session.flush()
-        reduction_id = reduction.id
+        # look again inside the write transaction, the group's frames locked: another run may
+        # have built or started this master while the pixels were being combined here
+        state, reduction_id = _start(session, plan, fp, parameters, claim)
+    if state == "done":
+        summary.unchanged += 1
+        return
+    if state == "busy":
+        summary.busy += 1
+        return
     try:
         _write_atomic(target, data, header)
         result = ingest_paths(engine, [target], settings=settings)
@@ -562,7 +774,7 @@ def _build_one(engine: Engine, plan: MasterPlan, library: Path, settings: Settin
             frame_id = session.scalar(select(Copy.frame_id).where(Copy.path == str(target), Copy.is_current))
             if frame_id is None:
                 raise MasterBuildError(f"{target}: not in the catalogue after ingest")
-            session.execute(update(Frame).where(Frame.id == frame_id).values(reduction_id=reduction_id, duplicate_of_id=None))
+            session.execute(update(Frame).where(Frame.id == frame_id).values(reduction_id=reduction_id))
             master = session.get(Master, frame_id) or Master(frame_id=frame_id, kind=plan.kind, created_at=utcnow())
             master.kind, master.origin = plan.kind, "built"
             master.n_combined, master.combine_method = len(plan.frames), kr.combine
@@ -575,17 +787,21 @@ def _build_one(engine: Engine, plan: MasterPlan, library: Path, settings: Settin
             session.execute(delete(CalibrationSelection).where(CalibrationSelection.reduction_id == reduction_id))
             rows = [{"reduction_id": reduction_id, "frame_id": f.id, "role": "raw"} for f in plan.frames]
             rows += [{"reduction_id": reduction_id, "frame_id": mid, "role": role} for mid, (role, _) in calib_frames.items()]
-            session.execute(ReductionInput.__table__.insert(), rows)
+            for batch in chunked(rows):
+                session.execute(ReductionInput.__table__.insert(), batch)
             for sel in (cal.bias, cal.dark):
                 if sel is not None:
                     record_selection(session, sel, reduction_id=reduction_id)
-            session.execute(update(Reduction).where(Reduction.id == reduction_id).values(status="done", finished_at=utcnow()))
+            session.execute(update(Reduction).where(Reduction.id == reduction_id).values(
+                status="done", finished_at=utcnow(), message=None))
         summary.built.append((plan.kind, frame_id, str(target)))
         log.info("built %s %s -> %s", plan.kind, describe(plan), target)
-    except Exception as exc:
+    except BaseException as exc:
+        # a master that failed (or a run interrupted with Ctrl-C) leaves a failed row, taken up
+        # again by the next run
         with session_scope(engine, write=True) as session:
             session.execute(update(Reduction).where(Reduction.id == reduction_id).values(
-                status="failed", finished_at=utcnow(), message=str(exc)[:2000]))
+                status="failed", finished_at=utcnow(), message=(str(exc) or type(exc).__name__)[:2000]))
         if isinstance(exc, (ArchiveError, OSError)):
             raise MasterBuildError(str(exc)) from exc
         raise
@@ -602,6 +818,13 @@ def sync_library(session: Session, rules: RuleBook | MatchingRules | None = None
     'external'``; the number combined comes from the header's NCOMBINE keyword (named in the
     rules' ``[header]`` table). External darks are taken as not bias-subtracted (never scaled)
     unless their header says so with the rules' ``bias_subtracted`` keyword.
+
+    Parameters
+    ----------
+    session : Session
+        Written to (flushed, not committed).
+    rules : RuleBook or MatchingRules, optional
+        Their ``[header]`` table names the keywords; default the bundled ``configs/matching``.
 
     Returns
     -------
@@ -642,6 +865,22 @@ def _master_row(session: Session, frame_id: int) -> Master:
 def mark_bad(session: Session, frame_ids: Sequence[int], reason: str | None = None, *, bad: bool = True) -> list[Master]:
     """Flag masters bad (never selected again) or, with ``bad=False``, good again.
 
+    Parameters
+    ----------
+    session : Session
+        Written to (flushed, not committed).
+    frame_ids : sequence of int
+        The masters' frame ids.
+    reason : str, optional
+        Why, stored with the flag (cleared with ``bad=False``).
+    bad : bool
+        True (default) to flag, False to clear the flag.
+
+    Returns
+    -------
+    list of Master
+        The rows changed.
+
     Raises
     ------
     CalibrationNotFoundError
@@ -656,6 +895,20 @@ def mark_bad(session: Session, frame_ids: Sequence[int], reason: str | None = No
 
 def set_validity(session: Session, frame_id: int, valid_from: dt.datetime | None, valid_until: dt.datetime | None) -> Master:
     """Set the range ``[valid_from, valid_until)`` (UTC; ``None``: open) in which a master may be used.
+
+    Parameters
+    ----------
+    session : Session
+        Written to (flushed, not committed).
+    frame_id : int
+        The master's frame id.
+    valid_from, valid_until : datetime or None
+        Naive UTC bounds; the frame's DATE-OBS must be ``>= valid_from`` and ``< valid_until``.
+
+    Returns
+    -------
+    Master
+        The row changed.
 
     Raises
     ------
@@ -675,6 +928,16 @@ def set_validity(session: Session, frame_id: int, valid_from: dt.datetime | None
 def frame_for_path(session: Session, path: str | Path) -> Frame:
     """The frame of a file in the catalogue (its current copy at ``path``).
 
+    Parameters
+    ----------
+    session : Session
+    path : str or Path
+        As ingested, or a path that resolves to it (symbolic links, ``~``, relative).
+
+    Returns
+    -------
+    Frame
+
     Raises
     ------
     CalibrationNotFoundError
@@ -693,11 +956,19 @@ def frame_for_path(session: Session, path: str | Path) -> Frame:
 def library_table(session: Session, kind: str | None = None, *, include_bad: bool = True) -> pd.DataFrame:
     """The masters of the library, one row each, ordered by kind and DATE-OBS.
 
+    Parameters
+    ----------
+    session : Session
+    kind : {'bias', 'dark', 'flat'}, optional
+        Only this kind (default all).
+    include_bad : bool
+        Include masters flagged bad (default True).
+
     Returns
     -------
     DataFrame
-        Columns: frame_id, kind, origin, instrument, night, date_obs, exposure_time_s,
-        filter_name, binning_x, set_temp_c, n_combined, combine_method, bias_subtracted, is_bad,
+        Columns: frame_id, kind, origin, instrument, night, date_obs (UTC), exposure_time_s (s),
+        filter_name, binning_x, set_temp_c (deg C), n_combined, combine_method, bias_subtracted, is_bad,
         bad_reason, valid_from, valid_until, rule_version, reduction_id, path.
     """
     path = (

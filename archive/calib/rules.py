@@ -23,6 +23,8 @@ MATCH_COLUMNS = (
     "instrument", "binning_x", "binning_y", "naxis1", "naxis2", "gain", "offset", "readout_mode",
     "filter_name", "telescope", "set_temp_c", "ccd_temp_c", "exposure_time_s",
 )
+#: The text columns among them (compared for equality only, never within a tolerance).
+TEXT_COLUMNS = ("readout_mode", "filter_name", "telescope")
 COMBINE_METHODS = ("median", "sigma_clip")
 
 
@@ -105,6 +107,9 @@ def _parse(raw: dict[str, Any], source: str) -> MatchingRules:
             unknown = [c for c in (*exact, *tolerance) if c not in MATCH_COLUMNS]
             if unknown:
                 raise ConfigError(f"{source}: [{kind}] names unknown columns {unknown}; choose from {MATCH_COLUMNS}")
+            textual = [c for c in tolerance if c in TEXT_COLUMNS]
+            if textual:
+                raise ConfigError(f"{source}: [{kind}] tolerance on text columns {textual}; put them in exact")
             combine = str(section.get("combine", "median"))
             if combine not in COMBINE_METHODS:
                 raise ConfigError(f"{source}: [{kind}] combine = {combine!r}; choose from {COMBINE_METHODS}")
@@ -166,7 +171,18 @@ class RuleBook:
                 self._by_instrument[str(name)] = rules
 
     def for_instrument(self, name: str | None) -> MatchingRules:
-        """The rules of instrument ``name`` (its override merged over the default)."""
+        """The rules of instrument ``name``.
+
+        Parameters
+        ----------
+        name : str or None
+            Instrument name (INSTRUME as normalized at ingest).
+
+        Returns
+        -------
+        MatchingRules
+            Its override merged over the default, else the default.
+        """
         return self._by_instrument.get(name or "", self.default)
 
     @property
@@ -176,7 +192,18 @@ class RuleBook:
 
 
 def load_rules(folder: Path | None = None, instrument: str | None = None) -> MatchingRules:
-    """The matching rules for ``instrument`` (the default when ``None``) from ``folder``.
+    """The matching rules for ``instrument`` from ``folder``.
+
+    Parameters
+    ----------
+    folder : Path, optional
+        Default the bundled ``configs/matching``.
+    instrument : str, optional
+        Default (None): the default rules.
+
+    Returns
+    -------
+    MatchingRules
 
     Raises
     ------

@@ -30,11 +30,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Float, and_, func, or_, select, text
+from sqlalchemy import (
+    BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, and_, func, or_, select, text,
+)
 from sqlalchemy.orm import Session
 
-from archive.calib.rules import KindRules, MatchingRules, RuleBook
-from archive.db.bulk import index_seeks, insert_rows
+from archive.calib.rules import TEXT_COLUMNS, KindRules, MatchingRules, RuleBook
+from archive.db.base import utcnow
+from archive.db.bulk import chunked, index_seeks, insert_rows
 from archive.db.models import (
     CALIBRATION_KINDS, CalibrationSelection, Frame, Instrument, Master,
 )
@@ -130,7 +133,24 @@ class Selection:
 
 
 def rules_for(rules: RuleBook | MatchingRules | None, instrument: str | None) -> MatchingRules:
-    """The :class:`MatchingRules` of ``instrument`` from a rule book (or the rules themselves)."""
+    """The :class:`MatchingRules` of ``instrument`` from a rule book (or the rules themselves).
+
+    Parameters
+    ----------
+    rules : RuleBook or MatchingRules or None
+        None: the bundled ``configs/matching``.
+    instrument : str or None
+        Instrument name; None or one without an override gets the default rules.
+
+    Returns
+    -------
+    MatchingRules
+
+    Raises
+    ------
+    ConfigError
+        ``rules`` is None and the bundled rules are invalid.
+    """
     if rules is None:
         rules = RuleBook()
     if isinstance(rules, RuleBook):
@@ -152,12 +172,26 @@ def _equal(a: Any, b: Any) -> bool:
 
 
 def exposure_key(exposure_s: float | None, tolerance_s: float) -> int | None:
-    """The exposure time as a multiple of ``tolerance_s``, rounded half up: two darks have "the
-    same exposure" when their keys are equal (used to group raw darks and to select masters).
-    ``None`` for an unknown exposure."""
+    """The exposure time as a multiple of ``tolerance_s``, rounded half up.
+
+    Two darks have "the same exposure" when their keys are equal (used to group raw darks and
+    to select masters).
+
+    Parameters
+    ----------
+    exposure_s : float or None
+        Exposure time, s.
+    tolerance_s : float
+        ``exposure_tolerance_s`` of the dark rules, s.
+
+    Returns
+    -------
+    int or None
+        None for an unknown exposure (never taken as 0).
+    """
     if exposure_s is None:
         return None
-    return int(math.floor(exposure_s / max(tolerance_s, 1e-9) + 0.5))
+    return math.floor(exposure_s / max(tolerance_s, 1e-9) + 0.5)
 
 
 def _judge(frame: Frame, master: Master, mframe: Frame, rules: KindRules) -> Verdict:
@@ -348,6 +382,44 @@ def explain_selection(
     return Selection(frame.id, kind, "none", None, None, [], matching.version, verdicts, _why_none(kind, verdicts, kind_rules))
 
 
+def explain_selections(
+    session: Session, frame_ids: Iterable[int], kinds: Sequence[str] = CALIBRATION_KINDS, *,
+    rules: RuleBook | MatchingRules | None = None,
+) -> dict[tuple[int, str], Selection]:
+    """:func:`explain_selection` for many frames, every candidate of every kind judged and kept.
+
+    Slower than :func:`select_masters` (every frame against every master of the kind, in
+    Python) but each decision carries its verdicts, for ``--explain`` and for
+    :func:`record_selection`. The library of each kind is loaded once.
+
+    Parameters
+    ----------
+    session : Session
+    frame_ids : iterable of int
+        The frames to calibrate; ids not in the catalogue are left out.
+    kinds : sequence of {'bias', 'dark', 'flat'}
+    rules : RuleBook or MatchingRules, optional
+        Default: the bundled ``configs/matching``.
+
+    Returns
+    -------
+    dict of (frame_id, kind) to Selection
+
+    Raises
+    ------
+    ValueError
+        A kind is not a calibration kind.
+    """
+    rules = rules if rules is not None else RuleBook()
+    libraries = {kind: _masters_of(session, kind) for kind in kinds}
+    out: dict[tuple[int, str], Selection] = {}
+    for batch in chunked(list(dict.fromkeys(frame_ids))):
+        for frame in session.scalars(select(Frame).where(Frame.id.in_(batch)).order_by(Frame.date_obs_s, Frame.id)):
+            for kind in kinds:
+                out[(frame.id, kind)] = explain_selection(session, frame, kind, rules=rules, library=libraries[kind])
+    return out
+
+
 def _passes_rest(frame: Frame, master: Master, mframe: Frame, rules: KindRules) -> bool:
     """Every rule but the exposure one passes (a candidate for interpolation)."""
     relaxed = KindRules(**{**rules.__dict__, "kind": "bias"})
@@ -417,23 +489,32 @@ def select_master(
 def record_selection(session: Session, selection: Selection, *, reduction_id: int | None = None) -> CalibrationSelection:
     """Store a decision (chosen master, method, scale, rule version, every candidate's verdict).
 
-    The interpolated dark's masters and weights go to ``detail``. Returns the new row (flushed).
+    The interpolated dark's masters and weights go to ``detail``.
+
+    Parameters
+    ----------
+    session : Session
+        Written to (flushed, not committed).
+    selection : Selection
+    reduction_id : int, optional
+        The reduction that used the decision.
+
+    Returns
+    -------
+    CalibrationSelection
+        The new row, flushed (its id is set).
     """
     detail = dict(selection.detail or {})
     if selection.method == "interpolated":
         detail["weights"] = [[mid, w] for mid, w in selection.weights]
     row = CalibrationSelection(
         frame_id=selection.frame_id, kind=selection.kind, master_id=selection.master_id, method=selection.method,
-        scale=selection.scale, rule_version=selection.rule_version, decided_at=_utcnow(),
+        scale=selection.scale, rule_version=selection.rule_version, decided_at=utcnow(),
         candidates=[v.as_dict() for v in selection.candidates], detail=detail or None, reduction_id=reduction_id,
     )
     session.add(row)
     session.flush()
     return row
-
-
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 # -- the rules in SQL: many frames at once ------------------------------------------------------
@@ -446,16 +527,10 @@ def _utcnow() -> dt.datetime:
 # frame is bounded by the masters within max_age_days, however large the catalogue. The same
 # statements run on SQLite and PostgreSQL.
 
-_TEXT_COLUMNS = {"readout_mode", "filter_name", "telescope"}
+_TEXT_COLUMNS = set(TEXT_COLUMNS)
 _FRAME_COLUMNS = ("id", "instrument_id", "date_obs", "date_obs_s", "exposure_time_s", "binning_x", "binning_y",
                   "naxis1", "naxis2", "gain", "offset", "readout_mode", "filter_name", "telescope", "set_temp_c",
                   "ccd_temp_c")
-
-
-def _sentinel(value: Any, text: bool) -> Any:
-    if value is None:
-        return _NULL_TEXT if text else _NULL_NUMBER
-    return value
 
 
 _EPOCH = dt.datetime(1970, 1, 1)
@@ -472,8 +547,6 @@ def _us(value: dt.datetime | None) -> int | None:
 def _key_table(name: str, keys: Sequence[str], tolerance: Sequence[str], *extra):
     """A temporary table of frames' match keys: id, k_<exact column>..., k_exposure,
     t_<tolerance column>..., t (date_obs_s), us (date_obs in microseconds), exposure_time_s."""
-    from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table
-
     metadata = MetaData()
     table = Table(
         name, metadata, Column("id", Integer, primary_key=True),
@@ -486,8 +559,6 @@ def _key_table(name: str, keys: Sequence[str], tolerance: Sequence[str], *extra)
 
 
 def _candidate_table(rules: KindRules, uid: str):
-    from sqlalchemy import BigInteger, Boolean, Column, Index, Integer
-
     keys = list(rules.exact)
     metadata, cand = _key_table(
         f"sel_cand_{uid}", keys, list(rules.tolerance), Column("neg_n_combined", Integer),
@@ -619,8 +690,7 @@ def _bulk_kind(session: Session, light, kind: str, matching: MatchingRules, inst
                                          f"{kind}: master {mid} (exact)")
         if kind == "dark" and rules.scale:
             left = [fid for fid in light_t if (fid, kind) not in out]
-            for start in range(0, len(left), 5000):
-                chunk = left[start:start + 5000]
+            for chunk in chunked(left):
                 for fid, mid, scale in connection.execute(_scaled_query(light, cand, rules, keys, chunk)):
                     out[(fid, kind)] = Selection(fid, kind, "scaled", mid, float(scale), [(mid, float(scale))],
                                                  version, [], f"{kind}: master {mid} (scaled)")
@@ -671,8 +741,6 @@ def select_masters(
     columns = [frames.c[c] for c in _FRAME_COLUMNS]
     by_instrument: dict[int | None, list] = {}
     # the frames: their ids go to a temporary table joined to frames (no long IN lists)
-    from sqlalchemy import Column, Integer, MetaData, Table
-
     metadata = MetaData()
     wanted = Table(f"sel_ids_{uuid.uuid4().hex[:12]}", metadata, Column("id", Integer, primary_key=True),
                    prefixes=["TEMPORARY"])
@@ -730,8 +798,8 @@ def select_masters(
                 left = [row[0] for row in lights if (row[0], kind) not in out]
                 if left:
                     library = _masters_of(session, kind)
-                    for start in range(0, len(left), batch_size):
-                        for frame in session.scalars(select(Frame).where(Frame.id.in_(left[start:start + batch_size]))):
+                    for batch in chunked(left, batch_size):
+                        for frame in session.scalars(select(Frame).where(Frame.id.in_(batch))):
                             out[(frame.id, kind)] = explain_selection(session, frame, kind, rules=matching, library=library)
     return out
 
@@ -750,6 +818,15 @@ def missing_calibrations(
     the exposure time (filter_name is among the exact columns of flats). One row per set: what
     to shoot next.
 
+    Parameters
+    ----------
+    session : Session
+    frame_ids : iterable of int
+        The frames to calibrate (usually lights).
+    kinds : sequence of {'bias', 'dark', 'flat'}
+    rules : RuleBook or MatchingRules, optional
+        Default: the bundled ``configs/matching``.
+
     Returns
     -------
     DataFrame
@@ -761,7 +838,8 @@ def missing_calibrations(
     missing = [(fid, kind, sel) for (fid, kind), sel in selections.items() if not sel.found]
     if not missing:
         return pd.DataFrame(columns=["kind", "instrument", "lights", "first_night", "last_night", "why", "frame_ids"])
-    frames = {f.id: f for f in session.scalars(select(Frame).where(Frame.id.in_({m[0] for m in missing})))}
+    frames = {f.id: f for batch in chunked(sorted({m[0] for m in missing}))
+              for f in session.scalars(select(Frame).where(Frame.id.in_(batch)))}
     book = rules if isinstance(rules, RuleBook) else None
     groups: dict[tuple, dict[str, Any]] = {}
     for fid, kind, sel in missing:
@@ -793,7 +871,7 @@ def missing_calibrations(
 
 
 __all__ = [
-    "missing_calibrations",
-    "CalibrationNotFoundError", "Selection", "Verdict", "explain_selection", "interpolation_weights",
-    "record_selection", "rules_for", "select_master", "select_masters",
+    "CalibrationNotFoundError", "Selection", "Verdict", "explain_selection", "explain_selections",
+    "interpolation_weights", "missing_calibrations", "record_selection", "rules_for", "select_master",
+    "select_masters",
 ]

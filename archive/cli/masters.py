@@ -7,17 +7,15 @@ from pathlib import Path
 
 import click
 import pandas as pd
-from sqlalchemy import select
-
 from archive.calib import (
-    RuleBook, build_masters, default_library, explain_selection, library_table, mark_bad, missing_calibrations,
+    RuleBook, build_masters, default_library, explain_selections, library_table, mark_bad, missing_calibrations,
     record_selection, select_masters, set_validity, sync_library,
 )
 from archive.calib.masters import frame_for_path
 from archive.cli import AppContext, pass_app
 from archive.cli.catalog import frame_filters
 from archive.cli.options import BarProgress, emit, output_format
-from archive.db.models import CALIBRATION_KINDS, Frame, Master
+from archive.db.models import CALIBRATION_KINDS, Frame
 from archive.db.session import session_scope
 from archive.reports.catalog import FrameFilter, frame_query
 
@@ -91,7 +89,10 @@ def build(app: AppContext, night, since, until, instrument, kinds, library, memo
     )
     for kind, frame_id, path in summary.built:
         click.echo(f"built master {kind} {frame_id}: {path}")
-    click.echo(f"{len(summary.built)} built, {summary.unchanged} unchanged (same inputs and rules)")
+    click.echo(f"{len(summary.built)} built, {summary.unchanged} unchanged (same inputs and rules)"
+               + (f", {summary.busy} being built by another run" if summary.busy else ""))
+    for kind, path, reason in summary.skipped_inputs:
+        click.echo(f"left out of a master {kind}: {reason}", err=True)
     for kind, what, count in summary.too_small:
         click.echo(f"too few frames for a master {kind}: {what} ({count})", err=True)
     if summary.skipped_no_date:
@@ -144,15 +145,7 @@ def select_cmd(app: AppContext, files, filters: FrameFilter, kinds, explain: boo
                 filters = FrameFilter(**{**filters.__dict__, "image_type": "light"})
             ids = list(session.scalars(frame_query(filters, Frame.id).order_by(Frame.date_obs_s, Frame.id)))
         if explain or record:
-            selections = {}
-            library = {}
-            for frame in session.scalars(select(Frame).where(Frame.id.in_(ids)).order_by(Frame.date_obs_s, Frame.id)):
-                for kind in kinds:
-                    if kind not in library:
-                        library[kind] = [(m, f) for m, f in session.execute(
-                            select(Master, Frame).join(Frame, Frame.id == Master.frame_id).where(Master.kind == kind)
-                        )]
-                    selections[(frame.id, kind)] = explain_selection(session, frame, kind, rules=book, library=library[kind])
+            selections = explain_selections(session, ids, kinds, rules=book)
         else:
             selections = select_masters(session, ids, kinds, rules=book)
         if record:
