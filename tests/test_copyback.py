@@ -2,6 +2,8 @@
 ../shared/data, and a SYNTHETIC multi-night set (written here with astropy: N.I.N.A.-style
 headers, three nights, renamed copies, .fits.gz and .fits.fz copies of exposures, a night
 copied to a second folder), because the shared sets hold one night and no compressed files.
+Two tests run real ``archive copyback`` processes: one killed half-way, two at once into one
+folder.
 """
 
 from __future__ import annotations
@@ -12,8 +14,12 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
+import threading
 import time
+import tomllib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from astropy.io import fits
@@ -22,15 +28,19 @@ from hypothesis import given, settings, strategies as st
 from sqlalchemy import func, select
 
 from archive.cli import main
+from archive.config import Settings
 from archive.db import Copy, Frame, session_scope
-from archive.errors import UnsafePathError
+from archive.errors import ConfigError, UnsafePathError
+from archive.files import safe_component, temporary_path
 from archive.gather.copyback import (
-    DELAY_ENV, TEMP_PREFIX, GatherConfig, Selection, copyback, destination, load_gather_config, safe_component,
+    LOCK_NAME, DestinationBusyError, GatherConfig, Selection, _duplicate_reason, copyback, destination,
+    hold_destination, load_gather_config,
 )
 from archive.ingest.ingest import ingest_paths
+from archive.resources import resource_dir
 from tests.factories import nina_header, write_fits
 
-CONFIG = GatherConfig()  # the package defaults, independent of any user file
+CONFIG = load_gather_config(Settings())  # the package defaults (configs/copyback.toml), no user file
 M31 = (10.684708, 41.26875)
 
 
@@ -40,6 +50,11 @@ def sha(path: Path) -> str:
 
 def fits_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def partials(root: Path) -> list[Path]:
+    """Temporary files (archive.files.temporary_path) under ``root``."""
+    return sorted(root.rglob(".*.part"))
 
 
 def synthetic_nights(root: Path) -> Path:
@@ -265,38 +280,74 @@ def test_cli_copyback_dry_run_and_run(db_url, arcsat_night, tmp_path):
     assert result.exit_code == 0 and "copied 16 file(s)" in result.output
     result = runner.invoke(main, ["--db", db_url, "copyback", "--to", str(dest)])
     assert result.exit_code == 2 and "--target" in result.output
+    result = runner.invoke(main, ["--db", db_url, "copyback", "--type", "flats", "--to", str(dest)])
+    assert result.exit_code == 2 and "Invalid value for '--type'" in result.output and "'flat'" in result.output
 
 
-def test_killed_copyback_is_finished_by_the_rerun(db_url, engine, synthetic, tmp_path):
-    """A real `archive copyback` process is killed (SIGKILL) half-way through."""
+KILL_FRAMES = 120
+KILL_BATCH = 10
+
+
+def many_exposures(root: Path, n: int) -> Path:
+    """SYNTHETIC: ``n`` small M 31 Ha exposures, one a minute."""
+    import datetime as dt
+
+    start = dt.datetime(2026, 11, 20, 18, 0, 0)
+    for i in range(n):
+        date_obs = (start + dt.timedelta(minutes=i)).isoformat(timespec="milliseconds")
+        write_fits(root / f"m31_Ha_{i:03d}.fits", nina_header(OBJECT="M31", FILTER="Ha", **{"DATE-OBS": date_obs}), seed=i)
+    return root
+
+
+def test_killed_copyback_is_finished_by_the_rerun(db_url, engine, tmp_path):
+    """A real `archive copyback` process is killed (SIGKILL) half-way through 120 files.
+
+    No hook in the library: the user file sets batches of 10 files (each batch is recorded
+    before the next is written), the test polls the destination folder and stops the process
+    as soon as more than one batch is on disk, then checks that it stopped mid-run (some
+    files written, not all; at least one batch recorded) before killing it.
+    """
+    raw = many_exposures(tmp_path / "raw", KILL_FRAMES)
+    assert ingest_paths(engine, [raw]).new == KILL_FRAMES
+    user = tmp_path / "user.toml"
+    user.write_text(f"[copyback]\nbatch_files = {KILL_BATCH}\n")
     dest = tmp_path / "killed"
-    env = dict(os.environ, **{DELAY_ENV: "0.4"})
     archive_cmd = shutil.which("archive") or pytest.fail("the archive command is not installed")
-    proc = subprocess.Popen([archive_cmd, "--db", db_url, "-q", "copyback", "--target", "M31", "--to", str(dest)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 90
+    proc = subprocess.Popen([archive_cmd, "--db", db_url, "-q", "copyback", "--target", "M31", "--radius", "0",
+                             "--to", str(dest)], env=dict(os.environ, ARCHIVE_CONFIG=str(user)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
     try:
-        while time.monotonic() < deadline:
-            finals = [p for p in dest.rglob("*.fits")] if dest.exists() else []
-            temps = [p for p in dest.rglob(f"{TEMP_PREFIX}*")] if dest.exists() else []
-            if len(finals) >= 4 and temps:
-                break
-            assert proc.poll() is None, proc.stderr.read().decode()
-            time.sleep(0.02)
-        else:
-            pytest.fail("the copyback never got half-way")
+        while len(fits_files(dest) if dest.exists() else []) <= KILL_BATCH:
+            if proc.poll() is not None:
+                pytest.fail(f"the copyback ended before it could be killed: {proc.stderr.read().decode()}")
+            if time.monotonic() > deadline:
+                pytest.fail("the copyback never got to its second batch")
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGSTOP)  # freeze it where it is, then look
+        still_running = proc.poll() is None
     finally:
-        proc.send_signal(signal.SIGKILL)
+        proc.kill()
         proc.wait()
-    finals_at_kill = [p for p in dest.rglob("*.fits")]
-    assert 4 <= len(finals_at_kill) < 19
-    summary = copyback(engine, Selection(target="M31"), dest, config=CONFIG)
-    assert summary.ok and summary.recorded_found == len(finals_at_kill)
-    assert summary.copied == 19 - len(finals_at_kill) and summary.present == len(finals_at_kill)
-    assert not [p for p in dest.rglob("*") if p.name.startswith(TEMP_PREFIX)]  # no partial file
+    finals_at_kill = fits_files(dest)
+    partials_at_kill = partials(dest)
+    with session_scope(engine) as session:
+        recorded_at_kill = session.scalar(select(func.count()).select_from(Copy).where(
+            Copy.is_current, Copy.path.startswith(str(dest))))
+    # it really landed mid-run: the process was running, one batch or more recorded, files missing
+    assert still_running
+    assert KILL_BATCH < len(finals_at_kill) < KILL_FRAMES, len(finals_at_kill)
+    assert KILL_BATCH <= recorded_at_kill <= len(finals_at_kill)
+
+    summary = copyback(engine, Selection(target="M31", radius_arcmin=0), dest, config=CONFIG)
+    assert summary.ok, summary.lines()
+    assert summary.recorded_found == len(finals_at_kill) - recorded_at_kill  # written, not yet recorded
+    assert summary.temp_removed == len(partials_at_kill)  # the killed writer's partial file, if any
+    assert summary.present == len(finals_at_kill) and summary.copied == KILL_FRAMES - len(finals_at_kill)
+    assert not partials(dest)
     files = fits_files(dest)
     shas = [sha(f) for f in files]
-    assert len(files) == 19 and len(set(shas)) == 19  # nothing lost, nothing twice
+    assert len(files) == KILL_FRAMES and set(shas) == {sha(p) for p in raw.iterdir()}  # nothing lost, nothing twice
     with session_scope(engine) as session:
         recorded = session.execute(select(Copy.path, Copy.sha256).where(Copy.is_current,
                                                                         Copy.path.startswith(str(dest)))).all()
@@ -304,9 +355,153 @@ def test_killed_copyback_is_finished_by_the_rerun(db_url, engine, synthetic, tmp
     assert copyback(engine, Selection(target="M31"), dest, config=CONFIG).copied == 0
 
 
+def _wait_for(predicate, what: str, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def test_two_copybacks_into_one_folder_copy_each_exposure_once(db_url, engine, synthetic, tmp_path):
+    """Two real `archive copyback` processes into one folder at once.
+
+    The test holds the folder's lock until both runs wait for it (they say so), then lets them
+    go together: one copies the 19 exposures, the other waits for it and then finds them there.
+    """
+    dest = tmp_path / "together"
+    archive_cmd = shutil.which("archive") or pytest.fail("the archive command is not installed")
+    outs = [tmp_path / f"run{i}.out" for i in range(2)]
+    errs = [tmp_path / f"run{i}.err" for i in range(2)]
+    procs = []
+    try:
+        with hold_destination(dest):
+            for out, err in zip(outs, errs):
+                with open(out, "w") as stdout, open(err, "w") as stderr:
+                    procs.append(subprocess.Popen([archive_cmd, "--db", db_url, "-q", "copyback", "--target", "M31",
+                                                   "--to", str(dest)], stdout=stdout, stderr=stderr))
+            _wait_for(lambda: all("waiting for it to finish" in e.read_text() for e in errs), "both runs to wait")
+        codes = [p.wait(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    outputs = [o.read_text() for o in outs]
+    assert codes == [0, 0], [*outputs, *(e.read_text() for e in errs)]
+    assert f"(process {os.getpid()}) is writing into {dest}" in errs[0].read_text()
+    assert sorted(outputs) == sorted([
+        "selected 21 frame(s) = 19 exposure(s), 1 matched by position under another name\n"
+        "copied 19 file(s); 0 exposure(s) already in the destination\n"
+        "skipped 8 other file(s) holding the same bytes as a copied frame\n"
+        "skipped 2 duplicate(s): same exposure (instrument and DATE-OBS) as a kept frame, other bytes "
+        "(a compressed, edited or re-written copy)\n",
+        "selected 21 frame(s) = 19 exposure(s), 1 matched by position under another name\n"
+        "copied 0 file(s); 19 exposure(s) already in the destination\n"
+        "skipped 2 duplicate(s): same exposure (instrument and DATE-OBS) as a kept frame, other bytes "
+        "(a compressed, edited or re-written copy)\n",
+    ]), outputs
+    files = fits_files(dest)
+    assert len(files) == 19 and len({sha(f) for f in files}) == 19
+    with session_scope(engine) as session:
+        recorded = session.scalars(select(Copy.path).where(Copy.is_current, Copy.path.startswith(str(dest)))).all()
+    assert sorted(recorded) == sorted(map(str, files))
+
+
+def test_a_busy_destination_is_said_clearly(db_url, engine, synthetic, tmp_path):
+    dest = tmp_path / "busy"
+    with hold_destination(dest) as lock:
+        assert lock == dest / LOCK_NAME and lock.read_text().strip() == str(os.getpid())
+        result = CliRunner().invoke(main, ["--db", db_url, "-q", "copyback", "--target", "M31", "--to", str(dest),
+                                           "--no-wait"])
+        assert result.exit_code == 1
+        assert (f"archive: error: another copyback or project collect (process {os.getpid()}) is writing into "
+                f"{dest}") in result.output
+        started = time.monotonic()
+        with pytest.raises(DestinationBusyError, match="waited 0.3 s"):
+            copyback(engine, Selection(target="M31"), dest, config=CONFIG, lock_timeout_s=0.3)
+        assert time.monotonic() - started >= 0.3
+        assert copyback(engine, Selection(target="M31"), dest, config=CONFIG, dry_run=True).copied == 19  # no lock
+        assert not fits_files(dest)
+    assert copyback(engine, Selection(target="M31"), dest, config=CONFIG, lock_timeout_s=0).copied == 19
+
+
+def test_threads_sharing_the_library_copy_each_exposure_once(engine, synthetic, tmp_path):
+    """Three threads run copyback into one folder at once (separate lock descriptors conflict
+    within one process too)."""
+    dest = tmp_path / "threads"
+    results, errors = [], []
+    barrier = threading.Barrier(3)
+
+    def run():
+        try:
+            barrier.wait()
+            results.append(copyback(engine, Selection(target="M31"), dest, config=CONFIG))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and len(results) == 3
+    assert sorted(r.copied for r in results) == [0, 0, 19] and all(r.ok for r in results)
+    assert len(fits_files(dest)) == 19
+
+
+def test_recovery_removes_only_partials_of_writers_that_are_gone(engine, synthetic, tmp_path):
+    dest = tmp_path / "out"
+    folder = dest / "M_31" / "Ha"
+    folder.mkdir(parents=True)
+    gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                              check=True).stdout)
+    dead = folder / f".x.fits.{gone}.0123abcd.part"  # left by a writer that has exited
+    alive = temporary_path(folder / "y.fits")  # this process's: a writer still at work
+    dead.write_bytes(b"partial")
+    alive.write_bytes(b"partial")
+    summary = copyback(engine, Selection(target="M31"), dest, config=CONFIG)
+    assert summary.ok and summary.copied == 19 and summary.temp_removed == 1
+    assert "removed 1 temporary file(s) of an interrupted run" in summary.lines()
+    assert not dead.exists() and alive.exists()
+
+
 def test_configuration_is_read_and_checked():
     config = load_gather_config()
     assert "{seq" in config.template and config.position_radius_arcmin > 0
+
+
+def test_copyback_toml_is_the_only_source_of_defaults(tmp_path, monkeypatch):
+    with pytest.raises(TypeError):
+        GatherConfig()  # no defaults of its own
+    toml = tomllib.loads((resource_dir("configs") / "copyback.toml").read_text())
+    cb, pr = toml["copyback"], toml["project"]
+    assert (CONFIG.template, CONFIG.date_format, CONFIG.missing) == (cb["template"], cb["date_format"], cb["missing"])
+    assert (CONFIG.position_radius_arcmin, CONFIG.batch_files) == (cb["position_radius_arcmin"], cb["batch_files"])
+    assert (CONFIG.lights_folder, CONFIG.project_lights) == (pr["lights_folder"], pr["lights"])
+    assert (CONFIG.masters_folder, CONFIG.project_masters) == (pr["masters_folder"], pr["masters"])
+    assert CONFIG.required_masters == tuple(pr["required_masters"]) and CONFIG.super_luminance == pr["super_luminance"]
+    assert CONFIG.super_luminance_filters == tuple(pr["super_luminance_filters"])
+    user = load_gather_config(Settings(raw={"copyback": {"batch_files": 7}, "project": {"super_luminance_filters": ["L"]}}))
+    assert user.batch_files == 7 and user.super_luminance_filters == ("L",) and user.template == CONFIG.template
+    with pytest.raises(ConfigError, match="invalid value"):
+        load_gather_config(Settings(raw={"copyback": {"batch_files": "many"}}))
+    # a package file without a key is an error, not a silent default
+    (tmp_path / "copyback.toml").write_text("\n".join(
+        line for line in (resource_dir("configs") / "copyback.toml").read_text().splitlines()
+        if not line.startswith("batch_files")))
+    monkeypatch.setattr(sys.modules["archive.gather.copyback"], "resource_dir", lambda name: tmp_path)
+    with pytest.raises(ConfigError, match="missing key 'batch_files'"):
+        load_gather_config(Settings())
+
+
+def test_duplicate_reasons_say_which_frame_was_kept():
+    original = SimpleNamespace(id=1, image_type="light", duplicate_of_id=None)
+    compressed = SimpleNamespace(id=2, image_type="light", duplicate_of_id=1)
+    assert "a compressed, edited or re-written copy" in _duplicate_reason(original, compressed)
+    assert "the original has no readable file" in _duplicate_reason(compressed, original)
+    old, new = (SimpleNamespace(id=i, image_type="calibrated", duplicate_of_id=None) for i in (5, 9))
+    assert "an older calibrated product" in _duplicate_reason(new, old)
 
 
 def test_a_source_changed_since_ingest_is_not_copied(engine, synthetic, tmp_path):
@@ -319,7 +514,7 @@ def test_a_source_changed_since_ingest_is_not_copied(engine, synthetic, tmp_path
     summary = copyback(engine, Selection(target="M31", radius_arcmin=0), dest, config=CONFIG)
     assert not summary.ok and summary.copied == 17
     assert summary.failures == [(str(changed), "the source's SHA-256 differs from the catalogue's (changed since it was catalogued?)")]
-    assert len(fits_files(dest)) == 17 and not [p for p in dest.rglob("*") if p.name.startswith(TEMP_PREFIX)]
+    assert len(fits_files(dest)) == 17 and not partials(dest)
     result = CliRunner().invoke(main, ["--db", str(engine.url.render_as_string(hide_password=False)), "-q", "copyback",
                                        "--target", "M31", "--radius", "0", "--to", str(dest)])
     assert result.exit_code == 1 and "FAILED" in result.output and "copied 0 file(s)" in result.output

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import logging
+import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -16,16 +20,17 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from archive.cli import main
+from archive.config import Settings
 from archive.db import Copy, session_scope
 from archive.errors import ProjectError
-from archive.gather.copyback import GatherConfig
+from archive.gather.copyback import DestinationBusyError, hold_destination, load_gather_config
 from archive.gather.projects import (
     collect_project, create_project, parse_duration, parse_goals, project_status,
 )
 from archive.ingest.ingest import ingest_paths
 from tests.factories import nina_header, write_fits
 
-CONFIG = GatherConfig()
+CONFIG = load_gather_config(Settings())  # the package defaults (configs/copyback.toml), no user file
 
 
 def sha(path: Path) -> str:
@@ -111,6 +116,7 @@ def test_collect_layout_masters_super_luminance_and_new_night(engine, m31, tmp_p
     assert first.missing_masters["Ha"]["flat"] == 4
     listed = (root / "superlum.txt").read_text().split()
     assert len(listed) == 8 and all("/lights/L/" in p or "/lights/R/" in p for p in listed)
+    assert not list(root.glob(".*.part"))  # the list went through a temporary name
     before = {f: sha(f) for f in files(root)}
 
     # a new night: collecting again adds only its frames
@@ -163,19 +169,6 @@ def test_cli_project(db_url, arcsat_night, tmp_path):
     assert "xo1" in runner.invoke(main, [*db, "project", "list"]).output
 
 
-def test_fallback_master_match_agrees_with_the_library_here(engine, m31):
-    """The simple match used when the master library is absent finds the same masters."""
-    from archive.db import Frame
-    from archive.gather.projects import _fallback_masters, _sync_library, masters_for
-
-    _sync_library(engine)
-    with session_scope(engine) as session:
-        lights = session.scalars(select(Frame.id).where(Frame.image_type == "light", Frame.duplicate_of_id.is_(None))).all()
-        library = masters_for(session, lights, ("dark", "flat"))
-        simple = _fallback_masters(session, lights, ("dark", "flat"))
-    assert len(lights) == 12 and library == simple and len(library) == 12 + 8  # a dark each, flats for L and R
-
-
 def test_a_master_flagged_bad_makes_its_lights_unusable(engine, m31):
     from archive.calib.masters import mark_bad
     from archive.db import Frame
@@ -205,3 +198,63 @@ def test_arcsat_with_masters_built_by_the_library(engine, arcsat_night, tmp_path
     status = project_status(engine, "xo1", config=CONFIG).set_index("filter")
     assert status.loc["z", "usable_h"] == status.loc["z", "total_h"] == pytest.approx(16 / 60, abs=1e-3)
     assert status.loc["z", "gap_h"] == pytest.approx(1 - 16 / 60, abs=1e-3) and status.loc["z", "collected"] == 16
+
+
+def test_super_luminance_of_a_project_without_filters(engine, m31, tmp_path):
+    """A project created without --filters collects every filter found; its super-luminance
+    list holds the L and R lights collected (not none, as when it looped over the project's
+    empty filter list)."""
+    root = tmp_path / "projects" / "all"
+    with session_scope(engine, write=True) as session:
+        create_project(session, "m31-all", target="M31", folder=root)
+    summary = collect_project(engine, "m31-all", super_luminance=True, config=CONFIG)
+    assert summary.ok and sorted(summary.lights) == ["Ha", "L", "R"]
+    listed = (root / "superlum.txt").read_text().split()
+    assert sorted(listed) == sorted(str(f) for f in files(root / "lights" / "L") + files(root / "lights" / "R"))
+    assert len(listed) == 8 and summary.super_luminance_count == 8
+    assert "super-luminance: 8 light(s) listed" in "\n".join(summary.lines())
+
+
+def test_two_collects_at_once_copy_each_exposure_once(engine, m31, tmp_path, caplog):
+    """Two threads collect the project at once: the test holds the project folder's lock until
+    both wait for it, then lets them go; each exposure and master is copied once."""
+    root = tmp_path / "projects" / "m31"
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(collect_project(engine, "m31", config=CONFIG))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    with caplog.at_level(logging.WARNING, logger="archive.gather.copyback"):
+        with hold_destination(root):
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + 60
+            while sum("waiting for it to finish" in r.getMessage() for r in caplog.records) < 2:
+                assert time.monotonic() < deadline, "the collects never waited for the lock"
+                time.sleep(0.02)
+        for t in threads:
+            t.join(120)
+    assert not errors and len(results) == 2
+    lights = sorted(sum(s.copied for s in r.lights.values()) for r in results)
+    masters = sorted(sum(s.copied for s in r.masters.values()) for r in results)
+    assert lights == [0, 12] and masters == [0, 5]  # a dark each filter, flats for L and R
+    assert len(files(root / "lights")) == 12 and len({sha(f) for f in files(root / "lights")}) == 12
+    with session_scope(engine) as session:
+        recorded = set(session.scalars(select(Copy.path).where(Copy.is_current, Copy.path.startswith(str(root)))))
+    assert recorded == {str(f) for f in files(root)}
+
+
+def test_a_busy_project_folder_is_said_clearly(db_url, engine, m31, tmp_path):
+    root = tmp_path / "projects" / "m31"
+    with hold_destination(root):
+        with pytest.raises(DestinationBusyError, match=f"process {os.getpid()}"):
+            collect_project(engine, "m31", config=CONFIG, lock_timeout_s=0)
+        result = CliRunner().invoke(main, ["--db", db_url, "-q", "project", "collect", "m31", "--no-wait"])
+        assert result.exit_code == 1 and "is writing into" in result.output
+        assert collect_project(engine, "m31", config=CONFIG, dry_run=True).lights["L"].copied == 4  # no lock
+    assert not files(root)
+    assert collect_project(engine, "m31", config=CONFIG, lock_timeout_s=0).lights["L"].copied == 4

@@ -8,6 +8,7 @@ import click
 
 from archive.cli import AppContext, pass_app
 from archive.cli.options import BarProgress, emit, output_format
+from archive.db.models import IMAGE_TYPES
 from archive.gather.copyback import KINDS, Selection, copyback as run_copyback, load_gather_config
 
 
@@ -23,7 +24,7 @@ def _echo_summary(lines: list[str]) -> None:
 @click.option("--until", type=click.DateTime(), help="DATE-OBS before (UTC).")
 @click.option("--kind", type=click.Choice(sorted(KINDS)), default="raw", show_default=True,
               help="Raw lights, or calibrated lights made by reduction.")
-@click.option("--type", "image_type", help="Any image type instead of --kind (e.g. flat).")
+@click.option("--type", "image_type", type=click.Choice(IMAGE_TYPES), help="Any image type instead of --kind (e.g. flat).")
 @click.option("--instrument", help="Instrument name (INSTRUME), exact.")
 @click.option("--ra", type=float, help="Reference RA (deg): frames within the radius are selected too.")
 @click.option("--dec", type=float, help="Reference Dec (deg), with --ra.")
@@ -34,15 +35,18 @@ def _echo_summary(lines: list[str]) -> None:
 @click.option("--move", "mode", flag_value="move",
               help="Copy, then delete each source once its verified copy is recorded.")
 @click.option("--dry-run", is_flag=True, help="Only list what would be copied.")
+@click.option("--no-wait", is_flag=True,
+              help="Stop at once if another copyback is writing into DIR (default: wait for it to finish).")
 @pass_app
 def copyback(app: AppContext, target, filter_name, since, until, kind, image_type, instrument, ra, dec, radius,
-             dest, mode, dry_run) -> None:
+             dest, mode, dry_run, no_wait) -> None:
     """Copy a target's frames from every night into DIR, once per exposure.
 
     Frames of one instrument with the same DATE-OBS are one exposure: only the original is
     copied (its canonical file); an exposure already in DIR is not copied again, so a re-run
     does nothing. Names come from configs/copyback.toml; existing files are never overwritten.
-    Every file is verified (SHA-256) and recorded in the catalogue as a new copy.
+    Every file is verified (SHA-256) and recorded in the catalogue as a new copy. One run at a
+    time writes into DIR: a second one waits for the first (or stops, with --no-wait).
 
     \b
     Examples:
@@ -59,7 +63,8 @@ def copyback(app: AppContext, target, filter_name, since, until, kind, image_typ
                           image_type=image_type, instrument=instrument, ra_deg=ra, dec_deg=dec, radius_arcmin=radius)
     config = load_gather_config(app.settings)
     summary = run_copyback(app.engine, selection, dest, mode=mode, dry_run=dry_run, config=config,
-                           settings=app.settings, progress=BarProgress(not app.quiet))
+                           settings=app.settings, progress=BarProgress(not app.quiet),
+                           lock_timeout_s=0 if no_wait else None)
     if dry_run:
         for item in summary.plan:
             click.echo(f"{item.source} -> {item.dest}" if item.action == "copy" else f"delete {item.source} (moved to {item.dest})")
@@ -122,13 +127,16 @@ def project_create(app: AppContext, name, target, filters, since, until, goals, 
 
 @project.command("collect")
 @click.argument("name")
-@click.option("--super-luminance", is_flag=True, help="Also list every L, R, G, B light in superlum.txt.")
+@click.option("--super-luminance", is_flag=True,
+              help="Also list every collected L, R, G, B light (super_luminance_filters) in superlum.txt.")
 @click.option("--copy", "mode", flag_value="copy", default=True, help="Copy the files (default).")
 @click.option("--link", "mode", flag_value="link", help="Make symbolic links instead.")
 @click.option("--move", "mode", flag_value="move", help="Move the lights (masters are always copied).")
 @click.option("--dry-run", is_flag=True, help="Only say what would be copied.")
+@click.option("--no-wait", is_flag=True,
+              help="Stop at once if another collect is writing into the project folder (default: wait).")
 @pass_app
-def project_collect(app: AppContext, name, super_luminance, mode, dry_run) -> None:
+def project_collect(app: AppContext, name, super_luminance, mode, dry_run, no_wait) -> None:
     """Copy the project's new lights and their masters into <project>/lights/<filter>/ and
     <project>/masters/<filter>/. Collecting again adds only what is new.
 
@@ -141,7 +149,7 @@ def project_collect(app: AppContext, name, super_luminance, mode, dry_run) -> No
 
     summary = collect_project(app.engine, name, mode=mode, dry_run=dry_run, super_luminance=super_luminance,
                               settings=app.settings, config=load_gather_config(app.settings),
-                              progress=BarProgress(not app.quiet))
+                              progress=BarProgress(not app.quiet), lock_timeout_s=0 if no_wait else None)
     _echo_summary(summary.lines())
     if not summary.ok:
         sys.exit(1)

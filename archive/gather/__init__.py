@@ -6,16 +6,18 @@ verified and recorded as a new copy of its frame (see :mod:`archive.gather.copyb
 
 from archive.gather.copyback import (
     CopybackSummary,
+    DestinationBusyError,
     GatherConfig,
     Selection,
     copyback,
+    hold_destination,
     load_gather_config,
     plan_copyback,
-    safe_component,
+    recover_destination,
     select_exposures,
 )
 
 __all__ = [
-    "CopybackSummary", "GatherConfig", "Selection", "copyback", "load_gather_config", "plan_copyback",
-    "safe_component", "select_exposures",
+    "CopybackSummary", "DestinationBusyError", "GatherConfig", "Selection", "copyback", "hold_destination",
+    "load_gather_config", "plan_copyback", "recover_destination", "select_exposures",
 ]

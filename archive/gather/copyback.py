@@ -23,14 +23,21 @@ The rules (issue 5, ``shared/DESIGN.md`` "Identity" and "Safety"):
   :func:`archive.ingest.ingest_paths` as a new copy of the frame. With ``mode='move'`` the
   source is deleted only after the verified copy is recorded; the catalogue's row of the
   source copy then stops being current and the new copy becomes canonical.
-* **Interrupted runs are finished, not repeated.** A run starts by deleting temporary files
-  left under the destination and recording the destination's files the catalogue does not
-  know yet (a run killed between rename and record), so no exposure is copied twice.
+* **Interrupted runs are finished, not repeated.** A run starts (:func:`recover_destination`)
+  by deleting the temporary files of interrupted writers under the destination
+  (:func:`archive.files.remove_partials`: only those whose process is gone) and recording the
+  destination's files the catalogue does not know yet (a run killed between rename and
+  record), so no exposure is copied twice.
+* **One run per destination at a time.** A real run holds an exclusive lock on
+  ``<dest>/.archive-lock`` (:func:`hold_destination`) from that recovery to its last record, so
+  two runs into one folder never plan the same exposures; the second waits for the first (or,
+  with a timeout, stops with :class:`DestinationBusyError`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import logging
 import math
@@ -38,9 +45,9 @@ import os
 import re
 import string
 import time
-import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,9 +58,13 @@ from sqlalchemy import Engine, Row, select, update
 from sqlalchemy.orm import Session
 
 from archive.config import Settings, load_settings, merge, read_toml
+from archive.db.bulk import chunked
 from archive.db.models import DERIVED_TYPES, Copy, Frame, Instrument
 from archive.db.session import session_scope
-from archive.errors import ConfigError, UnsafePathError
+from archive.errors import ArchiveError, ConfigError
+from archive.files import (
+    fits_ending, fsync_dir, remove_partials, render_path, safe_component, sha256_file, temporary_path,
+)
 from archive.ingest.ingest import ingest_paths
 from archive.progress import NoProgress, Progress
 from archive.reports.catalog import FrameFilter, frame_query
@@ -63,18 +74,15 @@ log = logging.getLogger(__name__)
 
 MODES = ("copy", "link", "move")
 KINDS = {"raw": "light", "calibrated": "calibrated"}
-#: Prefix and suffix of the temporary files written beside a destination (hidden: ingest skips them).
-TEMP_PREFIX = ".archive-tmp-"
-TEMP_SUFFIX = ".part"
-#: Test hook: seconds to sleep after each temporary file is written, before it is verified and
-#: renamed (lets a test kill a real run half-way). Not a user setting.
-DELAY_ENV = "ARCHIVE_TEST_COPY_DELAY_S"
+#: The lock file a real run holds in its destination (hidden: ingest skips it).
+LOCK_NAME = ".archive-lock"
 
 _CHUNK = 1 << 20
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
-_DOTS = re.compile(r"\.{2,}")
-_MAX_FIELD = 100
-_FITS_ENDINGS = (".fits.gz", ".fit.gz", ".fts.gz", ".fits.fz", ".fit.fz", ".fits", ".fit", ".fts", ".fz")
+
+
+class DestinationBusyError(RuntimeError, ArchiveError):
+    """Another copyback or project collect is writing into the destination (it holds the
+    folder's lock) and did not finish within the time allowed."""
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -82,7 +90,10 @@ _FITS_ENDINGS = (".fits.gz", ".fit.gz", ".fts.gz", ".fits.fz", ".fit.fz", ".fits
 
 @dataclass(frozen=True)
 class GatherConfig:
-    """Copyback and project settings (``configs/copyback.toml``, overridable in the user file).
+    """Copyback and project settings, made by :func:`load_gather_config`.
+
+    ``configs/copyback.toml`` is the one source of the defaults (overridable in the user
+    file); this class has none of its own.
 
     Attributes
     ----------
@@ -108,27 +119,32 @@ class GatherConfig:
         Filters whose lights make the super-luminance (compared case-insensitively).
     """
 
-    template: str = "{target}/{filter}/{date_obs}_{exposure}s_{seq:04d}{ext}"
-    date_format: str = "%Y%m%dT%H%M%S"
-    missing: str = "unknown"
-    position_radius_arcmin: float = 10.0
-    batch_files: int = 50
-    lights_folder: str = "lights/{filter}"
-    project_lights: str = "{date_obs}_{exposure}s_{seq:04d}{ext}"
-    masters_folder: str = "masters/{filter}"
-    project_masters: str = "{image_type}_{date_obs}_{exposure}s_{seq:04d}{ext}"
-    required_masters: tuple[str, ...] = ("dark", "flat")
-    super_luminance: str = "superlum.txt"
-    super_luminance_filters: tuple[str, ...] = ("L", "R", "G", "B")
+    template: str
+    date_format: str
+    missing: str
+    position_radius_arcmin: float
+    batch_files: int
+    lights_folder: str
+    project_lights: str
+    masters_folder: str
+    project_masters: str
+    required_masters: tuple[str, ...]
+    super_luminance: str
+    super_luminance_filters: tuple[str, ...]
 
 
 def load_gather_config(settings: Settings | None = None) -> GatherConfig:
     """Read ``configs/copyback.toml`` merged with the user file's ``[copyback]``/``[project]``.
 
+    The package file holds every key (it is the only place defaults are written); the user
+    file may override any of them. ``load_gather_config(Settings())`` gives the package
+    defaults alone.
+
     Raises
     ------
     ConfigError
-        The file is unreadable, a value has the wrong type, or a template lacks ``{seq}``.
+        The file is unreadable, a key is missing, a value has the wrong type, or a template
+        lacks ``{seq}``.
     """
     settings = settings or load_settings()
     data = read_toml(resource_dir("configs") / "copyback.toml")
@@ -137,20 +153,22 @@ def load_gather_config(settings: Settings | None = None) -> GatherConfig:
     try:
         config = GatherConfig(
             template=str(cb["template"]),
-            date_format=str(cb.get("date_format", "%Y%m%dT%H%M%S")),
-            missing=str(cb.get("missing", "unknown")),
-            position_radius_arcmin=float(cb.get("position_radius_arcmin", 10.0)),
-            batch_files=max(1, int(cb.get("batch_files", 50))),
-            lights_folder=str(pr.get("lights_folder", GatherConfig.lights_folder)),
-            project_lights=str(pr.get("lights", GatherConfig.project_lights)),
-            masters_folder=str(pr.get("masters_folder", GatherConfig.masters_folder)),
-            project_masters=str(pr.get("masters", GatherConfig.project_masters)),
-            required_masters=tuple(str(k) for k in pr.get("required_masters", ("dark", "flat"))),
-            super_luminance=str(pr.get("super_luminance", "superlum.txt")),
-            super_luminance_filters=tuple(str(f) for f in pr.get("super_luminance_filters", ("L", "R", "G", "B"))),
+            date_format=str(cb["date_format"]),
+            missing=str(cb["missing"]),
+            position_radius_arcmin=float(cb["position_radius_arcmin"]),
+            batch_files=max(1, int(cb["batch_files"])),
+            lights_folder=str(pr["lights_folder"]),
+            project_lights=str(pr["lights"]),
+            masters_folder=str(pr["masters_folder"]),
+            project_masters=str(pr["masters"]),
+            required_masters=tuple(str(k) for k in pr["required_masters"]),
+            super_luminance=str(pr["super_luminance"]),
+            super_luminance_filters=tuple(str(f) for f in pr["super_luminance_filters"]),
         )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"configs/copyback.toml: invalid or missing value: {exc}") from exc
+    except KeyError as exc:
+        raise ConfigError(f"configs/copyback.toml: missing key {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"configs/copyback.toml: invalid value: {exc}") from exc
     for template in (config.template, config.project_lights, config.project_masters):
         check_template(template)
     return config
@@ -292,7 +310,7 @@ def select_exposures(session: Session, selection: Selection, *, config: GatherCo
     selected too. The declination band is cut in SQL; the distance is computed in Python, so
     both backends give the same answer.
     """
-    config = config or GatherConfig()
+    config = config or load_gather_config()
     radius = config.position_radius_arcmin if selection.radius_arcmin is None else selection.radius_arcmin
     rows: dict[int, Row] = {}
     if selection.target:
@@ -341,30 +359,6 @@ def select_exposures(session: Session, selection: Selection, *, config: GatherCo
 FIELDS = ("target", "object", "filter", "instrument", "image_type", "night", "binning", "date_obs", "exposure", "seq", "ext")
 
 
-def safe_component(value: Any, missing: str = "unknown") -> str:
-    """Make one header value safe as (part of) a path component.
-
-    Every run of characters other than ASCII letters, digits, ``.``, ``_``, ``+`` and ``-``
-    (separators, blanks, control characters, ``:``) becomes ``_``; runs of dots become one dot;
-    leading and trailing dots, blanks and underscores go; the result is at most 100 characters.
-    An empty result is ``missing``. So ``'../../etc'`` gives ``'etc'`` and ``'a/b'`` ``'a_b'``.
-    """
-    if value is None:
-        return missing
-    text = _DOTS.sub(".", _UNSAFE.sub("_", str(value)))
-    text = text.strip("._ -")[:_MAX_FIELD].strip("._ -")
-    return text or missing
-
-
-def fits_ending(path: str) -> str:
-    """The FITS ending of a file name (``.fits``, ``.fits.gz``, ``.fz``, ...), lower case."""
-    lower = path.lower()
-    for ending in _FITS_ENDINGS:
-        if lower.endswith(ending):
-            return ending
-    return ".fits"
-
-
 def _exposure_text(seconds: float | None) -> str | None:
     if seconds is None or not math.isfinite(seconds):
         return None
@@ -392,22 +386,14 @@ def name_fields(row: Row, source_path: str, *, target: str | None, config: Gathe
 
 
 def destination(root: Path, template: str, fields: dict[str, str], seq: int) -> Path:
-    """``root / template`` filled with ``fields`` and ``seq``, checked to stay below ``root``.
+    """``root / template`` filled with ``fields`` and ``seq`` (:func:`archive.files.render_path`).
 
     Raises
     ------
     UnsafePathError
         The path would leave ``root`` (an absolute template, ``..`` in the template).
     """
-    relative = template.format(seq=seq, **fields)
-    parts = re.split(r"[/\\]", relative)
-    if any(p in ("", ".", "..") for p in parts) or relative.startswith(("/", "\\")):
-        raise UnsafePathError(f"destination {relative!r} (template {template!r}) is not a plain relative path")
-    path = root.joinpath(*parts)
-    resolved_root = root.resolve()
-    if not path.resolve().is_relative_to(resolved_root):
-        raise UnsafePathError(f"destination {path} leaves {root}")
-    return path
+    return render_path(root, template, seq=seq, **fields)
 
 
 # -- the plan --------------------------------------------------------------------------------
@@ -512,11 +498,10 @@ def _under(root: Path) -> str:
 def _sources(session: Session, frame_ids: Iterable[int]) -> dict[int, list[Row]]:
     """frame id -> its current copies, canonical first."""
     out: dict[int, list[Row]] = defaultdict(list)
-    ids = list(frame_ids)
-    for start in range(0, len(ids), 5000):
+    for ids in chunked(frame_ids):
         query = (
             select(Copy.id, Copy.frame_id, Copy.path, Copy.is_canonical, Copy.sha256)
-            .where(Copy.is_current, Copy.frame_id.in_(ids[start:start + 5000]))
+            .where(Copy.is_current, Copy.frame_id.in_(ids))
             .order_by(Copy.is_canonical.desc(), Copy.id)
         )
         for row in session.execute(query):
@@ -525,7 +510,20 @@ def _sources(session: Session, frame_ids: Iterable[int]) -> dict[int, list[Row]]
 
 
 def _duplicate_reason(kept: Row, other: Row) -> str:
-    return "same exposure (instrument and DATE-OBS) as a kept frame, other bytes (a compressed, edited or re-written copy)"
+    """Why ``other``, a frame of the same exposure (instrument and DATE-OBS) as ``kept``, is skipped.
+
+    Frames of one exposure differ in bytes (the same bytes are one frame), so the reason says
+    which of them was kept and why.
+    """
+    if other.image_type in DERIVED_TYPES:  # re-reductions of one exposure: the newest readable is kept
+        if other.id < kept.id:
+            return f"same exposure: an older {other.image_type} product (the newest readable one is kept)"
+        return f"same exposure: a newer {other.image_type} product without a readable file (an older one is kept)"
+    if other.duplicate_of_id is not None:
+        return "same exposure (instrument and DATE-OBS) as a kept frame, other bytes (a compressed, edited or re-written copy)"
+    if kept.duplicate_of_id is not None:
+        return "same exposure: the original has no readable file, a copy with other bytes was kept instead"
+    return "same exposure (instrument and DATE-OBS) as a kept frame, other bytes"
 
 
 def plan_copyback(
@@ -570,7 +568,7 @@ def plan_copyback(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
-    config = config or GatherConfig()
+    config = config or load_gather_config()
     template = template or config.template
     check_template(template)
     root = Path(dest).expanduser().absolute()
@@ -627,24 +625,6 @@ def plan_copyback(
 # -- doing it --------------------------------------------------------------------------------
 
 
-def _hash_file(path: str | Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class _VerifyError(Exception):
     pass
 
@@ -659,11 +639,11 @@ def _write_verified(item: Planned, root: Path, mode: str) -> Path:
                 break
             except FileExistsError:
                 item.dest = _next_free(item, root)
-        if _hash_file(item.dest) != item.sha256:
+        if sha256_file(item.dest) != item.sha256:
             os.unlink(item.dest)
             raise _VerifyError("the linked file's SHA-256 differs from the catalogue's (changed since it was catalogued?)")
         return item.dest
-    tmp = item.dest.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}{TEMP_SUFFIX}"
+    tmp = temporary_path(item.dest)
     digest = hashlib.sha256()
     try:
         with open(item.source, "rb") as src, open(tmp, "xb") as out:
@@ -672,12 +652,9 @@ def _write_verified(item: Planned, root: Path, mode: str) -> Path:
                 out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
-        delay = float(os.environ.get(DELAY_ENV) or 0)
-        if delay:
-            time.sleep(delay)
         if digest.hexdigest() != item.sha256:
             raise _VerifyError("the source's SHA-256 differs from the catalogue's (changed since it was catalogued?)")
-        if _hash_file(tmp) != item.sha256:
+        if sha256_file(tmp) != item.sha256:
             raise _VerifyError("the written copy's SHA-256 differs from the source's")
         stat = os.stat(item.source)
         os.utime(tmp, ns=(stat.st_atime_ns, stat.st_mtime_ns))
@@ -696,7 +673,7 @@ def _write_verified(item: Planned, root: Path, mode: str) -> Path:
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)
-    _fsync_dir(item.dest.parent)
+    fsync_dir(item.dest.parent)
     return item.dest
 
 
@@ -707,17 +684,78 @@ def _next_free(item: Planned, root: Path) -> Path:
     return path
 
 
-def clean_temporary(root: Path) -> int:
-    """Delete the temporary files an interrupted copyback left under ``root``; return how many."""
-    removed = 0
+def recover_destination(engine: Engine, root: Path, *, settings: Settings | None = None) -> tuple[int, int]:
+    """Finish what an interrupted run left in ``root`` before planning a new one.
+
+    Deletes the temporary files of writers that are gone (:func:`archive.files.remove_partials`;
+    a running writer's file is left alone), then records the files under ``root`` that the
+    catalogue does not know yet (a run killed between rename and record) with
+    :func:`archive.ingest.ingest_paths`, so that the plan sees them as present. Call it while
+    holding :func:`hold_destination`.
+
+    Returns
+    -------
+    (int, int)
+        Temporary files removed; files recorded (new frames, new copies, changed copies).
+    """
     if not root.is_dir():
-        return 0
-    for folder, _dirs, files in os.walk(root):
-        for name in files:
-            if name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX):
-                os.unlink(os.path.join(folder, name))
-                removed += 1
-    return removed
+        return 0, 0
+    removed = remove_partials(root)
+    found = ingest_paths(engine, [root], settings=settings)
+    return removed, found.new + found.new_copies + found.changed
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        pid = ""
+    return f"process {pid}" if pid.isdigit() else "another process"
+
+
+@contextmanager
+def hold_destination(root: Path, *, timeout_s: float | None = None) -> Iterator[Path]:
+    """Hold the exclusive lock of the folder ``root`` (created when needed) while the block runs.
+
+    The lock is an ``fcntl.flock`` on ``root/.archive-lock``, which is kept (deleting a lock
+    file races with its next user) and holds the holder's process id. The kernel releases it
+    when the holder exits, even when killed. Another holder makes this wait: as long as it
+    takes when ``timeout_s`` is None, else at most ``timeout_s`` seconds (0: not at all).
+
+    Raises
+    ------
+    DestinationBusyError
+        The lock was not free within ``timeout_s``.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    lock = root / LOCK_NAME
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            busy = f"another copyback or project collect ({holder}) is writing into {root} (it holds {lock})"
+            if timeout_s is not None and timeout_s <= 0:
+                raise DestinationBusyError(f"{busy}; try again when it has finished") from None
+            log.warning("%s; waiting for it to finish", busy)
+            if timeout_s is None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            else:
+                deadline = time.monotonic() + timeout_s
+                while True:
+                    time.sleep(min(0.1, max(deadline - time.monotonic(), 0.0)))
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            raise DestinationBusyError(f"{busy}; waited {timeout_s:g} s") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield lock
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _retire_source(session: Session, item: Planned) -> None:
@@ -731,10 +769,12 @@ def _retire_source(session: Session, item: Planned) -> None:
 
 
 def _recorded(session: Session, items: Sequence[Planned]) -> set[str]:
-    paths = [str(i.dest) for i in items]
-    rows = session.execute(select(Copy.path, Copy.sha256).where(Copy.is_current, Copy.path.in_(paths)))
     expected = {str(i.dest): i.sha256 for i in items}
-    return {p for p, sha in rows if expected.get(p) == sha}
+    recorded: set[str] = set()
+    for paths in chunked(expected):
+        rows = session.execute(select(Copy.path, Copy.sha256).where(Copy.is_current, Copy.path.in_(paths)))
+        recorded.update(p for p, sha in rows if expected.get(p) == sha)
+    return recorded
 
 
 def execute_plan(
@@ -792,7 +832,7 @@ def execute_plan(
                 if os.path.islink(item.dest) or os.path.samefile(item.dest, item.source):
                     summary.failures.append((item.source, f"{item.dest} is a link to it, not a copy; source kept"))
                     continue
-                if _hash_file(item.dest) != item.sha256:
+                if sha256_file(item.dest) != item.sha256:
                     summary.failures.append((item.source, f"its copy {item.dest} does not verify; source kept"))
                     continue
             if os.path.exists(item.source):
@@ -817,8 +857,13 @@ def copyback(
     settings: Settings | None = None,
     template: str | None = None,
     progress: Progress | None = None,
+    lock_timeout_s: float | None = None,
 ) -> CopybackSummary:
     """Gather the frames of ``selection`` into ``dest``, one file per exposure.
+
+    A real run holds ``dest``'s lock (:func:`hold_destination`) from its start to its end:
+    it first finishes what an interrupted run left (:func:`recover_destination`), then plans
+    and copies. A dry run takes no lock and writes nothing.
 
     Parameters
     ----------
@@ -840,6 +885,9 @@ def copyback(
     template : str, optional
         Destination name template (default ``config.template``).
     progress : Progress, optional
+    lock_timeout_s : float, optional
+        Seconds to wait while another run holds ``dest``'s lock: None (default) waits as long
+        as it takes, 0 not at all.
 
     Returns
     -------
@@ -853,20 +901,25 @@ def copyback(
         The template leads outside ``dest``.
     ConfigError
         Bad template or configuration.
+    DestinationBusyError
+        Another run held ``dest``'s lock for longer than ``lock_timeout_s``.
     """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     settings = settings or load_settings()
     config = config or load_gather_config(settings)
+    check_template(template or config.template)
     root = Path(dest).expanduser().absolute()
-    removed = found = 0
-    if not dry_run and root.is_dir():
-        removed = clean_temporary(root)
-        found_summary = ingest_paths(engine, [root], settings=settings)
-        found = found_summary.new + found_summary.new_copies + found_summary.changed
-    with session_scope(engine) as session:
-        summary = plan_copyback(session, selection, root, mode=mode, config=config, template=template)
-    summary.dry_run = dry_run
-    summary.temp_removed, summary.recorded_found = removed, found
-    if dry_run or not summary.plan:
+    if dry_run:
+        with session_scope(engine) as session:
+            summary = plan_copyback(session, selection, root, mode=mode, config=config, template=template)
+        summary.dry_run = True
         return summary
-    root.mkdir(parents=True, exist_ok=True)
-    return execute_plan(engine, summary, root, mode=mode, config=config, settings=settings, progress=progress)
+    with hold_destination(root, timeout_s=lock_timeout_s):
+        removed, found = recover_destination(engine, root, settings=settings)
+        with session_scope(engine) as session:
+            summary = plan_copyback(session, selection, root, mode=mode, config=config, template=template)
+        summary.temp_removed, summary.recorded_found = removed, found
+        if summary.plan:
+            execute_plan(engine, summary, root, mode=mode, config=config, settings=settings, progress=progress)
+    return summary

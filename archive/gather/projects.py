@@ -18,6 +18,9 @@ matching rules of ``configs/matching``) chooses, for every light, the masters of
 ``required_masters``; the union per filter is collected. A light is *usable* when every
 required kind has a valid master (not flagged bad, within validity) and the light is not a
 duplicate exposure. (Frames themselves carry no bad flag in the catalogue yet.)
+
+A collect holds the project folder's lock (:func:`archive.gather.copyback.hold_destination`)
+from its start to its end, so two collects of one project never copy an exposure twice.
 """
 
 from __future__ import annotations
@@ -34,16 +37,20 @@ import pandas as pd
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from archive.calib.masters import sync_library
+from archive.calib.select import select_masters
 from archive.config import Settings, load_settings
+from archive.db.base import utcnow
+from archive.db.bulk import chunked
 from archive.db.models import Copy, Frame, Instrument
 from archive.db.projects import Project, ProjectGoal
 from archive.db.session import session_scope
-from archive.errors import ProjectError, UnsafePathError
+from archive.errors import ProjectError
+from archive.files import fsync_dir, render_path, safe_component, temporary_path
 from archive.gather.copyback import (
-    _COLUMNS, CopybackSummary, ExposureSelection, GatherConfig, Selection, _under, clean_temporary, execute_plan,
-    load_gather_config, plan_copyback, safe_component, select_exposures,
+    _COLUMNS, MODES, CopybackSummary, ExposureSelection, GatherConfig, Selection, _under, execute_plan, hold_destination,
+    load_gather_config, plan_copyback, recover_destination, select_exposures,
 )
-from archive.ingest.ingest import ingest_paths, utcnow
 from archive.progress import Progress
 
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([hms]?)\s*$", re.IGNORECASE)
@@ -174,73 +181,30 @@ def _by_filter(project: Project, groups: ExposureSelection) -> dict[str, Exposur
 
 
 def _folder(root: Path, template: str, filter_name: str, config: GatherConfig) -> Path:
-    relative = template.format(filter=safe_component(filter_name, safe_component(config.missing)))
-    parts = re.split(r"[/\\]", relative)
-    if any(p in ("", ".", "..") for p in parts):
-        raise UnsafePathError(f"project folder template {template!r} gives {relative!r}, not a plain relative path")
-    return root.joinpath(*parts)
+    """A filter's folder below the project folder (``{filter}`` made safe; checked to stay below)."""
+    return render_path(root, template, filter=safe_component(filter_name, safe_component(config.missing)))
 
 
 # -- masters -----------------------------------------------------------------------------------
-
-
-def _calib():
-    """The master library's selection, when the calib package is installed (issue 3)."""
-    try:
-        from archive.calib.masters import sync_library
-        from archive.calib.select import select_masters
-    except ImportError:  # pragma: no cover - the library ships with archive
-        return None
-    return sync_library, select_masters
-
-
-def _fallback_masters(session: Session, light_ids: Sequence[int], kinds: Sequence[str]) -> dict[tuple[int, str], list[int]]:
-    """Without the master library: a ``master_<kind>`` frame of the same instrument and binning
-    (flats: same filter; darks: same exposure within 0.01 s), nearest in time."""
-    out: dict[tuple[int, str], list[int]] = {}
-    lights = session.scalars(select(Frame).where(Frame.id.in_(light_ids))).all()
-    for light in lights:
-        for kind in kinds:
-            query = select(Frame.id).where(
-                Frame.image_type == f"master_{kind}", Frame.instrument_id == light.instrument_id,
-                Frame.binning_x == light.binning_x, Frame.binning_y == light.binning_y,
-                Frame.duplicate_of_id.is_(None),
-            )
-            if kind == "flat":
-                query = query.where(Frame.filter_name == light.filter_name)
-            if kind == "dark" and light.exposure_time_s is not None:
-                query = query.where(Frame.exposure_time_s.between(light.exposure_time_s - 0.01, light.exposure_time_s + 0.01))
-            rows = session.execute(query.add_columns(Frame.date_obs_s)).all()
-            if rows:
-                best = min(rows, key=lambda r: (abs((r.date_obs_s or 0) - (light.date_obs_s or 0)), -r.id))
-                out[(light.id, kind)] = [best.id]
-    return out
 
 
 def masters_for(session: Session, light_ids: Sequence[int], kinds: Sequence[str]) -> dict[tuple[int, str], list[int]]:
     """(light id, kind) -> the master frame ids that calibrate it (several for an interpolated
     dark); pairs without a valid master are absent.
 
-    Uses the master library's selection (:func:`archive.calib.select.select_masters`, rules of
-    ``configs/matching``; masters flagged bad or outside their validity are never chosen);
-    without the master library, a simple match on instrument, binning, filter (flats) and
-    exposure (darks).
+    The master library's selection (:func:`archive.calib.select.select_masters`, rules of
+    ``configs/matching``): masters flagged bad or outside their validity are never chosen.
     """
     if not light_ids or not kinds:
         return {}
-    calib = _calib()
-    if calib is None:
-        return _fallback_masters(session, light_ids, kinds)
-    _sync, select_masters = calib
     chosen = select_masters(session, list(light_ids), tuple(kinds))
     return {key: [mid for mid, _ in sel.weights] for key, sel in chosen.items() if sel.found}
 
 
 def _sync_library(engine: Engine) -> None:
-    calib = _calib()
-    if calib is not None:
-        with session_scope(engine, write=True) as session:
-            calib[0](session)
+    """Give ingested masters made elsewhere their library rows (:func:`archive.calib.masters.sync_library`)."""
+    with session_scope(engine, write=True) as session:
+        sync_library(session)
 
 
 # -- collect -----------------------------------------------------------------------------------
@@ -307,6 +271,7 @@ def collect_project(
     settings: Settings | None = None,
     config: GatherConfig | None = None,
     progress: Progress | None = None,
+    lock_timeout_s: float | None = None,
 ) -> CollectSummary:
     """Collect a project's lights and their masters into its folder, per filter.
 
@@ -326,25 +291,54 @@ def collect_project(
     dry_run : bool
         Plan only: nothing is written to disk or to the catalogue.
     super_luminance : bool
-        Also write the list of every collected L, R, G and B light (``superlum.txt``).
+        Also write the list of every collected light of ``super_luminance_filters`` (by
+        default L, R, G and B; ``superlum.txt``), among the filters collected.
+    lock_timeout_s : float, optional
+        Seconds to wait while another run holds the project folder's lock: None (default)
+        waits as long as it takes, 0 not at all.
 
     Raises
     ------
+    ValueError
+        Unknown ``mode``.
     ProjectError
         No such project.
+    DestinationBusyError
+        Another run held the project folder's lock for longer than ``lock_timeout_s``.
     """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     settings = settings or load_settings()
     config = config or load_gather_config(settings)
     summary = CollectSummary(dry_run=dry_run)
     with session_scope(engine) as session:
         project = get_project(session, name)
     root = Path(project.folder)
-    if not dry_run:
-        if root.is_dir():
-            summary.temp_removed = clean_temporary(root)
-            found = ingest_paths(engine, [root], settings=settings)
-            summary.recorded_found = found.new + found.new_copies + found.changed
+    if dry_run:
+        for plan, _, _ in _plan_collect(engine, project, root, mode, config, summary):
+            plan.dry_run = True
+        return summary
+    with hold_destination(root, timeout_s=lock_timeout_s):
+        summary.temp_removed, summary.recorded_found = recover_destination(engine, root, settings=settings)
         _sync_library(engine)
+        for plan, plan_root, plan_mode in _plan_collect(engine, project, root, mode, config, summary):
+            if plan.plan:
+                plan_root.mkdir(parents=True, exist_ok=True)
+                execute_plan(engine, plan, plan_root, mode=plan_mode, config=config, settings=settings,
+                             progress=progress)
+        if super_luminance:
+            summary.super_luminance, summary.super_luminance_count = _write_super_luminance(
+                engine, root, list(summary.lights), config)
+        with session_scope(engine, write=True) as session:
+            session.get(Project, project.id).collected_at = utcnow()
+    return summary
+
+
+def _plan_collect(
+    engine: Engine, project: Project, root: Path, mode: str, config: GatherConfig, summary: CollectSummary,
+) -> list[tuple[CopybackSummary, Path, str]]:
+    """Plan a collect: per filter, the lights and their masters (filling ``summary``); returns
+    (plan, folder, mode) for each."""
     selection = project_selection(project)
     plans: list[tuple[CopybackSummary, Path, str]] = []
     with session_scope(engine) as session:
@@ -361,36 +355,28 @@ def collect_project(
             if missing:
                 summary.missing_masters[filter_name] = missing
             master_ids = sorted({m for ids in chosen.values() for m in ids})
-            rows = session.execute(
+            rows = [row for ids in chunked(master_ids) for row in session.execute(
                 select(*_COLUMNS).select_from(Frame).outerjoin(Instrument, Frame.instrument_id == Instrument.id)
-                .where(Frame.id.in_(master_ids)).order_by(Frame.id)
-            ).all() if master_ids else []
+                .where(Frame.id.in_(ids)).order_by(Frame.id)
+            )]
             masters_root = _folder(root, config.masters_folder, filter_name, config)
             master_mode = "link" if mode == "link" else "copy"
             masters = plan_copyback(session, selection, masters_root, mode=master_mode, config=config,
                                     template=config.project_masters, groups=ExposureSelection(groups=[[r] for r in rows]))
             summary.masters[filter_name] = masters
             plans.append((masters, masters_root, master_mode))
-    if dry_run:
-        for plan, _, _ in plans:
-            plan.dry_run = True
-        return summary
-    for plan, plan_root, plan_mode in plans:
-        if plan.plan:
-            plan_root.mkdir(parents=True, exist_ok=True)
-            execute_plan(engine, plan, plan_root, mode=plan_mode, config=config, settings=settings, progress=progress)
-    if super_luminance:
-        summary.super_luminance, summary.super_luminance_count = _write_super_luminance(engine, project, root, config)
-    with session_scope(engine, write=True) as session:
-        session.get(Project, project.id).collected_at = utcnow()
-    return summary
+    return plans
 
 
-def _write_super_luminance(engine: Engine, project: Project, root: Path, config: GatherConfig) -> tuple[Path, int]:
-    """Write the list of the collected lights of the L, R, G, B filters (absolute paths, one a
-    line, by name), to a temporary name then renamed."""
+def _write_super_luminance(engine: Engine, root: Path, filters: Sequence[str], config: GatherConfig) -> tuple[Path, int]:
+    """Write the list of the collected lights of ``filters`` that are super-luminance filters
+    (``config.super_luminance_filters``, case-insensitive): absolute paths, one a line, sorted.
+
+    ``filters`` are the filters the collect found (the project's, or every one found when it
+    names none). The list goes to a temporary name, is synced, then renamed over the old one.
+    """
     wanted = {f.lower() for f in config.super_luminance_filters}
-    folders = [_folder(root, config.lights_folder, f, config) for f in project.filters if f.lower() in wanted]
+    folders = [_folder(root, config.lights_folder, f, config) for f in filters if f.lower() in wanted]
     paths: list[str] = []
     with session_scope(engine) as session:
         for folder in folders:
@@ -398,9 +384,16 @@ def _write_super_luminance(engine: Engine, project: Project, root: Path, config:
                 Copy.is_current, Copy.path.startswith(_under(folder), autoescape=True))) if os.path.exists(p)]
     target = root / safe_component(config.super_luminance, "superlum.txt")
     root.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text("".join(f"{p}\n" for p in sorted(paths)))
-    os.replace(tmp, target)  # the list is ours to replace (it is not a frame)
+    tmp = temporary_path(target)
+    try:
+        with open(tmp, "x", encoding="utf-8") as out:
+            out.write("".join(f"{p}\n" for p in sorted(paths)))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)  # the list is ours to replace (it is not a frame)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(root)
     return target, len(paths)
 
 
@@ -439,8 +432,8 @@ def project_status(engine: Engine, name: str, *, config: GatherConfig | None = N
             usable = [r for r in kept if all((r.id, k) in chosen for k in config.required_masters)]
             folder = _under(_folder(Path(project.folder), config.lights_folder, filter_name, config))
             ids = [r.id for g in groups.groups for r in g]
-            inside = set(session.scalars(select(Copy.frame_id).where(
-                Copy.is_current, Copy.frame_id.in_(ids), Copy.path.startswith(folder, autoescape=True)))) if ids else set()
+            inside = {frame_id for chunk in chunked(ids) for frame_id in session.scalars(select(Copy.frame_id).where(
+                Copy.is_current, Copy.frame_id.in_(chunk), Copy.path.startswith(folder, autoescape=True)))}
             collected = sum(1 for g in groups.groups if any(r.id in inside for r in g))
             total_s = sum(r.exposure_time_s or 0.0 for r in kept)
             usable_s = sum(r.exposure_time_s or 0.0 for r in usable)
