@@ -19,6 +19,7 @@ import itertools
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from archive.calib import RuleBook, explain_selection, select_masters
@@ -160,3 +161,53 @@ dark_strategy = st.fixed_dictionaries({
        exposure=st.sampled_from([30.0, 45.0, 60.0, 200.0, 600.0]))
 def test_dark_selection_properties(engine, masters, exposure):
     _check(engine, "dark", masters, {"binning": 1, "set_temp_c": -10.0, "exposure": exposure, "filter": None})
+
+
+def _library(session: Session, kind: str, specs: list[dict]) -> list[Frame]:
+    """Masters of ``kind`` from specs (``exposure``, ``offset_s``, ``bias_subtracted``), instrument A."""
+    instrument = Instrument(name="A")
+    session.add(instrument)
+    session.flush()
+    frames = []
+    for spec in specs:
+        full = {"binning": 1, "set_temp_c": -10.0, "filter": None, **spec}
+        mframe = _frame(instrument.id, f"master_{kind}", full, T0 + dt.timedelta(seconds=spec["offset_s"]))
+        session.add(mframe)
+        session.flush()
+        session.add(Master(frame_id=mframe.id, kind=kind, origin="built", n_combined=5, combine_method="median",
+                           bias_subtracted=spec["bias_subtracted"], is_bad=False, created_at=T0))
+        frames.append(mframe)
+    session.flush()
+    return frames
+
+
+def test_interpolation_counts_exposures_within_the_tolerance_once(engine):
+    """Two darks 0.004 s apart (tolerance 0.01 s) are one exposure: no line through them."""
+    with Session(engine) as session:
+        _library(session, "dark", [{"exposure": 60.0, "offset_s": -3600, "bias_subtracted": True},
+                                   {"exposure": 60.004, "offset_s": -7200, "bias_subtracted": True}])
+        light = _frame(session.scalars(select(Instrument.id)).one(), "light",
+                       {"binning": 1, "set_temp_c": -10.0, "filter": None, "exposure": 300.0}, T0)
+        session.add(light)
+        session.flush()
+        selection = explain_selection(session, light, "dark", rules=RULES)
+        assert selection.method == "none" and "'exposure' removed the last" in selection.explanation
+        session.rollback()
+
+
+def test_interpolated_master_id_is_one_of_those_combined(engine):
+    with Session(engine) as session:
+        a, _, c, d = _library(session, "dark", [
+            {"exposure": 60.0, "offset_s": -3600, "bias_subtracted": True},
+            {"exposure": 60.0, "offset_s": -7200, "bias_subtracted": True},
+            {"exposure": 120.0, "offset_s": -10800, "bias_subtracted": True},
+            {"exposure": 30.0, "offset_s": -600, "bias_subtracted": False},  # nearest, but cannot be combined
+        ])
+        light = _frame(a.instrument_id, "light", {"binning": 1, "set_temp_c": -10.0, "filter": None, "exposure": 300.0}, T0)
+        session.add(light)
+        session.flush()
+        selection = explain_selection(session, light, "dark", rules=RULES)
+        assert selection.method == "interpolated"
+        assert {mid for mid, _ in selection.weights} == {a.id, c.id}
+        assert selection.master_id == a.id != d.id
+        session.rollback()

@@ -243,7 +243,7 @@ def _judge(frame: Frame, master: Master, mframe: Frame, rules: KindRules) -> Ver
     exposure_order = mframe.exposure_time_s if method == "scaled" else 0.0
     verdict.sort_key = (
         0 if method == "exact" else 1, exposure_order, delta, -(master.n_combined or 0),
-        -master.created_at.timestamp(), -mframe.id,
+        -(_us(master.created_at) or 0), -mframe.id,
     )
     return verdict
 
@@ -289,16 +289,17 @@ def interpolation_weights(exposures: Sequence[float], t: float) -> list[float]:
 
 
 def _interpolate(frame: Frame, pairs: list[tuple[Master, Frame, Verdict]], rules: KindRules) -> tuple[list[tuple[int, float]], dict] | None:
-    """Bias-subtracted darks rejected only for their exposure: the nearest in time per exposure."""
+    """Bias-subtracted darks rejected only for their exposure: the nearest in time per exposure
+    (exposures within ``exposure_tolerance_s`` count as one, as when grouping and matching)."""
     if not rules.interpolate or frame.exposure_time_s is None:
         return None
-    best: dict[float, tuple[Master, Frame, Verdict]] = {}
+    best: dict[int, tuple[Master, Frame, Verdict]] = {}
     for master, mframe, verdict in pairs:
         if not master.bias_subtracted or mframe.exposure_time_s is None:
             continue
         # every rule but the exposure one must pass: re-judge with exposure ignored
-        key = round(mframe.exposure_time_s, 6)
-        order = (verdict.delta_s, -(master.n_combined or 0), -master.created_at.timestamp(), -mframe.id)
+        key = exposure_key(mframe.exposure_time_s, rules.exposure_tolerance_s)
+        order = (verdict.delta_s, -(master.n_combined or 0), -(_us(master.created_at) or 0), -mframe.id)
         if key not in best or order < best[key][2].sort_key:
             verdict.sort_key = order
             best[key] = (master, mframe, verdict)
@@ -370,8 +371,8 @@ def explain_selection(
         interpolated = _interpolate(frame, exposure_only, kind_rules)
         if interpolated:
             weights, detail = interpolated
-            nearest = min(exposure_only, key=lambda p: (p[2].delta_s, -p[1].id))[1].id
             used = {mid for mid, _ in weights}
+            nearest = min((p for p in exposure_only if p[1].id in used), key=lambda p: (p[2].delta_s, -p[1].id))[1].id
             for verdict in verdicts:
                 if verdict.master_id in used:
                     verdict.method = "interpolated"
