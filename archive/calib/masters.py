@@ -41,7 +41,7 @@ import archive
 from archive.calib.combine import MasterBuildError, RowReader, image_median, combine_files
 from archive.calib.rules import KindRules, MatchingRules, RuleBook
 from archive.calib.select import (
-    Selection, explain_selection, exposure_key, interpolation_weights, record_selection, rules_for,
+    Selection, explain_selection, exposure_key, interpolation_weights, match_value, record_selection, rules_for,
 )
 from archive.config import Settings, data_home, load_settings
 from archive.db.base import utcnow
@@ -170,10 +170,6 @@ class BuildSummary:
     busy: int = 0
 
 
-def _group_value(frame: Frame, column: str) -> Any:
-    return frame.instrument_id if column == "instrument" else getattr(frame, column)
-
-
 def _split_tolerance(frames: list[Frame], tolerance: dict[str, float]) -> list[list[Frame]]:
     """Split a group so that, per tolerance column, a subgroup spans at most the tolerance."""
     groups = [frames]
@@ -231,6 +227,7 @@ def plan_masters(
     ConfigError
         No rules for ``kind``.
     """
+    rules = rules if rules is not None else RuleBook()  # read once, not once per frame
     book = rules if isinstance(rules, RuleBook) else None
     base = filters or FrameFilter()
     query = frame_query(FrameFilter(**{**base.__dict__, "image_type": kind, "include_duplicates": False}))
@@ -243,7 +240,7 @@ def plan_masters(
             continue
         matching = rules_for(book or rules, names.get(frame.instrument_id))
         kr = matching[kind]
-        key = [("night", frame.night)] + [(c, _group_value(frame, c)) for c in kr.exact]
+        key = [("night", frame.night)] + [(c, match_value(frame, c)) for c in kr.exact]
         if kind == "dark":
             t = frame.exposure_time_s
             key.append(("exposure_time_s", exposure_key(t, kr.exposure_tolerance_s)))

@@ -161,7 +161,9 @@ def rules_for(rules: RuleBook | MatchingRules | None, instrument: str | None) ->
 # -- the rules in Python: one frame, every candidate explained --------------------------------
 
 
-def _value(frame: Frame, column: str) -> Any:
+def match_value(frame: Frame, column: str) -> Any:
+    """The value of a rule column (:data:`archive.calib.rules.MATCH_COLUMNS`) of ``frame``:
+    ``instrument`` is compared by ``frames.instrument_id``, the others are frame columns."""
     return frame.instrument_id if column == "instrument" else getattr(frame, column)
 
 
@@ -206,14 +208,14 @@ def _judge(frame: Frame, master: Master, mframe: Frame, rules: KindRules) -> Ver
         return verdict
 
     for column in rules.exact:
-        mine, theirs = _value(frame, column), _value(mframe, column)
+        mine, theirs = match_value(frame, column), match_value(mframe, column)
         if not _equal(mine, theirs):
             if column == "instrument":
                 mine = frame.instrument.name if frame.instrument else None
                 theirs = mframe.instrument.name if mframe.instrument else None
             return reject(f"exact:{column}", f"{column} {theirs!r} differs from the frame's {mine!r}")
     for column, limit in rules.tolerance.items():
-        mine, theirs = _value(frame, column), _value(mframe, column)
+        mine, theirs = match_value(frame, column), match_value(mframe, column)
         if mine is None or theirs is None:
             if mine is None and theirs is None:
                 continue
@@ -737,6 +739,7 @@ def select_masters(
         The set-based selections carry no candidate verdicts (``candidates == []``).
     """
     ids = list(dict.fromkeys(frame_ids))
+    rules = rules if rules is not None else RuleBook()  # read once
     book = rules if isinstance(rules, RuleBook) else None
     frames = Frame.__table__
     columns = [frames.c[c] for c in _FRAME_COLUMNS]
@@ -835,6 +838,7 @@ def missing_calibrations(
         ``first_night``, ``last_night``, ``why`` (the rule that removed the last candidates for
         one of them), ``frame_ids`` (up to 20).
     """
+    rules = rules if rules is not None else RuleBook()  # read once
     selections = select_masters(session, frame_ids, kinds, rules=rules, fallback=True)
     missing = [(fid, kind, sel) for (fid, kind), sel in selections.items() if not sel.found]
     if not missing:
