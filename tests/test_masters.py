@@ -467,7 +467,7 @@ def test_concurrent_builds_of_one_group_build_it_once(engine, tmp_path, monkeypa
     def run():
         try:
             summaries.append(build_masters(engine, library=tmp_path / "library", kinds=["bias"]))
-        except Exception as exc:  # reported below
+        except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=run) for _ in range(2)]

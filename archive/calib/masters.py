@@ -17,7 +17,6 @@ frames of 3072 x 2048 takes about 0.4 s on two cores).
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -27,7 +26,7 @@ import socket
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -230,7 +229,7 @@ def plan_masters(
     rules = rules if rules is not None else RuleBook()  # read once, not once per frame
     book = rules if isinstance(rules, RuleBook) else None
     base = filters or FrameFilter()
-    query = frame_query(FrameFilter(**{**base.__dict__, "image_type": kind, "include_duplicates": False}))
+    query = frame_query(replace(base, image_type=kind, include_duplicates=False))
     frames = list(session.scalars(query.order_by(Frame.date_obs_s, Frame.id)))
     no_date = sum(1 for f in frames if f.date_obs_s is None or f.night is None)
     names = dict(session.execute(select(Instrument.id, Instrument.name)).all())
@@ -620,7 +619,7 @@ def build_masters(
         progress.start(len(plans), f"master {kind}")
         for plan in plans:
             if memory_limit_bytes:
-                plan.rules = dataclasses.replace(plan.rules, memory_limit_bytes=memory_limit_bytes)
+                plan.rules = replace(plan.rules, memory_limit_bytes=memory_limit_bytes)
             what = describe(plan)
             try:
                 _build_one(engine, plan, library, settings, summary, claim)

@@ -26,7 +26,7 @@ import datetime as dt
 import math
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
@@ -425,7 +425,7 @@ def explain_selections(
 
 def _passes_rest(frame: Frame, master: Master, mframe: Frame, rules: KindRules) -> bool:
     """Every rule but the exposure one passes (a candidate for interpolation)."""
-    relaxed = KindRules(**{**rules.__dict__, "kind": "bias"})
+    relaxed = replace(rules, kind="bias")
     return _judge(frame, master, mframe, relaxed).rejected_by is None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -142,7 +143,7 @@ def select_cmd(app: AppContext, files, filters: FrameFilter, kinds, explain: boo
             ids = [frame_for_path(session, path).id for path in files]
         else:
             if filters.image_type is None:
-                filters = FrameFilter(**{**filters.__dict__, "image_type": "light"})
+                filters = dataclasses.replace(filters, image_type="light")
             ids = list(session.scalars(frame_query(filters, Frame.id).order_by(Frame.date_obs_s, Frame.id)))
         if explain or record:
             selections = explain_selections(session, ids, kinds, rules=book)
@@ -235,7 +236,7 @@ def missing(app: AppContext, filters: FrameFilter, kinds, rules_dir, fmt) -> Non
     """
     book = _book(app, rules_dir)
     if filters.image_type is None:
-        filters = FrameFilter(**{**filters.__dict__, "image_type": "light"})
+        filters = dataclasses.replace(filters, image_type="light")
     with session_scope(app.engine, write=True) as session:
         sync_library(session, book)
         ids = list(session.scalars(frame_query(filters, Frame.id)))
