@@ -84,13 +84,14 @@ def run_archive(folder: Path, workers: int, method: str) -> None:
         stars = list(pool.map(count_stars, inputs))
         reference = choose_reference([(s["path"], s["n_stars"]) for s in stars])
         ref_xy = next(s["xy"] for s in stars if s["path"] == reference)
-        ref_ast = next(s["asterisms"] for s in stars if s["path"] == reference)
         jobs = [RegistrationJob(source=s["path"], output=str(out / f"reg_{i:05d}.fits"), reference=reference,
-                                source_xy=s["xy"], reference_xy=ref_xy, source_asterisms=s["asterisms"],
-                                reference_asterisms=ref_ast) for i, s in enumerate(stars)]
+                                source_xy=s["xy"], reference_xy=ref_xy) for i, s in enumerate(stars)]
         results = list(pool.map(register_file, jobs))
         ok = [r["output"] for r in results if r["ok"]]
-        stack = stack_files(StackJob(inputs=tuple(ok), output=str(out / "stack.fits"), method=method),
+        headers = [fits.getheader(path) for path in ok]  # what the catalogue would hand the stack
+        stack = stack_files(StackJob(inputs=tuple(ok), output=str(out / "stack.fits"), method=method,
+                                     exposures_s=tuple(float(h["EXPTIME"]) for h in headers),
+                                     dates_obs=tuple(h["DATE-OBS"] for h in headers)),
                             executor=pool, parts=workers)
     print(json.dumps({"registered": len(ok), "failed": len(results) - len(ok), "ncombine": stack["ncombine"]}))
 

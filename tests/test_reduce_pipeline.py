@@ -33,15 +33,18 @@ def _sky(dx: float, dy: float, seed: int) -> np.ndarray:
     return image + np.random.default_rng(seed).normal(0, 3, SHAPE)
 
 
-def _frame(path, image_type, seconds, minute, data, **extra):
+def _frame(path, image_type, seconds, minute, data, drop=(), **extra):
     header = nina_header(image_type.upper(), EXPTIME=seconds, EXPOSURE=seconds,
                          **{"DATE-OBS": f"2026-11-20T22:{minute:02d}:00"}, **extra)
+    for key in drop:
+        header.pop(key)
     write_fits(path, header, data=np.clip(data, 0, 65535).astype(np.uint16))
 
 
-def synthetic_night(folder, noise_light: bool = True, light_s: float = 120.0):
+def synthetic_night(folder, noise_light: bool = True, light_s: float = 120.0, light_drop=()):
     """3 bias, 3 dark 120 s, 3 flats Ha 2 s, 3 M 31 lights 120 s shifted by a few pixels, and
-    (``noise_light``) a fourth light of pure noise that cannot be aligned."""
+    (``noise_light``) a fourth light of pure noise that cannot be aligned. ``light_drop``:
+    header keywords left out of the lights."""
     rng = np.random.default_rng(1)
     for i in range(3):
         _frame(folder / f"bias_{i}.fits", "bias", 0.0, i, 500 + rng.normal(0, 3, SHAPE))
@@ -49,7 +52,8 @@ def synthetic_night(folder, noise_light: bool = True, light_s: float = 120.0):
         _frame(folder / f"flat_{i}.fits", "flat", 2.0, 10 + i, 500 + 20000 * (1 + 0.1 * rng.random()) * np.ones(SHAPE)
                + rng.normal(0, 30, SHAPE))
     for i, (dx, dy) in enumerate([(0, 0), (3.2, -2.1), (-4.5, 1.7)]):
-        _frame(folder / f"m31_{i}.fits", "light", light_s, 20 + i, 500 + 20 * light_s / 120 + _sky(dx, dy, 10 + i))
+        _frame(folder / f"m31_{i}.fits", "light", light_s, 20 + i, 500 + 20 * light_s / 120 + _sky(dx, dy, 10 + i),
+               drop=light_drop)
     if noise_light:
         _frame(folder / "m31_noise.fits", "light", 120.0, 30, 620 + rng.normal(0, 3, SHAPE))
 
@@ -75,6 +79,7 @@ def test_failures_are_recorded_and_the_loop_goes_on(db_url, tmp_path):
         with session_scope(engine) as session:
             failed = session.scalars(select(Reduction).where(Reduction.status == "failed")).all()
             assert [r.step for r in failed] == ["register"] and failed[0].message
+            assert failed[0].parameters["failure"] == "alignment"  # deterministic: not tried again
             stack = session.scalars(select(Frame).where(Frame.image_type == "stacked")).one()
             header = fits.Header.fromstring(stack.header, sep="\n")
             assert header[kw.NCOMBINE] == 3 and header[kw.TOTAL_EXPOSURE] == 360.0
@@ -118,7 +123,7 @@ def test_scaled_dark_in_the_pipeline(db_url, tmp_path):
     result = CliRunner().invoke(main, ["--db", db_url, "night", "2026-11-20", "--root", str(root), "--output",
                                        str(tmp_path / "out"), "--serial"], env=env, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    cal = min((tmp_path / "out").rglob("m31_0_cal.fits"))
+    cal = min((tmp_path / "out").rglob("m31_0_*_cal.fits"))
     header = fits.getheader(cal)
     assert header[kw.DARK_METHOD] == "scaled" and header[kw.DARK_SCALE] == pytest.approx(0.5)
     def median_of(pattern):
@@ -209,3 +214,169 @@ def test_lights_without_masters_fail_clearly(db_url, tmp_path):
     assert result.exit_code == 1
     assert "no master bias, dark or flat" in result.output and "no master bias in the library" in result.output
     assert not (tmp_path / "out").exists()
+
+
+# -- review fixes ------------------------------------------------------------------------------
+
+
+def _run(db_url, tmp_path, *args):
+    (tmp_path / "config.toml").write_text(f'[masters]\nlibrary = "{tmp_path / "masters"}"\n')
+    env = {"ARCHIVE_CONFIG": str(tmp_path / "config.toml")}
+    return CliRunner().invoke(main, ["--db", db_url, *args, "--serial", "--output", str(tmp_path / "out")], env=env,
+                              catch_exceptions=False)
+
+
+def _night(db_url, tmp_path):
+    return _run(db_url, tmp_path, "night", "2026-11-20", "--root", str(tmp_path / "imaging"))
+
+
+def _engine(db_url):
+    from archive.db.session import open_catalogue
+
+    return open_catalogue(db_url)
+
+
+def test_two_lights_of_one_name_get_two_products(db_url, tmp_path):
+    """Two rigs (or a counter restarting per session) write m31_0.fits into two folders of one
+    night: each light gets its own calibrated file, linked to it, none overwritten."""
+    from archive.files import sha256_file
+    from archive.reduce.pipeline import current_calibrated
+
+    night = tmp_path / "imaging" / "2026-11-20"
+    synthetic_night(night / "rig_a", noise_light=False)
+    _frame(night / "rig_b" / "m31_0.fits", "light", 120.0, 40, 520 + _sky(2.0, 1.0, 99))
+    result = _night(db_url, tmp_path)
+    assert result.exit_code == 0, result.output
+    engine = _engine(db_url)
+    try:
+        with session_scope(engine) as session:
+            from archive.db.models import Copy
+
+            lights = session.scalars(select(Frame).join(Copy, Copy.frame_id == Frame.id).where(
+                Frame.image_type == "light", Copy.path.like("%/m31_0.fits"))).all()
+            assert len(lights) == 2
+            current = current_calibrated(session, [light.id for light in lights])
+            products = {}
+            for light in lights:
+                cal_id, rid = current[light.id]
+                path = session.scalar(select(Copy.path).where(Copy.frame_id == cal_id, Copy.is_current))
+                cal = session.get(Frame, cal_id)
+                assert path is not None and sha256_file(path) == cal.sha256  # the file is still this product
+                assert cal.date_obs == light.date_obs  # made from its own light
+                assert fits.getval(path, kw.FINGERPRINT) == session.get(Reduction, rid).fingerprint
+                products[light.id] = path
+            assert len(set(products.values())) == 2
+    finally:
+        engine.dispose()
+
+
+def test_lights_with_exposure_keyword_only_stack_with_their_exposure(db_url, tmp_path):
+    """EXPOSURE but no EXPTIME: the stack's exposure cards come from the catalogue (never 0)."""
+    synthetic_night(tmp_path / "imaging" / "2026-11-20", noise_light=False, light_drop=("EXPTIME",))
+    result = _night(db_url, tmp_path)
+    assert result.exit_code == 0, result.output
+    stack = min((tmp_path / "out" / "stacks").rglob("*.fits"))
+    header = fits.getheader(stack)
+    assert header[kw.NCOMBINE] == 3 and header[kw.EXPOSURE_TIME] == 120.0 and header[kw.TOTAL_EXPOSURE] == 360.0
+    assert header[kw.DATE_BEGIN].startswith("2026-11-20T22:20") and header[kw.DATE_END].startswith("2026-11-20T22:24")
+
+
+def test_one_unreadable_frame_is_left_out_and_a_failed_stack_is_retried(db_url, tmp_path, monkeypatch):
+    from archive.reduce import pipeline
+
+    real_count, real_stack = pipeline.count_stars, pipeline.stack_files
+
+    def count_stars(path, *args):
+        if "m31_1" in path:
+            raise OSError("unreadable")
+        return real_count(path, *args)
+
+    def stack_files(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pipeline, "count_stars", count_stars)
+    monkeypatch.setattr(pipeline, "stack_files", stack_files)
+    synthetic_night(tmp_path / "imaging" / "2026-11-20", noise_light=False)
+    result = _night(db_url, tmp_path)
+    assert result.exit_code == 1
+    assert "FAILED register" in result.output and "m31_1" in result.output and "unreadable" in result.output
+    assert "M 31 / Ha: 3 calibrated, 2 registered, 0 stacked, 2 failed" in result.output  # frame + stack
+    monkeypatch.setattr(pipeline, "stack_files", real_stack)
+    again = _run(db_url, tmp_path, "reduce", "--target", "M31")
+    assert "1 stacked" in again.output, again.output  # the failed stack is tried again
+    engine = _engine(db_url)
+    try:
+        with session_scope(engine) as session:
+            stacks = session.scalars(select(Reduction).where(Reduction.step == "stack")).all()
+            assert [r.status for r in stacks] == ["done"]  # the same row, taken up again
+    finally:
+        engine.dispose()
+
+
+def test_alignment_failures_are_kept_other_failures_retried(db_url, tmp_path, monkeypatch):
+    from archive.reduce import pipeline
+
+    real_register = pipeline.register_file
+
+    def register_file(job):
+        if "m31_2" in job.source:
+            raise OSError("NFS hiccup")
+        return real_register(job)
+
+    monkeypatch.setattr(pipeline, "register_file", register_file)
+    synthetic_night(tmp_path / "imaging" / "2026-11-20")
+    assert _night(db_url, tmp_path).exit_code == 1
+    engine = _engine(db_url)
+    try:
+        def failed():
+            with session_scope(engine) as session:
+                return {r.id: (r.parameters.get("failure"), r.finished_at, r.message) for r in session.scalars(
+                    select(Reduction).where(Reduction.step == "register", Reduction.status == "failed"))}
+
+        first = failed()
+        assert sorted(str(f) for f, _, _ in first.values()) == ["None", "alignment"]
+        monkeypatch.setattr(pipeline, "register_file", real_register)
+        again = _run(db_url, tmp_path, "reduce", "--target", "M31")
+        assert "1 registered" in again.output and "1 stacked" in again.output, again.output
+        after = failed()
+        # the alignment failure is kept as it was; the other one was done on the same row
+        assert after == {rid: v for rid, v in first.items() if v[0] == "alignment"}
+        with session_scope(engine) as session:
+            assert session.scalar(select(func.count()).select_from(Reduction).where(Reduction.step == "register")) == 4
+    finally:
+        engine.dispose()
+
+
+def test_tile_compressed_and_multi_extension_lights_are_calibrated(db_url, tmp_path):
+    folder = tmp_path / "imaging" / "2026-11-20"
+    synthetic_night(folder, noise_light=False)
+    raw = {}
+    for name in ("m31_1", "m31_2"):
+        with fits.open(folder / f"{name}.fits") as hdul:
+            raw[name] = (hdul[0].data.copy(), hdul[0].header.copy())
+        (folder / f"{name}.fits").unlink()
+    data, header = raw["m31_1"]
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data, header)]).writeto(folder / "m31_1.fits.fz")
+    data, header = raw["m31_2"]  # MEF: the exposure's cards in the primary header, the image in an extension
+    primary = fits.PrimaryHDU(header=header.copy())
+    primary.header["NAXIS"] = 0
+    fits.HDUList([primary, fits.ImageHDU(data, name="SCI")]).writeto(folder / "m31_2.fits")
+    result = _night(db_url, tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "M 31 / Ha: 3 calibrated, 3 registered, 1 stacked" in result.output
+    calibrated = {p.name.split("_")[1]: p for p in (tmp_path / "out").rglob("*_cal.fits")}
+    assert sorted(calibrated) == ["0", "1", "2"]
+
+    def median_of(pattern):
+        return np.median(np.stack([fits.getdata(p).astype(float) for p in sorted(folder.glob(pattern))]), axis=0)
+
+    bias = median_of("bias_*.fits")
+    dark = median_of("dark_*.fits") - bias
+    flats = np.stack([fits.getdata(p).astype(float) for p in sorted(folder.glob("flat_*.fits"))]) - bias
+    flats /= np.median(flats, axis=(1, 2))[:, None, None]
+    flat = np.median(flats, axis=0)
+    flat /= np.median(flat)
+    for name in ("1", "2"):
+        expected = (raw[f"m31_{name}"][0].astype(float) - bias - dark) / flat
+        np.testing.assert_allclose(fits.getdata(calibrated[name]), expected, rtol=1e-3, atol=0.5)
+        assert fits.getval(calibrated[name], "OBJECT") == "M 31"

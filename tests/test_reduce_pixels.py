@@ -12,6 +12,7 @@ import pytest
 from astropy.io import fits
 from astropy.stats import sigma_clip
 
+from archive.files import remove_partials
 from archive.reduce import keywords as kw
 from archive.reduce.align import (
     RegistrationJob,
@@ -25,7 +26,6 @@ from archive.reduce.calibrate import (
     interpolation_weights,
 )
 from archive.reduce.executor import SerialExecutor, make_executor
-from archive.reduce.fitsio import remove_partials
 from archive.reduce.preview import write_preview
 from archive.reduce.stack import StackJob, combine, rows_per_block, stack_files
 
@@ -121,16 +121,6 @@ def test_register_and_stack(calibrated, tmp_path):
         for i, c in enumerate(counts)
     ]
     assert all(r["ok"] for r in results), results
-    # the transform from precomputed triangle invariants is astroalign's own
-    import astroalign
-
-    from archive.reduce.align import find_transform
-
-    src, ref = counts[1], next(c for c in counts if c["path"] == reference)
-    if src["path"] != ref["path"]:
-        ours = find_transform(src["xy"], ref["xy"], src["asterisms"], ref["asterisms"])
-        theirs = astroalign.find_transform(src["xy"], ref["xy"])[0]
-        np.testing.assert_allclose(ours.params, theirs.params, atol=1e-6)
     assert all(r["warning"] is None for r in results)
     assert fits.getheader(results[0]["output"])[kw.IMAGE_TYPE] == "REGISTERED"
     # the registered frames line up: the brightest star lands on the reference's within 1 px
@@ -141,7 +131,10 @@ def test_register_and_stack(calibrated, tmp_path):
     inputs = tuple(r["output"] for r in results)
     small = stack_files(StackJob(inputs=inputs, output=str(tmp_path / "stack_small.fits"), memory_limit_mb=0.05))
     assert small["rows_per_block"] < 1024
-    full = stack_files(StackJob(inputs=inputs, output=str(tmp_path / "stack.fits"), memory_limit_mb=1024))
+    exposures = tuple(float(fits.getval(r["output"], "EXPTIME")) for r in results)
+    dates = tuple(fits.getval(r["output"], "DATE-OBS") for r in results)
+    full = stack_files(StackJob(inputs=inputs, output=str(tmp_path / "stack.fits"), memory_limit_mb=1024,
+                                exposures_s=exposures, dates_obs=dates))
     assert full["rows_per_block"] >= 1024
     a, b = fits.getdata(small["output"]), fits.getdata(full["output"])
     np.testing.assert_array_equal(a, b)
@@ -200,6 +193,41 @@ def test_executors_and_partials(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / ".x.fits.999999999.ab12.part").write_bytes(b"partial")  # writer gone
     (tmp_path / "a" / f".y.fits.{os.getpid()}.ab12.part").write_bytes(b"partial")  # writer alive
-    (tmp_path / "a" / ".m.fits.tmp-999999999").write_bytes(b"partial")
-    assert remove_partials(tmp_path) == 2
+    assert remove_partials(tmp_path) == 1
     assert (tmp_path / "a" / f".y.fits.{os.getpid()}.ab12.part").exists()
+
+
+def test_unknown_exposure_leaves_the_cards_out(tmp_path):
+    """A missing exposure time is never written as 0: the cards are left out, with a warning."""
+    paths = []
+    for i in range(3):
+        header = fits.Header({"EXPTIME": 0.0, "DATE-OBS": "25/12/99"})  # raw cards are not read
+        fits.PrimaryHDU(np.full((8, 6), float(i), dtype=np.float32), header=header).writeto(tmp_path / f"{i}.fits")
+        paths.append(str(tmp_path / f"{i}.fits"))
+    result = stack_files(StackJob(inputs=tuple(paths), output=str(tmp_path / "s.fits"),
+                                  exposures_s=(60.0, None, 60.0),
+                                  dates_obs=("1999-12-25T01:00:00", "1999-12-25T01:02:00", "1999-12-25T01:04:00")))
+    header = fits.getheader(tmp_path / "s.fits")
+    assert kw.EXPOSURE_TIME not in header and kw.TOTAL_EXPOSURE not in header and kw.DATE_END not in header
+    assert header[kw.DATE_BEGIN] == "1999-12-25T01:00:00.000" and result["total_exposure_s"] is None
+    assert any("exposure time unknown for 1 of 3" in w for w in result["warnings"])
+    assert fits.getdata(tmp_path / "s.fits").shape == (8, 6)
+    with pytest.raises(ValueError, match="3 inputs but 2 exposure times"):
+        stack_files(StackJob(inputs=tuple(paths), output=str(tmp_path / "t.fits"), exposures_s=(1.0, 2.0)))
+
+
+def test_read_pixels_finds_the_image_hdu(tmp_path):
+    from archive.reduce.fitsio import read_pixels
+
+    image = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(image)]).writeto(tmp_path / "a.fits.fz")
+    primary = fits.PrimaryHDU()
+    primary.header["OBJECT"] = "M 31"
+    fits.HDUList([primary, fits.ImageHDU(image, name="SCI")]).writeto(tmp_path / "b.fits")
+    for name in ("a.fits.fz", "b.fits"):
+        for hdu in (None, 1):
+            data, header = read_pixels(tmp_path / name, hdu)
+            np.testing.assert_array_equal(data, image)
+    assert read_pixels(tmp_path / "b.fits")[1]["OBJECT"] == "M 31"  # inherited from the primary header
+    with pytest.raises(ValueError, match="holds no image"):
+        read_pixels(tmp_path / "b.fits", 0)

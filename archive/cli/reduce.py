@@ -61,7 +61,7 @@ def reduce(ctx, app: AppContext, filters: FrameFilter, only_stale: bool, no_regi
            per_night, previews, output, workers, serial) -> None:
     """Calibrate lights with their selected masters, register and stack them, with provenance.
 
-    Lights are chosen with the usual filters (the type is always light). Each product is
+    Lights are chosen with the usual filters; --type, if given, must be 'light'. Each product is
     written to a temporary name and renamed, ingested as a derived frame and linked to its
     inputs; a product already made from the same inputs and parameters is not made again.
     Exit status 1 when anything failed.
@@ -77,6 +77,9 @@ def reduce(ctx, app: AppContext, filters: FrameFilter, only_stale: bool, no_regi
     from archive.reduce.pipeline import find_stale, reduce_lights
     from archive.reports.catalog import frame_query
 
+    if filters.image_type not in (None, "light"):
+        raise click.BadParameter(f"archive reduce works on lights, not {filters.image_type!r}: leave --type out "
+                                 "or give --type light", param_hint="--type")
     config = load_reduction_config(app.settings, {
         "calibrate": {"cosmic_rays": cosmic_rays}, "stack": {"method": method, "per_night": per_night},
         "output": {"root": str(output) if output else None, "previews": previews},

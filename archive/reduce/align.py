@@ -30,14 +30,13 @@ def detect_stars(data: np.ndarray, detect_sigma: float = 5.0, max_sources: int =
     """Positions of the brightest sources, shape (n, 2), columns x, y (pixels), brightest first."""
     import sep
 
-    image = np.ascontiguousarray(data, dtype=np.float32)
-    if np.isnan(image).any():
-        image = np.nan_to_num(image, nan=0.0)
+    image = np.array(data, dtype=np.float32, order="C")  # a copy: the background is subtracted in place
+    image[np.isnan(image)] = 0.0
     background = sep.Background(image)
-    residual = image - background.back()
+    background.subfrom(image)
     sep.set_extract_pixstack(max(300000, image.size))
     try:
-        sources = sep.extract(residual, detect_sigma, err=background.globalrms, minarea=5)
+        sources = sep.extract(image, detect_sigma, err=background.globalrms, minarea=5)
     except Exception as exc:  # noqa: BLE001 - sep raises plain Exception on buffer overflow
         log.warning("source extraction failed: %s", exc)
         return np.empty((0, 2))
@@ -51,37 +50,27 @@ def count_stars(path: str, detect_sigma: float = 5.0, max_sources: int = 50) -> 
 
     ``n_stars`` counts every detection; ``xy`` keeps the ``max_sources`` brightest (control
     points for matching).
+
+    Raises
+    ------
+    OSError, ValueError
+        The file cannot be read or holds no image.
     """
     data, _ = read_pixels(path, dtype=np.float32)
     everything = detect_stars(data, detect_sigma, max_sources=None)
-    xy = everything[:max_sources]
-    return {"path": path, "n_stars": len(everything), "xy": xy, "asterisms": asterisms(xy)}
+    return {"path": path, "n_stars": len(everything), "xy": everything[:max_sources]}
 
 
-def asterisms(xy: np.ndarray):
-    """astroalign's triangle invariants of the control points ``xy`` (computed once per frame).
+def find_transform(source_xy, target_xy, max_control_points: int = 50):
+    """The similarity transform taking ``source_xy`` onto ``target_xy``.
 
-    Returns ``(invariants, triangles)``, or ``None`` for fewer than three points or when this
-    astroalign version does not expose them (then :func:`find_transform` lets astroalign
-    compute them).
-    """
-    import astroalign
+    ``astroalign.find_transform`` on control points, arrays of shape (n, 2) of x, y pixel
+    positions (Beroiz, Cabral & Sanchez 2020, Astronomy and Computing 32, 100384: matching
+    triangle invariants of the brightest sources, then RANSAC).
 
-    if len(xy) < 3 or not hasattr(astroalign, "_generate_invariants"):
-        return None
-    try:
-        return astroalign._generate_invariants(np.asarray(xy))
-    except Exception:  # noqa: BLE001 - degenerate geometry: astroalign decides later
-        return None
-
-
-def find_transform(source_xy, target_xy, source_asterisms=None, target_asterisms=None):
-    """The similarity transform taking ``source_xy`` onto ``target_xy`` (astroalign's algorithm).
-
-    This is ``astroalign.find_transform`` on control points (Beroiz, Cabral & Sanchez 2020,
-    Astronomy and Computing 32, 100384: matching triangle invariants, then RANSAC), with the
-    triangle invariants of each frame computed once (:func:`asterisms`) instead of once per
-    pair; without them it calls astroalign directly.
+    Returns
+    -------
+    skimage.transform.SimilarityTransform
 
     Raises
     ------
@@ -90,23 +79,9 @@ def find_transform(source_xy, target_xy, source_asterisms=None, target_asterisms
     """
     import astroalign
 
-    needed = ("_MatchTransform", "_ransac", "PIXEL_TOL", "MIN_MATCHES_FRACTION")
-    if source_asterisms is None or target_asterisms is None or not all(hasattr(astroalign, n) for n in needed):
-        return astroalign.find_transform(np.asarray(source_xy), np.asarray(target_xy))[0]
-    from scipy.spatial import KDTree
-
-    source_xy, target_xy = np.asarray(source_xy), np.asarray(target_xy)
-    (s_inv, s_ast), (t_inv, t_ast) = source_asterisms, target_asterisms
-    matches_list = KDTree(s_inv).query_ball_tree(KDTree(t_inv), r=0.1)
-    matches = np.array([list(zip(t1, t2)) for t1, t2_list in zip(s_ast, matches_list) for t2 in t_ast[t2_list]])
-    if len(matches) == 0:
-        raise ValueError("no matching star triangles between the frame and the reference")
-    model = astroalign._MatchTransform(source_xy, target_xy)
-    min_matches = max(1, min(10, int(len(matches) * astroalign.MIN_MATCHES_FRACTION)))
-    if (len(source_xy) == 3 or len(target_xy) == 3) and len(matches) == 1:
-        return model.fit(matches)
-    best, _ = astroalign._ransac(matches, model, astroalign.PIXEL_TOL, min_matches)
-    return best
+    transform, _ = astroalign.find_transform(np.asarray(source_xy, dtype=float), np.asarray(target_xy, dtype=float),
+                                             max_control_points=max_control_points)
+    return transform
 
 
 def choose_reference(star_counts: Sequence[tuple[str, int]]) -> str:
@@ -137,8 +112,8 @@ class RegistrationJob:
         Warn above this shift, as a fraction of the field's width or height.
     reference_wcs : dict
         The reference's WCS cards (:func:`wcs_cards`): the warped pixels are on its grid.
-    source_asterisms, reference_asterisms : tuple, optional
-        Triangle invariants from :func:`asterisms` (computed by :func:`count_stars`).
+    max_control_points : int
+        Brightest sources astroalign matches (``[register] max_control_points``).
     header : dict
         Extra output cards.
     """
@@ -151,8 +126,7 @@ class RegistrationJob:
     max_shift_fraction: float = 0.15
     reference_wcs: dict = field(default_factory=dict)
     header: dict = field(default_factory=dict)
-    source_asterisms: tuple | None = None
-    reference_asterisms: tuple | None = None
+    max_control_points: int = 50
 
 
 #: Header keywords of a celestial WCS (FITS WCS papers I and II, plus the AIPS CROTA/CDELT
@@ -170,15 +144,14 @@ def warp_onto(data: np.ndarray, params: np.ndarray, shape: tuple[int, int]) -> n
     """Resample ``data`` onto a grid of ``shape`` given the 3x3 source->target matrix ``params``.
 
     ``params`` acts on (x, y, 1) pixel coordinates (astroalign's / scikit-image's
-    convention); bilinear interpolation (scipy.ndimage), NaN outside the source's footprint.
+    convention); bilinear interpolation (``skimage.transform.warp``, whose compiled path for
+    an affine matrix is about 2.5x faster than ``scipy.ndimage.affine_transform``), NaN
+    outside the source's footprint. Returns float32.
     """
-    from scipy import ndimage
+    from skimage.transform import warp
 
-    inverse = np.linalg.inv(params)
-    matrix = np.array([[inverse[1, 1], inverse[1, 0]], [inverse[0, 1], inverse[0, 0]]])
-    offset = np.array([inverse[1, 2], inverse[0, 2]])
-    return ndimage.affine_transform(np.asarray(data, dtype=np.float32), matrix, offset, output_shape=shape,
-                                    order=1, mode="constant", cval=np.nan, prefilter=False)
+    return warp(np.asarray(data, dtype=np.float32), np.linalg.inv(params), output_shape=shape, order=1,
+                mode="constant", cval=np.nan, clip=False, preserve_range=True).astype(np.float32, copy=False)
 
 
 def register_file(job: RegistrationJob) -> dict:
@@ -188,9 +161,15 @@ def register_file(job: RegistrationJob) -> dict:
     -------
     dict
         ``ok`` (bool), ``output``, ``dx``, ``dy`` (pixels), ``rotation_deg``, ``scale``,
-        ``shift_fraction``, ``warning`` (str or None), ``error`` (str, when not ok).
-        Alignment failures are returned, not raised, so that the caller reports the frame and
-        leaves it out of the stack.
+        ``shift_fraction``, ``warning`` (str or None); when not ok, ``error`` (str) and
+        ``failure`` ('alignment'). Alignment failures (too few stars, no transform found) are
+        deterministic: they are returned, not raised, so that the caller reports the frame,
+        leaves it out of the stack and does not try again with the same inputs.
+
+    Raises
+    ------
+    OSError, ValueError
+        A file cannot be read or written (not an alignment failure: worth another try).
     """
     data, header = read_pixels(job.source, dtype=np.float32)
     ny, nx = data.shape
@@ -202,13 +181,14 @@ def register_file(job: RegistrationJob) -> dict:
         else:
             if len(job.source_xy) < 3 or len(job.reference_xy) < 3:
                 raise ValueError(f"too few stars ({len(job.source_xy)} here, {len(job.reference_xy)} in the reference)")
-            transform = find_transform(job.source_xy, job.reference_xy, job.source_asterisms, job.reference_asterisms)
+            transform = find_transform(job.source_xy, job.reference_xy, job.max_control_points)
             aligned = warp_onto(data, transform.params, (ny, nx))
             dx, dy = (float(v) for v in transform.translation)
             rotation = float(np.degrees(transform.rotation))
             scale = float(transform.scale)
     except Exception as exc:  # noqa: BLE001 - astroalign raises MaxIterError, ValueError, TypeError
-        return {"ok": False, "source": job.source, "output": job.output, "error": f"{type(exc).__name__}: {exc}"}
+        return {"ok": False, "source": job.source, "output": job.output, "failure": "alignment",
+                "error": f"{type(exc).__name__}: {exc}"}
     shift_fraction = max(abs(dx) / nx, abs(dy) / ny)
     warning = None
     if shift_fraction > job.max_shift_fraction:

@@ -56,6 +56,9 @@ class CalibrationJob:
     ----------
     light : str
         The raw light.
+    light_hdu : int or None
+        Index of the light's image HDU (``Frame.hdu_index``: 1 for ``.fz``, the image extension
+        of a multi-extension file); None: the first HDU with an image.
     output : str
         The calibrated file to write.
     bias : str or None
@@ -78,6 +81,7 @@ class CalibrationJob:
 
     light: str
     output: str
+    light_hdu: int | None = None
     bias: str | None = None
     darks: tuple[tuple[str, float], ...] = ()
     dark_method: str = "none"
@@ -193,7 +197,7 @@ def calibrate_light_file(job: CalibrationJob) -> dict:
     ValueError
         Shapes differ, or the flat is unusable.
     """
-    light, header = read_pixels(job.light)
+    light, header = read_pixels(job.light, job.light_hdu)
     bias = read_pixels(job.bias)[0] if job.bias else None
     darks = [(read_pixels(path)[0], weight) for path, weight in job.darks]
     flat = read_pixels(job.flat)[0] if job.flat else None

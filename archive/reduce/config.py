@@ -7,18 +7,82 @@ variables ``ARCHIVE_IMAGING_ROOT`` and ``ARCHIVE_PRODUCTS``; explicit overrides 
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from archive.config import Settings, apply_layers, data_home, load_settings, merge, read_toml
-from archive.errors import ConfigError
+from archive.config import (
+    Settings,
+    apply_layers,
+    data_home,
+    load_settings,
+    merge,
+    read_toml,
+)
+from archive.errors import ConfigError, UnsafePathError
+from archive.files import render_path
 from archive.resources import resource_dir
 
 ENVIRONMENT = {
     "ARCHIVE_IMAGING_ROOT": ("night", "imaging_root"),
     "ARCHIVE_PRODUCTS": ("output", "root"),
 }
+
+
+#: Fields a layout template may use, per product: the light's (first input's) night, target,
+#: filter, instrument and exposure time (s), the input file's name without its FITS ending
+#: (``stem``), and ``fp``: the first 12 hex digits of the reduction's fingerprint (for stacks
+#: also ``group``, its first 10). Every value is made safe by :func:`archive.files.safe_component`.
+LAYOUT_FIELDS = {
+    "calibrated": frozenset({"night", "target", "filter", "instrument", "exposure", "stem", "fp"}),
+    "registered": frozenset({"night", "target", "filter", "instrument", "exposure", "stem", "fp"}),
+    "stacked": frozenset({"night", "target", "filter", "instrument", "exposure", "group", "fp"}),
+}
+#: One of these must be in each template, so that products made from different inputs
+#: (or with different parameters) never share a path.
+LAYOUT_UNIQUE = {"calibrated": ("fp",), "registered": ("fp",), "stacked": ("fp", "group")}
+_PRODUCT_ENDINGS = (".fits", ".fit", ".fts")
+
+
+def check_layout(kind: str, template: Any) -> str:
+    """``template`` if it is a valid layout of ``kind`` products, else :class:`ConfigError`.
+
+    Valid: a string naming only the fields of :data:`LAYOUT_FIELDS` (no format specs or
+    conversions), including one of :data:`LAYOUT_UNIQUE`, giving a plain relative path (no
+    leading ``/``, no empty, ``.`` or ``..`` parts) that ends in ``.fits``, ``.fit`` or ``.fts``.
+
+    Raises
+    ------
+    ConfigError
+        The template breaks one of these rules.
+    """
+    where = f"[output] {kind} = {template!r}"
+    if not isinstance(template, str) or not template.strip():
+        raise ConfigError(f"{where}: must be a non-empty path template")
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: not a valid template: {exc}") from exc
+    names = set()
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in LAYOUT_FIELDS[kind]:
+            raise ConfigError(f"{where}: unknown field {{{name}}}; use {', '.join(sorted(LAYOUT_FIELDS[kind]))}")
+        if spec or conversion:
+            raise ConfigError(f"{where}: field {{{name}}} takes no format spec or conversion")
+        names.add(name)
+    if not names & set(LAYOUT_UNIQUE[kind]):
+        raise ConfigError(f"{where}: must contain {' or '.join('{' + n + '}' for n in LAYOUT_UNIQUE[kind])} so that "
+                          "products of different inputs never share a path")
+    if not template.lower().endswith(_PRODUCT_ENDINGS):
+        raise ConfigError(f"{where}: must end in .fits, .fit or .fts")
+    try:
+        render_path(Path("/products"), template, **{n: "x" for n in LAYOUT_FIELDS[kind]})
+    except UnsafePathError as exc:
+        raise ConfigError(f"{where}: must be a plain path relative to the output root ({exc})") from exc
+    return template
 
 
 @dataclass(frozen=True)
@@ -71,7 +135,8 @@ def load_reduction_config(
     Raises
     ------
     ConfigError
-        A layer cannot be read, or a value has the wrong type.
+        A layer cannot be read, a value has the wrong type, or a layout template is invalid
+        (:func:`check_layout`).
     """
     settings = settings or load_settings()
     merged = read_toml(resource_dir("configs") / "reduction.toml")
@@ -87,7 +152,7 @@ def load_reduction_config(
             imaging_root=Path(root).expanduser().absolute() if root else None,
             date_formats=tuple(night.get("date_formats", ("%Y-%m-%d", "%Y%m%d"))),
             output_root=Path(out).expanduser().absolute() if out else None,
-            layout={k: str(output[k]) for k in ("calibrated", "registered", "stacked")},
+            layout={k: check_layout(k, output[k]) for k in LAYOUT_FIELDS},
             previews=bool(output.get("previews", False)),
             calibrate=dict(merged.get("calibrate", {})),
             register=dict(merged.get("register", {})),

@@ -1,33 +1,80 @@
-"""Reading pixels and writing products: float32 FITS, temporary name, then rename."""
+"""Reading pixels and writing products: float32 FITS, temporary name, then rename.
+
+Temporary names and the clean-up after interrupted writers are :mod:`archive.files`'s
+(:func:`~archive.files.temporary_path`, :func:`~archive.files.remove_partials`).
+"""
 
 from __future__ import annotations
 
 import os
-import re
-import uuid
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
 
+from archive.files import fsync_dir, temporary_path
 from archive.reduce import keywords as kw
 
 
-def read_pixels(path: str | Path, hdu: int = 0, dtype=np.float64) -> tuple[np.ndarray, fits.Header]:
-    """The image of ``path`` as ``dtype`` in native byte order (BZERO/BSCALE applied) and its
-    header; opened read-only."""
+def _image_index(hdul: fits.HDUList) -> int:
+    """Index of the first HDU holding an image (as ingest chooses ``Frame.hdu_index``)."""
+    for index, hdu in enumerate(hdul):
+        if hdu.is_image and hdu.header.get("NAXIS", 0) >= 2:
+            return index
+    raise ValueError("no HDU of the file holds an image")
+
+
+def read_pixels(path: str | Path, hdu: int | None = None, dtype=np.float64) -> tuple[np.ndarray, fits.Header]:
+    """The image of ``path`` and its header; the file is opened read-only.
+
+    Parameters
+    ----------
+    path : str or Path
+        Any FITS form astropy reads: plain, multi-extension (MEF), ``.gz``, tile-compressed
+        ``.fz``.
+    hdu : int, optional
+        Index of the HDU holding the image: the catalogue's ``Frame.hdu_index`` (0 for a
+        simple file; 1 for a ``.fz`` file, whose primary HDU is empty; the image extension of
+        a MEF file). Default: the first HDU with an image, the rule ingest uses.
+    dtype : numpy dtype
+        Type of the returned array, in native byte order (BZERO/BSCALE applied).
+
+    Returns
+    -------
+    data : ndarray
+    header : Header
+        The image HDU's header; for an image in an extension, completed with the primary
+        header's cards it lacks (OBJECT, DATE-OBS, ... often live there), so that a product
+        made from it describes the same exposure. Structural cards are not inherited.
+
+    Raises
+    ------
+    OSError
+        The file cannot be read.
+    ValueError
+        No HDU holds an image, or ``hdu`` holds none.
+    IndexError
+        ``hdu`` is beyond the file's last HDU.
+    """
     with fits.open(path, mode="readonly", memmap=False) as hdul:
-        data = np.asarray(hdul[hdu].data).astype(np.dtype(dtype).newbyteorder("="), copy=False)
-        header = hdul[hdu].header.copy()
+        index = _image_index(hdul) if hdu is None else hdu
+        if hdul[index].data is None:
+            raise ValueError(f"{path}: HDU {index} holds no image")
+        data = np.asarray(hdul[index].data).astype(np.dtype(dtype).newbyteorder("="), copy=False)
+        header = hdul[index].header.copy()
+        if index > 0:
+            for card in hdul[0].header.cards:
+                if card.keyword and card.keyword not in kw.STRUCTURAL and card.keyword not in header \
+                        and card.keyword not in ("COMMENT", "HISTORY"):
+                    header.append(card)
     return data, header
 
 
 def product_header(source: fits.Header) -> fits.Header:
-    """A copy of ``source`` without the keywords that describe raw pixel storage."""
+    """A copy of ``source`` without the keywords that describe raw pixel storage or the HDU
+    structure (:data:`keywords.DROPPED`, :data:`keywords.STRUCTURAL`)."""
     header = source.copy()
-    for key in kw.DROPPED:
-        header.remove(key, ignore_missing=True, remove_all=True)
-    for key in ("SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "EXTEND"):
+    for key in kw.DROPPED + kw.STRUCTURAL:
         header.remove(key, ignore_missing=True, remove_all=True)
     return header
 
@@ -41,17 +88,12 @@ def set_card(header: fits.Header, key: str, value, comment: str = "") -> None:
     header[key] = (value, comment) if comment else value
 
 
-def temporary_path(path: Path) -> Path:
-    """A unique temporary name beside ``path`` (same folder, so the rename is atomic)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
-
-
 def write_atomic(path: str | Path, data: np.ndarray, header: fits.Header) -> Path:
     """Write ``data`` as float32 FITS to ``path`` through a temporary name and a rename.
 
     A reader never sees a partial file at ``path``: either the previous file (or none) or the
-    complete new one. The temporary file of an interrupted write is left as ``.NAME.*.part``
-    and removed by :func:`remove_partials`.
+    complete new one. The temporary file (:func:`archive.files.temporary_path`) of an
+    interrupted write is removed by :func:`archive.files.remove_partials`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,44 +108,5 @@ def write_atomic(path: str | Path, data: np.ndarray, header: fits.Header) -> Pat
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
     return path
-
-
-#: Temporary names of interrupted writes, with the writer's process id: ours
-#: (``.NAME.PID.RANDOM.part``) and the master library's (``.NAME.tmp-PID``).
-_PARTIAL = re.compile(r"^\..+\.(\d+)\.[0-9a-f]+\.part$|^\..+\.tmp-(\d+)$")
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` still runs. A zombie (killed, not yet reaped by its parent,
-    as happens to pool workers of a killed run) counts as gone: it writes nothing more."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
-    except (OSError, IndexError):  # no /proc (not Linux): ask the kernel directly
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
-
-def remove_partials(folder: str | Path) -> int:
-    """Delete temporary files left under ``folder`` by interrupted writes; returns how many.
-
-    Only files whose writer process is gone are removed, so a concurrent writer is safe.
-    """
-    count = 0
-    folder = Path(folder)
-    if not folder.is_dir():
-        return 0
-    for tmp in folder.rglob(".*"):
-        match = _PARTIAL.match(tmp.name)
-        if match and tmp.is_file() and not _alive(int(match.group(1) or match.group(2))):
-            tmp.unlink(missing_ok=True)
-            count += 1
-    return count

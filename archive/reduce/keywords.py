@@ -46,5 +46,11 @@ REDUCTION_STEP = "REDSTEP"
 FINGERPRINT = "REDFPRNT"
 SOFTWARE = "REDSOFT"
 
-#: Keywords dropped from copied headers (they describe the raw pixels, not the product).
-DROPPED = ("BZERO", "BSCALE", "BLANK", "DATAMIN", "DATAMAX", "CBLACK", "CWHITE")
+#: Keywords dropped from copied headers (they describe the raw pixels or the raw file, not
+#: the product): scaling, display range and checksums.
+DROPPED = ("BZERO", "BSCALE", "BLANK", "DATAMIN", "DATAMAX", "CBLACK", "CWHITE", "CHECKSUM", "DATASUM")
+
+#: Structural keywords of the FITS standard, written by astropy for each HDU: never copied
+#: from an input (an extension's XTENSION/PCOUNT/GCOUNT would make a primary HDU invalid).
+STRUCTURAL = ("SIMPLE", "XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "EXTEND", "PCOUNT",
+              "GCOUNT", "EXTNAME", "EXTVER", "INHERIT")

@@ -31,10 +31,10 @@ from archive.config import Settings, load_settings
 from archive.db.models import Copy, Frame
 from archive.db.session import session_scope
 from archive.errors import ConfigError
+from archive.files import remove_partials
 from archive.progress import NoProgress, Progress
 from archive.reduce.config import ReductionConfig, load_reduction_config
 from archive.reduce.executor import SerialExecutor
-from archive.reduce.fitsio import remove_partials
 from archive.reduce.pipeline import ReduceSummary, lights_under, reduce_lights
 
 log = logging.getLogger(__name__)

@@ -9,10 +9,17 @@ Each product is its own unit of work, in this order:
 4. one transaction links the frame to the reduction, stores the master selections used and
    marks the reduction ``done``.
 
-A request whose fingerprint (:func:`archive.calib.masters.fingerprint`: step, input files and
-roles, parameters, rule version) already has a ``done`` reduction is skipped, so running twice
-does nothing the second time; a file already at the output path carrying the request's
-fingerprint (an interrupted run got past the rename) is ingested and linked, not recomputed.
+A request whose fingerprint (:func:`archive.reduce.provenance.fingerprint`: step, input files
+and roles, parameters, rule version) already has a ``done`` reduction is skipped, so running
+twice does nothing the second time; a file already at the output path carrying the request's
+fingerprint (an interrupted run got past the rename) is ingested and linked, not recomputed. A
+file at the output path with another fingerprint is never overwritten (a failure). Output
+names carry the start of the fingerprint (``{fp}`` in the layouts), so two lights of the same
+file name (two rigs, a counter restarting per session) get two products.
+
+Failures: a frame that cannot be read or written is recorded and left out, and tried again
+next run; a frame that does not align is recorded as ``failed`` with
+``parameters['failure'] = 'alignment'`` and not tried again with the same inputs.
 
 Grouping: lights are registered per instrument, target and filter (and night when
 ``[stack] per_night``), onto one reference per group; stacks are made per group and exposure
@@ -37,20 +44,23 @@ from astropy.io import fits
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from archive.calib.masters import fingerprint, safe_name
 from archive.calib.rules import RuleBook
 from archive.calib.select import Selection, explain_selection, record_selection
 from archive.config import Settings, load_settings
+from archive.db.bulk import chunked
 from archive.db.models import (
     CALIBRATION_KINDS,
     CalibrationSelection,
     Copy,
     Frame,
+    Instrument,
     Master,
     Reduction,
     ReductionInput,
 )
 from archive.db.session import session_scope
+from archive.errors import UnsafePathError
+from archive.files import fits_stem, render_path, safe_component
 from archive.progress import NoProgress, Progress
 from archive.reduce import keywords as kw
 from archive.reduce.align import (
@@ -65,13 +75,19 @@ from archive.reduce.config import ReductionConfig, load_reduction_config
 from archive.reduce.executor import SerialExecutor
 from archive.reduce.preview import write_preview
 from archive.reduce.provenance import (
+    canonical_paths,
     clear_selections,
+    find_reduction,
+    fingerprint,
     finish_reduction,
     start_reduction,
 )
 from archive.reduce.stack import StackJob, stack_files
 
 log = logging.getLogger(__name__)
+
+#: Hex digits of the fingerprint in product names (``{fp}``) and of a stack's ``{group}``.
+_FP_DIGITS, _GROUP_DIGITS = 12, 10
 
 
 @dataclass
@@ -83,11 +99,12 @@ class ReduceSummary:
     calibrated, registered, stacked : list of str
         Products written (paths).
     unchanged : int
-        Requests whose fingerprint already had a finished reduction.
+        Requests whose fingerprint already had a finished reduction (or a deterministic
+        alignment failure), or that another live run is making.
     failures : list of (str, str)
         (what, reason): a light without masters, a frame that failed to align, an error.
     warnings : list of str
-        Large shifts, missing master kinds.
+        Large shifts, missing master kinds, stack cards left out.
     by_group : dict
         "target / filter" -> counts of calibrated, registered, stacked, failed.
     """
@@ -117,27 +134,40 @@ class ReduceSummary:
             for key, value in counts.items():
                 self.by_group[group][key] += value
 
+    def fail(self, group: str, what: str, why: str) -> None:
+        """Record one failure of ``group``."""
+        self.failures.append((what, why))
+        self.by_group[group]["failed"] += 1
+
 
 def _group_name(frame: Frame) -> str:
     return f"{frame.target or '?'} / {frame.filter_name or '?'}"
 
 
-def _canonical_paths(session: Session, frame_ids: Iterable[int]) -> dict[int, str]:
-    ids = list(set(frame_ids))
-    out: dict[int, str] = {}
-    for start in range(0, len(ids), 5000):
-        out.update(session.execute(select(Copy.frame_id, Copy.path).where(
-            Copy.frame_id.in_(ids[start:start + 5000]), Copy.is_current, Copy.is_canonical)).all())
-    return out
+def _frames(session: Session, ids: Iterable[int]) -> list[Frame]:
+    """The frames ``ids`` (in IN lists of bounded size), by DATE-OBS then id (unknown dates last)."""
+    frames = [f for batch in chunked(set(ids)) for f in session.scalars(select(Frame).where(Frame.id.in_(batch)))]
+    return sorted(frames, key=lambda f: (f.date_obs_s is None, f.date_obs_s or 0, f.id))
 
 
-def _layout(config: ReductionConfig, kind: str, **values: Any) -> Path:
-    """The output path of a product: the layout template filled with sanitized values."""
-    clean = {k: safe_name(str(v)) if v is not None else "unknown" for k, v in values.items()}
-    relative = Path(config.layout[kind].format(**clean))
-    if relative.is_absolute() or ".." in relative.parts:
-        raise ValueError(f"layout {config.layout[kind]!r} leaves the output folder")
-    return config.products_root() / relative
+def _instrument_names(session: Session, frames: Iterable[Frame]) -> dict[int, str]:
+    ids = {f.instrument_id for f in frames if f.instrument_id is not None}
+    return dict(session.execute(select(Instrument.id, Instrument.name).where(Instrument.id.in_(ids))).all()) if ids else {}
+
+
+def _layout(config: ReductionConfig, kind: str, frame: Frame, instruments: dict[int, str], fp: str,
+            **values: Any) -> Path:
+    """The output path of a product: the layout template (checked by
+    :func:`archive.reduce.config.check_layout`) filled with :func:`archive.files.safe_component`
+    values of ``frame`` (the light, or the first input of a stack) and ``values``; the path
+    is checked to stay below the output root (:func:`archive.files.render_path`)."""
+    exposure = frame.exposure_time_s
+    fields = {
+        "night": frame.night, "target": frame.target, "filter": frame.filter_name,
+        "instrument": instruments.get(frame.instrument_id), "fp": fp[:_FP_DIGITS],
+        "exposure": f"{exposure:g}" if exposure is not None else None, **values,
+    }
+    return render_path(config.products_root(), config.layout[kind], **{k: safe_component(v) for k, v in fields.items()})
 
 
 def _file_fingerprint(path: Path) -> str | None:
@@ -146,6 +176,37 @@ def _file_fingerprint(path: Path) -> str | None:
         return fits.getval(path, kw.FINGERPRINT)
     except (OSError, KeyError):
         return None
+
+
+def _existing_output(output: Path, fp: str) -> bool:
+    """True when ``output`` already holds this request's product (an interrupted run got past
+    the rename): ingest it, do not compute it again.
+
+    Raises
+    ------
+    FileExistsError
+        Another file is at ``output`` (a product of other inputs or parameters, or a foreign
+        file): it is never overwritten.
+    """
+    found = _file_fingerprint(output)
+    if found == fp:
+        return True
+    if output.exists():
+        raise FileExistsError(f"{output} already holds another product (fingerprint {found or 'none'}, this one "
+                              f"{fp[:_FP_DIGITS]}): not overwritten")
+    return False
+
+
+def _done_future(result: dict) -> Future:
+    future: Future = Future()
+    future.set_result(result)
+    return future
+
+
+def _failed_future(exc: BaseException) -> Future:
+    future: Future = Future()
+    future.set_exception(exc)
+    return future
 
 
 def _ingest_and_link(
@@ -172,8 +233,13 @@ def _ingest_and_link(
     return frame_id
 
 
-def _fail(engine: Engine, reduction_id: int, message: str) -> None:
+def _fail(engine: Engine, reduction_id: int, message: str, failure: str | None = None) -> None:
+    """Mark a reduction failed; ``failure`` ('alignment': deterministic, not tried again) is
+    stored as ``parameters['failure']``."""
     with session_scope(engine, write=True) as session:
+        if failure:
+            reduction = session.get(Reduction, reduction_id)
+            reduction.parameters = {**reduction.parameters, "failure": failure}
         finish_reduction(session, reduction_id, status="failed", message=message[:2000])
 
 
@@ -207,9 +273,12 @@ def plan_calibration(
         return "no master bias, dark or flat: " + "; ".join(s.explanation for s in selections)
     master_ids = {mid for s in found for mid, _ in s.weights}
     masters = {f.id: f for f in session.scalars(select(Frame).where(Frame.id.in_(master_ids)))}
-    paths = _canonical_paths(session, master_ids | {light.id})
+    paths = canonical_paths(session, master_ids | {light.id})
     if light.id not in paths:
         return "the light has no file on disk"
+    missing_files = sorted(master_ids - set(paths))
+    if missing_files:
+        return f"master frame(s) #{', #'.join(map(str, missing_files))} have no file on disk"
     by_kind = {s.kind: s for s in found}
     fp_inputs = [(light.sha256, "light")]
     inputs = [(light.id, "light")]
@@ -227,13 +296,10 @@ def plan_calibration(
     }
     rule_version = found[0].rule_version
     fp = fingerprint("calibrate", fp_inputs, parameters, rule_version)
-    stem = Path(paths[light.id]).name
-    for suffix in (".gz", ".fz", ".fits", ".fit", ".fts"):
-        stem = stem.removesuffix(suffix)
-    output = _layout(config, "calibrated", night=light.night, target=light.target, filter=light.filter_name,
-                     stem=stem, exposure=light.exposure_time_s)
+    output = _layout(config, "calibrated", light, _instrument_names(session, [light]), fp,
+                     stem=fits_stem(paths[light.id]))
     job = CalibrationJob(
-        light=paths[light.id], output=str(output),
+        light=paths[light.id], output=str(output), light_hdu=light.hdu_index,
         bias=paths[by_kind["bias"].weights[0][0]] if "bias" in by_kind else None,
         darks=tuple((paths[mid], w) for mid, w in by_kind["dark"].weights) if "dark" in by_kind else (),
         dark_method=parameters["dark_method"],
@@ -250,20 +316,52 @@ def calibrate_lights(
     executor: Executor, rules: RuleBook | None = None, progress: Progress | None = None,
     summary: ReduceSummary | None = None,
 ) -> ReduceSummary:
-    """Calibrate the lights ``light_ids`` (each once per fingerprint), see the module docstring."""
+    """Calibrate the lights ``light_ids``, each once per fingerprint (see the module docstring).
+
+    Parameters
+    ----------
+    engine : Engine
+        The catalogue; each calibrated frame is its own unit of work.
+    light_ids : sequence of int
+        Raw light frames (any number: looked up in bounded IN lists).
+    config : ReductionConfig
+        ``[calibrate]`` parameters and the output layout.
+    settings : Settings
+        For ingesting the products.
+    executor : Executor
+        Where the pixel work runs (:mod:`archive.reduce.executor`).
+    rules : RuleBook, optional
+        Matching rules for master selection (default the bundled ``configs/matching``).
+    progress : Progress, optional
+    summary : ReduceSummary, optional
+        Added to and returned (default a new one).
+
+    Returns
+    -------
+    ReduceSummary
+        Products written, requests already done, and one failure per light that has no
+        master, cannot be read or written, or whose output path holds another product. A
+        failed calibration is recorded as a ``failed`` reduction and tried again next run.
+
+    Raises
+    ------
+    sqlalchemy.exc.SQLAlchemyError
+        The catalogue cannot be read or written (nothing per light is raised).
+    """
     summary = summary if summary is not None else ReduceSummary()
     progress = progress or NoProgress()
     todo: list[_CalPlan] = []
     with session_scope(engine) as session:
-        for light in session.scalars(select(Frame).where(Frame.id.in_(list(light_ids))).order_by(Frame.date_obs_s, Frame.id)):
-            plan = plan_calibration(session, light, config, rules)
+        for light in _frames(session, light_ids):
+            try:
+                plan = plan_calibration(session, light, config, rules)
+            except UnsafePathError as exc:  # a symlink below the products folder leading out of it
+                plan = str(exc)
             if isinstance(plan, str):
-                summary.failures.append((f"calibrate light #{light.id} ({_group_name(light)})", plan))
-                summary.by_group[_group_name(light)]["failed"] += 1
+                summary.fail(_group_name(light), f"calibrate light #{light.id} ({_group_name(light)})", plan)
                 continue
-            done = session.scalar(select(func.count()).select_from(Reduction).where(
-                Reduction.fingerprint == plan.fingerprint, Reduction.status == "done"))
-            if done:
+            reduction = find_reduction(session, plan.fingerprint)
+            if reduction is not None and reduction.status == "done":
                 summary.unchanged += 1
                 continue
             for s in plan.selections:
@@ -276,13 +374,18 @@ def calibrate_lights(
         with session_scope(engine, write=True) as session:
             reduction = start_reduction(session, "calibrate", plan.fingerprint, plan.parameters, plan.rule_version,
                                         plan.inputs)
-            reduction_id = reduction.id
-        output = Path(plan.job.output)
-        if _file_fingerprint(output) == plan.fingerprint:  # an interrupted run got past the rename
-            future: Future = Future()
-            future.set_result({"output": str(output)})
+            reduction_id = reduction.id if reduction is not None else None
+        if reduction_id is None:  # made meanwhile, or being made, by another run
+            summary.unchanged += 1
+            progress.advance()
+            continue
+        try:
+            existing = _existing_output(Path(plan.job.output), plan.fingerprint)
+        except FileExistsError as exc:
+            future = _failed_future(exc)
         else:
-            future = executor.submit(calibrate_light_file, plan.job)
+            future = _done_future({"output": plan.job.output}) if existing else \
+                executor.submit(calibrate_light_file, plan.job)
         futures[future] = (plan, reduction_id)
     for future in as_completed(futures):
         plan, reduction_id = futures[future]
@@ -294,8 +397,7 @@ def calibrate_lights(
         except Exception as exc:  # noqa: BLE001 - one light's failure is recorded; the loop goes on
             log.warning("calibrating %s failed: %s", plan.job.light, exc)
             _fail(engine, reduction_id, f"{type(exc).__name__}: {exc}")
-            summary.failures.append((f"calibrate {plan.job.light}", str(exc)))
-            summary.by_group[plan.group]["failed"] += 1
+            summary.fail(plan.group, f"calibrate {plan.job.light}", str(exc))
         progress.advance()
     progress.finish()
     return summary
@@ -310,19 +412,22 @@ def _group_key(frame: Frame, per_night: bool) -> tuple:
 
 def current_calibrated(session: Session, light_ids: Iterable[int] | None = None) -> dict[int, tuple[int, int]]:
     """light id -> (calibrated frame id, reduction id) of each light's latest finished calibration."""
-    latest = (
-        select(ReductionInput.frame_id.label("light_id"), func.max(Reduction.id).label("rid"))
-        .join(Reduction, Reduction.id == ReductionInput.reduction_id)
-        .where(Reduction.step == "calibrate", Reduction.status == "done", ReductionInput.role == "light")
-        .group_by(ReductionInput.frame_id)
-    )
-    if light_ids is not None:
-        latest = latest.where(ReductionInput.frame_id.in_(list(light_ids)))
-    latest = latest.subquery()
-    rows = session.execute(
-        select(latest.c.light_id, Frame.id, latest.c.rid).join(Frame, Frame.reduction_id == latest.c.rid)
-    )
-    return {light: (frame, rid) for light, frame, rid in rows}
+    def query(batch: list[int] | None):
+        latest = (
+            select(ReductionInput.frame_id.label("light_id"), func.max(Reduction.id).label("rid"))
+            .join(Reduction, Reduction.id == ReductionInput.reduction_id)
+            .where(Reduction.step == "calibrate", Reduction.status == "done", ReductionInput.role == "light")
+            .group_by(ReductionInput.frame_id)
+        )
+        if batch is not None:
+            latest = latest.where(ReductionInput.frame_id.in_(batch))
+        latest = latest.subquery()
+        return session.execute(
+            select(latest.c.light_id, Frame.id, latest.c.rid).join(Frame, Frame.reduction_id == latest.c.rid)
+        )
+
+    batches = [None] if light_ids is None else chunked(light_ids)
+    return {light: (frame, rid) for batch in batches for light, frame, rid in query(batch)}
 
 
 def _group_members(session: Session, lights: Sequence[Frame], per_night: bool) -> dict[tuple, list[tuple[Frame, Frame]]]:
@@ -339,27 +444,33 @@ def _group_members(session: Session, lights: Sequence[Frame], per_night: bool) -
             query = query.where(Frame.night == night)
         members = list(session.scalars(query.order_by(Frame.date_obs_s, Frame.id)))
         current = current_calibrated(session, [m.id for m in members])
-        calibrated = {f.id: f for f in session.scalars(select(Frame).where(Frame.id.in_([c for c, _ in current.values()])))}
+        calibrated = {f.id: f for f in _frames(session, [c for c, _ in current.values()])}
         out[(instrument_id, target_key, filter_name, night)] = [
             (m, calibrated[current[m.id][0]]) for m in members if m.id in current
         ]
     return out
 
 
+def _settled(status: str, parameters: dict[str, Any] | None) -> bool:
+    """A registration not to be tried again: done, or failed to align (deterministic)."""
+    return status == "done" or (status == "failed" and (parameters or {}).get("failure") == "alignment")
+
+
 def _registration_state(session: Session, calibrated_ids: Sequence[int], group_hash: str) -> dict[int, tuple[str, int | None]]:
-    """calibrated frame id -> (status, registered frame id) of registrations made for this group."""
-    rows = session.execute(
-        select(ReductionInput.frame_id, Reduction.status, Reduction.parameters, Frame.id)
-        .join(Reduction, Reduction.id == ReductionInput.reduction_id)
-        .outerjoin(Frame, Frame.reduction_id == Reduction.id)
-        .where(Reduction.step == "register", ReductionInput.role == "input",
-               ReductionInput.frame_id.in_(list(calibrated_ids)))
-        .order_by(Reduction.id)
-    )
+    """calibrated frame id -> (status, registered frame id) of the settled registrations
+    (:func:`_settled`) made for this group."""
     state: dict[int, tuple[str, int | None]] = {}
-    for cid, status, params, out_id in rows:
-        if (params or {}).get("group") == group_hash and status in ("done", "failed"):
-            state[cid] = (status, out_id)
+    for batch in chunked(calibrated_ids):
+        rows = session.execute(
+            select(ReductionInput.frame_id, Reduction.status, Reduction.parameters, Frame.id)
+            .join(Reduction, Reduction.id == ReductionInput.reduction_id)
+            .outerjoin(Frame, Frame.reduction_id == Reduction.id)
+            .where(Reduction.step == "register", ReductionInput.role == "input", ReductionInput.frame_id.in_(batch))
+            .order_by(Reduction.id)
+        )
+        for cid, status, params, out_id in rows:
+            if (params or {}).get("group") == group_hash and _settled(status, params):
+                state[cid] = (status, out_id)
     return state
 
 
@@ -367,11 +478,47 @@ def register_and_stack(
     engine: Engine, light_ids: Sequence[int], *, config: ReductionConfig, settings: Settings,
     executor: Executor, progress: Progress | None = None, summary: ReduceSummary | None = None,
 ) -> ReduceSummary:
-    """Register and stack the groups the lights ``light_ids`` belong to."""
+    """Register and stack the groups the lights ``light_ids`` belong to.
+
+    A group is every light of one instrument, target and filter (and night with
+    ``[stack] per_night``) that has a current calibrated frame, not only those in
+    ``light_ids``. Its frames are registered onto one reference (:mod:`archive.reduce.align`)
+    and stacked per exposure time (at least two frames per stack).
+
+    Parameters
+    ----------
+    engine : Engine
+        The catalogue; each registered and stacked frame is its own unit of work.
+    light_ids : sequence of int
+        Raw lights whose groups are to be registered and stacked.
+    config : ReductionConfig
+        ``[register]`` and ``[stack]`` parameters and the output layout.
+    settings : Settings
+        For ingesting the products.
+    executor : Executor
+        Where the pixel work runs.
+    progress : Progress, optional
+    summary : ReduceSummary, optional
+        Added to and returned (default a new one).
+
+    Returns
+    -------
+    ReduceSummary
+        A frame that cannot be read, fails to align, or cannot be ingested is recorded as a
+        failure and left out; the rest of its group goes on. Alignment failures are kept as
+        ``failed`` reductions with ``parameters['failure'] = 'alignment'`` and not tried again
+        with the same inputs; other failures (of a frame or a stack) are tried again next run.
+
+    Raises
+    ------
+    sqlalchemy.exc.SQLAlchemyError
+        The catalogue cannot be read; a group whose bookkeeping fails is recorded as a
+        failure and the next group goes on.
+    """
     summary = summary if summary is not None else ReduceSummary()
     per_night = bool(config.stack.get("per_night", False))
     with session_scope(engine) as session:
-        lights = list(session.scalars(select(Frame).where(Frame.id.in_(list(light_ids)))))
+        lights = _frames(session, light_ids)
         groups = _group_members(session, lights, per_night)
     for key, members in groups.items():
         if not members:
@@ -384,9 +531,38 @@ def register_and_stack(
                          summary=summary, name=name)
         except Exception as exc:
             log.exception("group %s failed", name)
-            summary.failures.append((f"register/stack {name}", f"{type(exc).__name__}: {exc}"))
-            summary.by_group[name]["failed"] += 1
+            summary.fail(name, f"register/stack {name}", f"{type(exc).__name__}: {exc}")
     return summary
+
+
+def _count_stars_all(
+    executor: Executor, members: list[tuple[Frame, Frame]], paths: dict[int, str], parameters: dict[str, Any],
+    summary: ReduceSummary, name: str, progress: Progress,
+) -> tuple[list[tuple[Frame, Frame]], dict[str, dict]]:
+    """Detect stars in every member's calibrated frame; a frame that cannot be read is recorded
+    as a failure and left out. Returns the members kept (in order) and the results by path."""
+    futures: dict[Future, tuple[Frame, Frame]] = {}
+    kept: list[tuple[Frame, Frame]] = []
+    for light, cal in members:
+        path = paths.get(cal.id)
+        if path is None:
+            summary.fail(name, f"register calibrated frame #{cal.id}", "no file on disk")
+            continue
+        futures[executor.submit(count_stars, path, parameters["detect_sigma"], parameters["max_control_points"])] = (light, cal)
+    progress.start(len(futures), f"stars {name}")
+    stars: dict[str, dict] = {}
+    for future, (light, cal) in futures.items():  # in DATE-OBS order: the reference rule breaks ties by it
+        try:
+            result = future.result()
+        except Exception as exc:  # noqa: BLE001 - one unreadable frame is left out; the group goes on
+            log.warning("%s: cannot detect stars, left out: %s", paths[cal.id], exc)
+            summary.fail(name, f"register {paths[cal.id]}", f"{type(exc).__name__}: {exc}")
+        else:
+            stars[result["path"]] = result
+            kept.append((light, cal))
+        progress.advance()
+    progress.finish()
+    return kept, stars
 
 
 def _register_group(
@@ -400,7 +576,8 @@ def _register_group(
     calibrated = [c for _, c in members]
     with session_scope(engine) as session:
         state = _registration_state(session, [c.id for c in calibrated], group_hash)
-        paths = _canonical_paths(session, [c.id for c in calibrated])
+        paths = canonical_paths(session, [c.id for c in calibrated] + [light.id for light, _ in members])
+        instruments = _instrument_names(session, [light for light, _ in members])
     if all(c.id in state for c in calibrated):
         summary.unchanged += len(calibrated)
         return [state[c.id][1] for c in calibrated if state[c.id][0] == "done" and state[c.id][1] is not None]
@@ -409,27 +586,28 @@ def _register_group(
         "max_control_points": int(reg.get("max_control_points", 50)),
         "max_shift_fraction": float(reg.get("max_shift_fraction", 0.15)), "interpolation": "bilinear",
     }
-    ordered = [paths[c.id] for c in calibrated]
-    progress.start(len(ordered), f"stars {name}")
-    stars = {}
-    for result in executor.map(count_stars, ordered, [parameters["detect_sigma"]] * len(ordered),
-                               [parameters["max_control_points"]] * len(ordered)):
-        stars[result["path"]] = result
-        progress.advance()
-    progress.finish()
+    members, stars = _count_stars_all(executor, members, paths, parameters, summary, name, progress)
+    if not members:
+        return []
+    ordered = [paths[c.id] for _, c in members]
     reference_path = choose_reference([(p, stars[p]["n_stars"]) for p in ordered])
-    reference = calibrated[ordered.index(reference_path)]
+    reference = members[ordered.index(reference_path)][1]
     reference_wcs = wcs_cards(fits.getheader(reference_path))
     out_ids: list[int] = []
-    futures: dict[Future, tuple] = {}
+    futures: dict[Future, tuple[RegistrationJob, int]] = {}
     for light, cal in members:
         path = paths[cal.id]
         params = {**parameters, "n_stars": stars[path]["n_stars"], "reference_stars": stars[reference_path]["n_stars"]}
         fp = fingerprint("register", [(cal.sha256, "input"), (reference.sha256, "reference")],
                          {k: v for k, v in params.items() if k not in ("n_stars", "reference_stars")}, None)
+        try:
+            output = _layout(config, "registered", light, instruments, fp, stem=fits_stem(paths.get(light.id, path)))
+        except UnsafePathError as exc:
+            summary.fail(name, f"register {path}", str(exc))
+            continue
         with session_scope(engine, write=True) as session:
-            existing = session.scalars(select(Reduction).where(Reduction.fingerprint == fp).order_by(Reduction.id.desc())).first()
-            if existing is not None and existing.status in ("done", "failed"):
+            existing = find_reduction(session, fp)
+            if existing is not None and _settled(existing.status, existing.parameters):
                 # same source and reference as before: adopt it for the current group membership
                 existing.parameters = {**existing.parameters, "group": group_hash}
                 out = session.scalar(select(Frame.id).where(Frame.reduction_id == existing.id))
@@ -439,38 +617,46 @@ def _register_group(
                 continue
             reduction = start_reduction(session, "register", fp, {**params, "group": group_hash}, None,
                                         [(cal.id, "input"), (reference.id, "reference")])
-            reduction_id = reduction.id
-        output = _layout(config, "registered", night=light.night, target=light.target, filter=light.filter_name,
-                         stem=Path(path).stem.removesuffix("_cal"), exposure=light.exposure_time_s)
+            reduction_id = reduction.id if reduction is not None else None
+        if reduction_id is None:  # made meanwhile, or being made, by another run
+            summary.unchanged += 1
+            continue
         job = RegistrationJob(
             source=path, output=str(output), reference=reference_path, source_xy=stars[path]["xy"],
             reference_xy=stars[reference_path]["xy"], max_shift_fraction=parameters["max_shift_fraction"],
             reference_wcs=reference_wcs, header={kw.REDUCTION_STEP: "register", kw.FINGERPRINT: fp},
-            source_asterisms=stars[path]["asterisms"], reference_asterisms=stars[reference_path]["asterisms"],
+            max_control_points=parameters["max_control_points"],
         )
-        if _file_fingerprint(output) == fp:
-            future: Future = Future()
-            future.set_result({"ok": True, "output": str(output), "warning": None})
+        try:
+            existing_file = _existing_output(output, fp)
+        except FileExistsError as exc:
+            future = _failed_future(exc)
         else:
-            future = executor.submit(register_file, job)
+            future = _done_future({"ok": True, "output": str(output), "warning": None}) if existing_file else \
+                executor.submit(register_file, job)
         futures[future] = (job, reduction_id)
     for future in as_completed(futures):
         job, reduction_id = futures[future]
         try:
             result = future.result()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - not an alignment failure: tried again next run
             result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         if not result["ok"]:
             log.warning("%s: not registered, left out of the stack: %s", job.source, result["error"])
-            _fail(engine, reduction_id, result["error"])
-            summary.failures.append((f"register {job.source}", result["error"]))
-            summary.by_group[name]["failed"] += 1
+            _fail(engine, reduction_id, result["error"], failure=result.get("failure"))
+            summary.fail(name, f"register {job.source}", result["error"])
             continue
         if result.get("warning"):
             log.warning(result["warning"])
             summary.warnings.append(result["warning"])
         extra = {k: result[k] for k in ("dx", "dy", "rotation_deg", "scale") if k in result}
-        out_ids.append(_ingest_and_link(engine, settings, reduction_id, Path(job.output), extra=extra))
+        try:
+            out_ids.append(_ingest_and_link(engine, settings, reduction_id, Path(job.output), extra=extra))
+        except Exception as exc:  # noqa: BLE001 - one frame's failure is recorded; the group goes on
+            log.warning("%s: registered but not catalogued, left out of the stack: %s", job.output, exc)
+            _fail(engine, reduction_id, f"{type(exc).__name__}: {exc}")
+            summary.fail(name, f"register {job.source}", f"{type(exc).__name__}: {exc}")
+            continue
         summary.registered.append(job.output)
         summary.by_group[name]["registered"] += 1
     return out_ids
@@ -486,40 +672,47 @@ def _stack_group(
                   "iterations": int(st.get("iterations", 5)), "memory_limit_mb": float(st.get("memory_limit_mb", 512))}
     fp_parameters = {k: v for k, v in parameters.items() if k != "memory_limit_mb"}
     with session_scope(engine) as session:
-        frames = list(session.scalars(select(Frame).where(Frame.id.in_(registered_ids)).order_by(Frame.date_obs_s, Frame.id)))
-        paths = _canonical_paths(session, registered_ids)
+        frames = _frames(session, registered_ids)
+        paths = canonical_paths(session, registered_ids)
+        instruments = _instrument_names(session, frames)
     by_exposure: dict[float | None, list[Frame]] = defaultdict(list)
     for frame in frames:
+        if frame.id not in paths:
+            summary.warnings.append(f"{name}: registered frame #{frame.id} has no file on disk, not stacked")
+            continue
         by_exposure[frame.exposure_time_s].append(frame)
     for exposure, members in by_exposure.items():
         if len(members) < 2:
             summary.warnings.append(f"{name}: {len(members)} registered frame(s) of {exposure} s, not stacked")
             continue
         fp = fingerprint("stack", [(f.sha256, "input") for f in members], fp_parameters, None)
+        try:
+            output = _layout(config, "stacked", members[0], instruments, fp, group=fp[:_GROUP_DIGITS])
+        except UnsafePathError as exc:
+            summary.fail(name, f"stack {name} ({exposure} s)", str(exc))
+            continue
         with session_scope(engine, write=True) as session:
-            existing = session.scalars(select(Reduction).where(Reduction.fingerprint == fp).order_by(Reduction.id.desc())).first()
-            if existing is not None and existing.status in ("done", "failed"):
-                summary.unchanged += 1
-                continue
-            reduction_id = start_reduction(session, "stack", fp, parameters, None, [(f.id, "input") for f in members]).id
-        first = members[0]
-        exposure_text = f"{exposure:g}" if exposure is not None else "unknown"
-        output = _layout(config, "stacked", night=first.night, target=first.target, filter=first.filter_name,
-                         exposure=exposure_text, group=fp[:10], stem="stack")
+            reduction = start_reduction(session, "stack", fp, parameters, None, [(f.id, "input") for f in members])
+            reduction_id = reduction.id if reduction is not None else None
+        if reduction_id is None:  # done, or being made by another run
+            summary.unchanged += 1
+            continue
         job = StackJob(inputs=tuple(paths[f.id] for f in members), output=str(output), method=parameters["method"],
                        sigma=parameters["sigma"], iterations=parameters["iterations"],
                        memory_limit_mb=parameters["memory_limit_mb"],
-                       header={kw.REDUCTION_STEP: "stack", kw.FINGERPRINT: fp})
+                       header={kw.REDUCTION_STEP: "stack", kw.FINGERPRINT: fp},
+                       exposures_s=tuple(f.exposure_time_s for f in members),
+                       dates_obs=tuple(f.date_obs.isoformat() if f.date_obs else None for f in members))
         try:
-            if _file_fingerprint(output) != fp:
-                stack_files(job, executor=executor, parts=int(config.executor.get("workers") or os.cpu_count() or 1))
+            if not _existing_output(output, fp):
+                result = stack_files(job, executor=executor, parts=int(config.executor.get("workers") or os.cpu_count() or 1))
+                summary.warnings += result["warnings"]
             if config.previews:
                 write_preview(output)
             _ingest_and_link(engine, settings, reduction_id, output)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - recorded; tried again next run
             _fail(engine, reduction_id, f"{type(exc).__name__}: {exc}")
-            summary.failures.append((f"stack {output.name}", str(exc)))
-            summary.by_group[name]["failed"] += 1
+            summary.fail(name, f"stack {output.name}", str(exc))
             continue
         summary.stacked.append(str(output))
         summary.by_group[name]["stacked"] += 1
@@ -627,7 +820,7 @@ def find_stale(session: Session, *, rules: RuleBook | None = None) -> list[Stale
     current = current_calibrated(session)
     out: list[StaleProduct] = []
     stale_cal: list[int] = []
-    lights = {f.id: f for f in session.scalars(select(Frame).where(Frame.id.in_(list(current))))}
+    lights = {f.id: f for f in _frames(session, current)}
     for light_id, (cal_id, rid) in sorted(current.items()):
         light = lights[light_id]
         recorded = {row.kind: row for row in session.scalars(
@@ -665,7 +858,7 @@ def find_stale(session: Session, *, rules: RuleBook | None = None) -> list[Stale
                 seen.add(product["frame_id"])
                 out.append(StaleProduct(product["frame_id"], product["path"], product["step"], None,
                                         [f"made from stale calibrated frame #{cal_id}"]))
-    paths = _canonical_paths(session, [p.frame_id for p in out])
+    paths = canonical_paths(session, [p.frame_id for p in out])
     for product in out:
         product.path = product.path or paths.get(product.frame_id)
     return out

@@ -6,18 +6,19 @@ parameters, software versions, host and times. Following inputs down from a prod
 raw frames (``reduction_id`` NULL); following them up from a raw frame or master finds every
 product it went into.
 
-A reduction is identified by its *fingerprint*: the SHA-256 of the step, the SHA-256 of every
-input file with its role, the parameters and the rule version. Asking again for a reduction
-whose fingerprint is ``done`` is a no-op; one left ``running`` by an interrupted run is taken
-up again (same row, no duplicate).
+A reduction is identified by its *fingerprint* (:func:`fingerprint`): the SHA-256 of the
+step, the SHA-256 of every input file with its role, the parameters and the rule version.
+Asking again for a reduction whose fingerprint is ``done`` is a no-op; one left ``running`` by
+an interrupted run, or ``failed``, is taken up again (same row, no duplicate); see
+:func:`start_reduction` for two runs asking at once.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import logging
+import os
 import socket
 from collections.abc import Iterable, Sequence
 from importlib import metadata
@@ -27,6 +28,8 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from archive.db.base import utcnow
+from archive.db.bulk import chunked
 from archive.db.models import (
     CalibrationSelection,
     Copy,
@@ -44,11 +47,6 @@ SOFTWARE = ("archive", "numpy", "scipy", "astropy", "ccdproc", "astroalign", "se
 
 class ProvenanceError(LookupError, ArchiveError):
     """A file is not in the catalogue, or a frame has no recorded provenance."""
-
-
-def utcnow() -> dt.datetime:
-    """The current time, naive UTC (as the catalogue stores times)."""
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 def software_versions() -> dict[str, str]:
@@ -79,24 +77,84 @@ def find_reduction(session: Session, fp: str) -> Reduction | None:
     return session.scalars(select(Reduction).where(Reduction.fingerprint == fp).order_by(Reduction.id.desc())).first()
 
 
+#: ``Reduction.message`` of a ``running`` row: who is running it ("claimed by HOST pid PID").
+_CLAIM = "claimed by {host} pid {pid}"
+
+
+def _claim() -> str:
+    return _CLAIM.format(host=socket.gethostname(), pid=os.getpid())
+
+
+def _claimed_by_live_process(reduction: Reduction) -> bool:
+    """Whether a ``running`` row is being worked on by another live process.
+
+    A row claimed on this host by a process that is gone (killed run) or by this very process
+    (an earlier attempt in it that did not finish) is free. A row claimed on another host
+    cannot be checked from here and counts as live; the run on that host takes it up again.
+    """
+    parts = (reduction.message or "").split()
+    if len(parts) != 5 or parts[:2] != ["claimed", "by"] or parts[3] != "pid":
+        return False  # an old row without a claim: interrupted before claims were written
+    host, pid = parts[2], int(parts[4]) if parts[4].isdigit() else -1
+    if host != socket.gethostname():
+        return True
+    if pid == os.getpid() or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (killed, not yet reaped) writes nothing more
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
 def start_reduction(
     session: Session, step: str, fp: str, parameters: dict[str, Any], rule_version: str | None,
     inputs: Sequence[tuple[int, str]],
-) -> Reduction:
+) -> Reduction | None:
     """Record (or take up again) a reduction about to run, with its inputs (frame id, role).
 
-    A reduction of the same fingerprint left ``running`` or ``failed`` is reused: its status,
-    host and start time are reset and missing input rows added. Flushes; the caller commits.
+    Returns the ``running`` row to work on, or None when the product must not be made here:
+    a reduction of this fingerprint is already ``done``, or ``running`` in another live
+    process (see below). A row of the same fingerprint left ``failed``, or ``running`` by a
+    run that is gone, is reused: its status, parameters, host and start time are reset and
+    missing input rows added. Flushes; the caller commits (one transaction per call).
+
+    Two runs asking for the same fingerprint at once (on PostgreSQL; SQLite's write
+    transactions already run one at a time) must not both compute it, and the schema has no
+    unique fingerprint to stop a second insert. So the input frames' rows are locked first
+    (``SELECT ... FOR UPDATE``, ordered by id so that two callers never wait for each other
+    in a cycle): every request of one fingerprint has the same input frames (the fingerprint
+    hashes their checksums), so the second caller waits until the first has committed, then
+    sees its row. A ``running`` row carries its claim in ``message`` ("claimed by HOST pid
+    PID"); a claim by a live process on this host, or by any process on another host, makes
+    the second caller skip (None). A lock on the (absent) reduction row itself would not
+    serialize anything, and a lock held by the frames is released at the caller's commit,
+    a few milliseconds later.
     """
-    reduction = find_reduction(session, fp)
+    frame_ids = sorted({frame_id for frame_id, _ in inputs})
+    for batch in chunked(frame_ids):
+        session.execute(select(Frame.id).where(Frame.id.in_(batch)).order_by(Frame.id).with_for_update()).all()
+    rows = list(session.scalars(select(Reduction).where(Reduction.fingerprint == fp).order_by(Reduction.id)))
+    if any(r.status == "done" for r in rows):
+        return None
+    if any(r.status == "running" and _claimed_by_live_process(r) for r in rows):
+        return None
+    reduction = rows[-1] if rows else None
     if reduction is None:
         reduction = Reduction(step=step, fingerprint=fp, parameters=parameters, rule_version=rule_version,
                               software=software_versions(), host=socket.gethostname(), started_at=utcnow(),
-                              status="running")
+                              status="running", message=_claim())
         session.add(reduction)
         session.flush()
     else:
-        reduction.status, reduction.message, reduction.finished_at = "running", None, None
+        reduction.status, reduction.message, reduction.finished_at = "running", _claim(), None
+        reduction.parameters = parameters
         reduction.host, reduction.started_at, reduction.software = socket.gethostname(), utcnow(), software_versions()
     have = set(session.execute(
         select(ReductionInput.frame_id, ReductionInput.role).where(ReductionInput.reduction_id == reduction.id)
@@ -114,8 +172,8 @@ def finish_reduction(
     """Mark a reduction done (or failed) and point its output frames to it."""
     session.execute(update(Reduction).where(Reduction.id == reduction_id).values(
         status=status, message=message, finished_at=utcnow()))
-    if outputs:
-        session.execute(update(Frame).where(Frame.id.in_(list(outputs))).values(reduction_id=reduction_id))
+    for batch in chunked(outputs):
+        session.execute(update(Frame).where(Frame.id.in_(batch)).values(reduction_id=reduction_id))
 
 
 def clear_selections(session: Session, reduction_id: int) -> None:
@@ -140,12 +198,12 @@ def frame_at_path(session: Session, path: str | Path) -> Frame:
     return frame
 
 
-def _canonical_paths(session: Session, frame_ids: Iterable[int]) -> dict[int, str]:
-    ids = list(set(frame_ids))
+def canonical_paths(session: Session, frame_ids: Iterable[int]) -> dict[int, str]:
+    """frame id -> path of its current canonical copy (frames without one are left out)."""
     out: dict[int, str] = {}
-    for start in range(0, len(ids), 5000):
+    for batch in chunked(set(frame_ids)):
         rows = session.execute(select(Copy.frame_id, Copy.path).where(
-            Copy.frame_id.in_(ids[start:start + 5000]), Copy.is_current, Copy.is_canonical))
+            Copy.frame_id.in_(batch), Copy.is_current, Copy.is_canonical))
         out.update(rows.all())
     return out
 
@@ -188,21 +246,21 @@ def provenance_tree(session: Session, frame: Frame) -> dict[str, Any]:
     while todo:  # load the whole graph level by level: one query per level, not per node
         level = [frames[i] for i in todo if i in frames]
         missing = [i for i in todo if i not in frames]
-        for f in session.scalars(select(Frame).where(Frame.id.in_(missing))) if missing else ():
-            frames[f.id] = f
-            level.append(f)
+        for batch in chunked(missing):
+            for f in session.scalars(select(Frame).where(Frame.id.in_(batch))):
+                frames[f.id] = f
+                level.append(f)
         rids = {f.reduction_id for f in level if f.reduction_id is not None} - set(reductions)
         todo = set()
-        if not rids:
-            continue
-        for r in session.scalars(select(Reduction).where(Reduction.id.in_(rids))):
-            reductions[r.id] = r
-        for rid, fid, role in session.execute(select(ReductionInput.reduction_id, ReductionInput.frame_id,
-                                                     ReductionInput.role).where(ReductionInput.reduction_id.in_(rids))):
-            inputs.setdefault(rid, []).append((fid, role))
-            if fid not in frames:
-                todo.add(fid)
-    paths = _canonical_paths(session, frames)
+        for batch in chunked(rids):
+            for r in session.scalars(select(Reduction).where(Reduction.id.in_(batch))):
+                reductions[r.id] = r
+            for rid, fid, role in session.execute(select(ReductionInput.reduction_id, ReductionInput.frame_id,
+                                                         ReductionInput.role).where(ReductionInput.reduction_id.in_(batch))):
+                inputs.setdefault(rid, []).append((fid, role))
+                if fid not in frames:
+                    todo.add(fid)
+    paths = canonical_paths(session, frames)
 
     def build(fid: int, role: str | None, seen: frozenset) -> dict[str, Any]:
         f = frames[fid]
@@ -244,12 +302,12 @@ def used_by(session: Session, frame: Frame) -> list[dict[str, Any]]:
     depth = 0
     while level:
         depth += 1
-        rows = session.execute(
+        rows = [row for batch in chunked(sorted(level)) for row in session.execute(
             select(Frame, ReductionInput.frame_id, Reduction)
             .join(ReductionInput, ReductionInput.reduction_id == Frame.reduction_id)
             .join(Reduction, Reduction.id == Frame.reduction_id)
-            .where(ReductionInput.frame_id.in_(list(level)))
-        ).all()
+            .where(ReductionInput.frame_id.in_(batch))
+        )]
         level = set()
         for product, via, reduction in rows:
             if product.id in seen:
@@ -257,7 +315,7 @@ def used_by(session: Session, frame: Frame) -> list[dict[str, Any]]:
             seen.add(product.id)
             level.add(product.id)
             found.append((depth, product.id, via, reduction, product))
-    paths = _canonical_paths(session, [p[1] for p in found])
+    paths = canonical_paths(session, [p[1] for p in found])
     return [
         {**_frame_summary(product, paths.get(pid)), "step": reduction.step, "reduction_id": reduction.id,
          "depth": d, "via": via}

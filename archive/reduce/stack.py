@@ -105,6 +105,12 @@ class StackJob:
         Upper bound on the pixel buffers, MB.
     header : dict
         Extra cards.
+    exposures_s : sequence of float or None
+        Exposure time of each input, s: the catalogue's normalized ``exposure_time_s`` (from
+        EXPTIME, EXPOSURE, ... whichever the dialect reads). None (or an empty sequence: all
+        unknown) for a missing value.
+    dates_obs : sequence of str or None
+        Start of each input, UTC, ISO 8601: the catalogue's normalized ``date_obs``.
     """
 
     inputs: tuple[str, ...]
@@ -114,6 +120,8 @@ class StackJob:
     iterations: int = 5
     memory_limit_mb: float = 512
     header: dict = field(default_factory=dict)
+    exposures_s: tuple[float | None, ...] = ()
+    dates_obs: tuple[str | None, ...] = ()
 
 
 def combine_rows(
@@ -153,12 +161,55 @@ def combine_rows(
             h.close()
 
 
+def _exposure_cards(job: StackJob, out: fits.Header) -> tuple[float | None, str | None, str | None, list[str]]:
+    """Set EXPTIME, TOTEXP, DATE-OBS, DATE-BEG and DATE-END from the job's catalogue values.
+
+    A card whose value is unknown for any input is left out, with a warning; never 0.
+    """
+    n = len(job.inputs)
+    exposures = list(job.exposures_s) or [None] * n
+    dates = list(job.dates_obs) or [None] * n
+    warnings_: list[str] = []
+    name = job.output.rsplit("/", 1)[-1]
+    total = None
+    if all(e is not None for e in exposures):
+        total = float(sum(exposures))
+        out[kw.EXPOSURE_TIME] = (float(exposures[0]), "[s] exposure of one input frame")
+        out[kw.TOTAL_EXPOSURE] = (total, "[s] total exposure of the inputs")
+    else:
+        out.remove(kw.EXPOSURE_TIME, ignore_missing=True, remove_all=True)
+        missing = sum(e is None for e in exposures)
+        warnings_.append(f"{name}: exposure time unknown for {missing} of {n} input(s): {kw.EXPOSURE_TIME} and "
+                         f"{kw.TOTAL_EXPOSURE} left out")
+    date_begin = date_end = None
+    if all(d is not None for d in dates):
+        starts = [Time(d, format="isot", scale="utc") for d in dates]
+        date_begin = min(starts).isot
+        out[kw.DATE_OBS] = (date_begin, "start of the first input")
+        out[kw.DATE_BEGIN] = (date_begin, "start of the first input")
+        if total is not None:
+            date_end = max(t + e * u.s for t, e in zip(starts, exposures)).isot
+            out[kw.DATE_END] = (date_end, "end of the last input")
+        else:
+            warnings_.append(f"{name}: {kw.DATE_END} left out (exposure time unknown)")
+    else:
+        out.remove(kw.DATE_OBS, ignore_missing=True, remove_all=True)
+        warnings_.append(f"{name}: DATE-OBS unknown for some inputs: {kw.DATE_OBS}, {kw.DATE_BEGIN} and "
+                         f"{kw.DATE_END} left out")
+    for message in warnings_:
+        log.warning(message)
+    return total, date_begin, date_end, warnings_
+
+
 def stack_files(job: StackJob, executor=None, parts: int = 1) -> dict:
     """Combine ``job.inputs`` into ``job.output`` (float32; temporary name then rename).
 
     The header is the first input's with IMAGETYP 'STACKED', COMBINE (method), NCOMBINE,
     EXPTIME (the exposure of one input, s), TOTEXP (sum of the inputs' exposures, s), DATE-OBS
-    and DATE-BEG (the first input's start), DATE-END (the last input's end).
+    and DATE-BEG (the first input's start), DATE-END (the last input's end). Exposures and
+    dates are the catalogue's normalized values handed in the job (``job.exposures_s``,
+    ``job.dates_obs``), not the inputs' raw cards; a card whose value is unknown is left out
+    with a warning (never written as 0).
 
     Parameters
     ----------
@@ -172,18 +223,23 @@ def stack_files(job: StackJob, executor=None, parts: int = 1) -> dict:
     Returns
     -------
     dict
-        ``output``, ``ncombine``, ``total_exposure_s``, ``date_begin``, ``date_end``,
-        ``rows_per_block``.
+        ``output``, ``ncombine``, ``total_exposure_s`` (None when unknown), ``date_begin``,
+        ``date_end``, ``rows_per_block``, ``warnings`` (list of str).
 
     Raises
     ------
     ValueError
-        No inputs, inputs of different shapes, or an unknown method.
+        No inputs, inputs of different shapes, an unknown method, or as many exposure
+        times or dates as inputs not given.
     """
     if not job.inputs:
         raise ValueError("nothing to stack")
-    headers = [fits.getheader(path) for path in job.inputs]
-    ny, nx = headers[0]["NAXIS2"], headers[0]["NAXIS1"]
+    for name, values in (("exposure times", job.exposures_s), ("dates", job.dates_obs)):
+        if values and len(values) != len(job.inputs):
+            raise ValueError(f"{len(job.inputs)} inputs but {len(values)} {name}")
+    with fits.open(job.inputs[0], mode="readonly", memmap=True) as hdul:
+        first_header = hdul[0].header.copy()
+        ny, nx = hdul[0].data.shape
     bounds = np.linspace(0, ny, max(1, min(parts, ny)) + 1).astype(int)
     args = [(tuple(job.inputs), int(a), int(b), job.method, job.sigma, job.iterations, job.memory_limit_mb)
             for a, b in itertools.pairwise(bounds)]
@@ -192,28 +248,18 @@ def stack_files(job: StackJob, executor=None, parts: int = 1) -> dict:
     else:
         bands = [f.result() for f in [executor.submit(combine_rows, *a) for a in args]]
     result = np.concatenate(bands, axis=0)
-    exposures = [float(h.get(kw.EXPOSURE_TIME, 0.0) or 0.0) for h in headers]
-    starts = [Time(h[kw.DATE_OBS], scale="utc") for h in headers if kw.DATE_OBS in h]
-    out = product_header(headers[0])
+    out = product_header(first_header)
     out[kw.IMAGE_TYPE] = kw.IMAGE_TYPE_VALUES["stacked"]
     out[kw.COMBINE] = (job.method, "combine method")
     out[kw.NCOMBINE] = (len(job.inputs), "number of frames combined")
-    out[kw.EXPOSURE_TIME] = (exposures[0], "[s] exposure of one input frame")
-    out[kw.TOTAL_EXPOSURE] = (sum(exposures), "[s] total exposure of the inputs")
-    date_begin = date_end = None
-    if starts:
-        ends = [t + e * u.s for t, e in zip(starts, exposures)]
-        date_begin, date_end = min(starts).isot, max(ends).isot
-        out[kw.DATE_OBS] = (date_begin, "start of the first input")
-        out[kw.DATE_BEGIN] = (date_begin, "start of the first input")
-        out[kw.DATE_END] = (date_end, "end of the last input")
+    total, date_begin, date_end, warnings_ = _exposure_cards(job, out)
     for key, value in job.header.items():
         out[key] = value
     write_atomic(job.output, result, out)
     return {
-        "output": job.output, "ncombine": len(job.inputs), "total_exposure_s": sum(exposures),
+        "output": job.output, "ncombine": len(job.inputs), "total_exposure_s": total,
         "date_begin": date_begin, "date_end": date_end,
-        "rows_per_block": rows_per_block(len(job.inputs), nx, job.memory_limit_mb),
+        "rows_per_block": rows_per_block(len(job.inputs), nx, job.memory_limit_mb), "warnings": warnings_,
     }
 
 
