@@ -162,8 +162,20 @@ def rules_for(rules: RuleBook | MatchingRules | None, instrument: str | None) ->
 
 
 def match_value(frame: Frame, column: str) -> Any:
-    """The value of a rule column (:data:`archive.calib.rules.MATCH_COLUMNS`) of ``frame``:
-    ``instrument`` is compared by ``frames.instrument_id``, the others are frame columns."""
+    """The value of a rule column of ``frame``, as grouping and selection compare it.
+
+    Parameters
+    ----------
+    frame : Frame
+    column : str
+        One of :data:`archive.calib.rules.MATCH_COLUMNS`.
+
+    Returns
+    -------
+    Any
+        ``frames.instrument_id`` for ``instrument``, else the frame's normalized column (None
+        when unknown; units of the column, e.g. deg C, s).
+    """
     return frame.instrument_id if column == "instrument" else getattr(frame, column)
 
 
