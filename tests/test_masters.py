@@ -391,14 +391,16 @@ def test_bad_input_is_left_out_and_a_bad_group_fails_alone(engine, tmp_path):
     root, library = tmp_path / "raw", tmp_path / "library"
     good = _bias_night(root, 0, 4, instrument="../../evil/cam")  # a header value that must not make the path
     short = _bias_night(root, 3, 3, instrument="../../evil/cam")
+    broken = _bias_night(root, 6, 3, instrument="../../evil/cam")
     ingest_paths(engine, [root])
-    _truncate(good[2])
-    _truncate(short[0])
+    for path in (good[2], short[0], *broken):
+        _truncate(path)
     summary = build_masters(engine, library=library, kinds=["bias"])
-    # the night with 4 biases is built from the 3 readable ones; the other night fails alone
-    assert len(summary.built) == 1 and len(summary.failed) == 1
-    assert "min_frames" in summary.failed[0][2]
-    assert sorted(Path(p).name for _, p, _ in summary.skipped_inputs) == sorted([good[2].name, short[0].name])
+    # the night with 4 biases is built from the 3 readable ones; the other nights fail alone
+    assert len(summary.built) == 1 and len(summary.failed) == 2
+    assert all("min_frames" in reason for _, _, reason in summary.failed)
+    assert sorted(str(p) for _, p, _ in summary.skipped_inputs) == sorted(
+        str(p.absolute()) for p in (good[2], short[0], *broken))
     assert all("truncated" in reason for _, _, reason in summary.skipped_inputs)
     _, frame_id, path = summary.built[0]
     assert Path(path).is_relative_to(library.absolute()) and ".." not in Path(path).parts
@@ -410,7 +412,7 @@ def test_bad_input_is_left_out_and_a_bad_group_fails_alone(engine, tmp_path):
         assert raw == 3
     # again: the same good inputs make the same master, a no-op; the bad frame is reported again
     again = build_masters(engine, library=library, kinds=["bias"])
-    assert again.built == [] and again.unchanged == 1 and len(again.skipped_inputs) == 2
+    assert again.built == [] and again.unchanged == 1 and len(again.skipped_inputs) == 5
 
 
 def test_unknown_exposure_is_never_a_guess():

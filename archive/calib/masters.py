@@ -706,6 +706,7 @@ def _build_one(engine: Engine, plan: MasterPlan, library: Path, settings: Settin
 
     step = f"master_{plan.kind}"
     kr = plan.rules[plan.kind]
+    what = describe(plan)
     with session_scope(engine) as session:
         plan.frames = [session.merge(f, load=False) for f in plan.frames]
         paths = _canonical_paths(session, [f.id for f in plan.frames], require=False)
@@ -738,8 +739,8 @@ def _build_one(engine: Engine, plan: MasterPlan, library: Path, settings: Settin
             bad = _usable_inputs(plan, paths)
             for frame, reason in bad:
                 summary.skipped_inputs.append((plan.kind, paths.get(frame.id) or f"frame {frame.id}", reason))
-                log.warning("master %s %s: input left out: %s", plan.kind, describe(plan), reason)
-            if len(plan.frames) < kr.min_frames:
+                log.warning("master %s %s: input left out: %s", plan.kind, what, reason)
+            if not plan.frames or len(plan.frames) < kr.min_frames:
                 raise MasterBuildError(f"{len(plan.frames)} usable input(s) after leaving out {len(bad)}; "
                                        f"min_frames is {kr.min_frames}")
             if not bad:
@@ -791,7 +792,7 @@ def _build_one(engine: Engine, plan: MasterPlan, library: Path, settings: Settin
             session.execute(update(Reduction).where(Reduction.id == reduction_id).values(
                 status="done", finished_at=utcnow(), message=None))
         summary.built.append((plan.kind, frame_id, str(target)))
-        log.info("built %s %s -> %s", plan.kind, describe(plan), target)
+        log.info("built %s %s -> %s", plan.kind, what, target)
     except BaseException as exc:
         # a master that failed (or a run interrupted with Ctrl-C) leaves a failed row, taken up
         # again by the next run
