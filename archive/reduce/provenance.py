@@ -128,8 +128,9 @@ def start_reduction(
     Two runs asking for the same fingerprint at once (on PostgreSQL; SQLite's write
     transactions already run one at a time) must not both compute it, and the schema has no
     unique fingerprint to stop a second insert. So the input frames' rows are locked first
-    (``SELECT ... FOR UPDATE``, ordered by id so that two callers never wait for each other
-    in a cycle): every request of one fingerprint has the same input frames (the fingerprint
+    (``SELECT ... FOR NO KEY UPDATE``, ordered by id so that two callers never wait for each
+    other in a cycle; the weaker lock lets other writers insert rows that merely reference
+    these frames): every request of one fingerprint has the same input frames (the fingerprint
     hashes their checksums), so the second caller waits until the first has committed, then
     sees its row. A ``running`` row carries its claim in ``message`` ("claimed by HOST pid
     PID"); a claim by a live process on this host, or by any process on another host, makes
@@ -139,7 +140,8 @@ def start_reduction(
     """
     frame_ids = sorted({frame_id for frame_id, _ in inputs})
     for batch in chunked(frame_ids):
-        session.execute(select(Frame.id).where(Frame.id.in_(batch)).order_by(Frame.id).with_for_update()).all()
+        session.execute(select(Frame.id).where(Frame.id.in_(batch)).order_by(Frame.id)
+                        .with_for_update(key_share=True)).all()
     rows = list(session.scalars(select(Reduction).where(Reduction.fingerprint == fp).order_by(Reduction.id)))
     if any(r.status == "done" for r in rows):
         return None
