@@ -513,3 +513,22 @@ def test_running_build_of_a_live_run_is_left_alone(engine, tmp_path):
         assert session.scalar(select(func.count()).select_from(Reduction)) == 1
         assert session.scalars(select(Reduction)).one().status == "done"
         assert session.scalar(select(func.count()).select_from(Master)) == 1
+
+
+def test_flat_that_cannot_be_normalized_is_left_out(engine, tmp_path):
+    root = tmp_path / "raw"
+    _bias_night(root, 0, 3)
+    start = BASE + dt.timedelta(minutes=30)
+    flats = [_write(root, f"d0/flat_{i}.fits", "FLAT", start + dt.timedelta(minutes=i), exposure=2.0,
+                    value=0.0 if i == 1 else 20000 + 100 * i, seed=50 + i) for i in range(4)]  # flat 1: cap on
+    ingest_paths(engine, [root])
+    summary = build_masters(engine, library=tmp_path / "library")
+    assert summary.failed == [] and sorted(k for k, _, _ in summary.built) == ["bias", "flat"]
+    assert [(kind, Path(path).name) for kind, path, _ in summary.skipped_inputs] == [("flat", flats[1].name)]
+    assert "cannot normalize" in summary.skipped_inputs[0][2]
+    flat_id = next(fid for kind, fid, _ in summary.built if kind == "flat")
+    with session_scope(engine) as session:
+        assert session.get(Master, flat_id).n_combined == 3
+        assert np.median(fits.getdata(_paths(session, [flat_id])[flat_id])) == pytest.approx(1.0, abs=1e-6)
+    again = build_masters(engine, library=tmp_path / "library")
+    assert again.built == [] and again.unchanged == 2

@@ -154,8 +154,9 @@ class BuildSummary:
         Raw calibrations without DATE-OBS (no night, cannot be grouped).
     skipped_inputs : list of (kind, path, reason)
         Raw frames left out of their group's master because they cannot be read (missing,
-        truncated, not a 2-D image, a shape other than the group's); the master is built
-        from the others when at least ``min_frames`` remain.
+        truncated, not a 2-D image, a shape other than the group's) or calibrated (an unknown
+        exposure time the dark cannot be scaled to, a flat whose calibrated median is not
+        positive); the master is built from the others when at least ``min_frames`` remain.
     busy : int
         Groups another live run was building (left to it).
     """
@@ -457,12 +458,18 @@ def _write_atomic(path: Path, data: np.ndarray, header: fits.Header) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _compute(session: Session, plan: MasterPlan, paths: dict[int, str], cal: _Calibrators) -> np.ndarray:
+def _compute(
+    session: Session, plan: MasterPlan, paths: dict[int, str], cal: _Calibrators
+) -> tuple[np.ndarray | None, list[tuple[Frame, str]]]:
+    """Combine the master's pixels. Returns the image (None when fewer than ``min_frames``
+    inputs can be calibrated) and the inputs left out with the reason (an exposure time the
+    dark cannot be scaled to, a flat whose calibrated median is not positive)."""
     rules = plan.rules
     kr: KindRules = rules[plan.kind]
     frames = plan.frames
     files = [paths[f.id] for f in frames]
     hdus = [f.hdu_index for f in frames]
+    dropped: dict[int, str] = {}
     bias = None
     if cal.bias is not None:
         bias = _load_master(session, cal.bias.master_id)
@@ -474,16 +481,19 @@ def _compute(session: Session, plan: MasterPlan, paths: dict[int, str], cal: _Ca
                  for mid, _ in cal.dark.weights}
         for i, frame in enumerate(frames):
             t = frame.exposure_time_s
-            if cal.dark.method == "interpolated" and t is not None:
+            if cal.dark.method == "interpolated":
+                if t is None:
+                    dropped[i] = f"{files[i]}: no exposure time, cannot interpolate the master dark"
+                    continue
                 mids = [mid for mid, _ in cal.dark.weights]
                 weights = interpolation_weights([darks[m][2].exposure_time_s for m in mids], t)
                 per_frame[i] = [(darks[m][0], w) for m, w in zip(mids, weights)]
-            elif cal.dark.method == "interpolated":
-                raise MasterBuildError(f"frame {frame.id}: no exposure time, cannot interpolate the master dark")
-            else:
-                for mid, weight in cal.dark.weights:
-                    data, master, dframe = darks[mid]
-                    per_frame[i].append((data, _dark_factor(frame, master, dframe, weight)))
+                continue
+            try:
+                per_frame[i] = [(darks[mid][0], _dark_factor(frame, darks[mid][1], darks[mid][2], weight))
+                                for mid, weight in cal.dark.weights]
+            except MasterBuildError as exc:
+                dropped[i] = f"{files[i]}: {exc}"
     has_dark = any(per_frame)
 
     def prepare(i: int, block: np.ndarray, start: int, stop: int) -> np.ndarray:
@@ -493,21 +503,29 @@ def _compute(session: Session, plan: MasterPlan, paths: dict[int, str], cal: _Ca
             block -= np.float32(factor) * data[start:stop]
         return block
 
-    scales = None
+    medians: dict[int, float] = {}
     if plan.kind == "flat":
-        scales = []
         for i, (path, hdu) in enumerate(zip(files, hdus)):
+            if i in dropped:
+                continue
             reader = RowReader(path, hdu)
             try:
                 med = image_median(reader, prepare, i)
             finally:
                 reader.close()
             if not np.isfinite(med) or med <= 0:
-                raise MasterBuildError(f"{path}: calibrated flat has median {med}; cannot normalize")
-            scales.append(1.0 / med)
+                dropped[i] = f"{path}: calibrated flat has median {med}; cannot normalize"
+            else:
+                medians[i] = med
+    keep = [i for i in range(len(frames)) if i not in dropped]
+    left_out = [(frames[i], reason) for i, reason in sorted(dropped.items())]
+    if not keep or len(keep) < kr.min_frames:
+        return None, left_out
     data = combine_files(
-        files, method=kr.combine, hdu_indexes=hdus, prepare=prepare if (bias is not None or has_dark) else None,
-        scales=scales, memory_limit_bytes=rules.memory_limit_bytes, sigma_low=rules.sigma_low,
+        [files[i] for i in keep], method=kr.combine, hdu_indexes=[hdus[i] for i in keep],
+        prepare=(lambda j, block, a, b: prepare(keep[j], block, a, b)) if (bias is not None or has_dark) else None,
+        scales=[1.0 / medians[i] for i in keep] if plan.kind == "flat" else None,
+        memory_limit_bytes=rules.memory_limit_bytes, sigma_low=rules.sigma_low,
         sigma_high=rules.sigma_high, maxiters=rules.maxiters,
     )
     if plan.kind == "flat":
@@ -515,7 +533,7 @@ def _compute(session: Session, plan: MasterPlan, paths: dict[int, str], cal: _Ca
         if not np.isfinite(med) or med <= 0:
             raise MasterBuildError(f"combined flat has median {med}; cannot normalize")
         data /= np.float32(med)
-    return data
+    return data, left_out
 
 
 def _dark_factor(frame: Frame, master: Master, dframe: Frame, weight: float) -> float:
@@ -572,7 +590,7 @@ def build_masters(
     (not duplicated) by the next run, and a concurrent run building the same group leaves it
     to this one (``busy``). A master that fails (an input that cannot be calibrated, a write
     error) is reported in ``failed`` and the others are built; a raw frame that cannot be
-    read is left out of its master and reported in ``skipped_inputs``.
+    read or calibrated is left out of its master and reported in ``skipped_inputs``.
 
     Parameters
     ----------
@@ -700,11 +718,22 @@ def _start(session: Session, plan: MasterPlan, fp: str, parameters: dict[str, An
     return "start", reduction.id
 
 
+def _plan_fingerprint(plan: MasterPlan, calib_frames: dict[int, tuple[str, str]], parameters: dict[str, Any]) -> str:
+    """The fingerprint of building ``plan``'s master: its raw frames, the masters used (frame
+    id -> (role, sha256)), the parameters and the rule version."""
+    inputs = [(f.sha256, "raw") for f in plan.frames] + [(sha, role) for role, sha in calib_frames.values()]
+    return fingerprint(f"master_{plan.kind}", inputs, parameters, plan.rules.version)
+
+
+def _done(session: Session, fp: str) -> bool:
+    """Whether a reduction of fingerprint ``fp`` has finished."""
+    return session.scalar(select(Reduction.id).where(Reduction.fingerprint == fp, Reduction.status == "done").limit(1)) is not None
+
+
 def _build_one(engine: Engine, plan: MasterPlan, library: Path, settings: Settings, summary: BuildSummary,
                claim: str) -> None:
     from archive.ingest.ingest import ingest_paths
 
-    step = f"master_{plan.kind}"
     kr = plan.rules[plan.kind]
     what = describe(plan)
     with session_scope(engine) as session:
@@ -725,10 +754,8 @@ def _build_one(engine: Engine, plan: MasterPlan, library: Path, settings: Settin
             }
             if kr.combine == "sigma_clip":
                 parameters["sigma"] = [plan.rules.sigma_low, plan.rules.sigma_high, plan.rules.maxiters]
-            inputs = [(f.sha256, "raw") for f in plan.frames] + [(sha, role) for role, sha in calib_frames.values()]
-            fp = fingerprint(step, inputs, parameters, plan.rules.version)
-            done = session.scalar(select(Reduction.id).where(Reduction.fingerprint == fp, Reduction.status == "done").limit(1))
-            if done is not None:
+            fp = _plan_fingerprint(plan, calib_frames, parameters)
+            if _done(session, fp):
                 summary.unchanged += 1
                 return
             if checked:
@@ -745,7 +772,20 @@ def _build_one(engine: Engine, plan: MasterPlan, library: Path, settings: Settin
                                        f"min_frames is {kr.min_frames}")
             if not bad:
                 break
-        data = _compute(session, plan, paths, cal)
+        data, left_out = _compute(session, plan, paths, cal)
+        for frame, reason in left_out:  # inputs that cannot be calibrated: reported
+            summary.skipped_inputs.append((plan.kind, paths[frame.id], reason))
+            log.warning("master %s %s: input left out: %s", plan.kind, what, reason)
+        if data is None:
+            raise MasterBuildError(f"{len(plan.frames) - len(left_out)} input(s) can be calibrated after leaving "
+                                   f"out {len(left_out)}; min_frames is {kr.min_frames}")
+        if left_out:  # the master is made of the others, a fingerprint of its own
+            dropped = {f.id for f, _ in left_out}
+            plan.frames = [f for f in plan.frames if f.id not in dropped]
+            fp = _plan_fingerprint(plan, calib_frames, parameters)
+            if _done(session, fp):
+                summary.unchanged += 1
+                return
         header = _master_header(plan, parameters, fp, [Path(paths[f.id]).name for f in plan.frames])
     setup = "_".join(_describe_parts(plan)[1:])  # night, binning, exposure, filter, temperature
     target = render_path(
