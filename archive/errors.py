@@ -37,3 +37,8 @@ class ProjectError(LookupError, ArchiveError):
 class CalibrationNotFoundError(LookupError, ArchiveError):
     """No master calibration passes the matching rules; the message names the rule that
     removed the last candidates."""
+
+
+class DestinationBusyError(RuntimeError, ArchiveError):
+    """Another copyback or project collect is writing into the destination (it holds the
+    folder's lock) and did not finish within the time allowed."""

@@ -61,7 +61,7 @@ from archive.config import Settings, load_settings, merge, read_toml
 from archive.db.bulk import chunked
 from archive.db.models import DERIVED_TYPES, Copy, Frame, Instrument
 from archive.db.session import session_scope
-from archive.errors import ArchiveError, ConfigError
+from archive.errors import ConfigError, DestinationBusyError
 from archive.files import (
     fits_ending, fsync_dir, remove_partials, render_path, safe_component, sha256_file, temporary_path,
 )
@@ -78,11 +78,6 @@ KINDS = {"raw": "light", "calibrated": "calibrated"}
 LOCK_NAME = ".archive-lock"
 
 _CHUNK = 1 << 20
-
-
-class DestinationBusyError(RuntimeError, ArchiveError):
-    """Another copyback or project collect is writing into the destination (it holds the
-    folder's lock) and did not finish within the time allowed."""
 
 
 # -- configuration ---------------------------------------------------------------------------
