@@ -193,7 +193,7 @@ def mark_bad_cmd(app: AppContext, masters_, reason, undo) -> None:
       archive masters mark-bad 1234 --undo
     """
     with session_scope(app.engine, write=True) as session:
-        sync_library(session)
+        sync_library(session, _book(app, None))  # the configured rules name the header keywords
         rows = mark_bad(session, _master_ids(session, masters_), reason, bad=not undo)
     click.echo(f"{len(rows)} master(s) marked {'good' if undo else 'bad'}")
 
@@ -212,7 +212,7 @@ def validity(app: AppContext, master: str, valid_from, valid_until) -> None:
       archive masters validity 1234                 # valid at any time again
     """
     with session_scope(app.engine, write=True) as session:
-        sync_library(session)
+        sync_library(session, _book(app, None))  # the configured rules name the header keywords
         try:
             row = set_validity(session, _master_ids(session, (master,))[0], valid_from, valid_until)
         except ValueError as exc:
@@ -257,7 +257,7 @@ def list_cmd(app: AppContext, kind, fmt) -> None:
       archive masters list --kind dark --format csv
     """
     with session_scope(app.engine, write=True) as session:
-        sync_library(session)
+        sync_library(session, _book(app, None))  # the configured rules name the header keywords
         emit(library_table(session, kind), fmt)
 
 
