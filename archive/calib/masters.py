@@ -688,8 +688,9 @@ def _start(session: Session, plan: MasterPlan, fp: str, parameters: dict[str, An
 
     Two runs building the same group at once must not both build it, and reductions have no
     unique fingerprint to stop a second insert: so the group's raw frames are locked first
-    (``SELECT ... FOR NO KEY UPDATE``: rows that refer to them can still be inserted; ids in order, so that two runs never wait for each other in a
-    cycle; SQLite's write transactions already run one at a time). Every run that builds this
+    (``SELECT ... FOR NO KEY UPDATE``, so rows that refer to them can still be inserted; ids
+    in order, so that two runs never wait for each other in a cycle; SQLite's write
+    transactions already run one at a time). Every run that builds this
     fingerprint has the same raw frames (the fingerprint hashes their checksums), so the
     second run waits for the first one's commit and then sees its running row.
     """
