@@ -55,7 +55,7 @@ def temporary_path(path: str | Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether process ``pid`` still runs. A zombie (killed, not yet reaped by its parent,
     as happens to pool workers of a killed run) counts as gone: it writes nothing more."""
     try:
@@ -82,7 +82,7 @@ def remove_partials(folder: str | Path) -> int:
     count = 0
     for tmp in folder.rglob(".*.part"):
         match = _PARTIAL.match(tmp.name)
-        if match and tmp.is_file() and not _alive(int(match.group(1))):
+        if match and tmp.is_file() and not process_alive(int(match.group(1))):
             tmp.unlink(missing_ok=True)
             count += 1
     return count

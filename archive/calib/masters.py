@@ -50,7 +50,7 @@ from archive.db.models import (
 )
 from archive.db.session import session_scope
 from archive.errors import ArchiveError, CalibrationNotFoundError, ConfigError
-from archive.files import fsync_dir, remove_partials, render_path, safe_component, temporary_path
+from archive.files import fsync_dir, process_alive, remove_partials, render_path, safe_component, temporary_path
 from archive.ingest.headers import header_from_text
 from archive.progress import NoProgress, Progress
 from archive.reports.catalog import FrameFilter, frame_query
@@ -654,16 +654,6 @@ def _claim() -> str:
     return f"claimed by {socket.gethostname()} pid {os.getpid()} run {uuid.uuid4().hex[:12]}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _is_busy(reduction: Reduction, claim: str, now: dt.datetime) -> bool:
     """Whether a ``running`` reduction is being built by another live run.
 
@@ -676,7 +666,7 @@ def _is_busy(reduction: Reduction, claim: str, now: dt.datetime) -> bool:
     parts = (reduction.message or "").split()
     if (len(parts) >= 5 and parts[:2] == ["claimed", "by"] and parts[2] == socket.gethostname()
             and parts[3] == "pid" and parts[4].isdigit() and int(parts[4]) != os.getpid()
-            and not _pid_alive(int(parts[4]))):
+            and not process_alive(int(parts[4]))):
         return False
     return reduction.started_at > now - RUNNING_IS_STALE_AFTER
 

@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from archive.files import process_alive
 from archive.db.base import utcnow
 from archive.db.bulk import chunked
 from archive.db.models import (
@@ -100,17 +101,7 @@ def _claimed_by_live_process(reduction: Reduction) -> bool:
         return True
     if pid == os.getpid() or pid <= 0:
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (killed, not yet reaped) writes nothing more
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return True
+    return process_alive(pid)
 
 
 def start_reduction(
