@@ -6,8 +6,9 @@ in the same run:
 2. archive's ingest into a new SQLite catalogue (both cores),
 3. the same ingest again, every file unchanged;
 
-2 and 3 are timed as the library call ``ingest_paths`` in this process (like the baseline)
-and as the whole ``archive ingest`` command in a new process (start-up included).
+Each runs in a new Python process (so none inherits another's heap or page cache warm-up
+beyond the files themselves); the operation is timed inside it, and the whole process
+(interpreter start-up and imports included) from outside.
 Targets: first ingest >= 10x faster than the baseline, re-ingest >= 100x.
 
 Usage::
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import warnings
 import shutil
 import subprocess
 import sys
@@ -80,48 +80,58 @@ def write_night(folder: Path, n: int) -> None:
         fits.PrimaryHDU(data, header).writeto(sub / f"M31_{header['IMAGETYP']}_{i:06d}.fits")
 
 
-def timed(label: str, func) -> float:
+BASELINE = """
+import sys, time, warnings
+from pathlib import Path
+from ccdproc import ImageFileCollection
+folders = sorted({p.parent for p in Path(sys.argv[1]).rglob("*.fits")})  # it does not recurse
+start = time.perf_counter()
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    for folder in folders:
+        _ = ImageFileCollection(str(folder)).summary  # the property builds the table
+print(time.perf_counter() - start)
+"""
+
+ARCHIVE = """
+import sys, time
+from archive.db.session import open_catalogue
+from archive.ingest import ingest_paths
+engine = open_catalogue(sys.argv[2])
+start = time.perf_counter()
+summary = ingest_paths(engine, [sys.argv[1]])
+print(time.perf_counter() - start, summary.new, summary.unchanged)
+"""
+
+
+def in_new_process(code: str, *args: str) -> tuple[float, float, list[str]]:
+    """(time of the operation inside, wall time of the whole process, other printed values)."""
     start = time.perf_counter()
-    func()
-    seconds = time.perf_counter() - start
-    print(f"  {label:<44} {seconds:9.2f} s", flush=True)
-    return seconds
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - start
+    inner, *rest = done.stdout.split()
+    return float(inner), wall, rest
 
 
 def run(n: int, workdir: Path) -> None:
-    from ccdproc import ImageFileCollection
-
-    from archive.config import load_settings
-    from archive.db.session import open_catalogue
-    from archive.ingest import ingest_paths
-
     folder = workdir / f"night_{n}"
     print(f"\nN = {n}: writing the synthetic night ...", flush=True)
     write_night(folder, n)
-    subfolders = sorted({p.parent for p in folder.rglob("*.fits")})
-
-    def baseline():  # ImageFileCollection does not recurse: one collection per folder
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for sub in subfolders:
-                _ = ImageFileCollection(str(sub)).summary  # the property builds the table
-
-    settings = load_settings()
-    engine = open_catalogue(workdir / f"library_{n}.sqlite")
-    command_db = workdir / f"command_{n}.sqlite"
-    command = [sys.executable, "-m", "archive.cli", "--quiet", "--db", str(command_db), "ingest", str(folder)]
-
-    print("  the ingest itself (library calls in this process, as ImageFileCollection):")
-    t_ifc = timed("ccdproc ImageFileCollection(...).summary", baseline)
-    t_first = timed("archive ingest_paths, new SQLite catalogue", lambda: ingest_paths(engine, [folder], settings=settings))
-    t_again = timed("archive ingest_paths again, all unchanged", lambda: ingest_paths(engine, [folder], settings=settings))
-    print("  the whole command (a new process: ~0.6 s of Python start-up and imports included):")
-    c_first = timed("archive ingest FOLDER, new SQLite catalogue", lambda: subprocess.run(command, check=True, stdout=subprocess.DEVNULL))
-    c_again = timed("archive ingest FOLDER again, all unchanged", lambda: subprocess.run(command, check=True, stdout=subprocess.DEVNULL))
-    engine.dispose()
-    print(f"  ratios against ImageFileCollection ({t_ifc / n * 1e3:.2f} ms a file):")
-    print(f"    first ingest  {t_ifc / t_first:7.1f}x (target >= 10x)   command: {t_ifc / c_first:7.1f}x")
-    print(f"    re-ingest     {t_ifc / t_again:7.1f}x (target >= 100x)  command: {t_ifc / c_again:7.1f}x", flush=True)
+    db = str(workdir / f"catalogue_{n}.sqlite")
+    rows = [("ccdproc ImageFileCollection(...).summary", *in_new_process(BASELINE, str(folder))[:2])]
+    first = in_new_process(ARCHIVE, str(folder), db)
+    assert first[2][0] == str(n), first
+    rows.append(("archive ingest, new SQLite catalogue", *first[:2]))
+    again = in_new_process(ARCHIVE, str(folder), db)
+    assert again[2] == ["0", str(n)], again
+    rows.append(("archive ingest again, all unchanged", *again[:2]))
+    print(f"  {'each in a new process':44s} {'operation s':>12s} {'process s':>10s}")
+    for label, inner, wall in rows:
+        print(f"  {label:44s} {inner:12.2f} {wall:10.2f}")
+    base_inner, base_wall = rows[0][1], rows[0][2]
+    print(f"  ratios against ImageFileCollection ({base_inner / n * 1e3:.2f} ms a file), operation / whole process:")
+    print(f"    first ingest  {base_inner / rows[1][1]:7.1f}x / {base_wall / rows[1][2]:5.1f}x   (target >= 10x)")
+    print(f"    re-ingest     {base_inner / rows[2][1]:7.1f}x / {base_wall / rows[2][2]:5.1f}x   (target >= 100x)", flush=True)
     shutil.rmtree(folder)
 
 

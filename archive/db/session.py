@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, configure_mappers
 
 from archive.config import default_database_path
 from archive.errors import DatabaseError
@@ -111,6 +111,7 @@ def open_catalogue(
     except OperationalError as exc:
         engine.dispose()
         raise DatabaseError(f"cannot open the catalogue {make_url(full_url)!r}: {exc.orig}") from exc
+    configure_mappers()  # once, at open: ORM set-up errors surface here, not mid-ingest
     if revision != head_revision():
         engine.dispose()
         raise DatabaseError(
