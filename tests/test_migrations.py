@@ -17,6 +17,12 @@ def schema_diff(engine):
         return compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
 
 
+def test_schema_revision_constant_is_the_head_migration():
+    from archive.db.base import SCHEMA_REVISION
+
+    assert SCHEMA_REVISION == head_revision()
+
+
 def test_upgrade_head_matches_the_models(db_url):
     engine = create_engine(database_url(db_url))
     assert current_revision(engine) == head_revision()

@@ -17,6 +17,11 @@ frames of 3072 x 2048 takes about 0.4 s on two cores).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+
 import datetime as dt
 import hashlib
 import json
@@ -31,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from astropy.io import fits
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import Session
@@ -1016,4 +1020,6 @@ def library_table(session: Session, kind: str | None = None, *, include_bad: boo
     if not include_bad:
         query = query.where(~Master.is_bad)
     rows = session.execute(query).all()
+    import pandas as pd  # imported on use: a slow import
+
     return pd.DataFrame(rows, columns=list(query.selected_columns.keys()))

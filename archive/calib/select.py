@@ -22,6 +22,11 @@ then the larger frame id (so the choice is deterministic).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+
 import datetime as dt
 import math
 import uuid
@@ -29,7 +34,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import pandas as pd
 from sqlalchemy import (
     BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, and_, func, or_, select, text,
 )
@@ -854,6 +858,8 @@ def missing_calibrations(
     selections = select_masters(session, frame_ids, kinds, rules=rules, fallback=True)
     missing = [(fid, kind, sel) for (fid, kind), sel in selections.items() if not sel.found]
     if not missing:
+        import pandas as pd  # imported on use: a slow import
+
         return pd.DataFrame(columns=["kind", "instrument", "lights", "first_night", "last_night", "why", "frame_ids"])
     frames = {f.id: f for batch in chunked(sorted({m[0] for m in missing}))
               for f in session.scalars(select(Frame).where(Frame.id.in_(batch)))}
@@ -880,6 +886,8 @@ def missing_calibrations(
             frame_ids=",".join(map(str, sorted(group["frames"])[:20])),
         )
         rows.append(row)
+    import pandas as pd  # imported on use: a slow import
+
     table = pd.DataFrame(rows)
     leading = ["kind", "instrument"]
     trailing = ["lights", "first_night", "last_night", "why", "frame_ids"]

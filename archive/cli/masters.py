@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
 import click
-import pandas as pd
 from archive.calib import (
     RuleBook, build_masters, default_library, explain_selections, library_table, mark_bad, missing_calibrations,
     record_selection, select_masters, set_validity, sync_library,
@@ -111,6 +115,8 @@ def _selection_rows(selections) -> pd.DataFrame:
          "rule_version": sel.rule_version, "why": "" if sel.found else sel.explanation}
         for (fid, kind), sel in sorted(selections.items())
     ]
+    import pandas as pd  # imported on use: a slow import
+
     return pd.DataFrame(rows, columns=["frame_id", "kind", "method", "master_id", "scale", "weights", "rule_version", "why"])
 
 
@@ -162,6 +168,8 @@ def select_cmd(app: AppContext, files, filters: FrameFilter, kinds, explain: boo
     elif explain:
         rows = [{"frame_id": fid, "kind": kind, **v.as_dict()} for (fid, kind), sel in sorted(selections.items())
                 for v in sel.candidates]
+        import pandas as pd  # imported on use: a slow import
+
         emit(pd.DataFrame(rows), fmt)
     else:
         emit(_selection_rows(selections), fmt)

@@ -13,12 +13,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, configure_mappers
 
 from archive.config import default_database_path
+from archive.db.base import SCHEMA_REVISION
 from archive.errors import DatabaseError
 
 WRITE = "archive_write"
@@ -94,8 +95,6 @@ def open_catalogue(
         The server cannot be reached, or the schema is not at the current revision (the message
         says to run ``archive db upgrade``).
     """
-    from archive.db.migrate import current_revision, head_revision, upgrade
-
     full_url = database_url(url)
     is_sqlite = full_url.startswith("sqlite")
     if is_sqlite:
@@ -104,21 +103,31 @@ def open_catalogue(
     if is_sqlite:
         _configure_sqlite(engine, busy_timeout_s)
     try:
-        revision = current_revision(engine)
+        revision = _revision(engine)
         if revision is None and create and is_sqlite and not inspect(engine).get_table_names():
+            from archive.db.migrate import upgrade  # alembic: imported only when it has work
+
             upgrade(engine)
-            revision = current_revision(engine)
+            revision = _revision(engine)
     except OperationalError as exc:
         engine.dispose()
         raise DatabaseError(f"cannot open the catalogue {make_url(full_url)!r}: {exc.orig}") from exc
     configure_mappers()  # once, at open: ORM set-up errors surface here, not mid-ingest
-    if revision != head_revision():
+    if revision != SCHEMA_REVISION:
         engine.dispose()
         raise DatabaseError(
             f"the catalogue {make_url(full_url)!r} is at schema revision {revision or 'none'}, "
-            f"this version of archive needs {head_revision()}: run 'archive db upgrade'"
+            f"this version of archive needs {SCHEMA_REVISION}: run 'archive db upgrade'"
         )
     return engine
+
+
+def _revision(engine: Engine) -> str | None:
+    """The schema revision alembic recorded, read with plain SQL (no alembic import)."""
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 @contextmanager

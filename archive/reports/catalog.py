@@ -7,16 +7,20 @@ steps (masters, copyback, projects) build on it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import pandas as pd
 from sqlalchemy import Select, and_, func, select
 from sqlalchemy.orm import Session
 
 from archive.db.models import Copy, Frame, IngestProblem, Instrument
 from archive.ingest.dialects import target_key
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,8 @@ def select_frames(session: Session, filters: FrameFilter | None = None) -> pd.Da
         _current_copies().label("copies"), Frame.duplicate_of_id, _canonical_path().label("path"),
     ).order_by(Frame.date_obs, Frame.id)
     rows = session.execute(query).all()
+    import pandas as pd  # imported on use: a slow import
+
     return pd.DataFrame(rows, columns=list(query.selected_columns.keys()))
 
 
@@ -163,6 +169,8 @@ def summarize(
         .group_by(*group)
         .order_by(*group)
     )
+    import pandas as pd  # imported on use: a slow import
+
     frame = pd.DataFrame(session.execute(query).all(), columns=[*by, "frames", "files", "exposure_s"])
     frame["exposure_h"] = (frame.pop("exposure_s").astype(float) / 3600.0).round(3)
     frame["files"] = frame["files"].astype(int)
@@ -187,4 +195,6 @@ def list_problems(session: Session, *, include_resolved: bool = False, severity:
         query = query.where(~IngestProblem.resolved)
     if severity:
         query = query.where(IngestProblem.severity == severity)
+    import pandas as pd  # imported on use: a slow import
+
     return pd.DataFrame(session.execute(query).all(), columns=["path", "severity", "reason", "created_at", "run_id"])

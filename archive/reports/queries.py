@@ -10,16 +10,20 @@ formatted into the SQL.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from archive.errors import QueryError
 from archive.resources import resource_dir
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _META = re.compile(r"^--\s*(title|description|param)\s*:\s*(.*)$")
 _PARAM = re.compile(r"^(\w+)\s*(?:=\s*([^|]*?))?\s*(?:\|\s*(.*))?$")
@@ -98,4 +102,6 @@ def run_query(session: Session, name: str, params: dict[str, str] | None = None,
         raise QueryError(f"report {name!r} has no parameter(s) {sorted(unknown)}; it takes {sorted(query.params) or 'none'}")
     bound = {key: given.get(key, default) for key, (default, _help) in query.params.items()}
     result = session.execute(text(query.sql), bound)
+    import pandas as pd  # imported on use: a slow import
+
     return pd.DataFrame(result.all(), columns=list(result.keys()))
