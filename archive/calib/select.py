@@ -686,7 +686,7 @@ def _bulk_kind(session: Session, light, kind: str, matching: MatchingRules, inst
         return
     info = {row[0]: (row[-9], row[-6], row[-5]) for row in cand_rows}  # id -> (t, -n_combined, -created_us)
     connection = session.connection()
-    metadata.create_all(connection)
+    cand.create(connection)  # a TEMPORARY scratch table of this query, not schema
     try:
         insert_rows(connection, cand, cand_rows)
         connection.execute(text(f"ANALYZE {cand.name}"))  # statistics for the planner (both backends)
@@ -765,7 +765,7 @@ def select_masters(
     wanted = Table(f"sel_ids_{uuid.uuid4().hex[:12]}", metadata, Column("id", Integer, primary_key=True),
                    prefixes=["TEMPORARY"])
     connection = session.connection()
-    metadata.create_all(connection)
+    wanted.create(connection)  # a TEMPORARY scratch table of this query, not schema
     try:
         insert_rows(connection, wanted, [(i,) for i in ids])
         connection.execute(text(f"ANALYZE {wanted.name}"))
@@ -805,7 +805,7 @@ def select_masters(
         light_t = {row[0]: row[i_t] for row in lights if row[i_t] is not None}
         light_metadata, light = _key_table(f"sel_light_{uuid.uuid4().hex[:12]}", keys, tolerance)
         if light_rows:
-            light_metadata.create_all(connection)
+            light.create(connection)  # a TEMPORARY scratch table of this query, not schema
             try:
                 insert_rows(connection, light, light_rows)
                 connection.execute(text(f"ANALYZE {light.name}"))
