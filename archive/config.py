@@ -138,14 +138,16 @@ def load_settings(overrides: dict[str, dict[str, Any]] | None = None) -> Setting
         merged = merge(merged, read_toml(user))
     merged = apply_layers(merged, ENVIRONMENT, overrides)
     try:
-        db, ingest = merged.get("database", {}), merged.get("ingest", {})
+        db, ingest = merged["database"], merged["ingest"]  # defaults: configs/archive.toml
         return Settings(
-            database_url=str(db.get("url", "")),
-            sqlite_busy_timeout_s=float(db.get("sqlite_busy_timeout_s", 60)),
-            workers=int(ingest.get("workers", 0)),
-            batch_size=max(1, int(ingest.get("batch_size", 1000))),
+            database_url=str(db["url"]),
+            sqlite_busy_timeout_s=float(db["sqlite_busy_timeout_s"]),
+            workers=int(ingest["workers"]),
+            batch_size=max(1, int(ingest["batch_size"])),
             sites={str(k): float(v) for k, v in merged.get("sites", {}).items()},
             raw=merged,
         )
+    except KeyError as exc:
+        raise ConfigError(f"configuration has no {exc.args[0]!r}") from exc
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid configuration value: {exc}") from exc

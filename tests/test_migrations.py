@@ -8,7 +8,8 @@ from sqlalchemy import create_engine, inspect
 
 import archive.db  # noqa: F401 - every model module
 from archive.db.base import Base
-from archive.db.migrate import current_revision, downgrade, head_revision, upgrade
+from archive.db.migrate import downgrade, head_revision, upgrade
+from archive.db.session import current_revision
 from archive.db.session import database_url
 
 

@@ -10,7 +10,7 @@ from sqlalchemy.exc import OperationalError
 
 from archive.cli import AppContext, pass_app
 from archive.db import migrate
-from archive.db.session import schema_engine
+from archive.db.session import current_revision, schema_engine
 from archive.errors import DatabaseError
 
 
@@ -50,7 +50,7 @@ def upgrade(app: AppContext, revision: str) -> None:
     """
     with _engine(app) as engine:
         migrate.upgrade(engine, revision)
-        click.echo(f"schema at {migrate.current_revision(engine)}")
+        click.echo(f"schema at {current_revision(engine)}")
 
 
 @db.command()
@@ -67,7 +67,7 @@ def downgrade(app: AppContext, revision: str) -> None:
     """
     with _engine(app) as engine:
         migrate.downgrade(engine, revision)
-        click.echo(f"schema at {migrate.current_revision(engine) or 'base'}")
+        click.echo(f"schema at {current_revision(engine) or 'base'}")
 
 
 @db.command()
@@ -80,4 +80,4 @@ def current(app: AppContext) -> None:
       archive db current
     """
     with _engine(app) as engine:
-        click.echo(f"catalogue: {migrate.current_revision(engine) or 'empty'}; newest: {migrate.head_revision()}")
+        click.echo(f"catalogue: {current_revision(engine) or 'empty'}; newest: {migrate.head_revision()}")

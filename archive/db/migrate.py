@@ -6,7 +6,6 @@ from __future__ import annotations
 from alembic import command
 from alembic.config import Config
 from alembic.util import CommandError
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
@@ -30,18 +29,6 @@ def alembic_config(engine: Engine | None = None) -> Config:
 def head_revision() -> str:
     """The newest revision of the bundled migrations."""
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
-
-
-def current_revision(engine: Engine) -> str | None:
-    """The revision the database is at, ``None`` for a database never migrated.
-
-    Raises
-    ------
-    sqlalchemy.exc.OperationalError
-        The database cannot be reached (callers turn it into :class:`DatabaseError`).
-    """
-    with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
 
 
 def _run(step, engine: Engine, revision: str) -> None:

@@ -103,12 +103,12 @@ def open_catalogue(
     if is_sqlite:
         _configure_sqlite(engine, busy_timeout_s)
     try:
-        revision = _revision(engine)
+        revision = current_revision(engine)
         if revision is None and create and is_sqlite and not inspect(engine).get_table_names():
             from archive.db.migrate import upgrade  # alembic: imported only when it has work
 
             upgrade(engine)
-            revision = _revision(engine)
+            revision = current_revision(engine)
     except OperationalError as exc:
         engine.dispose()
         raise DatabaseError(f"cannot open the catalogue {make_url(full_url)!r}: {exc.orig}") from exc
@@ -122,8 +122,15 @@ def open_catalogue(
     return engine
 
 
-def _revision(engine: Engine) -> str | None:
-    """The schema revision alembic recorded, read with plain SQL (no alembic import)."""
+def current_revision(engine: Engine) -> str | None:
+    """The schema revision alembic recorded (``None`` for a database never migrated), read
+    with plain SQL so that opening a catalogue needs no alembic import.
+
+    Raises
+    ------
+    sqlalchemy.exc.OperationalError
+        The database cannot be reached (callers turn it into :class:`DatabaseError`).
+    """
     with engine.connect() as conn:
         if not inspect(conn).has_table("alembic_version"):
             return None

@@ -72,7 +72,6 @@ class CardIndex(Mapping):
     """
 
     def __init__(self, text: str):
-        self.text = text
         self._cards: dict[str, str] = {}
         #: The cards up to END without trailing blanks, blank cards left out (the stored header).
         self.lines: list[str] = []
@@ -107,6 +106,11 @@ class CardIndex(Mapping):
                 self._cards[key] = card
                 previous = key
         self._values: dict[str, Any] = {}
+
+    @property
+    def stored(self) -> str:
+        """The header as the catalogue stores it: :attr:`lines` joined by newlines."""
+        return "\n".join(self.lines)
 
     def get(self, key: str, default: Any = None) -> Any:
         key = key.upper()
@@ -169,11 +173,6 @@ def _card_value(card: str) -> Any:
 
     value = fits.Card.fromstring(card).value
     return None if isinstance(value, fits.card.Undefined) else value
-
-
-def cards_text(header_text: str) -> str:
-    """The cards up to END as lines, without trailing blanks or blank cards (NULs as blanks)."""
-    return "\n".join(CardIndex(header_text).lines)
 
 
 def header_from_text(text: str):
@@ -292,21 +291,18 @@ def read_fits(
             if not lower.endswith((".gz", ".fz")):
                 with open(path, "rb") as fh:
                     raw, sha256 = _read_plain(fh, size)
-                text = raw.decode("ascii", errors="replace")
-                header = CardIndex(text)
-                if _has_image(header):
-                    needed = len(raw) + _data_bytes(header)
-                    if size < needed:
-                        raise HeaderError(f"truncated: the header needs {needed} bytes, the file has {size}")
-                    header_text = "\n".join(header.lines)
-                else:
+                header = CardIndex(raw.decode("ascii", errors="replace"))
+                if not _has_image(header):
                     header = None
+                elif size < len(raw) + _data_bytes(header):
+                    raise HeaderError(
+                        f"truncated: the header needs {len(raw) + _data_bytes(header)} bytes, the file has {size}"
+                    )
             else:
                 sha256 = sha256_file(path)
             if header is None:
                 image, primary_header, hdu_index = _read_with_astropy(path)
                 header = CardIndex(image.tostring())
-                header_text = "\n".join(header.lines)
                 primary = CardIndex(primary_header.tostring()) if primary_header is not None else None
             normalized = normalize_header(
                 header, dialects, primary=primary, path=Path(path), folders=folders, sites=sites
@@ -323,8 +319,8 @@ def read_fits(
         size=size,
         mtime_ns=mtime_ns,
         sha256=sha256,
-        header=header_text,
-        primary_header="\n".join(primary.lines) if primary is not None else None,
+        header=header.stored,
+        primary_header=primary.stored if primary is not None else None,
         hdu_index=hdu_index,
         naxis=axes,
         bitpix=bitpix,

@@ -95,6 +95,13 @@ class IngestSummary:
         """True when every FITS file was ingested or unchanged."""
         return not self.problems
 
+    def add(self, other: IngestSummary) -> None:
+        """Add the file counts of ``other`` (one batch) to these."""
+        for name in ("new", "new_copies", "changed", "unchanged", "warnings", "duplicates"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.by_type.update(other.by_type)
+        self.problems.extend(other.problems)
+
 
 # -- reading, in worker processes -------------------------------------------------------------
 
@@ -297,14 +304,7 @@ def _write_batch(session: Session, results: Sequence[FileRead | ReadFailure], ru
         counts.problems.append((failure.path, failure.reason))
     session.flush()
 
-    summary.new += counts.new
-    summary.new_copies += counts.new_copies
-    summary.changed += counts.changed
-    summary.unchanged += counts.unchanged
-    summary.warnings += counts.warnings
-    summary.duplicates += counts.duplicates
-    summary.by_type.update(counts.by_type)
-    summary.problems.extend(counts.problems)
+    summary.add(counts)  # only now: a batch redone after a clash is counted once
 
 
 def _promote_canonical(session: Session, frame_ids: set[int]) -> None:
