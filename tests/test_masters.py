@@ -13,8 +13,9 @@ from astropy.io import fits
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
+from archive.errors import CalibrationNotFoundError
 from archive.calib import (
-    CalibrationNotFoundError, RuleBook, build_masters, combine_files, explain_selection, mark_bad,
+    RuleBook, build_masters, combine_files, explain_selection, mark_bad,
     missing_calibrations, record_selection, select_master, select_masters, set_validity, sync_library,
 )
 from archive.calib.combine import rows_per_block

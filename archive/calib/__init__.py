@@ -19,20 +19,16 @@ _EXPORTS = {
     "combine_files": "combine", "MasterBuildError": "combine",
     "BuildSummary": "masters", "build_masters": "masters", "default_library": "masters", "library_table": "masters",
     "mark_bad": "masters", "plan_masters": "masters", "set_validity": "masters", "sync_library": "masters",
-    "KindRules": "rules", "MatchingRules": "rules", "RuleBook": "rules", "load_rules": "rules",
+    "KindRules": "rules", "MatchingRules": "rules", "RuleBook": "rules",
     "Selection": "select", "Verdict": "select", "explain_selection": "select", "explain_selections": "select",
     "interpolation_weights": "select",
     "missing_calibrations": "select", "record_selection": "select", "select_master": "select",
     "select_masters": "select",
 }
-__all__ = sorted([*_EXPORTS, "CalibrationNotFoundError"])
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    if name == "CalibrationNotFoundError":
-        from archive.errors import CalibrationNotFoundError
-
-        return CalibrationNotFoundError
     if name in _EXPORTS:
         return getattr(import_module(f"archive.calib.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module 'archive.calib' has no attribute {name!r}")

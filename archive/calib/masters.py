@@ -23,8 +23,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
 import datetime as dt
-import hashlib
-import json
 import logging
 import os
 import socket
@@ -40,9 +38,8 @@ from astropy.io import fits
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import Session
 
-import archive
 from archive.calib.combine import MasterBuildError, RowReader, image_median, combine_files
-from archive.calib.rules import KindRules, MatchingRules, RuleBook
+from archive.calib.rules import KindRules, MatchingRules, RuleBook, default_rulebook
 from archive.calib.select import (
     Selection, explain_selection, exposure_key, interpolation_weights, match_value, record_selection, rules_for,
 )
@@ -55,6 +52,7 @@ from archive.db.models import (
 from archive.db.session import session_scope
 from archive.errors import ArchiveError, CalibrationNotFoundError, ConfigError
 from archive.files import fsync_dir, process_alive, remove_partials, render_path, safe_component, temporary_path
+from archive.reduce.provenance import fingerprint, software_versions
 from archive.ingest.headers import header_from_text
 from archive.progress import NoProgress, Progress
 from archive.reports.catalog import FrameFilter, frame_query
@@ -88,27 +86,6 @@ def default_library(settings: Settings | None = None) -> Path:
     if configured:
         return Path(configured).expanduser()
     return data_home() / "masters"
-
-
-def software_versions() -> dict[str, str]:
-    """Package -> version of the software that touches pixels (for provenance).
-
-    Read from the installed distributions' metadata, so that nothing is imported for it.
-
-    Returns
-    -------
-    dict of str to str
-        archive, astropy, ccdproc, numpy -> version (``'not installed'`` when absent).
-    """
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"archive": archive.__version__}
-    for package in ("astropy", "ccdproc", "numpy"):
-        try:
-            out[package] = version(package)
-        except PackageNotFoundError:
-            out[package] = "not installed"
-    return out
 
 
 # -- planning: raw calibrations grouped by the rules -------------------------------------------
@@ -231,7 +208,7 @@ def plan_masters(
     ConfigError
         No rules for ``kind``.
     """
-    rules = rules if rules is not None else RuleBook()  # read once, not once per frame
+    rules = rules if rules is not None else default_rulebook()
     book = rules if isinstance(rules, RuleBook) else None
     base = filters or FrameFilter()
     query = frame_query(replace(base, image_type=kind, include_duplicates=False))
@@ -299,51 +276,7 @@ def _describe_parts(plan: MasterPlan) -> list[str]:
     return parts
 
 
-def safe_name(text: str) -> str:
-    """Kept for callers of earlier versions: use :func:`archive.files.safe_component`.
-
-    Parameters
-    ----------
-    text : str
-        A header-derived value.
-
-    Returns
-    -------
-    str
-        ``safe_component(text)``.
-    """
-    return safe_component(text)
-
-
 # -- fingerprints and provenance -----------------------------------------------------------------
-
-
-def fingerprint(step: str, inputs: Sequence[tuple[str, str]], parameters: dict[str, Any], rule_version: str | None) -> str:
-    """SHA-256 of a reduction request: step, (frame sha256, role) inputs, parameters, rule version.
-
-    The same request always has the same fingerprint (inputs are sorted; parameters are
-    serialized with sorted keys), so a finished reduction with it makes the request a no-op.
-
-    Parameters
-    ----------
-    step : str
-        E.g. ``'master_dark'``.
-    inputs : sequence of (str, str)
-        (hex SHA-256 of the input file, role) pairs, in any order.
-    parameters : dict
-        JSON-serializable parameters (other values are serialized with ``str``).
-    rule_version : str or None
-
-    Returns
-    -------
-    str
-        64 hex digits.
-    """
-    payload = json.dumps(
-        {"step": step, "inputs": sorted(inputs), "parameters": parameters, "rules": rule_version},
-        sort_keys=True, default=str,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def _canonical_paths(session: Session, frame_ids: Sequence[int], *, require: bool = True) -> dict[int, str]:
@@ -624,7 +557,7 @@ def build_masters(
     """
     settings = settings or load_settings()
     library = (Path(library) if library else default_library(settings)).expanduser().absolute()
-    rules = rules if rules is not None else RuleBook()
+    rules = rules if rules is not None else default_rulebook()
     progress = progress or NoProgress()
     summary = BuildSummary()
     claim = _claim()
@@ -956,34 +889,6 @@ def set_validity(session: Session, frame_id: int, valid_from: dt.datetime | None
     master.valid_from, master.valid_until = valid_from, valid_until
     session.flush()
     return master
-
-
-def frame_for_path(session: Session, path: str | Path) -> Frame:
-    """The frame of a file in the catalogue (its current copy at ``path``).
-
-    Parameters
-    ----------
-    session : Session
-    path : str or Path
-        As ingested, or a path that resolves to it (symbolic links, ``~``, relative).
-
-    Returns
-    -------
-    Frame
-
-    Raises
-    ------
-    CalibrationNotFoundError
-        The file is not in the catalogue (ingest it first).
-    """
-    given = Path(path).expanduser()
-    names = list(dict.fromkeys([str(given.absolute()), str(given.resolve())]))  # as ingested, or symlinks resolved
-    frame = session.scalar(
-        select(Frame).join(Copy, Copy.frame_id == Frame.id).where(Copy.path.in_(names), Copy.is_current).limit(1)
-    )
-    if frame is None:
-        raise CalibrationNotFoundError(f"{path} is not in the catalogue: run 'archive ingest' on it first")
-    return frame
 
 
 def library_table(session: Session, kind: str | None = None, *, include_bad: bool = True) -> pd.DataFrame:

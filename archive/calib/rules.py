@@ -8,6 +8,8 @@ this tolerance, not older than this interval, nearest in time first).
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,29 +187,9 @@ class RuleBook:
         """
         return self._by_instrument.get(name or "", self.default)
 
-    @property
-    def overridden(self) -> dict[str, MatchingRules]:
-        """Instrument name -> its rules, for the instruments with an override."""
-        return dict(self._by_instrument)
 
-
-def load_rules(folder: Path | None = None, instrument: str | None = None) -> MatchingRules:
-    """The matching rules for ``instrument`` from ``folder``.
-
-    Parameters
-    ----------
-    folder : Path, optional
-        Default the bundled ``configs/matching``.
-    instrument : str, optional
-        Default (None): the default rules.
-
-    Returns
-    -------
-    MatchingRules
-
-    Raises
-    ------
-    ConfigError
-        The rules folder or a file in it is invalid.
-    """
-    return RuleBook(folder).for_instrument(instrument)
+@functools.cache
+def default_rulebook() -> RuleBook:
+    """The bundled ``configs/matching`` rules, read once per process (callers that pass no
+    rules, such as every light of a reduction, would otherwise parse the files each time)."""
+    return RuleBook()

@@ -39,7 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from archive.calib.rules import TEXT_COLUMNS, KindRules, MatchingRules, RuleBook
+from archive.calib.rules import TEXT_COLUMNS, KindRules, MatchingRules, RuleBook, default_rulebook
 from archive.db.base import utcnow
 from archive.db.bulk import chunked, index_seeks, insert_rows
 from archive.db.models import (
@@ -156,7 +156,7 @@ def rules_for(rules: RuleBook | MatchingRules | None, instrument: str | None) ->
         ``rules`` is None and the bundled rules are invalid.
     """
     if rules is None:
-        rules = RuleBook()
+        rules = default_rulebook()
     if isinstance(rules, RuleBook):
         return rules.for_instrument(instrument)
     return rules
@@ -429,7 +429,7 @@ def explain_selections(
     ValueError
         A kind is not a calibration kind.
     """
-    rules = rules if rules is not None else RuleBook()
+    rules = rules if rules is not None else default_rulebook()
     libraries = {kind: _masters_of(session, kind) for kind in kinds}
     out: dict[tuple[int, str], Selection] = {}
     for batch in chunked(list(dict.fromkeys(frame_ids))):
@@ -755,7 +755,7 @@ def select_masters(
         The set-based selections carry no candidate verdicts (``candidates == []``).
     """
     ids = list(dict.fromkeys(frame_ids))
-    rules = rules if rules is not None else RuleBook()  # read once
+    rules = rules if rules is not None else default_rulebook()
     book = rules if isinstance(rules, RuleBook) else None
     frames = Frame.__table__
     columns = [frames.c[c] for c in _FRAME_COLUMNS]
@@ -854,7 +854,7 @@ def missing_calibrations(
         ``first_night``, ``last_night``, ``why`` (the rule that removed the last candidates for
         one of them), ``frame_ids`` (up to 20).
     """
-    rules = rules if rules is not None else RuleBook()  # read once
+    rules = rules if rules is not None else default_rulebook()
     selections = select_masters(session, frame_ids, kinds, rules=rules, fallback=True)
     missing = [(fid, kind, sel) for (fid, kind), sel in selections.items() if not sel.found]
     if not missing:

@@ -16,7 +16,7 @@ from archive.calib import (
     RuleBook, build_masters, default_library, explain_selections, library_table, mark_bad, missing_calibrations,
     record_selection, select_masters, set_validity, sync_library,
 )
-from archive.calib.masters import frame_for_path
+from archive.reduce.provenance import frame_at_path
 from archive.cli import AppContext, pass_app
 from archive.cli.catalog import frame_filters
 from archive.cli.options import BarProgress, emit, output_format
@@ -146,7 +146,7 @@ def select_cmd(app: AppContext, files, filters: FrameFilter, kinds, explain: boo
     with session_scope(app.engine, write=True) as session:
         sync_library(session, book)
         if files:
-            ids = [frame_for_path(session, path).id for path in files]
+            ids = [frame_at_path(session, path).id for path in files]
         else:
             if filters.image_type is None:
                 filters = dataclasses.replace(filters, image_type="light")
@@ -182,7 +182,7 @@ def select_cmd(app: AppContext, files, filters: FrameFilter, kinds, explain: boo
 def _master_ids(session, refs: tuple[str, ...]) -> list[int]:
     ids = []
     for ref in refs:
-        ids.append(int(ref) if ref.isdigit() else frame_for_path(session, ref).id)
+        ids.append(int(ref) if ref.isdigit() else frame_at_path(session, ref).id)
     return ids
 
 

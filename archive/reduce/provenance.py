@@ -175,16 +175,18 @@ def clear_selections(session: Session, reduction_id: int) -> None:
 
 
 def frame_at_path(session: Session, path: str | Path) -> Frame:
-    """The frame whose current copy is at ``path`` (absolute or relative to the working folder).
+    """The frame whose current copy is at ``path``: as ingested, or a path that resolves to it
+    (relative to the working folder, ``~``, symbolic links).
 
     Raises
     ------
     ProvenanceError
         No current copy of that path is catalogued.
     """
-    absolute = str(Path(path).expanduser().absolute())
+    given = Path(path).expanduser()
+    names = list(dict.fromkeys([str(given.absolute()), str(given.resolve())]))
     frame = session.scalars(
-        select(Frame).join(Copy, Copy.frame_id == Frame.id).where(Copy.path == absolute, Copy.is_current)
+        select(Frame).join(Copy, Copy.frame_id == Frame.id).where(Copy.path.in_(names), Copy.is_current)
     ).first()
     if frame is None:
         raise ProvenanceError(f"{path}: not in the catalogue (run 'archive ingest' on it first)")
