@@ -17,6 +17,9 @@ from astropy.io import fits
 
 from archive.errors import ArchiveError
 
+#: How frames are combined: a median, or a sigma-clipped mean.
+COMBINE_METHODS = ("median", "sigma_clip")
+
 #: Bytes per pixel per input frame that one combine block needs (float32 stack, sort buffer,
 #: the input block being converted), used to size blocks to the memory limit.
 _BYTES_PER_PIXEL_PER_FRAME = 12
@@ -217,7 +220,7 @@ def combine_files(
     """
     if not paths:
         raise ValueError("nothing to combine")
-    if method not in ("median", "sigma_clip"):
+    if method not in COMBINE_METHODS:
         raise ValueError(f"unknown combine method {method!r}")
     readers = []
     try:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from archive.calib.combine import COMBINE_METHODS
 from archive.config import merge, read_toml
 from archive.db.models import CALIBRATION_KINDS
 from archive.errors import ConfigError
@@ -27,7 +28,6 @@ MATCH_COLUMNS = (
 )
 #: The text columns among them (compared for equality only, never within a tolerance).
 TEXT_COLUMNS = ("readout_mode", "filter_name", "telescope")
-COMBINE_METHODS = ("median", "sigma_clip")
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,14 @@ from archive.cli import AppContext, pass_app
 from archive.cli.catalog import frame_filters
 from archive.cli.options import BarProgress, emit, output_format
 from archive.db.session import session_scope
+from archive.calib.combine import COMBINE_METHODS
 from archive.reports import FrameFilter
 
 
-def _executor(app: AppContext, workers: int | None, serial: bool):
-    from archive.reduce.config import load_reduction_config
+def _executor(config, workers: int | None, serial: bool):
+    """The executor the ``[executor]`` section of the (already loaded) reduction config names."""
     from archive.reduce.executor import make_executor
 
-    config = load_reduction_config(app.settings)
     kind = "serial" if serial else config.executor.get("kind", "process")
     return make_executor(kind, workers if workers is not None else int(config.executor.get("workers", 0)))
 
@@ -49,7 +49,7 @@ def _print_reduction(summary, quiet: bool) -> None:
 @click.option("--stale", "only_stale", is_flag=True, help="Redo exactly the products 'archive stale' lists.")
 @click.option("--no-register", is_flag=True, help="Calibrate only; do not register or stack.")
 @click.option("--cosmic-rays/--no-cosmic-rays", default=None, help="Clean cosmic rays (astroscrappy).")
-@click.option("--method", type=click.Choice(["median", "sigma_clip"]), help="Stack combine method.")
+@click.option("--method", type=click.Choice(COMBINE_METHODS), help="Stack combine method.")
 @click.option("--per-night/--all-nights", default=None,
               help="Register and stack each night separately (default [stack] per_night).")
 @click.option("--previews", is_flag=True, default=None, help="Write PNG previews of the stacks.")
@@ -94,7 +94,7 @@ def reduce(ctx, app: AppContext, filters: FrameFilter, only_stale: bool, no_regi
     if not light_ids:
         click.echo("nothing to reduce", err=True)
         return
-    with _executor(app, workers, serial) as executor:
+    with _executor(config, workers, serial) as executor:
         summary = reduce_lights(app.engine, light_ids, config=config, settings=app.settings, executor=executor,
                                 register=not no_register, progress=BarProgress(not app.quiet))
     click.echo(f"{len(light_ids)} light(s): {len(summary.calibrated)} calibrated, {len(summary.registered)} registered, "
@@ -195,7 +195,7 @@ def night(ctx, app: AppContext, search: str | None, root: Path | None, output: P
         "night": {"imaging_root": str(root) if root else None},
         "output": {"root": str(output) if output else None, "previews": previews},
     })
-    with _executor(app, workers, serial) as executor:
+    with _executor(config, workers, serial) as executor:
         summary = run_night(app.engine, search, config=config, settings=app.settings, executor=executor,
                             dry_run=dry_run, progress=BarProgress(not app.quiet))
     if not summary.folders:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from archive.calib.combine import COMBINE_METHODS
 from archive.config import (
     Settings,
     apply_layers,
@@ -146,7 +147,7 @@ def load_reduction_config(
         root = night.get("imaging_root") or None
         out = output.get("root") or None
         stack = dict(merged.get("stack", {}))
-        if stack.get("method", "median") not in ("median", "sigma_clip"):
+        if stack.get("method", "median") not in COMBINE_METHODS:
             raise ConfigError(f"[stack] method must be 'median' or 'sigma_clip', not {stack['method']!r}")
         return ReductionConfig(
             imaging_root=Path(root).expanduser().absolute() if root else None,

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import astropy.units as u
 import numpy as np
+
+from archive.calib.combine import COMBINE_METHODS
 from astropy.io import fits
 from astropy.time import Time
 
@@ -26,7 +28,7 @@ from archive.reduce.fitsio import product_header, write_atomic
 
 log = logging.getLogger(__name__)
 
-METHODS = ("median", "sigma_clip")
+METHODS = COMBINE_METHODS
 #: Working copies of a block alive at once while combining (sort buffer, masks, result).
 _WORKING_COPIES = 3
 
@@ -261,8 +263,3 @@ def stack_files(job: StackJob, executor=None, parts: int = 1) -> dict:
         "date_begin": date_begin, "date_end": date_end,
         "rows_per_block": rows_per_block(len(job.inputs), nx, job.memory_limit_mb), "warnings": warnings_,
     }
-
-
-def stack_arrays(arrays: Sequence[np.ndarray], method: str = "median", **kwargs) -> np.ndarray:
-    """Combine in-memory images (n of shape (ny, nx)); for tests and small jobs."""
-    return combine(np.stack([np.asarray(a, dtype=np.float32) for a in arrays]), method, **kwargs)
