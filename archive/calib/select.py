@@ -332,7 +332,9 @@ def _interpolate(frame: Frame, pairs: list[tuple[Master, Frame, Verdict]], rules
     )
 
 
-def _masters_of(session: Session, kind: str) -> list[tuple[Master, Frame]]:
+def masters_of(session: Session, kind: str) -> list[tuple[Master, Frame]]:
+    """The library of one calibration kind: every (Master, Frame) pair, bad ones included
+    (selection rejects them with a reason). Load it once to judge many frames."""
     rows = session.execute(
         select(Master, Frame).join(Frame, Frame.id == Master.frame_id).where(Master.kind == kind).order_by(Frame.id)
     )
@@ -371,7 +373,7 @@ def explain_selection(
         raise ValueError(f"unknown calibration kind {kind!r}; choose from {CALIBRATION_KINDS}")
     matching = rules_for(rules, frame.instrument.name if frame.instrument else None)
     kind_rules = matching[kind]
-    candidates = library if library is not None else _masters_of(session, kind)
+    candidates = library if library is not None else masters_of(session, kind)
     judged = [(m, f, _judge(frame, m, f, kind_rules)) for m, f in candidates if f.id != frame.id]
     verdicts = [v for _, _, v in judged]
     survivors = sorted((v for v in verdicts if v.rejected_by is None), key=lambda v: v.sort_key)
@@ -430,7 +432,7 @@ def explain_selections(
         A kind is not a calibration kind.
     """
     rules = rules if rules is not None else default_rulebook()
-    libraries = {kind: _masters_of(session, kind) for kind in kinds}
+    libraries = {kind: masters_of(session, kind) for kind in kinds}
     out: dict[tuple[int, str], Selection] = {}
     for batch in chunked(list(dict.fromkeys(frame_ids))):
         for frame in session.scalars(select(Frame).where(Frame.id.in_(batch)).order_by(Frame.date_obs_s, Frame.id)):
@@ -817,7 +819,7 @@ def select_masters(
             if fallback:
                 left = [row[0] for row in lights if (row[0], kind) not in out]
                 if left:
-                    library = _masters_of(session, kind)
+                    library = masters_of(session, kind)
                     for batch in chunked(left, batch_size):
                         for frame in session.scalars(select(Frame).where(Frame.id.in_(batch))):
                             out[(frame.id, kind)] = explain_selection(session, frame, kind, rules=matching, library=library)
@@ -897,6 +899,6 @@ def missing_calibrations(
 
 __all__ = [
     "CalibrationNotFoundError", "Selection", "Verdict", "explain_selection", "explain_selections",
-    "interpolation_weights", "missing_calibrations", "record_selection", "rules_for", "select_master",
+    "interpolation_weights", "masters_of", "missing_calibrations", "record_selection", "rules_for", "select_master",
     "select_masters",
 ]

@@ -45,7 +45,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from archive.calib.rules import RuleBook
-from archive.calib.select import Selection, explain_selection, record_selection
+from archive.calib.select import Selection, explain_selection, masters_of, record_selection
 from archive.config import Settings, load_settings
 from archive.db.bulk import chunked
 from archive.db.models import (
@@ -259,15 +259,20 @@ class _CalPlan:
 
 
 def plan_calibration(
-    session: Session, light: Frame, config: ReductionConfig, rules: RuleBook | None = None
+    session: Session, light: Frame, config: ReductionConfig, rules: RuleBook | None = None,
+    libraries: dict[str, list] | None = None,
 ) -> _CalPlan | str:
     """The calibration request of one light, or the reason there is none.
 
     Masters are chosen by :func:`archive.calib.select.explain_selection` for bias, dark and
     flat; a kind with no master is left out of the calibration (a warning; ``archive stale``
     lists the product once a master exists). Returns a string when no master at all is found.
+    ``libraries`` (kind -> :func:`archive.calib.select.masters_of`) saves loading the library
+    again for every light.
     """
-    selections = [explain_selection(session, light, kind, rules=rules) for kind in CALIBRATION_KINDS]
+    libraries = libraries or {}
+    selections = [explain_selection(session, light, kind, rules=rules, library=libraries.get(kind))
+                  for kind in CALIBRATION_KINDS]
     found = [s for s in selections if s.found]
     if not found:
         return "no master bias, dark or flat: " + "; ".join(s.explanation for s in selections)
@@ -352,9 +357,10 @@ def calibrate_lights(
     progress = progress or NoProgress()
     todo: list[_CalPlan] = []
     with session_scope(engine) as session:
+        libraries = {kind: masters_of(session, kind) for kind in CALIBRATION_KINDS}
         for light in _frames(session, light_ids):
             try:
-                plan = plan_calibration(session, light, config, rules)
+                plan = plan_calibration(session, light, config, rules, libraries)
             except UnsafePathError as exc:  # a symlink below the products folder leading out of it
                 plan = str(exc)
             if isinstance(plan, str):
@@ -821,13 +827,14 @@ def find_stale(session: Session, *, rules: RuleBook | None = None) -> list[Stale
     out: list[StaleProduct] = []
     stale_cal: list[int] = []
     lights = {f.id: f for f in _frames(session, current)}
+    libraries = {kind: masters_of(session, kind) for kind in CALIBRATION_KINDS}
     for light_id, (cal_id, rid) in sorted(current.items()):
         light = lights[light_id]
         recorded = {row.kind: row for row in session.scalars(
             select(CalibrationSelection).where(CalibrationSelection.reduction_id == rid))}
         reasons = []
         for kind in CALIBRATION_KINDS:
-            new = explain_selection(session, light, kind, rules=rules)
+            new = explain_selection(session, light, kind, rules=rules, library=libraries[kind])
             old = recorded.get(kind)
             old_ids = _recorded_masters(old) if old is not None else set()
             new_ids = {mid for mid, _ in new.weights}
