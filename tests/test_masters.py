@@ -533,3 +533,21 @@ def test_flat_that_cannot_be_normalized_is_left_out(engine, tmp_path):
         assert np.median(fits.getdata(_paths(session, [flat_id])[flat_id])) == pytest.approx(1.0, abs=1e-6)
     again = build_masters(engine, library=tmp_path / "library")
     assert again.built == [] and again.unchanged == 2
+
+
+def test_configured_rules_are_the_default_of_every_step(tmp_path, monkeypatch):
+    """[masters] rules in the configuration is what building, selection and reduction use
+    when given no rules (not only the masters commands)."""
+    from archive.calib import default_rulebook
+    from archive.calib.select import rules_for
+
+    folder = tmp_path / "my-rules"
+    folder.mkdir()
+    default = (Path(__file__).resolve().parents[1] / "configs" / "matching" / "default.toml").read_text()
+    (folder / "default.toml").write_text(default.replace('name = "default"', 'name = "observatory"', 1))
+    assert default_rulebook().for_instrument(None).version.startswith("default:")
+    config = tmp_path / "config.toml"
+    config.write_text(f'[masters]\nrules = "{folder}"\n')
+    monkeypatch.setenv("ARCHIVE_CONFIG", str(config))
+    assert default_rulebook().for_instrument(None).version.startswith("observatory:")
+    assert rules_for(None, None).version.startswith("observatory:")

@@ -19,7 +19,7 @@ _EXPORTS = {
     "combine_files": "combine", "MasterBuildError": "combine",
     "BuildSummary": "masters", "build_masters": "masters", "default_library": "masters", "library_table": "masters",
     "mark_bad": "masters", "plan_masters": "masters", "set_validity": "masters", "sync_library": "masters",
-    "KindRules": "rules", "MatchingRules": "rules", "RuleBook": "rules",
+    "KindRules": "rules", "MatchingRules": "rules", "RuleBook": "rules", "default_rulebook": "rules",
     "Selection": "select", "Verdict": "select", "explain_selection": "select", "explain_selections": "select",
     "interpolation_weights": "select",
     "missing_calibrations": "select", "record_selection": "select", "select_master": "select",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from archive.calib.combine import COMBINE_METHODS
-from archive.config import merge, read_toml
+from archive.config import Settings, load_settings, merge, read_toml
 from archive.db.models import CALIBRATION_KINDS
 from archive.errors import ConfigError
 from archive.resources import resource_dir
@@ -188,8 +188,22 @@ class RuleBook:
         return self._by_instrument.get(name or "", self.default)
 
 
+def default_rulebook(settings: Settings | None = None) -> RuleBook:
+    """The rules every step uses when given none: the folder named by ``[masters] rules`` in
+    the configuration, else the bundled ``configs/matching``.
+
+    Each folder is read once per process. Callers judging many frames resolve this once and
+    pass the result on.
+
+    Raises
+    ------
+    ConfigError
+        The folder or a file in it is invalid.
+    """
+    configured = (settings or load_settings()).raw.get("masters", {}).get("rules")
+    return _rulebook(str(Path(configured).expanduser()) if configured else None)
+
+
 @functools.cache
-def default_rulebook() -> RuleBook:
-    """The bundled ``configs/matching`` rules, read once per process (callers that pass no
-    rules, such as every light of a reduction, would otherwise parse the files each time)."""
-    return RuleBook()
+def _rulebook(folder: str | None) -> RuleBook:
+    return RuleBook(Path(folder) if folder else None)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 from archive.calib import (
-    RuleBook, build_masters, default_library, explain_selections, library_table, mark_bad, missing_calibrations,
+    RuleBook, build_masters, default_library, default_rulebook, explain_selections, library_table, mark_bad, missing_calibrations,
     record_selection, select_masters, set_validity, sync_library,
 )
 from archive.reduce.provenance import frame_at_path
@@ -34,8 +34,7 @@ def _rules_option(func: Callable) -> Callable:
 
 
 def _book(app: AppContext, rules_dir: Path | None) -> RuleBook:
-    configured = app.settings.raw.get("masters", {}).get("rules")
-    return RuleBook(rules_dir or (Path(configured).expanduser() if configured else None))
+    return RuleBook(rules_dir) if rules_dir else default_rulebook(app.settings)
 
 
 def _kinds_option(func: Callable) -> Callable:

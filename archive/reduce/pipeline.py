@@ -44,7 +44,7 @@ from astropy.io import fits
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from archive.calib.rules import RuleBook
+from archive.calib.rules import RuleBook, default_rulebook
 from archive.calib.select import Selection, explain_selection, masters_of, record_selection
 from archive.config import Settings, load_settings
 from archive.db.bulk import chunked
@@ -356,6 +356,7 @@ def calibrate_lights(
     summary = summary if summary is not None else ReduceSummary()
     progress = progress or NoProgress()
     todo: list[_CalPlan] = []
+    rules = rules if rules is not None else default_rulebook(settings)
     with session_scope(engine) as session:
         libraries = {kind: masters_of(session, kind) for kind in CALIBRATION_KINDS}
         for light in _frames(session, light_ids):
@@ -828,6 +829,7 @@ def find_stale(session: Session, *, rules: RuleBook | None = None) -> list[Stale
     stale_cal: list[int] = []
     lights = {f.id: f for f in _frames(session, current)}
     libraries = {kind: masters_of(session, kind) for kind in CALIBRATION_KINDS}
+    rules = rules if rules is not None else default_rulebook()
     for light_id, (cal_id, rid) in sorted(current.items()):
         light = lights[light_id]
         recorded = {row.kind: row for row in session.scalars(
