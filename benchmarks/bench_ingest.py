@@ -7,8 +7,9 @@ in the same run:
 3. the same ingest again, every file unchanged;
 
 Each runs in a new Python process (so none inherits another's heap or page cache warm-up
-beyond the files themselves); the operation is timed inside it, and the whole process
-(interpreter start-up and imports included) from outside.
+beyond the files themselves), ``--repeat`` times (the best run of each side is kept: the
+machine is shared); the operation is timed inside it, and the whole process (interpreter
+start-up and imports included) from outside.
 Targets: first ingest >= 10x faster than the baseline, re-ingest >= 100x.
 
 Usage::
@@ -113,19 +114,25 @@ def in_new_process(code: str, *args: str) -> tuple[float, float, list[str]]:
     return float(inner), wall, rest
 
 
-def run(n: int, workdir: Path) -> None:
+def best_of(repeat: int, code: str, *args: str) -> tuple[float, float, list[str]]:
+    """The run with the shortest operation time among ``repeat`` runs (the machine is shared)."""
+    return min((in_new_process(code, *args) for _ in range(repeat)), key=lambda run: run[0])
+
+
+def run(n: int, workdir: Path, repeat: int) -> None:
     folder = workdir / f"night_{n}"
     print(f"\nN = {n}: writing the synthetic night ...", flush=True)
     write_night(folder, n)
-    db = str(workdir / f"catalogue_{n}.sqlite")
-    rows = [("ccdproc ImageFileCollection(...).summary", *in_new_process(BASELINE, str(folder))[:2])]
-    first = in_new_process(ARCHIVE, str(folder), db)
-    assert first[2][0] == str(n), first
-    rows.append(("archive ingest, new SQLite catalogue", *first[:2]))
-    again = in_new_process(ARCHIVE, str(folder), db)
+    rows = [("ccdproc ImageFileCollection(...).summary", *best_of(repeat, BASELINE, str(folder))[:2])]
+    firsts = []
+    for i in range(repeat):  # each first ingest into a new catalogue
+        firsts.append(in_new_process(ARCHIVE, str(folder), str(workdir / f"catalogue_{n}_{i}.sqlite")))
+        assert firsts[-1][2][0] == str(n), firsts[-1]
+    rows.append(("archive ingest, new SQLite catalogue", *min(firsts)[:2]))
+    again = best_of(repeat, ARCHIVE, str(folder), str(workdir / f"catalogue_{n}_0.sqlite"))
     assert again[2] == ["0", str(n)], again
     rows.append(("archive ingest again, all unchanged", *again[:2]))
-    print(f"  {'each in a new process':44s} {'operation s':>12s} {'process s':>10s}")
+    print(f"  {f'best of {repeat}, each in a new process':44s} {'operation s':>12s} {'process s':>10s}")
     for label, inner, wall in rows:
         print(f"  {label:44s} {inner:12.2f} {wall:10.2f}")
     base_inner, base_wall = rows[0][1], rows[0][2]
@@ -139,13 +146,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, nargs="+", default=[2000, 20000], help="frames per night")
     parser.add_argument("--workdir", type=Path, help="where to write (default: a temporary folder)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each side; the best is kept (default 3)")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="archive-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"cores: {os.cpu_count()}; working in {workdir}")
     try:
         for n in args.n:
-            run(n, workdir)
+            run(n, workdir, args.repeat)
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -204,28 +204,31 @@ def _has_image(header: Mapping) -> bool:
 def _read_plain(fh, size: int) -> tuple[bytes, str]:
     """Read the primary header blocks and hash the whole file; returns (header bytes, sha256).
 
-    The first 64 KiB are read at once (a whole small frame, or the header of a large one).
+    The first 64 KiB are read at once (a whole small frame, or the header of a large one); the
+    header ends with the 2880-byte block holding the END card (FITS 4.0, sec. 4.4.1).
     """
-    digest = hashlib.sha256()
     head = fh.read(_HEAD)
     if not head.startswith(b"SIMPLE  ="):
         raise HeaderError("not a FITS file: it does not begin with a SIMPLE card")
-    offset = 0
+    position = 0
     while True:
-        block = head[offset : offset + BLOCK]
-        if len(block) < BLOCK:
-            more = fh.read(_HEAD)
-            if not more:
-                raise HeaderError(f"truncated: the header has no END card within the file's {size} bytes")
-            head += more
+        position = head.find(_END, position)
+        if position >= 0 and position % CARD:  # blanks across two cards, not an END card
+            position += 1
             continue
-        offset += BLOCK
-        if any(block[i : i + CARD] == _END for i in range(0, BLOCK, CARD)):
+        end = (position // BLOCK + 1) * BLOCK if position >= 0 else None
+        if end is not None and end <= len(head):
             break
-    digest.update(head)
+        more = fh.read(_HEAD)
+        if not more:
+            raise HeaderError(f"truncated: the header has no END card within the file's {size} bytes")
+        if position < 0:
+            position = max(0, len(head) - len(head) % CARD - CARD)
+        head += more
+    digest = hashlib.sha256(head)
     while chunk := fh.read(_CHUNK):
         digest.update(chunk)
-    return head[:offset], digest.hexdigest()
+    return head[:end], digest.hexdigest()
 
 
 def _read_with_astropy(path: str):
