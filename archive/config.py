@@ -102,9 +102,9 @@ class Settings:
     sqlite_busy_timeout_s : float
         Seconds a SQLite connection waits for another writer.
     workers : int
-        Header-reading processes for ingest (0: one per core).
+        Ingest processes reading and writing batches of files (0: one per core).
     batch_size : int
-        Files per catalogue transaction.
+        Files per catalogue transaction, at most.
     sites : dict
         Site longitude (deg, east positive) per instrument name.
     raw : dict

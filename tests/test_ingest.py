@@ -237,6 +237,24 @@ def test_ingesting_twice_changes_nothing(engine, shared_data):
     assert catalogue_state(engine) == once
 
 
+def test_worker_pool_writes_the_catalogue_of_one_process(engine, shared_data, tmp_path):
+    """Two workers reading and writing 18 batches of 5 files (the SBIG set's byte-identical
+    copies among them) give exactly what one process gives, canonical copies included."""
+    from archive.config import load_settings
+    from archive.db.session import open_catalogue
+    from archive.ingest import ingest as ingest_module
+
+    assert ingest_module.POOL_THRESHOLD <= 87
+    pooled = ingest_paths(engine, [shared_data], settings=load_settings({"ingest": {"workers": 2, "batch_size": 5}}))
+    single_engine = open_catalogue(tmp_path / "single.sqlite")
+    single = ingest_paths(single_engine, [shared_data], settings=load_settings({"ingest": {"workers": 1}}))
+    assert catalogue_state(engine) == catalogue_state(single_engine)
+    single_engine.dispose()
+    counts = ("new", "new_copies", "changed", "unchanged", "warnings", "duplicates", "by_type")
+    assert [getattr(pooled, c) for c in counts] == [getattr(single, c) for c in counts]
+    assert pooled.new + pooled.new_copies == 87 and pooled.new_copies == 24
+
+
 def test_two_processes_at_once_give_the_catalogue_of_one(db_url, shared_data, tmp_path):
     from archive.db.session import open_catalogue
 

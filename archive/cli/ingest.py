@@ -14,8 +14,8 @@ from archive.ingest import ingest_paths
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--workers", type=click.IntRange(min=0), help="Header-reading processes (default: one per core).")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Files per transaction (default 1000).")
+@click.option("--workers", type=click.IntRange(min=0), help="Processes reading and writing batches of files (default: one per core).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Files per transaction at most (default 1000).")
 @click.option("--dialects", type=click.Path(exists=True, file_okay=False),
               help="A folder of keyword dialects to use instead of the bundled configs/dialects.")
 @pass_app

@@ -10,20 +10,24 @@ The rules (``shared/DESIGN.md``, "Identity" and "Safety"):
   (masters, calibrated, registered, stacked) share DATE-OBS with their inputs and are told
   apart by their provenance, not flagged;
 * a file that cannot be read is an ingest problem (path, one-line reason); the batch goes on;
-* files are written in batches, one transaction each; a batch that clashes with a concurrent
-  ingest of the same files is rolled back and redone, so two processes ingesting one tree give
-  the same catalogue as one.
+* files are read and written in batches, one transaction each, by a pool of worker processes
+  (each batch by one worker; the main process only hands out work). The workers of one run
+  write one batch at a time, so each batch sees every batch before it; a batch that clashes
+  with a concurrent writer (another process) is rolled back and redone, so two processes
+  ingesting one tree give the same catalogue as one.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import multiprocessing
 import os
 import socket
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +40,7 @@ from archive.config import Settings, load_settings
 from archive.db.base import utcnow
 from archive.db.bulk import chunked
 from archive.db.models import DERIVED_TYPES, Copy, Frame, IngestProblem, IngestRun, Instrument, Night
-from archive.db.session import session_scope
+from archive.db.session import open_catalogue, session_scope
 from archive.db.upsert import insert_missing
 from archive.ingest.dialects import DialectSet
 from archive.ingest.headers import FileRead, ReadFailure, read_fits
@@ -49,6 +53,8 @@ log = logging.getLogger(__name__)
 RETRIES = 5
 #: Below this many files to read, a process pool costs more than it saves.
 POOL_THRESHOLD = 64
+#: Batches per worker at least, so that workers stay busy while others write.
+_BATCHES_PER_WORKER = 4
 
 
 @dataclass
@@ -103,36 +109,62 @@ class IngestSummary:
         self.problems.extend(other.problems)
 
 
-# -- reading, in worker processes -------------------------------------------------------------
+# -- reading and writing a batch, in worker processes ------------------------------------------
 
 _worker_state: dict = {}
 
 
-def _init_worker(dialect_folder: str | None, sites: dict[str, float]) -> None:
+class _WriteTurns:
+    """Batches written strictly in their order by the workers of one run.
+
+    So a run writes its batches one at a time and in the order of the files, as one process
+    would (which copy of a file found twice becomes canonical does not depend on which worker
+    was quicker), and the next batch starts the moment the previous one committed.
+    """
+
+    def __init__(self, context):
+        self._changed = context.Condition()
+        self._next = context.Value("q", 0, lock=False)  # guarded by the condition's lock
+
+    @contextmanager
+    def turn(self, number: int) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: self._next.value == number)
+        try:
+            yield
+        finally:  # a failed batch passes the turn on too
+            with self._changed:
+                self._next.value = number + 1
+                self._changed.notify_all()
+
+
+def _init_worker(dialect_folder: str | None, sites: dict[str, float], database: str | None = None,
+                 busy_timeout_s: float = 60.0, turns: _WriteTurns | None = None) -> None:
     _worker_state["dialects"] = DialectSet(Path(dialect_folder) if dialect_folder else None)
     _worker_state["sites"] = sites
+    _worker_state["turns"] = turns
+    if database is not None:
+        _worker_state["engine"] = open_catalogue(database, busy_timeout_s=busy_timeout_s, create=False)
 
 
-def _read_one(candidate: Candidate) -> FileRead | ReadFailure:
-    return read_fits(
-        candidate.path, _worker_state["dialects"], folders=candidate.folders, sites=_worker_state["sites"]
-    )
+def _ingest_batch(batch: Sequence[Candidate], run_id: int, number: int, engine: Engine | None = None) -> IngestSummary:
+    """Read ``batch`` and write it in one transaction (a worker task); returns its counts."""
+    results = [
+        read_fits(c.path, _worker_state["dialects"], folders=c.folders, sites=_worker_state["sites"]) for c in batch
+    ]
+    summary = IngestSummary()
+    turns = _worker_state["turns"]
+    with turns.turn(number) if turns is not None else nullcontext():
+        _write_with_retry(engine or _worker_state["engine"], results, run_id, summary)
+    return summary
 
 
-def _read_all(todo: Sequence[Candidate], workers: int, dialect_folder, sites) -> Iterator[FileRead | ReadFailure]:
-    if workers <= 1 or len(todo) < POOL_THRESHOLD:
-        _init_worker(dialect_folder, sites)
-        yield from map(_read_one, todo)
-        return
-    chunk = max(1, min(64, len(todo) // (workers * 8)))
-    pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(dialect_folder, sites))
-    try:
-        yield from pool.map(_read_one, todo, chunksize=chunk)
-    finally:  # on an error or Ctrl-C, files not yet read are not read
-        pool.shutdown(wait=True, cancel_futures=True)
+def _shareable(engine: Engine) -> bool:
+    """Whether worker processes can open the catalogue too (not an in-memory SQLite one)."""
+    return engine.dialect.name != "sqlite" or engine.url.database not in (None, "", ":memory:")
 
 
-# -- writing, in the main process ---------------------------------------------------------------
+# -- writing ------------------------------------------------------------------------------------
 
 
 def _known_copies(session: Session, candidates: Sequence[Candidate]) -> dict[str, tuple[int, int]]:
@@ -426,11 +458,29 @@ def ingest_paths(
             todo.append(candidate)
     failures = [ReadFailure(path, None, None, reason) for path, reason in scan.failures]
     workers = settings.workers or os.cpu_count() or 1
+    size = max(1, min(settings.batch_size, -(-len(todo) // (workers * _BATCHES_PER_WORKER))))
+    batches = list(chunked(todo, size))
+    dialect_folder = str(dialects) if dialects else None
     progress.start(len(todo), "reading headers")
-    results = _read_all(todo, workers, str(dialects) if dialects else None, settings.sites)
-    for batch in chunked(results, settings.batch_size):
-        _write_with_retry(engine, batch, summary.run_id, summary)
-        progress.advance(len(batch))
+    if workers <= 1 or len(todo) < POOL_THRESHOLD or not _shareable(engine):
+        _init_worker(dialect_folder, settings.sites)
+        for number, batch in enumerate(batches):
+            summary.add(_ingest_batch(batch, summary.run_id, number, engine))
+            progress.advance(len(batch))
+    else:
+        database = engine.url.render_as_string(hide_password=False)
+        context = multiprocessing.get_context()
+        pool = ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_init_worker,
+            initargs=(dialect_folder, settings.sites, database, settings.sqlite_busy_timeout_s, _WriteTurns(context)),
+        )
+        try:
+            futures = [pool.submit(_ingest_batch, batch, summary.run_id, number) for number, batch in enumerate(batches)]
+            for future, batch in zip(futures, batches):
+                summary.add(future.result())
+                progress.advance(len(batch))
+        finally:  # on an error or Ctrl-C, batches not yet started are not started
+            pool.shutdown(wait=True, cancel_futures=True)
     if failures:
         _write_with_retry(engine, failures, summary.run_id, summary)
     progress.finish()
