@@ -179,6 +179,10 @@ def test_combine_methods():
     cube[:, 0, 0] = np.nan
     cube[:4, 1, 1] = np.nan
     np.testing.assert_allclose(combine(cube, "median"), np.nanmedian(cube, axis=0), rtol=1e-6, equal_nan=True)
+    for n in (1, 2, 8):  # odd and even counts of frames, and of valid values per pixel
+        holes = rng.normal(100, 5, (n, 20, 30)).astype(np.float32)
+        holes[rng.random(holes.shape) < 0.3] = np.nan
+        np.testing.assert_allclose(combine(holes, "median"), np.nanmedian(holes, axis=0), rtol=1e-6, equal_nan=True)
     expected = sigma_clip(cube, axis=0, sigma=3, maxiters=5, cenfunc="median", stdfunc="std").mean(axis=0).filled(np.nan)
     got = combine(cube, "sigma_clip", sigma=3, iterations=5)
     np.testing.assert_allclose(got, expected, rtol=1e-5, equal_nan=True)

@@ -36,17 +36,21 @@ _WORKING_COPIES = 3
 def nanmedian_axis0(cube: np.ndarray) -> np.ndarray:
     """Median along axis 0 ignoring NaN (faster than ``np.nanmedian`` for few frames).
 
-    Sorting puts NaN last; the median is taken from the first ``n_valid`` values of each pixel.
-    All-NaN pixels give NaN.
+    Sorting puts NaN last, so a pixel has a NaN exactly when its last sorted value is NaN.
+    Pixels without one (nearly all) take the two middle values; the others the middle of their
+    first ``n_valid`` values. All-NaN pixels give NaN.
     """
     ordered = np.sort(cube, axis=0)
-    valid = np.sum(~np.isnan(cube), axis=0)
-    low = np.clip((valid - 1) // 2, 0, None)
-    high = np.clip(valid // 2, 0, None)
-    lo = np.take_along_axis(ordered, low[None], axis=0)[0]
-    hi = np.take_along_axis(ordered, high[None], axis=0)[0]
-    result = (lo + hi) / 2
-    result[valid == 0] = np.nan
+    n = cube.shape[0]
+    result = (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
+    partial = np.isnan(ordered[-1])
+    if partial.any():
+        columns = ordered[:, partial]  # (n, pixels with a NaN)
+        valid = n - np.count_nonzero(np.isnan(columns), axis=0)
+        pixel = np.arange(columns.shape[1])
+        low = columns[np.clip((valid - 1) // 2, 0, None), pixel]
+        high = columns[np.clip(valid // 2, 0, n - 1), pixel]
+        result[partial] = np.where(valid > 0, (low + high) / 2, np.nan)
     return result
 
 
