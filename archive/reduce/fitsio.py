@@ -92,8 +92,10 @@ def write_atomic(path: str | Path, data: np.ndarray, header: fits.Header) -> Pat
     """Write ``data`` as float32 FITS to ``path`` through a temporary name and a rename.
 
     A reader never sees a partial file at ``path``: either the previous file (or none) or the
-    complete new one. The temporary file (:func:`archive.files.temporary_path`) of an
-    interrupted write is removed by :func:`archive.files.remove_partials`.
+    complete new one; the file and its folder are flushed to disk. The temporary file
+    (:func:`archive.files.temporary_path`) of an interrupted write is removed by
+    :func:`archive.files.remove_partials`. Header cards that do not follow the standard (as
+    raw headers carry them) are fixed silently (``output_verify="silentfix"``), not refused.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,7 +103,7 @@ def write_atomic(path: str | Path, data: np.ndarray, header: fits.Header) -> Pat
     hdu = fits.PrimaryHDU(np.asarray(data, dtype=np.float32), header=header)
     try:
         with open(tmp, "wb") as fh:
-            hdu.writeto(fh)
+            hdu.writeto(fh, output_verify="silentfix")
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
