@@ -451,9 +451,11 @@ def test_rules_refuse_a_tolerance_on_text(tmp_path):
 def test_concurrent_builds_of_one_group_build_it_once(engine, tmp_path, monkeypatch):
     """Two runs past the first fingerprint check at once (both combining pixels): one builds,
     the other finds it running (the group's frames are locked while the row is written)."""
+    import subprocess
     import threading
 
     from archive.calib import masters
+    from archive.reduce import provenance
 
     _bias_night(tmp_path / "raw", 0, 3)
     ingest_paths(engine, [tmp_path / "raw"])
@@ -465,19 +467,31 @@ def test_concurrent_builds_of_one_group_build_it_once(engine, tmp_path, monkeypa
         return compute(*args, **kwargs)
 
     monkeypatch.setattr(masters, "_compute", both_computing)
+    # the two runs are two threads of this process, whose claims would be this process's (an
+    # earlier attempt of its own, free): each claims as a live process of its own instead
+    sleepers = [subprocess.Popen(["sleep", "300"]) for _ in range(2)]
+    pids: dict[int, int] = {}
+    monkeypatch.setattr(provenance, "_claim", lambda: provenance._CLAIM.format(
+        host=provenance.socket.gethostname(), pid=pids[threading.get_ident()]))
     summaries, errors = [], []
 
-    def run():
+    def run(pid):
+        pids[threading.get_ident()] = pid
         try:
             summaries.append(build_masters(engine, library=tmp_path / "library", kinds=["bias"]))
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
+    threads = [threading.Thread(target=run, args=(sleeper.pid,)) for sleeper in sleepers]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        for sleeper in sleepers:
+            sleeper.kill()
+            sleeper.wait()
     assert errors == [] and len(summaries) == 2
     assert sum(len(s.built) for s in summaries) == 1
     assert sum(s.busy + s.unchanged for s in summaries) == 1
@@ -506,10 +520,11 @@ def test_running_build_of_a_live_run_is_left_alone(engine, tmp_path):
             reduction.status, reduction.message, reduction.started_at = "running", message, utcnow() - age
         return build_masters(engine, library=library, kinds=["bias"])
 
-    assert claimed(f"claimed by {host} pid 1 run x", dt.timedelta(minutes=5)).busy == 1  # alive here
-    assert claimed("claimed by elsewhere pid 7 run x", dt.timedelta(minutes=5)).busy == 1  # cannot be checked
-    assert len(claimed("claimed by elsewhere pid 7 run x", dt.timedelta(hours=2)).built) == 1  # stale
-    assert len(claimed(f"claimed by {host} pid {dead.pid} run x", dt.timedelta(minutes=5)).built) == 1  # killed
+    assert claimed(f"claimed by {host} pid 1", dt.timedelta(minutes=5)).busy == 1  # alive here
+    assert claimed("claimed by elsewhere pid 7", dt.timedelta(minutes=5)).busy == 1  # cannot be checked
+    # another host's claim is left to that host however old (provenance.start_reduction)
+    assert claimed("claimed by elsewhere pid 7", dt.timedelta(days=2)).busy == 1
+    assert len(claimed(f"claimed by {host} pid {dead.pid}", dt.timedelta(minutes=5)).built) == 1  # killed
     with session_scope(engine) as session:
         assert session.scalar(select(func.count()).select_from(Reduction)) == 1
         assert session.scalars(select(Reduction)).one().status == "done"

@@ -6,7 +6,8 @@ dark, flat, writes it to the library folder (a temporary name, then a rename), i
 links it to its reduction (step, fingerprint, parameters, software versions, inputs). A group
 whose fingerprint (step, inputs and roles, parameters, rule version) already has a finished
 reduction is skipped: rebuilding with the same inputs and rules is a no-op; an interrupted
-build is redone by the next run under the same reduction row.
+build is redone by the next run under the same reduction row (the bookkeeping is
+:mod:`archive.reduce.provenance`'s, the file writing :func:`archive.reduce.fitsio.write_atomic`).
 
 Pixels follow ccdproc's conventions (``ccdproc.combine``, ``subtract_bias``,
 ``subtract_dark`` with exposure scaling, flats normalized to a median of 1) but are combined
@@ -24,9 +25,6 @@ if TYPE_CHECKING:
 
 import datetime as dt
 import logging
-import os
-import socket
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -35,7 +33,7 @@ from typing import Any
 
 import numpy as np
 from astropy.io import fits
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from archive.calib.combine import MasterBuildError, RowReader, image_median, combine_files
@@ -45,23 +43,19 @@ from archive.calib.select import (
 )
 from archive.config import Settings, data_home, load_settings
 from archive.db.base import utcnow
-from archive.db.bulk import chunked
-from archive.db.models import (
-    CALIBRATION_KINDS, CalibrationSelection, Copy, Frame, Instrument, Master, Reduction, ReductionInput,
-)
+from archive.db.models import CALIBRATION_KINDS, Copy, Frame, Instrument, Master
 from archive.db.session import session_scope
 from archive.errors import ArchiveError, CalibrationNotFoundError, ConfigError
-from archive.files import fsync_dir, process_alive, remove_partials, render_path, safe_component, temporary_path
-from archive.reduce.provenance import fingerprint, software_versions
+from archive.files import remove_partials, render_path, safe_component
+from archive.reduce.fitsio import write_atomic
+from archive.reduce.provenance import (
+    canonical_paths, clear_selections, find_reduction, fingerprint, finish_reduction, start_reduction,
+)
 from archive.ingest.headers import header_from_text
 from archive.progress import NoProgress, Progress
 from archive.reports.catalog import FrameFilter, frame_query
 
 log = logging.getLogger(__name__)
-
-#: A reduction 'running' for longer than this, claimed by a process that cannot be checked
-#: from here (another host), was interrupted: the next build redoes it.
-RUNNING_IS_STALE_AFTER = dt.timedelta(hours=1)
 
 #: Where a master file goes below the library folder (every field a safe path component).
 LIBRARY_LAYOUT = "{instrument}/{kind}/{name}"
@@ -139,7 +133,8 @@ class BuildSummary:
         exposure time the dark cannot be scaled to, a flat whose calibrated median is not
         positive); the master is built from the others when at least ``min_frames`` remain.
     busy : int
-        Groups another live run was building (left to it).
+        Groups another live process, or a process on another host, was building (left to it;
+        :func:`archive.reduce.provenance.start_reduction`).
     """
 
     built: list[tuple[str, int, str]] = field(default_factory=list)
@@ -279,25 +274,6 @@ def _describe_parts(plan: MasterPlan) -> list[str]:
 # -- fingerprints and provenance -----------------------------------------------------------------
 
 
-def _canonical_paths(session: Session, frame_ids: Sequence[int], *, require: bool = True) -> dict[int, str]:
-    """frame id -> the path of its current copy (the canonical one first).
-
-    Raises ``MasterBuildError`` when a frame has none, unless ``require`` is false (such
-    frames are then absent from the result)."""
-    out: dict[int, str] = {}
-    for batch in chunked(frame_ids):
-        rows = session.execute(
-            select(Copy.frame_id, Copy.path).where(Copy.frame_id.in_(batch), Copy.is_current)
-            .order_by(Copy.frame_id, Copy.is_canonical.desc(), Copy.id)
-        )
-        for fid, path in rows:
-            out.setdefault(fid, path)
-    missing = [fid for fid in frame_ids if fid not in out]
-    if missing and require:
-        raise MasterBuildError(f"frames {missing} have no current file on disk")
-    return out
-
-
 def _usable_inputs(plan: MasterPlan, paths: dict[int, str]) -> list[tuple[Frame, str]]:
     """Check the raw inputs' files (present, readable, 2-D, not truncated, one shape) and drop
     the bad ones from ``plan.frames``; returns the dropped (frame, reason) pairs.
@@ -377,22 +353,6 @@ def _master_header(plan: MasterPlan, parameters: dict[str, Any], fp: str, names:
     except KeyError as exc:
         raise ConfigError(f"the matching rules' [header] table misses {exc}") from exc
     return first
-
-
-def _write_atomic(path: Path, data: np.ndarray, header: fits.Header) -> None:
-    """Write under a temporary name beside ``path`` (:func:`archive.files.temporary_path`),
-    flush it to disk, then rename it into place (a crash leaves the old file or the new one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    try:
-        with open(tmp, "wb") as fh:
-            fits.PrimaryHDU(data=data, header=header).writeto(fh, output_verify="silentfix")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _compute(
@@ -492,7 +452,9 @@ def _dark_factor(frame: Frame, master: Master, dframe: Frame, weight: float) -> 
 
 def _load_master(session: Session, frame_id: int) -> np.ndarray:
     frame = session.get(Frame, frame_id)
-    path = _canonical_paths(session, [frame_id])[frame_id]
+    path = canonical_paths(session, [frame_id]).get(frame_id)
+    if path is None:
+        raise MasterBuildError(f"master {frame_id} has no current file on disk")
     reader = RowReader(path, frame.hdu_index)
     try:
         return reader.full()
@@ -523,9 +485,10 @@ def build_masters(
     selections of the masters used are stored too.
 
     Takes the engine, not a session, because each master is its own unit of work: the
-    reduction row is committed as 'running' first, so an interrupted build is finished
-    (not duplicated) by the next run, and a concurrent run building the same group leaves it
-    to this one (``busy``). A master that fails (an input that cannot be calibrated, a write
+    reduction row is committed as 'running' first (:func:`archive.reduce.provenance.start_reduction`),
+    so an interrupted build is finished (not duplicated) by the next run on the same host, and
+    a concurrent run building the same group, or a build claimed on another host, is left to
+    that run (``busy``). A master that fails (an input that cannot be calibrated, a write
     error) is reported in ``failed`` and the others are built; a raw frame that cannot be
     read or calibrated is left out of its master and reported in ``skipped_inputs``.
 
@@ -560,7 +523,6 @@ def build_masters(
     rules = rules if rules is not None else default_rulebook()
     progress = progress or NoProgress()
     summary = BuildSummary()
-    claim = _claim()
     removed = remove_partials(library)  # temporary files of builds that were killed
     if removed:
         log.info("removed %d temporary file(s) of interrupted builds under %s", removed, library)
@@ -577,74 +539,13 @@ def build_masters(
                 plan.rules = replace(plan.rules, memory_limit_bytes=memory_limit_bytes)
             what = describe(plan)
             try:
-                _build_one(engine, plan, library, settings, summary, claim)
+                _build_one(engine, plan, library, settings, summary)
             except (ArchiveError, OSError) as exc:  # this master fails; the others are built
                 summary.failed.append((kind, what, str(exc)))
                 log.warning("master %s %s failed: %s", kind, what, exc)
             progress.advance()
         progress.finish()
     return summary
-
-
-def _claim() -> str:
-    """``Reduction.message`` of a master being built here: host, process id and a token of this run."""
-    return f"claimed by {socket.gethostname()} pid {os.getpid()} run {uuid.uuid4().hex[:12]}"
-
-
-def _is_busy(reduction: Reduction, claim: str, now: dt.datetime) -> bool:
-    """Whether a ``running`` reduction is being built by another live run.
-
-    Claimed on this host by a process that is gone: free at once (a killed build). Claimed by
-    another run of this process, by a process on another host, or not claimed: busy until
-    :data:`RUNNING_IS_STALE_AFTER` after its start.
-    """
-    if reduction.status != "running" or reduction.message == claim:
-        return False
-    parts = (reduction.message or "").split()
-    if (len(parts) >= 5 and parts[:2] == ["claimed", "by"] and parts[2] == socket.gethostname()
-            and parts[3] == "pid" and parts[4].isdigit() and int(parts[4]) != os.getpid()
-            and not process_alive(int(parts[4]))):
-        return False
-    return reduction.started_at > now - RUNNING_IS_STALE_AFTER
-
-
-def _start(session: Session, plan: MasterPlan, fp: str, parameters: dict[str, Any], claim: str) -> tuple[str, int]:
-    """Record (or take up again) the reduction of ``plan`` as running, in the caller's write
-    transaction: ``('start', id)``; or ``('done', id)`` when a reduction of ``fp`` is done,
-    ``('busy', id)`` when another live run builds it.
-
-    Two runs building the same group at once must not both build it, and reductions have no
-    unique fingerprint to stop a second insert: so the group's raw frames are locked first
-    (``SELECT ... FOR NO KEY UPDATE``, so rows that refer to them can still be inserted; ids
-    in order, so that two runs never wait for each other in a cycle; SQLite's write
-    transactions already run one at a time). Every run that builds this
-    fingerprint has the same raw frames (the fingerprint hashes their checksums), so the
-    second run waits for the first one's commit and then sees its running row.
-    """
-    for batch in chunked(sorted(f.id for f in plan.frames)):
-        session.execute(select(Frame.id).where(Frame.id.in_(batch)).order_by(Frame.id)
-                        .with_for_update(key_share=True)).all()
-    rows = session.scalars(select(Reduction).where(Reduction.fingerprint == fp).order_by(Reduction.id)).all()
-    done = [r for r in rows if r.status == "done"]
-    if done:
-        return "done", done[0].id
-    now = utcnow()
-    busy = [r for r in rows if _is_busy(r, claim, now)]
-    if busy:
-        log.info("master %s %s is being built by another run (reduction %d)", plan.kind, describe(plan), busy[0].id)
-        return "busy", busy[0].id
-    reduction = rows[-1] if rows else None  # failed, or left running by a build that is gone
-    if reduction is None:
-        reduction = Reduction(step=f"master_{plan.kind}", fingerprint=fp, parameters=parameters,
-                              software=software_versions(), host=socket.gethostname(), started_at=now,
-                              status="running", rule_version=plan.rules.version, message=claim)
-        session.add(reduction)
-    else:
-        reduction.status, reduction.message, reduction.finished_at = "running", claim, None
-        reduction.started_at, reduction.host, reduction.software = now, socket.gethostname(), software_versions()
-        reduction.parameters = parameters
-    session.flush()
-    return "start", reduction.id
 
 
 def _plan_fingerprint(plan: MasterPlan, calib_frames: dict[int, tuple[str, str]], parameters: dict[str, Any]) -> str:
@@ -655,19 +556,19 @@ def _plan_fingerprint(plan: MasterPlan, calib_frames: dict[int, tuple[str, str]]
 
 
 def _done(session: Session, fp: str) -> bool:
-    """Whether a reduction of fingerprint ``fp`` has finished."""
-    return session.scalar(select(Reduction.id).where(Reduction.fingerprint == fp, Reduction.status == "done").limit(1)) is not None
+    """Whether the reduction of fingerprint ``fp`` has finished."""
+    reduction = find_reduction(session, fp)
+    return reduction is not None and reduction.status == "done"
 
 
-def _build_one(engine: Engine, plan: MasterPlan, library: Path, settings: Settings, summary: BuildSummary,
-               claim: str) -> None:
+def _build_one(engine: Engine, plan: MasterPlan, library: Path, settings: Settings, summary: BuildSummary) -> None:
     from archive.ingest.ingest import ingest_paths
 
     kr = plan.rules[plan.kind]
     what = describe(plan)
     with session_scope(engine) as session:
         plan.frames = [session.merge(f, load=False) for f in plan.frames]
-        paths = _canonical_paths(session, [f.id for f in plan.frames], require=False)
+        paths = canonical_paths(session, [f.id for f in plan.frames])
         checked = False
         while True:
             cal = _select_calibrators(session, plan)
@@ -721,18 +622,22 @@ def _build_one(engine: Engine, plan: MasterPlan, library: Path, settings: Settin
         library, LIBRARY_LAYOUT, instrument=safe_component(plan.instrument, "unknown-instrument"), kind=plan.kind,
         name=f"{safe_component(f'master_{plan.kind}_{setup}')}_{fp[:10]}.fits",
     )
+    inputs = [(f.id, "raw") for f in plan.frames] + [(mid, role) for mid, (role, _) in calib_frames.items()]
     with session_scope(engine, write=True) as session:
-        # look again inside the write transaction, the group's frames locked: another run may
-        # have built or started this master while the pixels were being combined here
-        state, reduction_id = _start(session, plan, fp, parameters, claim)
-    if state == "done":
-        summary.unchanged += 1
-        return
-    if state == "busy":
-        summary.busy += 1
+        # look again inside the write transaction, the inputs locked: another run may have
+        # built or started this master while the pixels were being combined here
+        reduction = start_reduction(session, f"master_{plan.kind}", fp, parameters, plan.rules.version, inputs)
+        reduction_id = reduction.id if reduction is not None else None
+        done = reduction is None and find_reduction(session, fp).status == "done"
+    if reduction_id is None:
+        if done:
+            summary.unchanged += 1
+        else:
+            summary.busy += 1
+            log.info("master %s %s is being built by another run", plan.kind, what)
         return
     try:
-        _write_atomic(target, data, header)
+        write_atomic(target, data, header)
         result = ingest_paths(engine, [target], settings=settings)
         if result.problems:
             raise MasterBuildError(f"{target}: the master could not be ingested: {result.problems[0][1]}")
@@ -740,7 +645,6 @@ def _build_one(engine: Engine, plan: MasterPlan, library: Path, settings: Settin
             frame_id = session.scalar(select(Copy.frame_id).where(Copy.path == str(target), Copy.is_current))
             if frame_id is None:
                 raise MasterBuildError(f"{target}: not in the catalogue after ingest")
-            session.execute(update(Frame).where(Frame.id == frame_id).values(reduction_id=reduction_id))
             master = session.get(Master, frame_id) or Master(frame_id=frame_id, kind=plan.kind, created_at=utcnow())
             master.kind, master.origin = plan.kind, "built"
             master.n_combined, master.combine_method = len(plan.frames), kr.combine
@@ -748,26 +652,18 @@ def _build_one(engine: Engine, plan: MasterPlan, library: Path, settings: Settin
             master.rule_version = plan.rules.version
             master.is_bad = bool(master.is_bad)
             session.add(master)
-            # a redone (interrupted or failed) build replaces what its first attempt left
-            session.execute(delete(ReductionInput).where(ReductionInput.reduction_id == reduction_id))
-            session.execute(delete(CalibrationSelection).where(CalibrationSelection.reduction_id == reduction_id))
-            rows = [{"reduction_id": reduction_id, "frame_id": f.id, "role": "raw"} for f in plan.frames]
-            rows += [{"reduction_id": reduction_id, "frame_id": mid, "role": role} for mid, (role, _) in calib_frames.items()]
-            for batch in chunked(rows):
-                session.execute(ReductionInput.__table__.insert(), batch)
+            clear_selections(session, reduction_id)  # a redone build replaces what its first attempt left
             for sel in (cal.bias, cal.dark):
                 if sel is not None:
                     record_selection(session, sel, reduction_id=reduction_id)
-            session.execute(update(Reduction).where(Reduction.id == reduction_id).values(
-                status="done", finished_at=utcnow(), message=None))
+            finish_reduction(session, reduction_id, [frame_id])
         summary.built.append((plan.kind, frame_id, str(target)))
         log.info("built %s %s -> %s", plan.kind, what, target)
     except BaseException as exc:
         # a master that failed (or a run interrupted with Ctrl-C) leaves a failed row, taken up
         # again by the next run
         with session_scope(engine, write=True) as session:
-            session.execute(update(Reduction).where(Reduction.id == reduction_id).values(
-                status="failed", finished_at=utcnow(), message=(str(exc) or type(exc).__name__)[:2000]))
+            finish_reduction(session, reduction_id, status="failed", message=(str(exc) or type(exc).__name__)[:2000])
         if isinstance(exc, (ArchiveError, OSError)):
             raise MasterBuildError(str(exc)) from exc
         raise
