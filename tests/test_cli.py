@@ -74,6 +74,18 @@ def test_frames_filters_and_formats(ingested):
     assert empty.exit_code == 0 and "(no rows)" in empty.output
 
 
+def test_copyback_takes_the_frame_filters_of_frames(ingested, tmp_path):
+    flats = json.loads(run("frames", "--type", "flat", "--min-exposure", "80", "--format", "json", db=ingested).output)
+    assert len(flats) == 4
+    dest = tmp_path / "flats"
+    result = run("copyback", "--type", "flat", "--min-exposure", "80", "--to", dest, "--dry-run", db=ingested)
+    assert result.exit_code == 0 and "would copy 4 file(s)" in result.output, result.output
+    assert {line.split(" -> ")[0] for line in result.output.splitlines() if " -> " in line} == {r["path"] for r in flats}
+    for args, copied in ((["--night", "2025-06-02"], 0), (["--night", "2025-06-01", "--max-exposure", "80"], 1)):
+        result = run("copyback", "--type", "flat", *args, "--to", dest, "--dry-run", db=ingested)
+        assert result.exit_code == 0 and f"would copy {copied} file(s)" in result.output, (args, result.output)
+
+
 def test_summary_and_problems(ingested):
     rows = json.loads(run("summary", "--by", "image_type", "--format", "json", db=ingested).output)
     assert {r["image_type"]: r["frames"] for r in rows} == {"bias": 5, "dark": 5, "flat": 5, "light": 17}

@@ -7,9 +7,10 @@ import sys
 import click
 
 from archive.cli import AppContext, pass_app
+from archive.cli.catalog import frame_filters
 from archive.cli.options import BarProgress, emit, output_format
-from archive.db.models import IMAGE_TYPES
 from archive.gather.copyback import KINDS, Selection, copyback as run_copyback, load_gather_config
+from archive.reports import FrameFilter
 
 
 def _echo_summary(lines: list[str]) -> None:
@@ -18,14 +19,9 @@ def _echo_summary(lines: list[str]) -> None:
 
 
 @click.command()
-@click.option("--target", help="Target (OBJECT), matched loosely: 'M 31' = 'M31' = 'm31'; also the folder name.")
-@click.option("--filter", "filter_name", help="Only this filter (case-insensitive).")
-@click.option("--since", type=click.DateTime(), help="DATE-OBS on or after (UTC).")
-@click.option("--until", type=click.DateTime(), help="DATE-OBS before (UTC).")
+@frame_filters
 @click.option("--kind", type=click.Choice(sorted(KINDS)), default="raw", show_default=True,
-              help="Raw lights, or calibrated lights made by reduction.")
-@click.option("--type", "image_type", type=click.Choice(IMAGE_TYPES), help="Any image type instead of --kind (e.g. flat).")
-@click.option("--instrument", help="Instrument name (INSTRUME), exact.")
+              help="Raw lights, or calibrated lights made by reduction (--type: any image type instead).")
 @click.option("--ra", type=float, help="Reference RA (deg): frames within the radius are selected too.")
 @click.option("--dec", type=float, help="Reference Dec (deg), with --ra.")
 @click.option("--radius", type=float, help="Position-match radius (arcmin; default configs/copyback.toml; 0: off).")
@@ -38,8 +34,7 @@ def _echo_summary(lines: list[str]) -> None:
 @click.option("--no-wait", is_flag=True,
               help="Stop at once if another copyback is writing into DIR (default: wait for it to finish).")
 @pass_app
-def copyback(app: AppContext, target, filter_name, since, until, kind, image_type, instrument, ra, dec, radius,
-             dest, mode, dry_run, no_wait) -> None:
+def copyback(app: AppContext, filters: FrameFilter, kind, ra, dec, radius, dest, mode, dry_run, no_wait) -> None:
     """Copy a target's frames from every night into DIR, once per exposure.
 
     Frames of one instrument with the same DATE-OBS are one exposure: only the original is
@@ -48,6 +43,9 @@ def copyback(app: AppContext, target, filter_name, since, until, kind, image_typ
     Every file is verified (SHA-256) and recorded in the catalogue as a new copy. One run at a
     time writes into DIR: a second one waits for the first (or stops, with --no-wait).
 
+    The frame filters are those of 'archive frames'; --target also names the folder, and
+    --type gathers any image type (e.g. flat) instead of --kind.
+
     \b
     Examples:
       archive copyback --target "M 31" --filter Ha --to ~/stack/m31 --dry-run
@@ -55,12 +53,16 @@ def copyback(app: AppContext, target, filter_name, since, until, kind, image_typ
       archive copyback --target NGC7000 --kind calibrated --to ~/stack/ngc7000 --link
       archive copyback --ra 10.6847 --dec 41.2687 --radius 15 --to ~/stack/field
     """
-    if not (target or image_type or ra is not None):
+    if not (filters.target or filters.image_type or ra is not None):
         raise click.UsageError("say what to gather: --target, --ra/--dec or --type")
     if (ra is None) != (dec is None):
         raise click.UsageError("give --ra and --dec together")
-    selection = Selection(target=target, filter_name=filter_name, since=since, until=until, kind=kind,
-                          image_type=image_type, instrument=instrument, ra_deg=ra, dec_deg=dec, radius_arcmin=radius)
+    selection = Selection(
+        target=filters.target, filter_name=filters.filter_name, night=filters.night, since=filters.since,
+        until=filters.until, min_exposure_s=filters.min_exposure_s, max_exposure_s=filters.max_exposure_s,
+        image_type=filters.image_type, instrument=filters.instrument, kind=kind, ra_deg=ra, dec_deg=dec,
+        radius_arcmin=radius,
+    )
     config = load_gather_config(app.settings)
     summary = run_copyback(app.engine, selection, dest, mode=mode, dry_run=dry_run, config=config,
                            settings=app.settings, progress=BarProgress(not app.quiet),

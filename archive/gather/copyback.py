@@ -203,8 +203,12 @@ class Selection:
         Target name, matched loosely; also the ``{target}`` of destination names.
     filter_name : str, optional
         Filter, case-insensitive.
+    night : date, optional
+        Local observing night.
     since, until : datetime, optional
         ``since <= DATE-OBS < until`` (UTC).
+    min_exposure_s, max_exposure_s : float, optional
+        Exposure time range in s, inclusive.
     kind : {'raw', 'calibrated'}
         Raw lights, or the calibrated lights made by reduction.
     image_type : str, optional
@@ -219,8 +223,11 @@ class Selection:
 
     target: str | None = None
     filter_name: str | None = None
+    night: dt.date | None = None
     since: dt.datetime | None = None
     until: dt.datetime | None = None
+    min_exposure_s: float | None = None
+    max_exposure_s: float | None = None
     kind: str = "raw"
     image_type: str | None = None
     instrument: str | None = None
@@ -237,9 +244,9 @@ class Selection:
     def frame_filter(self, *, with_target: bool = True) -> FrameFilter:
         """The :class:`FrameFilter` of everything but the position match."""
         return FrameFilter(
-            image_type=self.image_type or KINDS[self.kind], filter_name=self.filter_name,
+            image_type=self.image_type or KINDS[self.kind], filter_name=self.filter_name, night=self.night,
             target=self.target if with_target else None, instrument=self.instrument,
-            since=self.since, until=self.until,
+            since=self.since, until=self.until, min_exposure_s=self.min_exposure_s, max_exposure_s=self.max_exposure_s,
         )
 
 
