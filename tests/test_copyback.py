@@ -8,10 +8,8 @@ folder.
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import hashlib
-import importlib
 import os
 import shutil
 import signal
@@ -257,54 +255,6 @@ def test_a_copy_deleted_from_the_destination_is_written_and_moved_again(engine, 
     moved = copyback(engine, selection, dest, mode="move", config=CONFIG)
     assert moved.ok and moved.copied == 1 and moved.moved == 1, moved.lines()
     assert fits_files(dest) == [copy] and not fits_files(tmp_path / "raw")
-
-
-def test_a_move_stopped_before_retiring_its_sources_rows_is_finished_by_the_next(engine, synthetic, tmp_path,
-                                                                                   monkeypatch):
-    """A batch's sources are deleted, then their rows retired in one transaction: stopped in
-    between (here: that transaction fails), the next move run retires them; nothing is lost."""
-    module = importlib.import_module("archive.gather.copyback")
-    selection, dest = Selection(target="M31", filter_name="OIII", radius_arcmin=0), tmp_path / "moved"
-    config = dataclasses.replace(CONFIG, batch_files=4)
-    shas = {sha(p) for p in (synthetic / "nights").rglob("*OIII*")}
-
-    def stop(session, item):
-        raise RuntimeError("stopped")
-
-    monkeypatch.setattr(module, "_retire_source", stop)
-    with pytest.raises(RuntimeError, match="stopped"):
-        copyback(engine, selection, dest, mode="move", config=config)
-    monkeypatch.undo()
-    assert len(fits_files(dest)) == 4 and len(list((synthetic / "nights").rglob("*OIII*"))) == 5  # one batch moved
-    again = copyback(engine, selection, dest, mode="move", config=config)
-    assert again.ok and (again.present, again.copied, again.moved) == (4, 5, 5), again.lines()
-    files = fits_files(dest)
-    assert {sha(f) for f in files} == shas and not list((synthetic / "nights").rglob("*OIII*"))
-    with session_scope(engine) as session:
-        current = session.execute(select(Copy.path, Copy.is_canonical).where(Copy.is_current)).all()
-    assert all(os.path.exists(p) for p, _ in current)  # no current copy points to a deleted file
-    assert {p for p, canonical in current if canonical and p.startswith(str(dest))} == set(map(str, files))
-
-
-def test_a_source_that_cannot_be_deleted_stops_the_move_after_retiring_the_deleted_ones(engine, synthetic, tmp_path,
-                                                                                         monkeypatch):
-    selection, dest = Selection(target="M31", filter_name="OIII", radius_arcmin=0), tmp_path / "moved"
-    plan = copyback(engine, selection, dest, mode="move", config=CONFIG, dry_run=True).plan
-    stuck, unlink = plan[2].source, os.unlink
-
-    def refuse(path, *args, **kwargs):
-        if str(path) == stuck:
-            raise PermissionError(13, "Permission denied", stuck)
-        return unlink(path, *args, **kwargs)
-
-    monkeypatch.setattr(os, "unlink", refuse)
-    with pytest.raises(PermissionError):
-        copyback(engine, selection, dest, mode="move", config=CONFIG)
-    monkeypatch.undo()
-    gone = [p.source for p in plan[:2]]
-    assert not any(os.path.exists(p) for p in gone) and os.path.exists(stuck)
-    with session_scope(engine) as session:
-        assert not session.scalars(select(Copy.path).where(Copy.is_current, Copy.path.in_(gone))).all()
 
 
 def test_link_mode(engine, arcsat_night, tmp_path):

@@ -793,15 +793,16 @@ def execute_plan(
 
     Files are handled in batches of ``config.batch_files``: each batch is written and verified,
     then recorded in one call of :func:`archive.ingest.ingest_paths`, then (``move``) its sources
-    are deleted, then their copy rows retired in one transaction. A failed file is reported in
-    ``summary.failures`` and its source is left alone. A run stopped between deleting sources
-    and retiring their rows leaves current rows of deleted files: the next ``move`` run retires
-    them (its plan's ``finish-move`` items).
+    are deleted and their copy rows retired. A failed file is reported in ``summary.failures``
+    and its source is left alone.
     """
     progress = progress or NoProgress()
     progress.start(len(summary.plan), "copying")
+    done: list[Planned] = []
     copied = moved = 0
-    for batch in chunked(summary.plan, config.batch_files):
+    plan = list(summary.plan)
+    for start in range(0, len(plan), config.batch_files):
+        batch = plan[start:start + config.batch_files]
         written: list[Planned] = []
         for item in batch:
             if item.action == "finish-move":
@@ -820,32 +821,27 @@ def execute_plan(
             ingest_paths(engine, [str(i.dest) for i in to_record], settings=settings)
         with session_scope(engine) as session:
             recorded = _recorded(session, written)
-        deleted: list[Planned] = []
-        try:
-            for item in written:
-                if str(item.dest) not in recorded:
-                    summary.failures.append((str(item.dest), "written but not recorded in the catalogue; source kept"))
+        for item in written:
+            if str(item.dest) not in recorded:
+                summary.failures.append((str(item.dest), "written but not recorded in the catalogue; source kept"))
+                continue
+            if item.action == "copy":
+                copied += 1
+            done.append(item)
+            if mode != "move":
+                continue
+            if item.action == "finish-move" and os.path.exists(item.source):
+                if os.path.islink(item.dest) or os.path.samefile(item.dest, item.source):
+                    summary.failures.append((item.source, f"{item.dest} is a link to it, not a copy; source kept"))
                     continue
-                if item.action == "copy":
-                    copied += 1
-                if mode != "move":
+                if sha256_file(item.dest) != item.sha256:
+                    summary.failures.append((item.source, f"its copy {item.dest} does not verify; source kept"))
                     continue
-                if item.action == "finish-move" and os.path.exists(item.source):
-                    if os.path.islink(item.dest) or os.path.samefile(item.dest, item.source):
-                        summary.failures.append((item.source, f"{item.dest} is a link to it, not a copy; source kept"))
-                        continue
-                    if sha256_file(item.dest) != item.sha256:
-                        summary.failures.append((item.source, f"its copy {item.dest} does not verify; source kept"))
-                        continue
-                if os.path.exists(item.source):
-                    os.unlink(item.source)
-                    moved += 1
-                deleted.append(item)
-        finally:  # also when a later file of the batch failed: the deleted ones are retired
-            if deleted:
-                with session_scope(engine, write=True) as session:
-                    for item in deleted:
-                        _retire_source(session, item)
+            if os.path.exists(item.source):
+                os.unlink(item.source)
+                moved += 1
+            with session_scope(engine, write=True) as session:
+                _retire_source(session, item)
     progress.finish()
     summary.copied = copied
     summary.moved = moved
