@@ -179,33 +179,6 @@ def test_same_bytes_elsewhere_is_a_new_copy_and_a_changed_file_keeps_history(eng
     assert summary.duplicates == 1
 
 
-def current_frame_ids(engine) -> dict[str, int]:
-    with session_scope(engine) as s:
-        return dict(s.execute(select(Copy.path, Copy.frame_id).where(Copy.is_current)).all())
-
-
-def test_summary_says_which_frame_each_file_read_is(engine, tmp_path):
-    night = tmp_path / "n"
-    one, two, three = (write_fits(night / f"{name}.fits", nina_header(), seed=seed)
-                       for seed, name in enumerate(("one", "two", "three")))
-    first = ingest_paths(engine, [night])
-    assert first.new == 3 and first.frame_ids == current_frame_ids(engine)
-    twin = tmp_path / "elsewhere" / "one again.fits"  # known bytes at another path: a new copy
-    twin.parent.mkdir()
-    shutil.copyfile(one, twin)
-    write_fits(two, nina_header(), seed=7)  # changed bytes
-    os.utime(two, ns=(two.stat().st_atime_ns, two.stat().st_mtime_ns + 10**9))
-    os.utime(three, ns=(three.stat().st_atime_ns, three.stat().st_mtime_ns + 10**9))  # touched, same bytes
-    four = write_fits(night / "four.fits", nina_header(), seed=8)  # new
-    second = ingest_paths(engine, [tmp_path])
-    assert (second.new, second.new_copies, second.changed, second.unchanged) == (1, 1, 1, 2)
-    now = current_frame_ids(engine)
-    assert second.frame_ids == {str(p): now[str(p)] for p in (twin, two, three, four)}  # one: not read
-    assert second.frame_ids[str(twin)] == first.frame_ids[str(one)]
-    assert second.frame_ids[str(three)] == first.frame_ids[str(three)]
-    assert second.frame_ids[str(two)] != first.frame_ids[str(two)]
-
-
 def test_duplicate_exposures_are_flagged(engine, tmp_path):
     write_fits(tmp_path / "one.fits", nina_header(), seed=1)
     with fits.open(tmp_path / "one.fits") as hdul:  # the same exposure, tile-compressed
@@ -280,7 +253,6 @@ def test_worker_pool_writes_the_catalogue_of_one_process(engine, shared_data, tm
     counts = ("new", "new_copies", "changed", "unchanged", "warnings", "duplicates", "by_type")
     assert [getattr(pooled, c) for c in counts] == [getattr(single, c) for c in counts]
     assert pooled.new + pooled.new_copies == 87 and pooled.new_copies == 24
-    assert pooled.frame_ids == current_frame_ids(engine)  # merged from the workers' batches
 
 
 def test_two_processes_at_once_give_the_catalogue_of_one(db_url, shared_data, tmp_path):

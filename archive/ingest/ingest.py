@@ -83,10 +83,6 @@ class IngestSummary:
         New frames by image type (``None`` for untyped).
     run_id : int
         The ingest run's row.
-    frame_ids : dict of str to int
-        Path (absolute, as stored in the catalogue) -> frame id of every file read and stored
-        by this run: new frames, new copies, changed files and touched files with the same
-        bytes. Files found unchanged by size and mtime are not read and not listed.
     """
 
     new: int = 0
@@ -99,7 +95,6 @@ class IngestSummary:
     duplicates: int = 0
     by_type: Counter = field(default_factory=Counter)
     run_id: int | None = None
-    frame_ids: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -107,12 +102,11 @@ class IngestSummary:
         return not self.problems
 
     def add(self, other: IngestSummary) -> None:
-        """Add the file counts and frame ids of ``other`` (one batch) to these."""
+        """Add the file counts of ``other`` (one batch) to these."""
         for name in ("new", "new_copies", "changed", "unchanged", "warnings", "duplicates"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.by_type.update(other.by_type)
         self.problems.extend(other.problems)
-        self.frame_ids.update(other.frame_ids)
 
 
 # -- reading and writing a batch, in worker processes ------------------------------------------
@@ -291,8 +285,6 @@ def _write_batch(session: Session, results: Sequence[FileRead | ReadFailure], ru
     )
     new_copies = []
     for read in reads:
-        frame_id = frame_ids[read.sha256]
-        counts.frame_ids[read.path] = frame_id
         old = current.get(read.path)
         if old is not None and old.sha256 == read.sha256:  # touched, same bytes
             old.size, old.mtime_ns = read.size, read.mtime_ns
@@ -304,6 +296,7 @@ def _write_batch(session: Session, results: Sequence[FileRead | ReadFailure], ru
                 old.is_canonical = False
                 canonical_frames.discard(old.frame_id)
             counts.changed += 1
+        frame_id = frame_ids[read.sha256]
         is_new_frame = new_frame_ids.pop(read.sha256, None) is not None
         if old is None:
             if is_new_frame:
