@@ -242,6 +242,21 @@ def test_move_deletes_sources_only_after_recording(engine, synthetic, tmp_path):
     assert again.copied == 0 and again.moved == 0 and again.present == 9
 
 
+def test_a_copy_deleted_from_the_destination_is_written_and_moved_again(engine, tmp_path):
+    """The deleted copy's row (path, size, mtime) is still current, so the ingest that records
+    the new file finds it unchanged without reading it: whether a file is recorded is asked of
+    the catalogue, not of the ingest's counts."""
+    write_fits(tmp_path / "raw" / "a.fits", nina_header(OBJECT="M31"), seed=1)
+    ingest_paths(engine, [tmp_path / "raw"])
+    selection, dest = Selection(target="M31", radius_arcmin=0), tmp_path / "out"
+    assert copyback(engine, selection, dest, config=CONFIG).copied == 1
+    (copy,) = fits_files(dest)
+    copy.unlink()
+    moved = copyback(engine, selection, dest, mode="move", config=CONFIG)
+    assert moved.ok and moved.copied == 1 and moved.moved == 1, moved.lines()
+    assert fits_files(dest) == [copy] and not fits_files(tmp_path / "raw")
+
+
 def test_link_mode(engine, arcsat_night, tmp_path):
     ingest_paths(engine, [arcsat_night])
     dest = tmp_path / "links"

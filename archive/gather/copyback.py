@@ -798,11 +798,8 @@ def execute_plan(
     """
     progress = progress or NoProgress()
     progress.start(len(summary.plan), "copying")
-    done: list[Planned] = []
     copied = moved = 0
-    plan = list(summary.plan)
-    for start in range(0, len(plan), config.batch_files):
-        batch = plan[start:start + config.batch_files]
+    for batch in chunked(summary.plan, config.batch_files):
         written: list[Planned] = []
         for item in batch:
             if item.action == "finish-move":
@@ -827,7 +824,6 @@ def execute_plan(
                 continue
             if item.action == "copy":
                 copied += 1
-            done.append(item)
             if mode != "move":
                 continue
             if item.action == "finish-move" and os.path.exists(item.source):
