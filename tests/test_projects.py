@@ -172,9 +172,7 @@ def test_cli_project(db_url, arcsat_night, tmp_path):
 def test_a_master_flagged_bad_makes_its_lights_unusable(engine, m31):
     from archive.calib.masters import mark_bad
     from archive.db import Frame
-    from archive.gather.projects import _sync_library
 
-    _sync_library(engine)
     with session_scope(engine, write=True) as session:
         flat_l = session.scalar(select(Frame.id).where(Frame.image_type == "master_flat", Frame.filter_name == "L"))
         mark_bad(session, [flat_l], "dust donut")

@@ -526,8 +526,6 @@ def build_masters(
     removed = remove_partials(library)  # temporary files of builds that were killed
     if removed:
         log.info("removed %d temporary file(s) of interrupted builds under %s", removed, library)
-    with session_scope(engine, write=True) as session:
-        sync_library(session, rules)
     for kind in [k for k in CALIBRATION_KINDS if k in kinds]:
         with session_scope(engine) as session:
             plans, too_small, no_date = plan_masters(session, kind, filters=filters, rules=rules)
@@ -672,8 +670,11 @@ def _build_one(engine: Engine, plan: MasterPlan, library: Path, settings: Settin
 # -- the library: external masters, bad flags, validity -------------------------------------------
 
 
-def sync_library(session: Session, rules: RuleBook | MatchingRules | None = None) -> int:
-    """Give every ingested master frame without a library row one (masters made elsewhere).
+def sync_library(
+    session: Session, rules: RuleBook | MatchingRules | None = None, frame_ids: Sequence[int] | None = None
+) -> int:
+    """Give ingested master frames without a library row one (masters made elsewhere); ingest
+    calls it for each master frame it adds.
 
     Frames of type ``master_bias|dark|flat`` (PixInsight, Siril and other programs: IMAGETYP
     'Master Dark' and similar, recognized at ingest) join the library with ``origin =
@@ -687,6 +688,8 @@ def sync_library(session: Session, rules: RuleBook | MatchingRules | None = None
         Written to (flushed, not committed).
     rules : RuleBook or MatchingRules, optional
         Their ``[header]`` table names the keywords; default the bundled ``configs/matching``.
+    frame_ids : sequence of int, optional
+        Only these frames (default every master frame of the catalogue).
 
     Returns
     -------
@@ -695,11 +698,14 @@ def sync_library(session: Session, rules: RuleBook | MatchingRules | None = None
     """
     matching = rules_for(rules, None)
     keys = matching.header
-    frames = session.scalars(
+    query = (
         select(Frame).outerjoin(Master, Master.frame_id == Frame.id)
         .where(Frame.image_type.in_([f"master_{k}" for k in CALIBRATION_KINDS]), Master.frame_id.is_(None),
                Frame.duplicate_of_id.is_(None))
-    ).all()
+    )
+    if frame_ids is not None:
+        query = query.where(Frame.id.in_(frame_ids))
+    frames = session.scalars(query).all()
     now = utcnow()
     for frame in frames:
         header = header_from_text(frame.header)

@@ -480,8 +480,8 @@ def select_master(
     (|date_obs difference|, s) wins; ties go to more input frames, then the most recently
     built. Rule after the calibration association of Gemini's archive and LCO's BANZAI.
 
-    Masters made elsewhere take part once :func:`archive.calib.masters.sync_library` has
-    given them a library row (every ``archive masters`` command does).
+    Masters made elsewhere take part from their ingest on (which gives them a library row,
+    :func:`archive.calib.masters.sync_library`).
 
     Parameters
     ----------

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 from archive.calib import (
     RuleBook, build_masters, default_library, default_rulebook, explain_selections, library_table, mark_bad, missing_calibrations,
-    record_selection, select_masters, set_validity, sync_library,
+    record_selection, select_masters, set_validity,
 )
 from archive.reduce.provenance import frame_at_path
 from archive.cli import AppContext, pass_app
@@ -143,7 +143,6 @@ def select_cmd(app: AppContext, files, filters: FrameFilter, kinds, explain: boo
     book = _book(app, rules_dir)
     kinds = kinds or CALIBRATION_KINDS
     with session_scope(app.engine, write=True) as session:
-        sync_library(session, book)
         if files:
             ids = [frame_at_path(session, path).id for path in files]
         else:
@@ -200,7 +199,6 @@ def mark_bad_cmd(app: AppContext, masters_, reason, undo) -> None:
       archive masters mark-bad 1234 --undo
     """
     with session_scope(app.engine, write=True) as session:
-        sync_library(session, _book(app, None))  # the configured rules name the header keywords
         rows = mark_bad(session, _master_ids(session, masters_), reason, bad=not undo)
     click.echo(f"{len(rows)} master(s) marked {'good' if undo else 'bad'}")
 
@@ -219,7 +217,6 @@ def validity(app: AppContext, master: str, valid_from, valid_until) -> None:
       archive masters validity 1234                 # valid at any time again
     """
     with session_scope(app.engine, write=True) as session:
-        sync_library(session, _book(app, None))  # the configured rules name the header keywords
         try:
             row = set_validity(session, _master_ids(session, (master,))[0], valid_from, valid_until)
         except ValueError as exc:
@@ -244,8 +241,7 @@ def missing(app: AppContext, filters: FrameFilter, kinds, rules_dir, fmt) -> Non
     book = _book(app, rules_dir)
     if filters.image_type is None:
         filters = dataclasses.replace(filters, image_type="light")
-    with session_scope(app.engine, write=True) as session:
-        sync_library(session, book)
+    with session_scope(app.engine) as session:
         ids = list(session.scalars(frame_query(filters, Frame.id)))
         table = missing_calibrations(session, ids, kinds or CALIBRATION_KINDS, rules=book)
     emit(table, fmt)
@@ -263,8 +259,7 @@ def list_cmd(app: AppContext, kind, fmt) -> None:
       archive masters list
       archive masters list --kind dark --format csv
     """
-    with session_scope(app.engine, write=True) as session:
-        sync_library(session, _book(app, None))  # the configured rules name the header keywords
+    with session_scope(app.engine) as session:
         emit(library_table(session, kind), fmt)
 
 

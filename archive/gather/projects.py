@@ -37,7 +37,6 @@ import pandas as pd
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from archive.calib.masters import sync_library
 from archive.calib.select import select_masters
 from archive.config import Settings, load_settings
 from archive.db.base import utcnow
@@ -201,12 +200,6 @@ def masters_for(session: Session, light_ids: Sequence[int], kinds: Sequence[str]
     return {key: [mid for mid, _ in sel.weights] for key, sel in chosen.items() if sel.found}
 
 
-def _sync_library(engine: Engine) -> None:
-    """Give ingested masters made elsewhere their library rows (:func:`archive.calib.masters.sync_library`)."""
-    with session_scope(engine, write=True) as session:
-        sync_library(session)
-
-
 # -- collect -----------------------------------------------------------------------------------
 
 
@@ -320,7 +313,6 @@ def collect_project(
         return summary
     with hold_destination(root, timeout_s=lock_timeout_s):
         summary.temp_removed, summary.recorded_found = recover_destination(engine, root, settings=settings)
-        _sync_library(engine)
         for plan, plan_root, plan_mode in _plan_collect(engine, project, root, mode, config, summary):
             if plan.plan:
                 plan_root.mkdir(parents=True, exist_ok=True)
@@ -419,7 +411,6 @@ def project_status(engine: Engine, name: str, *, config: GatherConfig | None = N
         No such project.
     """
     config = config or load_gather_config()
-    _sync_library(engine)
     rows = []
     with session_scope(engine) as session:
         project = get_project(session, name)

@@ -39,7 +39,7 @@ import archive
 from archive.config import Settings, load_settings
 from archive.db.base import utcnow
 from archive.db.bulk import chunked
-from archive.db.models import DERIVED_TYPES, Copy, Frame, IngestProblem, IngestRun, Instrument, Night
+from archive.db.models import DERIVED_TYPES, MASTER_TYPES, Copy, Frame, IngestProblem, IngestRun, Instrument, Night
 from archive.db.session import open_catalogue, session_scope
 from archive.db.upsert import insert_missing
 from archive.ingest.dialects import DialectSet
@@ -138,24 +138,23 @@ class _WriteTurns:
                 self._changed.notify_all()
 
 
-def _init_worker(dialect_folder: str | None, sites: dict[str, float], database: str | None = None,
-                 busy_timeout_s: float = 60.0, turns: _WriteTurns | None = None) -> None:
+def _init_worker(settings: Settings, dialect_folder: str | None, database: str | None = None,
+                 turns: _WriteTurns | None = None) -> None:
     _worker_state["dialects"] = DialectSet(Path(dialect_folder) if dialect_folder else None)
-    _worker_state["sites"] = sites
+    _worker_state["settings"] = settings
     _worker_state["turns"] = turns
     if database is not None:
-        _worker_state["engine"] = open_catalogue(database, busy_timeout_s=busy_timeout_s, create=False)
+        _worker_state["engine"] = open_catalogue(database, busy_timeout_s=settings.sqlite_busy_timeout_s, create=False)
 
 
 def _ingest_batch(batch: Sequence[Candidate], run_id: int, number: int, engine: Engine | None = None) -> IngestSummary:
     """Read ``batch`` and write it in one transaction (a worker task); returns its counts."""
-    results = [
-        read_fits(c.path, _worker_state["dialects"], folders=c.folders, sites=_worker_state["sites"]) for c in batch
-    ]
+    settings = _worker_state["settings"]
+    results = [read_fits(c.path, _worker_state["dialects"], folders=c.folders, sites=settings.sites) for c in batch]
     summary = IngestSummary()
     turns = _worker_state["turns"]
     with turns.turn(number) if turns is not None else nullcontext():
-        _write_with_retry(engine or _worker_state["engine"], results, run_id, summary)
+        _write_with_retry(engine or _worker_state["engine"], results, run_id, summary, settings)
     return summary
 
 
@@ -254,8 +253,13 @@ def _frame_row(read: FileRead, instrument_id: int | None, run_id: int, now: dt.d
     }
 
 
-def _write_batch(session: Session, results: Sequence[FileRead | ReadFailure], run_id: int, summary: IngestSummary) -> None:
-    """Write one batch in the caller's transaction; counts go to ``summary`` only on success."""
+def _write_batch(
+    session: Session, results: Sequence[FileRead | ReadFailure], run_id: int, summary: IngestSummary, settings: Settings
+) -> None:
+    """Write one batch in the caller's transaction; counts go to ``summary`` only on success.
+
+    Masters made elsewhere (new frames of a master type) join the library here
+    (:func:`archive.calib.masters.sync_library`, keywords named by the configured rules)."""
     now = utcnow()
     counts = IngestSummary()
     reads = [r for r in results if isinstance(r, FileRead)]
@@ -277,6 +281,11 @@ def _write_batch(session: Session, results: Sequence[FileRead | ReadFailure], ru
         session.execute(Frame.__table__.insert(), list(new_rows.values()))  # executemany: no RETURNING
         new_frame_ids = _ids(session, Frame, Frame.sha256, set(new_rows))
         frame_ids.update(new_frame_ids)
+        masters = [new_frame_ids[sha] for sha, row in new_rows.items() if row["image_type"] in MASTER_TYPES]
+        if masters:
+            from archive.calib import default_rulebook, sync_library  # only when masters arrive
+
+            sync_library(session, default_rulebook(settings), frame_ids=masters)
 
     paths = [r.path for r in reads]
     current = {c.path: c for c in session.scalars(select(Copy).where(Copy.is_current, Copy.path.in_(paths)))}
@@ -378,21 +387,22 @@ def _flag_duplicates(session: Session, new_ids: set[int]) -> int:
     return len(pairs)
 
 
-def _write_with_retry(engine: Engine, batch, run_id: int, summary: IngestSummary) -> None:
+def _write_with_retry(engine: Engine, batch, run_id: int, summary: IngestSummary, settings: Settings) -> None:
     """Write a batch in one transaction; redo it when it clashed with a concurrent writer, and
     split it when the database refused a value, so that only the offending file fails."""
     for attempt in range(RETRIES):
         try:
             with session_scope(engine, write=True) as session:
-                _write_batch(session, batch, run_id, summary)
+                _write_batch(session, batch, run_id, summary, settings)
             return
         except DataError as exc:
             if len(batch) > 1:
                 for item in batch:
-                    _write_with_retry(engine, [item], run_id, summary)
+                    _write_with_retry(engine, [item], run_id, summary, settings)
                 return
             reason = f"could not be stored: {str(exc.orig).splitlines()[0]}"
-            _write_with_retry(engine, [ReadFailure(batch[0].path, batch[0].size, batch[0].mtime_ns, reason)], run_id, summary)
+            _write_with_retry(engine, [ReadFailure(batch[0].path, batch[0].size, batch[0].mtime_ns, reason)], run_id, summary,
+                              settings)
             return
         except (IntegrityError, OperationalError) as exc:
             if attempt == RETRIES - 1:
@@ -463,7 +473,7 @@ def ingest_paths(
     dialect_folder = str(dialects) if dialects else None
     progress.start(len(todo), "reading headers")
     if workers <= 1 or len(todo) < POOL_THRESHOLD or not _shareable(engine):
-        _init_worker(dialect_folder, settings.sites)
+        _init_worker(settings, dialect_folder)
         for number, batch in enumerate(batches):
             summary.add(_ingest_batch(batch, summary.run_id, number, engine))
             progress.advance(len(batch))
@@ -472,7 +482,7 @@ def ingest_paths(
         context = multiprocessing.get_context()
         pool = ProcessPoolExecutor(
             workers, mp_context=context, initializer=_init_worker,
-            initargs=(dialect_folder, settings.sites, database, settings.sqlite_busy_timeout_s, _WriteTurns(context)),
+            initargs=(settings, dialect_folder, database, _WriteTurns(context)),
         )
         try:
             futures = [pool.submit(_ingest_batch, batch, summary.run_id, number) for number, batch in enumerate(batches)]
@@ -482,7 +492,7 @@ def ingest_paths(
         finally:  # on an error or Ctrl-C, batches not yet started are not started
             pool.shutdown(wait=True, cancel_futures=True)
     if failures:
-        _write_with_retry(engine, failures, summary.run_id, summary)
+        _write_with_retry(engine, failures, summary.run_id, summary, settings)
     progress.finish()
     with session_scope(engine, write=True) as session:
         session.execute(
