@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,26 @@ def process_alive(pid: int) -> bool:
         except PermissionError:
             return True
         return True
+
+
+def exit_with_parent(poll_s: float = 1.0) -> None:
+    """Make this process (a pool worker) exit when the process that started it is gone.
+
+    A worker of a :class:`~concurrent.futures.ProcessPoolExecutor` whose parent was killed
+    (SIGKILL, a crash) would otherwise wait for its next task for ever: it holds a copy of the
+    task queue's write end itself, so the queue never ends. A daemon thread checks every
+    ``poll_s`` seconds whether the worker was handed to another parent (POSIX ``getppid``), and
+    ends the process (``os._exit``, as the pool's own workers end) when it was. Call it from the
+    pool's initializer.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def remove_partials(folder: str | Path) -> int:

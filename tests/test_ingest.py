@@ -255,6 +255,48 @@ def test_worker_pool_writes_the_catalogue_of_one_process(engine, shared_data, tm
     assert pooled.new + pooled.new_copies == 87 and pooled.new_copies == 24
 
 
+def test_a_killed_ingest_leaves_no_worker_behind_and_the_next_run_completes(db_url, shared_data, tmp_path):
+    """SIGKILL the main process of a pooled ingest (87 one-file batches) half-way: its workers
+    stop too (none waits for a batch that will never come), and the next run gives the
+    catalogue of one uninterrupted run."""
+    import signal
+    import time
+
+    from archive.db.session import open_catalogue
+
+    command = [sys.executable, "-m", "archive.cli", "--quiet", "--db", db_url, "ingest", "--workers", "2",
+               "--batch-size", "1", str(shared_data)]
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    engine = open_catalogue(db_url)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with session_scope(engine) as s:
+            if s.scalar(select(func.count()).select_from(Copy)) >= 5:
+                break
+        assert run.poll() is None, run.stderr.read()
+        time.sleep(0.01)
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    with session_scope(engine) as s:
+        assert s.scalar(select(func.count()).select_from(Copy)) < 87  # killed half-way
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(run.pid, 0)  # a worker of the killed run is still there
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("workers of the killed ingest are still running after 30 s")
+    again = ingest_paths(engine, [shared_data])
+    assert again.new + again.new_copies + again.unchanged == 87
+    single = open_catalogue(tmp_path / "single.sqlite")
+    ingest_paths(single, [shared_data])
+    assert catalogue_state(engine)[:2] == catalogue_state(single)[:2]
+    engine.dispose()
+    single.dispose()
+
+
 def test_two_processes_at_once_give_the_catalogue_of_one(db_url, shared_data, tmp_path):
     from archive.db.session import open_catalogue
 

@@ -128,3 +128,28 @@ def test_done_is_never_redone_and_a_dead_claim_is_taken_up(db_url, tmp_path, mon
             assert start_reduction(session, "stack", "b" * 64, {}, None, [(light, "input")]) is None
     finally:
         engine.dispose()
+
+
+def test_pool_workers_of_a_killed_run_exit():
+    """SIGKILL a process holding a reduction pool: its idle workers end within seconds instead
+    of waiting for a next task for ever (archive.files.exit_with_parent)."""
+    import signal
+    import subprocess
+    import sys
+
+    from archive.files import process_alive
+
+    code = ("import os, sys, time\n"
+            "from archive.reduce.executor import make_executor\n"
+            "pool = make_executor('process', 2)\n"
+            "print(*{f.result() for f in [pool.submit(os.getpid) for _ in range(8)]}, flush=True)\n"
+            "time.sleep(600)\n")
+    run = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    workers = [int(pid) for pid in run.stdout.readline().split()]
+    assert workers and all(process_alive(pid) for pid in workers)
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    deadline = time.monotonic() + 20
+    while any(process_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(process_alive(pid) for pid in workers)

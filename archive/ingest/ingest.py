@@ -42,6 +42,7 @@ from archive.db.bulk import chunked
 from archive.db.models import DERIVED_TYPES, MASTER_TYPES, Copy, Frame, IngestProblem, IngestRun, Instrument, Night
 from archive.db.session import open_catalogue, session_scope
 from archive.db.upsert import insert_missing
+from archive.files import exit_with_parent
 from archive.ingest.dialects import DialectSet
 from archive.ingest.headers import FileRead, ReadFailure, read_fits
 from archive.ingest.scan import Candidate, scan_paths
@@ -143,7 +144,8 @@ def _init_worker(settings: Settings, dialect_folder: str | None, database: str |
     _worker_state["dialects"] = DialectSet(Path(dialect_folder) if dialect_folder else None)
     _worker_state["settings"] = settings
     _worker_state["turns"] = turns
-    if database is not None:
+    if database is not None:  # a pool worker
+        exit_with_parent()  # a killed run's earlier batches never come: do not wait for them
         _worker_state["engine"] = open_catalogue(database, busy_timeout_s=settings.sqlite_busy_timeout_s, create=False)
 
 

@@ -21,6 +21,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any
 
 from archive.errors import ConfigError
+from archive.files import exit_with_parent
 
 
 class SerialExecutor(Executor):
@@ -56,5 +57,5 @@ def make_executor(kind: str = "process", workers: int = 0) -> Executor:
     if kind == "serial":
         return SerialExecutor()
     if kind == "process":
-        return ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1)
+        return ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, initializer=exit_with_parent)
     raise ConfigError(f"unknown executor kind {kind!r}: use 'process' or 'serial' (or pass a Dask client's executor)")
