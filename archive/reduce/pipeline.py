@@ -197,15 +197,17 @@ def _existing_output(output: Path, fp: str) -> bool:
     return False
 
 
-def _done_future(result: dict) -> Future:
+def _submit(executor: Executor, output: Path, fp: str, found: dict, task, job) -> Future:
+    """The future of making ``output``: ``task(job)`` in the executor; or done at once with
+    ``found`` when ``output`` already holds this product (an interrupted run got past the
+    rename); or failed with :class:`FileExistsError` when another file is there."""
     future: Future = Future()
-    future.set_result(result)
-    return future
-
-
-def _failed_future(exc: BaseException) -> Future:
-    future: Future = Future()
-    future.set_exception(exc)
+    try:
+        if not _existing_output(output, fp):
+            return executor.submit(task, job)
+        future.set_result(found)
+    except FileExistsError as exc:
+        future.set_exception(exc)
     return future
 
 
@@ -386,13 +388,8 @@ def calibrate_lights(
             summary.unchanged += 1
             progress.advance()
             continue
-        try:
-            existing = _existing_output(Path(plan.job.output), plan.fingerprint)
-        except FileExistsError as exc:
-            future = _failed_future(exc)
-        else:
-            future = _done_future({"output": plan.job.output}) if existing else \
-                executor.submit(calibrate_light_file, plan.job)
+        future = _submit(executor, Path(plan.job.output), plan.fingerprint, {"output": plan.job.output},
+                         calibrate_light_file, plan.job)
         futures[future] = (plan, reduction_id)
     for future in as_completed(futures):
         plan, reduction_id = futures[future]
@@ -634,13 +631,7 @@ def _register_group(
             reference_wcs=reference_wcs, header={kw.REDUCTION_STEP: "register", kw.FINGERPRINT: fp},
             max_control_points=parameters["max_control_points"],
         )
-        try:
-            existing_file = _existing_output(output, fp)
-        except FileExistsError as exc:
-            future = _failed_future(exc)
-        else:
-            future = _done_future({"ok": True, "output": str(output), "warning": None}) if existing_file else \
-                executor.submit(register_file, job)
+        future = _submit(executor, output, fp, {"ok": True, "output": str(output), "warning": None}, register_file, job)
         futures[future] = (job, reduction_id)
     for future in as_completed(futures):
         job, reduction_id = futures[future]
