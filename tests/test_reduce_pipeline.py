@@ -416,3 +416,21 @@ def test_the_night_on_a_dask_cluster_makes_the_products_of_one_process(db_url, t
     assert sorted(on_dask) == sorted(in_process) and len(on_dask) == 3 + 3 + 1  # calibrated, registered, stack
     for name, data in in_process.items():
         np.testing.assert_array_equal(on_dask[name], data, err_msg=name)
+
+
+def test_lights_are_calibrated_with_masters_of_another_folder_of_the_night(db_url, tmp_path):
+    """Lights under A_M31/2026-11-20 and their calibrations under Z_calibration/2026-11-20 (the
+    lights' folder comes first): every folder is ingested and the night's masters built before
+    any light is reduced, so the first run calibrates and stacks the lights."""
+    root = tmp_path / "imaging"
+    calibration = root / "Z_calibration" / "2026-11-20"
+    synthetic_night(calibration, noise_light=False)
+    (root / "A_M31" / "2026-11-20").mkdir(parents=True)
+    for light in calibration.glob("m31_*.fits"):
+        light.rename(root / "A_M31" / "2026-11-20" / light.name)
+    result = _run(db_url, tmp_path, "night", "2026-11-20", "--root", str(root))
+    assert result.exit_code == 0, result.output
+    lights = root / "A_M31" / "2026-11-20"
+    assert f"{lights}: ok: 3 new file(s), 0 master(s) built, 3 light(s), 3 calibrated, 3 registered, 1 stacked" \
+        in result.output
+    assert f"{calibration}: ok: 9 new file(s), 3 master(s) built, 0 light(s)" in result.output

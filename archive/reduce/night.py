@@ -1,11 +1,13 @@
 """The nightly loop: find last night's folders, ingest, build masters, reduce, stack, summarize.
 
-``run_night`` does what GeSS's loop mode does after each night, one folder at a time:
+``run_night`` does what GeSS's loop mode does after each night, each step over all the
+night's folders before the next (one folder's lights may need the masters of another folder's
+calibrations):
 
-1. ingest the folder (:func:`archive.ingest.ingest_paths`);
-2. build the masters its raw calibrations make (:func:`archive.calib.masters.build_masters`,
-   per observing night found in the folder);
-3. calibrate every light of the folder, register and stack its groups
+1. ingest each folder (:func:`archive.ingest.ingest_paths`);
+2. build the masters the raw calibrations make, once per observing night found in the folders
+   (:func:`archive.calib.masters.build_masters`; counted in the first folder of that night);
+3. calibrate every light of each folder, register and stack its groups
    (:func:`archive.reduce.pipeline.reduce_lights`).
 
 A failure in one folder or group is recorded in the summary and the loop goes on. Every step
@@ -19,8 +21,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,6 +119,16 @@ class NightSummary:
         return all(f.ok for f in self.folders)
 
 
+@contextmanager
+def _recorded(result: FolderResult, folder: Path) -> Iterator[None]:
+    """Record an error of one step of ``folder`` in its result; the loop goes on."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - one folder's failure is recorded, the others go on
+        log.exception("folder %s failed", folder)
+        result.failures.append((f"folder {folder}", f"{type(exc).__name__}: {exc}"))
+
+
 def _masters_library(settings: Settings) -> Path:
     from archive.calib.masters import default_library
 
@@ -187,36 +200,42 @@ def run_night(
             summary.folders.append(result)
         return summary
     summary.removed_partials = remove_partials(products) + remove_partials(library)
-    for folder in folders:
-        result = FolderResult(str(folder))
-        summary.folders.append(result)
-        try:
+    # Step by step over all folders: one folder's lights may need the masters of another
+    # folder's calibrations (lights under the target, calibrations under their own folder).
+    results = {folder: FolderResult(str(folder)) for folder in folders}
+    summary.folders = list(results.values())
+    nights: dict[dt.date, Path] = {}  # night of raw calibrations -> the first folder holding some
+    for folder, result in results.items():
+        with _recorded(result, folder):
             ingested = ingest_paths(engine, [folder], settings=settings, progress=progress)
             result.ingested_new = ingested.new + ingested.changed
             result.failures += [(f"ingest {path}", reason) for path, reason in ingested.problems]
             with session_scope(engine) as session:
                 prefix = str(folder.absolute()).rstrip("/") + "/"
-                nights = sorted(set(session.scalars(
+                for night in session.scalars(
                     select(Frame.night).join(Copy, Copy.frame_id == Frame.id)
                     .where(Copy.is_current, Copy.path.startswith(prefix, autoescape=True), Frame.night.is_not(None),
                            Frame.image_type.in_(("bias", "dark", "flat")))
-                    .distinct())))
-            for night in nights:
-                built = build_masters(engine, filters=FrameFilter(night=night), rules=rules, library=library,
-                                      settings=settings, progress=progress)
-                result.masters_built += len(built.built)
-                if config.previews:
-                    from archive.reduce.preview import write_preview
+                    .distinct()
+                ):
+                    nights.setdefault(night, folder)
+    for night, folder in sorted(nights.items()):
+        result = results[folder]
+        with _recorded(result, folder):
+            built = build_masters(engine, filters=FrameFilter(night=night), rules=rules, library=library,
+                                  settings=settings, progress=progress)
+            result.masters_built += len(built.built)
+            if config.previews:
+                from archive.reduce.preview import write_preview
 
-                    for _kind, _frame_id, path in built.built:
-                        write_preview(path)
-                result.failures += [(f"master {kind} {what}", why) for kind, what, why in built.failed]
+                for _kind, _frame_id, path in built.built:
+                    write_preview(path)
+            result.failures += [(f"master {kind} {what}", why) for kind, what, why in built.failed]
+    for folder, result in results.items():
+        with _recorded(result, folder):
             with session_scope(engine) as session:
                 light_ids = lights_under(session, folder)
             result.lights = len(light_ids)
             result.reduction = reduce_lights(engine, light_ids, config=config, settings=settings, executor=executor,
                                              rules=rules, progress=progress)
-        except Exception as exc:
-            log.exception("folder %s failed", folder)
-            result.failures.append((f"folder {folder}", f"{type(exc).__name__}: {exc}"))
     return summary
