@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import multiprocessing
 import re
 import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -75,21 +75,22 @@ def process_alive(pid: int) -> bool:
         return True
 
 
-def exit_with_parent(poll_s: float = 1.0) -> None:
+def exit_with_parent() -> None:
     """Make this process (a pool worker) exit when the process that started it is gone.
 
     A worker of a :class:`~concurrent.futures.ProcessPoolExecutor` whose parent was killed
     (SIGKILL, a crash) would otherwise wait for its next task for ever: it holds a copy of the
-    task queue's write end itself, so the queue never ends. A daemon thread checks every
-    ``poll_s`` seconds whether the worker was handed to another parent (POSIX ``getppid``), and
-    ends the process (``os._exit``, as the pool's own workers end) when it was. Call it from the
-    pool's initializer.
+    task queue's write end itself, so the queue never ends. A daemon thread waits on
+    :func:`multiprocessing.parent_process` and ends the process (``os._exit``, as the pool's
+    own workers end) when the parent is gone. Call it from the pool's initializer; in a
+    process not started by :mod:`multiprocessing` it does nothing.
     """
-    parent = os.getppid()
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
 
     def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(poll_s)
+        parent.join()
         os._exit(1)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import astropy
 import numpy as np
+import pytest
 from astropy.io import fits
 from sqlalchemy import func, select
 
@@ -255,9 +256,11 @@ def test_worker_pool_writes_the_catalogue_of_one_process(engine, shared_data, tm
     assert pooled.new + pooled.new_copies == 87 and pooled.new_copies == 24
 
 
-def test_a_killed_ingest_leaves_no_worker_behind_and_the_next_run_completes(db_url, shared_data, tmp_path):
-    """SIGKILL the main process of a pooled ingest (87 one-file batches) half-way: its workers
-    stop too (none waits for a batch that will never come), and the next run gives the
+@pytest.mark.parametrize("stop", ["kill", "ctrl-c"])
+def test_a_stopped_ingest_leaves_no_worker_behind_and_the_next_run_completes(db_url, shared_data, tmp_path, stop):
+    """Stop a pooled ingest (87 one-file batches) half-way, by SIGKILL of its main process or
+    by Ctrl-C (SIGINT to the whole process group, as a terminal sends it): the run and all its
+    workers end (none waits for a batch that will never come), and the next run gives the
     catalogue of one uninterrupted run."""
     import signal
     import time
@@ -275,19 +278,22 @@ def test_a_killed_ingest_leaves_no_worker_behind_and_the_next_run_completes(db_u
                 break
         assert run.poll() is None, run.stderr.read()
         time.sleep(0.01)
-    os.kill(run.pid, signal.SIGKILL)
-    run.wait()
+    if stop == "kill":
+        os.kill(run.pid, signal.SIGKILL)
+    else:
+        os.killpg(run.pid, signal.SIGINT)
+    run.wait(timeout=60)
     with session_scope(engine) as s:
-        assert s.scalar(select(func.count()).select_from(Copy)) < 87  # killed half-way
+        assert s.scalar(select(func.count()).select_from(Copy)) < 87  # stopped half-way
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            os.killpg(run.pid, 0)  # a worker of the killed run is still there
+            os.killpg(run.pid, 0)  # a worker of the stopped run is still there
         except ProcessLookupError:
             break
         time.sleep(0.1)
     else:
-        raise AssertionError("workers of the killed ingest are still running after 30 s")
+        raise AssertionError("workers of the stopped ingest are still running after 30 s")
     again = ingest_paths(engine, [shared_data])
     assert again.new + again.new_copies + again.unchanged == 87
     single = open_catalogue(tmp_path / "single.sqlite")

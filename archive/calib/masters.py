@@ -43,13 +43,13 @@ from archive.calib.select import (
 )
 from archive.config import Settings, data_home, load_settings
 from archive.db.base import utcnow
-from archive.db.models import CALIBRATION_KINDS, Copy, Frame, Instrument, Master
+from archive.db.models import CALIBRATION_KINDS, Copy, Frame, Instrument, Master, Reduction
 from archive.db.session import session_scope
 from archive.errors import ArchiveError, CalibrationNotFoundError, ConfigError
 from archive.files import remove_partials, render_path, safe_component
 from archive.reduce.fitsio import write_atomic
 from archive.reduce.provenance import (
-    canonical_paths, clear_selections, find_reduction, fingerprint, finish_reduction, start_reduction,
+    canonical_paths, clear_selections, fingerprint, finish_reduction, start_reduction,
 )
 from archive.ingest.headers import header_from_text
 from archive.progress import NoProgress, Progress
@@ -526,6 +526,8 @@ def build_masters(
     removed = remove_partials(library)  # temporary files of builds that were killed
     if removed:
         log.info("removed %d temporary file(s) of interrupted builds under %s", removed, library)
+    with session_scope(engine, write=True) as session:  # masters made elsewhere, ingested by an earlier version
+        sync_library(session, rules)
     for kind in [k for k in CALIBRATION_KINDS if k in kinds]:
         with session_scope(engine) as session:
             plans, too_small, no_date = plan_masters(session, kind, filters=filters, rules=rules)
@@ -554,9 +556,9 @@ def _plan_fingerprint(plan: MasterPlan, calib_frames: dict[int, tuple[str, str]]
 
 
 def _done(session: Session, fp: str) -> bool:
-    """Whether the reduction of fingerprint ``fp`` has finished."""
-    reduction = find_reduction(session, fp)
-    return reduction is not None and reduction.status == "done"
+    """Whether a reduction of fingerprint ``fp`` has finished."""
+    return session.scalar(select(Reduction.id).where(Reduction.fingerprint == fp, Reduction.status == "done")
+                          .limit(1)) is not None
 
 
 def _build_one(engine: Engine, plan: MasterPlan, library: Path, settings: Settings, summary: BuildSummary) -> None:
@@ -626,7 +628,7 @@ def _build_one(engine: Engine, plan: MasterPlan, library: Path, settings: Settin
         # built or started this master while the pixels were being combined here
         reduction = start_reduction(session, f"master_{plan.kind}", fp, parameters, plan.rules.version, inputs)
         reduction_id = reduction.id if reduction is not None else None
-        done = reduction is None and find_reduction(session, fp).status == "done"
+        done = reduction is None and _done(session, fp)
     if reduction_id is None:
         if done:
             summary.unchanged += 1
@@ -674,7 +676,7 @@ def sync_library(
     session: Session, rules: RuleBook | MatchingRules | None = None, frame_ids: Sequence[int] | None = None
 ) -> int:
     """Give ingested master frames without a library row one (masters made elsewhere); ingest
-    calls it for each master frame it adds.
+    calls it for each master frame it adds, a master build for any an earlier version left.
 
     Frames of type ``master_bias|dark|flat`` (PixInsight, Siril and other programs: IMAGETYP
     'Master Dark' and similar, recognized at ingest) join the library with ``origin =

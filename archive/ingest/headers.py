@@ -221,7 +221,8 @@ def _read_plain(fh, size: int) -> tuple[bytes, str]:
             break
         more = fh.read(_HEAD)
         if not more:
-            raise HeaderError(f"truncated: the header has no END card within the file's {size} bytes")
+            raise HeaderError(f"truncated: the header has no END card within the file's {size} bytes" if position < 0
+                              else f"truncated: the header's last block ends after the file's {size} bytes")
         if position < 0:
             position = max(0, len(head) - len(head) % CARD - CARD)
         head += more

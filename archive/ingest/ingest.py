@@ -22,7 +22,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import multiprocessing
+import multiprocessing.util
 import os
+import signal
 import socket
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -42,6 +44,7 @@ from archive.db.bulk import chunked
 from archive.db.models import DERIVED_TYPES, MASTER_TYPES, Copy, Frame, IngestProblem, IngestRun, Instrument, Night
 from archive.db.session import open_catalogue, session_scope
 from archive.db.upsert import insert_missing
+from archive.errors import ConfigError
 from archive.files import exit_with_parent
 from archive.ingest.dialects import DialectSet
 from archive.ingest.headers import FileRead, ReadFailure, read_fits
@@ -145,17 +148,28 @@ def _init_worker(settings: Settings, dialect_folder: str | None, database: str |
     _worker_state["settings"] = settings
     _worker_state["turns"] = turns
     if database is not None:  # a pool worker
-        exit_with_parent()  # a killed run's earlier batches never come: do not wait for them
-        _worker_state["engine"] = open_catalogue(database, busy_timeout_s=settings.sqlite_busy_timeout_s, create=False)
+        # Ctrl-C stops the main process, which lets the batches already handed out finish in
+        # order (an interrupted one would never pass its turn on); a killed run's workers end.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        exit_with_parent()
+        engine = open_catalogue(database, busy_timeout_s=settings.sqlite_busy_timeout_s, create=False)
+        multiprocessing.util.Finalize(None, engine.dispose, exitpriority=10)
+        _worker_state["engine"] = engine
 
 
 def _ingest_batch(batch: Sequence[Candidate], run_id: int, number: int, engine: Engine | None = None) -> IngestSummary:
     """Read ``batch`` and write it in one transaction (a worker task); returns its counts."""
     settings = _worker_state["settings"]
-    results = [read_fits(c.path, _worker_state["dialects"], folders=c.folders, sites=settings.sites) for c in batch]
+    failed: BaseException | None = None
+    try:
+        results = [read_fits(c.path, _worker_state["dialects"], folders=c.folders, sites=settings.sites) for c in batch]
+    except BaseException as exc:  # noqa: BLE001 - raised below, after the turn is passed on
+        failed = exc
     summary = IngestSummary()
     turns = _worker_state["turns"]
     with turns.turn(number) if turns is not None else nullcontext():
+        if failed is not None:
+            raise failed
         _write_with_retry(engine or _worker_state["engine"], results, run_id, summary, settings)
     return summary
 
@@ -287,7 +301,12 @@ def _write_batch(
         if masters:
             from archive.calib import default_rulebook, sync_library  # only when masters arrive
 
-            sync_library(session, default_rulebook(settings), frame_ids=masters)
+            try:
+                rules = default_rulebook(settings)
+            except ConfigError as exc:  # the next master build says so again, and adds them then
+                log.warning("masters ingested without a library row: %s", exc)
+            else:
+                sync_library(session, rules, frame_ids=masters)
 
     paths = [r.path for r in reads]
     current = {c.path: c for c in session.scalars(select(Copy).where(Copy.is_current, Copy.path.in_(paths)))}
@@ -470,13 +489,11 @@ def ingest_paths(
             todo.append(candidate)
     failures = [ReadFailure(path, None, None, reason) for path, reason in scan.failures]
     workers = settings.workers or os.cpu_count() or 1
-    size = max(1, min(settings.batch_size, -(-len(todo) // (workers * _BATCHES_PER_WORKER))))
-    batches = list(chunked(todo, size))
     dialect_folder = str(dialects) if dialects else None
     progress.start(len(todo), "reading headers")
     if workers <= 1 or len(todo) < POOL_THRESHOLD or not _shareable(engine):
         _init_worker(settings, dialect_folder)
-        for number, batch in enumerate(batches):
+        for number, batch in enumerate(chunked(todo, settings.batch_size)):
             summary.add(_ingest_batch(batch, summary.run_id, number, engine))
             progress.advance(len(batch))
     else:
@@ -486,6 +503,8 @@ def ingest_paths(
             workers, mp_context=context, initializer=_init_worker,
             initargs=(settings, dialect_folder, database, _WriteTurns(context)),
         )
+        size = max(1, min(settings.batch_size, -(-len(todo) // (workers * _BATCHES_PER_WORKER))))
+        batches = list(chunked(todo, size))
         try:
             futures = [pool.submit(_ingest_batch, batch, summary.run_id, number) for number, batch in enumerate(batches)]
             for future, batch in zip(futures, batches):

@@ -120,13 +120,13 @@ class NightSummary:
 
 
 @contextmanager
-def _recorded(result: FolderResult, folder: Path) -> Iterator[None]:
-    """Record an error of one step of ``folder`` in its result; the loop goes on."""
+def _recorded(result: FolderResult, step: str) -> Iterator[None]:
+    """Record an error of ``step`` (of ``result``'s folder) in the result; the loop goes on."""
     try:
         yield
     except Exception as exc:  # noqa: BLE001 - one folder's failure is recorded, the others go on
-        log.exception("folder %s failed", folder)
-        result.failures.append((f"folder {folder}", f"{type(exc).__name__}: {exc}"))
+        log.exception("%s failed", step)
+        result.failures.append((step, f"{type(exc).__name__}: {exc}"))
 
 
 def _masters_library(settings: Settings) -> Path:
@@ -206,7 +206,7 @@ def run_night(
     summary.folders = list(results.values())
     nights: dict[dt.date, Path] = {}  # night of raw calibrations -> the first folder holding some
     for folder, result in results.items():
-        with _recorded(result, folder):
+        with _recorded(result, f"ingest {folder}"):
             ingested = ingest_paths(engine, [folder], settings=settings, progress=progress)
             result.ingested_new = ingested.new + ingested.changed
             result.failures += [(f"ingest {path}", reason) for path, reason in ingested.problems]
@@ -221,7 +221,7 @@ def run_night(
                     nights.setdefault(night, folder)
     for night, folder in sorted(nights.items()):
         result = results[folder]
-        with _recorded(result, folder):
+        with _recorded(result, f"masters of night {night}"):
             built = build_masters(engine, filters=FrameFilter(night=night), rules=rules, library=library,
                                   settings=settings, progress=progress)
             result.masters_built += len(built.built)
@@ -232,7 +232,7 @@ def run_night(
                     write_preview(path)
             result.failures += [(f"master {kind} {what}", why) for kind, what, why in built.failed]
     for folder, result in results.items():
-        with _recorded(result, folder):
+        with _recorded(result, f"reduce {folder}"):
             with session_scope(engine) as session:
                 light_ids = lights_under(session, folder)
             result.lights = len(light_ids)
