@@ -41,6 +41,20 @@ def _frame(path, image_type, seconds, minute, data, drop=(), **extra):
     write_fits(path, header, data=np.clip(data, 0, 65535).astype(np.uint16))
 
 
+def numpy_masters(folder):
+    """The night's master bias, bias-subtracted dark and normalized flat computed independently
+    with numpy from the raw files under ``folder`` (medians; each flat normalized to 1 first)."""
+    def stack(pattern):
+        return np.stack([fits.getdata(p).astype(float) for p in sorted(folder.rglob(pattern))])
+
+    bias = np.median(stack("bias_*.fits"), axis=0)
+    dark = np.median(stack("dark_*.fits"), axis=0) - bias
+    flats = stack("flat_*.fits") - bias
+    flats /= np.median(flats, axis=(1, 2))[:, None, None]
+    flat = np.median(flats, axis=0)
+    return bias, dark, flat / np.median(flat)
+
+
 def synthetic_night(folder, noise_light: bool = True, light_s: float = 120.0, light_drop=()):
     """3 bias, 3 dark 120 s, 3 flats Ha 2 s, 3 M 31 lights 120 s shifted by a few pixels, and
     (``noise_light``) a fourth light of pure noise that cannot be aligned. ``light_drop``:
@@ -126,14 +140,7 @@ def test_scaled_dark_in_the_pipeline(db_url, tmp_path):
     cal = min((tmp_path / "out").rglob("m31_0_*_cal.fits"))
     header = fits.getheader(cal)
     assert header[kw.DARK_METHOD] == "scaled" and header[kw.DARK_SCALE] == pytest.approx(0.5)
-    def median_of(pattern):
-        return np.median(np.stack([fits.getdata(p).astype(float) for p in sorted(root.rglob(pattern))]), axis=0)
-    bias = median_of("bias_*.fits")
-    dark = median_of("dark_*.fits") - bias
-    flats = np.stack([fits.getdata(p).astype(float) for p in sorted(root.rglob("flat_*.fits"))]) - bias
-    flats /= np.median(flats, axis=(1, 2))[:, None, None]
-    flat = np.median(flats, axis=0)
-    flat /= np.median(flat)
+    bias, dark, flat = numpy_masters(root)
     light = fits.getdata(root / "2026-11-20" / "m31_0.fits").astype(float)
     expected = (light - bias - 0.5 * dark) / flat
     np.testing.assert_allclose(fits.getdata(cal), expected, rtol=1e-3, atol=0.5)
@@ -366,16 +373,7 @@ def test_tile_compressed_and_multi_extension_lights_are_calibrated(db_url, tmp_p
     assert "M 31 / Ha: 3 calibrated, 3 registered, 1 stacked" in result.output
     calibrated = {p.name.split("_")[1]: p for p in (tmp_path / "out").rglob("*_cal.fits")}
     assert sorted(calibrated) == ["0", "1", "2"]
-
-    def median_of(pattern):
-        return np.median(np.stack([fits.getdata(p).astype(float) for p in sorted(folder.glob(pattern))]), axis=0)
-
-    bias = median_of("bias_*.fits")
-    dark = median_of("dark_*.fits") - bias
-    flats = np.stack([fits.getdata(p).astype(float) for p in sorted(folder.glob("flat_*.fits"))]) - bias
-    flats /= np.median(flats, axis=(1, 2))[:, None, None]
-    flat = np.median(flats, axis=0)
-    flat /= np.median(flat)
+    bias, dark, flat = numpy_masters(folder)
     for name in ("1", "2"):
         expected = (raw[f"m31_{name}"][0].astype(float) - bias - dark) / flat
         np.testing.assert_allclose(fits.getdata(calibrated[name]), expected, rtol=1e-3, atol=0.5)
