@@ -98,6 +98,14 @@ def shared_data() -> Path:
 
 
 @pytest.fixture
+def shared_fits_count(shared_data) -> int:
+    """How many files under ../shared/data have a FITS name, counted here independently of
+    archive's scanner (the sets grow; tests must not hard-code their size)."""
+    endings = (".fits", ".fit", ".fts", ".fits.fz", ".fit.fz", ".fits.gz", ".fit.gz")
+    return sum(1 for path in shared_data.rglob("*") if path.is_file() and path.name.lower().endswith(endings))
+
+
+@pytest.fixture
 def arcsat_night(shared_data) -> Path:
     """The real ARCSAT night (5 bias, 5 dark, 5 flat, 17 light; read-only)."""
     return shared_data / "arcsat-uw-astr480" / "data" / "20250601"

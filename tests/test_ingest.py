@@ -230,22 +230,22 @@ def test_whole_header_is_stored(engine, arcsat_night):
     assert frame.sources["image_type"] == "IMAGETYP='LIGHT'" and frame.sources["dialect"] == "maxim/1"
 
 
-def test_ingesting_twice_changes_nothing(engine, shared_data):
+def test_ingesting_twice_changes_nothing(engine, shared_data, shared_fits_count):
     ingest_paths(engine, [shared_data])
     once = catalogue_state(engine)
     again = ingest_paths(engine, [shared_data])
-    assert again.new == again.new_copies == again.changed == 0 and again.unchanged == 87
+    assert again.new == again.new_copies == again.changed == 0 and again.unchanged == shared_fits_count
     assert catalogue_state(engine) == once
 
 
-def test_worker_pool_writes_the_catalogue_of_one_process(engine, shared_data, tmp_path):
+def test_worker_pool_writes_the_catalogue_of_one_process(engine, shared_data, shared_fits_count, tmp_path):
     """Two workers reading and writing 18 batches of 5 files (the SBIG set's byte-identical
     copies among them) give exactly what one process gives, canonical copies included."""
     from archive.config import load_settings
     from archive.db.session import open_catalogue
     from archive.ingest import ingest as ingest_module
 
-    assert ingest_module.POOL_THRESHOLD <= 87
+    assert ingest_module.POOL_THRESHOLD <= shared_fits_count
     pooled = ingest_paths(engine, [shared_data], settings=load_settings({"ingest": {"workers": 2, "batch_size": 5}}))
     single_engine = open_catalogue(tmp_path / "single.sqlite")
     single = ingest_paths(single_engine, [shared_data], settings=load_settings({"ingest": {"workers": 1}}))
@@ -253,12 +253,13 @@ def test_worker_pool_writes_the_catalogue_of_one_process(engine, shared_data, tm
     single_engine.dispose()
     counts = ("new", "new_copies", "changed", "unchanged", "warnings", "duplicates", "by_type")
     assert [getattr(pooled, c) for c in counts] == [getattr(single, c) for c in counts]
-    assert pooled.new + pooled.new_copies == 87 and pooled.new_copies == 24
+    assert pooled.new + pooled.new_copies == shared_fits_count and pooled.new_copies == 24
 
 
 @pytest.mark.parametrize("stop", ["kill", "ctrl-c"])
-def test_a_stopped_ingest_leaves_no_worker_behind_and_the_next_run_completes(db_url, shared_data, tmp_path, stop):
-    """Stop a pooled ingest (87 one-file batches) half-way, by SIGKILL of its main process or
+def test_a_stopped_ingest_leaves_no_worker_behind_and_the_next_run_completes(db_url, shared_data, shared_fits_count,
+                                                                           tmp_path, stop):
+    """Stop a pooled ingest (one-file batches) half-way, by SIGKILL of its main process or
     by Ctrl-C (SIGINT to the whole process group, as a terminal sends it): the run and all its
     workers end (none waits for a batch that will never come), and the next run gives the
     catalogue of one uninterrupted run."""
@@ -284,7 +285,7 @@ def test_a_stopped_ingest_leaves_no_worker_behind_and_the_next_run_completes(db_
         os.killpg(run.pid, signal.SIGINT)
     run.wait(timeout=60)
     with session_scope(engine) as s:
-        assert s.scalar(select(func.count()).select_from(Copy)) < 87  # stopped half-way
+        assert s.scalar(select(func.count()).select_from(Copy)) < shared_fits_count  # stopped half-way
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -295,7 +296,7 @@ def test_a_stopped_ingest_leaves_no_worker_behind_and_the_next_run_completes(db_
     else:
         raise AssertionError("workers of the stopped ingest are still running after 30 s")
     again = ingest_paths(engine, [shared_data])
-    assert again.new + again.new_copies + again.unchanged == 87
+    assert again.new + again.new_copies + again.unchanged == shared_fits_count
     single = open_catalogue(tmp_path / "single.sqlite")
     ingest_paths(single, [shared_data])
     assert catalogue_state(engine)[:2] == catalogue_state(single)[:2]
