@@ -16,13 +16,14 @@ from sqlalchemy import func, select
 from archive.errors import CalibrationNotFoundError
 from archive.calib import (
     RuleBook, build_masters, combine_files, explain_selection, mark_bad,
-    missing_calibrations, record_selection, select_master, select_masters, set_validity, sync_library,
+    missing_calibrations, record_selection, select_master, select_masters, set_validity,
 )
 from archive.calib.combine import rows_per_block
 from archive.cli import main
 from archive.db import Frame, session_scope
 from archive.db.models import CalibrationSelection, Copy, Master, Reduction, ReductionInput
 from archive.ingest.ingest import ingest_paths
+from archive.ingest.library import sync_library
 from tests.factories import nina_header, write_fits
 
 
@@ -455,7 +456,7 @@ def test_concurrent_builds_of_one_group_build_it_once(engine, tmp_path, monkeypa
     import threading
 
     from archive.calib import masters
-    from archive.reduce import provenance
+    from archive.db import provenance
 
     _bias_night(tmp_path / "raw", 0, 3)
     ingest_paths(engine, [tmp_path / "raw"])

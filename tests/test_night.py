@@ -28,8 +28,8 @@ from archive.db.models import (
     ReductionInput,
 )
 from archive.db.session import open_catalogue, session_scope
-from archive.reduce import keywords as kw
-from archive.reduce.provenance import provenance_tree, raw_leaves, used_by
+from archive import keywords as kw
+from archive.db.provenance import provenance_tree, raw_leaves, used_by
 from tests.conftest import PG_ADMIN_URL, SHARED_DATA
 
 NIGHT = SHARED_DATA / "arcsat-uw-astr480" / "data" / "20250601"

@@ -10,7 +10,8 @@ from pathlib import Path, PurePath
 import pytest
 from astropy.io import fits
 
-from archive.ingest.dialects import DialectSet, normalize_header, target_key
+from archive.db.frames import target_key
+from archive.ingest.dialects import DialectSet, normalize_header
 from archive.ingest.headers import CardIndex, read_fits
 from archive.ingest.timing import observing_night, parse_datetime
 from tests.factories import nina_header

@@ -16,8 +16,8 @@ from sqlalchemy import func, select
 from archive.cli import main
 from archive.db.models import Frame, Reduction
 from archive.db.session import session_scope
-from archive.reduce import keywords as kw
-from archive.reduce.night import default_searches, find_folders
+from archive import keywords as kw
+from archive.workflows.night import default_searches, find_folders
 from tests.factories import nina_header, write_fits
 
 SHAPE = (128, 128)
@@ -191,7 +191,7 @@ def test_stale_after_a_rule_change_and_a_better_master(db_url, tmp_path):
             _frame(later / f"bias_late_{i}.fits", "bias", 0.0, 17 + i, 500 + rng.normal(0, 3, SHAPE))
         from archive.calib.masters import build_masters
         from archive.ingest.ingest import ingest_paths
-        from archive.reports.catalog import FrameFilter
+        from archive.db.frames import FrameFilter
 
         ingest_paths(engine, [later])
         built = build_masters(engine, filters=FrameFilter(image_type="bias"), kinds=("bias",),
@@ -388,7 +388,7 @@ def test_the_night_on_a_dask_cluster_makes_the_products_of_one_process(db_url, t
     from archive.config import load_settings
     from archive.db.session import open_catalogue
     from archive.reduce.config import load_reduction_config
-    from archive.reduce.night import run_night
+    from archive.workflows.night import run_night
 
     synthetic_night(tmp_path / "imaging" / "2026-11-20", noise_light=False)
 

@@ -15,7 +15,7 @@ from astropy.io import fits
 from astropy.stats import sigma_clip
 
 from archive.files import remove_partials
-from archive.reduce import keywords as kw
+from archive import keywords as kw
 from archive.reduce.align import (
     RegistrationJob,
     choose_reference,
@@ -223,7 +223,7 @@ def test_unknown_exposure_leaves_the_cards_out(tmp_path):
 
 
 def test_read_pixels_finds_the_image_hdu(tmp_path):
-    from archive.reduce.fitsio import read_pixels
+    from archive.fitsio import read_pixels
 
     image = np.arange(12, dtype=np.uint16).reshape(3, 4)
     fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(image)]).writeto(tmp_path / "a.fits.fz")

@@ -16,9 +16,9 @@ from archive.cli import main
 from archive.db.models import Frame, Reduction
 from archive.db.session import open_catalogue, session_scope
 from archive.errors import ConfigError
-from archive.reduce import provenance
+from archive.db import provenance
 from archive.reduce.config import check_layout, load_reduction_config
-from archive.reduce.provenance import finish_reduction, start_reduction
+from archive.db.provenance import finish_reduction, start_reduction
 from tests.factories import nina_header, write_fits
 
 

@@ -18,7 +18,7 @@ from typing import Any
 _EXPORTS = {
     "combine_files": "combine", "MasterBuildError": "combine",
     "BuildSummary": "masters", "build_masters": "masters", "default_library": "masters", "library_table": "masters",
-    "mark_bad": "masters", "plan_masters": "masters", "set_validity": "masters", "sync_library": "masters",
+    "mark_bad": "masters", "plan_masters": "masters", "set_validity": "masters",
     "KindRules": "rules", "MatchingRules": "rules", "RuleBook": "rules", "default_rulebook": "rules",
     "Selection": "select", "Verdict": "select", "explain_selection": "select", "explain_selections": "select",
     "interpolation_weights": "select",

@@ -7,7 +7,7 @@ links it to its reduction (step, fingerprint, parameters, software versions, inp
 whose fingerprint (step, inputs and roles, parameters, rule version) already has a finished
 reduction is skipped: rebuilding with the same inputs and rules is a no-op; an interrupted
 build is redone by the next run under the same reduction row (the bookkeeping is
-:mod:`archive.reduce.provenance`'s, the file writing :func:`archive.reduce.fitsio.write_atomic`).
+:mod:`archive.db.provenance`'s, the file writing :func:`archive.fitsio.write_atomic`).
 
 Pixels follow ccdproc's conventions (``ccdproc.combine``, ``subtract_bias``,
 ``subtract_dark`` with exposure scaling, flats normalized to a median of 1) but are combined
@@ -43,17 +43,18 @@ from archive.calib.select import (
 )
 from archive.config import Settings, data_home, load_settings
 from archive.db.base import utcnow
-from archive.db.models import CALIBRATION_KINDS, Copy, Frame, Instrument, Master, Reduction
+from archive.db.models import CALIBRATION_KINDS, Frame, Instrument, Master, Reduction
 from archive.db.session import session_scope
-from archive.errors import ArchiveError, CalibrationNotFoundError, ConfigError
+from archive.errors import ArchiveError, CalibrationNotFoundError
+from archive import keywords as kw
 from archive.files import remove_partials, render_path, safe_component
-from archive.reduce.fitsio import write_atomic
-from archive.reduce.provenance import (
-    canonical_paths, clear_selections, fingerprint, finish_reduction, start_reduction,
-)
+from archive.fitsio import write_atomic
+from archive.db.frames import FrameFilter, canonical_path_column, canonical_paths, frame_query
+from archive.db.provenance import clear_selections, fingerprint, start_reduction
 from archive.ingest.headers import header_from_text
+from archive.ingest.library import sync_library
+from archive.ingest.products import ProductRun, fail_product, record_product
 from archive.progress import NoProgress, Progress
-from archive.reports.catalog import FrameFilter, frame_query
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class BuildSummary:
         positive); the master is built from the others when at least ``min_frames`` remain.
     busy : int
         Groups another live process, or a process on another host, was building (left to it;
-        :func:`archive.reduce.provenance.start_reduction`).
+        :func:`archive.db.provenance.start_reduction`).
     """
 
     built: list[tuple[str, int, str]] = field(default_factory=list)
@@ -325,33 +326,29 @@ def _select_calibrators(session: Session, plan: MasterPlan) -> _Calibrators:
 
 
 def _master_header(plan: MasterPlan, parameters: dict[str, Any], fp: str, names: Sequence[str]) -> fits.Header:
-    keys = plan.rules.header
-    try:
-        first = header_from_text(plan.frames[0].header)
-        first.strip()
-        mid_s = sum(f.date_obs_s for f in plan.frames) / len(plan.frames)
-        mid = dt.datetime(1970, 1, 1) + dt.timedelta(seconds=mid_s)
-        exposures = [f.exposure_time_s for f in plan.frames]
-        first[keys["image_type"]] = (keys["image_type_values"][plan.kind], "archive master calibration")
-        first[keys["date_obs"]] = (mid.isoformat(timespec="milliseconds"), "mean DATE-OBS of the inputs (UTC)")
-        if exposures and None not in exposures:  # an unknown exposure is never written as a guess
-            first[keys["exposure_time"]] = (float(np.mean(exposures)), "[s] mean exposure of the inputs")
-        first[keys["ncombine"]] = (len(plan.frames), "number of frames combined")
-        first[keys["combine_method"]] = (parameters["combine"], "combine method")
-        first[keys["rule_version"]] = (plan.rules.version, "archive matching rules")
-        first[keys["fingerprint"]] = fp
-        if plan.kind == "dark":
-            first[keys["bias_subtracted"]] = (bool(parameters.get("master_bias")), "master bias subtracted")
-        if plan.kind == "flat":
-            first[keys["normalized"]] = (True, "normalized to a median of 1")
-        history = keys["input_history"]
-        for frame, name in zip(plan.frames, names):
-            first[history] = f"input {name} sha256:{frame.sha256[:16]}"
-        for role in ("master_bias", "master_dark"):
-            if parameters.get(role):
-                first[history] = f"{role} frame {parameters[role]}"
-    except KeyError as exc:
-        raise ConfigError(f"the matching rules' [header] table misses {exc}") from exc
+    first = header_from_text(plan.frames[0].header)
+    first.strip()
+    mid_s = sum(f.date_obs_s for f in plan.frames) / len(plan.frames)
+    mid = dt.datetime(1970, 1, 1) + dt.timedelta(seconds=mid_s)
+    exposures = [f.exposure_time_s for f in plan.frames]
+    first[kw.IMAGE_TYPE] = (kw.IMAGE_TYPE_VALUES[f"master_{plan.kind}"], "archive master calibration")
+    first[kw.DATE_OBS] = (mid.isoformat(timespec="milliseconds"), "mean DATE-OBS of the inputs (UTC)")
+    if exposures and None not in exposures:  # an unknown exposure is never written as a guess
+        first[kw.EXPOSURE_TIME] = (float(np.mean(exposures)), "[s] mean exposure of the inputs")
+    first[kw.NCOMBINE] = (len(plan.frames), "number of frames combined")
+    first[kw.COMBINE] = (parameters["combine"], "combine method")
+    first[kw.RULE_VERSION] = (plan.rules.version, "archive matching rules")
+    first[kw.REDUCTION_STEP] = (f"master_{plan.kind}", "archive reduction step")
+    first[kw.FINGERPRINT] = fp
+    if plan.kind == "dark":
+        first[kw.BIAS_SUBTRACTED] = (bool(parameters.get("master_bias")), "master bias subtracted")
+    if plan.kind == "flat":
+        first[kw.NORMALIZED] = (True, "normalized to a median of 1")
+    for frame, name in zip(plan.frames, names):
+        first[kw.HISTORY] = f"input {name} sha256:{frame.sha256[:16]}"
+    for role in ("master_bias", "master_dark"):
+        if parameters.get(role):
+            first[kw.HISTORY] = f"{role} frame {parameters[role]}"
     return first
 
 
@@ -472,6 +469,7 @@ def build_masters(
     memory_limit_bytes: int | None = None,
     settings: Settings | None = None,
     progress: Progress | None = None,
+    products: ProductRun | None = None,
 ) -> BuildSummary:
     """Build the masters of the raw calibrations matching ``filters``, bias then dark then flat.
 
@@ -480,12 +478,12 @@ def build_masters(
     exposure time; ``BIASSUB`` says so), flats with bias and, when one is found, scaled dark
     subtracted, each input divided by its median and the result normalized to a median of 1.
     The file goes to ``library/<instrument>/<kind>/`` under a temporary name and is renamed,
-    ingested (:func:`archive.ingest.ingest_paths`) and linked to its reduction: inputs with
+    catalogued (:func:`archive.ingest.products.record_product`) and linked to its reduction: inputs with
     roles (raw, master_bias, master_dark), parameters, software versions, host, times; the
     selections of the masters used are stored too.
 
     Takes the engine, not a session, because each master is its own unit of work: the
-    reduction row is committed as 'running' first (:func:`archive.reduce.provenance.start_reduction`),
+    reduction row is committed as 'running' first (:func:`archive.db.provenance.start_reduction`),
     so an interrupted build is finished (not duplicated) by the next run on the same host, and
     a concurrent run building the same group, or a build claimed on another host, is left to
     that run (``busy``). A master that fails (an input that cannot be calibrated, a write
@@ -506,8 +504,10 @@ def build_masters(
     memory_limit_bytes : int, optional
         Overrides the rules' ``memory_limit_mb``.
     settings : Settings, optional
-        For ingesting the masters.
+        The library folder and the configured sites.
     progress : Progress, optional
+    products : ProductRun, optional
+        The ingest run the masters join (default one of their own, closed at the end).
 
     Returns
     -------
@@ -527,7 +527,18 @@ def build_masters(
     if removed:
         log.info("removed %d temporary file(s) of interrupted builds under %s", removed, library)
     with session_scope(engine, write=True) as session:  # masters made elsewhere, ingested by an earlier version
-        sync_library(session, rules)
+        sync_library(session)
+    own_run = products is None
+    products = products or ProductRun(engine, library, sites=settings.sites)
+    try:
+        _build_kinds(engine, kinds, filters, rules, library, memory_limit_bytes, products, progress, summary)
+    finally:
+        if own_run:
+            products.close()
+    return summary
+
+
+def _build_kinds(engine, kinds, filters, rules, library, memory_limit_bytes, products, progress, summary) -> None:
     for kind in [k for k in CALIBRATION_KINDS if k in kinds]:
         with session_scope(engine) as session:
             plans, too_small, no_date = plan_masters(session, kind, filters=filters, rules=rules)
@@ -539,13 +550,12 @@ def build_masters(
                 plan.rules = replace(plan.rules, memory_limit_bytes=memory_limit_bytes)
             what = describe(plan)
             try:
-                _build_one(engine, plan, library, settings, summary)
+                _build_one(engine, plan, library, products, summary)
             except (ArchiveError, OSError) as exc:  # this master fails; the others are built
                 summary.failed.append((kind, what, str(exc)))
                 log.warning("master %s %s failed: %s", kind, what, exc)
             progress.advance()
         progress.finish()
-    return summary
 
 
 def _plan_fingerprint(plan: MasterPlan, calib_frames: dict[int, tuple[str, str]], parameters: dict[str, Any]) -> str:
@@ -561,9 +571,7 @@ def _done(session: Session, fp: str) -> bool:
                           .limit(1)) is not None
 
 
-def _build_one(engine: Engine, plan: MasterPlan, library: Path, settings: Settings, summary: BuildSummary) -> None:
-    from archive.ingest.ingest import ingest_paths
-
+def _build_one(engine: Engine, plan: MasterPlan, library: Path, products: ProductRun, summary: BuildSummary) -> None:
     kr = plan.rules[plan.kind]
     what = describe(plan)
     with session_scope(engine) as session:
@@ -638,13 +646,8 @@ def _build_one(engine: Engine, plan: MasterPlan, library: Path, settings: Settin
         return
     try:
         write_atomic(target, data, header)
-        result = ingest_paths(engine, [target], settings=settings)
-        if result.problems:
-            raise MasterBuildError(f"{target}: the master could not be ingested: {result.problems[0][1]}")
-        with session_scope(engine, write=True) as session:
-            frame_id = session.scalar(select(Copy.frame_id).where(Copy.path == str(target), Copy.is_current))
-            if frame_id is None:
-                raise MasterBuildError(f"{target}: not in the catalogue after ingest")
+
+        def link(session: Session, frame_id: int) -> None:
             master = session.get(Master, frame_id) or Master(frame_id=frame_id, kind=plan.kind, created_at=utcnow())
             master.kind, master.origin = plan.kind, "built"
             master.n_combined, master.combine_method = len(plan.frames), kr.combine
@@ -656,73 +659,20 @@ def _build_one(engine: Engine, plan: MasterPlan, library: Path, settings: Settin
             for sel in (cal.bias, cal.dark):
                 if sel is not None:
                     record_selection(session, sel, reduction_id=reduction_id)
-            finish_reduction(session, reduction_id, [frame_id])
+
+        frame_id = record_product(products, reduction_id, target, link=link)
         summary.built.append((plan.kind, frame_id, str(target)))
         log.info("built %s %s -> %s", plan.kind, what, target)
     except BaseException as exc:
         # a master that failed (or a run interrupted with Ctrl-C) leaves a failed row, taken up
         # again by the next run
-        with session_scope(engine, write=True) as session:
-            finish_reduction(session, reduction_id, status="failed", message=(str(exc) or type(exc).__name__)[:2000])
+        fail_product(engine, reduction_id, str(exc) or type(exc).__name__)
         if isinstance(exc, (ArchiveError, OSError)):
             raise MasterBuildError(str(exc)) from exc
         raise
 
 
 # -- the library: external masters, bad flags, validity -------------------------------------------
-
-
-def sync_library(
-    session: Session, rules: RuleBook | MatchingRules | None = None, frame_ids: Sequence[int] | None = None
-) -> int:
-    """Give ingested master frames without a library row one (masters made elsewhere); ingest
-    calls it for each master frame it adds, a master build for any an earlier version left.
-
-    Frames of type ``master_bias|dark|flat`` (PixInsight, Siril and other programs: IMAGETYP
-    'Master Dark' and similar, recognized at ingest) join the library with ``origin =
-    'external'``; the number combined comes from the header's NCOMBINE keyword (named in the
-    rules' ``[header]`` table). External darks are taken as not bias-subtracted (never scaled)
-    unless their header says so with the rules' ``bias_subtracted`` keyword.
-
-    Parameters
-    ----------
-    session : Session
-        Written to (flushed, not committed).
-    rules : RuleBook or MatchingRules, optional
-        Their ``[header]`` table names the keywords; default the bundled ``configs/matching``.
-    frame_ids : sequence of int, optional
-        Only these frames (default every master frame of the catalogue).
-
-    Returns
-    -------
-    int
-        Masters added.
-    """
-    matching = rules_for(rules, None)
-    keys = matching.header
-    query = (
-        select(Frame).outerjoin(Master, Master.frame_id == Frame.id)
-        .where(Frame.image_type.in_([f"master_{k}" for k in CALIBRATION_KINDS]), Master.frame_id.is_(None),
-               Frame.duplicate_of_id.is_(None))
-    )
-    if frame_ids is not None:
-        query = query.where(Frame.id.in_(frame_ids))
-    frames = session.scalars(query).all()
-    now = utcnow()
-    for frame in frames:
-        header = header_from_text(frame.header)
-        ncombine = header.get(keys.get("ncombine", ""), None)
-        try:
-            n = int(ncombine) if ncombine is not None else None
-        except (TypeError, ValueError):
-            n = None
-        session.add(Master(
-            frame_id=frame.id, kind=frame.image_type.removeprefix("master_"), origin="external", n_combined=n,
-            combine_method=None, bias_subtracted=bool(header.get(keys.get("bias_subtracted", ""), False)),
-            is_bad=False, created_at=now, rule_version=None,
-        ))
-    session.flush()
-    return len(frames)
 
 
 def _master_row(session: Session, frame_id: int) -> Master:
@@ -813,9 +763,7 @@ def library_table(session: Session, kind: str | None = None, *, include_bad: boo
         filter_name, binning_x, set_temp_c (deg C), n_combined, combine_method, bias_subtracted, is_bad,
         bad_reason, valid_from, valid_until, rule_version, reduction_id, path.
     """
-    path = (
-        select(Copy.path).where(Copy.frame_id == Frame.id, Copy.is_current, Copy.is_canonical).limit(1).scalar_subquery()
-    )
+    path = canonical_path_column()
     query = (
         select(Master.frame_id, Master.kind, Master.origin, Instrument.name.label("instrument"), Frame.night,
                Frame.date_obs, Frame.exposure_time_s, Frame.filter_name, Frame.binning_x, Frame.set_temp_c,

@@ -80,8 +80,6 @@ class MatchingRules:
         Sigma-clipping iterations.
     memory_limit_bytes : int
         Memory for one combine.
-    header : dict
-        The FITS keywords written into masters (``[header]`` of the rules file).
     """
 
     version: str
@@ -90,7 +88,6 @@ class MatchingRules:
     sigma_high: float = 3.0
     maxiters: int = 5
     memory_limit_bytes: int = 2048 * 1024 * 1024
-    header: dict[str, Any] = field(default_factory=dict)
 
     def __getitem__(self, kind: str) -> KindRules:
         try:
@@ -129,7 +126,6 @@ def _parse(raw: dict[str, Any], source: str) -> MatchingRules:
             sigma_low=float(combine.get("sigma_low", 3.0)), sigma_high=float(combine.get("sigma_high", 3.0)),
             maxiters=int(combine.get("maxiters", 5)),
             memory_limit_bytes=int(float(combine.get("memory_limit_mb", 2048)) * 1024 * 1024),
-            header=dict(raw.get("header", {})),
         )
     except KeyError as exc:
         raise ConfigError(f"{source}: matching rules miss {exc}") from exc

@@ -481,7 +481,7 @@ def select_master(
     built. Rule after the calibration association of Gemini's archive and LCO's BANZAI.
 
     Masters made elsewhere take part from their ingest on (which gives them a library row,
-    :func:`archive.calib.masters.sync_library`).
+    :func:`archive.ingest.library.sync_library`).
 
     Parameters
     ----------

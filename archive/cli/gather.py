@@ -10,7 +10,7 @@ from archive.cli import AppContext, pass_app
 from archive.cli.catalog import frame_filters
 from archive.cli.options import BarProgress, emit, output_format
 from archive.gather.copyback import KINDS, Selection, copyback as run_copyback, load_gather_config
-from archive.reports import FrameFilter
+from archive.db.frames import FrameFilter
 
 
 def _echo_summary(lines: list[str]) -> None:

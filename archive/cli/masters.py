@@ -16,13 +16,13 @@ from archive.calib import (
     RuleBook, build_masters, default_library, default_rulebook, explain_selections, library_table, mark_bad, missing_calibrations,
     record_selection, select_masters, set_validity,
 )
-from archive.reduce.provenance import frame_at_path
+from archive.db.provenance import frame_at_path
 from archive.cli import AppContext, pass_app
 from archive.cli.catalog import frame_filters
 from archive.cli.options import BarProgress, emit, output_format
 from archive.db.models import CALIBRATION_KINDS, Frame
 from archive.db.session import session_scope
-from archive.reports.catalog import FrameFilter, frame_query
+from archive.db.frames import FrameFilter, frame_query
 
 
 def _rules_option(func: Callable) -> Callable:

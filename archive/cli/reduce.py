@@ -13,7 +13,7 @@ from archive.cli.catalog import frame_filters
 from archive.cli.options import BarProgress, emit, output_format
 from archive.db.session import session_scope
 from archive.calib.combine import COMBINE_METHODS
-from archive.reports import FrameFilter
+from archive.db.frames import FrameFilter
 
 
 def _executor(config, workers: int | None, serial: bool):
@@ -75,7 +75,7 @@ def reduce(ctx, app: AppContext, filters: FrameFilter, only_stale: bool, no_regi
     from archive.db.models import Frame
     from archive.reduce.config import load_reduction_config
     from archive.reduce.pipeline import find_stale, reduce_lights
-    from archive.reports.catalog import frame_query
+    from archive.db.frames import frame_query
 
     if filters.image_type not in (None, "light"):
         raise click.BadParameter(f"archive reduce works on lights, not {filters.image_type!r}: leave --type out "
@@ -118,7 +118,7 @@ def provenance(app: AppContext, file: Path, used_by: bool, as_json: bool) -> Non
       archive provenance --json stack.fits > stack.provenance.json
       archive provenance --used-by masters/dcam-spare/dark/master_dark_....fits
     """
-    from archive.reduce import provenance as prov
+    from archive.db import provenance as prov
 
     with session_scope(app.engine) as session:
         frame = prov.frame_at_path(session, file)
@@ -189,7 +189,7 @@ def night(ctx, app: AppContext, search: str | None, root: Path | None, output: P
       archive --db postgresql+psycopg://obs@db/archive night 20250601 --workers 2
     """
     from archive.reduce.config import load_reduction_config
-    from archive.reduce.night import run_night
+    from archive.workflows.night import run_night
 
     config = load_reduction_config(app.settings, {
         "night": {"imaging_root": str(root) if root else None},

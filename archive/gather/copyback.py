@@ -67,7 +67,7 @@ from archive.files import (
 )
 from archive.ingest.ingest import ingest_paths
 from archive.progress import NoProgress, Progress
-from archive.reports.catalog import FrameFilter, frame_query
+from archive.db.frames import FrameFilter, frame_query
 from archive.resources import resource_dir
 
 log = logging.getLogger(__name__)

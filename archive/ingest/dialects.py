@@ -18,13 +18,14 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from archive.config import read_toml
+from archive.db.frames import target_key
 from archive.errors import ConfigError, HeaderError
 from archive.ingest import timing
 from archive.resources import resource_dir
 
 _TOKENS = re.compile(r"[a-z]+")
 _SPACES = re.compile(r"\s+")
-_NOT_KEY = re.compile(r"[^a-z0-9]+")
+
 
 #: Properties every frame should have; a frame without one is ingested with a warning.
 EXPECTED = ("image_type", "date_obs", "exposure_time_s", "instrument")
@@ -33,13 +34,6 @@ EXPECTED = ("image_type", "date_obs", "exposure_time_s", "instrument")
 def fold(value: str) -> str:
     """Lower case with runs of blanks folded to one space: how type values are compared."""
     return _SPACES.sub(" ", value.strip().lower())
-
-
-def target_key(target: str | None) -> str | None:
-    """Fold a target name for loose matching: 'M 31', 'M31' and 'm-31' all give 'm31'."""
-    if not target:
-        return None
-    return _NOT_KEY.sub("", target.lower()) or None
 
 
 @dataclass(frozen=True)

@@ -44,10 +44,10 @@ from archive.db.bulk import chunked
 from archive.db.models import DERIVED_TYPES, MASTER_TYPES, Copy, Frame, IngestProblem, IngestRun, Instrument, Night
 from archive.db.session import open_catalogue, session_scope
 from archive.db.upsert import insert_missing
-from archive.errors import ConfigError
 from archive.files import exit_with_parent
 from archive.ingest.dialects import DialectSet
 from archive.ingest.headers import FileRead, ReadFailure, read_fits
+from archive.ingest.library import sync_library
 from archive.ingest.scan import Candidate, scan_paths
 from archive.progress import NoProgress, Progress
 
@@ -170,7 +170,7 @@ def _ingest_batch(batch: Sequence[Candidate], run_id: int, number: int, engine: 
     with turns.turn(number) if turns is not None else nullcontext():
         if failed is not None:
             raise failed
-        _write_with_retry(engine or _worker_state["engine"], results, run_id, summary, settings)
+        _write_with_retry(engine or _worker_state["engine"], results, run_id, summary)
     return summary
 
 
@@ -269,13 +269,31 @@ def _frame_row(read: FileRead, instrument_id: int | None, run_id: int, now: dt.d
     }
 
 
-def _write_batch(
-    session: Session, results: Sequence[FileRead | ReadFailure], run_id: int, summary: IngestSummary, settings: Settings
-) -> None:
-    """Write one batch in the caller's transaction; counts go to ``summary`` only on success.
+def catalogue_batch(session: Session, results: Sequence[FileRead | ReadFailure], run_id: int,
+                    summary: IngestSummary | None = None) -> dict[str, int]:
+    """Catalogue files already read, in the caller's transaction: the core of every ingest.
 
-    Masters made elsewhere (new frames of a master type) join the library here
-    (:func:`archive.calib.masters.sync_library`, keywords named by the configured rules)."""
+    The batch ingest is a loop around it, and so is every product a step makes
+    (:func:`archive.ingest.products.record_product`). Masters made elsewhere (new frames of a
+    master type) join the library here (:func:`archive.ingest.library.sync_library`).
+
+    Parameters
+    ----------
+    session : Session
+        Written to and flushed; the caller commits.
+    results : sequence of FileRead or ReadFailure
+        What :func:`archive.ingest.headers.read_fits` made of each file; a failure becomes a
+        problem row.
+    run_id : int
+        The ingest run these rows belong to.
+    summary : IngestSummary, optional
+        Given the batch's counts, once everything is written.
+
+    Returns
+    -------
+    dict of str to int
+        Path -> frame id of every file read (new frames, new copies, changed, touched).
+    """
     now = utcnow()
     counts = IngestSummary()
     reads = [r for r in results if isinstance(r, FileRead)]
@@ -299,14 +317,7 @@ def _write_batch(
         frame_ids.update(new_frame_ids)
         masters = [new_frame_ids[sha] for sha, row in new_rows.items() if row["image_type"] in MASTER_TYPES]
         if masters:
-            from archive.calib import default_rulebook, sync_library  # only when masters arrive
-
-            try:
-                rules = default_rulebook(settings)
-            except ConfigError as exc:  # the next master build says so again, and adds them then
-                log.warning("masters ingested without a library row: %s", exc)
-            else:
-                sync_library(session, rules, frame_ids=masters)
+            sync_library(session, frame_ids=masters)
 
     paths = [r.path for r in reads]
     current = {c.path: c for c in session.scalars(select(Copy).where(Copy.is_current, Copy.path.in_(paths)))}
@@ -366,7 +377,9 @@ def _write_batch(
         counts.problems.append((failure.path, failure.reason))
     session.flush()
 
-    summary.add(counts)  # only now: a batch redone after a clash is counted once
+    if summary is not None:
+        summary.add(counts)  # only now: a batch redone after a clash is counted once
+    return {read.path: frame_ids[read.sha256] for read in reads}
 
 
 def _promote_canonical(session: Session, frame_ids: set[int]) -> None:
@@ -408,22 +421,21 @@ def _flag_duplicates(session: Session, new_ids: set[int]) -> int:
     return len(pairs)
 
 
-def _write_with_retry(engine: Engine, batch, run_id: int, summary: IngestSummary, settings: Settings) -> None:
+def _write_with_retry(engine: Engine, batch, run_id: int, summary: IngestSummary) -> None:
     """Write a batch in one transaction; redo it when it clashed with a concurrent writer, and
     split it when the database refused a value, so that only the offending file fails."""
     for attempt in range(RETRIES):
         try:
             with session_scope(engine, write=True) as session:
-                _write_batch(session, batch, run_id, summary, settings)
+                catalogue_batch(session, batch, run_id, summary)
             return
         except DataError as exc:
             if len(batch) > 1:
                 for item in batch:
-                    _write_with_retry(engine, [item], run_id, summary, settings)
+                    _write_with_retry(engine, [item], run_id, summary)
                 return
             reason = f"could not be stored: {str(exc.orig).splitlines()[0]}"
-            _write_with_retry(engine, [ReadFailure(batch[0].path, batch[0].size, batch[0].mtime_ns, reason)], run_id, summary,
-                              settings)
+            _write_with_retry(engine, [ReadFailure(batch[0].path, batch[0].size, batch[0].mtime_ns, reason)], run_id, summary)
             return
         except (IntegrityError, OperationalError) as exc:
             if attempt == RETRIES - 1:
@@ -513,7 +525,7 @@ def ingest_paths(
         finally:  # on an error or Ctrl-C, batches not yet started are not started
             pool.shutdown(wait=True, cancel_futures=True)
     if failures:
-        _write_with_retry(engine, failures, summary.run_id, summary, settings)
+        _write_with_retry(engine, failures, summary.run_id, summary)
     progress.finish()
     with session_scope(engine, write=True) as session:
         session.execute(

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from archive.reduce import keywords as kw
-from archive.reduce.fitsio import product_header, read_pixels, set_card, write_atomic
+from archive import keywords as kw
+from archive.fitsio import product_header, read_pixels, set_card, write_atomic
 
 log = logging.getLogger(__name__)
 

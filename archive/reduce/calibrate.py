@@ -24,8 +24,8 @@ import astropy.units as u
 import numpy as np
 from astropy.nddata import CCDData
 
-from archive.reduce import keywords as kw
-from archive.reduce.fitsio import product_header, read_pixels, set_card, write_atomic
+from archive import keywords as kw
+from archive.fitsio import product_header, read_pixels, set_card, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def calibrate_light_file(job: CalibrationJob) -> dict:
 
     The header is the light's, with IMAGETYP 'CALIBRATED', the masters' file names, the dark
     method and scale, the flat normalization and the steps applied (keywords in
-    :mod:`archive.reduce.keywords`), plus ``job.header``.
+    :mod:`archive.keywords`), plus ``job.header``.
 
     Returns
     -------

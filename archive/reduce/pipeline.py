@@ -9,7 +9,7 @@ Each product is its own unit of work, in this order:
 4. one transaction links the frame to the reduction, stores the master selections used and
    marks the reduction ``done``.
 
-A request whose fingerprint (:func:`archive.reduce.provenance.fingerprint`: step, input files
+A request whose fingerprint (:func:`archive.db.provenance.fingerprint`: step, input files
 and roles, parameters, rule version) already has a ``done`` reduction is skipped, so running
 twice does nothing the second time; a file already at the output path carrying the request's
 fingerprint (an interrupted run got past the rename) is ingested and linked, not recomputed. A
@@ -51,7 +51,6 @@ from archive.db.bulk import chunked
 from archive.db.models import (
     CALIBRATION_KINDS,
     CalibrationSelection,
-    Copy,
     Frame,
     Instrument,
     Master,
@@ -62,7 +61,7 @@ from archive.db.session import session_scope
 from archive.errors import UnsafePathError
 from archive.files import fits_stem, render_path, safe_component
 from archive.progress import NoProgress, Progress
-from archive.reduce import keywords as kw
+from archive import keywords as kw
 from archive.reduce.align import (
     RegistrationJob,
     choose_reference,
@@ -74,12 +73,12 @@ from archive.reduce.calibrate import CalibrationJob, calibrate_light_file
 from archive.reduce.config import ReductionConfig, load_reduction_config
 from archive.reduce.executor import SerialExecutor
 from archive.reduce.preview import write_preview
-from archive.reduce.provenance import (
-    canonical_paths,
+from archive.db.frames import canonical_paths
+from archive.ingest.products import ProductRun, fail_product, record_product
+from archive.db.provenance import (
     clear_selections,
     find_reduction,
     fingerprint,
-    finish_reduction,
     start_reduction,
 )
 from archive.reduce.stack import StackJob, stack_files
@@ -211,38 +210,16 @@ def _submit(executor: Executor, output: Path, fp: str, found: dict, task, job) -
     return future
 
 
-def _ingest_and_link(
-    engine: Engine, settings: Settings, reduction_id: int, output: Path,
-    selections: Sequence[Selection] = (), extra: dict[str, Any] | None = None,
-) -> int:
-    """Ingest ``output`` and, in one transaction, link it to its reduction and mark it done."""
-    from archive.ingest.ingest import ingest_paths
+def _selections_linker(reduction_id: int, selections: Sequence[Selection]):
+    """The ``link`` of :func:`archive.ingest.products.record_product` that stores the master
+    selections a calibration used (replacing those of an interrupted attempt)."""
 
-    result = ingest_paths(engine, [output], settings=settings)
-    if result.problems:
-        raise RuntimeError(f"{output}: could not be ingested: {result.problems[0][1]}")
-    with session_scope(engine, write=True) as session:
-        frame_id = session.scalar(select(Copy.frame_id).where(Copy.path == str(output.absolute()), Copy.is_current))
-        if frame_id is None:
-            raise RuntimeError(f"{output}: not in the catalogue after ingest")
+    def link(session: Session, frame_id: int) -> None:
         clear_selections(session, reduction_id)
         for selection in selections:
             record_selection(session, selection, reduction_id=reduction_id)
-        if extra:
-            reduction = session.get(Reduction, reduction_id)
-            reduction.parameters = {**reduction.parameters, **extra}
-        finish_reduction(session, reduction_id, [frame_id])
-    return frame_id
 
-
-def _fail(engine: Engine, reduction_id: int, message: str, failure: str | None = None) -> None:
-    """Mark a reduction failed; ``failure`` ('alignment': deterministic, not tried again) is
-    stored as ``parameters['failure']``."""
-    with session_scope(engine, write=True) as session:
-        if failure:
-            reduction = session.get(Reduction, reduction_id)
-            reduction.parameters = {**reduction.parameters, "failure": failure}
-        finish_reduction(session, reduction_id, status="failed", message=message[:2000])
+    return link
 
 
 # -- calibration ---------------------------------------------------------------------------------
@@ -319,8 +296,8 @@ def plan_calibration(
 
 
 def calibrate_lights(
-    engine: Engine, light_ids: Sequence[int], *, config: ReductionConfig, settings: Settings,
-    executor: Executor, rules: RuleBook | None = None, progress: Progress | None = None,
+    engine: Engine, light_ids: Sequence[int], *, config: ReductionConfig, products: ProductRun,
+    executor: Executor, rules: RuleBook, progress: Progress | None = None,
     summary: ReduceSummary | None = None,
 ) -> ReduceSummary:
     """Calibrate the lights ``light_ids``, each once per fingerprint (see the module docstring).
@@ -333,12 +310,12 @@ def calibrate_lights(
         Raw light frames (any number: looked up in bounded IN lists).
     config : ReductionConfig
         ``[calibrate]`` parameters and the output layout.
-    settings : Settings
-        For ingesting the products.
+    products : ProductRun
+        The ingest run the products join (:mod:`archive.ingest.products`).
     executor : Executor
         Where the pixel work runs (:mod:`archive.reduce.executor`).
-    rules : RuleBook, optional
-        Matching rules for master selection (default the bundled ``configs/matching``).
+    rules : RuleBook
+        Matching rules for master selection.
     progress : Progress, optional
     summary : ReduceSummary, optional
         Added to and returned (default a new one).
@@ -358,7 +335,6 @@ def calibrate_lights(
     summary = summary if summary is not None else ReduceSummary()
     progress = progress or NoProgress()
     todo: list[_CalPlan] = []
-    rules = rules if rules is not None else default_rulebook(settings)
     with session_scope(engine) as session:
         libraries = {kind: masters_of(session, kind) for kind in CALIBRATION_KINDS}
         for light in _frames(session, light_ids):
@@ -395,12 +371,12 @@ def calibrate_lights(
         plan, reduction_id = futures[future]
         try:
             future.result()
-            _ingest_and_link(engine, settings, reduction_id, Path(plan.job.output), plan.selections)
+            record_product(products, reduction_id, plan.job.output, link=_selections_linker(reduction_id, plan.selections))
             summary.calibrated.append(plan.job.output)
             summary.by_group[plan.group]["calibrated"] += 1
         except Exception as exc:  # noqa: BLE001 - one light's failure is recorded; the loop goes on
             log.warning("calibrating %s failed: %s", plan.job.light, exc)
-            _fail(engine, reduction_id, f"{type(exc).__name__}: {exc}")
+            fail_product(engine, reduction_id, f"{type(exc).__name__}: {exc}")
             summary.fail(plan.group, f"calibrate {plan.job.light}", str(exc))
         progress.advance()
     progress.finish()
@@ -479,7 +455,7 @@ def _registration_state(session: Session, calibrated_ids: Sequence[int], group_h
 
 
 def register_and_stack(
-    engine: Engine, light_ids: Sequence[int], *, config: ReductionConfig, settings: Settings,
+    engine: Engine, light_ids: Sequence[int], *, config: ReductionConfig, products: ProductRun,
     executor: Executor, progress: Progress | None = None, summary: ReduceSummary | None = None,
 ) -> ReduceSummary:
     """Register and stack the groups the lights ``light_ids`` belong to.
@@ -497,8 +473,8 @@ def register_and_stack(
         Raw lights whose groups are to be registered and stacked.
     config : ReductionConfig
         ``[register]`` and ``[stack]`` parameters and the output layout.
-    settings : Settings
-        For ingesting the products.
+    products : ProductRun
+        The ingest run the products join.
     executor : Executor
         Where the pixel work runs.
     progress : Progress, optional
@@ -529,9 +505,9 @@ def register_and_stack(
             continue
         name = _group_name(members[0][0])
         try:
-            registered = _register_group(engine, key, members, config=config, settings=settings,
+            registered = _register_group(engine, key, members, config=config, products=products,
                                          executor=executor, progress=progress, summary=summary, name=name)
-            _stack_group(engine, registered, config=config, settings=settings, executor=executor,
+            _stack_group(engine, registered, config=config, products=products, executor=executor,
                          summary=summary, name=name)
         except Exception as exc:
             log.exception("group %s failed", name)
@@ -571,7 +547,7 @@ def _count_stars_all(
 
 def _register_group(
     engine: Engine, key: tuple, members: list[tuple[Frame, Frame]], *, config: ReductionConfig,
-    settings: Settings, executor: Executor, progress: Progress | None, summary: ReduceSummary, name: str,
+    products: ProductRun, executor: Executor, progress: Progress | None, summary: ReduceSummary, name: str,
 ) -> list[int]:
     """Register the group's current calibrated frames; returns the registered frame ids."""
     progress = progress or NoProgress()
@@ -641,7 +617,7 @@ def _register_group(
             result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         if not result["ok"]:
             log.warning("%s: not registered, left out of the stack: %s", job.source, result["error"])
-            _fail(engine, reduction_id, result["error"], failure=result.get("failure"))
+            fail_product(engine, reduction_id, result["error"], failure=result.get("failure"))
             summary.fail(name, f"register {job.source}", result["error"])
             continue
         if result.get("warning"):
@@ -649,10 +625,10 @@ def _register_group(
             summary.warnings.append(result["warning"])
         extra = {k: result[k] for k in ("dx", "dy", "rotation_deg", "scale") if k in result}
         try:
-            out_ids.append(_ingest_and_link(engine, settings, reduction_id, Path(job.output), extra=extra))
+            out_ids.append(record_product(products, reduction_id, job.output, results=extra))
         except Exception as exc:  # noqa: BLE001 - one frame's failure is recorded; the group goes on
             log.warning("%s: registered but not catalogued, left out of the stack: %s", job.output, exc)
-            _fail(engine, reduction_id, f"{type(exc).__name__}: {exc}")
+            fail_product(engine, reduction_id, f"{type(exc).__name__}: {exc}")
             summary.fail(name, f"register {job.source}", f"{type(exc).__name__}: {exc}")
             continue
         summary.registered.append(job.output)
@@ -661,7 +637,7 @@ def _register_group(
 
 
 def _stack_group(
-    engine: Engine, registered_ids: list[int], *, config: ReductionConfig, settings: Settings,
+    engine: Engine, registered_ids: list[int], *, config: ReductionConfig, products: ProductRun,
     executor: Executor, summary: ReduceSummary, name: str,
 ) -> None:
     """Stack the registered frames per exposure time (at least two frames per stack)."""
@@ -707,9 +683,9 @@ def _stack_group(
                 summary.warnings += result["warnings"]
             if config.previews:
                 write_preview(output)
-            _ingest_and_link(engine, settings, reduction_id, output)
+            record_product(products, reduction_id, output)
         except Exception as exc:  # noqa: BLE001 - recorded; tried again next run
-            _fail(engine, reduction_id, f"{type(exc).__name__}: {exc}")
+            fail_product(engine, reduction_id, f"{type(exc).__name__}: {exc}")
             summary.fail(name, f"stack {output.name}", str(exc))
             continue
         summary.stacked.append(str(output))
@@ -719,7 +695,7 @@ def _stack_group(
 def reduce_lights(
     engine: Engine, light_ids: Sequence[int], *, config: ReductionConfig | None = None,
     settings: Settings | None = None, executor: Executor | None = None, rules: RuleBook | None = None,
-    register: bool = True, progress: Progress | None = None,
+    register: bool = True, progress: Progress | None = None, products: ProductRun | None = None,
 ) -> ReduceSummary:
     """Calibrate the lights ``light_ids``, then register and stack the groups they belong to.
 
@@ -732,7 +708,7 @@ def reduce_lights(
     config : ReductionConfig, optional
         Default :func:`archive.reduce.config.load_reduction_config`.
     settings : Settings, optional
-        For ingesting products.
+        Configured sites and the user's rules (default :func:`archive.config.load_settings`).
     executor : Executor, optional
         Where pixel work runs (default: in this process); see :mod:`archive.reduce.executor`.
     rules : RuleBook, optional
@@ -740,6 +716,8 @@ def reduce_lights(
     register : bool
         Also register and stack (default True).
     progress : Progress, optional
+    products : ProductRun, optional
+        The ingest run the products join (default one of their own, closed at the end).
 
     Returns
     -------
@@ -748,24 +726,20 @@ def reduce_lights(
     """
     settings = settings or load_settings()
     config = config or load_reduction_config(settings)
+    rules = rules if rules is not None else default_rulebook(settings)
     executor = executor or SerialExecutor()
-    summary = calibrate_lights(engine, light_ids, config=config, settings=settings, executor=executor, rules=rules,
-                               progress=progress)
-    if register:
-        register_and_stack(engine, light_ids, config=config, settings=settings, executor=executor,
-                           progress=progress, summary=summary)
+    own_run = products is None
+    products = products or ProductRun(engine, config.products_root(), sites=settings.sites)
+    try:
+        summary = calibrate_lights(engine, light_ids, config=config, products=products, executor=executor, rules=rules,
+                                   progress=progress)
+        if register:
+            register_and_stack(engine, light_ids, config=config, products=products, executor=executor,
+                               progress=progress, summary=summary)
+    finally:
+        if own_run:
+            products.close()
     return summary
-
-
-def lights_under(session: Session, folder: str | Path) -> list[int]:
-    """Raw lights (not duplicate exposures) with a current copy under ``folder``."""
-    prefix = str(Path(folder).absolute()).rstrip("/") + "/"
-    return list(session.scalars(
-        select(Frame.id).join(Copy, Copy.frame_id == Frame.id)
-        .where(Frame.image_type == "light", Frame.duplicate_of_id.is_(None), Copy.is_current,
-               Copy.path.startswith(prefix, autoescape=True))
-        .distinct().order_by(Frame.id)
-    ))
 
 
 # -- stale products --------------------------------------------------------------------------------
@@ -849,7 +823,7 @@ def find_stale(session: Session, *, rules: RuleBook | None = None) -> list[Stale
         if reasons:
             stale_cal.append(cal_id)
             out.append(StaleProduct(cal_id, None, "calibrate", light_id, list(dict.fromkeys(reasons))))
-    from archive.reduce.provenance import used_by
+    from archive.db.provenance import used_by
 
     seen = {p.frame_id for p in out}
     for cal_id in stale_cal:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from archive.files import temporary_path
-from archive.reduce.fitsio import read_pixels
+from archive.fitsio import read_pixels
 
 
 def write_preview(fits_path: str | Path, png_path: str | Path | None = None, max_size: int = 1024) -> Path:

@@ -23,8 +23,8 @@ from archive.calib.combine import COMBINE_METHODS
 from astropy.io import fits
 from astropy.time import Time
 
-from archive.reduce import keywords as kw
-from archive.reduce.fitsio import product_header, write_atomic
+from archive import keywords as kw
+from archive.fitsio import product_header, write_atomic
 
 log = logging.getLogger(__name__)
 

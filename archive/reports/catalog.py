@@ -1,103 +1,20 @@
-"""Selecting frames and summarizing the catalogue, as DataFrames.
-
-:func:`frame_query` is the one place the usual filters (type, filter, night, target,
-instrument, time range, exposure range) become SQL; the CLI, the reports and the later
-steps (masters, copyback, projects) build on it.
-"""
+"""Listing frames and summarizing the catalogue, as DataFrames (the filters are
+:mod:`archive.db.frames`'s)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from sqlalchemy import Select, and_, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from archive.db.frames import FrameFilter, canonical_path_column, current_copies_column, frame_query
 from archive.db.models import Copy, Frame, IngestProblem, Instrument
-from archive.ingest.dialects import target_key
 
 if TYPE_CHECKING:
     import pandas as pd
-
-
-@dataclass(frozen=True)
-class FrameFilter:
-    """The usual frame filters; ``None`` means no constraint.
-
-    Attributes
-    ----------
-    image_type : str
-        Normalized type (bias, dark, flat, light, dark_flat, arc, master_*, ...).
-    filter_name : str
-        Filter, compared case-insensitively.
-    night : date
-        Local observing night.
-    target : str
-        Target, matched loosely ('M 31' matches 'M31' and 'm31').
-    instrument : str
-        Instrument name, exact.
-    since, until : datetime
-        ``since <= date_obs < until`` (UTC).
-    min_exposure_s, max_exposure_s : float
-        Exposure time range in s, inclusive.
-    include_duplicates : bool
-        Keep frames flagged as duplicate exposures (default True).
-    """
-
-    image_type: str | None = None
-    filter_name: str | None = None
-    night: dt.date | None = None
-    target: str | None = None
-    instrument: str | None = None
-    since: dt.datetime | None = None
-    until: dt.datetime | None = None
-    min_exposure_s: float | None = None
-    max_exposure_s: float | None = None
-    include_duplicates: bool = True
-
-
-def frame_query(filters: FrameFilter | None = None, *columns) -> Select:
-    """A ``SELECT`` of ``columns`` (default the :class:`Frame` entity) over frames, with filters."""
-    f = filters or FrameFilter()
-    query = select(*(columns or (Frame,))).select_from(Frame).outerjoin(Instrument, Frame.instrument_id == Instrument.id)
-    conditions = []
-    if f.image_type:
-        conditions.append(Frame.image_type == f.image_type)
-    if f.filter_name:
-        conditions.append(func.lower(Frame.filter_name) == f.filter_name.lower())
-    if f.night:
-        conditions.append(Frame.night == f.night)
-    if f.target:
-        conditions.append(Frame.target_key == target_key(f.target))
-    if f.instrument:
-        conditions.append(Instrument.name == f.instrument)
-    if f.since:
-        conditions.append(Frame.date_obs >= f.since)
-    if f.until:
-        conditions.append(Frame.date_obs < f.until)
-    if f.min_exposure_s is not None:
-        conditions.append(Frame.exposure_time_s >= f.min_exposure_s)
-    if f.max_exposure_s is not None:
-        conditions.append(Frame.exposure_time_s <= f.max_exposure_s)
-    if not f.include_duplicates:
-        conditions.append(Frame.duplicate_of_id.is_(None))
-    return query.where(and_(*conditions)) if conditions else query
-
-
-def _canonical_path():
-    return (
-        select(Copy.path)
-        .where(Copy.frame_id == Frame.id, Copy.is_current, Copy.is_canonical)
-        .limit(1)
-        .scalar_subquery()
-    )
-
-
-def _current_copies():
-    return select(func.count(Copy.id)).where(Copy.frame_id == Frame.id, Copy.is_current).scalar_subquery()
 
 
 def select_frames(session: Session, filters: FrameFilter | None = None) -> pd.DataFrame:
@@ -115,7 +32,7 @@ def select_frames(session: Session, filters: FrameFilter | None = None) -> pd.Da
         Frame.id, Frame.night, Frame.date_obs, Frame.image_type, Frame.target, Frame.filter_name,
         Frame.exposure_time_s, Frame.binning_x, Frame.binning_y, Frame.ccd_temp_c, Frame.set_temp_c,
         Frame.gain, Frame.offset, Instrument.name.label("instrument"), Frame.naxis1, Frame.naxis2,
-        _current_copies().label("copies"), Frame.duplicate_of_id, _canonical_path().label("path"),
+        current_copies_column().label("copies"), Frame.duplicate_of_id, canonical_path_column().label("path"),
     ).order_by(Frame.date_obs, Frame.id)
     rows = session.execute(query).all()
     import pandas as pd  # imported on use: a slow import

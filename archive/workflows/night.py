@@ -27,18 +27,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
-from archive.calib.rules import RuleBook
+from archive.calib.masters import build_masters, default_library
+from archive.calib.rules import RuleBook, default_rulebook
 from archive.config import Settings, load_settings
-from archive.db.models import Copy, Frame
+from archive.db.frames import FrameFilter, frame_query, lights_under
+from archive.db.models import CALIBRATION_KINDS, Frame
 from archive.db.session import session_scope
 from archive.errors import ConfigError
 from archive.files import remove_partials
+from archive.ingest.ingest import ingest_paths
+from archive.ingest.products import ProductRun
 from archive.progress import NoProgress, Progress
 from archive.reduce.config import ReductionConfig, load_reduction_config
 from archive.reduce.executor import SerialExecutor
-from archive.reduce.pipeline import ReduceSummary, lights_under, reduce_lights
+from archive.reduce.pipeline import ReduceSummary, reduce_lights
+from archive.reduce.preview import write_preview
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +135,6 @@ def _recorded(result: FolderResult, step: str) -> Iterator[None]:
 
 
 def _masters_library(settings: Settings) -> Path:
-    from archive.calib.masters import default_library
-
     return default_library(settings).expanduser().absolute()
 
 
@@ -177,12 +180,9 @@ def run_night(
     ConfigError
         No imaging root is configured, or it is not a folder.
     """
-    from archive.calib.masters import build_masters
-    from archive.ingest.ingest import ingest_paths
-    from archive.reports.catalog import FrameFilter
-
     settings = settings or load_settings()
     config = config or load_reduction_config(settings)
+    rules = rules if rules is not None else default_rulebook(settings)
     executor = executor or SerialExecutor()
     progress = progress or NoProgress()
     if config.imaging_root is None:
@@ -211,23 +211,28 @@ def run_night(
             result.ingested_new = ingested.new + ingested.changed
             result.failures += [(f"ingest {path}", reason) for path, reason in ingested.problems]
             with session_scope(engine) as session:
-                prefix = str(folder.absolute()).rstrip("/") + "/"
-                for night in session.scalars(
-                    select(Frame.night).join(Copy, Copy.frame_id == Frame.id)
-                    .where(Copy.is_current, Copy.path.startswith(prefix, autoescape=True), Frame.night.is_not(None),
-                           Frame.image_type.in_(("bias", "dark", "flat")))
-                    .distinct()
-                ):
+                query = frame_query(FrameFilter(folder=folder), Frame.night).where(
+                    Frame.night.is_not(None), Frame.image_type.in_(CALIBRATION_KINDS))
+                for night in session.scalars(query.distinct()):
                     nights.setdefault(night, folder)
+    # the products of the run join two ingest runs: the masters', the reduction's
+    master_run = ProductRun(engine, library, sites=settings.sites)
+    product_run = ProductRun(engine, products, sites=settings.sites)
+    with master_run, product_run:
+        _masters_and_reduction(engine, nights, results, config, settings, rules, library, executor, progress,
+                               master_run, product_run)
+    return summary
+
+
+def _masters_and_reduction(engine, nights, results, config, settings, rules, library, executor, progress,
+                           master_run: ProductRun, product_run: ProductRun) -> None:
     for night, folder in sorted(nights.items()):
         result = results[folder]
         with _recorded(result, f"masters of night {night}"):
             built = build_masters(engine, filters=FrameFilter(night=night), rules=rules, library=library,
-                                  settings=settings, progress=progress)
+                                  settings=settings, progress=progress, products=master_run)
             result.masters_built += len(built.built)
             if config.previews:
-                from archive.reduce.preview import write_preview
-
                 for _kind, _frame_id, path in built.built:
                     write_preview(path)
             result.failures += [(f"master {kind} {what}", why) for kind, what, why in built.failed]
@@ -237,5 +242,4 @@ def run_night(
                 light_ids = lights_under(session, folder)
             result.lights = len(light_ids)
             result.reduction = reduce_lights(engine, light_ids, config=config, settings=settings, executor=executor,
-                                             rules=rules, progress=progress)
-    return summary
+                                             rules=rules, progress=progress, products=product_run)

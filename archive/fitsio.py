@@ -13,7 +13,7 @@ import numpy as np
 from astropy.io import fits
 
 from archive.files import fsync_dir, temporary_path
-from archive.reduce import keywords as kw
+from archive import keywords as kw
 
 
 def _image_index(hdul: fits.HDUList) -> int:

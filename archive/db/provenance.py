@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 from archive.files import process_alive
 from archive.db.base import utcnow
 from archive.db.bulk import chunked
+from archive.db.frames import canonical_paths
 from archive.db.models import (
     CalibrationSelection,
     Copy,
@@ -191,16 +192,6 @@ def frame_at_path(session: Session, path: str | Path) -> Frame:
     if frame is None:
         raise ProvenanceError(f"{path}: not in the catalogue (run 'archive ingest' on it first)")
     return frame
-
-
-def canonical_paths(session: Session, frame_ids: Iterable[int]) -> dict[int, str]:
-    """frame id -> path of its current canonical copy (frames without one are left out)."""
-    out: dict[int, str] = {}
-    for batch in chunked(set(frame_ids)):
-        rows = session.execute(select(Copy.frame_id, Copy.path).where(
-            Copy.frame_id.in_(batch), Copy.is_current, Copy.is_canonical))
-        out.update(rows.all())
-    return out
 
 
 def _frame_summary(frame: Frame, path: str | None) -> dict[str, Any]:

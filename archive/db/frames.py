@@ -1,0 +1,138 @@
+"""Selecting frames: the usual filters as SQL, and the frames' files.
+
+:func:`frame_query` is the one place the usual filters (type, filter, night, target,
+instrument, time range, exposure range, folder) become SQL; the CLI, the reports and the
+later steps (masters, reduction, copyback, projects) build on it. :func:`target_key` is the
+one folding of target names, used to store them (ingest) and to look them up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Select, and_, func, select
+from sqlalchemy.orm import Session
+
+from archive.db.bulk import chunked
+from archive.db.models import Copy, Frame, Instrument
+
+_NOT_KEY = re.compile(r"[^a-z0-9]+")
+
+
+def target_key(target: str | None) -> str | None:
+    """Fold a target name for loose matching: 'M 31', 'M31' and 'm-31' all give 'm31'."""
+    if not target:
+        return None
+    return _NOT_KEY.sub("", target.lower()) or None
+
+
+def folder_prefix(folder: str | Path) -> str:
+    """The absolute path of ``folder`` ending with a separator: the prefix of the paths under it."""
+    return str(Path(folder).absolute()).rstrip(os.sep) + os.sep
+
+
+@dataclass(frozen=True)
+class FrameFilter:
+    """The usual frame filters; ``None`` means no constraint.
+
+    Attributes
+    ----------
+    image_type : str
+        Normalized type (bias, dark, flat, light, dark_flat, arc, master_*, ...).
+    filter_name : str
+        Filter, compared case-insensitively.
+    night : date
+        Local observing night.
+    target : str
+        Target, matched loosely ('M 31' matches 'M31' and 'm31').
+    instrument : str
+        Instrument name, exact.
+    since, until : datetime
+        ``since <= date_obs < until`` (UTC).
+    min_exposure_s, max_exposure_s : float
+        Exposure time range in s, inclusive.
+    include_duplicates : bool
+        Keep frames flagged as duplicate exposures (default True).
+    folder : str or Path
+        Only frames with a current copy under this folder (given or absolute path).
+    """
+
+    image_type: str | None = None
+    filter_name: str | None = None
+    night: dt.date | None = None
+    target: str | None = None
+    instrument: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    min_exposure_s: float | None = None
+    max_exposure_s: float | None = None
+    include_duplicates: bool = True
+    folder: str | Path | None = None
+
+
+def frame_query(filters: FrameFilter | None = None, *columns) -> Select:
+    """A ``SELECT`` of ``columns`` (default the :class:`Frame` entity) over frames, with filters."""
+    f = filters or FrameFilter()
+    query = select(*(columns or (Frame,))).select_from(Frame).outerjoin(Instrument, Frame.instrument_id == Instrument.id)
+    conditions = []
+    if f.image_type:
+        conditions.append(Frame.image_type == f.image_type)
+    if f.filter_name:
+        conditions.append(func.lower(Frame.filter_name) == f.filter_name.lower())
+    if f.night:
+        conditions.append(Frame.night == f.night)
+    if f.target:
+        conditions.append(Frame.target_key == target_key(f.target))
+    if f.instrument:
+        conditions.append(Instrument.name == f.instrument)
+    if f.since:
+        conditions.append(Frame.date_obs >= f.since)
+    if f.until:
+        conditions.append(Frame.date_obs < f.until)
+    if f.min_exposure_s is not None:
+        conditions.append(Frame.exposure_time_s >= f.min_exposure_s)
+    if f.max_exposure_s is not None:
+        conditions.append(Frame.exposure_time_s <= f.max_exposure_s)
+    if not f.include_duplicates:
+        conditions.append(Frame.duplicate_of_id.is_(None))
+    if f.folder is not None:
+        conditions.append(select(Copy.id).where(
+            Copy.frame_id == Frame.id, Copy.is_current, Copy.path.startswith(folder_prefix(f.folder), autoescape=True)
+        ).exists())
+    return query.where(and_(*conditions)) if conditions else query
+
+
+def canonical_path_column():
+    """A scalar subquery: the path of the frame's current canonical copy (NULL when none)."""
+    return (
+        select(Copy.path)
+        .where(Copy.frame_id == Frame.id, Copy.is_current, Copy.is_canonical)
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+def current_copies_column():
+    """A scalar subquery: how many current copies the frame has."""
+    return select(func.count(Copy.id)).where(Copy.frame_id == Frame.id, Copy.is_current).scalar_subquery()
+
+
+def canonical_paths(session: Session, frame_ids: Iterable[int]) -> dict[int, str]:
+    """frame id -> path of its current canonical copy (frames without one are left out)."""
+    out: dict[int, str] = {}
+    for batch in chunked(set(frame_ids)):
+        rows = session.execute(select(Copy.frame_id, Copy.path).where(
+            Copy.frame_id.in_(batch), Copy.is_current, Copy.is_canonical))
+        out.update(rows.all())
+    return out
+
+
+def lights_under(session: Session, folder: str | Path) -> list[int]:
+    """Raw lights (not duplicate exposures) with a current copy under ``folder``, by id."""
+    query = frame_query(FrameFilter(image_type="light", include_duplicates=False, folder=folder), Frame.id)
+    return list(session.scalars(query.order_by(Frame.id)))

@@ -1,0 +1,175 @@
+"""The one way a step records a product it made (``shared/DESIGN.md``, "Layers").
+
+Every product (masters, calibrated, registered and stacked frames, and what later steps
+add) goes through the same four moves:
+
+1. its reduction is claimed (:func:`archive.db.provenance.start_reduction`: a ``running`` row
+   with the inputs and their roles, committed before any pixel is computed);
+2. the pixels are written to a temporary name and renamed (:func:`archive.fitsio.write_atomic`,
+   usually in a worker process);
+3. :func:`record_product` catalogues the file through ingest's core
+   (:func:`archive.ingest.ingest.catalogue_batch`, which returns its frame id: no look-up by
+   path afterwards), lets the step add its own rows (master selections, library row), and
+   marks the reduction done, all in one transaction;
+4. or :func:`fail_product` marks it failed with the reason.
+
+The products of one command share one ingest run (:class:`ProductRun`), opened when the
+first one is recorded: a command that makes nothing adds no run.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, update
+from sqlalchemy.orm import Session
+
+import archive
+from archive.db.base import utcnow
+from archive.db.models import IngestRun, Reduction
+from archive.db.provenance import finish_reduction
+from archive.db.session import session_scope
+from archive.errors import ArchiveError
+from archive.ingest.dialects import DialectSet
+from archive.ingest.headers import ReadFailure, read_fits
+from archive.ingest.ingest import catalogue_batch
+
+
+class ProductError(RuntimeError, ArchiveError):
+    """A product file could not be catalogued (unreadable, or its header not understood)."""
+
+
+class ProductRun:
+    """The ingest run of every product one command makes.
+
+    Parameters
+    ----------
+    engine : Engine
+        The catalogue.
+    root : str or Path
+        Where the products go (recorded as the run's root).
+    sites : mapping, optional
+        Configured site longitude per instrument (``Settings.sites``), for the night.
+    dialects : DialectSet, optional
+        Default: the bundled dialects.
+
+    Attributes
+    ----------
+    run_id : int or None
+        The run's row, once a product has been recorded.
+    recorded : int
+        Products recorded.
+    """
+
+    def __init__(self, engine: Engine, root: str | Path, *, sites: Mapping[str, float] | None = None,
+                 dialects: DialectSet | None = None):
+        self.engine = engine
+        self.root = str(Path(root).absolute())
+        self.sites = dict(sites or {})
+        self._dialects = dialects
+        self.run_id: int | None = None
+        self.recorded = 0
+
+    @property
+    def dialects(self) -> DialectSet:
+        if self._dialects is None:
+            self._dialects = DialectSet()
+        return self._dialects
+
+    def _open(self) -> int:
+        if self.run_id is None:
+            with session_scope(self.engine, write=True) as session:
+                run = IngestRun(started_at=utcnow(), host=socket.gethostname(), software_version=archive.__version__,
+                                roots=[self.root])
+                session.add(run)
+                session.flush()
+                self.run_id = run.id
+        return self.run_id
+
+    def close(self) -> None:
+        """Mark the run finished with the number of products recorded (nothing when none was)."""
+        if self.run_id is None:
+            return
+        with session_scope(self.engine, write=True) as session:
+            session.execute(update(IngestRun).where(IngestRun.id == self.run_id).values(
+                finished_at=utcnow(), n_new=self.recorded))
+
+    def __enter__(self) -> ProductRun:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def record_product(
+    run: ProductRun,
+    reduction_id: int,
+    path: str | Path,
+    *,
+    link: Callable[[Session, int], None] | None = None,
+    results: dict[str, Any] | None = None,
+) -> int:
+    """Catalogue the product at ``path``, link it to its reduction and mark that done.
+
+    Parameters
+    ----------
+    run : ProductRun
+        The command's product run.
+    reduction_id : int
+        The ``running`` reduction that made the file.
+    path : str or Path
+        The product, already written (renamed into place).
+    link : callable, optional
+        ``link(session, frame_id)``: the step's own rows (master selections, the library row),
+        written in the same transaction.
+    results : dict, optional
+        What came out of the step (a registration's shift), kept with the reduction.
+
+    Returns
+    -------
+    int
+        The product's frame id.
+
+    Raises
+    ------
+    ProductError
+        The file cannot be read back or its header not understood (nothing is written).
+    """
+    name = str(Path(path).absolute())
+    read = read_fits(name, run.dialects, sites=run.sites)
+    if isinstance(read, ReadFailure):
+        raise ProductError(f"{name}: the product could not be catalogued: {read.reason}")
+    run_id = run._open()
+    with session_scope(run.engine, write=True) as session:
+        frame_id = catalogue_batch(session, [read], run_id)[read.path]
+        if link is not None:
+            link(session, frame_id)
+        if results:
+            reduction = session.get(Reduction, reduction_id)
+            reduction.parameters = {**reduction.parameters, **results}
+        finish_reduction(session, reduction_id, [frame_id])
+    run.recorded += 1
+    return frame_id
+
+
+def fail_product(engine: Engine, reduction_id: int, message: str, *, failure: str | None = None) -> None:
+    """Mark a reduction failed, with the reason.
+
+    Parameters
+    ----------
+    engine : Engine
+    reduction_id : int
+    message : str
+        Why (cut to 2,000 characters).
+    failure : str, optional
+        The kind of failure when it is deterministic (``'alignment'``: not tried again with
+        the same inputs).
+    """
+    with session_scope(engine, write=True) as session:
+        if failure:
+            reduction = session.get(Reduction, reduction_id)
+            reduction.parameters = {**reduction.parameters, "failure": failure}
+        finish_reduction(session, reduction_id, status="failed", message=message[:2000])
