@@ -520,7 +520,7 @@ def build_masters(
     """
     settings = settings or load_settings()
     library = (Path(library) if library else default_library(settings)).expanduser().absolute()
-    rules = rules if rules is not None else default_rulebook()
+    rules = rules if rules is not None else default_rulebook(settings)
     progress = progress or NoProgress()
     summary = BuildSummary()
     removed = remove_partials(library)  # temporary files of builds that were killed
