@@ -170,7 +170,7 @@ def test_cli_project(db_url, arcsat_night, tmp_path):
 
 
 def test_a_master_flagged_bad_makes_its_lights_unusable(engine, m31):
-    from archive.calib.masters import mark_bad
+    from archive.calib.library import mark_bad
     from archive.db import Frame
 
     with session_scope(engine, write=True) as session:

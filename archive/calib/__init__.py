@@ -4,8 +4,9 @@
   instrument); the same rules group raw frames into masters and select masters for lights;
 * :mod:`archive.calib.combine` combines images in blocks of rows (chunked median or
   sigma-clipped mean, bounded memory; pixels only);
-* :mod:`archive.calib.masters` builds masters, ingests them with their provenance, and keeps
-  the library (bad flags, validity, masters made elsewhere);
+* :mod:`archive.calib.plan` groups raw calibrations into masters to build;
+* :mod:`archive.calib.masters` builds them and records them with their provenance;
+* :mod:`archive.calib.library` keeps the library (its folder, bad flags, validity);
 * :mod:`archive.calib.select` chooses masters for frames, one with every candidate explained
   (:func:`select_master`) or many with set-based SQL (:func:`select_masters`).
 """
@@ -17,8 +18,9 @@ from typing import Any
 #: without the database layers (PEP 562).
 _EXPORTS = {
     "combine_files": "combine", "MasterBuildError": "combine",
-    "BuildSummary": "masters", "build_masters": "masters", "default_library": "masters", "library_table": "masters",
-    "mark_bad": "masters", "plan_masters": "masters", "set_validity": "masters",
+    "BuildSummary": "masters", "build_masters": "masters",
+    "default_library": "library", "library_table": "library", "mark_bad": "library", "set_validity": "library",
+    "MasterPlan": "plan", "describe": "plan", "plan_masters": "plan",
     "KindRules": "rules", "MatchingRules": "rules", "RuleBook": "rules", "default_rulebook": "rules",
     "Selection": "select", "Verdict": "select", "explain_selection": "select", "explain_selections": "select",
     "interpolation_weights": "select",

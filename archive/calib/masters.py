@@ -1,4 +1,4 @@
-"""Building the master calibration library, and keeping it: bad flags, validity, external masters.
+"""Building masters: compute each planned group's master and record it with its provenance.
 
 ``build_masters`` groups the ingested raw calibrations by the matching rules (the same rules
 that select masters, :mod:`archive.calib.rules`), builds each group's master in the order bias,
@@ -21,11 +21,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    import pandas as pd
+    pass
 
 import datetime as dt
 import logging
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,80 +39,26 @@ from sqlalchemy.orm import Session
 from archive.calib.combine import MasterBuildError, RowReader, image_median, combine_files
 from archive.calib.rules import KindRules, MatchingRules, RuleBook, default_rulebook
 from archive.calib.select import (
-    Selection, explain_selection, exposure_key, interpolation_weights, match_value, record_selection, rules_for,
+    Selection, explain_selection, interpolation_weights, record_selection,
 )
-from archive.config import Settings, data_home, load_settings
+from archive.config import Settings, load_settings
 from archive.db.base import utcnow
-from archive.db.models import CALIBRATION_KINDS, Frame, Instrument, Master, Reduction
+from archive.db.models import CALIBRATION_KINDS, Frame, Master, Reduction
 from archive.db.session import session_scope
-from archive.errors import ArchiveError, CalibrationNotFoundError
+from archive.errors import ArchiveError
 from archive import keywords as kw
 from archive.files import remove_partials, render_path, safe_component
 from archive.fitsio import write_atomic
-from archive.db.frames import FrameFilter, canonical_path_column, canonical_paths, frame_query
+from archive.db.frames import FrameFilter, canonical_paths
 from archive.db.provenance import clear_selections, fingerprint, start_reduction
 from archive.ingest.headers import header_from_text
 from archive.ingest.library import sync_library
 from archive.ingest.products import ProductRun, fail_product, record_product
+from archive.calib.library import LIBRARY_LAYOUT, default_library
+from archive.calib.plan import MasterPlan, describe, describe_parts, plan_masters
 from archive.progress import NoProgress, Progress
 
 log = logging.getLogger(__name__)
-
-#: Where a master file goes below the library folder (every field a safe path component).
-LIBRARY_LAYOUT = "{instrument}/{kind}/{name}"
-
-
-def default_library(settings: Settings | None = None) -> Path:
-    """The library folder.
-
-    Parameters
-    ----------
-    settings : Settings, optional
-        Default :func:`archive.config.load_settings`.
-
-    Returns
-    -------
-    Path
-        ``[masters] library`` of the configuration, else :func:`archive.config.data_home` /
-        ``masters`` (``~/.local/share/archive/masters``).
-    """
-    settings = settings or load_settings()
-    configured = settings.raw.get("masters", {}).get("library")
-    if configured:
-        return Path(configured).expanduser()
-    return data_home() / "masters"
-
-
-# -- planning: raw calibrations grouped by the rules -------------------------------------------
-
-
-@dataclass
-class MasterPlan:
-    """One master to build: a group of raw frames that the rules put together.
-
-    Attributes
-    ----------
-    kind : {'bias', 'dark', 'flat'}
-    frames : list of Frame
-        The raw inputs, ordered by DATE-OBS.
-    key : dict
-        The group's values of the exact keys (and night; exposure for darks).
-    rules : MatchingRules
-    instrument : str or None
-        The instrument's name (the first folder of the master's path).
-    """
-
-    kind: str
-    frames: list[Frame]
-    key: dict[str, Any]
-    rules: MatchingRules
-    instrument: str | None = None
-
-    @property
-    def night(self) -> dt.date | None:
-        """The observing night of the group."""
-        return self.key.get("night")
-
 
 @dataclass
 class BuildSummary:
@@ -145,131 +91,6 @@ class BuildSummary:
     skipped_no_date: int = 0
     skipped_inputs: list[tuple[str, str, str]] = field(default_factory=list)
     busy: int = 0
-
-
-def _split_tolerance(frames: list[Frame], tolerance: dict[str, float]) -> list[list[Frame]]:
-    """Split a group so that, per tolerance column, a subgroup spans at most the tolerance."""
-    groups = [frames]
-    for column, limit in tolerance.items():
-        out = []
-        for group in groups:
-            known = sorted((f for f in group if getattr(f, column) is not None), key=lambda f: (getattr(f, column), f.id))
-            unknown = [f for f in group if getattr(f, column) is None]
-            current: list[Frame] = []
-            for f in known:
-                if current and getattr(f, column) - getattr(current[0], column) > limit + 1e-9:
-                    out.append(current)
-                    current = []
-                current.append(f)
-            if current:
-                out.append(current)
-            if unknown:
-                out.append(unknown)
-        groups = out
-    return groups
-
-
-def plan_masters(
-    session: Session,
-    kind: str,
-    *,
-    filters: FrameFilter | None = None,
-    rules: RuleBook | MatchingRules | None = None,
-) -> tuple[list[MasterPlan], list[tuple[str, int]], int]:
-    """Group the raw calibrations of ``kind`` by the matching rules, one master per group.
-
-    A group shares the night, the values of ``rules[kind].exact`` (and, for darks, the exposure
-    within ``exposure_tolerance_s``) and spans at most each ``tolerance``. Duplicate exposures
-    count once.
-
-    Parameters
-    ----------
-    session : Session
-    kind : {'bias', 'dark', 'flat'}
-    filters : FrameFilter, optional
-        Which raw calibrations (night, since/until, instrument, ...); the type is set to ``kind``.
-    rules : RuleBook or MatchingRules, optional
-        Default: the bundled ``configs/matching``.
-
-    Returns
-    -------
-    plans : list of MasterPlan
-        Groups of at least ``min_frames`` frames.
-    too_small : list of (description, count)
-    no_date : int
-        Frames without DATE-OBS, left out.
-
-    Raises
-    ------
-    ConfigError
-        No rules for ``kind``.
-    """
-    rules = rules if rules is not None else default_rulebook()
-    book = rules if isinstance(rules, RuleBook) else None
-    base = filters or FrameFilter()
-    query = frame_query(replace(base, image_type=kind, include_duplicates=False))
-    frames = list(session.scalars(query.order_by(Frame.date_obs_s, Frame.id)))
-    no_date = sum(1 for f in frames if f.date_obs_s is None or f.night is None)
-    names = dict(session.execute(select(Instrument.id, Instrument.name)).all())
-    groups: dict[tuple, list[Frame]] = defaultdict(list)
-    for frame in frames:
-        if frame.date_obs_s is None or frame.night is None:
-            continue
-        matching = rules_for(book or rules, names.get(frame.instrument_id))
-        kr = matching[kind]
-        key = [("night", frame.night)] + [(c, match_value(frame, c)) for c in kr.exact]
-        if kind == "dark":
-            t = frame.exposure_time_s
-            key.append(("exposure_time_s", exposure_key(t, kr.exposure_tolerance_s)))
-        groups[tuple(key)].append(frame)
-    plans, too_small = [], []
-    for key, members in groups.items():
-        instrument = names.get(members[0].instrument_id)
-        matching = rules_for(book or rules, instrument)
-        kr = matching[kind]
-        for part in _split_tolerance(members, kr.tolerance):
-            part.sort(key=lambda f: (f.date_obs_s, f.id))
-            values = dict(key)
-            if kind == "dark":
-                values["exposure_time_s"] = part[0].exposure_time_s
-            plan = MasterPlan(kind, part, values, matching, instrument)
-            if len(part) < kr.min_frames:
-                too_small.append((describe(plan), len(part)))
-            else:
-                plans.append(plan)
-    plans.sort(key=lambda p: (p.frames[0].date_obs_s, p.frames[0].id))
-    return plans, too_small, no_date
-
-
-def describe(plan: MasterPlan) -> str:
-    """A short readable name of a group: instrument, night, binning, exposure, filter, temperature.
-
-    Parameters
-    ----------
-    plan : MasterPlan
-
-    Returns
-    -------
-    str
-        E.g. ``'ZWO ASI2600MM Pro 2026-03-02 bin1x1 60s g100 -10C'`` (exposure in s, set-point in deg C).
-    """
-    return " ".join(_describe_parts(plan))
-
-
-def _describe_parts(plan: MasterPlan) -> list[str]:
-    first = plan.frames[0]
-    parts = [plan.instrument or "unknown-instrument", str(plan.night)]
-    if first.binning_x is not None:
-        parts.append(f"bin{first.binning_x}x{first.binning_y}")
-    if plan.kind == "dark" and first.exposure_time_s is not None:
-        parts.append(f"{first.exposure_time_s:g}s")
-    if plan.kind == "flat" and first.filter_name:
-        parts.append(first.filter_name)
-    if first.gain is not None:
-        parts.append(f"g{first.gain:g}")
-    if first.set_temp_c is not None:
-        parts.append(f"{first.set_temp_c:g}C")
-    return parts
 
 
 # -- fingerprints and provenance -----------------------------------------------------------------
@@ -625,7 +446,7 @@ def _build_one(engine: Engine, plan: MasterPlan, library: Path, products: Produc
                 summary.unchanged += 1
                 return
         header = _master_header(plan, parameters, fp, [Path(paths[f.id]).name for f in plan.frames])
-    setup = "_".join(_describe_parts(plan)[1:])  # night, binning, exposure, filter, temperature
+    setup = "_".join(describe_parts(plan)[1:])  # night, binning, exposure, filter, temperature
     target = render_path(
         library, LIBRARY_LAYOUT, instrument=safe_component(plan.instrument, "unknown-instrument"), kind=plan.kind,
         name=f"{safe_component(f'master_{plan.kind}_{setup}')}_{fp[:10]}.fits",
@@ -671,112 +492,3 @@ def _build_one(engine: Engine, plan: MasterPlan, library: Path, products: Produc
             raise MasterBuildError(str(exc)) from exc
         raise
 
-
-# -- the library: external masters, bad flags, validity -------------------------------------------
-
-
-def _master_row(session: Session, frame_id: int) -> Master:
-    master = session.get(Master, frame_id)
-    if master is None:
-        raise CalibrationNotFoundError(f"frame {frame_id} is not a master of the library")
-    return master
-
-
-def mark_bad(session: Session, frame_ids: Sequence[int], reason: str | None = None, *, bad: bool = True) -> list[Master]:
-    """Flag masters bad (never selected again) or, with ``bad=False``, good again.
-
-    Parameters
-    ----------
-    session : Session
-        Written to (flushed, not committed).
-    frame_ids : sequence of int
-        The masters' frame ids.
-    reason : str, optional
-        Why, stored with the flag (cleared with ``bad=False``).
-    bad : bool
-        True (default) to flag, False to clear the flag.
-
-    Returns
-    -------
-    list of Master
-        The rows changed.
-
-    Raises
-    ------
-    CalibrationNotFoundError
-        A frame id is not a master of the library.
-    """
-    masters = [_master_row(session, fid) for fid in frame_ids]
-    for master in masters:
-        master.is_bad, master.bad_reason = bad, (reason if bad else None)
-    session.flush()
-    return masters
-
-
-def set_validity(session: Session, frame_id: int, valid_from: dt.datetime | None, valid_until: dt.datetime | None) -> Master:
-    """Set the range ``[valid_from, valid_until)`` (UTC; ``None``: open) in which a master may be used.
-
-    Parameters
-    ----------
-    session : Session
-        Written to (flushed, not committed).
-    frame_id : int
-        The master's frame id.
-    valid_from, valid_until : datetime or None
-        Naive UTC bounds; the frame's DATE-OBS must be ``>= valid_from`` and ``< valid_until``.
-
-    Returns
-    -------
-    Master
-        The row changed.
-
-    Raises
-    ------
-    CalibrationNotFoundError
-        Not a master of the library.
-    ValueError
-        ``valid_from`` is not before ``valid_until``.
-    """
-    if valid_from is not None and valid_until is not None and valid_from >= valid_until:
-        raise ValueError(f"valid_from {valid_from} is not before valid_until {valid_until}")
-    master = _master_row(session, frame_id)
-    master.valid_from, master.valid_until = valid_from, valid_until
-    session.flush()
-    return master
-
-
-def library_table(session: Session, kind: str | None = None, *, include_bad: bool = True) -> pd.DataFrame:
-    """The masters of the library, one row each, ordered by kind and DATE-OBS.
-
-    Parameters
-    ----------
-    session : Session
-    kind : {'bias', 'dark', 'flat'}, optional
-        Only this kind (default all).
-    include_bad : bool
-        Include masters flagged bad (default True).
-
-    Returns
-    -------
-    DataFrame
-        Columns: frame_id, kind, origin, instrument, night, date_obs (UTC), exposure_time_s (s),
-        filter_name, binning_x, set_temp_c (deg C), n_combined, combine_method, bias_subtracted, is_bad,
-        bad_reason, valid_from, valid_until, rule_version, reduction_id, path.
-    """
-    path = canonical_path_column()
-    query = (
-        select(Master.frame_id, Master.kind, Master.origin, Instrument.name.label("instrument"), Frame.night,
-               Frame.date_obs, Frame.exposure_time_s, Frame.filter_name, Frame.binning_x, Frame.set_temp_c,
-               Master.n_combined, Master.combine_method, Master.bias_subtracted, Master.is_bad, Master.bad_reason,
-               Master.valid_from, Master.valid_until, Master.rule_version, Frame.reduction_id, path.label("path"))
-        .join(Frame, Frame.id == Master.frame_id).outerjoin(Instrument, Instrument.id == Frame.instrument_id)
-        .order_by(Master.kind, Frame.date_obs, Frame.id)
-    )
-    if kind:
-        query = query.where(Master.kind == kind)
-    if not include_bad:
-        query = query.where(~Master.is_bad)
-    rows = session.execute(query).all()
-    import pandas as pd  # imported on use: a slow import
-
-    return pd.DataFrame(rows, columns=list(query.selected_columns.keys()))

@@ -29,7 +29,8 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from archive.calib.masters import build_masters, default_library
+from archive.calib.library import default_library
+from archive.calib.masters import build_masters
 from archive.calib.rules import RuleBook, default_rulebook
 from archive.config import Settings, load_settings
 from archive.db.frames import FrameFilter, frame_query, lights_under
