@@ -163,7 +163,7 @@ def test_stale_after_a_rule_change_and_a_better_master(db_url, tmp_path):
 
     from archive.calib.rules import RuleBook
     from archive.db.session import open_catalogue
-    from archive.reduce.pipeline import find_stale
+    from archive.reduce.stale import find_stale
     from archive.resources import resource_dir
 
     root = tmp_path / "imaging"
@@ -247,7 +247,7 @@ def test_two_lights_of_one_name_get_two_products(db_url, tmp_path):
     """Two rigs (or a counter restarting per session) write m31_0.fits into two folders of one
     night: each light gets its own calibrated file, linked to it, none overwritten."""
     from archive.files import sha256_file
-    from archive.reduce.pipeline import current_calibrated
+    from archive.reduce.registration import current_calibrated
 
     night = tmp_path / "imaging" / "2026-11-20"
     synthetic_night(night / "rig_a", noise_light=False)
@@ -289,9 +289,9 @@ def test_lights_with_exposure_keyword_only_stack_with_their_exposure(db_url, tmp
 
 
 def test_one_unreadable_frame_is_left_out_and_a_failed_stack_is_retried(db_url, tmp_path, monkeypatch):
-    from archive.reduce import pipeline
+    from archive.reduce import registration, stacking
 
-    real_count, real_stack = pipeline.count_stars, pipeline.stack_files
+    real_count, real_stack = registration.count_stars, stacking.stack_files
 
     def count_stars(path, *args):
         if "m31_1" in path:
@@ -301,14 +301,14 @@ def test_one_unreadable_frame_is_left_out_and_a_failed_stack_is_retried(db_url, 
     def stack_files(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(pipeline, "count_stars", count_stars)
-    monkeypatch.setattr(pipeline, "stack_files", stack_files)
+    monkeypatch.setattr(registration, "count_stars", count_stars)
+    monkeypatch.setattr(stacking, "stack_files", stack_files)
     synthetic_night(tmp_path / "imaging" / "2026-11-20", noise_light=False)
     result = _night(db_url, tmp_path)
     assert result.exit_code == 1
     assert "FAILED register" in result.output and "m31_1" in result.output and "unreadable" in result.output
     assert "M 31 / Ha: 3 calibrated, 2 registered, 0 stacked, 2 failed" in result.output  # frame + stack
-    monkeypatch.setattr(pipeline, "stack_files", real_stack)
+    monkeypatch.setattr(stacking, "stack_files", real_stack)
     again = _run(db_url, tmp_path, "reduce", "--target", "M31")
     assert "1 stacked" in again.output, again.output  # the failed stack is tried again
     engine = _engine(db_url)
@@ -321,16 +321,16 @@ def test_one_unreadable_frame_is_left_out_and_a_failed_stack_is_retried(db_url, 
 
 
 def test_alignment_failures_are_kept_other_failures_retried(db_url, tmp_path, monkeypatch):
-    from archive.reduce import pipeline
+    from archive.reduce import registration
 
-    real_register = pipeline.register_file
+    real_register = registration.register_file
 
     def register_file(job):
         if "m31_2" in job.source:
             raise OSError("NFS hiccup")
         return real_register(job)
 
-    monkeypatch.setattr(pipeline, "register_file", register_file)
+    monkeypatch.setattr(registration, "register_file", register_file)
     synthetic_night(tmp_path / "imaging" / "2026-11-20")
     assert _night(db_url, tmp_path).exit_code == 1
     engine = _engine(db_url)
@@ -342,7 +342,7 @@ def test_alignment_failures_are_kept_other_failures_retried(db_url, tmp_path, mo
 
         first = failed()
         assert sorted(str(f) for f, _, _ in first.values()) == ["None", "alignment"]
-        monkeypatch.setattr(pipeline, "register_file", real_register)
+        monkeypatch.setattr(registration, "register_file", real_register)
         again = _run(db_url, tmp_path, "reduce", "--target", "M31")
         assert "1 registered" in again.output and "1 stacked" in again.output, again.output
         after = failed()

@@ -74,7 +74,8 @@ def reduce(ctx, app: AppContext, filters: FrameFilter, only_stale: bool, no_regi
     """
     from archive.db.models import Frame
     from archive.reduce.config import load_reduction_config
-    from archive.reduce.pipeline import find_stale, reduce_lights
+    from archive.reduce.pipeline import reduce_lights
+    from archive.reduce.stale import find_stale
     from archive.db.frames import frame_query
 
     if filters.image_type not in (None, "light"):
@@ -155,7 +156,7 @@ def stale(app: AppContext, fmt: str) -> None:
       archive stale
       archive stale --format json
     """
-    from archive.reduce.pipeline import find_stale
+    from archive.reduce.stale import find_stale
 
     with session_scope(app.engine) as session:
         rows = [{"frame_id": p.frame_id, "step": p.step, "path": p.path, "reasons": "; ".join(p.reasons)}

@@ -43,7 +43,8 @@ from archive.ingest.products import ProductRun
 from archive.progress import NoProgress, Progress
 from archive.reduce.config import ReductionConfig, load_reduction_config
 from archive.reduce.executor import SerialExecutor
-from archive.reduce.pipeline import ReduceSummary, reduce_lights
+from archive.reduce.pipeline import reduce_lights
+from archive.reduce.summary import ReduceSummary
 from archive.reduce.preview import write_preview
 
 log = logging.getLogger(__name__)

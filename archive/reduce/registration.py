@@ -1,0 +1,305 @@
+"""Registering the calibrated lights of each group onto one reference, then stacking them.
+
+A group is every light of one instrument, target and filter (and night with ``[stack]
+per_night``) that has a current calibrated frame. The *current* calibrated frame of a light is
+the output of its latest finished calibration; a group's current registered frames are those
+registered for its current membership."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Executor, Future, as_completed
+from typing import Any
+
+from astropy.io import fits
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from archive.db.bulk import chunked
+from archive.db.models import (
+    Frame,
+    Reduction,
+    ReductionInput,
+)
+from archive.db.session import session_scope
+from archive.errors import UnsafePathError
+from archive.files import fits_stem
+from archive.progress import NoProgress, Progress
+from archive import keywords as kw
+from archive.reduce.align import (
+    RegistrationJob,
+    choose_reference,
+    count_stars,
+    register_file,
+    wcs_cards,
+)
+from archive.reduce.config import ReductionConfig
+from archive.db.frames import canonical_paths
+from archive.ingest.products import ProductRun, fail_product, record_product
+from archive.db.provenance import (
+    find_reduction,
+    fingerprint,
+    start_reduction,
+)
+
+from archive.reduce.summary import ReduceSummary, group_name
+from archive.reduce.outputs import frames_by_id, instrument_names, output_path, submit_product
+from archive.reduce.stacking import stack_group
+
+log = logging.getLogger(__name__)
+
+
+# -- registration and stacking -------------------------------------------------------------------
+
+
+def _group_key(frame: Frame, per_night: bool) -> tuple:
+    return (frame.instrument_id, frame.target_key, (frame.filter_name or "").lower(), frame.night if per_night else None)
+
+
+def current_calibrated(session: Session, light_ids: Iterable[int] | None = None) -> dict[int, tuple[int, int]]:
+    """light id -> (calibrated frame id, reduction id) of each light's latest finished calibration."""
+    def query(batch: list[int] | None):
+        latest = (
+            select(ReductionInput.frame_id.label("light_id"), func.max(Reduction.id).label("rid"))
+            .join(Reduction, Reduction.id == ReductionInput.reduction_id)
+            .where(Reduction.step == "calibrate", Reduction.status == "done", ReductionInput.role == "light")
+            .group_by(ReductionInput.frame_id)
+        )
+        if batch is not None:
+            latest = latest.where(ReductionInput.frame_id.in_(batch))
+        latest = latest.subquery()
+        return session.execute(
+            select(latest.c.light_id, Frame.id, latest.c.rid).join(Frame, Frame.reduction_id == latest.c.rid)
+        )
+
+    batches = [None] if light_ids is None else chunked(light_ids)
+    return {light: (frame, rid) for batch in batches for light, frame, rid in query(batch)}
+
+
+def _group_members(session: Session, lights: Sequence[Frame], per_night: bool) -> dict[tuple, list[tuple[Frame, Frame]]]:
+    """Registration groups touched by ``lights``: key -> [(light, current calibrated frame)] of
+    every light of the group that has one, ordered by DATE-OBS."""
+    keys = {_group_key(light, per_night) for light in lights}
+    out: dict[tuple, list[tuple[Frame, Frame]]] = defaultdict(list)
+    for instrument_id, target_key, filter_name, night in keys:
+        query = select(Frame).where(Frame.image_type == "light", Frame.duplicate_of_id.is_(None))
+        query = query.where(Frame.instrument_id == instrument_id if instrument_id is not None else Frame.instrument_id.is_(None))
+        query = query.where(Frame.target_key == target_key if target_key is not None else Frame.target_key.is_(None))
+        query = query.where(func.lower(func.coalesce(Frame.filter_name, "")) == filter_name)
+        if per_night:
+            query = query.where(Frame.night == night)
+        members = list(session.scalars(query.order_by(Frame.date_obs_s, Frame.id)))
+        current = current_calibrated(session, [m.id for m in members])
+        calibrated = {f.id: f for f in frames_by_id(session, [c for c, _ in current.values()])}
+        out[(instrument_id, target_key, filter_name, night)] = [
+            (m, calibrated[current[m.id][0]]) for m in members if m.id in current
+        ]
+    return out
+
+
+def _settled(status: str, parameters: dict[str, Any] | None) -> bool:
+    """A registration not to be tried again: done, or failed to align (deterministic)."""
+    return status == "done" or (status == "failed" and (parameters or {}).get("failure") == "alignment")
+
+
+def _registration_state(session: Session, calibrated_ids: Sequence[int], group_hash: str) -> dict[int, tuple[str, int | None]]:
+    """calibrated frame id -> (status, registered frame id) of the settled registrations
+    (:func:`_settled`) made for this group."""
+    state: dict[int, tuple[str, int | None]] = {}
+    for batch in chunked(calibrated_ids):
+        rows = session.execute(
+            select(ReductionInput.frame_id, Reduction.status, Reduction.parameters, Frame.id)
+            .join(Reduction, Reduction.id == ReductionInput.reduction_id)
+            .outerjoin(Frame, Frame.reduction_id == Reduction.id)
+            .where(Reduction.step == "register", ReductionInput.role == "input", ReductionInput.frame_id.in_(batch))
+            .order_by(Reduction.id)
+        )
+        for cid, status, params, out_id in rows:
+            if (params or {}).get("group") == group_hash and _settled(status, params):
+                state[cid] = (status, out_id)
+    return state
+
+
+def register_and_stack(
+    engine: Engine, light_ids: Sequence[int], *, config: ReductionConfig, products: ProductRun,
+    executor: Executor, progress: Progress | None = None, summary: ReduceSummary | None = None,
+) -> ReduceSummary:
+    """Register and stack the groups the lights ``light_ids`` belong to.
+
+    A group is every light of one instrument, target and filter (and night with
+    ``[stack] per_night``) that has a current calibrated frame, not only those in
+    ``light_ids``. Its frames are registered onto one reference (:mod:`archive.reduce.align`)
+    and stacked per exposure time (at least two frames per stack).
+
+    Parameters
+    ----------
+    engine : Engine
+        The catalogue; each registered and stacked frame is its own unit of work.
+    light_ids : sequence of int
+        Raw lights whose groups are to be registered and stacked.
+    config : ReductionConfig
+        ``[register]`` and ``[stack]`` parameters and the output layout.
+    products : ProductRun
+        The ingest run the products join.
+    executor : Executor
+        Where the pixel work runs.
+    progress : Progress, optional
+    summary : ReduceSummary, optional
+        Added to and returned (default a new one).
+
+    Returns
+    -------
+    ReduceSummary
+        A frame that cannot be read, fails to align, or cannot be ingested is recorded as a
+        failure and left out; the rest of its group goes on. Alignment failures are kept as
+        ``failed`` reductions with ``parameters['failure'] = 'alignment'`` and not tried again
+        with the same inputs; other failures (of a frame or a stack) are tried again next run.
+
+    Raises
+    ------
+    sqlalchemy.exc.SQLAlchemyError
+        The catalogue cannot be read; a group whose bookkeeping fails is recorded as a
+        failure and the next group goes on.
+    """
+    summary = summary if summary is not None else ReduceSummary()
+    per_night = bool(config.stack.get("per_night", False))
+    with session_scope(engine) as session:
+        lights = frames_by_id(session, light_ids)
+        groups = _group_members(session, lights, per_night)
+    for key, members in groups.items():
+        if not members:
+            continue
+        name = group_name(members[0][0])
+        try:
+            registered = _register_group(engine, key, members, config=config, products=products,
+                                         executor=executor, progress=progress, summary=summary, name=name)
+            stack_group(engine, registered, config=config, products=products, executor=executor,
+                         summary=summary, name=name)
+        except Exception as exc:
+            log.exception("group %s failed", name)
+            summary.fail(name, f"register/stack {name}", f"{type(exc).__name__}: {exc}")
+    return summary
+
+
+def _count_stars_all(
+    executor: Executor, members: list[tuple[Frame, Frame]], paths: dict[int, str], parameters: dict[str, Any],
+    summary: ReduceSummary, name: str, progress: Progress,
+) -> tuple[list[tuple[Frame, Frame]], dict[str, dict]]:
+    """Detect stars in every member's calibrated frame; a frame that cannot be read is recorded
+    as a failure and left out. Returns the members kept (in order) and the results by path."""
+    futures: dict[Future, tuple[Frame, Frame]] = {}
+    kept: list[tuple[Frame, Frame]] = []
+    for light, cal in members:
+        path = paths.get(cal.id)
+        if path is None:
+            summary.fail(name, f"register calibrated frame #{cal.id}", "no file on disk")
+            continue
+        futures[executor.submit(count_stars, path, parameters["detect_sigma"], parameters["max_control_points"])] = (light, cal)
+    progress.start(len(futures), f"stars {name}")
+    stars: dict[str, dict] = {}
+    for future, (light, cal) in futures.items():  # in DATE-OBS order: the reference rule breaks ties by it
+        try:
+            result = future.result()
+        except Exception as exc:  # noqa: BLE001 - one unreadable frame is left out; the group goes on
+            log.warning("%s: cannot detect stars, left out: %s", paths[cal.id], exc)
+            summary.fail(name, f"register {paths[cal.id]}", f"{type(exc).__name__}: {exc}")
+        else:
+            stars[result["path"]] = result
+            kept.append((light, cal))
+        progress.advance()
+    progress.finish()
+    return kept, stars
+
+
+def _register_group(
+    engine: Engine, key: tuple, members: list[tuple[Frame, Frame]], *, config: ReductionConfig,
+    products: ProductRun, executor: Executor, progress: Progress | None, summary: ReduceSummary, name: str,
+) -> list[int]:
+    """Register the group's current calibrated frames; returns the registered frame ids."""
+    progress = progress or NoProgress()
+    reg = config.register
+    group_hash = hashlib.sha256(",".join(sorted(c.sha256 for _, c in members)).encode()).hexdigest()[:16]
+    calibrated = [c for _, c in members]
+    with session_scope(engine) as session:
+        state = _registration_state(session, [c.id for c in calibrated], group_hash)
+        paths = canonical_paths(session, [c.id for c in calibrated] + [light.id for light, _ in members])
+        instruments = instrument_names(session, [light for light, _ in members])
+    if all(c.id in state for c in calibrated):
+        summary.unchanged += len(calibrated)
+        return [state[c.id][1] for c in calibrated if state[c.id][0] == "done" and state[c.id][1] is not None]
+    parameters = {
+        "reference_rule": reg.get("reference", "most_stars"), "detect_sigma": float(reg.get("detect_sigma", 5.0)),
+        "max_control_points": int(reg.get("max_control_points", 50)),
+        "max_shift_fraction": float(reg.get("max_shift_fraction", 0.15)), "interpolation": "bilinear",
+    }
+    members, stars = _count_stars_all(executor, members, paths, parameters, summary, name, progress)
+    if not members:
+        return []
+    ordered = [paths[c.id] for _, c in members]
+    reference_path = choose_reference([(p, stars[p]["n_stars"]) for p in ordered])
+    reference = members[ordered.index(reference_path)][1]
+    reference_wcs = wcs_cards(fits.getheader(reference_path))
+    out_ids: list[int] = []
+    futures: dict[Future, tuple[RegistrationJob, int]] = {}
+    for light, cal in members:
+        path = paths[cal.id]
+        params = {**parameters, "n_stars": stars[path]["n_stars"], "reference_stars": stars[reference_path]["n_stars"]}
+        fp = fingerprint("register", [(cal.sha256, "input"), (reference.sha256, "reference")],
+                         {k: v for k, v in params.items() if k not in ("n_stars", "reference_stars")}, None)
+        try:
+            output = output_path(config, "registered", light, instruments, fp, stem=fits_stem(paths.get(light.id, path)))
+        except UnsafePathError as exc:
+            summary.fail(name, f"register {path}", str(exc))
+            continue
+        with session_scope(engine, write=True) as session:
+            existing = find_reduction(session, fp)
+            if existing is not None and _settled(existing.status, existing.parameters):
+                # same source and reference as before: adopt it for the current group membership
+                existing.parameters = {**existing.parameters, "group": group_hash}
+                out = session.scalar(select(Frame.id).where(Frame.reduction_id == existing.id))
+                summary.unchanged += 1
+                if existing.status == "done" and out is not None:
+                    out_ids.append(out)
+                continue
+            reduction = start_reduction(session, "register", fp, {**params, "group": group_hash}, None,
+                                        [(cal.id, "input"), (reference.id, "reference")])
+            reduction_id = reduction.id if reduction is not None else None
+        if reduction_id is None:  # made meanwhile, or being made, by another run
+            summary.unchanged += 1
+            continue
+        job = RegistrationJob(
+            source=path, output=str(output), reference=reference_path, source_xy=stars[path]["xy"],
+            reference_xy=stars[reference_path]["xy"], max_shift_fraction=parameters["max_shift_fraction"],
+            reference_wcs=reference_wcs, header={kw.REDUCTION_STEP: "register", kw.FINGERPRINT: fp},
+            max_control_points=parameters["max_control_points"],
+        )
+        future = submit_product(executor, output, fp, {"ok": True, "output": str(output), "warning": None}, register_file, job)
+        futures[future] = (job, reduction_id)
+    for future in as_completed(futures):
+        job, reduction_id = futures[future]
+        try:
+            result = future.result()
+        except Exception as exc:  # noqa: BLE001 - not an alignment failure: tried again next run
+            result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        if not result["ok"]:
+            log.warning("%s: not registered, left out of the stack: %s", job.source, result["error"])
+            fail_product(engine, reduction_id, result["error"], failure=result.get("failure"))
+            summary.fail(name, f"register {job.source}", result["error"])
+            continue
+        if result.get("warning"):
+            log.warning(result["warning"])
+            summary.warnings.append(result["warning"])
+        extra = {k: result[k] for k in ("dx", "dy", "rotation_deg", "scale") if k in result}
+        try:
+            out_ids.append(record_product(products, reduction_id, job.output, results=extra))
+        except Exception as exc:  # noqa: BLE001 - one frame's failure is recorded; the group goes on
+            log.warning("%s: registered but not catalogued, left out of the stack: %s", job.output, exc)
+            fail_product(engine, reduction_id, f"{type(exc).__name__}: {exc}")
+            summary.fail(name, f"register {job.source}", f"{type(exc).__name__}: {exc}")
+            continue
+        summary.registered.append(job.output)
+        summary.by_group[name]["registered"] += 1
+    return out_ids

@@ -1,0 +1,87 @@
+"""Stacking a group's registered frames per exposure time (at least two frames a stack)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from concurrent.futures import Executor
+
+from sqlalchemy import Engine
+
+from archive.db.models import (
+    Frame,
+)
+from archive.db.session import session_scope
+from archive.errors import UnsafePathError
+from archive import keywords as kw
+from archive.reduce.config import ReductionConfig
+from archive.reduce.preview import write_preview
+from archive.db.frames import canonical_paths
+from archive.ingest.products import ProductRun, fail_product, record_product
+from archive.db.provenance import (
+    fingerprint,
+    start_reduction,
+)
+from archive.reduce.stack import StackJob, stack_files
+
+from archive.reduce.summary import ReduceSummary
+from archive.reduce.outputs import GROUP_DIGITS, existing_output, frames_by_id, instrument_names, output_path
+
+log = logging.getLogger(__name__)
+
+
+def stack_group(
+    engine: Engine, registered_ids: list[int], *, config: ReductionConfig, products: ProductRun,
+    executor: Executor, summary: ReduceSummary, name: str,
+) -> None:
+    """Stack the registered frames per exposure time (at least two frames per stack)."""
+    st = config.stack
+    parameters = {"method": st.get("method", "median"), "sigma": float(st.get("sigma", 3.0)),
+                  "iterations": int(st.get("iterations", 5)), "memory_limit_mb": float(st.get("memory_limit_mb", 512))}
+    fp_parameters = {k: v for k, v in parameters.items() if k != "memory_limit_mb"}
+    with session_scope(engine) as session:
+        frames = frames_by_id(session, registered_ids)
+        paths = canonical_paths(session, registered_ids)
+        instruments = instrument_names(session, frames)
+    by_exposure: dict[float | None, list[Frame]] = defaultdict(list)
+    for frame in frames:
+        if frame.id not in paths:
+            summary.warnings.append(f"{name}: registered frame #{frame.id} has no file on disk, not stacked")
+            continue
+        by_exposure[frame.exposure_time_s].append(frame)
+    for exposure, members in by_exposure.items():
+        if len(members) < 2:
+            summary.warnings.append(f"{name}: {len(members)} registered frame(s) of {exposure} s, not stacked")
+            continue
+        fp = fingerprint("stack", [(f.sha256, "input") for f in members], fp_parameters, None)
+        try:
+            output = output_path(config, "stacked", members[0], instruments, fp, group=fp[:GROUP_DIGITS])
+        except UnsafePathError as exc:
+            summary.fail(name, f"stack {name} ({exposure} s)", str(exc))
+            continue
+        with session_scope(engine, write=True) as session:
+            reduction = start_reduction(session, "stack", fp, parameters, None, [(f.id, "input") for f in members])
+            reduction_id = reduction.id if reduction is not None else None
+        if reduction_id is None:  # done, or being made by another run
+            summary.unchanged += 1
+            continue
+        job = StackJob(inputs=tuple(paths[f.id] for f in members), output=str(output), method=parameters["method"],
+                       sigma=parameters["sigma"], iterations=parameters["iterations"],
+                       memory_limit_mb=parameters["memory_limit_mb"],
+                       header={kw.REDUCTION_STEP: "stack", kw.FINGERPRINT: fp},
+                       exposures_s=tuple(f.exposure_time_s for f in members),
+                       dates_obs=tuple(f.date_obs.isoformat() if f.date_obs else None for f in members))
+        try:
+            if not existing_output(output, fp):
+                result = stack_files(job, executor=executor, parts=int(config.executor.get("workers") or os.cpu_count() or 1))
+                summary.warnings += result["warnings"]
+            if config.previews:
+                write_preview(output)
+            record_product(products, reduction_id, output)
+        except Exception as exc:  # noqa: BLE001 - recorded; tried again next run
+            fail_product(engine, reduction_id, f"{type(exc).__name__}: {exc}")
+            summary.fail(name, f"stack {output.name}", str(exc))
+            continue
+        summary.stacked.append(str(output))
+        summary.by_group[name]["stacked"] += 1
