@@ -210,17 +210,59 @@ def test_stale_after_a_rule_change_and_a_better_master(db_url, tmp_path):
         engine.dispose()
 
 
-def test_lights_without_masters_fail_clearly(db_url, tmp_path):
+def test_required_calibrations_are_configuration_per_instrument(db_url, tmp_path):
+    """An instrument whose rules require bias, dark and flat gets no product without them: the
+    reason names each required master and the rule that removed its last candidate."""
+    import shutil
+
+    from archive.resources import resource_dir
+
     folder = tmp_path / "lights"
     for i in range(2):
         _frame(folder / f"m31_{i}.fits", "light", 120.0, 20 + i, 520 + _sky(0, 0, i))
-    env = {"ARCHIVE_CONFIG": str(tmp_path / "none.toml")}
+    rules = tmp_path / "matching"
+    shutil.copytree(resource_dir("configs") / "matching", rules)
+    (rules / "strict.toml").write_text('instruments = ["ZWO ASI2600MM Pro"]\nrequired = ["bias", "dark", "flat"]\n')
+    (tmp_path / "config.toml").write_text(f'[masters]\nrules = "{rules}"\n')
+    env = {"ARCHIVE_CONFIG": str(tmp_path / "config.toml")}
     assert CliRunner().invoke(main, ["--db", db_url, "ingest", str(folder)], env=env).exit_code == 0
     result = CliRunner().invoke(main, ["--db", db_url, "reduce", "--target", "M 31", "--serial", "--output",
                                        str(tmp_path / "out")], env=env, catch_exceptions=False)
     assert result.exit_code == 1
-    assert "no master bias, dark or flat" in result.output and "no master bias in the library" in result.output
+    assert "no master bias (required): no master bias in the library" in result.output
+    assert "no master flat (required)" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_lights_that_require_no_calibration_are_registered_and_stacked_uncalibrated(db_url, tmp_path):
+    """With the default rule ("available") an instrument with no master in the library needs
+    none: its lights are passed on uncalibrated (the header and provenance say so), registered
+    and stacked; exit status 0."""
+    folder = tmp_path / "lights"
+    for i, (dx, dy) in enumerate([(0, 0), (3.2, -2.1), (-4.5, 1.7)]):
+        _frame(folder / f"m31_{i}.fits", "light", 120.0, 20 + i, 500 + _sky(dx, dy, 10 + i))
+    env = {"ARCHIVE_CONFIG": str(tmp_path / "none.toml")}
+    assert CliRunner().invoke(main, ["--db", db_url, "ingest", str(folder)], env=env).exit_code == 0
+    result = CliRunner().invoke(main, ["--db", db_url, "reduce", "--target", "M 31", "--serial", "--output",
+                                       str(tmp_path / "out")], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    calibrated = sorted((tmp_path / "out").rglob("*_cal.fits"))
+    assert len(calibrated) == 3
+    assert all(fits.getval(p, kw.STEPS) == "uncalibrated" for p in calibrated)
+    raw = fits.getdata(folder / "m31_0.fits").astype(np.float64)
+    mine = next(p for p in calibrated if p.name.startswith("m31_0"))
+    np.testing.assert_allclose(fits.getdata(mine), raw, rtol=1e-6)  # nothing applied
+    stacks = list((tmp_path / "out" / "stacks").rglob("*.fits"))
+    assert len(stacks) == 1 and fits.getval(stacks[0], kw.NCOMBINE) == 3
+    engine = _engine(db_url)
+    try:
+        with session_scope(engine) as session:
+            reductions = session.scalars(select(Reduction).where(Reduction.step == "calibrate")).all()
+            assert len(reductions) == 3
+            assert all(r.parameters["missing"] == ["bias", "dark", "flat"] and not r.parameters["masters"]
+                       for r in reductions)
+    finally:
+        engine.dispose()
 
 
 # -- review fixes ------------------------------------------------------------------------------

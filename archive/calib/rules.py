@@ -80,6 +80,10 @@ class MatchingRules:
         Sigma-clipping iterations.
     memory_limit_bytes : int
         Memory for one combine.
+    required : tuple of str or None
+        The calibration kinds a light of this instrument must have before it is calibrated
+        (:func:`archive.calib.required.required_kinds`); None: every kind of which the
+        library holds a master of the instrument ("available").
     """
 
     version: str
@@ -88,6 +92,7 @@ class MatchingRules:
     sigma_high: float = 3.0
     maxiters: int = 5
     memory_limit_bytes: int = 2048 * 1024 * 1024
+    required: tuple[str, ...] | None = None
 
     def __getitem__(self, kind: str) -> KindRules:
         try:
@@ -119,8 +124,17 @@ def _parse(raw: dict[str, Any], source: str) -> MatchingRules:
                 exposure_tolerance_s=float(section.get("exposure_tolerance_s", 0.01)),
                 scale=bool(section.get("scale", False)), interpolate=bool(section.get("interpolate", False)),
             )
+        required = raw.get("required", "available")
+        if required != "available":
+            if isinstance(required, str) or not all(k in CALIBRATION_KINDS for k in required):
+                raise ConfigError(f"{source}: required = {required!r}; give \"available\" or a list of "
+                                  f"{list(CALIBRATION_KINDS)}")
+            required = tuple(k for k in CALIBRATION_KINDS if k in required)
+        else:
+            required = None
         combine = raw.get("combine", {})
         return MatchingRules(
+            required=required,
             version=f"{raw.get('name', 'default')}:{raw.get('version', '0')}",
             kinds=kinds,
             sigma_low=float(combine.get("sigma_low", 3.0)), sigma_high=float(combine.get("sigma_high", 3.0)),

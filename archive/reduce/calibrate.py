@@ -182,8 +182,9 @@ def calibrate_light_file(job: CalibrationJob) -> dict:
     """Calibrate ``job.light`` and write ``job.output`` (float32, temporary name then rename).
 
     The header is the light's, with IMAGETYP 'CALIBRATED', the masters' file names, the dark
-    method and scale, the flat normalization and the steps applied (keywords in
-    :mod:`archive.keywords`), plus ``job.header``.
+    method and scale, the flat normalization and the steps applied ('uncalibrated' when the
+    instrument requires none and none was found; keywords in :mod:`archive.keywords`), plus
+    ``job.header``.
 
     Returns
     -------
@@ -218,7 +219,7 @@ def calibrate_light_file(job: CalibrationJob) -> dict:
         set_card(out, kw.MASTER_FLAT, Path(job.flat).name, "master flat")
         out[kw.FLAT_NORM] = (flat_norm, "flat divided by this median")
     out[kw.COSMIC_RAYS] = (bool(job.cosmic_rays), "cosmic rays cleaned")
-    out[kw.STEPS] = (",".join(steps), "calibration steps in order")
+    out[kw.STEPS] = (",".join(steps) or "uncalibrated", "calibration steps in order")
     for key, value in job.header.items():
         out[key] = value
     write_atomic(job.output, data, out)

@@ -5,6 +5,7 @@ fingerprint, the output path), run the pixel work, record each calibrated frame
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future, as_completed
 from dataclasses import dataclass
@@ -14,8 +15,9 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from archive.calib.required import kinds_in_library, required_kinds
 from archive.calib.rules import RuleBook
-from archive.calib.select import Selection, explain_selection, masters_of, record_selection
+from archive.calib.select import Selection, explain_selection, masters_of, record_selection, rules_for
 from archive.db.models import (
     CALIBRATION_KINDS,
     Frame,
@@ -70,23 +72,30 @@ class _CalPlan:
 
 
 def plan_calibration(
-    session: Session, light: Frame, config: ReductionConfig, rules: RuleBook | None = None,
-    libraries: dict[str, list] | None = None,
+    session: Session, light: Frame, config: ReductionConfig, rules: RuleBook,
+    libraries: dict[str, list] | None = None, library_kinds: dict | None = None,
 ) -> _CalPlan | str:
     """The calibration request of one light, or the reason there is none.
 
     Masters are chosen by :func:`archive.calib.select.explain_selection` for bias, dark and
-    flat; a kind with no master is left out of the calibration (a warning; ``archive stale``
-    lists the product once a master exists). Returns a string when no master at all is found.
-    ``libraries`` (kind -> :func:`archive.calib.select.masters_of`) saves loading the library
-    again for every light.
+    flat. A kind the instrument requires (:func:`archive.calib.required.required_kinds`:
+    ``required`` of its matching rules) without a master stops the light here: the reason is
+    returned. A kind it does not require is applied when a master is found and left out
+    otherwise; a light that requires nothing and finds nothing is passed on uncalibrated
+    (its header's steps say so). ``libraries`` (kind -> :func:`archive.calib.select.masters_of`)
+    and ``library_kinds`` (:func:`archive.calib.required.kinds_in_library`) save loading the
+    library again for every light.
     """
     libraries = libraries or {}
+    library_kinds = library_kinds if library_kinds is not None else kinds_in_library(session)
+    instrument = instrument_names(session, [light]).get(light.instrument_id)
+    required = required_kinds(rules_for(rules, instrument), light.instrument_id, library_kinds)
     selections = [explain_selection(session, light, kind, rules=rules, library=libraries.get(kind))
                   for kind in CALIBRATION_KINDS]
+    lacking = [s for s in selections if not s.found and s.kind in required]
+    if lacking:
+        return "; ".join(f"no master {s.kind} (required): {s.explanation}" for s in lacking)
     found = [s for s in selections if s.found]
-    if not found:
-        return "no master bias, dark or flat: " + "; ".join(s.explanation for s in selections)
     master_ids = {mid for s in found for mid, _ in s.weights}
     masters = {f.id: f for f in session.scalars(select(Frame).where(Frame.id.in_(master_ids)))}
     paths = canonical_paths(session, master_ids | {light.id})
@@ -110,7 +119,7 @@ def plan_calibration(
         "masters": {s.kind: [[mid, w] for mid, w in s.weights] for s in found},
         "missing": [s.kind for s in selections if not s.found],
     }
-    rule_version = found[0].rule_version
+    rule_version = selections[0].rule_version
     fp = fingerprint("calibrate", fp_inputs, parameters, rule_version)
     output = output_path(config, "calibrated", light, instrument_names(session, [light]), fp,
                      stem=fits_stem(paths[light.id]))
@@ -167,11 +176,14 @@ def calibrate_lights(
     summary = summary if summary is not None else ReduceSummary()
     progress = progress or NoProgress()
     todo: list[_CalPlan] = []
+    without: Counter = Counter()  # (group, kind) -> lights calibrated without a master the library has
     with session_scope(engine) as session:
         libraries = {kind: masters_of(session, kind) for kind in CALIBRATION_KINDS}
+        library_kinds = kinds_in_library(session)
+        any_kinds = kinds_in_library(session, include_bad=True)
         for light in frames_by_id(session, light_ids):
             try:
-                plan = plan_calibration(session, light, config, rules, libraries)
+                plan = plan_calibration(session, light, config, rules, libraries, library_kinds)
             except UnsafePathError as exc:  # a symlink below the products folder leading out of it
                 plan = str(exc)
             if isinstance(plan, str):
@@ -182,9 +194,13 @@ def calibrate_lights(
                 summary.unchanged += 1
                 continue
             for s in plan.selections:
-                if not s.found:
-                    summary.warnings.append(f"light #{light.id}: calibrated without a {s.kind}: {s.explanation}")
+                if not s.found and s.kind in any_kinds.get(light.instrument_id, ()):
+                    without[(plan.group, s.kind)] += 1
             todo.append(plan)
+    for (group, kind), n in sorted(without.items()):
+        summary.warnings.append(f"{group}: {n} light(s) calibrated without a master {kind}: the library's are "
+                                f"marked bad or do not match, and {kind} is not required ('archive masters missing' "
+                                f"says what to shoot)")
     progress.start(len(todo), "calibrating")
     futures: dict[Future, tuple[_CalPlan, int]] = {}
     for plan in todo:
