@@ -45,6 +45,9 @@ DARK_SCALE: str = _K["calibrate"]["dark_scale"]
 FLAT_NORM: str = _K["calibrate"]["flat_norm"]
 COSMIC_RAYS: str = _K["calibrate"]["cosmic_rays"]
 STEPS: str = _K["calibrate"]["steps"]
+OVERSCAN: str = _K["calibrate"]["overscan"]
+TRIM: str = _K["calibrate"]["trim"]
+RAW_SECTIONS: tuple[str, ...] = tuple(_K["calibrate"]["raw_sections"])
 
 #: Registration.
 REFERENCE: str = _K["register"]["reference"]

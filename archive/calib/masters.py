@@ -55,6 +55,9 @@ from archive.ingest.headers import header_from_text
 from archive.ingest.library import sync_library
 from archive.ingest.products import ProductRun, fail_product, record_product
 from archive.calib.library import LIBRARY_LAYOUT, default_library
+from archive.calib.overscan import (
+    Geometry, detector_geometry, overscan_levels, parse_section, strip_axis, subtract_overscan_rows,
+)
 from archive.calib.plan import MasterPlan, describe, describe_parts, plan_masters
 from archive.progress import NoProgress, Progress
 
@@ -210,8 +213,10 @@ def _compute(
             except MasterBuildError as exc:
                 dropped[i] = f"{files[i]}: {exc}"
     has_dark = any(per_frame)
+    geometries, levels = _overscan(plan, files, hdus)
 
     def prepare(i: int, block: np.ndarray, start: int, stop: int) -> np.ndarray:
+        subtract_overscan_rows(block, geometries[i], levels[i])
         if bias is not None:
             block -= bias[start:stop]
         for data, factor in per_frame[i]:
@@ -238,7 +243,8 @@ def _compute(
         return None, left_out
     data = combine_files(
         [files[i] for i in keep], method=kr.combine, hdu_indexes=[hdus[i] for i in keep],
-        prepare=(lambda j, block, a, b: prepare(keep[j], block, a, b)) if (bias is not None or has_dark) else None,
+        prepare=(lambda j, block, a, b: prepare(keep[j], block, a, b))
+        if (bias is not None or has_dark or any(g.overscan for g in geometries)) else None,
         scales=[1.0 / medians[i] for i in keep] if plan.kind == "flat" else None,
         memory_limit_bytes=rules.memory_limit_bytes, sigma_low=rules.sigma_low,
         sigma_high=rules.sigma_high, maxiters=rules.maxiters,
@@ -249,6 +255,30 @@ def _compute(
             raise MasterBuildError(f"combined flat has median {med}; cannot normalize")
         data /= np.float32(med)
     return data, left_out
+
+
+def _geometry(frame: Frame, instrument: str | None) -> Geometry:
+    return detector_geometry(header_from_text(frame.header), (frame.naxis2 or 0, frame.naxis1 or 0), instrument)
+
+
+def _overscan(plan: MasterPlan, files: Sequence[str], hdus: Sequence[int]) -> tuple[list[Geometry], list]:
+    """Each input's detector geometry (:func:`archive.calib.overscan.detector_geometry`) and,
+    for a strip of rows, its per-column overscan levels (read once; a strip of columns is
+    measured in each block of rows)."""
+    geometries, levels = [], []
+    for frame, path, hdu in zip(plan.frames, files, hdus):
+        geometry = _geometry(frame, plan.instrument)
+        level = None
+        if geometry.overscan and strip_axis(geometry.overscan) == 0:
+            rows = parse_section(geometry.overscan)[0]
+            reader = RowReader(path, hdu)
+            try:
+                level = overscan_levels(reader.rows(rows.start, rows.stop))
+            finally:
+                reader.close()
+        geometries.append(geometry)
+        levels.append(level)
+    return geometries, levels
 
 
 def _dark_factor(frame: Frame, master: Master, dframe: Frame, weight: float) -> float:
@@ -413,6 +443,10 @@ def _build_one(engine: Engine, plan: MasterPlan, library: Path, products: Produc
             }
             if kr.combine == "sigma_clip":
                 parameters["sigma"] = [plan.rules.sigma_low, plan.rules.sigma_high, plan.rules.maxiters]
+            overscans = sorted({g.overscan for g in map(lambda f: _geometry(f, plan.instrument), plan.frames)
+                                if g.overscan})
+            if overscans:  # only then: masters of detectors without an overscan keep their fingerprints
+                parameters["overscan"] = overscans
             fp = _plan_fingerprint(plan, calib_frames, parameters)
             if _done(session, fp):
                 summary.unchanged += 1

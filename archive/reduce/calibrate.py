@@ -25,6 +25,7 @@ import numpy as np
 from astropy.nddata import CCDData
 
 from archive import keywords as kw
+from archive.calib.overscan import Geometry, shift_for_trim, subtract_overscan, trim, trim_slices
 from archive.fitsio import product_header, read_pixels, set_card, write_atomic
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ class CalibrationJob:
         Normalized flat values below this are replaced by it.
     header : dict
         Extra cards for the output (provenance: step, fingerprint, software).
+    overscan, trim : str or None
+        The detector's overscan and trim sections (:func:`archive.calib.overscan.detector_geometry`).
     """
 
     light: str
@@ -90,6 +93,8 @@ class CalibrationJob:
     cr_sigclip: float = 4.5
     flat_min_value: float = 0.01
     header: dict = field(default_factory=dict)
+    overscan: str | None = None
+    trim: str | None = None
 
 
 def calibrate_array(
@@ -101,8 +106,13 @@ def calibrate_array(
     cosmic_rays: bool = False,
     cr_sigclip: float = 4.5,
     flat_min_value: float | None = 0.01,
+    geometry: Geometry | None = None,
 ) -> tuple[np.ndarray, list[str], float | None]:
     """Calibrate one light image with ccdproc.
+
+    The overscan level is subtracted first and the image trimmed last (``geometry``); the
+    masters keep the detector's geometry (see ``configs/detector.toml``), and the flat is
+    normalized by its median over the trim section.
 
     Parameters
     ----------
@@ -116,10 +126,12 @@ def calibrate_array(
         Master flat (any scale; normalized here by its median).
     cosmic_rays, cr_sigclip, flat_min_value
         See :class:`CalibrationJob`.
+    geometry : Geometry, optional
+        Overscan and trim sections (default none).
 
     Returns
     -------
-    data : ndarray, shape (ny, nx), float64
+    data : ndarray, shape (ny, nx) or the trim section's, float64
         Calibrated image, ADU.
     steps : list of str
         The steps applied, in order.
@@ -131,8 +143,13 @@ def calibrate_array(
     ValueError
         A calibration image's shape differs from the light's, or the flat's median is not positive.
     """
-    ccd = CCDData(np.asarray(light, dtype=np.float64), unit=u.adu)
+    geometry = geometry or Geometry()
     steps = []
+    light = np.asarray(light, dtype=np.float64)
+    if geometry.overscan:
+        light = subtract_overscan(light, geometry)
+        steps.append("overscan")
+    ccd = CCDData(light, unit=u.adu)
     for name, image in [("bias", bias), ("flat", flat)] + [("dark", d) for d, _ in darks]:
         if image is not None and np.shape(image) != ccd.shape:
             raise ValueError(f"master {name} has shape {np.shape(image)}, the light {ccd.shape}")
@@ -160,7 +177,8 @@ def calibrate_array(
     if flat is not None:
         import ccdproc
 
-        flat_norm = float(np.median(flat))
+        rows, cols = trim_slices(geometry, np.shape(flat))
+        flat_norm = float(np.median(np.asarray(flat)[rows, cols]))
         if not flat_norm > 0:
             raise ValueError(f"the master flat's median is {flat_norm}, not positive")
         min_value = None if flat_min_value is None else flat_min_value * flat_norm
@@ -175,7 +193,11 @@ def calibrate_array(
         ccd = ccdproc.cosmicray_lacosmic(ccd, sigclip=cr_sigclip)
         ccd = CCDData(np.asarray(ccd.data, dtype=np.float64), unit=u.adu)
         steps.append("cosmic_rays")
-    return np.asarray(ccd.data, dtype=np.float64), steps, flat_norm
+    data = np.asarray(ccd.data, dtype=np.float64)
+    if geometry.trim:
+        data = trim(data, geometry)
+        steps.append("trim")
+    return data, steps, flat_norm
 
 
 def calibrate_light_file(job: CalibrationJob) -> dict:
@@ -202,11 +224,17 @@ def calibrate_light_file(job: CalibrationJob) -> dict:
     bias = read_pixels(job.bias)[0] if job.bias else None
     darks = [(read_pixels(path)[0], weight) for path, weight in job.darks]
     flat = read_pixels(job.flat)[0] if job.flat else None
+    geometry = Geometry(job.overscan, job.trim)
     data, steps, flat_norm = calibrate_array(
         light, bias, darks, flat, cosmic_rays=job.cosmic_rays, cr_sigclip=job.cr_sigclip,
-        flat_min_value=job.flat_min_value,
+        flat_min_value=job.flat_min_value, geometry=geometry,
     )
     out = product_header(header)
+    if job.overscan:
+        out[kw.OVERSCAN] = (job.overscan, "overscan section subtracted (median per line)")
+    if job.trim:
+        out[kw.TRIM] = (job.trim, "trimmed to this section of the raw image")
+        shift_for_trim(out, job.trim)
     out[kw.IMAGE_TYPE] = kw.IMAGE_TYPE_VALUES["calibrated"]
     if job.bias:
         set_card(out, kw.MASTER_BIAS, Path(job.bias).name, "master bias")

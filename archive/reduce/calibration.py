@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from archive.calib.overscan import detector_geometry
 from archive.calib.required import kinds_in_library, required_kinds
 from archive.calib.rules import RuleBook
 from archive.calib.select import Selection, explain_selection, masters_of, record_selection, rules_for
@@ -30,6 +31,7 @@ from archive import keywords as kw
 from archive.reduce.calibrate import CalibrationJob, calibrate_light_file
 from archive.reduce.config import ReductionConfig
 from archive.db.frames import canonical_paths
+from archive.ingest.headers import header_from_text
 from archive.ingest.products import ProductRun, fail_product, record_product
 from archive.db.provenance import (
     clear_selections,
@@ -119,6 +121,10 @@ def plan_calibration(
         "masters": {s.kind: [[mid, w] for mid, w in s.weights] for s in found},
         "missing": [s.kind for s in selections if not s.found],
     }
+    geometry = detector_geometry(header_from_text(light.header), (light.naxis2 or 0, light.naxis1 or 0), instrument)
+    parameters.update(geometry.parameters)  # only when a section applies: other fingerprints unchanged
+    if geometry.notes:
+        parameters["geometry_notes"] = list(geometry.notes)
     rule_version = selections[0].rule_version
     fp = fingerprint("calibrate", fp_inputs, parameters, rule_version)
     output = output_path(config, "calibrated", light, instrument_names(session, [light]), fp,
@@ -132,6 +138,7 @@ def plan_calibration(
         cosmic_rays=parameters["cosmic_rays"], cr_sigclip=parameters["cr_sigclip"],
         flat_min_value=parameters["flat_min_value"],
         header={kw.REDUCTION_STEP: "calibrate", kw.FINGERPRINT: fp},
+        overscan=geometry.overscan, trim=geometry.trim,
     )
     return _CalPlan(light.id, group_name(light), fp, job, selections, inputs, parameters, rule_version)
 
