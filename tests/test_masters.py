@@ -451,7 +451,8 @@ def test_rules_refuse_a_tolerance_on_text(tmp_path):
 
 def test_concurrent_builds_of_one_group_build_it_once(engine, tmp_path, monkeypatch):
     """Two runs past the first fingerprint check at once (both combining pixels): one builds,
-    the other finds it running (the group's frames are locked while the row is written)."""
+    the other finds it running (the row is inserted if absent on the unique fingerprint, then
+    claimed by a conditional update)."""
     import subprocess
     import threading
 
@@ -472,8 +473,8 @@ def test_concurrent_builds_of_one_group_build_it_once(engine, tmp_path, monkeypa
     # earlier attempt of its own, free): each claims as a live process of its own instead
     sleepers = [subprocess.Popen(["sleep", "300"]) for _ in range(2)]
     pids: dict[int, int] = {}
-    monkeypatch.setattr(provenance, "_claim", lambda: provenance._CLAIM.format(
-        host=provenance.socket.gethostname(), pid=pids[threading.get_ident()]))
+    monkeypatch.setattr(provenance, "_claimant", lambda: (provenance.socket.gethostname(),
+                                                          pids[threading.get_ident()]))
     summaries, errors = [], []
 
     def run(pid):
@@ -515,17 +516,18 @@ def test_running_build_of_a_live_run_is_left_alone(engine, tmp_path):
     dead = subprocess.Popen(["true"])
     dead.wait()
 
-    def claimed(message: str, age: dt.timedelta):
+    def claimed(claim_host: str, claim_pid: int, age: dt.timedelta):
         with session_scope(engine, write=True) as session:
             reduction = session.scalars(select(Reduction)).one()
-            reduction.status, reduction.message, reduction.started_at = "running", message, utcnow() - age
+            reduction.status, reduction.started_at = "running", utcnow() - age
+            reduction.claim_host, reduction.claim_pid, reduction.claimed_at = claim_host, claim_pid, utcnow() - age
         return build_masters(engine, library=library, kinds=["bias"])
 
-    assert claimed(f"claimed by {host} pid 1", dt.timedelta(minutes=5)).busy == 1  # alive here
-    assert claimed("claimed by elsewhere pid 7", dt.timedelta(minutes=5)).busy == 1  # cannot be checked
+    assert claimed(host, 1, dt.timedelta(minutes=5)).busy == 1  # alive here
+    assert claimed("elsewhere", 7, dt.timedelta(minutes=5)).busy == 1  # cannot be checked
     # another host's claim is left to that host however old (provenance.start_reduction)
-    assert claimed("claimed by elsewhere pid 7", dt.timedelta(days=2)).busy == 1
-    assert len(claimed(f"claimed by {host} pid {dead.pid}", dt.timedelta(minutes=5)).built) == 1  # killed
+    assert claimed("elsewhere", 7, dt.timedelta(days=2)).busy == 1
+    assert len(claimed(host, dead.pid, dt.timedelta(minutes=5)).built) == 1  # killed
     with session_scope(engine) as session:
         assert session.scalar(select(func.count()).select_from(Reduction)) == 1
         assert session.scalars(select(Reduction)).one().status == "done"

@@ -93,7 +93,7 @@ def test_failures_are_recorded_and_the_loop_goes_on(db_url, tmp_path):
         with session_scope(engine) as session:
             failed = session.scalars(select(Reduction).where(Reduction.status == "failed")).all()
             assert [r.step for r in failed] == ["register"] and failed[0].message
-            assert failed[0].parameters["failure"] == "alignment"  # deterministic: not tried again
+            assert failed[0].failure_kind == "alignment"  # deterministic: not tried again
             stack = session.scalars(select(Frame).where(Frame.image_type == "stacked")).one()
             header = fits.Header.fromstring(stack.header, sep="\n")
             assert header[kw.NCOMBINE] == 3 and header[kw.TOTAL_EXPOSURE] == 360.0
@@ -379,11 +379,11 @@ def test_alignment_failures_are_kept_other_failures_retried(db_url, tmp_path, mo
     try:
         def failed():
             with session_scope(engine) as session:
-                return {r.id: (r.parameters.get("failure"), r.finished_at, r.message) for r in session.scalars(
+                return {r.id: (r.failure_kind, r.finished_at, r.message) for r in session.scalars(
                     select(Reduction).where(Reduction.step == "register", Reduction.status == "failed"))}
 
         first = failed()
-        assert sorted(str(f) for f, _, _ in first.values()) == ["None", "alignment"]
+        assert sorted(str(f) for f, _, _ in first.values()) == ["alignment", "error"]
         monkeypatch.setattr(registration, "register_file", real_register)
         again = _run(db_url, tmp_path, "reduce", "--target", "M31")
         assert "1 registered" in again.output and "1 stacked" in again.output, again.output

@@ -74,13 +74,13 @@ def _frame_id(engine, tmp_path) -> int:
 
 def test_two_runs_never_both_claim_one_product(db_url, tmp_path, monkeypatch):
     """Run A claims a fingerprint and holds its transaction open; run B asks for the same one
-    meanwhile: B waits for A's commit, sees A's live claim and skips (no second row)."""
+    meanwhile: B's insert of the same fingerprint waits for A's commit, then B sees A's live
+    claim and skips (no second row)."""
     engine = open_catalogue(db_url)
     try:
         light = _frame_id(engine, tmp_path)
         # A is "another process": its claim names our parent, which is alive
-        monkeypatch.setattr(provenance, "_claim",
-                            lambda: provenance._CLAIM.format(host=provenance.socket.gethostname(), pid=os.getppid()))
+        monkeypatch.setattr(provenance, "_claimant", lambda: (provenance.socket.gethostname(), os.getppid()))
         claimed = threading.Event()
         results: dict[str, object] = {}
 
@@ -108,8 +108,7 @@ def test_done_is_never_redone_and_a_dead_claim_is_taken_up(db_url, tmp_path, mon
     try:
         light = _frame_id(engine, tmp_path)
         # a run on this host that is gone (no such process) left its row running
-        monkeypatch.setattr(provenance, "_claim",
-                            lambda: provenance._CLAIM.format(host=provenance.socket.gethostname(), pid=999999999))
+        monkeypatch.setattr(provenance, "_claimant", lambda: (provenance.socket.gethostname(), 999999999))
         with session_scope(engine, write=True) as session:
             first = start_reduction(session, "stack", "a" * 64, {}, None, [(light, "input")]).id
         monkeypatch.undo()
@@ -120,7 +119,7 @@ def test_done_is_never_redone_and_a_dead_claim_is_taken_up(db_url, tmp_path, mon
         with session_scope(engine, write=True) as session:
             assert start_reduction(session, "stack", "a" * 64, {}, None, [(light, "input")]) is None
         # a claim from another host cannot be checked here: left to that host
-        monkeypatch.setattr(provenance, "_claim", lambda: provenance._CLAIM.format(host="elsewhere", pid=1))
+        monkeypatch.setattr(provenance, "_claimant", lambda: ("elsewhere", 1))
         with session_scope(engine, write=True) as session:
             start_reduction(session, "stack", "b" * 64, {}, None, [(light, "input")])
         monkeypatch.undo()

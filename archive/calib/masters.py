@@ -487,8 +487,8 @@ def _build_one(engine: Engine, plan: MasterPlan, library: Path, products: Produc
     )
     inputs = [(f.id, "raw") for f in plan.frames] + [(mid, role) for mid, (role, _) in calib_frames.items()]
     with session_scope(engine, write=True) as session:
-        # look again inside the write transaction, the inputs locked: another run may have
-        # built or started this master while the pixels were being combined here
+        # look again inside the write transaction (the row is claimed if absent or free): another
+        # run may have built or started this master while the pixels were being combined here
         reduction = start_reduction(session, f"master_{plan.kind}", fp, parameters, plan.rules.version, inputs)
         reduction_id = reduction.id if reduction is not None else None
         done = reduction is None and _done(session, fp)
@@ -521,7 +521,8 @@ def _build_one(engine: Engine, plan: MasterPlan, library: Path, products: Produc
     except BaseException as exc:
         # a master that failed (or a run interrupted with Ctrl-C) leaves a failed row, taken up
         # again by the next run
-        fail_product(engine, reduction_id, str(exc) or type(exc).__name__)
+        fail_product(engine, reduction_id, str(exc) or type(exc).__name__,
+                     failure="error" if isinstance(exc, Exception) else "interrupted")
         if isinstance(exc, (ArchiveError, OSError)):
             raise MasterBuildError(str(exc)) from exc
         raise

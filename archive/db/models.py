@@ -193,20 +193,32 @@ class IngestProblem(Base):
 REDUCTION_STEPS = ("master_bias", "master_dark", "master_flat", "calibrate", "register", "stack")
 INPUT_ROLES = ("raw", "light", "master_bias", "master_dark", "master_flat", "reference", "input")
 CALIBRATION_KINDS = ("bias", "dark", "flat")
+#: ``Reduction.failure_kind`` of a ``failed`` row. ``alignment``: the frame does not align onto
+#: its reference (too few stars, no transform); deterministic, so not tried again with the same
+#: inputs. ``error``: the step raised or its product could not be written or catalogued (an
+#: unreadable file, a full disk, a network file system's hiccup); tried again by the next run.
+#: ``interrupted``: the run was stopped (Ctrl-C) while making it; tried again by the next run.
+FAILURE_KINDS = ("alignment", "error", "interrupted")
 
 
 class Reduction(Base):
-    """One run of a reduction step: what it was asked, with which software, on which host.
+    """One run of a reduction step: what it was asked, with which software, on which host, and
+    what came of it.
 
     ``fingerprint`` is the SHA-256 of the step, its inputs with their roles, its parameters and
-    the rule version: a request whose fingerprint has a ``done`` reduction is a no-op.
+    the rule version, unique: one row per request, taken up again by a later run (a request
+    whose fingerprint is ``done`` is a no-op). ``parameters`` are what was asked and are never
+    changed with outcomes; what came out is kept apart: ``results``, ``failure_kind``,
+    ``group_key``, and while it runs the claim (``claim_host``, ``claim_pid``, ``claimed_at``).
     """
 
     __tablename__ = "reductions"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     step: Mapped[str] = mapped_column(String(30), index=True)
-    fingerprint: Mapped[str] = mapped_column(String(64), index=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), index=True, unique=True)
+    #: What was asked (what the fingerprint hashes, plus settings that do not change the
+    #: product, such as a memory limit). Written when the row is claimed, never with outcomes.
     parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
     #: Package -> version (archive, astropy, ccdproc, numpy, ...).
     software: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -215,8 +227,21 @@ class Reduction(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     #: running | done | failed
     status: Mapped[str] = mapped_column(String(10))
+    #: Why it failed (people's words); NULL when it did not.
     message: Mapped[str | None] = mapped_column(Text)
     rule_version: Mapped[str | None] = mapped_column(String(50))
+    #: Who works on a ``running`` row: host name and process id, and since when (UTC). NULL
+    #: once the row is finished, and on rows interrupted before claims were kept.
+    claim_host: Mapped[str | None] = mapped_column(String(200))
+    claim_pid: Mapped[int | None] = mapped_column(Integer)
+    claimed_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    #: The kind of a failure (:data:`FAILURE_KINDS`); NULL unless ``status`` is ``failed``.
+    failure_kind: Mapped[str | None] = mapped_column(String(20))
+    #: Registrations: the registration group (hash of its calibrated frames) the frame was
+    #: registered in, or adopted into when the group's membership changed; NULL for other steps.
+    group_key: Mapped[str | None] = mapped_column(String(64), index=True)
+    #: What came out (a registration's star counts and shift ``dx``/``dy`` px, rotation, scale).
+    results: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     inputs: Mapped[list[ReductionInput]] = relationship(back_populates="reduction")
 

@@ -8,9 +8,11 @@ product it went into.
 
 A reduction is identified by its *fingerprint* (:func:`fingerprint`): the SHA-256 of the
 step, the SHA-256 of every input file with its role, the parameters and the rule version.
-Asking again for a reduction whose fingerprint is ``done`` is a no-op; one left ``running`` by
-an interrupted run, or ``failed``, is taken up again (same row, no duplicate); see
-:func:`start_reduction` for two runs asking at once.
+The fingerprint is unique: one row per request. Asking again for a reduction whose
+fingerprint is ``done`` is a no-op; one left ``running`` by an interrupted run, or ``failed``,
+is taken up again (same row); see :func:`start_reduction` for two runs asking at once. A
+reduction's state is kept in columns, apart from its ``parameters`` (what was asked): the claim
+of the process working on it, the kind of a failure, a registration's group, the results.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from archive.files import process_alive
 from archive.db.base import utcnow
 from archive.db.bulk import chunked
 from archive.db.frames import canonical_paths
+from archive.db.upsert import insert_missing
 from archive.db.models import (
+    FAILURE_KINDS,
     CalibrationSelection,
     Copy,
     Frame,
@@ -75,81 +79,87 @@ def fingerprint(step: str, inputs: Iterable[tuple[str, str]], parameters: dict[s
 
 
 def find_reduction(session: Session, fp: str) -> Reduction | None:
-    """The most recent reduction with fingerprint ``fp``, if any."""
-    return session.scalars(select(Reduction).where(Reduction.fingerprint == fp).order_by(Reduction.id.desc())).first()
+    """The reduction with fingerprint ``fp`` (unique), if any."""
+    return session.scalars(select(Reduction).where(Reduction.fingerprint == fp)).one_or_none()
 
 
-#: ``Reduction.message`` of a ``running`` row: who is running it ("claimed by HOST pid PID").
-_CLAIM = "claimed by {host} pid {pid}"
+def _claimant() -> tuple[str, int]:
+    """The claim this process writes on a row it works on: (host name, process id)."""
+    return socket.gethostname(), os.getpid()
 
 
-def _claim() -> str:
-    return _CLAIM.format(host=socket.gethostname(), pid=os.getpid())
-
-
-def _claimed_by_live_process(reduction: Reduction) -> bool:
+def claimed_by_live_process(reduction: Reduction) -> bool:
     """Whether a ``running`` row is being worked on by another live process.
 
-    A row claimed on this host by a process that is gone (killed run) or by this very process
-    (an earlier attempt in it that did not finish) is free. A row claimed on another host
-    cannot be checked from here and counts as live; the run on that host takes it up again.
+    A row without a claim (interrupted before claims were kept), or claimed on this host by a
+    process that is gone (a killed run) or by this very process (an earlier attempt in it that
+    did not finish), is free. A row claimed on another host cannot be checked from here and
+    counts as live; the run on that host takes it up again.
     """
-    parts = (reduction.message or "").split()
-    if len(parts) != 5 or parts[:2] != ["claimed", "by"] or parts[3] != "pid":
-        return False  # an old row without a claim: interrupted before claims were written
-    host, pid = parts[2], int(parts[4]) if parts[4].isdigit() else -1
-    if host != socket.gethostname():
-        return True
-    if pid == os.getpid() or pid <= 0:
+    if reduction.claim_host is None:
         return False
-    return process_alive(pid)
+    if reduction.claim_host != socket.gethostname():
+        return True
+    claim_pid = reduction.claim_pid or 0
+    if claim_pid == os.getpid() or claim_pid <= 0:
+        return False
+    return process_alive(claim_pid)
 
 
 def start_reduction(
     session: Session, step: str, fp: str, parameters: dict[str, Any], rule_version: str | None,
-    inputs: Sequence[tuple[int, str]],
+    inputs: Sequence[tuple[int, str]], *, group_key: str | None = None,
 ) -> Reduction | None:
     """Record (or take up again) a reduction about to run, with its inputs (frame id, role).
 
-    Returns the ``running`` row to work on, or None when the product must not be made here:
-    a reduction of this fingerprint is already ``done``, or ``running`` in another live
-    process (see below). A row of the same fingerprint left ``failed``, or ``running`` by a
-    run that is gone, is reused: its status, parameters, host and start time are reset and
-    missing input rows added. Flushes; the caller commits (one transaction per call).
+    Returns the ``running`` row to work on, claimed by this process (``claim_host``,
+    ``claim_pid``, ``claimed_at``), or None when the product must not be made here: the
+    reduction of this fingerprint is ``done``, or ``running`` under the claim of another live
+    process (:func:`claimed_by_live_process`: a live process on this host, or any on another
+    host). A row left ``failed``, or ``running`` by a run that is gone, is taken over: its
+    parameters, host, software and start time are those of this request, its outcome
+    (message, failure kind, results) is cleared and missing input rows are added. Flushes; the
+    caller commits (one transaction per call).
 
-    Two runs asking for the same fingerprint at once (on PostgreSQL; SQLite's write
-    transactions already run one at a time) must not both compute it, and the schema has no
-    unique fingerprint to stop a second insert. So the input frames' rows are locked first
-    (``SELECT ... FOR NO KEY UPDATE``, ordered by id so that two callers never wait for each
-    other in a cycle; the weaker lock lets other writers insert rows that merely reference
-    these frames): every request of one fingerprint has the same input frames (the fingerprint
-    hashes their checksums), so the second caller waits until the first has committed, then
-    sees its row. A ``running`` row carries its claim in ``message`` ("claimed by HOST pid
-    PID"); a claim by a live process on this host, or by any process on another host, makes
-    the second caller skip (None). A lock on the (absent) reduction row itself would not
-    serialize anything, and a lock held by the frames is released at the caller's commit,
-    a few milliseconds later.
+    Parameters
+    ----------
+    group_key : str, optional
+        Registrations: the registration group the frame is registered in (state, not
+        fingerprinted; see ``Reduction.group_key``).
+
+    Notes
+    -----
+    Two runs asking for the same fingerprint at once never both get the row. The row is
+    inserted if absent (``INSERT ... ON CONFLICT DO NOTHING`` on the unique fingerprint,
+    :func:`archive.db.upsert.insert_missing`): on PostgreSQL a second inserter waits for the
+    first one's transaction and then inserts nothing; SQLite's write transactions run one at a
+    time. The claim is then taken by a conditional ``UPDATE`` that names the claim seen when the
+    row was read (status not ``done``, same claim host and pid): of two callers that both saw a
+    free row, the second one's update matches no row (PostgreSQL re-reads the row once the first
+    has committed) and it skips.
     """
-    frame_ids = sorted({frame_id for frame_id, _ in inputs})
-    for batch in chunked(frame_ids):
-        session.execute(select(Frame.id).where(Frame.id.in_(batch)).order_by(Frame.id)
-                        .with_for_update(key_share=True)).all()
-    rows = list(session.scalars(select(Reduction).where(Reduction.fingerprint == fp).order_by(Reduction.id)))
-    if any(r.status == "done" for r in rows):
+    host, pid = _claimant()
+    now = utcnow()
+    insert_missing(session, Reduction.__table__, [{
+        "step": step, "fingerprint": fp, "parameters": parameters, "rule_version": rule_version,
+        "software": software_versions(), "host": host, "started_at": now, "status": "running",
+    }])
+    reduction = session.scalars(select(Reduction).where(Reduction.fingerprint == fp)
+                                .execution_options(populate_existing=True)).one()
+    if reduction.status == "done" or (reduction.status == "running" and claimed_by_live_process(reduction)):
         return None
-    if any(r.status == "running" and _claimed_by_live_process(r) for r in rows):
+    seen = Reduction.claim_host.is_(None) if reduction.claim_host is None else Reduction.claim_host == reduction.claim_host
+    seen_pid = Reduction.claim_pid.is_(None) if reduction.claim_pid is None else Reduction.claim_pid == reduction.claim_pid
+    claimed = session.execute(
+        update(Reduction).where(Reduction.id == reduction.id, Reduction.status != "done", seen, seen_pid).values(
+            status="running", claim_host=host, claim_pid=pid, claimed_at=now, parameters=parameters,
+            rule_version=rule_version, software=software_versions(), host=host, started_at=now, finished_at=None,
+            message=None, failure_kind=None, results=None, group_key=group_key,
+        ).execution_options(synchronize_session=False)
+    ).rowcount
+    if claimed != 1:  # another run claimed it (or finished it) since it was read
         return None
-    reduction = rows[-1] if rows else None
-    if reduction is None:
-        reduction = Reduction(step=step, fingerprint=fp, parameters=parameters, rule_version=rule_version,
-                              software=software_versions(), host=socket.gethostname(), started_at=utcnow(),
-                              status="running", message=_claim())
-        session.add(reduction)
-        session.flush()
-    else:
-        reduction.status, reduction.message, reduction.finished_at = "running", _claim(), None
-        reduction.parameters = parameters
-        reduction.host, reduction.started_at, reduction.software = socket.gethostname(), utcnow(), software_versions()
+    session.refresh(reduction)
     have = set(session.execute(
         select(ReductionInput.frame_id, ReductionInput.role).where(ReductionInput.reduction_id == reduction.id)
     ))
@@ -161,11 +171,39 @@ def start_reduction(
 
 
 def finish_reduction(
-    session: Session, reduction_id: int, outputs: Sequence[int] = (), *, status: str = "done", message: str | None = None
+    session: Session, reduction_id: int, outputs: Sequence[int] = (), *, status: str = "done",
+    message: str | None = None, failure_kind: str | None = None, results: dict[str, Any] | None = None,
 ) -> None:
-    """Mark a reduction done (or failed) and point its output frames to it."""
+    """Mark a reduction done (or failed), release its claim and point its output frames to it.
+
+    Parameters
+    ----------
+    status : str
+        ``done`` or ``failed``.
+    message : str, optional
+        Why it failed.
+    failure_kind : str, optional
+        Of a failed reduction (:data:`archive.db.models.FAILURE_KINDS`; default ``error``).
+    results : dict, optional
+        What came out of the step (``Reduction.results``).
+
+    Raises
+    ------
+    ValueError
+        An unknown ``status`` or ``failure_kind``.
+    """
+    if status not in ("done", "failed"):
+        raise ValueError(f"a reduction finishes done or failed, not {status!r}")
+    if status == "failed":
+        failure_kind = failure_kind or "error"
+        if failure_kind not in FAILURE_KINDS:
+            raise ValueError(f"unknown failure kind {failure_kind!r} (one of {', '.join(FAILURE_KINDS)})")
+    else:
+        failure_kind = None
     session.execute(update(Reduction).where(Reduction.id == reduction_id).values(
-        status=status, message=message, finished_at=utcnow()))
+        status=status, message=message, finished_at=utcnow(), failure_kind=failure_kind, results=results,
+        claim_host=None, claim_pid=None, claimed_at=None,
+    ).execution_options(synchronize_session=False))
     for batch in chunked(outputs):
         session.execute(update(Frame).where(Frame.id.in_(batch)).values(reduction_id=reduction_id))
 

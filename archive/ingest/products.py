@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 import archive
 from archive.db.base import utcnow
-from archive.db.models import IngestRun, Reduction
+from archive.db.models import IngestRun
 from archive.db.provenance import finish_reduction
 from archive.db.session import session_scope
 from archive.errors import ArchiveError
@@ -126,7 +126,8 @@ def record_product(
         ``link(session, frame_id)``: the step's own rows (master selections, the library row),
         written in the same transaction.
     results : dict, optional
-        What came out of the step (a registration's shift), kept with the reduction.
+        What came out of the step (a registration's shift), kept with the reduction
+        (``Reduction.results``, apart from its parameters).
 
     Returns
     -------
@@ -147,16 +148,15 @@ def record_product(
         frame_id = catalogue_batch(session, [read], run_id)[read.path]
         if link is not None:
             link(session, frame_id)
-        if results:
-            reduction = session.get(Reduction, reduction_id)
-            reduction.parameters = {**reduction.parameters, **results}
-        finish_reduction(session, reduction_id, [frame_id])
+        finish_reduction(session, reduction_id, [frame_id], results=results or None)
     run.recorded += 1
     return frame_id
 
 
-def fail_product(engine: Engine, reduction_id: int, message: str, *, failure: str | None = None) -> None:
-    """Mark a reduction failed, with the reason.
+def fail_product(
+    engine: Engine, reduction_id: int, message: str, *, failure: str = "error", results: dict[str, Any] | None = None,
+) -> None:
+    """Mark a reduction failed, with the reason and the kind of failure.
 
     Parameters
     ----------
@@ -164,12 +164,13 @@ def fail_product(engine: Engine, reduction_id: int, message: str, *, failure: st
     reduction_id : int
     message : str
         Why (cut to 2,000 characters).
-    failure : str, optional
-        The kind of failure when it is deterministic (``'alignment'``: not tried again with
-        the same inputs).
+    failure : str
+        The kind of failure (:data:`archive.db.models.FAILURE_KINDS`): ``'alignment'`` when it
+        is deterministic (not tried again with the same inputs), ``'interrupted'`` for a
+        stopped run, else ``'error'`` (tried again next run).
+    results : dict, optional
+        What the step found before it failed (a registration's star counts).
     """
     with session_scope(engine, write=True) as session:
-        if failure:
-            reduction = session.get(Reduction, reduction_id)
-            reduction.parameters = {**reduction.parameters, "failure": failure}
-        finish_reduction(session, reduction_id, status="failed", message=message[:2000])
+        finish_reduction(session, reduction_id, status="failed", message=message[:2000], failure_kind=failure,
+                         results=results or None)

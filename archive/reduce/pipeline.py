@@ -23,13 +23,13 @@ file name (two rigs, a counter restarting per session) get two products.
 
 Failures: a frame that cannot be read or written is recorded and left out, and tried again
 next run; a frame that does not align is recorded as ``failed`` with
-``parameters['failure'] = 'alignment'`` and not tried again with the same inputs.
+``failure_kind = 'alignment'`` and not tried again with the same inputs.
 
 Grouping: lights are registered per instrument, target and filter (and night when
 ``[stack] per_night``), onto one reference per group; stacks are made per group and exposure
 time. The *current* calibrated frame of a light is the output of its latest finished
 calibration; a group's current registered frames are those registered for its current
-membership (``parameters.group``).
+membership (``Reduction.group_key``).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from concurrent.futures import Executor, Future, as_completed
 from typing import Any
 
 from astropy.io import fits
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from archive.db.bulk import chunked
@@ -40,7 +40,6 @@ from archive.reduce.config import ReductionConfig
 from archive.db.frames import canonical_paths
 from archive.ingest.products import ProductRun, fail_product, record_product
 from archive.db.provenance import (
-    find_reduction,
     fingerprint,
     start_reduction,
 )
@@ -100,9 +99,11 @@ def _group_members(session: Session, lights: Sequence[Frame], per_night: bool) -
     return out
 
 
-def _settled(status: str, parameters: dict[str, Any] | None) -> bool:
-    """A registration not to be tried again: done, or failed to align (deterministic)."""
-    return status == "done" or (status == "failed" and (parameters or {}).get("failure") == "alignment")
+def _settled():
+    """The registrations not to be tried again (an SQL condition): done, or failed to align
+    (deterministic)."""
+    return or_(Reduction.status == "done",
+               and_(Reduction.status == "failed", Reduction.failure_kind == "alignment"))
 
 
 def _registration_state(session: Session, calibrated_ids: Sequence[int], group_hash: str) -> dict[int, tuple[str, int | None]]:
@@ -111,15 +112,15 @@ def _registration_state(session: Session, calibrated_ids: Sequence[int], group_h
     state: dict[int, tuple[str, int | None]] = {}
     for batch in chunked(calibrated_ids):
         rows = session.execute(
-            select(ReductionInput.frame_id, Reduction.status, Reduction.parameters, Frame.id)
+            select(ReductionInput.frame_id, Reduction.status, Frame.id)
             .join(Reduction, Reduction.id == ReductionInput.reduction_id)
             .outerjoin(Frame, Frame.reduction_id == Reduction.id)
-            .where(Reduction.step == "register", ReductionInput.role == "input", ReductionInput.frame_id.in_(batch))
+            .where(Reduction.step == "register", Reduction.group_key == group_hash, _settled(),
+                   ReductionInput.role == "input", ReductionInput.frame_id.in_(batch))
             .order_by(Reduction.id)
         )
-        for cid, status, params, out_id in rows:
-            if (params or {}).get("group") == group_hash and _settled(status, params):
-                state[cid] = (status, out_id)
+        for cid, status, out_id in rows:
+            state[cid] = (status, out_id)
     return state
 
 
@@ -155,8 +156,8 @@ def register_and_stack(
     ReduceSummary
         A frame that cannot be read, fails to align, or cannot be ingested is recorded as a
         failure and left out; the rest of its group goes on. Alignment failures are kept as
-        ``failed`` reductions with ``parameters['failure'] = 'alignment'`` and not tried again
-        with the same inputs; other failures (of a frame or a stack) are tried again next run.
+        ``failed`` reductions with ``failure_kind = 'alignment'`` and not tried again with the
+        same inputs; other failures (of a frame or a stack) are tried again next run.
 
     Raises
     ------
@@ -243,29 +244,28 @@ def _register_group(
     reference = members[ordered.index(reference_path)][1]
     reference_wcs = wcs_cards(fits.getheader(reference_path))
     out_ids: list[int] = []
-    futures: dict[Future, tuple[RegistrationJob, int]] = {}
+    futures: dict[Future, tuple[RegistrationJob, int, dict[str, Any]]] = {}
     for light, cal in members:
         path = paths[cal.id]
-        params = {**parameters, "n_stars": stars[path]["n_stars"], "reference_stars": stars[reference_path]["n_stars"]}
-        fp = fingerprint("register", [(cal.sha256, "input"), (reference.sha256, "reference")],
-                         {k: v for k, v in params.items() if k not in ("n_stars", "reference_stars")}, None)
+        found = {"n_stars": stars[path]["n_stars"], "reference_stars": stars[reference_path]["n_stars"]}
+        fp = fingerprint("register", [(cal.sha256, "input"), (reference.sha256, "reference")], parameters, None)
         try:
             output = output_path(config, "registered", light, instruments, fp, stem=fits_stem(paths.get(light.id, path)))
         except UnsafePathError as exc:
             summary.fail(name, f"register {path}", str(exc))
             continue
         with session_scope(engine, write=True) as session:
-            existing = find_reduction(session, fp)
-            if existing is not None and _settled(existing.status, existing.parameters):
+            existing = session.scalars(select(Reduction).where(Reduction.fingerprint == fp, _settled())).one_or_none()
+            if existing is not None:
                 # same source and reference as before: adopt it for the current group membership
-                existing.parameters = {**existing.parameters, "group": group_hash}
+                existing.group_key = group_hash
                 out = session.scalar(select(Frame.id).where(Frame.reduction_id == existing.id))
                 summary.unchanged += 1
                 if existing.status == "done" and out is not None:
                     out_ids.append(out)
                 continue
-            reduction = start_reduction(session, "register", fp, {**params, "group": group_hash}, None,
-                                        [(cal.id, "input"), (reference.id, "reference")])
+            reduction = start_reduction(session, "register", fp, parameters, None,
+                                        [(cal.id, "input"), (reference.id, "reference")], group_key=group_hash)
             reduction_id = reduction.id if reduction is not None else None
         if reduction_id is None:  # made meanwhile, or being made, by another run
             summary.unchanged += 1
@@ -277,27 +277,27 @@ def _register_group(
             max_control_points=parameters["max_control_points"],
         )
         future = submit_product(executor, output, fp, {"ok": True, "output": str(output), "warning": None}, register_file, job)
-        futures[future] = (job, reduction_id)
+        futures[future] = (job, reduction_id, found)
     for future in as_completed(futures):
-        job, reduction_id = futures[future]
+        job, reduction_id, found = futures[future]
         try:
             result = future.result()
         except Exception as exc:  # noqa: BLE001 - not an alignment failure: tried again next run
             result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         if not result["ok"]:
             log.warning("%s: not registered, left out of the stack: %s", job.source, result["error"])
-            fail_product(engine, reduction_id, result["error"], failure=result.get("failure"))
+            fail_product(engine, reduction_id, result["error"], failure=result.get("failure") or "error", results=found)
             summary.fail(name, f"register {job.source}", result["error"])
             continue
         if result.get("warning"):
             log.warning(result["warning"])
             summary.warnings.append(result["warning"])
-        extra = {k: result[k] for k in ("dx", "dy", "rotation_deg", "scale") if k in result}
+        found = {**found, **{k: result[k] for k in ("dx", "dy", "rotation_deg", "scale") if k in result}}
         try:
-            out_ids.append(record_product(products, reduction_id, job.output, results=extra))
+            out_ids.append(record_product(products, reduction_id, job.output, results=found))
         except Exception as exc:  # noqa: BLE001 - one frame's failure is recorded; the group goes on
             log.warning("%s: registered but not catalogued, left out of the stack: %s", job.output, exc)
-            fail_product(engine, reduction_id, f"{type(exc).__name__}: {exc}")
+            fail_product(engine, reduction_id, f"{type(exc).__name__}: {exc}", results=found)
             summary.fail(name, f"register {job.source}", f"{type(exc).__name__}: {exc}")
             continue
         summary.registered.append(job.output)
