@@ -287,3 +287,48 @@ def test_processes_claiming_one_fingerprint_at_once_get_it_once(db_url, tmp_path
             assert session.scalars(select(Reduction)).one().status == "running"
     finally:
         engine.dispose()
+
+
+# -- the pipeline writes the columns -------------------------------------------------------------
+
+
+def test_a_night_keeps_outcomes_apart_from_parameters(db_url, tmp_path):
+    """A reduced night: registrations carry their group and results (the shift equals the one
+    written into the registered file), their parameters are what was asked; the light that does
+    not align is an ``alignment`` failure; no row keeps a claim; the tree shows the results."""
+    from astropy.io import fits
+
+    from archive import keywords as kw
+    from archive.db.frames import canonical_paths
+    from archive.db.models import Frame
+    from archive.db.provenance import format_tree, provenance_tree
+    from tests.test_reduce_pipeline import _night, synthetic_night
+
+    synthetic_night(tmp_path / "imaging" / "2026-11-20")
+    assert _night(db_url, tmp_path).exit_code == 1  # the noise light does not align
+    engine = open_catalogue(db_url)
+    try:
+        with session_scope(engine) as session:
+            reductions = session.scalars(select(Reduction)).all()
+            assert reductions and all(r.claim_host is None and r.claim_pid is None for r in reductions)
+            registered = [r for r in reductions if r.step == "register"]
+            assert len(registered) == 4 and len({r.group_key for r in registered}) == 1
+            assert registered[0].group_key is not None
+            assert all(r.parameters == REGISTER for r in registered)
+            assert all(r.group_key is None for r in reductions if r.step != "register")
+            failed = [r for r in registered if r.status == "failed"]
+            assert [r.failure_kind for r in failed] == ["alignment"] and set(failed[0].results) == {
+                "n_stars", "reference_stars"}
+            done = [r for r in registered if r.status == "done"]
+            outputs = {r.id: session.scalars(select(Frame).where(Frame.reduction_id == r.id)).one() for r in done}
+            paths = canonical_paths(session, [f.id for f in outputs.values()])
+            for r in done:
+                header = fits.getheader(paths[outputs[r.id].id])
+                assert r.results["dx"] == pytest.approx(header[kw.SHIFT_X])
+                assert r.results["dy"] == pytest.approx(header[kw.SHIFT_Y])
+                assert r.results["n_stars"] > 0 and r.failure_kind is None
+            assert min(abs(r.results["dx"]) + abs(r.results["dy"]) for r in done) < 0.5  # the reference
+            lines = format_tree(provenance_tree(session, next(iter(outputs.values()))))
+            assert any("results:" in line and "dx=" in line for line in lines)
+    finally:
+        engine.dispose()

@@ -139,10 +139,10 @@ def start_reduction(
     has committed) and it skips.
     """
     host, pid = _claimant()
-    now = utcnow()
+    now, software = utcnow(), software_versions()
     insert_missing(session, Reduction.__table__, [{
         "step": step, "fingerprint": fp, "parameters": parameters, "rule_version": rule_version,
-        "software": software_versions(), "host": host, "started_at": now, "status": "running",
+        "software": software, "host": host, "started_at": now, "status": "running",
     }])
     reduction = session.scalars(select(Reduction).where(Reduction.fingerprint == fp)
                                 .execution_options(populate_existing=True)).one()
@@ -153,7 +153,7 @@ def start_reduction(
     claimed = session.execute(
         update(Reduction).where(Reduction.id == reduction.id, Reduction.status != "done", seen, seen_pid).values(
             status="running", claim_host=host, claim_pid=pid, claimed_at=now, parameters=parameters,
-            rule_version=rule_version, software=software_versions(), host=host, started_at=now, finished_at=None,
+            rule_version=rule_version, software=software, host=host, started_at=now, finished_at=None,
             message=None, failure_kind=None, results=None, group_key=group_key,
         ).execution_options(synchronize_session=False)
     ).rowcount
@@ -246,7 +246,8 @@ def _reduction_summary(reduction: Reduction) -> dict[str, Any]:
         "parameters": reduction.parameters, "software": reduction.software, "host": reduction.host,
         "started_at": reduction.started_at.isoformat() if reduction.started_at else None,
         "finished_at": reduction.finished_at.isoformat() if reduction.finished_at else None,
-        "rule_version": reduction.rule_version,
+        "rule_version": reduction.rule_version, "results": reduction.results,
+        "failure_kind": reduction.failure_kind, "message": reduction.message,
     }
 
 
@@ -257,7 +258,8 @@ def provenance_tree(session: Session, frame: Frame) -> dict[str, Any]:
     -------
     dict
         The frame (id, type, path, target, filter, exposure, DATE-OBS, sha256), its
-        ``reduction`` (step, parameters, software, host, times, rule version) and ``inputs``:
+        ``reduction`` (step, status, parameters, software, host, times, rule version, results,
+        failure kind and message) and ``inputs``:
         a list of the same structure with a ``role`` each. Raw frames (and masters made
         elsewhere) have no ``reduction`` and no inputs. A frame reached twice (a master used by
         every light) is expanded each time.
@@ -348,7 +350,8 @@ def used_by(session: Session, frame: Frame) -> list[dict[str, Any]]:
 
 
 def format_tree(tree: dict[str, Any], indent: str = "", _shown: set[int] | None = None) -> list[str]:
-    """Lines of a provenance tree for people: one frame per line, its step and parameters.
+    """Lines of a provenance tree for people: one frame per line, its step, parameters and
+    results.
 
     A product reached again (a master used by every light) is expanded the first time only.
     """
@@ -364,6 +367,8 @@ def format_tree(tree: dict[str, Any], indent: str = "", _shown: set[int] | None 
         params = ", ".join(f"{k}={v}" for k, v in sorted((r["parameters"] or {}).items()))
         lines.append(f"{indent}  <- {r['step']} (reduction {r['reduction_id']}, {r['status']}, {r['host']}, "
                      f"{r['finished_at'] or r['started_at']}){': ' + params if params else ''}")
+        if r["results"]:
+            lines.append(f"{indent}     results: " + ", ".join(f"{k}={v}" for k, v in sorted(r["results"].items())))
         for child in tree.get("inputs", []):
             lines += format_tree(child, indent + "    ", shown)
     return lines
