@@ -82,18 +82,21 @@ def test_failures_are_recorded_and_the_loop_goes_on(db_url, tmp_path):
     env = {"ARCHIVE_CONFIG": str(tmp_path / "config.toml")}
     args = ["--db", db_url, "night", "2026-11-20", "--root", str(root), "--output", str(tmp_path / "out"), "--serial"]
     result = CliRunner().invoke(main, args, env=env, catch_exceptions=False)
-    assert result.exit_code == 1, result.output
-    assert "FAILED register" in result.output and "m31_noise" in result.output
+    assert result.exit_code == 1, result.output  # the truncated file: a failure
+    assert "rejected register" in result.output and "m31_noise" in result.output  # judged, not failed
+    assert "FAILED register" not in result.output
     assert "FAILED ingest" in result.output and "truncated.fits" in result.output
-    assert "M 31 / Ha: 4 calibrated, 3 registered, 1 stacked, 1 failed" in result.output
+    assert "M 31 / Ha: 4 calibrated, 3 registered, 1 stacked, 0 failed, 1 rejected" in result.output
     from archive.db.session import open_catalogue
 
     engine = open_catalogue(db_url)
     try:
         with session_scope(engine) as session:
-            failed = session.scalars(select(Reduction).where(Reduction.status == "failed")).all()
-            assert [r.step for r in failed] == ["register"] and failed[0].message
-            assert failed[0].failure_kind == "alignment"  # deterministic: not tried again
+            assert not session.scalars(select(Reduction).where(Reduction.status == "failed")).all()
+            rejected = session.scalars(select(Reduction).where(Reduction.status == "rejected")).all()
+            assert [r.step for r in rejected] == ["register"] and "too few stars" in rejected[0].message
+            assert "again at 2.5 sigma" in rejected[0].message  # tried a second time first
+            assert rejected[0].failure_kind == "alignment"  # deterministic: not tried again
             stack = session.scalars(select(Frame).where(Frame.image_type == "stacked")).one()
             header = fits.Header.fromstring(stack.header, sep="\n")
             assert header[kw.NCOMBINE] == 3 and header[kw.TOTAL_EXPOSURE] == 360.0
@@ -362,7 +365,9 @@ def test_one_unreadable_frame_is_left_out_and_a_failed_stack_is_retried(db_url, 
         engine.dispose()
 
 
-def test_alignment_failures_are_kept_other_failures_retried(db_url, tmp_path, monkeypatch):
+def test_rejections_are_kept_failures_retried(db_url, tmp_path, monkeypatch):
+    """A frame that cannot be aligned is rejected and kept so; a registration that broke (an
+    unreadable file) failed and is done on the same row by the next run."""
     from archive.reduce import registration
 
     real_register = registration.register_file
@@ -379,17 +384,17 @@ def test_alignment_failures_are_kept_other_failures_retried(db_url, tmp_path, mo
     try:
         def failed():
             with session_scope(engine) as session:
-                return {r.id: (r.failure_kind, r.finished_at, r.message) for r in session.scalars(
-                    select(Reduction).where(Reduction.step == "register", Reduction.status == "failed"))}
+                return {r.id: (r.status, r.failure_kind, r.finished_at, r.message) for r in session.scalars(
+                    select(Reduction).where(Reduction.step == "register", Reduction.status.in_(("failed", "rejected"))))}
 
         first = failed()
-        assert sorted(str(f) for f, _, _ in first.values()) == ["alignment", "error"]
+        assert sorted((s, str(f)) for s, f, _, _ in first.values()) == [("failed", "error"), ("rejected", "alignment")]
         monkeypatch.setattr(registration, "register_file", real_register)
         again = _run(db_url, tmp_path, "reduce", "--target", "M31")
         assert "1 registered" in again.output and "1 stacked" in again.output, again.output
         after = failed()
-        # the alignment failure is kept as it was; the other one was done on the same row
-        assert after == {rid: v for rid, v in first.items() if v[0] == "alignment"}
+        # the rejection is kept as it was; the failure was done on the same row
+        assert after == {rid: v for rid, v in first.items() if v[0] == "rejected"}
         with session_scope(engine) as session:
             assert session.scalar(select(func.count()).select_from(Reduction).where(Reduction.step == "register")) == 4
     finally:

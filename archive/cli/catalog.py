@@ -89,17 +89,26 @@ def summary(app: AppContext, by: str, filters: FrameFilter, fmt: str) -> None:
 @click.command()
 @click.option("--all", "include_resolved", is_flag=True, help="Also list errors a later ingest resolved.")
 @click.option("--severity", type=click.Choice(["error", "warning"]), help="Only errors or only warnings.")
+@click.option("--reductions", "reductions", type=click.Choice(["failed", "rejected", "all"]),
+              help="List reductions that did not make their product instead: failed steps, rejected frames.")
 @output_format
 @pass_app
-def problems(app: AppContext, include_resolved: bool, severity: str | None, fmt: str) -> None:
-    """List files that could not be ingested (error) and frames ingested with gaps (warning).
+def problems(app: AppContext, include_resolved: bool, severity: str | None, reductions: str | None, fmt: str) -> None:
+    """List files that could not be ingested (error) and frames ingested with gaps (warning);
+    with --reductions, the steps that failed and the frames rejected (step, frame, reason).
 
     \b
     Examples:
       archive problems
       archive problems --severity error --format csv
+      archive problems --reductions rejected
     """
     with session_scope(app.engine) as session:
+        if reductions:
+            from archive.reports.reductions import list_reduction_problems
+
+            emit(list_reduction_problems(session, status=None if reductions == "all" else reductions), fmt)
+            return
         emit(list_problems(session, include_resolved=include_resolved, severity=severity), fmt)
 
 

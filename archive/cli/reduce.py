@@ -34,11 +34,15 @@ def executor_options(func):
 def _print_reduction(summary, quiet: bool) -> None:
     for group, counts in sorted(summary.by_group.items()):
         parts = ", ".join(f"{counts.get(k, 0)} {k}" for k in ("calibrated", "registered", "stacked", "failed"))
+        if counts.get("rejected"):
+            parts += f", {counts['rejected']} rejected"
         click.echo(f"  {group}: {parts}")
     if summary.unchanged:
         click.echo(f"  {summary.unchanged} product(s) already up to date")
     for what, why in summary.failures:
         click.echo(f"  FAILED {what}: {why}", err=True)
+    for what, why in summary.rejected:
+        click.echo(f"  rejected {what}: {why}")
     if not quiet:
         for warning in summary.warnings:
             click.echo(f"  warning: {warning}", err=True)

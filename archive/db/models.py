@@ -235,7 +235,9 @@ class Reduction(Base):
     claim_host: Mapped[str | None] = mapped_column(String(200))
     claim_pid: Mapped[int | None] = mapped_column(Integer)
     claimed_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
-    #: The kind of a failure (:data:`FAILURE_KINDS`); NULL unless ``status`` is ``failed``.
+    #: The kind of a failure or rejection (:data:`FAILURE_KINDS`); NULL when ``status`` is
+    #: ``done`` or ``running``. ``status = 'rejected'`` is a frame judged unusable (it cannot be
+    #: aligned: ``alignment``), exit status 0; ``failed`` a step that broke, exit status 1.
     failure_kind: Mapped[str | None] = mapped_column(String(20))
     #: Registrations: the registration group (hash of its calibrated frames) the frame was
     #: registered in, or adopted into when the group's membership changed; NULL for other steps.

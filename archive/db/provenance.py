@@ -174,16 +174,18 @@ def finish_reduction(
     session: Session, reduction_id: int, outputs: Sequence[int] = (), *, status: str = "done",
     message: str | None = None, failure_kind: str | None = None, results: dict[str, Any] | None = None,
 ) -> None:
-    """Mark a reduction done (or failed), release its claim and point its output frames to it.
+    """Mark a reduction done, failed or rejected, release its claim and point its output frames to it.
 
     Parameters
     ----------
     status : str
-        ``done`` or ``failed``.
+        ``done``; ``failed`` (a step that broke); ``rejected`` (a frame judged unusable, e.g.
+        one that cannot be aligned: not tried again with the same inputs).
     message : str, optional
-        Why it failed.
+        Why it failed or was rejected.
     failure_kind : str, optional
-        Of a failed reduction (:data:`archive.db.models.FAILURE_KINDS`; default ``error``).
+        Of a failed or rejected reduction (:data:`archive.db.models.FAILURE_KINDS`; default
+        ``error`` for a failure).
     results : dict, optional
         What came out of the step (``Reduction.results``).
 
@@ -192,10 +194,10 @@ def finish_reduction(
     ValueError
         An unknown ``status`` or ``failure_kind``.
     """
-    if status not in ("done", "failed"):
-        raise ValueError(f"a reduction finishes done or failed, not {status!r}")
-    if status == "failed":
-        failure_kind = failure_kind or "error"
+    if status not in ("done", "failed", "rejected"):
+        raise ValueError(f"a reduction finishes done, failed or rejected, not {status!r}")
+    if status in ("failed", "rejected"):
+        failure_kind = failure_kind or ("error" if status == "failed" else None)
         if failure_kind not in FAILURE_KINDS:
             raise ValueError(f"unknown failure kind {failure_kind!r} (one of {', '.join(FAILURE_KINDS)})")
     else:

@@ -174,3 +174,14 @@ def fail_product(
     with session_scope(engine, write=True) as session:
         finish_reduction(session, reduction_id, status="failed", message=message[:2000], failure_kind=failure,
                          results=results or None)
+
+
+def reject_product(
+    engine: Engine, reduction_id: int, reason: str, *, kind: str = "alignment", results: dict[str, Any] | None = None,
+) -> None:
+    """Mark a reduction rejected: the frame was judged unusable for this step (``kind``,
+    :data:`archive.db.models.FAILURE_KINDS`), with the reason; not tried again with the same
+    inputs, and not a failure of the run (``shared/DESIGN.md``, "Judgement")."""
+    with session_scope(engine, write=True) as session:
+        finish_reduction(session, reduction_id, status="rejected", message=reason[:2000], failure_kind=kind,
+                         results=results or None)

@@ -7,8 +7,18 @@ the warped frame's footprint become NaN, so a stack ignores them.
 
 Reference rule (``[register] reference = "most_stars"``): the frame with the most sources
 detected above ``detect_sigma`` times the background RMS; ties go to the earliest DATE-OBS
-(the order the caller passes). A frame that fails to align is reported and left out.
-A shift larger than ``max_shift_fraction`` of the field (astro_reduce's 15 %) is a warning.
+(the order the caller passes). A shift larger than ``max_shift_fraction`` of the field
+(astro_reduce's 15 %) is a warning.
+
+What is not a star cannot drive the match (issue 10: hot pixels of a night without darks
+locked every shift at 0 px): a source of fewer than ``min_pixels`` pixels above the threshold,
+or narrower than ``min_fwhm_px`` (FWHM estimated from SEP's second moments, 2.355
+sqrt((a^2 + b^2) / 2)), is dropped at detection, and a source found
+at the same detector position (within ``fixed_pattern_px``) in at least ``fixed_fraction`` of
+a sequence's frames is fixed pattern (:func:`fixed_pattern`), dropped before matching. A
+transform is accepted only with ``min_matches`` matched stars and an RMS residual of at most
+``max_residual_px``; a frame that fails is tried once more with a lower threshold and more
+stars, then *rejected* with its reason (:class:`AlignmentRejected`), never failed.
 """
 
 from __future__ import annotations
@@ -26,8 +36,24 @@ from archive.fitsio import product_header, read_pixels, set_card, write_atomic
 log = logging.getLogger(__name__)
 
 
-def detect_stars(data: np.ndarray, detect_sigma: float = 5.0, max_sources: int = 50) -> np.ndarray:
-    """Positions of the brightest sources, shape (n, 2), columns x, y (pixels), brightest first."""
+class AlignmentRejected(ValueError):
+    """A frame that cannot be aligned for a reason of its own (too few stars, no transform,
+    too few matches, too large a residual): it is rejected, not failed."""
+
+
+#: FWHM of a Gaussian in units of its standard deviation, 2 sqrt(2 ln 2).
+_FWHM_PER_SIGMA = 2.3548
+
+
+def detect_stars(data: np.ndarray, detect_sigma: float = 5.0, max_sources: int | None = 50,
+                 min_fwhm_px: float = 0.0, min_pixels: int = 0) -> np.ndarray:
+    """Positions of the brightest sources, shape (n, 2), columns x, y (pixels), brightest first.
+
+    Not stars, left out: sources with fewer than ``min_pixels`` pixels above the threshold in
+    the unsmoothed image (SEP's ``tnpix``: a hot pixel or a cosmic-ray hit has one or two,
+    however SEP's matching filter spreads it), and sources whose FWHM (2.355 sqrt((a^2 + b^2) /
+    2), SEP's second-moment semi-axes) is below ``min_fwhm_px``.
+    """
     import sep
 
     image = np.array(data, dtype=np.float32, order="C")  # a copy: the background is subtracted in place
@@ -40,16 +66,26 @@ def detect_stars(data: np.ndarray, detect_sigma: float = 5.0, max_sources: int =
     except Exception as exc:  # noqa: BLE001 - sep raises plain Exception on buffer overflow
         log.warning("source extraction failed: %s", exc)
         return np.empty((0, 2))
+    if min_pixels > 0:
+        sources = sources[sources["tnpix"] >= min_pixels]
+    if min_fwhm_px > 0:
+        fwhm = _FWHM_PER_SIGMA * np.sqrt((sources["a"] ** 2 + sources["b"] ** 2) / 2)
+        sources = sources[fwhm >= min_fwhm_px]
     order = np.argsort(sources["flux"])[::-1]
     xy = np.column_stack([sources["x"], sources["y"]])[order]
     return xy if max_sources is None else xy[: max(max_sources, 0) or None]
 
 
-def count_stars(path: str, detect_sigma: float = 5.0, max_sources: int = 50) -> dict:
+#: Sources kept per frame for the fixed-pattern check (the brightest).
+_KEEP_FOR_PATTERN = 400
+
+
+def count_stars(path: str, detect_sigma: float = 5.0, max_sources: int = 50, min_fwhm_px: float = 0.0,
+                min_pixels: int = 0) -> dict:
     """Detect stars in ``path`` (a worker task): ``{'path', 'n_stars', 'xy'}``.
 
-    ``n_stars`` counts every detection; ``xy`` keeps the ``max_sources`` brightest (control
-    points for matching).
+    ``n_stars`` counts every detection at least ``min_fwhm_px`` wide; ``xy`` keeps the
+    brightest 400 (the caller drops fixed pattern, then keeps ``max_sources`` as control points).
 
     Raises
     ------
@@ -57,31 +93,91 @@ def count_stars(path: str, detect_sigma: float = 5.0, max_sources: int = 50) -> 
         The file cannot be read or holds no image.
     """
     data, _ = read_pixels(path, dtype=np.float32)
-    everything = detect_stars(data, detect_sigma, max_sources=None)
-    return {"path": path, "n_stars": len(everything), "xy": everything[:max_sources]}
+    everything = detect_stars(data, detect_sigma, max_sources=None, min_fwhm_px=min_fwhm_px, min_pixels=min_pixels)
+    return {"path": path, "n_stars": len(everything), "xy": everything[:max(max_sources, _KEEP_FOR_PATTERN)]}
 
 
-def find_transform(source_xy, target_xy, max_control_points: int = 50):
-    """The similarity transform taking ``source_xy`` onto ``target_xy``.
+def fixed_pattern(star_lists: Sequence[np.ndarray], tolerance_px: float = 0.15,
+                  min_fraction: float = 0.6) -> list[np.ndarray]:
+    """Which sources are fixed in detector coordinates across a sequence: hot pixels and
+    other fixed pattern, not stars.
 
-    ``astroalign.find_transform`` on control points, arrays of shape (n, 2) of x, y pixel
-    positions (Beroiz, Cabral & Sanchez 2020, Astronomy and Computing 32, 100384: matching
-    triangle invariants of the brightest sources, then RANSAC).
+    A source is fixed when a source of at least ``min_fraction`` of the *other* frames lies
+    within ``tolerance_px`` of its position. Stars move between frames by the mount's drift,
+    guiding and seeing (tenths of a pixel at least); fixed pattern does not move at all.
+    Sequences of fewer than three frames are not judged.
+
+    Parameters
+    ----------
+    star_lists : sequence of ndarray, shape (n_i, 2)
+        x, y positions (pixels) per frame.
+    tolerance_px : float
+        Largest distance (pixels) counted as the same position.
+    min_fraction : float
+        Fraction of the other frames a source must recur in.
 
     Returns
     -------
-    skimage.transform.SimilarityTransform
+    list of ndarray of bool
+        Per frame, True for a fixed source.
+    """
+    from scipy.spatial import cKDTree
+
+    lists = [np.asarray(xy, dtype=float).reshape(-1, 2) for xy in star_lists]
+    if len(lists) < 3:
+        return [np.zeros(len(xy), dtype=bool) for xy in lists]
+    trees = [cKDTree(xy) if len(xy) else None for xy in lists]
+    out = []
+    for i, xy in enumerate(lists):
+        hits = np.zeros(len(xy), dtype=int)
+        for j, tree in enumerate(trees):
+            if j == i or tree is None or not len(xy):
+                continue
+            distance, _ = tree.query(xy, k=1, distance_upper_bound=tolerance_px)
+            hits += np.isfinite(distance)
+        out.append(hits >= min_fraction * (len(lists) - 1))
+    return out
+
+
+def find_transform(source_xy, target_xy, max_control_points: int = 50, *, min_matches: int = 3,
+                   max_residual_px: float = np.inf):
+    """The similarity transform taking ``source_xy`` onto ``target_xy``, checked.
+
+    ``astroalign.find_transform`` on control points, arrays of shape (n, 2) of x, y pixel
+    positions (Beroiz, Cabral & Sanchez 2020, Astronomy and Computing 32, 100384: matching
+    triangle invariants of the brightest sources, then RANSAC). The transform is accepted
+    with at least ``min_matches`` matched stars whose RMS residual (distance between a
+    transformed source star and its match, pixels) is at most ``max_residual_px``.
+
+    Returns
+    -------
+    transform : skimage.transform.SimilarityTransform
+    matches : int
+        Matched stars.
+    residual : float
+        RMS residual of the matches, pixels.
 
     Raises
     ------
-    ValueError, astroalign.MaxIterError
-        Too few stars, or no transform found.
+    AlignmentRejected
+        Too few stars, no transform found, too few matches or too large a residual.
     """
     import astroalign
 
-    transform, _ = astroalign.find_transform(np.asarray(source_xy, dtype=float), np.asarray(target_xy, dtype=float),
-                                             max_control_points=max_control_points)
-    return transform
+    if len(source_xy) < 3 or len(target_xy) < 3:
+        raise AlignmentRejected(f"too few stars ({len(source_xy)} here, {len(target_xy)} in the reference)")
+    try:
+        transform, (src, dst) = astroalign.find_transform(np.asarray(source_xy, dtype=float),
+                                                          np.asarray(target_xy, dtype=float),
+                                                          max_control_points=max_control_points)
+    except Exception as exc:  # noqa: BLE001 - astroalign raises MaxIterError, ValueError, TypeError
+        raise AlignmentRejected(f"no transform found ({type(exc).__name__}: {exc})") from exc
+    residual = float(np.sqrt(np.mean(np.sum((transform(src) - dst) ** 2, axis=1)))) if len(src) else np.inf
+    if len(src) < min_matches:
+        raise AlignmentRejected(f"{len(src)} matched stars, fewer than {min_matches}")
+    if residual > max_residual_px:
+        raise AlignmentRejected(f"residual {residual:.2f} px over {len(src)} matched stars, above {max_residual_px} px")
+    return transform, len(src), residual
 
 
 def choose_reference(star_counts: Sequence[tuple[str, int]]) -> str:
@@ -116,6 +212,18 @@ class RegistrationJob:
         Brightest sources astroalign matches (``[register] max_control_points``).
     header : dict
         Extra output cards.
+    min_matches, max_residual_px : int, float
+        What a transform needs to be accepted (:func:`find_transform`).
+    min_fwhm_px, min_pixels : float, int
+        Narrower or smaller sources are not stars (:func:`detect_stars`).
+    retry_sigma : float
+        Detection threshold of the second try (0: no second try).
+    reference_xy_retry : ndarray, shape (m, 2)
+        The reference's sources at ``retry_sigma``, fixed pattern dropped.
+    fixed_xy : ndarray, shape (k, 2)
+        The sequence's fixed-pattern positions, dropped from the second try's detections.
+    fixed_pattern_px : float
+        Distance within which a detection is taken for fixed pattern.
     """
 
     source: str
@@ -127,6 +235,14 @@ class RegistrationJob:
     reference_wcs: dict = field(default_factory=dict)
     header: dict = field(default_factory=dict)
     max_control_points: int = 50
+    min_matches: int = 3
+    max_residual_px: float = np.inf
+    min_fwhm_px: float = 0.0
+    min_pixels: int = 0
+    retry_sigma: float = 0.0
+    reference_xy_retry: np.ndarray = field(default_factory=lambda: np.empty((0, 2)))
+    fixed_xy: np.ndarray = field(default_factory=lambda: np.empty((0, 2)))
+    fixed_pattern_px: float = 0.15
 
 
 #: Header keywords of a celestial WCS (FITS WCS papers I and II, plus the AIPS CROTA/CDELT
@@ -161,10 +277,11 @@ def register_file(job: RegistrationJob) -> dict:
     -------
     dict
         ``ok`` (bool), ``output``, ``dx``, ``dy`` (pixels), ``rotation_deg``, ``scale``,
-        ``shift_fraction``, ``warning`` (str or None); when not ok, ``error`` (str) and
-        ``failure`` ('alignment'). Alignment failures (too few stars, no transform found) are
-        deterministic: they are returned, not raised, so that the caller reports the frame,
-        leaves it out of the stack and does not try again with the same inputs.
+        ``shift_fraction``, ``warning`` (str or None), ``matches``, ``residual_px``,
+        ``retried`` (the second try succeeded); when not ok, ``rejected`` (True), ``error``
+        (the reason of both tries) and ``failure`` ('alignment'). A frame that cannot be
+        aligned is rejected: returned, not raised, so that the caller lists it, leaves it out
+        of the stack and does not try again with the same inputs.
 
     Raises
     ------
@@ -173,22 +290,34 @@ def register_file(job: RegistrationJob) -> dict:
     """
     data, header = read_pixels(job.source, dtype=np.float32)
     ny, nx = data.shape
-    try:
-        if job.source == job.reference:
-            aligned = data
-            dx = dy = rotation = 0.0
-            scale = 1.0
-        else:
-            if len(job.source_xy) < 3 or len(job.reference_xy) < 3:
-                raise ValueError(f"too few stars ({len(job.source_xy)} here, {len(job.reference_xy)} in the reference)")
-            transform = find_transform(job.source_xy, job.reference_xy, job.max_control_points)
-            aligned = warp_onto(data, transform.params, (ny, nx))
-            dx, dy = (float(v) for v in transform.translation)
-            rotation = float(np.degrees(transform.rotation))
-            scale = float(transform.scale)
-    except Exception as exc:  # noqa: BLE001 - astroalign raises MaxIterError, ValueError, TypeError
-        return {"ok": False, "source": job.source, "output": job.output, "failure": "alignment",
-                "error": f"{type(exc).__name__}: {exc}"}
+    matches, residual, retried = None, None, False
+    if job.source == job.reference:
+        aligned = data
+        dx = dy = rotation = 0.0
+        scale = 1.0
+    else:
+        try:
+            transform, matches, residual = find_transform(
+                job.source_xy, job.reference_xy, job.max_control_points, min_matches=job.min_matches,
+                max_residual_px=job.max_residual_px)
+        except AlignmentRejected as first:
+            if not job.retry_sigma:
+                return _rejected(job, str(first))
+            more = without(detect_stars(data, job.retry_sigma, max_sources=None, min_fwhm_px=job.min_fwhm_px,
+                                        min_pixels=job.min_pixels),
+                           job.fixed_xy, job.fixed_pattern_px)
+            points = 2 * job.max_control_points
+            try:
+                transform, matches, residual = find_transform(
+                    more[:points], job.reference_xy_retry[:points], points, min_matches=job.min_matches,
+                    max_residual_px=job.max_residual_px)
+            except AlignmentRejected as second:
+                return _rejected(job, f"{first}; again at {job.retry_sigma:g} sigma with up to {points} stars: {second}")
+            retried = True
+        aligned = warp_onto(data, transform.params, (ny, nx))
+        dx, dy = (float(v) for v in transform.translation)
+        rotation = float(np.degrees(transform.rotation))
+        scale = float(transform.scale)
     shift_fraction = max(abs(dx) / nx, abs(dy) / ny)
     warning = None
     if shift_fraction > job.max_shift_fraction:
@@ -210,5 +339,22 @@ def register_file(job: RegistrationJob) -> dict:
     write_atomic(job.output, aligned, out)
     return {
         "ok": True, "source": job.source, "output": job.output, "dx": dx, "dy": dy, "rotation_deg": rotation,
-        "scale": scale, "shift_fraction": shift_fraction, "warning": warning,
+        "scale": scale, "shift_fraction": shift_fraction, "warning": warning, "matches": matches,
+        "residual_px": residual, "retried": retried,
     }
+
+
+def _rejected(job: RegistrationJob, reason: str) -> dict:
+    return {"ok": False, "rejected": True, "source": job.source, "output": job.output, "failure": "alignment",
+            "error": reason}
+
+
+def without(xy: np.ndarray, fixed_xy: np.ndarray, tolerance_px: float) -> np.ndarray:
+    """``xy`` (n, 2) less the sources within ``tolerance_px`` of a fixed-pattern position."""
+    xy = np.asarray(xy, dtype=float).reshape(-1, 2)
+    if not len(xy) or not len(fixed_xy):
+        return xy
+    from scipy.spatial import cKDTree
+
+    distance, _ = cKDTree(np.asarray(fixed_xy, dtype=float)).query(xy, k=1, distance_upper_bound=tolerance_px)
+    return xy[~np.isfinite(distance)]

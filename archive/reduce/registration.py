@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor, Future, as_completed
 from typing import Any
 
+import numpy as np
 from astropy.io import fits
 from sqlalchemy import Engine, and_, func, or_, select
 from sqlalchemy.orm import Session
@@ -30,6 +31,8 @@ from archive.files import fits_stem
 from archive.progress import NoProgress, Progress
 from archive import keywords as kw
 from archive.reduce.align import (
+    fixed_pattern,
+    without,
     RegistrationJob,
     choose_reference,
     count_stars,
@@ -38,7 +41,7 @@ from archive.reduce.align import (
 )
 from archive.reduce.config import ReductionConfig
 from archive.db.frames import canonical_paths
-from archive.ingest.products import ProductRun, fail_product, record_product
+from archive.ingest.products import ProductRun, fail_product, record_product, reject_product
 from archive.db.provenance import (
     fingerprint,
     start_reduction,
@@ -100,9 +103,9 @@ def _group_members(session: Session, lights: Sequence[Frame], per_night: bool) -
 
 
 def _settled():
-    """The registrations not to be tried again (an SQL condition): done, or failed to align
-    (deterministic)."""
-    return or_(Reduction.status == "done",
+    """The registrations not to be tried again (an SQL condition): done, rejected, or failed to
+    align (rows of earlier versions; deterministic)."""
+    return or_(Reduction.status.in_(("done", "rejected")),
                and_(Reduction.status == "failed", Reduction.failure_kind == "alignment"))
 
 
@@ -185,6 +188,24 @@ def register_and_stack(
     return summary
 
 
+def registration_parameters(register: dict[str, Any]) -> dict[str, Any]:
+    """The registration parameters of ``[register]`` (configs/reduction.toml), with defaults:
+    what a registration is asked, fingerprinted."""
+    detect_sigma = float(register.get("detect_sigma", 5.0))
+    return {
+        "reference_rule": register.get("reference", "most_stars"), "detect_sigma": detect_sigma,
+        "max_control_points": int(register.get("max_control_points", 50)),
+        "max_shift_fraction": float(register.get("max_shift_fraction", 0.15)), "interpolation": "bilinear",
+        "min_fwhm_px": float(register.get("min_fwhm_px", 1.2)),
+        "min_pixels": int(register.get("min_pixels", 3)),
+        "fixed_pattern_px": float(register.get("fixed_pattern_px", 0.15)),
+        "fixed_fraction": float(register.get("fixed_fraction", 0.6)),
+        "min_matches": int(register.get("min_matches", 6)),
+        "max_residual_px": float(register.get("max_residual_px", 1.0)),
+        "retry_sigma": float(register.get("retry_sigma", max(detect_sigma / 2, 2.0))),
+    }
+
+
 def _count_stars_all(
     executor: Executor, members: list[tuple[Frame, Frame]], paths: dict[int, str], parameters: dict[str, Any],
     summary: ReduceSummary, name: str, progress: Progress,
@@ -198,7 +219,8 @@ def _count_stars_all(
         if path is None:
             summary.fail(name, f"register calibrated frame #{cal.id}", "no file on disk")
             continue
-        futures[executor.submit(count_stars, path, parameters["detect_sigma"], parameters["max_control_points"])] = (light, cal)
+        futures[executor.submit(count_stars, path, parameters["detect_sigma"], parameters["max_control_points"],
+                                parameters["min_fwhm_px"], parameters["min_pixels"])] = (light, cal)
     progress.start(len(futures), f"stars {name}")
     stars: dict[str, dict] = {}
     for future, (light, cal) in futures.items():  # in DATE-OBS order: the reference rule breaks ties by it
@@ -231,23 +253,31 @@ def _register_group(
     if all(c.id in state for c in calibrated):
         summary.unchanged += len(calibrated)
         return [state[c.id][1] for c in calibrated if state[c.id][0] == "done" and state[c.id][1] is not None]
-    parameters = {
-        "reference_rule": reg.get("reference", "most_stars"), "detect_sigma": float(reg.get("detect_sigma", 5.0)),
-        "max_control_points": int(reg.get("max_control_points", 50)),
-        "max_shift_fraction": float(reg.get("max_shift_fraction", 0.15)), "interpolation": "bilinear",
-    }
+    parameters = registration_parameters(reg)
     members, stars = _count_stars_all(executor, members, paths, parameters, summary, name, progress)
     if not members:
         return []
     ordered = [paths[c.id] for _, c in members]
+    fixed = fixed_pattern([stars[p]["xy"] for p in ordered], parameters["fixed_pattern_px"],
+                          parameters["fixed_fraction"])
+    fixed_xy = np.vstack([stars[p]["xy"][mask] for p, mask in zip(ordered, fixed)] + [np.empty((0, 2))])
+    for p, mask in zip(ordered, fixed):  # fixed pattern is no star: not a control point, not counted
+        stars[p] = {**stars[p], "xy": stars[p]["xy"][~mask][: parameters["max_control_points"]],
+                    "n_stars": stars[p]["n_stars"] - int(mask.sum()), "fixed_pattern": int(mask.sum())}
     reference_path = choose_reference([(p, stars[p]["n_stars"]) for p in ordered])
     reference = members[ordered.index(reference_path)][1]
     reference_wcs = wcs_cards(fits.getheader(reference_path))
+    reference_retry = np.empty((0, 2))
+    if parameters["retry_sigma"]:
+        reference_retry = without(count_stars(reference_path, parameters["retry_sigma"], 0, parameters["min_fwhm_px"],
+                                              parameters["min_pixels"])["xy"],
+                                  fixed_xy, parameters["fixed_pattern_px"])
     out_ids: list[int] = []
     futures: dict[Future, tuple[RegistrationJob, int, dict[str, Any]]] = {}
     for light, cal in members:
         path = paths[cal.id]
-        found = {"n_stars": stars[path]["n_stars"], "reference_stars": stars[reference_path]["n_stars"]}
+        found = {"n_stars": stars[path]["n_stars"], "reference_stars": stars[reference_path]["n_stars"],
+                 "fixed_pattern": stars[path]["fixed_pattern"]}
         fp = fingerprint("register", [(cal.sha256, "input"), (reference.sha256, "reference")], parameters, None)
         try:
             output = output_path(config, "registered", light, instruments, fp, stem=fits_stem(paths.get(light.id, path)))
@@ -274,7 +304,11 @@ def _register_group(
             source=path, output=str(output), reference=reference_path, source_xy=stars[path]["xy"],
             reference_xy=stars[reference_path]["xy"], max_shift_fraction=parameters["max_shift_fraction"],
             reference_wcs=reference_wcs, header={kw.REDUCTION_STEP: "register", kw.FINGERPRINT: fp},
-            max_control_points=parameters["max_control_points"],
+            max_control_points=parameters["max_control_points"], min_matches=parameters["min_matches"],
+            max_residual_px=parameters["max_residual_px"], min_fwhm_px=parameters["min_fwhm_px"],
+            min_pixels=parameters["min_pixels"],
+            retry_sigma=parameters["retry_sigma"], reference_xy_retry=reference_retry, fixed_xy=fixed_xy,
+            fixed_pattern_px=parameters["fixed_pattern_px"],
         )
         future = submit_product(executor, output, fp, {"ok": True, "output": str(output), "warning": None}, register_file, job)
         futures[future] = (job, reduction_id, found)
@@ -284,15 +318,21 @@ def _register_group(
             result = future.result()
         except Exception as exc:  # noqa: BLE001 - not an alignment failure: tried again next run
             result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        if not result["ok"] and result.get("rejected"):
+            log.info("%s: rejected, left out of the stack: %s", job.source, result["error"])
+            reject_product(engine, reduction_id, result["error"], kind=result["failure"], results=found)
+            summary.reject(name, f"register {job.source}", result["error"])
+            continue
         if not result["ok"]:
             log.warning("%s: not registered, left out of the stack: %s", job.source, result["error"])
-            fail_product(engine, reduction_id, result["error"], failure=result.get("failure") or "error", results=found)
+            fail_product(engine, reduction_id, result["error"], results=found)
             summary.fail(name, f"register {job.source}", result["error"])
             continue
         if result.get("warning"):
             log.warning(result["warning"])
             summary.warnings.append(result["warning"])
-        found = {**found, **{k: result[k] for k in ("dx", "dy", "rotation_deg", "scale") if k in result}}
+        found = {**found, **{k: result[k] for k in ("dx", "dy", "rotation_deg", "scale", "matches", "residual_px",
+                                                     "retried") if result.get(k) is not None}}
         try:
             out_ids.append(record_product(products, reduction_id, job.output, results=found))
         except Exception as exc:  # noqa: BLE001 - one frame's failure is recorded; the group goes on

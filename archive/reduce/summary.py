@@ -5,11 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-
-from archive.db.models import (
-    Frame,
-)
-
+from archive.db.models import Frame
 
 
 @dataclass
@@ -24,7 +20,11 @@ class ReduceSummary:
         Requests whose fingerprint already had a finished reduction (or a deterministic
         alignment failure), or that another live run is making.
     failures : list of (str, str)
-        (what, reason): a light without masters, a frame that failed to align, an error.
+        (what, reason): a step that broke (a light without a required master, an unreadable
+        file, an error); the run's exit status is 1.
+    rejected : list of (str, str)
+        (what, reason): frames judged unusable (one that cannot be aligned), left out of the
+        stack; normal (exit status 0), and listed.
     warnings : list of str
         Large shifts, missing master kinds, stack cards left out.
     by_group : dict
@@ -36,12 +36,13 @@ class ReduceSummary:
     stacked: list[str] = field(default_factory=list)
     unchanged: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     by_group: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
 
     @property
     def ok(self) -> bool:
-        """Nothing failed."""
+        """Nothing failed (rejected frames are no failure)."""
         return not self.failures
 
     def merge(self, other: ReduceSummary) -> None:
@@ -51,6 +52,7 @@ class ReduceSummary:
         self.stacked += other.stacked
         self.unchanged += other.unchanged
         self.failures += other.failures
+        self.rejected += other.rejected
         self.warnings += other.warnings
         for group, counts in other.by_group.items():
             for key, value in counts.items():
@@ -60,6 +62,12 @@ class ReduceSummary:
         """Record one failure of ``group``."""
         self.failures.append((what, why))
         self.by_group[group]["failed"] += 1
+
+
+    def reject(self, group: str, what: str, why: str) -> None:
+        """Record one frame of ``group`` judged unusable."""
+        self.rejected.append((what, why))
+        self.by_group[group]["rejected"] += 1
 
 
 def group_name(frame: Frame) -> str:
