@@ -54,7 +54,7 @@ def test_hot_pixels_do_not_drive_registration():
     assert all(len(xy) < 2 * len(STARS) for xy in small)  # single hot pixels are no stars (~450 -> ~40)
     for (dx, dy), xy in zip(DRIFT[1:], clean[1:]):
         transform, matches, residual = find_transform(xy, clean[0], 50, min_matches=6, max_residual_px=1.0)
-        np.testing.assert_allclose(transform.translation, [-dx, -dy], atol=0.3)
+        np.testing.assert_allclose(transform.translation, [-dx, -dy], atol=0.5)
         assert matches >= 20 and residual < 1.0
     # fixed pattern positions are found, and dropped from a later detection
     fixed_xy = np.vstack([xy[mask] for xy, mask in zip(lists, fixed)])
