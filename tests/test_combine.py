@@ -51,6 +51,7 @@ def _reference_sigma_clip(cube, weights=None):
 # -- each method against its reference -------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:All-NaN slice")  # the reference, given a pixel without values
 def test_median_is_numpy_median_ignoring_nan():
     cube = _frames(9)
     cube[3, 5, 5] = 1e6
@@ -86,6 +87,7 @@ def test_mean_is_numpy_average_with_weights():
             combine_arrays(full, "mean", weights=bad)
 
 
+@pytest.mark.filterwarnings("ignore:Input data contains invalid values")  # the reference, given NaN
 def test_sigma_clip_is_astropy_sigma_clip_then_the_mean():
     cube = _frames(9, holes=0.1)
     cube[3, 5, 5] = 1e6

@@ -18,14 +18,14 @@ both combine here, so that a method name means one computation:
     ``average_combine``).
 
 NaN values are ignored by every method (a registered frame is NaN outside its footprint; raw
-calibration frames have none); a pixel without any value is NaN. The inputs are read a block
+calibration frames have none); a pixel without any value is NaN. (Infinite values count as
+values for the median and the mean; sigma clipping leaves them out, as astropy does.) The inputs are read a block
 of rows at a time (:class:`RowReader`, ``os.pread``), blocks sized to ``memory_limit_mb``.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
@@ -39,12 +39,11 @@ from archive.errors import ArchiveError, ConfigError
 COMBINE_METHODS = ("median", "mean", "sigma_clip")
 
 #: Bytes per pixel per input frame that one block needs while it is combined, by method: the
-#: float32 values (4), the input rows being converted, and the method's scratch (the median
-#: sorts in place; the mean builds a validity mask and a filled copy; sigma clipping copies the
-#: values and builds masks, deviations and a sorted copy for its median). The scratch was
-#: measured with ``tracemalloc`` (at most 4, 6 and 14 bytes per value) and is checked by
-#: tests/test_combine.py.
-_BYTES_PER_VALUE = {"median": 12, "mean": 12, "sigma_clip": 24}
+#: float32 values (4) plus the larger of the input rows being converted (8 per pixel of one
+#: frame) and the method's scratch: the median sorts in place (up to 4 more where pixels have
+#: NaN), the mean builds a validity mask and a filled copy (up to 6), sigma clipping a float64
+#: copy and masks (up to 12). Measured with ``tracemalloc``, checked by tests/test_combine.py.
+_BYTES_PER_VALUE = {"median": 12, "mean": 12, "sigma_clip": 20}
 #: Memory set aside besides the blocks: interpreter and libraries, bytes.
 _RESERVE_BYTES = 64 * 1024 * 1024
 _BITPIX_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
@@ -229,7 +228,7 @@ def rows_per_block(n_frames: int, shape: tuple[int, int], memory_limit_mb: float
 
     The output (float32, ``shape``, twice: the array and its copy on the way out) and 64 MiB
     for the interpreter are set aside; the rest is divided by ``n_frames * nx`` times the
-    bytes one value needs while ``method`` combines it (12 for the median and the mean, 24
+    bytes one value needs while ``method`` combines it (12 for the median and the mean, 20
     for sigma clipping).
 
     Parameters
@@ -280,7 +279,8 @@ def combine_values(
     ----------
     values : ndarray, shape (pixels, n_frames)
         One pixel's values contiguous (C order), float32 (NaN: no value) or a 16-bit integer
-        type (a median of raw frames: sorted as integers, exact). The median sorts it in place.
+        type (a median of raw frames: sorted as integers, exact). Scratch: the median sorts it
+        in place, sigma clipping writes NaN where it rejects.
     method : {'median', 'mean', 'sigma_clip'}
         See the module docstring.
     weights : sequence of float, optional
@@ -310,11 +310,17 @@ def combine_values(
         return _mean(values, w)
     from astropy.stats import sigma_clip
 
-    with warnings.catch_warnings():
-        # NaN inputs are expected (astropy warns that it masked them); all-NaN pixels stay NaN
-        warnings.simplefilter("ignore")
-        clipped = sigma_clip(values, sigma_lower=sigma_low, sigma_upper=sigma_high, maxiters=maxiters,
-                             cenfunc=_median_along, stdfunc="std", axis=1, masked=False, copy=False)
+    if values.dtype.kind != "f":
+        values = values.astype(np.float32)
+    # astropy's C implementation (median centre, std, along an axis) writes NaN where it
+    # rejects. Missing values go in as a mask over zeros: astropy warns about NaN it is given,
+    # and silencing a warning (warnings.catch_warnings) is not safe in threads.
+    missing = ~np.isfinite(values)
+    if missing.any():
+        values[missing] = 0
+        values = np.ma.MaskedArray(values, mask=missing, copy=False)
+    clipped = sigma_clip(values, sigma_lower=sigma_low, sigma_upper=sigma_high, maxiters=maxiters,
+                         cenfunc="median", stdfunc="std", axis=1, masked=False, copy=False)
     return _mean(clipped, w)
 
 
@@ -342,13 +348,6 @@ def _median(values: np.ndarray) -> np.ndarray:
         high = rows[pixel, np.clip(valid // 2, 0, n - 1)]
         result[partial] = np.where(valid > 0, (low + high) * np.float32(0.5), np.float32(np.nan))
     return result
-
-
-def _median_along(values: np.ndarray, axis: int = 1) -> np.ndarray:
-    """NaN-ignoring median along ``axis`` (1) of a copy: the centre function of sigma clipping."""
-    if axis not in (1, (1,), -1, (-1,)):
-        raise ValueError(f"the median runs along the frames (axis 1), not axis {axis}")
-    return _median(np.array(values, dtype=np.float32, copy=True))
 
 
 def _mean(values: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
@@ -388,7 +387,7 @@ def combine_arrays(
         As :func:`combine_values`.
     """
     n = cube.shape[0]
-    values = np.ascontiguousarray(np.moveaxis(np.asarray(cube, dtype=np.float32), 0, -1)).reshape(-1, n)
+    values = np.moveaxis(np.asarray(cube), 0, -1).astype(np.float32, order="C", copy=True).reshape(-1, n)
     return combine_values(values, method, weights=weights, sigma_low=sigma_low, sigma_high=sigma_high,
                           maxiters=maxiters).reshape(cube.shape[1:])
 
