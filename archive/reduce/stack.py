@@ -18,12 +18,10 @@ from astropy.io import fits
 from astropy.time import Time
 
 from archive import keywords as kw
-from archive.calib.combine import COMBINE_METHODS, combine_files, rows_per_block
+from archive.calib.combine import combine_files, rows_per_block
 from archive.fitsio import product_header, write_atomic
 
 log = logging.getLogger(__name__)
-
-METHODS = COMBINE_METHODS
 
 
 @dataclass(frozen=True)
