@@ -180,7 +180,8 @@ def test_one_configuration_vocabulary(tmp_path):
     for old in ({"sigma": 3.0}, {"iterations": 5}, {"memory_limit": 5}):
         with pytest.raises(ConfigError, match="unknown key"):
             load_reduction_config(load_settings(), overrides={"stack": old})
-    for bad in ({"sigma_low": 0}, {"maxiters": 0}, {"memory_limit_mb": -1}, {"sigma_high": "x"}):
+    assert CombineSettings.from_table({"maxiters": 4.0}, "[combine]").maxiters == 4
+    for bad in ({"sigma_low": 0}, {"maxiters": 0}, {"maxiters": 2.5}, {"memory_limit_mb": -1}, {"sigma_high": "x"}):
         with pytest.raises(ConfigError):
             CombineSettings.from_table(bad, "[combine]")
     folder = tmp_path / "rules"

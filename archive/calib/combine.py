@@ -19,8 +19,9 @@ both combine here, so that a method name means one computation:
 
 NaN values are ignored by every method (a registered frame is NaN outside its footprint; raw
 calibration frames have none); a pixel without any value is NaN. (Infinite values count as
-values for the median and the mean; sigma clipping leaves them out, as astropy does.) The inputs are read a block
-of rows at a time (:class:`RowReader`, ``os.pread``), blocks sized to ``memory_limit_mb``.
+values for the median and the mean; sigma clipping leaves them out, as astropy does.) The
+inputs are read a block of rows at a time (:class:`RowReader`, ``os.pread``), blocks sized to
+``memory_limit_mb``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 from astropy.io import fits
@@ -97,9 +98,12 @@ class CombineSettings:
             raise ConfigError(f"{where}: unknown key(s) {unknown}; the combine settings are {names}"
                               + (f" (and {list(other_keys)})" if other_keys else ""))
         try:
-            settings = cls(**{k: t(table[k]) for k, t in zip(names, (float, float, int, float)) if k in table})
+            settings = cls(**{k: float(table[k]) for k in names if k in table})
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: invalid combine setting: {exc}") from exc
+        if not (np.isfinite(settings.maxiters) and settings.maxiters == int(settings.maxiters)):
+            raise ConfigError(f"{where}: maxiters must be a whole number, not {table['maxiters']!r}")
+        settings = replace(settings, maxiters=int(settings.maxiters))
         if not (settings.sigma_low > 0 and settings.sigma_high > 0):
             raise ConfigError(f"{where}: sigma_low and sigma_high must be above 0")
         if settings.maxiters < 1:

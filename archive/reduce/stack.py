@@ -67,6 +67,13 @@ class StackJob:
     dates_obs: tuple[str | None, ...] = ()
 
 
+def _combine_band(inputs: tuple[str, ...], start: int, stop: int, options: dict) -> np.ndarray:
+    """Rows ``start:stop`` of the stack (an executor task, arguments by position: a Dask
+    executor reads keywords such as ``workers`` as its own). One thread per task: the
+    executor's workers are the parallelism."""
+    return combine_files(inputs, rows=(start, stop), workers=1, **options)
+
+
 def _exposure_cards(job: StackJob, out: fits.Header) -> tuple[float | None, str | None, str | None, list[str]]:
     """Set EXPTIME, TOTEXP, DATE-OBS, DATE-BEG and DATE-END from the job's catalogue values.
 
@@ -154,8 +161,8 @@ def stack_files(job: StackJob, executor=None, parts: int = 1) -> dict:
                "sigma_high": job.sigma_high, "maxiters": job.maxiters, "memory_limit_mb": job.memory_limit_mb}
     if executor is None or len(bounds) == 2:
         bands = [combine_files(job.inputs, **options)]
-    else:  # one band per task, one thread each: the executor's workers are the parallelism
-        futures = [executor.submit(combine_files, job.inputs, rows=(int(a), int(b)), workers=1, **options)
+    else:
+        futures = [executor.submit(_combine_band, job.inputs, int(a), int(b), options)
                    for a, b in itertools.pairwise(bounds)]
         bands = [f.result() for f in futures]
     result = np.concatenate(bands, axis=0)
