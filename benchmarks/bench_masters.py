@@ -70,7 +70,7 @@ ARCHIVE_COMBINE = textwrap.dedent("""
     from archive.calib.combine import combine_files
     paths = sys.argv[2:]
     t = time.perf_counter()
-    data = combine_files(paths, method="median", memory_limit_bytes=int(sys.argv[1]) * 1024 * 1024)
+    data = combine_files(paths, method="median", memory_limit_mb=float(sys.argv[1]))
     print(time.perf_counter() - t)
 """)
 

@@ -109,7 +109,7 @@ def timed(command: list[str], cwd: Path) -> tuple[float, float, int, str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--method", default="median", choices=["median", "sigma_clip"])
+    parser.add_argument("--method", default="median", choices=["median", "mean", "sigma_clip"])
     parser.add_argument("--repeat", type=int, default=3, help="Runs per side (the best is reported).")
     parser.add_argument("--archive-side", metavar="FOLDER", help=argparse.SUPPRESS)
     args = parser.parse_args()

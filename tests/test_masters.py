@@ -319,8 +319,8 @@ def test_combine_in_small_blocks_equals_numpy(tmp_path):
     rng = np.random.default_rng(1)
     stack = rng.integers(0, 65535, (6, 37, 23)).astype(np.uint16)
     paths = [str(write_fits(tmp_path / f"f{i}.fits", data=stack[i])) for i in range(6)]
-    assert rows_per_block(6, (37, 23), 64 * 1024 * 1024 + 2 * 37 * 23 * 4 + 6 * 23 * 12 * 5) == 5
-    small = combine_files(paths, memory_limit_bytes=64 * 1024 * 1024 + 2 * 37 * 23 * 4 + 6 * 23 * 12 * 5)
+    assert rows_per_block(6, (37, 23), (64 * 1024 * 1024 + 2 * 37 * 23 * 4 + 6 * 23 * 12 * 5) / 2**20) == 5
+    small = combine_files(paths, memory_limit_mb=(64 * 1024 * 1024 + 2 * 37 * 23 * 4 + 6 * 23 * 12 * 5) / 2**20)
     np.testing.assert_array_equal(small, np.median(stack.astype(np.float64), axis=0))  # even count: mean of the middle two
     from astropy.stats import sigma_clip
 
@@ -331,7 +331,7 @@ def test_combine_in_small_blocks_equals_numpy(tmp_path):
     # float images (no integer fast path), odd count, and a calibration step applied per block
     floats = rng.normal(100, 10, (5, 37, 23)).astype(np.float32)
     fpaths = [str(write_fits(tmp_path / f"g{i}.fits", data=floats[i])) for i in range(5)]
-    np.testing.assert_allclose(combine_files(fpaths, memory_limit_bytes=70 * 1024 * 1024),
+    np.testing.assert_allclose(combine_files(fpaths, memory_limit_mb=70),
                                np.median(floats, axis=0), rtol=1e-6)
     np.testing.assert_array_equal(combine_files(paths, prepare=lambda i, block, a, b: block - 10),
                                   np.median(stack.astype(np.float64) - 10, axis=0))

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
-from astropy.stats import sigma_clip
 
 from archive.files import remove_partials
 from archive import keywords as kw
@@ -29,7 +28,7 @@ from archive.reduce.calibrate import (
 )
 from archive.reduce.executor import SerialExecutor, make_executor
 from archive.reduce.preview import write_preview
-from archive.reduce.stack import StackJob, combine, rows_per_block, stack_files
+from archive.reduce.stack import StackJob, stack_files
 
 
 def _stack(paths):
@@ -170,26 +169,6 @@ def test_large_shift_warns(calibrated, tmp_path):
                                            source_xy=s["xy"], reference_xy=c["xy"]))
     assert result["ok"], result
     assert result["shift_fraction"] > 0.15 and "above 15%" in result["warning"]
-
-
-def test_combine_methods():
-    rng = np.random.default_rng(0)
-    cube = rng.normal(100, 5, (9, 20, 30)).astype(np.float32)
-    cube[3, 5, 5] = 1e6
-    cube[:, 0, 0] = np.nan
-    cube[:4, 1, 1] = np.nan
-    np.testing.assert_allclose(combine(cube, "median"), np.nanmedian(cube, axis=0), rtol=1e-6, equal_nan=True)
-    for n in (1, 2, 8):  # odd and even counts of frames, and of valid values per pixel
-        holes = rng.normal(100, 5, (n, 20, 30)).astype(np.float32)
-        holes[rng.random(holes.shape) < 0.3] = np.nan
-        np.testing.assert_allclose(combine(holes, "median"), np.nanmedian(holes, axis=0), rtol=1e-6, equal_nan=True)
-    expected = sigma_clip(cube, axis=0, sigma=3, maxiters=5, cenfunc="median", stdfunc="std").mean(axis=0).filled(np.nan)
-    got = combine(cube, "sigma_clip", sigma=3, iterations=5)
-    np.testing.assert_allclose(got, expected, rtol=1e-5, equal_nan=True)
-    assert got[5, 5] < 200
-    with pytest.raises(ValueError):
-        combine(cube, "mode")
-    assert rows_per_block(16, 1024, 1) >= 1
 
 
 def test_executors_and_partials(tmp_path):

@@ -246,7 +246,7 @@ def _compute(
         prepare=(lambda j, block, a, b: prepare(keep[j], block, a, b))
         if (bias is not None or has_dark or any(g.overscan for g in geometries)) else None,
         scales=[1.0 / medians[i] for i in keep] if plan.kind == "flat" else None,
-        memory_limit_bytes=rules.memory_limit_bytes, sigma_low=rules.sigma_low,
+        memory_limit_mb=rules.memory_limit_mb, sigma_low=rules.sigma_low,
         sigma_high=rules.sigma_high, maxiters=rules.maxiters,
     )
     if plan.kind == "flat":
@@ -398,7 +398,7 @@ def _build_kinds(engine, kinds, filters, rules, library, memory_limit_bytes, pro
         progress.start(len(plans), f"master {kind}")
         for plan in plans:
             if memory_limit_bytes:
-                plan.rules = replace(plan.rules, memory_limit_bytes=memory_limit_bytes)
+                plan.rules = replace(plan.rules, memory_limit_mb=memory_limit_bytes / 2**20)
             what = describe(plan)
             try:
                 _build_one(engine, plan, library, products, summary)

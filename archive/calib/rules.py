@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from archive.calib.combine import COMBINE_METHODS
+from archive.calib.combine import COMBINE_METHODS, CombineSettings
 from archive.config import Settings, load_settings, merge, read_toml
 from archive.db.models import CALIBRATION_KINDS
 from archive.errors import ConfigError
@@ -45,7 +45,8 @@ class KindRules:
         Largest |DATE-OBS difference| between master and frame, days.
     min_frames : int
         Fewest raw frames a master is built from.
-    combine : {'median', 'sigma_clip'}
+    combine : {'median', 'mean', 'sigma_clip'}
+        The combine method (:mod:`archive.calib.combine`).
     exposure_tolerance_s : float
         Darks: exposures this close (s) count as equal.
     scale : bool
@@ -78,8 +79,9 @@ class MatchingRules:
         Sigma-clipping bounds of ``combine = 'sigma_clip'`` (in standard deviations).
     maxiters : int
         Sigma-clipping iterations.
-    memory_limit_bytes : int
-        Memory for one combine.
+    memory_limit_mb : float
+        Memory for one combine, MB (:class:`archive.calib.combine.CombineSettings`, read from
+        the ``[combine]`` table: ``sigma_low``, ``sigma_high``, ``maxiters``, ``memory_limit_mb``).
     required : tuple of str or None
         The calibration kinds a light of this instrument must have before it is calibrated
         (:func:`archive.calib.required.required_kinds`); None: every kind of which the
@@ -91,7 +93,7 @@ class MatchingRules:
     sigma_low: float = 3.0
     sigma_high: float = 3.0
     maxiters: int = 5
-    memory_limit_bytes: int = 2048 * 1024 * 1024
+    memory_limit_mb: float = 2048.0
     required: tuple[str, ...] | None = None
 
     def __getitem__(self, kind: str) -> KindRules:
@@ -132,14 +134,12 @@ def _parse(raw: dict[str, Any], source: str) -> MatchingRules:
             required = tuple(k for k in CALIBRATION_KINDS if k in required)
         else:
             required = None
-        combine = raw.get("combine", {})
+        combine = CombineSettings.from_table(raw.get("combine", {}), f"{source}: [combine]")
         return MatchingRules(
             required=required,
             version=f"{raw.get('name', 'default')}:{raw.get('version', '0')}",
-            kinds=kinds,
-            sigma_low=float(combine.get("sigma_low", 3.0)), sigma_high=float(combine.get("sigma_high", 3.0)),
-            maxiters=int(combine.get("maxiters", 5)),
-            memory_limit_bytes=int(float(combine.get("memory_limit_mb", 2048)) * 1024 * 1024),
+            kinds=kinds, sigma_low=combine.sigma_low, sigma_high=combine.sigma_high, maxiters=combine.maxiters,
+            memory_limit_mb=combine.memory_limit_mb,
         )
     except KeyError as exc:
         raise ConfigError(f"{source}: matching rules miss {exc}") from exc

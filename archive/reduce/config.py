@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from archive.calib.combine import COMBINE_METHODS
+from archive.calib.combine import COMBINE_METHODS, CombineSettings
 from archive.config import (
     Settings,
     apply_layers,
@@ -44,6 +44,8 @@ LAYOUT_FIELDS = {
 #: (or with different parameters) never share a path.
 LAYOUT_UNIQUE = {"calibrated": ("fp",), "registered": ("fp",), "stacked": ("fp", "group")}
 _PRODUCT_ENDINGS = (".fits", ".fit", ".fts")
+#: Keys of ``[stack]`` besides the combine settings (:class:`archive.calib.combine.CombineSettings`).
+_STACK_KEYS = ("method", "per_night")
 
 
 def check_layout(kind: str, template: Any) -> str:
@@ -102,8 +104,12 @@ class ReductionConfig:
         Path templates of calibrated, registered and stacked files, relative to the output root.
     previews : bool
         Write PNG previews of stacks.
-    calibrate, register, stack, executor : dict
+    calibrate, register, executor : dict
         The sections of the same names.
+    stack : dict
+        ``[stack]``: ``method``, ``per_night``, and the combine settings ``sigma_low``,
+        ``sigma_high`` (float), ``maxiters`` (int), ``memory_limit_mb`` (float), checked and
+        typed (:class:`archive.calib.combine.CombineSettings`); no other key.
     version : int
     """
 
@@ -148,7 +154,9 @@ def load_reduction_config(
         out = output.get("root") or None
         stack = dict(merged.get("stack", {}))
         if stack.get("method", "median") not in COMBINE_METHODS:
-            raise ConfigError(f"[stack] method must be 'median' or 'sigma_clip', not {stack['method']!r}")
+            raise ConfigError(f"[stack] method must be one of {COMBINE_METHODS}, not {stack['method']!r}")
+        combine = CombineSettings.from_table(stack, "[stack]", other_keys=_STACK_KEYS)
+        stack.update(vars(combine))
         return ReductionConfig(
             imaging_root=Path(root).expanduser().absolute() if root else None,
             date_formats=tuple(night.get("date_formats", ("%Y-%m-%d", "%Y%m%d"))),

@@ -1,96 +1,27 @@
-"""Stacking registered frames: median or sigma-clipped mean, memory bounded.
+"""Stacking registered frames: the combine engine plus a stack's header.
 
-The frames are read through memory maps a block of rows at a time; a block holds
-``n_frames x rows x nx`` float32 values and is sized so that it and its working copies stay
-under ``memory_limit_mb``. NaN pixels (outside a registered frame's footprint) are ignored.
-Sigma clipping follows astropy's ``sigma_clip`` rule: reject pixels farther than ``sigma``
-standard deviations from the median, repeat up to ``iterations`` times or until nothing
-changes, then average the survivors.
+The pixels are combined by :mod:`archive.calib.combine`, the engine masters use too (median,
+mean or sigma-clipped mean, NaN outside a frame's footprint ignored, optional per-frame weights,
+blocks of rows read with ``os.pread`` within ``memory_limit_mb``). Here: bands of rows spread
+over an executor, and the stack's cards (method, count, exposure, dates).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import astropy.units as u
 import numpy as np
-
-from archive.calib.combine import COMBINE_METHODS
 from astropy.io import fits
 from astropy.time import Time
 
 from archive import keywords as kw
+from archive.calib.combine import combine_files, rows_per_block
 from archive.fitsio import product_header, write_atomic
 
 log = logging.getLogger(__name__)
-
-METHODS = COMBINE_METHODS
-#: Working copies of a block alive at once while combining (sort buffer, masks, result).
-_WORKING_COPIES = 3
-
-
-def nanmedian_axis0(cube: np.ndarray) -> np.ndarray:
-    """Median along axis 0 ignoring NaN (faster than ``np.nanmedian`` for few frames).
-
-    Sorting puts NaN last, so a pixel has a NaN exactly when its last sorted value is NaN.
-    Pixels without one (nearly all) take the two middle values; the others the middle of their
-    first ``n_valid`` values. All-NaN pixels give NaN.
-    """
-    ordered = np.sort(cube, axis=0)
-    n = cube.shape[0]
-    result = (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
-    partial = np.isnan(ordered[-1])
-    if partial.any():
-        columns = ordered[:, partial]  # (n, pixels with a NaN)
-        valid = n - np.count_nonzero(np.isnan(columns), axis=0)
-        pixel = np.arange(columns.shape[1])
-        low = columns[np.clip((valid - 1) // 2, 0, None), pixel]
-        high = columns[np.clip(valid // 2, 0, n - 1), pixel]
-        result[partial] = np.where(valid > 0, (low + high) / 2, np.nan)
-    return result
-
-
-def sigma_clipped_mean_axis0(cube: np.ndarray, sigma: float = 3.0, iterations: int = 5) -> np.ndarray:
-    """Mean along axis 0 after iterative clipping at ``sigma`` standard deviations from the median."""
-    work = cube.copy()
-    for _ in range(iterations):
-        centre = nanmedian_axis0(work)
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels stay NaN
-            spread = np.nanstd(work, axis=0)
-            reject = np.abs(work - centre) > sigma * spread
-        if not reject.any():
-            break
-        work[reject] = np.nan
-    with np.errstate(invalid="ignore", divide="ignore"):
-        count = np.sum(~np.isnan(work), axis=0)
-        total = np.nansum(work, axis=0)
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
-
-
-def combine(cube: np.ndarray, method: str = "median", sigma: float = 3.0, iterations: int = 5) -> np.ndarray:
-    """Combine ``cube`` (n, ny, nx) along axis 0 by ``method`` ('median' or 'sigma_clip').
-
-    Raises
-    ------
-    ValueError
-        Unknown method.
-    """
-    if method == "median":
-        return nanmedian_axis0(cube)
-    if method == "sigma_clip":
-        return sigma_clipped_mean_axis0(cube, sigma, iterations)
-    raise ValueError(f"unknown combine method {method!r}; use one of {METHODS}")
-
-
-def rows_per_block(n_frames: int, nx: int, memory_limit_mb: float) -> int:
-    """Rows combined at once so that the block and its working copies fit in the limit."""
-    per_row = n_frames * nx * 4 * (1 + _WORKING_COPIES) + nx * 8
-    return max(1, int(memory_limit_mb * 2**20 // per_row))
 
 
 @dataclass(frozen=True)
@@ -103,12 +34,16 @@ class StackJob:
         Registered frames, all of one shape.
     output : str
         The stacked file to write.
-    method : str
-        'median' or 'sigma_clip'.
-    sigma, iterations : float, int
-        Sigma clipping parameters.
+    method : {'median', 'mean', 'sigma_clip'}
+        The combine method (:mod:`archive.calib.combine`).
+    sigma_low, sigma_high : float
+        ``sigma_clip`` limits below and above the median, standard deviations.
+    maxiters : int
+        ``sigma_clip`` iterations at most.
     memory_limit_mb : float
-        Upper bound on the pixel buffers, MB.
+        Memory of one combine task (its blocks and its band of the output), MB.
+    weights : sequence of float
+        One weight per input for the mean and the sigma-clipped mean (empty: equal weights).
     header : dict
         Extra cards.
     exposures_s : sequence of float or None
@@ -122,49 +57,21 @@ class StackJob:
     inputs: tuple[str, ...]
     output: str
     method: str = "median"
-    sigma: float = 3.0
-    iterations: int = 5
+    sigma_low: float = 3.0
+    sigma_high: float = 3.0
+    maxiters: int = 5
     memory_limit_mb: float = 512
+    weights: tuple[float, ...] = ()
     header: dict = field(default_factory=dict)
     exposures_s: tuple[float | None, ...] = ()
     dates_obs: tuple[str | None, ...] = ()
 
 
-def combine_rows(
-    inputs: Sequence[str], start: int, stop: int, method: str = "median", sigma: float = 3.0,
-    iterations: int = 5, memory_limit_mb: float = 512,
-) -> np.ndarray:
-    """Combine rows ``start:stop`` of the ``inputs`` (a worker task), in blocks that fit the limit.
-
-    Returns
-    -------
-    ndarray, shape (stop - start, nx), float32
-
-    Raises
-    ------
-    ValueError
-        Inputs of different shapes, or an unknown method.
-    """
-    handles = [fits.open(path, mode="readonly", memmap=True) for path in inputs]
-    try:
-        arrays = [h[0].data for h in handles]
-        shapes = {a.shape for a in arrays}
-        if len(shapes) != 1:
-            raise ValueError(f"inputs have different shapes: {sorted(shapes)}")
-        nx = arrays[0].shape[1]
-        block = rows_per_block(len(arrays), nx, memory_limit_mb)
-        result = np.empty((stop - start, nx), dtype=np.float32)
-        cube = np.empty((len(arrays), min(block, stop - start), nx), dtype=np.float32)
-        for first in range(start, stop, block):
-            last = min(first + block, stop)
-            part = cube[:, : last - first]
-            for i, array in enumerate(arrays):
-                part[i] = array[first:last]
-            result[first - start:last - start] = combine(part, method, sigma, iterations)
-        return result
-    finally:
-        for h in handles:
-            h.close()
+def _combine_band(inputs: tuple[str, ...], start: int, stop: int, options: dict) -> np.ndarray:
+    """Rows ``start:stop`` of the stack (an executor task, arguments by position: a Dask
+    executor reads keywords such as ``workers`` as its own). One thread per task: the
+    executor's workers are the parallelism."""
+    return combine_files(inputs, rows=(start, stop), workers=1, **options)
 
 
 def _exposure_cards(job: StackJob, out: fits.Header) -> tuple[float | None, str | None, str | None, list[str]]:
@@ -221,8 +128,9 @@ def stack_files(job: StackJob, executor=None, parts: int = 1) -> dict:
     ----------
     job : StackJob
     executor : concurrent.futures.Executor, optional
-        Combine ``parts`` bands of rows in parallel there (:func:`combine_rows`); each task keeps
-        within ``job.memory_limit_mb``. Default: all in this process.
+        Combine ``parts`` bands of rows in parallel there (:func:`archive.calib.combine.combine_files`
+        with ``rows``); each task keeps within ``job.memory_limit_mb``. Default: all in this
+        process, on threads (:func:`~archive.calib.combine.combine_files`).
     parts : int
         Bands of rows (1: one task).
 
@@ -235,24 +143,28 @@ def stack_files(job: StackJob, executor=None, parts: int = 1) -> dict:
     Raises
     ------
     ValueError
-        No inputs, inputs of different shapes, an unknown method, or as many exposure
-        times or dates as inputs not given.
+        No inputs, an unknown method, weights with the median or not one per input, or as
+        many exposure times or dates as inputs not given.
+    MasterBuildError
+        An input cannot be read or its shape differs from the first one's.
     """
     if not job.inputs:
         raise ValueError("nothing to stack")
     for name, values in (("exposure times", job.exposures_s), ("dates", job.dates_obs)):
         if values and len(values) != len(job.inputs):
             raise ValueError(f"{len(job.inputs)} inputs but {len(values)} {name}")
-    with fits.open(job.inputs[0], mode="readonly", memmap=True) as hdul:
+    with fits.open(job.inputs[0], mode="readonly") as hdul:
         first_header = hdul[0].header.copy()
-        ny, nx = hdul[0].data.shape
+        ny, nx = hdul[0].shape  # from the header; the pixels are read by the engine
     bounds = np.linspace(0, ny, max(1, min(parts, ny)) + 1).astype(int)
-    args = [(tuple(job.inputs), int(a), int(b), job.method, job.sigma, job.iterations, job.memory_limit_mb)
-            for a, b in itertools.pairwise(bounds)]
-    if executor is None or len(args) == 1:
-        bands = [combine_rows(*a) for a in args]
+    options = {"method": job.method, "weights": job.weights or None, "sigma_low": job.sigma_low,
+               "sigma_high": job.sigma_high, "maxiters": job.maxiters, "memory_limit_mb": job.memory_limit_mb}
+    if executor is None or len(bounds) == 2:
+        bands = [combine_files(job.inputs, **options)]
     else:
-        bands = [f.result() for f in [executor.submit(combine_rows, *a) for a in args]]
+        futures = [executor.submit(_combine_band, job.inputs, int(a), int(b), options)
+                   for a, b in itertools.pairwise(bounds)]
+        bands = [f.result() for f in futures]
     result = np.concatenate(bands, axis=0)
     out = product_header(first_header)
     out[kw.IMAGE_TYPE] = kw.IMAGE_TYPE_VALUES["stacked"]
@@ -265,5 +177,6 @@ def stack_files(job: StackJob, executor=None, parts: int = 1) -> dict:
     return {
         "output": job.output, "ncombine": len(job.inputs), "total_exposure_s": total,
         "date_begin": date_begin, "date_end": date_end,
-        "rows_per_block": rows_per_block(len(job.inputs), nx, job.memory_limit_mb), "warnings": warnings_,
+        "rows_per_block": rows_per_block(len(job.inputs), (ny, nx), job.memory_limit_mb, job.method),
+        "warnings": warnings_,
     }

@@ -37,8 +37,7 @@ def stack_group(
 ) -> None:
     """Stack the registered frames per exposure time (at least two frames per stack)."""
     st = config.stack
-    parameters = {"method": st.get("method", "median"), "sigma": float(st.get("sigma", 3.0)),
-                  "iterations": int(st.get("iterations", 5)), "memory_limit_mb": float(st.get("memory_limit_mb", 512))}
+    parameters = {k: st[k] for k in ("method", "sigma_low", "sigma_high", "maxiters", "memory_limit_mb")}
     fp_parameters = {k: v for k, v in parameters.items() if k != "memory_limit_mb"}
     with session_scope(engine) as session:
         frames = frames_by_id(session, registered_ids)
@@ -67,8 +66,8 @@ def stack_group(
             summary.unchanged += 1
             continue
         job = StackJob(inputs=tuple(paths[f.id] for f in members), output=str(output), method=parameters["method"],
-                       sigma=parameters["sigma"], iterations=parameters["iterations"],
-                       memory_limit_mb=parameters["memory_limit_mb"],
+                       sigma_low=parameters["sigma_low"], sigma_high=parameters["sigma_high"],
+                       maxiters=parameters["maxiters"], memory_limit_mb=parameters["memory_limit_mb"],
                        header={kw.REDUCTION_STEP: "stack", kw.FINGERPRINT: fp},
                        exposures_s=tuple(f.exposure_time_s for f in members),
                        dates_obs=tuple(f.date_obs.isoformat() if f.date_obs else None for f in members))
