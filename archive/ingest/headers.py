@@ -72,7 +72,9 @@ class CardIndex(Mapping):
     """
 
     def __init__(self, text: str):
-        self._cards: dict[str, str] = {}
+        # keyword -> its card and any CONTINUE cards, joined on first use: appending to a list
+        # keeps a long string of many CONTINUE cards linear (a string += is quadratic).
+        self._cards: dict[str, list[str]] = {}
         #: The cards up to END without trailing blanks, blank cards left out (the stored header).
         self.lines: list[str] = []
         previous = None
@@ -96,14 +98,14 @@ class CardIndex(Mapping):
             elif card.startswith("HIERARCH ") and "=" in card:
                 key = card[9 : card.find("=")].strip().upper()
             elif card.startswith("CONTINUE") and previous is not None:
-                self._cards[previous] += card
+                self._cards[previous].append(card)
                 continue
             else:
                 previous = None
                 continue
             previous = None
             if key not in self._cards:
-                self._cards[key] = card
+                self._cards[key] = [card]
                 previous = key
         self._values: dict[str, Any] = {}
 
@@ -115,10 +117,10 @@ class CardIndex(Mapping):
     def get(self, key: str, default: Any = None) -> Any:
         key = key.upper()
         if key not in self._values:
-            card = self._cards.get(key)
-            if card is None:
+            cards = self._cards.get(key)
+            if cards is None:
                 return default
-            self._values[key] = _card_value(card)
+            self._values[key] = _card_value(cards[0] if len(cards) == 1 else "".join(cards))
         value = self._values[key]
         return default if value is None else value
 
@@ -207,7 +209,7 @@ def _read_plain(fh, size: int) -> tuple[bytes, str]:
     The first 64 KiB are read at once (a whole small frame, or the header of a large one); the
     header ends with the 2880-byte block holding the END card (FITS 4.0, sec. 4.4.1).
     """
-    head = fh.read(_HEAD)
+    head = bytearray(fh.read(_HEAD))  # grows in place: a header of many blocks is read in linear time
     if not head.startswith(b"SIMPLE  ="):
         raise HeaderError("not a FITS file: it does not begin with a SIMPLE card")
     position = 0
@@ -229,7 +231,7 @@ def _read_plain(fh, size: int) -> tuple[bytes, str]:
     digest = hashlib.sha256(head)
     while chunk := fh.read(_CHUNK):
         digest.update(chunk)
-    return head[:end], digest.hexdigest()
+    return bytes(head[:end]), digest.hexdigest()
 
 
 def _read_with_astropy(path: str):
