@@ -190,6 +190,8 @@ def test_impossible_layouts_and_tables_are_problems_naming_the_keyword(engine, t
     _mutate(good, night / "naxis3.fits", _card("NAXIS", "2"), _card("NAXIS", "3"))
     big = write_fits(tmp_path / "big.fits", nina_header(), shape=(64, 64), seed=2)
     _mutate(big, night / "false_naxis.fits", _card("NAXIS", "2"), _card("NAXIS", "1"))
+    _mutate(big, night / "no_naxis.fits", _card("NAXIS", "2"), _card("NAXIS", "0"))
+    (night / "false_naxis.fits.gz").write_bytes(gzip.compress((night / "false_naxis.fits").read_bytes()))
     compressed = tmp_path / "c.fits.fz"
     fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(fits.getdata(good), fits.getheader(good))]).writeto(compressed)
     _mutate(compressed, night / "zbitpix.fits.fz", _card("ZBITPIX", "16"), _card("ZBITPIX", "7"))
@@ -206,6 +208,9 @@ def test_impossible_layouts_and_tables_are_problems_naming_the_keyword(engine, t
     assert reasons["half.fits"].startswith("NAXIS2=16.5 is not a valid NAXIS2")
     assert reasons["naxis3.fits"].startswith("NAXIS3 is missing")
     assert "not a FITS extension: a false NAXIS" in reasons["false_naxis.fits"]
+    assert "not a FITS extension: a false NAXIS" in reasons["false_naxis.fits.gz"]
+    assert reasons["no_naxis.fits"].startswith("HDU 1: the bytes after HDU 0 are not a FITS header")
+    assert "a false NAXIS, NAXISn, BITPIX or PCOUNT in HDU 0" in reasons["no_naxis.fits"]
     assert reasons["zbitpix.fits.fz"].startswith("ZBITPIX=7 is not a FITS BITPIX")
     assert reasons["znaxis.fits.fz"].startswith("ZNAXIS1=-16 is not a valid ZNAXIS1")
     assert reasons["catalogue.fits"] == "not an image: the file holds only tables (HDU 1: BinTableHDU)"

@@ -314,13 +314,35 @@ def _read_gzip(path: str, size: int) -> tuple[bytes, str, int]:
         try:
             with gzip.GzipFile(fileobj=hashing, mode="rb") as stream:
                 head = _read_head(stream, size)
-                length = len(head)
-                while chunk := stream.read(_CHUNK):
-                    length += len(chunk)
+                end = _header_end(head)
+                probe = _hdu_end(CardIndex(head[:end].decode("ascii", errors="replace")), end)
+                buffer, length = head, 0
+                while True:
+                    if probe is not None and length <= probe < length + len(buffer):
+                        after = bytes(buffer[probe - length : probe - length + BLOCK])
+                        if not (after.startswith(b"XTENSION") or not after.strip(b"\0")):
+                            raise HeaderError(
+                                f"the header's NAXIS, NAXISn and BITPIX describe {probe} bytes, but what follows in "
+                                "the decompressed file is not a FITS extension: a false NAXIS, NAXISn or BITPIX, "
+                                "or bytes appended")
+                    length += len(buffer)
+                    buffer = stream.read(_CHUNK)
+                    if not buffer:
+                        break
         except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
             raise HeaderError(f"corrupt gzip file: {exc}") from exc
         hashing.drain()
-    return bytes(head[: _header_end(head)]), hashing.hexdigest(), length
+    return bytes(head[:end]), hashing.hexdigest(), length
+
+
+def _hdu_end(header: CardIndex, header_bytes: int) -> int | None:
+    """Where the primary HDU ends by its layout keywords (None when they do not describe an image)."""
+    try:
+        if not _has_image(header):
+            return None
+    except (HeaderError, ValueError):
+        return None
+    return header_bytes + -(-_data_bytes(header) // BLOCK) * BLOCK
 
 
 def _after_data(fh, offset: int, size: int) -> None:
@@ -342,11 +364,27 @@ def _read_with_astropy(path: str):
     a tile-compressed image is decompressed (a corrupt heap fails here)."""
     from astropy.io import fits
 
+    seen: list[str] = []
+
+    def false_layout(exc: Exception) -> HeaderError:
+        index = len(seen)
+        where = f"after HDU {index - 1}" if index else "at the start of the file"
+        return HeaderError(
+            f"HDU {index}: the bytes {where} are not a FITS header ({str(exc).strip()}): a false NAXIS, NAXISn, "
+            f"BITPIX or PCOUNT" + (f" in HDU {index - 1}" if index else "") + ", or bytes appended to the file"
+        )
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with fits.open(path, mode="readonly", memmap=False, lazy_load_hdus=True, checksum=True) as hdul:
+        try:
+            hdul = fits.open(path, mode="readonly", memmap=False, lazy_load_hdus=True, checksum=True)
+        except OSError as exc:
+            if "END card" in str(exc):  # astropy reads ahead: the primary HDU was read, the next one fails
+                seen.append("HDU 0")
+                raise false_layout(exc) from exc
+            raise
+        with hdul:
             found = None
-            seen: list[str] = []
             index = 0
             while found is None:
                 try:
@@ -358,10 +396,7 @@ def _read_with_astropy(path: str):
                 except (OSError, ValueError) as exc:
                     if "END card" not in str(exc) and "header" not in str(exc).lower():
                         raise
-                    raise HeaderError(
-                        f"HDU {index}: the bytes after HDU {index - 1} are not a FITS header ({exc}): a false "
-                        f"NAXIS, NAXISn, BITPIX or PCOUNT in HDU {index - 1}, or bytes appended to the file"
-                    ) from exc
+                    raise false_layout(exc) from exc
                 compressed = isinstance(hdu, fits.CompImageHDU)
                 seen.append(f"HDU {index}: {type(hdu).__name__}")
                 if hdu.is_image and hdu.header.get("NAXIS", 0) != 0 and _has_image(hdu.header, compressed=compressed):
@@ -371,6 +406,15 @@ def _read_with_astropy(path: str):
                         except Exception as exc:  # noqa: BLE001 - the compression library raises its own types
                             raise HeaderError(f"corrupt compressed image in HDU {index}: {exc}".splitlines()[0]) from exc
                     found = (hdu.header.copy(), hdul[0].header.copy() if index else None, index)
+                    try:  # the next HDU must begin where this one's layout says it ends
+                        hdul[index + 1]
+                    except IndexError:
+                        pass
+                    except (OSError, ValueError) as exc:
+                        if "END card" not in str(exc) and "header" not in str(exc).lower():
+                            raise
+                        seen.append("")
+                        raise false_layout(exc) from exc
                 index += 1
     messages = [str(w.message).strip() for w in caught]
     truncated = [m for m in messages if "truncat" in m.lower()]
