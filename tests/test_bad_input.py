@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from click.testing import CliRunner
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from archive.cli import main
@@ -333,3 +333,92 @@ def test_a_light_with_exptime_1e308_breaks_no_later_step(db_url, tmp_path):
     run("masters", "build", "--library", str(tmp_path / "lib"))
     assert "kind" in run("masters", "missing", "--format", "csv")
     assert run("masters", "select", str(root / "huge.fits"), "--explain")
+
+
+# -- 7. a bad-input corpus mixed with a real night ------------------------------------------------------
+
+ASTROPY_FITS_DATA = Path(fits.__file__).parent / "tests" / "data"
+FITS_ENDINGS = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fits.fz", ".fz")
+
+
+def _astropy_says_image(path: Path) -> bool:
+    """Independent oracle: astropy opens the file, finds an image HDU with pixels and no data
+    checksum failure (its CHECKSUM complaints are left out: it checks re-serialized headers)."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with fits.open(path, checksum=True) as hdul:
+                has = any(h.is_image and h.data is not None and h.data.size > 0 for h in hdul)
+        return has and not any("Datasum verification failed" in str(w.message) for w in caught)
+    except Exception:  # noqa: BLE001 - anything astropy cannot read is not a good image
+        return False
+
+
+def _corpus(root: Path, night: Path) -> tuple[set[bytes], set[bytes]]:
+    """Write the corpus; returns (names that must become frames, names that must be problems)."""
+    good, bad = set(), set()
+    shutil.copytree(night, root / "night")
+    good |= {os.fsencode(p) for p in (root / "night").iterdir() if p.name.lower().endswith(FITS_ENDINGS)}
+    shutil.copytree(ASTROPY_FITS_DATA, root / "astropy", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    for path in (root / "astropy").rglob("*"):
+        if path.is_file() and path.name.lower().endswith(FITS_ENDINGS):
+            (good if _astropy_says_image(path) else bad).add(os.fsencode(path))
+    mutants = root / "mutants"
+    mutants.mkdir()
+    source = night / "XO1-b_z_20250602_041008.fits"
+    whole = source.read_bytes()
+    header_end = whole.index(b"END" + b" " * 77) // 2880 * 2880 + 2880
+
+    def write(name: bytes, data: bytes, expected: set) -> None:
+        path = os.fsencode(mutants) + b"/" + name
+        with open(path, "wb") as fh:
+            fh.write(data)
+        expected.add(path)
+
+    for i, cut in enumerate((100, 2880, header_end - 1, header_end + 1, len(whole) // 2, len(whole) - 2881)):
+        write(f"cut_{i}.fits".encode(), whole[:cut], bad)
+    write(b"empty.fits", b"", bad)
+    write(b"text.fits", b"no FITS here\n" * 300, bad)
+    write(b"zeros.fits", bytes(len(whole)), bad)
+
+    def card(data: bytes, key: bytes, new: bytes) -> bytes:
+        start = data.index(key.ljust(8) + b"= ")
+        return data[:start] + new.ljust(80)[:80] + data[start + 80 :]
+
+    write(b"bitpix7.fits", card(whole, b"BITPIX", b"BITPIX  =                    7"), bad)
+    write(b"naxis_false.fits", card(whole, b"NAXIS", b"NAXIS   =                    1"), bad)
+    write(b"naxis2_half.fits", card(whole, b"NAXIS2", b"NAXIS2  =               1024.5"), bad)
+    write(b"exptime_bare.fits", card(whole, b"EXPTIME", b"EXPTIME = abc"), good)
+    write(b"exptime_negative.fits", card(whole, b"EXPTIME", b"EXPTIME =                  -60"), good)
+    write(b"exptime_huge.fits", card(whole, b"EXPTIME", b"EXPTIME =               1E308"), good)
+    write(b"object_control.fits", card(whole, b"OBJECT", b"OBJECT  = 'Dark Shark\x1b[31m'"), good)
+    write(b"date_year1.fits", card(whole, b"DATE-OBS", b"DATE-OBS= '0001-01-01T00:00:00'"), good)
+    write(b"name_\xff\xfe.fits", whole.replace(b"XO1-b", b"XO1-c", 1), good)
+    write(b"name_\x1b[31m_ctrl\n.fits", whole.replace(b"XO1-b", b"XO1-d", 1), good)
+    write(b"gz_crc.fits.gz", gzip.compress(whole)[:-8] + b"\0\0\0\0" + gzip.compress(whole)[-4:], bad)
+    os.mkfifo(mutants / "pipe.fits")
+    bad.add(os.fsencode(mutants / "pipe.fits"))
+    os.symlink(mutants / "missing.fits", mutants / "dangling.fits")
+    bad.add(os.fsencode(mutants / "dangling.fits"))
+    return good, bad
+
+
+def test_a_corpus_of_bad_files_mixed_with_a_real_night(engine, tmp_path, arcsat_night):
+    root = tmp_path / "corpus"
+    good, bad = _corpus(root, arcsat_night)
+    summary = ingest_paths(engine, [root])
+    with session_scope(engine) as s:
+        ingested = {os.fsencode(p) for p in s.scalars(select(Copy.path).where(Copy.is_current))}
+        problems = {os.fsencode(p): r for p, r in s.execute(
+            select(IngestProblem.path, IngestProblem.reason).where(IngestProblem.severity == "error"))}
+        n_night = s.scalar(select(func.count()).select_from(Copy).where(Copy.path.startswith(str(root / "night"))))
+    assert n_night == 32  # every frame of the real night kept (5 bias, 5 dark, 5 flat, 17 light)
+    assert good <= ingested, sorted(good - ingested)
+    assert bad <= set(problems), sorted(bad - set(problems))
+    assert not ingested & set(problems)
+    assert all(reason and "\n" not in reason for reason in problems.values())
+    assert {os.fsencode(p) for p, _ in summary.problems} == set(problems)
+    again = ingest_paths(engine, [root])  # the run completed: nothing left to do
+    assert again.new == again.new_copies == again.changed == 0 and again.unchanged == len(ingested)
