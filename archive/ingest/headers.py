@@ -540,9 +540,10 @@ def read_fits(
                     needed = len(raw) + _data_bytes(header)
                     if length < needed:
                         raise HeaderError(f"truncated: the header needs {needed} bytes, the file has {length}")
-                    if not lower.endswith(".gz"):
+                    end = len(raw) + -(-_data_bytes(header) // BLOCK) * BLOCK
+                    if not lower.endswith(".gz") and end < size:  # more than the image: extensions?
                         with open(path, "rb") as fh:
-                            _after_data(fh, len(raw) + -(-_data_bytes(header) // BLOCK) * BLOCK, size)
+                            _after_data(fh, end, size)
                     if _has_checksum(header) and not lower.endswith(".gz"):  # gzip has its CRC
                         _verify_checksums(path, header, len(raw))
             else:
