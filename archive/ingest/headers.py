@@ -367,11 +367,11 @@ def _read_with_astropy(path: str):
     seen: list[str] = []
 
     def false_layout(exc: Exception) -> HeaderError:
-        index = len(seen)
-        where = f"after HDU {index - 1}" if index else "at the start of the file"
+        # astropy reads ahead, so the HDU whose layout is false is the last one read or the next
+        where = f"an HDU after HDU {len(seen) - 1}" if seen else "the first HDU"
         return HeaderError(
-            f"HDU {index}: the bytes {where} are not a FITS header ({str(exc).strip()}): a false NAXIS, NAXISn, "
-            f"BITPIX or PCOUNT" + (f" in HDU {index - 1}" if index else "") + ", or bytes appended to the file"
+            f"no FITS header where {where} should begin ({str(exc).strip()}): a false NAXIS, NAXISn, BITPIX "
+            "or PCOUNT, or bytes appended to the file"
         )
 
     with warnings.catch_warnings(record=True) as caught:
@@ -413,7 +413,6 @@ def _read_with_astropy(path: str):
                     except (OSError, ValueError) as exc:
                         if "END card" not in str(exc) and "header" not in str(exc).lower():
                             raise
-                        seen.append("")
                         raise false_layout(exc) from exc
                 index += 1
     messages = [str(w.message).strip() for w in caught]
