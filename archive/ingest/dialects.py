@@ -555,7 +555,10 @@ def normalize_header(
     Normalized
         Values for the catalogue columns (exposure time in s, temperatures in deg C, RA/Dec in
         deg, ``date_obs`` naive UTC, ``night`` by :func:`archive.ingest.timing.observing_night`),
-        the source of each, and warnings for missing expected values.
+        the source of each, and warnings for missing expected values. Every value has passed
+        :func:`check_value` (its column's type, the property's ``range``; DATE-OBS within the
+        dialect's ``[time] range``): one that fails is NULL, its warning names the keyword and
+        the value, and the property's next keyword is tried. This is ingest's one validation.
     """
     headers = (header,) if primary is None else (header, primary)
     dialect = dialects.for_header(header)
