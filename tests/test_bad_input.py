@@ -126,6 +126,11 @@ def test_an_explicit_light_is_not_overridden_by_words_inside_names(dialects, car
     assert (kind, source) == ("light", "IMAGETYP='LIGHT'")
 
 
+def test_a_light_folder_below_a_target_folder_is_contrary_evidence(dialects):
+    kind, source = _type(dialects, {"IMAGETYP": "LIGHT"}, "frame_001.fits", ("Dark Shark Nebula", "Light"))
+    assert (kind, source) == ("light", "IMAGETYP='LIGHT'")
+
+
 @pytest.mark.parametrize("cards, name, folders, expected, evidence", [
     ({"IMAGETYP": "LIGHT", "OBJECT": "Flat field"}, "f.fits", (), "flat", "OBJECT 'Flat field' is a calibration phrase"),
     ({"IMAGETYP": "LIGHT", "OBJECT": "dark_003"}, "f.fits", (), "dark", "OBJECT 'dark_003' is a calibration phrase"),

@@ -417,17 +417,22 @@ def _phrase_type(dialect: Dialect, text: str) -> str | None:
     return dialect.type_values.get(" ".join(words)) or (_word_type(dialect, words[0]) if len(words) == 1 else None)
 
 
+#: :func:`_name_type`'s answer for a name that says the type is the generic one ('Light').
+_CONTRARY = ("", "")
+
+
 def _name_type(dialect: Dialect, text: str, target: str | None) -> tuple[str, str] | None:
     """(type, token) from a delimited token of a file or folder name, or None.
 
-    A token counts when it is a type word (:func:`_word_type`), is not a word of the target's
-    name (files are often named after OBJECT: 'Dark Shark_Ha_001') and no token of the same
-    name is a generic type's name ('M31_Light_zero_001' is a light).
+    A token counts when it is a type word (:func:`_word_type`) and is not a word of the target's
+    name (files are often named after OBJECT: 'Dark Shark_Ha_001'). A name with a token naming
+    a generic type ('M31_Light_zero_001', a folder 'Light') gives :data:`_CONTRARY`: the search
+    stops there.
     """
     tokens = [t for t in _DELIMITERS.split(text.lower()) if t]
     generic = {g for g in dialect.generic_types} | {g + "s" for g in dialect.generic_types}
     if any(t in generic for t in tokens):
-        return None
+        return _CONTRARY
     target_words = set(_DELIMITERS.split(target.lower())) if target else set()
     for token in tokens:
         kind = _word_type(dialect, token)
@@ -462,6 +467,8 @@ def _image_type(headers, dialect: Dialect, path: PurePath | None, folders: tuple
             places += [("folder", folder) for folder in reversed(folders)]
             for place, text in places:
                 found = _name_type(dialect, text, target)
+                if found is _CONTRARY:
+                    break
                 if found and found[0] != kind:
                     kind, source = found[0], f"word {found[1]!r} in {place} {text!r}{over}"
                     break
