@@ -45,7 +45,7 @@ from archive.db.models import DERIVED_TYPES, MASTER_TYPES, Copy, Frame, IngestPr
 from archive.db.session import open_catalogue, session_scope
 from archive.db.upsert import insert_missing
 from archive.files import exit_with_parent, path_to_text
-from archive.ingest.dialects import DialectSet
+from archive.ingest.dialects import DialectSet, check_value
 from archive.ingest.headers import FileRead, ReadFailure, read_fits
 from archive.ingest.library import sync_library
 from archive.ingest.scan import Candidate, scan_paths
@@ -424,6 +424,10 @@ def _write_with_retry(engine: Engine, batch, run_id: int, summary: IngestSummary
                 raise
             cause = exc.orig if isinstance(exc, DataError) else exc
             reason = f"could not be stored: {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
+            if isinstance(batch[0], FileRead):  # name the columns ("integer out of range" names none)
+                row = _frame_row(batch[0], None, run_id, utcnow())
+                bad = [name for name, value in row.items() if check_value(name, value, source=name)[1]]
+                reason += f" (columns: {', '.join(bad)})" if bad else ""
             log.warning("%s: %s", batch[0].path, reason)
             _write_with_retry(engine, [ReadFailure(batch[0].path, batch[0].size, batch[0].mtime_ns, reason)], run_id, summary)
             return
