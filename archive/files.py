@@ -30,10 +30,80 @@ _MAX_COMPONENT = 100
 _PARTIAL = re.compile(r"^\..+\.(\d+)\.[0-9a-f]+\.part$")
 
 
+#: Prefix of a stored path that is not valid UTF-8 (:func:`path_to_text`).
+UNDECODABLE_PREFIX = "fsencoded:"
+_ESCAPED_BYTE = re.compile(r"\\x([0-9a-f]{2})")
+
+
+def path_to_text(path: str) -> str:
+    """The text a database stores for a file path: lossless, valid UTF-8, no NUL.
+
+    Python gives a file name whose bytes are not UTF-8 as a str with lone surrogates
+    (:func:`os.fsdecode`, PEP 383); neither SQLite's nor PostgreSQL's driver can store those.
+    Such a path is stored as ``fsencoded:`` followed by its bytes, each byte that is not
+    printable ASCII (and the backslash) written ``\\xHH``: ``/night/caf\\xe9.fits``. Every other
+    path is stored unchanged (paths are stored absolute, so none begins with the prefix; one
+    that does is escaped too, so that the mapping stays one-to-one).
+    :func:`path_from_text` reverses it.
+    """
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        if not path.startswith(UNDECODABLE_PREFIX):
+            return path
+    raw = os.fsencode(path)
+    return UNDECODABLE_PREFIX + "".join(chr(b) if 0x20 <= b < 0x7F and b != 0x5C else f"\\x{b:02x}" for b in raw)
+
+
+def path_from_text(text: str) -> str:
+    """The file path (a str for :func:`open`, with surrogates where its bytes are not UTF-8)
+    that :func:`path_to_text` stored as ``text``."""
+    if not text.startswith(UNDECODABLE_PREFIX):
+        return text
+    raw = _ESCAPED_BYTE.sub(lambda m: chr(int(m.group(1), 16)), text[len(UNDECODABLE_PREFIX):])
+    return os.fsdecode(raw.encode("latin-1"))
+
+
+def printable_path(path: str) -> str:
+    """``path`` for messages and terminals: bytes that are not UTF-8 as ``\\xHH``."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
 def sha256_file(path: str | Path) -> str:
     """Hex SHA-256 of a file's bytes, read in chunks."""
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+class HashingReader:
+    """A binary file object that hashes (SHA-256) every byte read through it.
+
+    Handed to a decompressor (:class:`gzip.GzipFile`), it gives the hash of the compressed
+    file in the same pass that decompresses it; :meth:`drain` hashes what the reader left.
+    """
+
+    def __init__(self, raw):
+        self._raw = raw
+        self._digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self._digest.update(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def drain(self) -> None:
+        """Hash the rest of the file."""
+        while self.read(1 << 20):
+            pass
+
+    def hexdigest(self) -> str:
+        """Hex SHA-256 of the bytes read so far."""
+        return self._digest.hexdigest()
 
 
 def fits_ending(path: str | Path) -> str:

@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from archive.db.base import Base
+from archive.db.base import Base, FilePath
 
 #: Normalized image types. Raw: bias, dark, flat, light, dark_flat, arc; masters and the
 #: derived products of reduction. Kept as strings (not a database enum) so that new types
@@ -146,7 +146,7 @@ class Copy(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     frame_id: Mapped[int] = mapped_column(ForeignKey("frames.id"), index=True)
-    path: Mapped[str] = mapped_column(String(4096), index=True)
+    path: Mapped[str] = mapped_column(FilePath(4096), index=True)
     size: Mapped[int] = mapped_column(BigInteger)
     #: File modification time in integer nanoseconds (``os.stat().st_mtime_ns``).
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
@@ -177,7 +177,7 @@ class IngestProblem(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[int | None] = mapped_column(ForeignKey("ingest_runs.id"), index=True)
-    path: Mapped[str] = mapped_column(String(4096), index=True)
+    path: Mapped[str] = mapped_column(FilePath(4096), index=True)
     size: Mapped[int | None] = mapped_column(BigInteger)
     mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
     severity: Mapped[str] = mapped_column(String(10))

@@ -17,13 +17,20 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
+from sqlalchemy import BigInteger, Float, Integer, String
+
 from archive.config import read_toml
 from archive.db.frames import target_key
+from archive.db.models import Frame
 from archive.errors import ConfigError, HeaderError
 from archive.ingest import timing
 from archive.resources import resource_dir
 
-_TOKENS = re.compile(r"[a-z]+")
+#: What separates the tokens of a file or folder name (and the words of an OBJECT phrase).
+_DELIMITERS = re.compile(r"[^a-z0-9]+")
+#: A name token that may carry a type word: the word, optionally followed by a number and
+#: more ("dark", "Flats", "bias3", "thar5s").
+_WORD_NUMBER = re.compile(r"([a-z]+)(?:\d[a-z0-9]*)?")
 _SPACES = re.compile(r"\s+")
 
 
@@ -53,6 +60,8 @@ class PropertyRule:
     keywords: tuple[Keyword, ...]
     unit: str | None = None
     ignore: frozenset[str] = frozenset()
+    #: Physically possible values (inclusive, in ``unit``); None: only the column's own limits.
+    range: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,15 @@ def _keywords(raw: Iterable[Any]) -> tuple[Keyword, ...]:
     return tuple(Keyword(k) if isinstance(k, str) else Keyword(k["key"], k.get("unit")) for k in raw)
 
 
+def _range(prop: str, raw: Any) -> tuple[float, float] | None:
+    if raw is None:
+        return None
+    low, high = (float(v) for v in raw)
+    if not low <= high:
+        raise ConfigError(f"dialect property {prop}: range {raw!r} is empty")
+    return low, high
+
+
 def _merge_dialect(default: dict[str, Any], specific: dict[str, Any] | None) -> Dialect:
     specific = specific or {}
     name = specific.get("name", default["name"])
@@ -114,6 +132,7 @@ def _merge_dialect(default: dict[str, Any], specific: dict[str, Any] | None) -> 
             unit=extra.get("unit", base.get("unit")),
             keywords=_keywords(keywords),
             ignore=frozenset(fold(v) for v in extra.get("ignore", base.get("ignore", []))),
+            range=_range(prop, extra.get("range", base.get("range"))),
         )
     base_type, extra_type = default.get("image_type", {}), specific.get("image_type", {})
     type_keywords = list(extra_type.get("keywords", []))
@@ -190,19 +209,112 @@ class DialectSet:
         return self.default
 
 
-def _get(header: Mapping[str, Any], key: str) -> Any:
+def _get(header: Mapping[str, Any], key: str, out: Normalized | None = None) -> Any:
     try:
         return header.get(key)
-    except (KeyError, ValueError):  # astropy raises on malformed cards of that keyword
+    except (KeyError, ValueError) as exc:  # a malformed card of that keyword (CardIndex, astropy)
+        if out is not None:
+            out.warnings.append(f"{key}: {exc}; ignored")
         return None
 
 
-def _lookup(headers: tuple[Mapping[str, Any], ...], key: str) -> Any:
+def _lookup(headers: tuple[Mapping[str, Any], ...], key: str, out: Normalized | None = None) -> Any:
     for header in headers:
-        value = _get(header, key)
+        value = _get(header, key, out)
         if value is not None:
             return value
     return None
+
+
+# -- the catalogue's columns: what a value must be to be stored, the same on every backend ---------
+
+_INT32 = (-(2**31), 2**31 - 1)
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+@dataclass(frozen=True)
+class ColumnLimits:
+    """What a column of the catalogue can hold, read from its type in :mod:`archive.db.models`.
+
+    ``kind`` is ``int`` (whole numbers within ``low``..``high``: 32-bit ``Integer``, 64-bit
+    ``BigInteger``), ``float`` (finite: neither backend stores NaN or infinity alike), ``str``
+    (at most ``length`` characters) or ``other``.
+    """
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    length: int | None = None
+
+
+def _column_limits(table) -> dict[str, ColumnLimits]:
+    limits = {}
+    for column in table.columns:
+        kind = column.type
+        if isinstance(kind, BigInteger):
+            limits[column.name] = ColumnLimits("int", *_INT64)
+        elif isinstance(kind, Integer):
+            limits[column.name] = ColumnLimits("int", *_INT32)
+        elif isinstance(kind, Float):
+            limits[column.name] = ColumnLimits("float")
+        elif isinstance(kind, String) and kind.length:
+            limits[column.name] = ColumnLimits("str", length=kind.length)
+        else:
+            limits[column.name] = ColumnLimits("other")
+    return limits
+
+
+#: Frame column -> its limits.
+FRAME_COLUMNS: dict[str, ColumnLimits] = _column_limits(Frame.__table__)
+
+
+def check_value(column: str, value: Any, *, source: str, possible: tuple[float, float] | None = None,
+                limits: Mapping[str, ColumnLimits] = FRAME_COLUMNS) -> tuple[Any, str | None]:
+    """Check one value against its column's type and the physically possible range.
+
+    This is the one validation of ingest: a value that passes is stored unchanged on SQLite and
+    on PostgreSQL alike; one that does not is not stored.
+
+    Parameters
+    ----------
+    column : str
+        The catalogue column (a key of ``limits``; other names are only range-checked).
+    value : object
+        The normalized value (None passes).
+    source : str
+        What gave the value, for the message: ``KEYWORD=raw value``.
+    possible : (float, float), optional
+        Inclusive physical range (a dialect property's ``range``), in the column's unit.
+    limits : mapping, optional
+        Column name -> :class:`ColumnLimits` (default the frames table).
+
+    Returns
+    -------
+    (value, warning)
+        The value to store (None when it cannot be stored; a string cut to the column's length)
+        and a warning naming the source and the value, or None when the value passed whole.
+    """
+    if value is None:
+        return None, None
+    limit = limits.get(column, ColumnLimits("other"))
+    if limit.kind == "str" and isinstance(value, str):
+        if len(value) > limit.length:
+            return value[: limit.length], f"{source}: {column} longer than {limit.length} characters: cut"
+        return value, None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None, f"{source} ignored: {column}={value} is not a finite number"
+        if limit.kind == "int" and not float(value).is_integer():
+            return None, f"{source} ignored: {column}={value} is not a whole number"
+        low, high = possible if possible is not None else (limit.low, limit.high)
+        if limit.kind == "int":
+            low = limit.low if low is None else max(low, limit.low)
+            high = limit.high if high is None else min(high, limit.high)
+        if (low is not None and value < low) or (high is not None and value > high):
+            return None, f"{source} ignored: {column}={value:g} is out of range {low:g}..{high:g}" \
+                if isinstance(value, float) else f"{source} ignored: {column}={value} is out of range {low:g}..{high:g}"
+        return (int(value) if limit.kind == "int" else value), None
+    return value, None
 
 
 def _number(value: Any) -> float:
@@ -220,18 +332,26 @@ def _angle(value: Any, unit: str) -> float:
         return _number(value)
     text = str(value).strip()
     try:
-        return float(text)
-    except ValueError:
+        return _number(text)
+    except ValueError as exc:
+        if "finite" in str(exc):
+            raise
         from astropy.coordinates import Angle  # imported on first use: a slow import
 
-        return float(Angle(text, unit=unit).deg)
+        return _number(Angle(text, unit=unit).deg)
+
+
+def _whole(number: float) -> int:
+    if not number.is_integer():
+        raise ValueError(f"{number:g} is not a whole number")
+    return int(number)
 
 
 def _binning(value: Any, axis: int) -> int:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return int(value)
+        return _whole(_number(value))
     parts = re.split(r"[\sx*,]+", str(value).strip().lower())
-    return int(float(parts[axis] if len(parts) > axis else parts[0]))
+    return _whole(_number(parts[axis] if len(parts) > axis else parts[0]))
 
 
 def _convert(rule: PropertyRule, keyword: Keyword, value: Any) -> Any:
@@ -240,7 +360,7 @@ def _convert(rule: PropertyRule, keyword: Keyword, value: Any) -> Any:
         text = str(value).strip()
         return text or None
     if kind == "int":
-        return int(_number(value))
+        return _whole(_number(value))
     if kind == "float":
         number = _number(value)
         if keyword.unit and rule.unit and keyword.unit != rule.unit:
@@ -258,8 +378,9 @@ def _convert(rule: PropertyRule, keyword: Keyword, value: Any) -> Any:
 
 
 def _read_property(headers, rule: PropertyRule, out: Normalized) -> Any:
+    """The first keyword of ``rule`` whose value converts and passes :func:`check_value`."""
     for keyword in rule.keywords:
-        value = _lookup(headers, keyword.key)
+        value = _lookup(headers, keyword.key, out)
         if value is None or (isinstance(value, str) and fold(value) in rule.ignore):
             continue
         try:
@@ -267,24 +388,67 @@ def _read_property(headers, rule: PropertyRule, out: Normalized) -> Any:
         except (ValueError, TypeError, ArithmeticError) as exc:  # astropy's UnitsError is a ValueError
             out.warnings.append(f"{keyword.key}={value!r} is not a valid {rule.name}: {exc}")
             continue
+        converted, problem = check_value(rule.name, converted, source=f"{keyword.key}={value!r}", possible=rule.range)
+        if problem:
+            out.warnings.append(problem)
         if converted is not None:
             out.sources[rule.name] = keyword.key
             return converted
     return None
 
 
-def _words_type(dialect: Dialect, text: str | None) -> str | None:
-    for token in _TOKENS.findall((text or "").lower()):
-        kind = dialect.type_words.get(token) or (dialect.type_words.get(token[:-1]) if token.endswith("s") else None)
-        if kind:
-            return kind
+def _word_type(dialect: Dialect, token: str) -> str | None:
+    """The type a name token names: a type word, its plural, or either followed by a number."""
+    match = _WORD_NUMBER.fullmatch(token)
+    if not match:
+        return None
+    word = match.group(1)
+    return dialect.type_words.get(word) or (dialect.type_words.get(word[:-1]) if word.endswith("s") else None)
+
+
+def _phrase_type(dialect: Dialect, text: str) -> str | None:
+    """The type of an OBJECT that is, as a whole, a calibration phrase ('Flat field', 'DARK',
+    'bias_003'); None for one that merely contains such a word ('Dark Shark Nebula')."""
+    words = [w for w in _DELIMITERS.split(text.lower()) if w]
+    while words and words[-1].isdigit():  # a frame number: 'flat 001'
+        words.pop()
+    if not words:
+        return None
+    return dialect.type_values.get(" ".join(words)) or (_word_type(dialect, words[0]) if len(words) == 1 else None)
+
+
+#: :func:`_name_type`'s answer for a name that says the type is the generic one ('Light').
+_CONTRARY = ("", "")
+
+
+def _name_type(dialect: Dialect, text: str, target: str | None) -> tuple[str, str] | None:
+    """(type, token) from a delimited token of a file or folder name, or None.
+
+    A token counts when it is a type word (:func:`_word_type`) and is not a word of the target's
+    name (files are often named after OBJECT: 'Dark Shark_Ha_001'). A name with a token naming
+    a generic type ('M31_Light_zero_001', a folder 'Light') gives :data:`_CONTRARY`: the search
+    stops there.
+    """
+    tokens = [t for t in _DELIMITERS.split(text.lower()) if t]
+    generic = {g for g in dialect.generic_types} | {g + "s" for g in dialect.generic_types}
+    if any(t in generic for t in tokens):
+        return _CONTRARY
+    target_words = set(_DELIMITERS.split(target.lower())) if target else set()
+    for token in tokens:
+        kind = _word_type(dialect, token)
+        if kind and token not in target_words:
+            return kind, token
     return None
 
 
 def _image_type(headers, dialect: Dialect, path: PurePath | None, folders: tuple[str, ...], out: Normalized):
+    """The image type: the first type keyword with a known value; a generic (or absent) type is
+    refined only on strong evidence, recorded in ``sources``: an OBJECT that is a calibration
+    phrase as a whole, else a delimited token of the file name, else of the folder names (the
+    deepest first), by :func:`_name_type`."""
     kind = source = None
     for key in dialect.type_keywords:
-        value = _lookup(headers, key)
+        value = _lookup(headers, key, out)
         if value is None or not str(value).strip():
             continue
         kind = dialect.type_values.get(fold(str(value)))
@@ -293,15 +457,21 @@ def _image_type(headers, dialect: Dialect, path: PurePath | None, folders: tuple
             break
         out.warnings.append(f"{key}={str(value).strip()!r} is not a known image type")
     if kind is None or kind in dialect.generic_types:
-        places = [("OBJECT", out.values.get("target"))]
-        if path is not None:
-            places.append(("file name", path.stem))
-        places += [("folder", folder) for folder in reversed(folders)]
-        for place, text in places:
-            refined = _words_type(dialect, text)
-            if refined:
-                kind, source = refined, f"word in {place} {text!r}" + (f" (over {source})" if source else "")
-                break
+        over = f" (over {source})" if source else ""
+        target = out.values.get("target")
+        refined = _phrase_type(dialect, target) if target else None
+        if refined and refined not in dialect.generic_types and refined != kind:
+            kind, source = refined, f"OBJECT {target!r} is a calibration phrase{over}"
+        else:
+            places = [("file name", path.stem)] if path is not None else []
+            places += [("folder", folder) for folder in reversed(folders)]
+            for place, text in places:
+                found = _name_type(dialect, text, target)
+                if found is _CONTRARY:
+                    break
+                if found and found[0] != kind:
+                    kind, source = found[0], f"word {found[1]!r} in {place} {text!r}{over}"
+                    break
     exposure = out.values.get("exposure_time_s")
     if kind == "dark" and dialect.zero_exposure_dark_is_bias and exposure == 0:
         kind, source = "bias", f"{source}; zero exposure: bias"
@@ -312,9 +482,9 @@ def _image_type(headers, dialect: Dialect, path: PurePath | None, folders: tuple
 
 def _date_obs(headers, dialect: Dialect, out: Normalized) -> dt.datetime | None:
     rules = dialect.time
-    scale = timing.time_scale(_lookup(headers, rules.get("timescale", "")) if rules.get("timescale") else None)
+    scale = timing.time_scale(_lookup(headers, rules.get("timescale", ""), out) if rules.get("timescale") else None)
     for key in rules.get("datetime", []):
-        value = _lookup(headers, key)
+        value = _lookup(headers, key, out)
         if value is None or not str(value).strip():
             continue
         try:
@@ -326,7 +496,7 @@ def _date_obs(headers, dialect: Dialect, out: Normalized) -> dt.datetime | None:
             out.sources["date_obs"] = key
             return stamp
         for time_key in rules.get("time_of_day", []):
-            time_value = _lookup(headers, time_key)
+            time_value = _lookup(headers, time_key, out)
             if time_value is None:
                 continue
             try:
@@ -347,12 +517,12 @@ def _date_obs(headers, dialect: Dialect, out: Normalized) -> dt.datetime | None:
 
 def _mjd(headers, rules, scale: str, out: Normalized) -> dt.datetime | None:
     for key in rules.get("mjd", []):
-        value = _lookup(headers, key)
+        value = _lookup(headers, key, out)
         if value is None:
             continue
         try:
             stamp = timing.from_mjd(_number(value), scale=scale)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, ArithmeticError):
             out.warnings.append(f"{key}={value!r} is not an MJD")
             continue
         out.sources["date_obs"] = key
@@ -392,7 +562,10 @@ def normalize_header(
     Normalized
         Values for the catalogue columns (exposure time in s, temperatures in deg C, RA/Dec in
         deg, ``date_obs`` naive UTC, ``night`` by :func:`archive.ingest.timing.observing_night`),
-        the source of each, and warnings for missing expected values.
+        the source of each, and warnings for missing expected values. Every value has passed
+        :func:`check_value` (its column's type, the property's ``range``; DATE-OBS within the
+        dialect's ``[time] range``): one that fails is NULL, its warning names the keyword and
+        the value, and the property's next keyword is tried. This is ingest's one validation.
     """
     headers = (header,) if primary is None else (header, primary)
     dialect = dialects.for_header(header)
@@ -403,6 +576,11 @@ def normalize_header(
         out.values[name] = _read_property(headers, rule, out)
     out.values["image_type"] = _image_type(headers, dialect, path, folders, out)
     date_obs = _date_obs(headers, dialect, out)
+    earliest, latest = (dt.datetime.fromisoformat(v) for v in dialect.time.get("range", ("0001-01-02", "9999-12-30")))
+    if date_obs is not None and not earliest <= date_obs <= latest:
+        out.warnings.append(f"{out.sources.pop('date_obs')} ignored: date_obs {date_obs.isoformat()} is outside "
+                            f"{earliest.date()}..{latest.date()}")
+        date_obs = None
     out.values["date_obs"] = date_obs
     out.values["date_obs_s"] = timing.epoch_seconds(date_obs) if date_obs else None
     longitude = out.values.pop("site_longitude_deg")

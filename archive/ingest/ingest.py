@@ -44,8 +44,8 @@ from archive.db.bulk import chunked
 from archive.db.models import DERIVED_TYPES, MASTER_TYPES, Copy, Frame, IngestProblem, IngestRun, Instrument, Night
 from archive.db.session import open_catalogue, session_scope
 from archive.db.upsert import insert_missing
-from archive.files import exit_with_parent
-from archive.ingest.dialects import DialectSet
+from archive.files import exit_with_parent, path_to_text
+from archive.ingest.dialects import DialectSet, check_value
 from archive.ingest.headers import FileRead, ReadFailure, read_fits
 from archive.ingest.library import sync_library
 from archive.ingest.scan import Candidate, scan_paths
@@ -214,26 +214,7 @@ def _ids(session: Session, model, key, values: set) -> dict:
     return dict(session.execute(select(key, model.id).where(key.in_(values))).all())
 
 
-#: Column -> its length limit, for the string columns normalization fills.
-_STRING_LIMITS = {c.name: c.type.length for c in Frame.__table__.columns if getattr(c.type, "length", None)}
-_INT_RANGE = (-(2**31), 2**31 - 1)
-
-
-def _fit_to_schema(read: FileRead) -> None:
-    """Values the catalogue's columns cannot hold become a warning: strings are cut to the
-    column's length, integers out of range become NULL (both backends then store the same)."""
-    values, warnings = read.normalized.values, read.normalized.warnings
-    for name, value in values.items():
-        if isinstance(value, str) and name in _STRING_LIMITS and len(value) > _STRING_LIMITS[name]:
-            values[name] = value[: _STRING_LIMITS[name]]
-            warnings.append(f"{name} longer than {_STRING_LIMITS[name]} characters: cut")
-        elif isinstance(value, int) and not isinstance(value, bool) and not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
-            values[name] = None
-            warnings.append(f"{name}={value} is out of range: NULL")
-
-
 def _frame_row(read: FileRead, instrument_id: int | None, run_id: int, now: dt.datetime) -> dict:
-    _fit_to_schema(read)
     values = read.normalized.values
     return {
         "sha256": read.sha256,
@@ -423,24 +404,33 @@ def _flag_duplicates(session: Session, new_ids: set[int]) -> int:
 
 def _write_with_retry(engine: Engine, batch, run_id: int, summary: IngestSummary) -> None:
     """Write a batch in one transaction; redo it when it clashed with a concurrent writer, and
-    split it when the database refused a value, so that only the offending file fails."""
+    split it when a value failed at any stage (refused by the database, or by a later step such
+    as the master library), so that only the offending file fails, as a problem row."""
     for attempt in range(RETRIES):
         try:
             with session_scope(engine, write=True) as session:
                 catalogue_batch(session, batch, run_id, summary)
             return
-        except DataError as exc:
-            if len(batch) > 1:
-                for item in batch:
-                    _write_with_retry(engine, [item], run_id, summary)
-                return
-            reason = f"could not be stored: {str(exc.orig).splitlines()[0]}"
-            _write_with_retry(engine, [ReadFailure(batch[0].path, batch[0].size, batch[0].mtime_ns, reason)], run_id, summary)
-            return
         except (IntegrityError, OperationalError) as exc:
             if attempt == RETRIES - 1:
                 raise
             log.info("batch clashed with a concurrent writer (%s); redoing it", type(exc.orig).__name__)
+        except (DataError, ArithmeticError, ValueError, TypeError, KeyError) as exc:
+            if len(batch) > 1:
+                for item in batch:
+                    _write_with_retry(engine, [item], run_id, summary)
+                return
+            if isinstance(batch[0], ReadFailure):
+                raise
+            cause = exc.orig if isinstance(exc, DataError) else exc
+            reason = f"could not be stored: {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
+            if isinstance(batch[0], FileRead):  # name the columns ("integer out of range" names none)
+                row = _frame_row(batch[0], None, run_id, utcnow())
+                bad = [name for name, value in row.items() if check_value(name, value, source=name)[1]]
+                reason += f" (columns: {', '.join(bad)})" if bad else ""
+            log.warning("%s: %s", batch[0].path, reason)
+            _write_with_retry(engine, [ReadFailure(batch[0].path, batch[0].size, batch[0].mtime_ns, reason)], run_id, summary)
+            return
 
 
 def ingest_paths(
@@ -484,7 +474,7 @@ def ingest_paths(
     with session_scope(engine, write=True) as session:
         run = IngestRun(
             started_at=utcnow(), host=socket.gethostname(), software_version=archive.__version__,
-            roots=[str(Path(p).absolute()) for p in paths],
+            roots=[path_to_text(str(Path(p).absolute())) for p in paths],
         )
         session.add(run)
         session.flush()

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from archive import keywords as kw
 from archive.db.base import utcnow
 from archive.db.models import CALIBRATION_KINDS, Frame, Master
-from archive.ingest.headers import header_from_text
+from archive.ingest.headers import CARD, CardIndex
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,15 @@ def _count(value: object) -> int | None:
     if not math.isfinite(number) or number != int(number) or not 0 < number < 2**31:
         return None
     return int(number)
+
+
+def _value(header: CardIndex, key: str, frame_id: int) -> object:
+    """The value of ``key``, or None (with a log line) when its card cannot be parsed."""
+    try:
+        return header.get(key)
+    except ValueError as exc:
+        log.warning("master frame %d: %s: %s; stored as unknown", frame_id, key, exc)
+        return None
 
 
 def sync_library(session: Session, frame_ids: Sequence[int] | None = None) -> int:
@@ -61,14 +70,14 @@ def sync_library(session: Session, frame_ids: Sequence[int] | None = None) -> in
     frames = session.scalars(query).all()
     now = utcnow()
     for frame in frames:
-        header = header_from_text(frame.header)
-        raw = header.get(kw.NCOMBINE)
+        header = CardIndex("".join(line.ljust(CARD) for line in frame.header.split("\n")))
+        raw = _value(header, kw.NCOMBINE, frame.id)
         n = _count(raw)
         if raw is not None and n is None:
             log.warning("master frame %d: %s=%r is not a count; stored as unknown", frame.id, kw.NCOMBINE, raw)
         session.add(Master(
             frame_id=frame.id, kind=frame.image_type.removeprefix("master_"), origin="external", n_combined=n,
-            combine_method=None, bias_subtracted=bool(header.get(kw.BIAS_SUBTRACTED, False)),
+            combine_method=None, bias_subtracted=bool(_value(header, kw.BIAS_SUBTRACTED, frame.id)),
             is_bad=False, created_at=now, rule_version=None,
         ))
     session.flush()

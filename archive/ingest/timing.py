@@ -61,7 +61,7 @@ def parse_datetime(value: str, *, scale: str = "utc") -> tuple[dt.datetime, bool
         from astropy.time import Time  # imported on first use: a slow import
 
         return Time(text, format="isot" if has_time else "iso", scale=scale).utc.to_datetime(), has_time
-    except ValueError as exc:
+    except (ValueError, ArithmeticError) as exc:
         raise HeaderError(f"not an ISO 8601 date: {value!r}") from exc
 
 
