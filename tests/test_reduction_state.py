@@ -295,17 +295,18 @@ def test_processes_claiming_one_fingerprint_at_once_get_it_once(db_url, tmp_path
 def test_a_night_keeps_outcomes_apart_from_parameters(db_url, tmp_path):
     """A reduced night: registrations carry their group and results (the shift equals the one
     written into the registered file), their parameters are what was asked; the light that does
-    not align is an ``alignment`` failure; no row keeps a claim; the tree shows the results."""
+    not align is rejected (``alignment``); no row keeps a claim; the tree shows the results."""
     from astropy.io import fits
 
     from archive import keywords as kw
     from archive.db.frames import canonical_paths
     from archive.db.models import Frame
     from archive.db.provenance import format_tree, provenance_tree
+    from archive.reduce.registration import registration_parameters
     from tests.test_reduce_pipeline import _night, synthetic_night
 
     synthetic_night(tmp_path / "imaging" / "2026-11-20")
-    assert _night(db_url, tmp_path).exit_code == 1  # the noise light does not align
+    assert _night(db_url, tmp_path).exit_code == 0  # the noise light does not align: rejected, no failure
     engine = open_catalogue(db_url)
     try:
         with session_scope(engine) as session:
@@ -314,11 +315,11 @@ def test_a_night_keeps_outcomes_apart_from_parameters(db_url, tmp_path):
             registered = [r for r in reductions if r.step == "register"]
             assert len(registered) == 4 and len({r.group_key for r in registered}) == 1
             assert registered[0].group_key is not None
-            assert all(r.parameters == REGISTER for r in registered)
+            assert all(r.parameters == registration_parameters({}) for r in registered)
             assert all(r.group_key is None for r in reductions if r.step != "register")
-            failed = [r for r in registered if r.status == "failed"]
-            assert [r.failure_kind for r in failed] == ["alignment"] and set(failed[0].results) == {
-                "n_stars", "reference_stars"}
+            rejected = [r for r in registered if r.status == "rejected"]
+            assert [r.failure_kind for r in rejected] == ["alignment"] and set(rejected[0].results) == {
+                "n_stars", "reference_stars", "fixed_pattern"}
             done = [r for r in registered if r.status == "done"]
             outputs = {r.id: session.scalars(select(Frame).where(Frame.reduction_id == r.id)).one() for r in done}
             paths = canonical_paths(session, [f.id for f in outputs.values()])
