@@ -201,7 +201,7 @@ def night(ctx, app: AppContext, search: str | None, root: Path | None, output: P
         "output": {"root": str(output) if output else None, "previews": previews},
     })
     with _executor(config, workers, serial) as executor:
-        summary = run_night(app.engine, search, config=config, settings=app.settings, executor=executor,
+        summary = run_night(app.catalogue(create=True), search, config=config, settings=app.settings, executor=executor,
                             dry_run=dry_run, progress=BarProgress(not app.quiet))
     if not summary.folders:
         click.echo(f"no folder under {config.imaging_root} matches {' or '.join(summary.searches)}", err=True)
