@@ -56,6 +56,21 @@ def default_searches(formats: Sequence[str], today: dt.date | None = None) -> li
     return list(dict.fromkeys(night.strftime(f) for f in formats))
 
 
+def night_searches(search: str, formats: Sequence[str]) -> list[str]:
+    """``search``, and when it is a date in one of ``formats`` (strftime), that date in every
+    one of them: ``20250601`` also finds ``2025-06-01`` and ``2025_06_01``.
+
+    A date is recognized only when the whole of ``search`` parses (``2025-06`` stays as it is).
+    """
+    for fmt in formats:
+        try:
+            date = dt.datetime.strptime(search, fmt).date()
+        except ValueError:
+            continue
+        return list(dict.fromkeys([search] + [date.strftime(f) for f in formats]))
+    return [search]
+
+
 def find_folders(root: Path, searches: Sequence[str], exclude: Sequence[Path] = ()) -> list[Path]:
     """Folders under ``root`` whose path (relative to ``root``) contains one of ``searches``.
 
@@ -158,8 +173,9 @@ def run_night(
     ----------
     engine : Engine
     search : str, optional
-        A piece of folder path to look for under the imaging root; default last night's date
-        in each of ``[night] date_formats`` (e.g. 2026-11-20, 20261120).
+        A piece of folder path to look for under the imaging root; a date in one of
+        ``[night] date_formats`` is looked for in each of them (:func:`night_searches`);
+        default last night's date in each (e.g. 2026-11-20, 20261120).
     config, settings : optional
         Default: the layered configuration.
     executor : Executor, optional
@@ -189,7 +205,7 @@ def run_night(
     progress = progress or NoProgress()
     if config.imaging_root is None:
         raise ConfigError("no imaging root: set [night] imaging_root in the configuration, ARCHIVE_IMAGING_ROOT or --root")
-    searches = [search] if search else default_searches(config.date_formats, today)
+    searches = night_searches(search, config.date_formats) if search else default_searches(config.date_formats, today)
     library = _masters_library(settings)
     products = config.products_root()
     folders = find_folders(config.imaging_root, searches, exclude=[products, library])
