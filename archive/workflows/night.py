@@ -116,6 +116,7 @@ class FolderResult:
     folder: str
     ingested_new: int = 0
     masters_built: int = 0
+    masters: list[str] = field(default_factory=list)  # paths of the masters built
     lights: int = 0
     reduction: ReduceSummary = field(default_factory=ReduceSummary)
     failures: list[tuple[str, str]] = field(default_factory=list)
@@ -132,6 +133,7 @@ class NightSummary:
 
     searches: list[str]
     folders: list[FolderResult] = field(default_factory=list)
+    products_root: str = ""  # where the products of the run go (``[output] root``)
     removed_partials: int = 0
     dry_run: bool = False
 
@@ -209,7 +211,7 @@ def run_night(
     library = _masters_library(settings)
     products = config.products_root()
     folders = find_folders(config.imaging_root, searches, exclude=[products, library])
-    summary = NightSummary(searches=searches, dry_run=dry_run)
+    summary = NightSummary(searches=searches, dry_run=dry_run, products_root=str(products))
     if dry_run:
         for folder in folders:
             result = FolderResult(str(folder))
@@ -250,6 +252,7 @@ def _masters_and_reduction(engine, nights, results, config, settings, rules, lib
             built = build_masters(engine, filters=FrameFilter(night=night), rules=rules, library=library,
                                   settings=settings, progress=progress, products=master_run)
             result.masters_built += len(built.built)
+            result.masters += [path for _kind, _frame_id, path in built.built]
             if config.previews:
                 for _kind, _frame_id, path in built.built:
                     write_preview(path)
