@@ -185,3 +185,18 @@ def test_ctrl_c_to_the_main_process_alone_stops_a_pooled_ingest_within_seconds(t
         assert run.returncode != 0
         left = _children(run.pid)
         assert left == [], f"attempt {attempt}: processes left behind {left} ({time.monotonic() - sent:.1f} s)"
+
+
+def test_a_read_only_copyback_destination_is_one_line(db_url, tmp_path, arcsat_night):
+    from tests.test_opening import one_error_line, run
+
+    assert run("--quiet", "ingest", arcsat_night, db=db_url).exit_code == 0
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    subprocess.run(["chattr", "+i", str(dest)], check=True) if os.geteuid() == 0 else dest.chmod(0o555)
+    try:
+        result = run("copyback", "--to", dest, "--type", "bias", db=db_url)
+    finally:
+        subprocess.run(["chattr", "-i", str(dest)], check=True) if os.geteuid() == 0 else dest.chmod(0o755)
+    one_error_line(result, str(dest))
+    assert list(dest.iterdir()) == []

@@ -84,6 +84,14 @@ class ArchiveGroup(click.Group):
         except ArchiveError as exc:
             click.echo(f"archive: error: {exc}", err=True)
             sys.exit(1)
+        except Exception as exc:  # a full disk or read-only medium anywhere: one line, no traceback
+            from archive.db.session import storage_failure
+
+            reason = storage_failure(exc)
+            if reason is None:
+                raise
+            click.echo(f"archive: error: {reason}", err=True)
+            sys.exit(1)
 
 
 @click.group(cls=ArchiveGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
