@@ -133,6 +133,11 @@ class IngestStoppedError(StorageError):
 _RUN_HOST = "{host} pid {pid}"
 
 
+def run_host() -> str:
+    """``IngestRun.host`` of a run made by this process: ``"HOST pid PID"``."""
+    return _RUN_HOST.format(host=socket.gethostname(), pid=os.getpid())
+
+
 def run_state(run: IngestRun) -> str:
     """``'finished'``, ``'running'``, ``'interrupted'`` (unfinished, and its process on this host
     is gone) or ``'unknown'`` (unfinished, run on another host or before process ids were
@@ -558,7 +563,7 @@ def ingest_paths(
         with session_scope(engine, write=True) as session:
             summary.interrupted_runs = _interrupted_runs(session)
             run = IngestRun(
-                started_at=utcnow(), host=_RUN_HOST.format(host=socket.gethostname(), pid=os.getpid()),
+                started_at=utcnow(), host=run_host(),
                 software_version=archive.__version__, roots=[str(Path(p).absolute()) for p in paths],
             )
             session.add(run)
