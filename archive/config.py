@@ -10,6 +10,7 @@ The order, lowest first, is written once here and in ``configs/archive.toml``:
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -18,6 +19,16 @@ from typing import Any
 
 from archive.errors import ConfigError
 from archive.resources import resource_dir
+
+log = logging.getLogger(__name__)
+
+#: Sections of ``configs/reduction.toml``: in the user file, at the top level (``[night]
+#: imaging_root``, as the README writes them) or below ``[reduction]`` (``[reduction.night]``).
+REDUCTION_SECTIONS = ("night", "output", "calibrate", "register", "stack", "executor")
+#: Tables whose keys are the user's own names (instrument -> site longitude).
+_FREE_TABLES = {("sites",)}
+#: Keys read by modules that ship no defaults file: ``[masters] rules`` and ``library``.
+_EXTRA_KEYS = {("masters",): {"rules", "library"}}
 
 ENVIRONMENT = {
     "ARCHIVE_DB": ("database", "url"),
@@ -86,9 +97,69 @@ def user_config_path() -> Path:
     """The user configuration file: ``$ARCHIVE_CONFIG``, else ``~/.config/archive/config.toml``."""
     explicit = os.environ.get("ARCHIVE_CONFIG")
     if explicit:
-        return Path(explicit)
+        return Path(explicit).expanduser()
     config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
     return config_home / "archive" / "config.toml"
+
+
+def known_keys() -> dict[tuple[str, ...], set[str]]:
+    """Table path -> the keys the user file may set there: every key of the bundled
+    ``archive.toml``, ``copyback.toml`` and ``reduction.toml`` (the latter both at the top level
+    and below ``[reduction]``), and ``[masters] rules`` / ``library``."""
+    known: dict[tuple[str, ...], set[str]] = {}
+
+    def collect(table: dict[str, Any], where: tuple[str, ...]) -> None:
+        for key, value in table.items():
+            known.setdefault(where, set()).add(key)
+            if isinstance(value, dict):
+                collect(value, where + (key,))
+
+    configs = resource_dir("configs")
+    collect(read_toml(configs / "archive.toml"), ())
+    collect(read_toml(configs / "copyback.toml"), ())
+    reduction = read_toml(configs / "reduction.toml")
+    collect(reduction, ())
+    collect({"reduction": reduction}, ())
+    for where, keys in _EXTRA_KEYS.items():
+        known.setdefault(where[:-1], set()).add(where[-1])
+        known.setdefault(where, set()).update(keys)
+    return known
+
+
+def unknown_keys(user: dict[str, Any], known: dict[tuple[str, ...], set[str]]) -> list[str]:
+    """Dotted names of the keys of ``user`` that no part of archive reads (typing mistakes)."""
+    found = []
+
+    def walk(table: dict[str, Any], where: tuple[str, ...]) -> None:
+        if where in _FREE_TABLES:
+            return
+        for key, value in table.items():
+            if key not in known.get(where, set()):
+                found.append(".".join(where + (key,)))
+            elif isinstance(value, dict):
+                walk(value, where + (key,))
+
+    walk(user, ())
+    return found
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def read_user_file(path: Path) -> dict[str, Any]:
+    """The user file's tables, each unknown key warned of once (naming the key and the file).
+
+    Raises
+    ------
+    ConfigError
+        The file cannot be read or is not valid TOML.
+    """
+    user = read_toml(path)
+    for key in unknown_keys(user, known_keys()):
+        if (str(path), key) not in _warned:
+            _warned.add((str(path), key))
+            log.warning("%s: unknown configuration key %r (ignored)", path, key)
+    return user
 
 
 @dataclass(frozen=True)
@@ -134,20 +205,43 @@ def load_settings(overrides: dict[str, dict[str, Any]] | None = None) -> Setting
     """
     merged = read_toml(resource_dir("configs") / "archive.toml")
     user = user_config_path()
+    if os.environ.get("ARCHIVE_CONFIG") and not user.is_file():
+        raise ConfigError(f"ARCHIVE_CONFIG names {user}, which is not a file")
     if user.is_file():
-        merged = merge(merged, read_toml(user))
+        merged = merge(merged, read_user_file(user))
     merged = apply_layers(merged, ENVIRONMENT, overrides)
+    db, ingest = merged.get("database", {}), merged.get("ingest", {})  # defaults: configs/archive.toml
+    sites = merged.get("sites", {})
+    if not isinstance(sites, dict):
+        raise ConfigError(f"invalid configuration value: [sites] must be a table of instrument = longitude, not {sites!r}")
+    return Settings(
+        database_url=str(setting(db, "database", "url", str)),
+        sqlite_busy_timeout_s=setting(db, "database", "sqlite_busy_timeout_s", float),
+        workers=setting(ingest, "ingest", "workers", int),
+        batch_size=max(1, setting(ingest, "ingest", "batch_size", int)),
+        sites={str(k): setting(sites, "sites", k, float) for k in sites},
+        raw=merged,
+    )
+
+
+def setting(table: dict[str, Any], section: str, key: str, kind: type) -> Any:
+    """``table[key]`` as ``kind`` (``int``, ``float`` or ``str``); a missing key or a value of
+    another kind is a :class:`ConfigError` naming ``[section] key`` and the value.
+
+    Integers take whole numbers, or text of one (environment variables); floats take
+    numbers or text of one; booleans are neither.
+    """
+    if key not in table:
+        raise ConfigError(f"configuration has no [{section}] {key}")
+    value = table[key]
     try:
-        db, ingest = merged["database"], merged["ingest"]  # defaults: configs/archive.toml
-        return Settings(
-            database_url=str(db["url"]),
-            sqlite_busy_timeout_s=float(db["sqlite_busy_timeout_s"]),
-            workers=int(ingest["workers"]),
-            batch_size=max(1, int(ingest["batch_size"])),
-            sites={str(k): float(v) for k, v in merged.get("sites", {}).items()},
-            raw=merged,
-        )
-    except KeyError as exc:
-        raise ConfigError(f"configuration has no {exc.args[0]!r}") from exc
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"invalid configuration value: {exc}") from exc
+        if isinstance(value, bool) or (kind is not str and isinstance(value, (list, dict))):
+            raise ValueError
+        if kind is int and isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError
+            return int(value)
+        return kind(value)
+    except (TypeError, ValueError):
+        what = {int: "a whole number", float: "a number", str: "text"}[kind]
+        raise ConfigError(f"invalid configuration value: [{section}] {key} = {value!r} is not {what}") from None

@@ -42,3 +42,8 @@ class CalibrationNotFoundError(LookupError, ArchiveError):
 class DestinationBusyError(RuntimeError, ArchiveError):
     """Another copyback or project collect is writing into the destination (it holds the
     folder's lock) and did not finish within the time allowed."""
+
+
+class StorageError(RuntimeError, ArchiveError):
+    """The catalogue or a destination cannot be written: disk or tablespace full, quota
+    exceeded, read-only. What was committed before stays; the message is one line."""

@@ -2,7 +2,7 @@
 -- description: Raw light frames per target and filter: frames, nights, total integration in
 -- description: hours, first and last night. A duplicate exposure (same instrument and
 -- description: DATE-OBS, other bytes) counts once.
--- param: instrument | Instrument name (INSTRUME); every instrument when not given
+-- param: instrument (text) | Instrument name (INSTRUME); every instrument when not given
 SELECT f.target,
        f.filter_name,
        COUNT(*) AS frames,

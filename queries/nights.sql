@@ -2,7 +2,7 @@
 -- description: One row per local observing night: raw exposures by image type (a duplicate
 -- description: exposure counted once, masters and products left out), light integration in
 -- description: hours, and the first and last exposure start (UTC).
--- param: instrument | Instrument name (INSTRUME); every instrument when not given
+-- param: instrument (text) | Instrument name (INSTRUME); every instrument when not given
 SELECT f.night,
        COUNT(*) AS frames,
        SUM(CASE WHEN f.image_type = 'bias' THEN 1 ELSE 0 END) AS bias,

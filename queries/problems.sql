@@ -1,7 +1,7 @@
 -- title: Ingest problems
 -- description: Files that could not be ingested (error) and frames ingested with a gap such
 -- description: as no image type or no DATE-OBS (warning), unresolved, newest first.
--- param: severity | 'error' or 'warning'; both when not given
+-- param: severity (error, warning) | 'error' or 'warning'; both when not given
 SELECT p.path,
        p.severity,
        p.reason,

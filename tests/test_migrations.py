@@ -64,5 +64,5 @@ def test_an_outdated_catalogue_is_refused_with_advice(tmp_path):
     engine.dispose()
     if head_revision() == "0001":
         return
-    with pytest.raises(DatabaseError, match="archive db upgrade"):
+    with pytest.raises(DatabaseError, match=r"archive --db \S+ db upgrade"):
         open_catalogue(path)

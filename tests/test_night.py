@@ -7,6 +7,8 @@ look at the result. The test that changes the catalogue (``stale``) comes last.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import json
 import shutil
 import uuid
@@ -220,3 +222,21 @@ def test_stale_after_marking_a_master_bad_and_reduce_stale(night):
         leaves = raw_leaves(provenance_tree(session, newest))
         types = [session.get(Frame, i).image_type for i in leaves]
         assert "flat" not in types and types.count("light") == 16
+
+
+def test_night_and_reduce_print_what_they_made(night):
+    """Every product command says where its stacks and masters went (issue 13)."""
+    from archive.db.models import Copy
+
+    output = night["result"].output
+    with session_scope(night["engine"]) as session:
+        def paths(image_type):
+            return sorted(session.scalars(select(Copy.path).join(Frame, Frame.id == Copy.frame_id)
+                                          .where(Frame.image_type == image_type)))
+        stacks, masters = paths("stacked"), paths("master_bias") + paths("master_dark") + paths("master_flat")
+    printed_stacks = [line.strip()[len("stack: "):] for line in output.splitlines() if line.strip().startswith("stack: ")]
+    printed_masters = [line.strip()[len("master: "):] for line in output.splitlines() if line.strip().startswith("master: ")]
+    assert len(printed_stacks) == 1 and set(printed_stacks) <= set(stacks)  # (other tests may add stacks later)
+    assert len(printed_masters) == 3 and set(printed_masters) <= set(masters)
+    assert all(Path(p).is_file() for p in printed_stacks + printed_masters)
+    assert f"products under {night['base'] / 'reduced'}" in output

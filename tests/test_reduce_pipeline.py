@@ -244,6 +244,7 @@ def test_lights_that_require_no_calibration_are_registered_and_stacked_uncalibra
     folder = tmp_path / "lights"
     for i, (dx, dy) in enumerate([(0, 0), (3.2, -2.1), (-4.5, 1.7)]):
         _frame(folder / f"m31_{i}.fits", "light", 120.0, 20 + i, 500 + _sky(dx, dy, 10 + i))
+    (tmp_path / "none.toml").write_text("")  # an empty user file (ARCHIVE_CONFIG must name a file)
     env = {"ARCHIVE_CONFIG": str(tmp_path / "none.toml")}
     assert CliRunner().invoke(main, ["--db", db_url, "ingest", str(folder)], env=env).exit_code == 0
     result = CliRunner().invoke(main, ["--db", db_url, "reduce", "--target", "M 31", "--serial", "--output",

@@ -56,6 +56,7 @@ def test_a_bad_layout_is_one_clear_line(db_url, tmp_path):
 
 
 def test_reduce_refuses_a_type_other_than_light(db_url, tmp_path):
+    (tmp_path / "none.toml").write_text("")  # an empty user file (ARCHIVE_CONFIG must name a file)
     env = {"ARCHIVE_CONFIG": str(tmp_path / "none.toml")}
     result = CliRunner().invoke(main, ["--db", db_url, "reduce", "--type", "dark", "--serial"], env=env)
     assert result.exit_code == 2 and "works on lights" in result.output

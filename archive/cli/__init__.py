@@ -30,11 +30,18 @@ class AppContext:
 
     @property
     def engine(self) -> Engine:
-        """The catalogue engine, opened (and for a new SQLite file created) on first use."""
+        """The catalogue engine, opened on first use; a catalogue that does not exist is an
+        error (:meth:`catalogue` with ``create=True`` creates it)."""
+        return self.catalogue()
+
+    def catalogue(self, create: bool = False) -> Engine:
+        """The catalogue engine, opened on first use; with ``create`` (``ingest``, ``night``)
+        a missing catalogue is created at the current schema."""
         if self._engine is None:
             from archive.db.session import open_catalogue
 
-            self._engine = open_catalogue(self.settings.database_url, busy_timeout_s=self.settings.sqlite_busy_timeout_s)
+            self._engine = open_catalogue(self.settings.database_url, busy_timeout_s=self.settings.sqlite_busy_timeout_s,
+                                          create=create)
         return self._engine
 
 
@@ -76,6 +83,14 @@ class ArchiveGroup(click.Group):
             return super().invoke(ctx)
         except ArchiveError as exc:
             click.echo(f"archive: error: {exc}", err=True)
+            sys.exit(1)
+        except Exception as exc:  # a full disk or read-only medium anywhere: one line, no traceback
+            from archive.db.session import storage_failure
+
+            reason = storage_failure(exc)
+            if reason is None:
+                raise
+            click.echo(f"archive: error: {reason}", err=True)
             sys.exit(1)
 
 

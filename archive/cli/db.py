@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import click
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from archive.cli import AppContext, pass_app
 from archive.db import migrate
@@ -19,8 +19,9 @@ def _engine(app: AppContext) -> Iterator:
     engine = schema_engine(app.settings.database_url)
     try:
         yield engine
-    except OperationalError as exc:
-        raise DatabaseError(f"cannot reach the catalogue {engine.url!r}: {exc.orig}") from exc
+    except DBAPIError as exc:
+        reason = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
+        raise DatabaseError(f"cannot reach the catalogue {engine.url.render_as_string(hide_password=True)}: {reason}") from exc
     finally:
         engine.dispose()
 

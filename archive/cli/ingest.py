@@ -10,6 +10,7 @@ from archive.cli import AppContext, pass_app
 from archive.cli.options import BarProgress
 from archive.config import load_settings
 from archive.ingest import ingest_paths
+from archive.ingest.ingest import IngestStoppedError
 
 
 @click.command()
@@ -40,9 +41,16 @@ def ingest(app: AppContext, paths: tuple[str, ...], workers: int | None, batch_s
         "database": {"url": app.settings.database_url},
         "ingest": {"workers": workers, "batch_size": batch_size},
     })
-    summary = ingest_paths(
-        app.engine, paths, settings=settings, dialects=dialects, progress=BarProgress(not app.quiet)
-    )
+    stopped = None
+    try:
+        summary = ingest_paths(
+            app.catalogue(create=True), paths, settings=settings, dialects=dialects, progress=BarProgress(not app.quiet)
+        )
+    except IngestStoppedError as exc:  # disk full, read-only: what was done, then the one line
+        summary, stopped = exc.summary, exc
+    if summary.interrupted_runs:
+        click.echo(f"earlier run(s) interrupted: {', '.join(map(str, summary.interrupted_runs))} "
+                   "(what they committed is kept; this run did the rest)", err=True)
     types = ", ".join(f"{n} {t or 'untyped'}" for t, n in sorted(summary.by_type.items(), key=lambda kv: str(kv[0])))
     click.echo(
         f"new frames: {summary.new}" + (f" ({types})" if types else "")
@@ -56,5 +64,7 @@ def ingest(app: AppContext, paths: tuple[str, ...], workers: int | None, batch_s
     )
     for path, reason in summary.problems:
         click.echo(f"  {path}: {reason}", err=True)
+    if stopped is not None:
+        raise stopped
     if not summary.ok:
         sys.exit(1)

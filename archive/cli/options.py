@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -46,10 +47,11 @@ def _json_value(value: Any) -> Any:
 
 
 class BarProgress:
-    """:class:`archive.progress.Progress` shown as a tqdm bar on stderr (hidden when quiet)."""
+    """:class:`archive.progress.Progress` shown as a tqdm bar on stderr: only when stderr is a
+    terminal (a log file, such as N.I.N.A.'s, gets no bars) and not quiet."""
 
     def __init__(self, enabled: bool = True):
-        self.enabled = enabled
+        self.enabled = enabled and sys.stderr is not None and sys.stderr.isatty()
         self._bar = None
 
     def start(self, total: int, description: str) -> None:  # noqa: D102

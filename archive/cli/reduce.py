@@ -37,6 +37,8 @@ def _print_reduction(summary, quiet: bool) -> None:
         if counts.get("rejected"):
             parts += f", {counts['rejected']} rejected"
         click.echo(f"  {group}: {parts}")
+    for path in summary.stacked:
+        click.echo(f"  stack: {path}")
     if summary.unchanged:
         click.echo(f"  {summary.unchanged} product(s) already up to date")
     for what, why in summary.failures:
@@ -103,7 +105,7 @@ def reduce(ctx, app: AppContext, filters: FrameFilter, only_stale: bool, no_regi
         summary = reduce_lights(app.engine, light_ids, config=config, settings=app.settings, executor=executor,
                                 register=not no_register, progress=BarProgress(not app.quiet))
     click.echo(f"{len(light_ids)} light(s): {len(summary.calibrated)} calibrated, {len(summary.registered)} registered, "
-               f"{len(summary.stacked)} stacked")
+               f"{len(summary.stacked)} stacked, under {config.products_root()}")
     _print_reduction(summary, app.quiet)
     if not summary.ok:
         ctx.exit(1)
@@ -201,7 +203,7 @@ def night(ctx, app: AppContext, search: str | None, root: Path | None, output: P
         "output": {"root": str(output) if output else None, "previews": previews},
     })
     with _executor(config, workers, serial) as executor:
-        summary = run_night(app.engine, search, config=config, settings=app.settings, executor=executor,
+        summary = run_night(app.catalogue(create=True), search, config=config, settings=app.settings, executor=executor,
                             dry_run=dry_run, progress=BarProgress(not app.quiet))
     if not summary.folders:
         click.echo(f"no folder under {config.imaging_root} matches {' or '.join(summary.searches)}", err=True)
@@ -216,6 +218,10 @@ def night(ctx, app: AppContext, search: str | None, root: Path | None, output: P
                    f"{len(folder.reduction.registered)} registered, {len(folder.reduction.stacked)} stacked")
         for what, why in folder.failures:
             click.echo(f"  FAILED {what}: {why}", err=True)
+        for path in folder.masters:
+            click.echo(f"  master: {path}")
         _print_reduction(folder.reduction, app.quiet)
+    if not dry_run:
+        click.echo(f"products under {summary.products_root}")
     if not dry_run and not summary.ok:
         ctx.exit(1)

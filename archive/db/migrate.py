@@ -8,7 +8,7 @@ from alembic.config import Config
 from alembic.util import CommandError
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from archive.errors import DatabaseError
 from archive.resources import resource_dir
@@ -36,8 +36,9 @@ def _run(step, engine: Engine, revision: str) -> None:
         step(alembic_config(engine), revision)
     except CommandError as exc:
         raise DatabaseError(f"schema revision {revision!r}: {exc}") from exc
-    except OperationalError as exc:
-        raise DatabaseError(f"cannot migrate {engine.url!r}: {exc.orig}") from exc
+    except DBAPIError as exc:
+        reason = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
+        raise DatabaseError(f"cannot migrate {engine.url.render_as_string(hide_password=True)}: {reason}") from exc
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:

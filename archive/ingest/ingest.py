@@ -26,6 +26,7 @@ import multiprocessing.util
 import os
 import signal
 import socket
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import Engine, func, or_, select, update
-from sqlalchemy.exc import DataError, IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 import archive
@@ -42,9 +43,10 @@ from archive.config import Settings, load_settings
 from archive.db.base import utcnow
 from archive.db.bulk import chunked
 from archive.db.models import DERIVED_TYPES, MASTER_TYPES, Copy, Frame, IngestProblem, IngestRun, Instrument, Night
-from archive.db.session import open_catalogue, session_scope
+from archive.db.session import open_catalogue, session_scope, storage_failure
+from archive.errors import StorageError
 from archive.db.upsert import insert_missing
-from archive.files import exit_with_parent, path_to_text
+from archive.files import exit_with_parent, path_to_text, process_alive
 from archive.ingest.dialects import DialectSet, check_value
 from archive.ingest.headers import FileRead, ReadFailure, read_fits
 from archive.ingest.library import sync_library
@@ -87,6 +89,9 @@ class IngestSummary:
         New frames by image type (``None`` for untyped).
     run_id : int
         The ingest run's row.
+    interrupted_runs : list of int
+        Earlier runs of this host whose process is gone without finishing (killed, Ctrl-C):
+        what they committed is kept, and this run did the rest.
     """
 
     new: int = 0
@@ -99,6 +104,7 @@ class IngestSummary:
     duplicates: int = 0
     by_type: Counter = field(default_factory=Counter)
     run_id: int | None = None
+    interrupted_runs: list[int] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -111,6 +117,48 @@ class IngestSummary:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.by_type.update(other.by_type)
         self.problems.extend(other.problems)
+
+
+class IngestStoppedError(StorageError):
+    """The catalogue could not take more writes (disk or tablespace full, read-only): the
+    ingest stopped. Batches committed before stay; ``summary`` counts what was done."""
+
+    def __init__(self, message: str, summary: IngestSummary):
+        super().__init__(message)
+        self.summary = summary
+
+
+#: ``IngestRun.host`` of a run: the host and the process that runs it, so that a later run can
+#: tell a run still going from one that was killed (see :func:`run_state`).
+_RUN_HOST = "{host} pid {pid}"
+
+
+def run_host() -> str:
+    """``IngestRun.host`` of a run made by this process: ``"HOST pid PID"``."""
+    return _RUN_HOST.format(host=socket.gethostname(), pid=os.getpid())
+
+
+def run_state(run: IngestRun) -> str:
+    """``'finished'``, ``'running'``, ``'interrupted'`` (unfinished, and its process on this host
+    is gone) or ``'unknown'`` (unfinished, run on another host or before process ids were
+    recorded)."""
+    if run.finished_at is not None:
+        return "finished"
+    host, _, pid = (run.host or "").rpartition(" pid ")
+    if not pid.isdigit() or host != socket.gethostname():
+        return "unknown"
+    return "running" if int(pid) == os.getpid() or process_alive(int(pid)) else "interrupted"
+
+
+def _interrupted_runs(session: Session) -> list[int]:
+    """Unfinished runs of this host whose process is gone."""
+    prefix = f"{socket.gethostname()} pid "
+    runs = session.scalars(select(IngestRun).where(IngestRun.finished_at.is_(None), IngestRun.host.startswith(prefix)))
+    return sorted(r.id for r in runs if run_state(r) == "interrupted")
+
+
+class _Stopped(Exception):
+    """A batch abandoned because the run is stopping (Ctrl-C in the main process)."""
 
 
 # -- reading and writing a batch, in worker processes ------------------------------------------
@@ -143,14 +191,17 @@ class _WriteTurns:
 
 
 def _init_worker(settings: Settings, dialect_folder: str | None, database: str | None = None,
-                 turns: _WriteTurns | None = None) -> None:
+                 turns: _WriteTurns | None = None, stop=None) -> None:
     _worker_state["dialects"] = DialectSet(Path(dialect_folder) if dialect_folder else None)
     _worker_state["settings"] = settings
     _worker_state["turns"] = turns
+    _worker_state["stop"] = stop
     if database is not None:  # a pool worker
-        # Ctrl-C stops the main process, which lets the batches already handed out finish in
-        # order (an interrupted one would never pass its turn on); a killed run's workers end.
+        # Ctrl-C is the main process's to handle (it sets ``stop``, and the batches handed out
+        # end at their next file, passing their turns on); the worker was started with SIGINT
+        # blocked (see ingest_paths), so no Ctrl-C can reach it before it ignores it.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         exit_with_parent()
         engine = open_catalogue(database, busy_timeout_s=settings.sqlite_busy_timeout_s, create=False)
         multiprocessing.util.Finalize(None, engine.dispose, exitpriority=10)
@@ -160,9 +211,14 @@ def _init_worker(settings: Settings, dialect_folder: str | None, database: str |
 def _ingest_batch(batch: Sequence[Candidate], run_id: int, number: int, engine: Engine | None = None) -> IngestSummary:
     """Read ``batch`` and write it in one transaction (a worker task); returns its counts."""
     settings = _worker_state["settings"]
+    stop = _worker_state.get("stop")
     failed: BaseException | None = None
+    results = []
     try:
-        results = [read_fits(c.path, _worker_state["dialects"], folders=c.folders, sites=settings.sites) for c in batch]
+        for c in batch:
+            if stop is not None and stop.is_set():
+                raise _Stopped()
+            results.append(read_fits(c.path, _worker_state["dialects"], folders=c.folders, sites=settings.sites))
     except BaseException as exc:  # noqa: BLE001 - raised below, after the turn is passed on
         failed = exc
     summary = IngestSummary()
@@ -170,6 +226,8 @@ def _ingest_batch(batch: Sequence[Candidate], run_id: int, number: int, engine: 
     with turns.turn(number) if turns is not None else nullcontext():
         if failed is not None:
             raise failed
+        if stop is not None and stop.is_set():
+            raise _Stopped()
         _write_with_retry(engine or _worker_state["engine"], results, run_id, summary)
     return summary
 
@@ -412,7 +470,7 @@ def _write_with_retry(engine: Engine, batch, run_id: int, summary: IngestSummary
                 catalogue_batch(session, batch, run_id, summary)
             return
         except (IntegrityError, OperationalError) as exc:
-            if attempt == RETRIES - 1:
+            if attempt == RETRIES - 1 or storage_failure(exc):
                 raise
             log.info("batch clashed with a concurrent writer (%s); redoing it", type(exc.orig).__name__)
         except (DataError, ArithmeticError, ValueError, TypeError, KeyError) as exc:
@@ -471,58 +529,126 @@ def ingest_paths(
     paths = [str(p) for p in paths]
     scan = scan_paths(paths)
     summary = IngestSummary(skipped=scan.skipped)
-    with session_scope(engine, write=True) as session:
-        run = IngestRun(
-            started_at=utcnow(), host=socket.gethostname(), software_version=archive.__version__,
-            roots=[path_to_text(str(Path(p).absolute())) for p in paths],
-        )
-        session.add(run)
-        session.flush()
-        summary.run_id = run.id
-        known = _known_copies(session, scan.candidates)
-        known_bad = _known_problems(session, scan.candidates)
-    todo = []
-    for candidate in scan.candidates:
-        if known.get(candidate.path) == (candidate.size, candidate.mtime_ns):
-            summary.unchanged += 1
-        elif candidate.path in known_bad and known_bad[candidate.path][:2] == (candidate.size, candidate.mtime_ns):
-            summary.problems.append((candidate.path, known_bad[candidate.path][2]))
-        else:
-            todo.append(candidate)
-    failures = [ReadFailure(path, None, None, reason) for path, reason in scan.failures]
+    try:
+        with session_scope(engine, write=True) as session:
+            summary.interrupted_runs = _interrupted_runs(session)
+            run = IngestRun(
+                started_at=utcnow(), host=run_host(),
+                software_version=archive.__version__, roots=[path_to_text(str(Path(p).absolute())) for p in paths],
+            )
+            session.add(run)
+            session.flush()
+            summary.run_id = run.id
+            known = _known_copies(session, scan.candidates)
+            known_bad = _known_problems(session, scan.candidates)
+            known_scan_failures = _known_scan_failures(session, scan.failures)
+        todo = []
+        for candidate in scan.candidates:
+            if known.get(candidate.path) == (candidate.size, candidate.mtime_ns):
+                summary.unchanged += 1
+            elif candidate.path in known_bad and known_bad[candidate.path][:2] == (candidate.size, candidate.mtime_ns):
+                summary.problems.append((candidate.path, known_bad[candidate.path][2]))
+            else:
+                todo.append(candidate)
+        failures = []  # a path the walk cannot read is recorded once, until it is resolved
+        for path, reason in scan.failures:
+            if (path, reason) in known_scan_failures:
+                summary.problems.append((path, reason))
+            else:
+                failures.append(ReadFailure(path, None, None, reason))
+        progress.start(len(todo), "reading headers")
+        _read_and_write(engine, todo, settings, str(dialects) if dialects else None, summary, progress)
+        if failures:
+            _write_with_retry(engine, failures, summary.run_id, summary)
+        progress.finish()
+        with session_scope(engine, write=True) as session:
+            session.execute(
+                update(IngestRun).where(IngestRun.id == summary.run_id).values(
+                    finished_at=utcnow(), n_new=summary.new, n_unchanged=summary.unchanged,
+                    n_new_copies=summary.new_copies, n_changed=summary.changed,
+                    n_problems=len(summary.problems), n_skipped=summary.skipped,
+                )
+            )
+    except (DBAPIError, OSError) as exc:
+        reason = storage_failure(exc)
+        if reason is None:
+            raise
+        progress.finish()
+        raise IngestStoppedError(f"ingest stopped: {reason}", summary) from exc
+    return summary
+
+
+def _known_scan_failures(session: Session, failures: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    """(path, reason) of the walk's failures already recorded as unresolved errors."""
+    known: set[tuple[str, str]] = set()
+    for batch in chunked([path for path, _reason in failures]):
+        known.update(session.execute(
+            select(IngestProblem.path, IngestProblem.reason).where(
+                IngestProblem.severity == "error", ~IngestProblem.resolved, IngestProblem.path.in_(batch))
+        ).all())
+    return known
+
+
+#: Seconds the workers of a stopped run get to end by themselves before they are terminated.
+STOP_GRACE_S = 3.0
+
+
+def _read_and_write(engine: Engine, todo: list[Candidate], settings: Settings, dialect_folder: str | None,
+                    summary: IngestSummary, progress: Progress) -> None:
+    """Read and write ``todo`` in batches: in this process, or by a pool of workers.
+
+    On Ctrl-C (or any error) in the main process the pool stops within
+    :data:`STOP_GRACE_S` seconds: the workers are told to stop (each batch ends at its next
+    file, a batch being written commits), batches not started are cancelled, and workers
+    still running after the grace period are terminated (their open transaction is rolled
+    back by the database). No worker outlives the call.
+    """
     workers = settings.workers or os.cpu_count() or 1
-    dialect_folder = str(dialects) if dialects else None
-    progress.start(len(todo), "reading headers")
     if workers <= 1 or len(todo) < POOL_THRESHOLD or not _shareable(engine):
         _init_worker(settings, dialect_folder)
         for number, batch in enumerate(chunked(todo, settings.batch_size)):
             summary.add(_ingest_batch(batch, summary.run_id, number, engine))
             progress.advance(len(batch))
-    else:
-        database = engine.url.render_as_string(hide_password=False)
-        context = multiprocessing.get_context()
+        return
+    database = engine.url.render_as_string(hide_password=False)
+    context = multiprocessing.get_context()
+    stop = context.Event()
+    size = max(1, min(settings.batch_size, -(-len(todo) // (workers * _BATCHES_PER_WORKER))))
+    batches = list(chunked(todo, size))
+    # Ctrl-C is held back while the pool starts and takes its work, so that it never finds a
+    # pool half started (workers nobody waits for); the workers inherit the blocked signal.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
         pool = ProcessPoolExecutor(
             workers, mp_context=context, initializer=_init_worker,
-            initargs=(settings, dialect_folder, database, _WriteTurns(context)),
+            initargs=(settings, dialect_folder, database, _WriteTurns(context), stop),
         )
-        size = max(1, min(settings.batch_size, -(-len(todo) // (workers * _BATCHES_PER_WORKER))))
-        batches = list(chunked(todo, size))
-        try:
-            futures = [pool.submit(_ingest_batch, batch, summary.run_id, number) for number, batch in enumerate(batches)]
-            for future, batch in zip(futures, batches):
-                summary.add(future.result())
-                progress.advance(len(batch))
-        finally:  # on an error or Ctrl-C, batches not yet started are not started
-            pool.shutdown(wait=True, cancel_futures=True)
-    if failures:
-        _write_with_retry(engine, failures, summary.run_id, summary)
-    progress.finish()
-    with session_scope(engine, write=True) as session:
-        session.execute(
-            update(IngestRun).where(IngestRun.id == summary.run_id).values(
-                finished_at=utcnow(), n_new=summary.new, n_unchanged=summary.unchanged,
-                n_new_copies=summary.new_copies, n_changed=summary.changed,
-                n_problems=len(summary.problems), n_skipped=summary.skipped,
-            )
-        )
-    return summary
+        futures = [pool.submit(_ingest_batch, batch, summary.run_id, number) for number, batch in enumerate(batches)]
+        processes = list((pool._processes or {}).values())  # noqa: SLF001 - to end them, below
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a held-back Ctrl-C is raised here
+    try:
+        for future, batch in zip(futures, batches):
+            summary.add(future.result())
+            progress.advance(len(batch))
+    except BaseException:
+        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        _end_processes(processes + [p for p in (pool._processes or {}).values() if p not in processes])  # noqa: SLF001
+        raise
+    pool.shutdown(wait=True)
+
+
+def _end_processes(processes: list, grace_s: float = STOP_GRACE_S) -> None:
+    """Wait up to ``grace_s`` seconds for ``processes`` to end, then terminate the rest."""
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(1.0)
+        if process.is_alive():
+            process.kill()
+            process.join(1.0)

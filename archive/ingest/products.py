@@ -19,7 +19,6 @@ first one is recorded: a command that makes nothing adds no run.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from archive.db.session import session_scope
 from archive.errors import ArchiveError
 from archive.ingest.dialects import DialectSet
 from archive.ingest.headers import ReadFailure, read_fits
-from archive.ingest.ingest import catalogue_batch
+from archive.ingest.ingest import catalogue_batch, run_host
 
 
 class ProductError(RuntimeError, ArchiveError):
@@ -82,7 +81,7 @@ class ProductRun:
     def _open(self) -> int:
         if self.run_id is None:
             with session_scope(self.engine, write=True) as session:
-                run = IngestRun(started_at=utcnow(), host=socket.gethostname(), software_version=archive.__version__,
+                run = IngestRun(started_at=utcnow(), host=run_host(), software_version=archive.__version__,
                                 roots=[self.root])
                 session.add(run)
                 session.flush()

@@ -1,7 +1,9 @@
 """The reduction configuration: ``configs/reduction.toml``, layered like the rest.
 
-Lowest first: the bundled ``configs/reduction.toml``; the ``[reduction]`` table of the user
-file (``$ARCHIVE_CONFIG`` or ``~/.config/archive/config.toml``, same keys); the environment
+Lowest first: the bundled ``configs/reduction.toml``; the same sections in the user file
+(``$ARCHIVE_CONFIG`` or ``~/.config/archive/config.toml``), written as in
+``configs/reduction.toml`` (``[night] imaging_root = ...``) or below a ``[reduction]`` table
+(``[reduction.night]``; the top-level form wins where both set a key); the environment
 variables ``ARCHIVE_IMAGING_ROOT`` and ``ARCHIVE_PRODUCTS``; explicit overrides (flags).
 """
 
@@ -14,11 +16,13 @@ from typing import Any
 
 from archive.calib.combine import COMBINE_METHODS, CombineSettings
 from archive.config import (
+    REDUCTION_SECTIONS,
     Settings,
     apply_layers,
     data_home,
     load_settings,
     merge,
+    setting,
     read_toml,
 )
 from archive.errors import ConfigError, UnsafePathError
@@ -95,7 +99,7 @@ class ReductionConfig:
     Attributes
     ----------
     imaging_root : Path or None
-        Where ``archive night`` searches for folders.
+        Where ``archive night`` searches for folders (``[night] imaging_root``).
     date_formats : tuple of str
         strftime formats of the default search (last night's date).
     output_root : Path or None
@@ -125,12 +129,11 @@ class ReductionConfig:
     version: int = 1
 
     def products_root(self) -> Path:
-        """The output root: configured, else ``<imaging_root>/../reduced``, else
-        ``$XDG_DATA_HOME/archive/products``."""
+        """The one output root of ``archive night`` and ``archive reduce``: ``[output] root``
+        (``ARCHIVE_PRODUCTS``, ``--output``), else ``$XDG_DATA_HOME/archive/products``
+        (``~/.local/share/archive/products``)."""
         if self.output_root:
             return self.output_root
-        if self.imaging_root:
-            return self.imaging_root.parent / "reduced"
         return data_home() / "products"
 
 
@@ -147,7 +150,11 @@ def load_reduction_config(
     """
     settings = settings or load_settings()
     merged = read_toml(resource_dir("configs") / "reduction.toml")
-    merged = apply_layers(merge(merged, settings.raw.get("reduction", {})), ENVIRONMENT, overrides)
+    user = settings.raw.get("reduction", {})
+    if not isinstance(user, dict):
+        raise ConfigError(f"invalid configuration value: [reduction] must be a table, not {user!r}")
+    user = merge(user, {k: settings.raw[k] for k in REDUCTION_SECTIONS if isinstance(settings.raw.get(k), dict)})
+    merged = apply_layers(merge(merged, user), ENVIRONMENT, overrides)
     try:
         night, output = merged.get("night", {}), merged.get("output", {})
         root = night.get("imaging_root") or None
@@ -166,7 +173,8 @@ def load_reduction_config(
             calibrate=dict(merged.get("calibrate", {})),
             register=dict(merged.get("register", {})),
             stack=stack,
-            executor=dict(merged.get("executor", {})),
+            executor={**merged.get("executor", {}),
+                      "workers": setting(merged.get("executor", {"workers": 0}), "executor", "workers", int)},
             version=int(merged.get("version", 1)),
         )
     except (KeyError, TypeError, ValueError) as exc:

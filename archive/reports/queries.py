@@ -3,15 +3,19 @@ parameters, run on either backend and returned as DataFrames (after datasette's 
 queries).
 
 File format: leading comment lines ``-- title: ...``, ``-- description: ...`` (may repeat to
-continue), ``-- param: name = default | help`` (default optional; no default means NULL),
-then one SQL statement using ``:name`` placeholders. Parameters are always bound, never
-formatted into the SQL.
+continue), ``-- param: name (kind) = default | help``, then one SQL statement using ``:name``
+placeholders. ``kind`` is ``text``, ``integer``, ``number`` or ``date`` (ISO 8601), or a
+comma-separated list of the values allowed (``(error, warning)``); ``, required`` after it
+makes the parameter compulsory. The kind is optional (``text``), so is the default (NULL: the
+query's "every ..." case). Every value given is checked against its kind before the query
+runs (:func:`check_params`). Parameters are always bound, never formatted into the SQL.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import datetime as dt
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +30,33 @@ if TYPE_CHECKING:
     import pandas as pd
 
 _META = re.compile(r"^--\s*(title|description|param)\s*:\s*(.*)$")
-_PARAM = re.compile(r"^(\w+)\s*(?:=\s*([^|]*?))?\s*(?:\|\s*(.*))?$")
+_PARAM = re.compile(r"^(\w+)\s*(?:\(([^)]*)\))?\s*(?:=\s*([^|]*?))?\s*(?:\|\s*(.*))?$")
+#: Kind of a parameter -> what turns the text given into the value bound, and its name in errors.
+KINDS = {
+    "text": (str, "text"),
+    "integer": (int, "a whole number"),
+    "number": (float, "a number"),
+    "date": (dt.date.fromisoformat, "a date (YYYY-MM-DD)"),
+}
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """What a query file declares of one parameter.
+
+    Attributes
+    ----------
+    kind : str
+        One of :data:`KINDS`; ``text`` for a list of choices.
+    choices : tuple of str
+        The values allowed (empty: any value of the kind).
+    required : bool
+        The parameter must be given (it has no default).
+    """
+
+    kind: str = "text"
+    choices: tuple[str, ...] = ()
+    required: bool = False
 
 
 @dataclass(frozen=True)
@@ -37,6 +67,8 @@ class NamedQuery:
     ----------
     params : dict
         Name -> (default or None, help text).
+    specs : dict
+        Name -> its :class:`ParamSpec` (kind, choices, required).
     """
 
     name: str
@@ -44,6 +76,52 @@ class NamedQuery:
     description: str
     sql: str
     params: dict[str, tuple[str | None, str]] = field(default_factory=dict)
+    specs: dict[str, ParamSpec] = field(default_factory=dict)
+
+
+def _spec(path: Path, name: str, declared: str | None) -> ParamSpec:
+    words = [w.strip() for w in (declared or "").split(",") if w.strip()]
+    required = "required" in words
+    words = [w for w in words if w != "required"]
+    if not words:
+        return ParamSpec(required=required)
+    if len(words) == 1 and words[0] in KINDS:
+        return ParamSpec(kind=words[0], required=required)
+    if any(w in KINDS for w in words):
+        raise QueryError(f"{path}: parameter {name!r}: a kind ({', '.join(KINDS)}) or a list of choices, not both")
+    return ParamSpec(choices=tuple(words), required=required)
+
+
+def check_params(query: NamedQuery, given: dict[str, str]) -> dict[str, object]:
+    """The values to bind: ``given`` checked against the query's declarations, defaults for
+    the rest.
+
+    Raises
+    ------
+    QueryError
+        A parameter the query does not declare, a required one missing, or a value that is not
+        of the declared kind or not among the choices; the message names the parameter.
+    """
+    unknown = sorted(set(given) - set(query.params))
+    if unknown:
+        raise QueryError(f"report {query.name!r} has no parameter(s) {unknown}; it takes {sorted(query.params) or 'none'}")
+    bound: dict[str, object] = {}
+    for name, (default, _help) in query.params.items():
+        spec = query.specs.get(name, ParamSpec())
+        value = given.get(name, default)
+        if value is None:
+            if spec.required:
+                raise QueryError(f"report {query.name!r} needs --param {name}=...")
+            bound[name] = None
+            continue
+        if spec.choices and value not in spec.choices:
+            raise QueryError(f"report {query.name!r}: --param {name}={value!r} is not one of {', '.join(spec.choices)}")
+        convert, what = KINDS[spec.kind]
+        try:
+            bound[name] = convert(value)
+        except ValueError:
+            raise QueryError(f"report {query.name!r}: --param {name}={value!r} is not {what}") from None
+    return bound
 
 
 def parse_query(path: Path) -> NamedQuery:
@@ -54,7 +132,7 @@ def parse_query(path: Path) -> NamedQuery:
     QueryError
         The file has no title or no SQL.
     """
-    title, description, params, body = "", [], {}, []
+    title, description, params, specs, body = "", [], {}, {}, []
     for line in path.read_text(encoding="utf-8").splitlines():
         meta = _META.match(line.strip())
         if meta and not body:
@@ -67,14 +145,19 @@ def parse_query(path: Path) -> NamedQuery:
                 match = _PARAM.match(value.strip())
                 if not match:
                     raise QueryError(f"{path}: bad param line {line!r}")
-                name, default, help_text = match.groups()
+                name, declared, default, help_text = match.groups()
                 params[name] = (default or None, help_text or "")
+                specs[name] = _spec(path, name, declared)
         elif line.strip() or body:
             body.append(line)
     sql = "\n".join(body).strip().rstrip(";")
     if not title or not sql:
         raise QueryError(f"{path}: a named query needs a '-- title:' line and a SQL statement")
-    return NamedQuery(path.stem, title, " ".join(description), sql, params)
+    query = NamedQuery(path.stem, title, " ".join(description), sql, params, specs)
+    for name, (default, _help) in params.items():  # a default must pass its own declaration
+        if default is not None:
+            check_params(NamedQuery(query.name, title, "", sql, {name: (default, "")}, {name: specs[name]}), {})
+    return query
 
 
 def load_queries(folder: Path | None = None) -> dict[str, NamedQuery]:
@@ -90,17 +173,13 @@ def run_query(session: Session, name: str, params: dict[str, str] | None = None,
     Raises
     ------
     QueryError
-        No query of that name, or a parameter the query does not declare.
+        No query of that name, or a parameter that fails :func:`check_params`.
     """
     queries = load_queries(folder)
     if name not in queries:
         raise QueryError(f"no report named {name!r}; available: {', '.join(queries) or 'none'}")
     query = queries[name]
-    given = dict(params or {})
-    unknown = set(given) - set(query.params)
-    if unknown:
-        raise QueryError(f"report {name!r} has no parameter(s) {sorted(unknown)}; it takes {sorted(query.params) or 'none'}")
-    bound = {key: given.get(key, default) for key, (default, _help) in query.params.items()}
+    bound = check_params(query, dict(params or {}))
     result = session.execute(text(query.sql), bound)
     import pandas as pd  # imported on use: a slow import
 

@@ -56,6 +56,21 @@ def default_searches(formats: Sequence[str], today: dt.date | None = None) -> li
     return list(dict.fromkeys(night.strftime(f) for f in formats))
 
 
+def night_searches(search: str, formats: Sequence[str]) -> list[str]:
+    """``search``, and when it is a date in one of ``formats`` (strftime), that date in every
+    one of them: ``20250601`` also finds ``2025-06-01`` and ``2025_06_01``.
+
+    A date is recognized only when the whole of ``search`` parses (``2025-06`` stays as it is).
+    """
+    for fmt in formats:
+        try:
+            date = dt.datetime.strptime(search, fmt).date()
+        except ValueError:
+            continue
+        return list(dict.fromkeys([search] + [date.strftime(f) for f in formats]))
+    return [search]
+
+
 def find_folders(root: Path, searches: Sequence[str], exclude: Sequence[Path] = ()) -> list[Path]:
     """Folders under ``root`` whose path (relative to ``root``) contains one of ``searches``.
 
@@ -101,6 +116,7 @@ class FolderResult:
     folder: str
     ingested_new: int = 0
     masters_built: int = 0
+    masters: list[str] = field(default_factory=list)  # paths of the masters built
     lights: int = 0
     reduction: ReduceSummary = field(default_factory=ReduceSummary)
     failures: list[tuple[str, str]] = field(default_factory=list)
@@ -117,6 +133,7 @@ class NightSummary:
 
     searches: list[str]
     folders: list[FolderResult] = field(default_factory=list)
+    products_root: str = ""  # where the products of the run go (``[output] root``)
     removed_partials: int = 0
     dry_run: bool = False
 
@@ -158,8 +175,9 @@ def run_night(
     ----------
     engine : Engine
     search : str, optional
-        A piece of folder path to look for under the imaging root; default last night's date
-        in each of ``[night] date_formats`` (e.g. 2026-11-20, 20261120).
+        A piece of folder path to look for under the imaging root; a date in one of
+        ``[night] date_formats`` is looked for in each of them (:func:`night_searches`);
+        default last night's date in each (e.g. 2026-11-20, 20261120).
     config, settings : optional
         Default: the layered configuration.
     executor : Executor, optional
@@ -189,11 +207,11 @@ def run_night(
     progress = progress or NoProgress()
     if config.imaging_root is None:
         raise ConfigError("no imaging root: set [night] imaging_root in the configuration, ARCHIVE_IMAGING_ROOT or --root")
-    searches = [search] if search else default_searches(config.date_formats, today)
+    searches = night_searches(search, config.date_formats) if search else default_searches(config.date_formats, today)
     library = _masters_library(settings)
     products = config.products_root()
     folders = find_folders(config.imaging_root, searches, exclude=[products, library])
-    summary = NightSummary(searches=searches, dry_run=dry_run)
+    summary = NightSummary(searches=searches, dry_run=dry_run, products_root=str(products))
     if dry_run:
         for folder in folders:
             result = FolderResult(str(folder))
@@ -234,6 +252,7 @@ def _masters_and_reduction(engine, nights, results, config, settings, rules, lib
             built = build_masters(engine, filters=FrameFilter(night=night), rules=rules, library=library,
                                   settings=settings, progress=progress, products=master_run)
             result.masters_built += len(built.built)
+            result.masters += [path for _kind, _frame_id, path in built.built]
             if config.previews:
                 for _kind, _frame_id, path in built.built:
                     write_preview(path)
