@@ -31,13 +31,14 @@ HEALPix after Gorski et al. (2005, ApJ 622, 759), through astropy-healpix. Order
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import astropy.units as u
 import numpy as np
 from astropy_healpix import HEALPix
-from sqlalchemy import and_, delete, exists, or_, select
+from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -49,7 +50,13 @@ from archive.errors import ArchiveError
 #: HEALPix order of ``footprint_cells`` (NSIDE = 2**order, NESTED numbering). Changing it
 #: needs the cells to be recomputed (``archive solve --reindex``).
 HEALPIX_ORDER = 6
-_HEALPIX = {order: HEALPix(nside=2**order, order="nested") for order in range(HEALPIX_ORDER + 1)}
+
+
+@functools.lru_cache(maxsize=32)
+def healpix(order: int) -> HEALPix:
+    """astropy-healpix's grid of ``order`` (NSIDE = 2**order), NESTED numbering."""
+    return HEALPix(nside=2**order, order="nested")
+
 #: Margin added to every radius handed to the HEALPix cone search (deg): the index must never
 #: miss a cell that a boundary point falls into.
 _MARGIN_DEG = 1e-4
@@ -167,15 +174,15 @@ def cone_cells(ra_deg: float, dec_deg: float, radius_deg: float, order: int = HE
     ra_deg, dec_deg, radius_deg : float
         Centre and radius of the cone, deg (a small margin is added).
     order : int
-        HEALPix order, at most :data:`HEALPIX_ORDER`.
+        HEALPix order (default the index's, :data:`HEALPIX_ORDER`).
     """
-    cells = _HEALPIX[order].cone_search_lonlat(ra_deg * u.deg, dec_deg * u.deg, (radius_deg + _MARGIN_DEG) * u.deg)
+    cells = healpix(order).cone_search_lonlat(ra_deg * u.deg, dec_deg * u.deg, (radius_deg + _MARGIN_DEG) * u.deg)
     return np.unique(np.asarray(cells, dtype=np.int64))
 
 
 def point_cell(ra_deg: float, dec_deg: float, order: int = HEALPIX_ORDER) -> int:
     """The HEALPix cell (nested, ``order``) holding a position."""
-    return int(_HEALPIX[order].lonlat_to_healpix(ra_deg * u.deg, dec_deg * u.deg))
+    return int(healpix(order).lonlat_to_healpix(ra_deg * u.deg, dec_deg * u.deg))
 
 
 def cell_ranges(ra_deg: float, dec_deg: float, radius_deg: float) -> list[tuple[int, int]]:
@@ -284,8 +291,9 @@ def _in_cells(ranges: Sequence[tuple[int, int]]) -> ColumnElement:
 def _inside(p: np.ndarray) -> ColumnElement:
     """The exact test: the frame's footprint contains the unit vector ``p``."""
     corner = FootprintCorner.__table__.c
-    outside_edge = select(corner.frame_id).where(corner.frame_id == Frame.id, _dot("n", p) < -_EPSILON)
-    return and_(exists().where(Footprint.frame_id == Frame.id), ~outside_edge.exists())
+    outside_edge = select(corner.frame_id).where(corner.frame_id == Frame.id, _dot("n", p) < -_EPSILON).correlate(Frame)
+    indexed = select(Footprint.frame_id).where(Footprint.frame_id == Frame.id).correlate(Frame)
+    return and_(indexed.exists(), ~outside_edge.exists())
 
 
 def covers_condition(ra_deg: float, dec_deg: float) -> ColumnElement:
@@ -333,13 +341,14 @@ def cone_condition(ra_deg: float, dec_deg: float, radius_deg: float) -> ColumnEl
     near = select(corner.frame_id).where(corner.frame_id == Frame.id, or_(
         _dot("c", p) >= float(np.cos(r)),
         and_(normal <= float(np.sin(r)), normal >= -float(np.sin(r)), _dot("u", p) >= 0, _dot("w", p) >= 0),
-    ))
+    )).correlate(Frame)
     return and_(_in_cells(cell_ranges(ra_deg, dec_deg, radius_deg)), or_(_inside(p), near.exists()))
 
 
 def has_wcs_condition() -> ColumnElement:
     """A condition on ``frames``: the frame has a footprint from a WCS (header or solved)."""
-    return exists().where(Footprint.frame_id == Frame.id, Footprint.source.in_(("header", "solved")))
+    return select(Footprint.frame_id).where(
+        Footprint.frame_id == Frame.id, Footprint.source.in_(("header", "solved"))).correlate(Frame).exists()
 
 
 def footprint_table(session: Session, frame_ids: Sequence[int]) -> dict[int, Footprint]:
