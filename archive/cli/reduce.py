@@ -216,6 +216,10 @@ def night(ctx, app: AppContext, search: str | None, root: Path | None, output: P
                    f"{len(folder.reduction.registered)} registered, {len(folder.reduction.stacked)} stacked")
         for what, why in folder.failures:
             click.echo(f"  FAILED {what}: {why}", err=True)
+        if folder.solved or folder.not_solved:
+            click.echo(f"  {folder.solved} light(s) plate-solved, {len(folder.not_solved)} not solved")
         _print_reduction(folder.reduction, app.quiet)
+    for note in summary.notes:
+        click.echo(f"note: {note}", err=True)
     if not dry_run and not summary.ok:
         ctx.exit(1)

@@ -54,7 +54,7 @@ class SkyConfig:
         ``archive night`` solves lights without a WCS.
     solver : str
         The solve-field command.
-    cpu_limit_s, scale_tolerance, search_radius_deg, downsample, objects
+    cpu_limit_s, min_field_arcmin, scale_tolerance, search_radius_deg, downsample, objects
         Solver parameters (see ``configs/sky.toml``).
     """
 
@@ -65,7 +65,8 @@ class SkyConfig:
     pixel_size_includes_binning: bool = True
     solve_in_night: bool = True
     solver: str = "solve-field"
-    cpu_limit_s: int = 60
+    cpu_limit_s: int = 30
+    min_field_arcmin: float = 20.0
     scale_tolerance: float = 0.2
     search_radius_deg: float = 5.0
     downsample: int = 2
@@ -80,7 +81,8 @@ def _config_from(data: Mapping[str, Any]) -> SkyConfig:
             pixel_size_x=tuple(fp["pixel_size_x"]), pixel_size_y=tuple(fp["pixel_size_y"]),
             pixel_size_includes_binning=bool(fp["pixel_size_includes_binning"]),
             solve_in_night=bool(solve["in_night"]), solver=str(solve["command"]),
-            cpu_limit_s=int(solve["cpu_limit_s"]), scale_tolerance=float(solve["scale_tolerance"]),
+            cpu_limit_s=int(solve["cpu_limit_s"]), min_field_arcmin=float(solve["min_field_arcmin"]),
+            scale_tolerance=float(solve["scale_tolerance"]),
             search_radius_deg=float(solve["search_radius_deg"]), downsample=int(solve["downsample"]),
             objects=int(solve["objects"]),
         )

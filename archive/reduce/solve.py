@@ -82,6 +82,9 @@ class SolveSummary:
         Frames the solver could not solve (their reduction is ``failed``).
     skipped : int
         Frames already solved by an earlier run, or being solved by another process.
+    too_narrow : int
+        Frames whose field (from the plate scale) is narrower than ``min_field_arcmin``: the
+        index files cannot match them, so they are not tried.
     indexed : int
         Footprints added from headers (frames catalogued before footprints existed).
     """
@@ -89,11 +92,13 @@ class SolveSummary:
     solved: list[tuple[int, str]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     skipped: int = 0
+    too_narrow: int = 0
     indexed: int = 0
 
     def lines(self) -> list[str]:
         """The summary for people."""
         out = [f"{len(self.solved)} frame(s) solved, {len(self.failed)} not solved, {self.skipped} skipped"
+               + (f", {self.too_narrow} too narrow for the index files" if self.too_narrow else "")
                + (f", {self.indexed} footprint(s) read from headers" if self.indexed else "")]
         out += [f"  not solved: {path}: {reason}" for path, reason in self.failed]
         return out
@@ -227,6 +232,9 @@ def _claim(engine: Engine, row: Any, path: str | None, estimate: float | None, c
         summary.failed.append((f"frame {row.id}", "no current file"))
         return None
     scale = estimate or plate_scale(parse_header(row.header), row.binning_x, config)
+    if scale and row.naxis1 and row.naxis2 and max(row.naxis1, row.naxis2) * scale / 60.0 < config.min_field_arcmin:
+        summary.too_narrow += 1
+        return None
     params = _parameters(row, scale, config)
     fp = fingerprint(STEP, [(row.sha256, "light")], params, None)
     with session_scope(engine, write=True) as session:
