@@ -8,11 +8,13 @@ its pixel coordinates fall between the corner pixels), not from the catalogue.
 
 from __future__ import annotations
 
+import functools
 import shutil
+import warnings
 
 import pytest
 from astropy.io import fits
-from astropy.wcs import WCS
+from astropy.wcs import WCS, FITSFixedWarning
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
@@ -74,9 +76,17 @@ def test_cone_around_m13_returns_its_lights_and_nothing_else(sky):
         paths[str(p)] for p in _lights(M13) if "sdss_z" in p.name}
 
 
-def _inside(path, ra, dec) -> bool:
+@functools.lru_cache(maxsize=64)
+def _header_wcs(path) -> tuple[fits.Header, WCS]:
     header = fits.getheader(path)
-    x, y = WCS(header).world_to_pixel_values(ra, dec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        return header, WCS(header)
+
+
+def _inside(path, ra, dec) -> bool:
+    header, wcs = _header_wcs(path)
+    x, y = wcs.world_to_pixel_values(ra, dec)
     return bool(0 <= x <= header["NAXIS1"] - 1 and 0 <= y <= header["NAXIS2"] - 1)
 
 
@@ -88,8 +98,7 @@ def test_covers_a_position_inside_one_footprint_returns_exactly_the_frames_that_
     # some inside one footprint and outside others
     tried = 0
     for path in lights:
-        header = fits.getheader(path)
-        wcs = WCS(header)
+        header, wcs = _header_wcs(path)
         n1, n2 = header["NAXIS1"], header["NAXIS2"]
         for x, y in ((3, 3), (n1 - 4, 3), (3, n2 - 4), (n1 - 4, n2 - 4)):
             ra, dec = (float(v) for v in wcs.pixel_to_world_values(x, y))
