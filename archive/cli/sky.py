@@ -52,8 +52,9 @@ def solve(app: AppContext, filters: FrameFilter) -> None:
 def coverage(app: AppContext, filters: FrameFilter, output, by_filter, order, at, fmt) -> None:
     """Integration per sky cell (HEALPix), as rows and, with -o, a map.
 
-    Each exposure counts once; a frame adds its exposure time to the cells whose centre its
-    footprint contains. With --at, answers "have I imaged this position" instead.
+    Each exposure counts once (raw lights unless --type says otherwise); a frame adds its
+    exposure time to the cells whose centre its footprint contains. With --at, answers "have I
+    imaged this position" instead.
 
     \b
     Examples:

@@ -1,6 +1,7 @@
 """Coverage: integration per sky cell, drawn as a map, and "have I imaged this position".
 
-Integration is counted once per exposure (duplicates of an exposure are left out) from the
+Integration is counted once per exposure (duplicates of an exposure are left out; raw lights
+unless another image type is asked for) from the
 frames' footprints (:mod:`archive.db.sky`): a frame adds its exposure time to every HEALPix
 cell of the map whose centre lies inside its footprint, or, for a footprint smaller than a
 cell, to the cell of its centre. The map's order is chosen from the footprints' size (about
@@ -29,8 +30,10 @@ _COLUMNS = ["filter_name", "cell", "ra_deg", "dec_deg", "frames", "integration_s
 
 
 def _no_duplicates(filters: FrameFilter | None) -> FrameFilter:
+    """The filters without duplicate exposures, and of raw lights unless a type is given (a
+    light and its calibrated product are one exposure)."""
     f = filters or FrameFilter()
-    return FrameFilter(**{**f.__dict__, "include_duplicates": False})
+    return FrameFilter(**{**f.__dict__, "include_duplicates": False, "image_type": f.image_type or "light"})
 
 
 def auto_order(radius_deg: float) -> int:
@@ -50,7 +53,8 @@ def coverage_table(session: Session, filters: FrameFilter | None = None, *, orde
     ----------
     session : Session
     filters : FrameFilter, optional
-        Which frames (duplicates of an exposure are always left out).
+        Which frames (duplicates of an exposure are always left out; the image type defaults
+        to ``light``).
     order : int, optional
         HEALPix order of the map (default from the median footprint size).
     by_filter : bool
