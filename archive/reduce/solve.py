@@ -268,12 +268,15 @@ def _record(engine: Engine, row: Any, path: str, reduction_id: int, result: fits
         footprint = wcs_footprint(wcs, row.naxis1, row.naxis2)
     except (RuntimeError, OSError, ValueError) as exc:
         with session_scope(engine, write=True) as session:
-            finish_reduction(session, reduction_id, status="failed", message=str(exc))
+            finish_reduction(session, reduction_id, status="failed", message=str(exc), failure_kind="error")
         summary.failed.append((path, str(exc)))
         log.info("%s not solved: %s", path, exc)
         return
     with session_scope(engine, write=True) as session:
         store_footprints(session, [{"frame_id": row.id, **footprint, "source": "solved", "reduction_id": reduction_id,
                                     "wcs_header": wcs.to_header(relax=True).tostring(sep="\n")}])
-        finish_reduction(session, reduction_id)
+        centre = wcs.celestial.pixel_to_world_values((row.naxis1 - 1) / 2.0, (row.naxis2 - 1) / 2.0)
+        finish_reduction(session, reduction_id, results={
+            "ra_deg": float(centre[0]), "dec_deg": float(centre[1]),
+            "pixel_scale_arcsec": round(footprint["pixel_scale_arcsec"], 6)})
     summary.solved.append((row.id, path))

@@ -6,11 +6,8 @@ reduction), ``footprint_corners`` (four per footprint: the corner and the unit v
 exact position tests) and ``footprint_cells`` (HEALPix cells, NESTED, primary key cell first).
 See archive/db/sky.py. Footprints of frames already catalogued are added by ``archive solve``.
 
-NOTE: chained to 0003 while revision 0004 (reductions state) is not on main; at merge it
-becomes down_revision = '0004'.
-
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-05
 """
 from alembic import op
@@ -18,7 +15,7 @@ import sqlalchemy as sa
 
 
 revision = '0005'
-down_revision = '0003'
+down_revision = '0004'
 branch_labels = None
 depends_on = None
 
