@@ -67,6 +67,8 @@ class ArchiveGroup(click.Group):
         "provenance": "archive.cli.reduce:provenance",
         "stale": "archive.cli.reduce:stale",
         "night": "archive.cli.reduce:night",
+        "solve": "archive.cli.sky:solve",
+        "coverage": "archive.cli.sky:coverage",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -21,20 +21,26 @@ def frame_filters(func: Callable) -> Callable:
         click.option("--type", "image_type", type=click.Choice(IMAGE_TYPES), help="Image type."),
         click.option("--filter", "filter_name", help="Filter name (case-insensitive)."),
         click.option("--night", type=click.DateTime(["%Y-%m-%d"]), help="Local observing night, YYYY-MM-DD."),
-        click.option("--target", help="Target (OBJECT), matched loosely: 'M 31' = 'M31' = 'm31'."),
+        click.option("--target", help="Target (OBJECT), matched loosely and across catalogues: 'M 94' = 'M94' = "
+                     "'NGC 4736'; also frames whose footprint contains it."),
         click.option("--instrument", help="Instrument name (INSTRUME)."),
         click.option("--since", type=click.DateTime(), help="DATE-OBS on or after (UTC)."),
         click.option("--until", type=click.DateTime(), help="DATE-OBS before (UTC)."),
         click.option("--min-exposure", type=float, help="Exposure time at least (s)."),
         click.option("--max-exposure", type=float, help="Exposure time at most (s)."),
+        click.option("--cone", nargs=3, type=float, metavar="RA DEC RADIUS",
+                     help="Footprint within RADIUS of RA DEC (all in deg): the frame overlaps the cone."),
+        click.option("--covers", nargs=2, type=float, metavar="RA DEC", help="Footprint contains RA DEC (deg)."),
     ]
 
     @functools.wraps(func)
-    def wrapper(*args, image_type, filter_name, night, target, instrument, since, until, min_exposure, max_exposure, **kwargs):
+    def wrapper(*args, image_type, filter_name, night, target, instrument, since, until, min_exposure, max_exposure,
+                cone, covers, **kwargs):
         kwargs["filters"] = FrameFilter(
             image_type=image_type, filter_name=filter_name, night=night.date() if night else None,
             target=target, instrument=instrument, since=since, until=until,
             min_exposure_s=min_exposure, max_exposure_s=max_exposure,
+            cone=tuple(cone) if cone else None, covers=tuple(covers) if covers else None,
         )
         return func(*args, **kwargs)
 
@@ -55,6 +61,8 @@ def frames(app: AppContext, filters: FrameFilter, fmt: str) -> None:
       archive frames --night 2025-06-01 --type light
       archive frames --target "M 31" --filter Ha --format csv > m31_ha.csv
       archive frames --type dark --min-exposure 300 --format json
+      archive frames --cone 250.42 36.46 0.5 --type light
+      archive frames --covers 192.72 41.12
     """
     with session_scope(app.engine) as session:
         emit(select_frames(session, filters), fmt)

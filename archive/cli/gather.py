@@ -53,15 +53,15 @@ def copyback(app: AppContext, filters: FrameFilter, kind, ra, dec, radius, dest,
       archive copyback --target NGC7000 --kind calibrated --to ~/stack/ngc7000 --link
       archive copyback --ra 10.6847 --dec 41.2687 --radius 15 --to ~/stack/field
     """
-    if not (filters.target or filters.image_type or ra is not None):
-        raise click.UsageError("say what to gather: --target, --ra/--dec or --type")
+    if not (filters.target or filters.image_type or ra is not None or filters.cone or filters.covers):
+        raise click.UsageError("say what to gather: --target, --ra/--dec, --cone, --covers or --type")
     if (ra is None) != (dec is None):
         raise click.UsageError("give --ra and --dec together")
     selection = Selection(
         target=filters.target, filter_name=filters.filter_name, night=filters.night, since=filters.since,
         until=filters.until, min_exposure_s=filters.min_exposure_s, max_exposure_s=filters.max_exposure_s,
         image_type=filters.image_type, instrument=filters.instrument, kind=kind, ra_deg=ra, dec_deg=dec,
-        radius_arcmin=radius,
+        radius_arcmin=radius, cone=filters.cone, covers=filters.covers,
     )
     config = load_gather_config(app.settings)
     summary = run_copyback(app.engine, selection, dest, mode=mode, dry_run=dry_run, config=config,

@@ -220,7 +220,11 @@ def night(ctx, app: AppContext, search: str | None, root: Path | None, output: P
             click.echo(f"  FAILED {what}: {why}", err=True)
         for path in folder.masters:
             click.echo(f"  master: {path}")
+        if folder.solved or folder.not_solved:
+            click.echo(f"  {folder.solved} light(s) plate-solved, {len(folder.not_solved)} not solved")
         _print_reduction(folder.reduction, app.quiet)
+    for note in summary.notes:
+        click.echo(f"note: {note}", err=True)
     if not dry_run:
         click.echo(f"products under {summary.products_root}")
     if not dry_run and not summary.ok:

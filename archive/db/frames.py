@@ -1,7 +1,7 @@
 """Selecting frames: the usual filters as SQL, and the frames' files.
 
 :func:`frame_query` is the one place the usual filters (type, filter, night, target,
-instrument, time range, exposure range, folder) become SQL; the CLI, the reports and the
+instrument, time range, exposure range, folder, and the sky positions: cone and covers) become SQL; the CLI, the reports and the
 later steps (masters, reduction, copyback, projects) build on it. :func:`target_key` is the
 one folding of target names, used to store them (ingest) and to look them up.
 """
@@ -15,11 +15,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Select, and_, func, select
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from archive.db.bulk import chunked
 from archive.db.models import Copy, Frame, Instrument
+from archive.db.sky import cone_condition, covers_condition
+from archive.db.targets import resolve_target
 
 _NOT_KEY = re.compile(r"[^a-z0-9]+")
 
@@ -49,7 +51,9 @@ class FrameFilter:
     night : date
         Local observing night.
     target : str
-        Target, matched loosely ('M 31' matches 'M31' and 'm31').
+        Target, matched loosely ('M 31' matches 'M31' and 'm31') and across catalogues
+        ('NGC 4736' matches 'M 94', :func:`archive.db.targets.resolve_target`); a frame whose
+        footprint contains the target's catalogued position matches too, whatever its OBJECT.
     instrument : str
         Instrument name, exact.
     since, until : datetime
@@ -60,6 +64,12 @@ class FrameFilter:
         Keep frames flagged as duplicate exposures (default True).
     folder : str or Path
         Only frames with a current copy under this folder (given or absolute path).
+    cone : (ra_deg, dec_deg, radius_deg)
+        Only frames whose footprint comes within the radius of the position (deg; the
+        footprint overlaps the cone), :func:`archive.db.sky.cone_condition`.
+    covers : (ra_deg, dec_deg)
+        Only frames whose footprint contains the position (deg),
+        :func:`archive.db.sky.covers_condition`.
     """
 
     image_type: str | None = None
@@ -73,6 +83,19 @@ class FrameFilter:
     max_exposure_s: float | None = None
     include_duplicates: bool = True
     folder: str | Path | None = None
+    cone: tuple[float, float, float] | None = None
+    covers: tuple[float, float] | None = None
+
+
+def target_condition(name: str):
+    """A condition on ``frames``: the frame is of target ``name`` (any alias, or its footprint
+    contains the target's catalogued position)."""
+    target = resolve_target(name)
+    keys = sorted({k for k in (target_key(a) for a in target.aliases) if k})
+    by_name = Frame.target_key.in_(keys)
+    if target.ra_deg is None or target.dec_deg is None:
+        return by_name
+    return or_(by_name, covers_condition(target.ra_deg, target.dec_deg))
 
 
 def frame_query(filters: FrameFilter | None = None, *columns) -> Select:
@@ -87,7 +110,7 @@ def frame_query(filters: FrameFilter | None = None, *columns) -> Select:
     if f.night:
         conditions.append(Frame.night == f.night)
     if f.target:
-        conditions.append(Frame.target_key == target_key(f.target))
+        conditions.append(target_condition(f.target))
     if f.instrument:
         conditions.append(Instrument.name == f.instrument)
     if f.since:
@@ -104,6 +127,10 @@ def frame_query(filters: FrameFilter | None = None, *columns) -> Select:
         conditions.append(select(Copy.id).where(
             Copy.frame_id == Frame.id, Copy.is_current, Copy.path.startswith(folder_prefix(f.folder), autoescape=True)
         ).exists())
+    if f.cone is not None:
+        conditions.append(cone_condition(*f.cone))
+    if f.covers is not None:
+        conditions.append(covers_condition(*f.covers))
     return query.where(and_(*conditions)) if conditions else query
 
 

@@ -190,7 +190,7 @@ class IngestProblem(Base):
 # -- reductions and provenance; the master calibration library (issue 3, migration 0002) -------
 
 #: Steps a reduction records; roles an input frame plays in one.
-REDUCTION_STEPS = ("master_bias", "master_dark", "master_flat", "calibrate", "register", "stack")
+REDUCTION_STEPS = ("master_bias", "master_dark", "master_flat", "calibrate", "register", "stack", "solve")
 INPUT_ROLES = ("raw", "light", "master_bias", "master_dark", "master_flat", "reference", "input")
 CALIBRATION_KINDS = ("bias", "dark", "flat")
 #: ``Reduction.failure_kind`` of a ``failed`` row. ``alignment``: the frame does not align onto
@@ -312,3 +312,71 @@ class CalibrationSelection(Base):
     #: Method details: the masters and coefficients of an interpolated dark, ...
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     reduction_id: Mapped[int | None] = mapped_column(ForeignKey("reductions.id"), index=True)
+
+
+# -- where on the sky: footprints and their HEALPix index (issue 14, migration 0005) -----------
+
+
+class Footprint(Base):
+    """Where a frame looks: its corners on the sky, from a WCS or estimated.
+
+    ``source`` says where it came from: ``header`` (the frame's own WCS), ``solved`` (a plate
+    solution, made by the reduction ``reduction_id``; the WCS is kept in ``wcs_header``, the
+    raw file is never modified) or ``estimated`` (pointing RA/Dec, focal length and pixel size,
+    north up: the rotation is unknown). See :mod:`archive.db.sky`.
+    """
+
+    __tablename__ = "footprints"
+
+    frame_id: Mapped[int] = mapped_column(ForeignKey("frames.id"), primary_key=True)
+    #: header | solved | estimated
+    source: Mapped[str] = mapped_column(String(10), index=True)
+    #: Centre (normalized mean of the corners), deg.
+    ra_deg: Mapped[float] = mapped_column(Float)
+    dec_deg: Mapped[float] = mapped_column(Float)
+    #: Largest distance from the centre to a corner, deg.
+    radius_deg: Mapped[float] = mapped_column(Float)
+    pixel_scale_arcsec: Mapped[float | None] = mapped_column(Float)
+    #: HEALPix order of the frame's ``footprint_cells`` (NESTED numbering).
+    healpix_order: Mapped[int] = mapped_column(Integer)
+    #: The celestial WCS as FITS header cards (header and solved footprints).
+    wcs_header: Mapped[str | None] = mapped_column(Text)
+    reduction_id: Mapped[int | None] = mapped_column(ForeignKey("reductions.id"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+class FootprintCorner(Base):
+    """A corner of a footprint, with the unit vectors of the exact position tests.
+
+    ``x, y, z``: the corner; ``n*``: the unit normal of the edge from this corner to the next
+    (corners counter-clockwise); ``u* = n x c`` and ``w* = c_next x n`` bound the edge (see
+    :mod:`archive.db.sky`).
+    """
+
+    __tablename__ = "footprint_corners"
+
+    frame_id: Mapped[int] = mapped_column(ForeignKey("footprints.frame_id"), primary_key=True)
+    corner: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ra_deg: Mapped[float] = mapped_column(Float)
+    dec_deg: Mapped[float] = mapped_column(Float)
+    x: Mapped[float] = mapped_column(Float)
+    y: Mapped[float] = mapped_column(Float)
+    z: Mapped[float] = mapped_column(Float)
+    nx: Mapped[float] = mapped_column(Float)
+    ny: Mapped[float] = mapped_column(Float)
+    nz: Mapped[float] = mapped_column(Float)
+    ux: Mapped[float] = mapped_column(Float)
+    uy: Mapped[float] = mapped_column(Float)
+    uz: Mapped[float] = mapped_column(Float)
+    wx: Mapped[float] = mapped_column(Float)
+    wy: Mapped[float] = mapped_column(Float)
+    wz: Mapped[float] = mapped_column(Float)
+
+
+class FootprintCell(Base):
+    """A HEALPix cell a footprint overlaps (the spatial index; primary key cell first)."""
+
+    __tablename__ = "footprint_cells"
+
+    cell: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    frame_id: Mapped[int] = mapped_column(ForeignKey("footprints.frame_id"), primary_key=True, index=True)

@@ -219,6 +219,8 @@ class Selection:
         A reference position (deg, ICRS): frames within the radius are selected too.
     radius_arcmin : float, optional
         Position-match radius (default the configured one); 0 turns position matching off.
+    cone, covers : tuple of float, optional
+        Footprint filters (:class:`archive.db.frames.FrameFilter`), deg.
     """
 
     target: str | None = None
@@ -234,6 +236,8 @@ class Selection:
     ra_deg: float | None = None
     dec_deg: float | None = None
     radius_arcmin: float | None = None
+    cone: tuple[float, float, float] | None = None
+    covers: tuple[float, float] | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -247,6 +251,7 @@ class Selection:
             image_type=self.image_type or KINDS[self.kind], filter_name=self.filter_name, night=self.night,
             target=self.target if with_target else None, instrument=self.instrument,
             since=self.since, until=self.until, min_exposure_s=self.min_exposure_s, max_exposure_s=self.max_exposure_s,
+            cone=self.cone, covers=self.covers,
         )
 
 

@@ -51,6 +51,7 @@ from archive.ingest.dialects import DialectSet, check_value
 from archive.ingest.headers import FileRead, ReadFailure, read_fits
 from archive.ingest.library import sync_library
 from archive.ingest.scan import Candidate, scan_paths
+from archive.ingest.sky import index_frames
 from archive.progress import NoProgress, Progress
 
 log = logging.getLogger(__name__)
@@ -314,7 +315,8 @@ def catalogue_batch(session: Session, results: Sequence[FileRead | ReadFailure],
 
     The batch ingest is a loop around it, and so is every product a step makes
     (:func:`archive.ingest.products.record_product`). Masters made elsewhere (new frames of a
-    master type) join the library here (:func:`archive.ingest.library.sync_library`).
+    master type) join the library here (:func:`archive.ingest.library.sync_library`), and new
+    lights get their footprint (:func:`archive.ingest.sky.index_frames`).
 
     Parameters
     ----------
@@ -357,6 +359,7 @@ def catalogue_batch(session: Session, results: Sequence[FileRead | ReadFailure],
         masters = [new_frame_ids[sha] for sha, row in new_rows.items() if row["image_type"] in MASTER_TYPES]
         if masters:
             sync_library(session, frame_ids=masters)
+        index_frames(session, [(new_frame_ids[sha], row) for sha, row in new_rows.items()])  # footprints
 
     paths = [r.path for r in reads]
     current = {c.path: c for c in session.scalars(select(Copy).where(Copy.is_current, Copy.path.in_(paths)))}

@@ -5,9 +5,11 @@ night's folders before the next (one folder's lights may need the masters of ano
 calibrations):
 
 1. ingest each folder (:func:`archive.ingest.ingest_paths`);
-2. build the masters the raw calibrations make, once per observing night found in the folders
+2. plate-solve the lights without a WCS (:func:`archive.reduce.solve.solve_frames`), when
+   ``[sky.solve] in_night`` is on and solve-field is installed (else the summary says so);
+3. build the masters the raw calibrations make, once per observing night found in the folders
    (:func:`archive.calib.masters.build_masters`; counted in the first folder of that night);
-3. calibrate every light of each folder, register and stack its groups
+4. calibrate every light of each folder, register and stack its groups
    (:func:`archive.reduce.pipeline.reduce_lights`).
 
 A failure in one folder or group is recorded in the summary and the loop goes on. Every step
@@ -27,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func
 
 from archive.calib.library import default_library
 from archive.calib.masters import build_masters
@@ -44,7 +46,10 @@ from archive.progress import NoProgress, Progress
 from archive.reduce.config import ReductionConfig, load_reduction_config
 from archive.reduce.executor import SerialExecutor
 from archive.reduce.pipeline import reduce_lights
+from archive.reduce.solve import SolverNotFoundError, solve_frames
 from archive.reduce.summary import ReduceSummary
+from archive.db.sky import has_wcs_condition
+from archive.ingest.sky import load_sky_config
 from archive.reduce.preview import write_preview
 
 log = logging.getLogger(__name__)
@@ -118,6 +123,8 @@ class FolderResult:
     masters_built: int = 0
     masters: list[str] = field(default_factory=list)  # paths of the masters built
     lights: int = 0
+    solved: int = 0
+    not_solved: list[tuple[str, str]] = field(default_factory=list)
     reduction: ReduceSummary = field(default_factory=ReduceSummary)
     failures: list[tuple[str, str]] = field(default_factory=list)
 
@@ -136,6 +143,7 @@ class NightSummary:
     products_root: str = ""  # where the products of the run go (``[output] root``)
     removed_partials: int = 0
     dry_run: bool = False
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -235,6 +243,7 @@ def run_night(
                     Frame.night.is_not(None), Frame.image_type.in_(CALIBRATION_KINDS))
                 for night in session.scalars(query.distinct()):
                     nights.setdefault(night, folder)
+    _solve(engine, results, settings, summary)
     # the products of the run join two ingest runs: the masters', the reduction's
     master_run = ProductRun(engine, library, sites=settings.sites)
     product_run = ProductRun(engine, products, sites=settings.sites)
@@ -242,6 +251,27 @@ def run_night(
         _masters_and_reduction(engine, nights, results, config, settings, rules, library, executor, progress,
                                master_run, product_run)
     return summary
+
+
+def _solve(engine: Engine, results: dict[Path, FolderResult], settings: Settings, summary: NightSummary) -> None:
+    """Plate-solve each folder's lights that have no WCS (``[sky.solve] in_night``)."""
+    sky = load_sky_config(settings)
+    if not sky.solve_in_night:
+        return
+    for folder, result in results.items():
+        filters = FrameFilter(folder=folder, image_type="light")
+        with session_scope(engine) as session:
+            unsolved = session.scalar(frame_query(filters, func.count(Frame.id)).where(~has_wcs_condition()))
+        if not unsolved:
+            continue
+        with _recorded(result, f"solve {folder}"):
+            try:
+                solved = solve_frames(engine, filters, config=sky, settings=settings)
+            except SolverNotFoundError as exc:
+                summary.notes.append(f"{unsolved} light(s) of {folder} have no WCS and were not solved: {exc}")
+                continue
+            result.solved += len(solved.solved)
+            result.not_solved += solved.failed
 
 
 def _masters_and_reduction(engine, nights, results, config, settings, rules, library, executor, progress,

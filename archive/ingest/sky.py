@@ -1,0 +1,282 @@
+"""Footprints at ingest: from the header's WCS, else estimated from pointing and plate scale.
+
+A light whose header carries a celestial WCS (PinPoint, astrometry.net, Siril and N.I.N.A.
+write one; astropy.wcs reads it) gets the footprint of its image corners, source ``header``.
+One without a WCS but with pointing RA/Dec, focal length and pixel size gets an *estimated*
+footprint (source ``estimated``): a gnomonic (TAN) projection centred on the pointing with the
+plate scale ``206.265 * pixel size [um] / focal length [mm]`` arcsec per pixel, north up (the
+camera's rotation is unknown). ``archive solve`` replaces estimates with plate solutions
+(:mod:`archive.reduce.solve`). The keywords of the plate scale are data (``configs/sky.toml``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS, FITSFixedWarning
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from archive.config import Settings, merge, read_toml
+from archive.db.bulk import chunked
+from archive.db.frames import FrameFilter, frame_query
+from archive.db.models import Footprint, Frame
+from archive.db.sky import SkyQueryError, store_footprints
+from archive.errors import ConfigError
+from archive.resources import resource_dir
+
+log = logging.getLogger(__name__)
+
+#: arcsec per radian / 1000: plate scale in arcsec/pixel = this * pixel size (um) / focal length (mm).
+ARCSEC_PER_UM_PER_MM = 206.264806
+
+
+@dataclass(frozen=True)
+class SkyConfig:
+    """The sky settings (``configs/sky.toml`` merged with the user file's ``[sky]`` table).
+
+    Attributes
+    ----------
+    image_types : tuple of str
+        Image types that get a footprint.
+    focal_length, pixel_size_x, pixel_size_y : tuple of str
+        Header keywords of focal length (mm) and pixel size (um), first found wins.
+    pixel_size_includes_binning : bool
+        Whether the pixel size keywords already include the binning.
+    solve_in_night : bool
+        ``archive night`` solves lights without a WCS.
+    solver : str
+        The solve-field command.
+    cpu_limit_s, min_field_arcmin, scale_tolerance, search_radius_deg, downsample, objects
+        Solver parameters (see ``configs/sky.toml``).
+    """
+
+    image_types: tuple[str, ...] = ("light",)
+    focal_length: tuple[str, ...] = ("FOCALLEN",)
+    pixel_size_x: tuple[str, ...] = ("XPIXSZ",)
+    pixel_size_y: tuple[str, ...] = ("YPIXSZ",)
+    pixel_size_includes_binning: bool = True
+    solve_in_night: bool = True
+    solver: str = "solve-field"
+    cpu_limit_s: int = 30
+    min_field_arcmin: float = 20.0
+    scale_tolerance: float = 0.2
+    search_radius_deg: float = 5.0
+    downsample: int = 2
+    objects: int = 200
+
+
+def _config_from(data: Mapping[str, Any]) -> SkyConfig:
+    try:
+        fp, solve = data["footprint"], data["solve"]
+        return SkyConfig(
+            image_types=tuple(fp["image_types"]), focal_length=tuple(fp["focal_length"]),
+            pixel_size_x=tuple(fp["pixel_size_x"]), pixel_size_y=tuple(fp["pixel_size_y"]),
+            pixel_size_includes_binning=bool(fp["pixel_size_includes_binning"]),
+            solve_in_night=bool(solve["in_night"]), solver=str(solve["command"]),
+            cpu_limit_s=int(solve["cpu_limit_s"]), min_field_arcmin=float(solve["min_field_arcmin"]),
+            scale_tolerance=float(solve["scale_tolerance"]),
+            search_radius_deg=float(solve["search_radius_deg"]), downsample=int(solve["downsample"]),
+            objects=int(solve["objects"]),
+        )
+    except KeyError as exc:
+        raise ConfigError(f"sky configuration has no {exc.args[0]!r}") from exc
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid sky configuration value: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=1)
+def _bundled() -> dict[str, Any]:
+    return read_toml(resource_dir("configs") / "sky.toml")
+
+
+def load_sky_config(settings: Settings | None = None) -> SkyConfig:
+    """The sky configuration: ``configs/sky.toml``, then the user file's ``[sky]`` table.
+
+    Raises
+    ------
+    ConfigError
+        A key is missing or has the wrong type.
+    """
+    data = _bundled()
+    if settings is not None and isinstance(settings.raw.get("sky"), dict):
+        data = merge(data, settings.raw["sky"])
+    return _config_from(data)
+
+
+def parse_header(text: str) -> fits.Header:
+    """A header stored in the catalogue (80-character cards joined by newlines) as astropy's."""
+    return fits.Header.fromstring(text, sep="\n")
+
+
+def celestial_wcs(header: fits.Header) -> WCS | None:
+    """The header's celestial WCS, or None when it has none (or astropy cannot read it)."""
+    if "CTYPE1" not in header or "CTYPE2" not in header:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        try:
+            wcs = WCS(header, naxis=2, relax=True)
+        except Exception as exc:  # noqa: BLE001 - wcslib raises many kinds; a bad WCS is no WCS
+            log.debug("unreadable WCS: %s", exc)
+            return None
+    return wcs if wcs.has_celestial and wcs.wcs.lngtyp == "RA" else None
+
+
+def wcs_footprint(wcs: WCS, naxis1: int, naxis2: int) -> dict[str, Any]:
+    """Corners (RA, Dec, deg) of an image of ``naxis1 x naxis2`` pixels through ``wcs``.
+
+    Returns
+    -------
+    dict
+        ``corners`` (4, 2) and ``pixel_scale_arcsec`` (geometric mean of the two axes).
+    """
+    corners = wcs.calc_footprint(axes=(naxis1, naxis2))
+    scales = wcs.celestial.proj_plane_pixel_scales()
+    scale = float(np.sqrt(abs(scales[0].to_value("arcsec") * scales[1].to_value("arcsec"))))
+    return {"corners": corners, "pixel_scale_arcsec": scale}
+
+
+def _first(header: fits.Header, names: Iterable[str]) -> float | None:
+    for name in names:
+        value = header.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value) and value > 0:
+            return float(value)
+    return None
+
+
+def plate_scale(header: fits.Header, binning: int | None, config: SkyConfig) -> float | None:
+    """Plate scale (arcsec/pixel) from focal length and pixel size, or None when unknown.
+
+    ``206.265 * pixel size [um] / focal length [mm]`` (small-angle approximation), the pixel
+    size along x, multiplied by the binning when the keyword does not include it.
+    """
+    focal = _first(header, config.focal_length)
+    pixel = _first(header, config.pixel_size_x)
+    if focal is None or pixel is None:
+        return None
+    if not config.pixel_size_includes_binning and binning:
+        pixel *= binning
+    return ARCSEC_PER_UM_PER_MM * pixel / focal
+
+
+def estimated_footprint(ra_deg: float, dec_deg: float, naxis1: int, naxis2: int, scale_arcsec: float) -> dict[str, Any]:
+    """Corners of a field centred on the pointing, north up, ``scale_arcsec`` per pixel.
+
+    A TAN projection (astropy.wcs) with the reference pixel at the image centre.
+    """
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [ra_deg, dec_deg]
+    wcs.wcs.crpix = [(naxis1 + 1) / 2.0, (naxis2 + 1) / 2.0]
+    wcs.wcs.cdelt = [-scale_arcsec / 3600.0, scale_arcsec / 3600.0]
+    return {"corners": wcs.calc_footprint(axes=(naxis1, naxis2)), "pixel_scale_arcsec": scale_arcsec}
+
+
+def frame_footprint(frame: Mapping[str, Any], config: SkyConfig) -> dict[str, Any] | None:
+    """The footprint of a frame: from its header's WCS, else estimated, else None.
+
+    Parameters
+    ----------
+    frame : mapping
+        ``header`` (stored header text), ``naxis1``, ``naxis2``, ``ra_deg``, ``dec_deg``,
+        ``binning_x``, ``image_type``.
+    config : SkyConfig
+
+    Returns
+    -------
+    dict or None
+        ``corners``, ``pixel_scale_arcsec``, ``source`` and, from a header, ``wcs_header``.
+    """
+    if frame.get("image_type") not in config.image_types or not frame.get("naxis1") or not frame.get("naxis2"):
+        return None
+    try:
+        header = parse_header(frame["header"])
+    except (ValueError, KeyError) as exc:
+        log.debug("header not parsed: %s", exc)
+        return None
+    wcs = celestial_wcs(header)
+    if wcs is not None:
+        try:
+            out = wcs_footprint(wcs, frame["naxis1"], frame["naxis2"])
+        except Exception as exc:  # noqa: BLE001 - a WCS that cannot project its corners is no WCS
+            log.debug("WCS corners not computed: %s", exc)
+        else:
+            if np.all(np.isfinite(out["corners"])):
+                return {**out, "source": "header", "wcs_header": wcs.to_header(relax=True).tostring(sep="\n")}
+    ra, dec = frame.get("ra_deg"), frame.get("dec_deg")
+    scale = plate_scale(header, frame.get("binning_x"), config)
+    if ra is None or dec is None or scale is None or not -90 <= dec <= 90:
+        return None
+    return {**estimated_footprint(ra, dec, frame["naxis1"], frame["naxis2"], scale), "source": "estimated"}
+
+
+def index_frames(session: Session, frames: Iterable[tuple[int, Mapping[str, Any]]], config: SkyConfig | None = None) -> int:
+    """Compute and store the footprints of frames (replacing theirs).
+
+    Parameters
+    ----------
+    session : Session
+        Written to; the caller commits.
+    frames : iterable of (frame id, mapping)
+        The mapping as for :func:`frame_footprint`.
+    config : SkyConfig, optional
+        Default: the bundled ``configs/sky.toml``.
+
+    Returns
+    -------
+    int
+        Footprints stored.
+    """
+    config = config or load_sky_config()
+    rows = []
+    for frame_id, frame in frames:
+        footprint = frame_footprint(frame, config)
+        if footprint is not None:
+            rows.append({"frame_id": frame_id, **footprint})
+    try:
+        return store_footprints(session, rows)
+    except SkyQueryError as exc:  # a degenerate WCS (all corners at one point): store one by one
+        log.debug("footprints stored one by one: %s", exc)
+        stored = 0
+        for row in rows:
+            try:
+                stored += store_footprints(session, [row])
+            except SkyQueryError:
+                log.info("frame %s: degenerate footprint, not indexed", row["frame_id"])
+        return stored
+
+
+_FRAME_COLUMNS = (Frame.id, Frame.header, Frame.naxis1, Frame.naxis2, Frame.ra_deg, Frame.dec_deg, Frame.binning_x,
+                  Frame.image_type)
+
+
+def index_missing(session: Session, filters: FrameFilter | None = None, config: SkyConfig | None = None) -> int:
+    """Footprints for catalogued frames (matching ``filters``) that have none: a catalogue made
+    before footprints existed, or frames whose type was not indexed before.
+
+    Returns
+    -------
+    int
+        Footprints stored.
+    """
+    config = config or load_sky_config()
+    query = frame_query(filters, Frame.id).where(
+        Frame.image_type.in_(config.image_types), ~select(Footprint.frame_id).where(Footprint.frame_id == Frame.id).exists())
+    ids = list(session.scalars(query.order_by(Frame.id)))
+    stored = 0
+    for batch in chunked(ids, 500):
+        rows = session.execute(select(*_FRAME_COLUMNS).where(Frame.id.in_(batch))).mappings().all()
+        stored += index_frames(session, [(row["id"], row) for row in rows], config)
+    return stored
+
+
+__all__ = ["SkyConfig", "estimated_footprint", "frame_footprint", "index_frames", "index_missing", "load_sky_config",
+           "plate_scale", "wcs_footprint", "celestial_wcs", "parse_header"]

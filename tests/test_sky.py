@@ -1,0 +1,194 @@
+"""Where on the sky: footprints, cone and covers queries, targets across catalogues, coverage.
+
+Real frames on both backends: the ARCSAT 2019 M13 lights carry a PinPoint WCS; the Seestar
+M 94 lights carry none (estimated footprints). The expected sets come from astropy.wcs
+applied to each file's own header (an independent oracle: a position is inside a frame when
+its pixel coordinates fall between the corner pixels), not from the catalogue.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import warnings
+
+import pytest
+from astropy.io import fits
+from astropy.wcs import WCS, FITSFixedWarning
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+from archive.cli import main
+from archive.db.frames import FrameFilter, frame_query
+from archive.db.models import Footprint, Frame
+from archive.db.session import session_scope
+from archive.db.sky import SkyQueryError, cell_ranges, footprint_geometry
+from archive.ingest.ingest import ingest_paths
+from tests.conftest import SHARED_DATA
+
+M13 = SHARED_DATA / "arcsat-2019-m13-griz"
+M94 = SHARED_DATA / "seestar-s50-m94"
+#: M 13 and M 94 (OpenNGC, J2000, deg).
+M13_POS = (250.42345833, 36.46130556)
+M94_POS = (192.72108333, 41.12044444)
+
+
+def _lights(folder):
+    return sorted(p for p in folder.rglob("*.fit*") if "light" in str(fits.getval(p, "IMAGETYP")).lower())
+
+
+def _ids_by_path(session) -> dict[str, int]:
+    from archive.db.models import Copy
+
+    return {path: fid for path, fid in session.execute(select(Copy.path, Copy.frame_id).where(Copy.is_current))}
+
+
+@pytest.fixture
+def sky(engine):
+    ingest_paths(engine, [M13, M94])
+    return engine
+
+
+def _query(engine, filters) -> set[int]:
+    with session_scope(engine) as session:
+        return set(session.scalars(frame_query(filters, Frame.id)))
+
+
+def test_lights_get_footprints_from_header_or_estimated(sky):
+    with session_scope(sky) as session:
+        sources = dict(session.execute(select(Footprint.source, func.count()).group_by(Footprint.source)).all())
+        calibrations = session.scalar(select(func.count()).select_from(Footprint).join(Frame, Frame.id == Footprint.frame_id)
+                                      .where(Frame.image_type != "light"))
+    assert sources == {"header": 12, "estimated": 17}
+    assert calibrations == 0
+
+
+def test_cone_around_m13_returns_its_lights_and_nothing_else(sky):
+    with session_scope(sky) as session:
+        paths = _ids_by_path(session)
+    expected = {paths[str(p)] for p in _lights(M13)}
+    assert len(expected) == 12
+    assert _query(sky, FrameFilter(cone=(*M13_POS, 0.25))) == expected
+    # a cone that only touches the fields' edge from outside (fields are 0.19 deg wide)
+    assert _query(sky, FrameFilter(cone=(M13_POS[0], M13_POS[1] + 0.35, 0.1))) == set()
+    assert _query(sky, FrameFilter(cone=(M13_POS[0], M13_POS[1] + 0.35, 0.3))) == expected
+    assert _query(sky, FrameFilter(cone=(*M13_POS, 0.25), filter_name="sdss_z")) == {
+        paths[str(p)] for p in _lights(M13) if "sdss_z" in p.name}
+
+
+@functools.lru_cache(maxsize=64)
+def _header_wcs(path) -> tuple[fits.Header, WCS]:
+    header = fits.getheader(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        return header, WCS(header)
+
+
+def _inside(path, ra, dec) -> bool:
+    header, wcs = _header_wcs(path)
+    x, y = wcs.world_to_pixel_values(ra, dec)
+    return bool(0 <= x <= header["NAXIS1"] - 1 and 0 <= y <= header["NAXIS2"] - 1)
+
+
+def test_covers_a_position_inside_one_footprint_returns_exactly_the_frames_that_contain_it(sky):
+    lights = _lights(M13)
+    with session_scope(sky) as session:
+        paths = _ids_by_path(session)
+    # positions 3 pixels inside each corner of each frame: the dithers (about 10 pixels) put
+    # some inside one footprint and outside others
+    tried = 0
+    for path in lights:
+        header, wcs = _header_wcs(path)
+        n1, n2 = header["NAXIS1"], header["NAXIS2"]
+        for x, y in ((3, 3), (n1 - 4, 3), (3, n2 - 4), (n1 - 4, n2 - 4)):
+            ra, dec = (float(v) for v in wcs.pixel_to_world_values(x, y))
+            expected = {paths[str(p)] for p in lights if _inside(p, ra, dec)}
+            if len(expected) == len(lights):
+                continue
+            tried += 1
+            assert paths[str(path)] in expected
+            assert _query(sky, FrameFilter(covers=(ra, dec))) == expected
+    assert tried >= 4  # the check was not vacuous
+    assert len(_query(sky, FrameFilter(covers=M13_POS))) == 12
+
+
+def test_ngc_4736_selects_the_m94_frames(sky, tmp_path):
+    with session_scope(sky) as session:
+        paths = _ids_by_path(session)
+    m94 = {paths[str(p)] for p in _lights(M94)}
+    assert len(m94) == 17
+    for name in ("NGC 4736", "NGC4736", "M94", "M 94", "m 094"):
+        assert _query(sky, FrameFilter(target=name, image_type="light")) == m94, name
+    assert _query(sky, FrameFilter(target="NGC 6205", image_type="light")) == {paths[str(p)] for p in _lights(M13)}
+    # a misspelt OBJECT joins M 94 when its footprint contains M 94
+    source = _lights(M94)[0]
+    typo = tmp_path / "typo.fit"
+    shutil.copy(source, typo)
+    with fits.open(typo, mode="update") as hdul:
+        hdul[0].header["OBJECT"] = "M 9 4x"
+        hdul[0].header["DATE-OBS"] = "2025-04-10T21:00:00"
+    ingest_paths(sky, [typo])
+    with session_scope(sky) as session:
+        typo_id = _ids_by_path(session)[str(typo)]
+        assert session.get(Frame, typo_id).target_key == "m94x"
+    assert _query(sky, FrameFilter(target="NGC 4736", image_type="light")) == m94 | {typo_id}
+    assert typo_id not in _query(sky, FrameFilter(target="M 13"))
+
+
+def test_position_filters_reject_impossible_values(sky):
+    with pytest.raises(SkyQueryError):
+        _query(sky, FrameFilter(cone=(10.0, 95.0, 1.0)))
+    with pytest.raises(SkyQueryError):
+        _query(sky, FrameFilter(cone=(10.0, 10.0, 120.0)))
+
+
+def test_cell_ranges_shrink_for_wide_cones():
+    assert len(cell_ranges(10.0, 20.0, 0.5)) <= 16
+    assert len(cell_ranges(10.0, 20.0, 60.0)) <= 64
+    with pytest.raises(SkyQueryError):
+        footprint_geometry([(0, 0), (0, 0), (0, 0), (0, 0)])
+
+
+def test_cli_cone_covers_coverage_and_imaged_at(sky, db_url, tmp_path):
+    runner = CliRunner()
+    out = runner.invoke(main, ["--db", db_url, "frames", "--cone", *map(str, M13_POS), "0.25", "--format", "json"],
+                        catch_exceptions=False)
+    assert out.exit_code == 0
+    import json
+
+    rows = json.loads(out.output)
+    assert len(rows) == 12 and {r["target"] for r in rows} == {"M13"}
+    out = runner.invoke(main, ["--db", db_url, "frames", "--covers", *map(str, M94_POS), "--format", "csv"])
+    assert out.exit_code == 0 and len(out.output.strip().splitlines()) == 1 + 17
+    png = tmp_path / "coverage.png"
+    out = runner.invoke(main, ["--db", db_url, "coverage", "--type", "light", "--by-filter", "-o", str(png),
+                               "--format", "json"], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cells = json.loads(out.stdout)
+    assert {r["filter_name"] for r in cells} == {"IRCUT", "sdss_g", "sdss_r", "sdss_i", "sdss_z"}
+    # z: 80 + 3 x 160 s over every cell its frames share; IRCUT: 17 x 10 s at most in a cell
+    assert max(r["integration_h"] for r in cells if r["filter_name"] == "sdss_z") == pytest.approx(560 / 3600)
+    assert max(r["integration_h"] for r in cells if r["filter_name"] == "IRCUT") == pytest.approx(170 / 3600)
+    out = runner.invoke(main, ["--db", db_url, "coverage", "--at", *map(str, M94_POS), "--format", "json"],
+                        catch_exceptions=False)
+    at = json.loads(out.stdout)
+    assert [(r["filter_name"], r["frames"], r["nights"]) for r in at] == [("IRCUT", 17, 2)]
+    assert at[0]["integration_h"] == pytest.approx(170 / 3600)
+    out = runner.invoke(main, ["--db", db_url, "coverage", "--at", "10", "-20", "--format", "json"])
+    assert json.loads(out.stdout) == []
+
+
+def test_footprints_are_backfilled_for_frames_catalogued_before(sky):
+    from archive.ingest.sky import index_missing
+    from archive.db.models import FootprintCell, FootprintCorner
+    from sqlalchemy import delete
+
+    with session_scope(sky, write=True) as session:
+        session.execute(delete(FootprintCell))
+        session.execute(delete(FootprintCorner))
+        session.execute(delete(Footprint))
+    assert _query(sky, FrameFilter(cone=(*M13_POS, 0.25))) == set()
+    with session_scope(sky, write=True) as session:
+        assert index_missing(session) == 29
+    assert len(_query(sky, FrameFilter(cone=(*M13_POS, 0.25)))) == 12
