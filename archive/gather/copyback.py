@@ -185,7 +185,7 @@ def plan_copyback(
     template : str, optional
         Name template (default ``config.template``).
     groups : ExposureSelection, optional
-        Exposures already selected (default :func:`select_exposures` of ``selection``).
+        Exposures already selected (default :func:`archive.gather.exposures.select_exposures` of ``selection``).
     reserved : set of Path, optional
         Names already taken by another plan of the same run (updated).
 
@@ -407,9 +407,10 @@ def copyback(
 ) -> CopybackSummary:
     """Gather the frames of ``selection`` into ``dest``, one file per exposure.
 
-    A real run holds ``dest``'s lock (:func:`hold_destination`) from its start to its end:
-    it first finishes what an interrupted run left (:func:`recover_destination`), then plans
-    and copies. A dry run takes no lock and writes nothing.
+    A real run holds ``dest``'s lock (:func:`archive.gather.destination.hold_destination`) from
+    its start to its end: it first finishes what an interrupted run left
+    (:func:`archive.gather.destination.recover_destination`), then plans and copies. A dry run
+    takes no lock and writes nothing.
 
     Parameters
     ----------
@@ -425,7 +426,7 @@ def copyback(
     dry_run : bool
         Only plan: nothing is written to disk or to the catalogue.
     config : GatherConfig, optional
-        Default :func:`load_gather_config`.
+        Default :func:`archive.gather.config.load_gather_config`.
     settings : Settings, optional
         Passed to the ingest that records the new copies.
     template : str, optional

@@ -13,7 +13,7 @@ with the copyback machinery (one file per exposure, verified, recorded, never ov
 so collecting again after a new night adds only the new frames. Folder and name templates
 are in ``configs/copyback.toml`` (``[project]``).
 
-Masters: the master library's selection (:func:`archive.calib.select.select_masters`, the
+Masters: the master library's selection (:func:`archive.calib.select_sql.select_masters`, the
 matching rules of ``configs/matching``) chooses, for every light, the masters of
 ``required_masters``; the union per filter is collected. A light is *usable* when every
 required kind has a valid master (not flagged bad, within validity) and the light is not a
@@ -37,7 +37,7 @@ import pandas as pd
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from archive.calib.select import select_masters
+from archive.calib.select_sql import select_masters
 from archive.config import Settings, load_settings
 from archive.db.base import utcnow
 from archive.db.bulk import chunked
@@ -192,7 +192,7 @@ def masters_for(session: Session, light_ids: Sequence[int], kinds: Sequence[str]
     """(light id, kind) -> the master frame ids that calibrate it (several for an interpolated
     dark); pairs without a valid master are absent.
 
-    The master library's selection (:func:`archive.calib.select.select_masters`, rules of
+    The master library's selection (:func:`archive.calib.select_sql.select_masters`, rules of
     ``configs/matching``): masters flagged bad or outside their validity are never chosen.
     """
     if not light_ids or not kinds:
