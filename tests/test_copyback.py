@@ -30,12 +30,13 @@ from sqlalchemy import func, select
 from archive.cli import main
 from archive.config import Settings
 from archive.db import Copy, Frame, session_scope
-from archive.errors import ConfigError, UnsafePathError
+from archive.errors import ConfigError, DestinationBusyError, UnsafePathError
 from archive.files import safe_component, temporary_path
-from archive.gather.copyback import (
-    LOCK_NAME, DestinationBusyError, GatherConfig, Selection, _duplicate_reason, copyback, destination,
-    hold_destination, load_gather_config,
-)
+from archive.gather.config import GatherConfig, load_gather_config
+from archive.gather.copyback import copyback
+from archive.gather.destination import LOCK_NAME, hold_destination
+from archive.gather.exposures import Selection, duplicate_reason
+from archive.gather.naming import destination
 from archive.ingest.ingest import ingest_paths
 from archive.resources import resource_dir
 from tests.factories import nina_header, write_fits
@@ -505,7 +506,7 @@ def test_copyback_toml_is_the_only_source_of_defaults(tmp_path, monkeypatch):
     (tmp_path / "copyback.toml").write_text("\n".join(
         line for line in (resource_dir("configs") / "copyback.toml").read_text().splitlines()
         if not line.startswith("batch_files")))
-    monkeypatch.setattr(sys.modules["archive.gather.copyback"], "resource_dir", lambda name: tmp_path)
+    monkeypatch.setattr(sys.modules["archive.gather.config"], "resource_dir", lambda name: tmp_path)
     with pytest.raises(ConfigError, match="missing key 'batch_files'"):
         load_gather_config(Settings())
 
@@ -513,10 +514,10 @@ def test_copyback_toml_is_the_only_source_of_defaults(tmp_path, monkeypatch):
 def test_duplicate_reasons_say_which_frame_was_kept():
     original = SimpleNamespace(id=1, image_type="light", duplicate_of_id=None)
     compressed = SimpleNamespace(id=2, image_type="light", duplicate_of_id=1)
-    assert "a compressed, edited or re-written copy" in _duplicate_reason(original, compressed)
-    assert "the original has no readable file" in _duplicate_reason(compressed, original)
+    assert "a compressed, edited or re-written copy" in duplicate_reason(original, compressed)
+    assert "the original has no readable file" in duplicate_reason(compressed, original)
     old, new = (SimpleNamespace(id=i, image_type="calibrated", duplicate_of_id=None) for i in (5, 9))
-    assert "an older calibrated product" in _duplicate_reason(new, old)
+    assert "an older calibrated product" in duplicate_reason(new, old)
 
 
 def test_a_source_changed_since_ingest_is_not_copied(engine, synthetic, tmp_path):

@@ -557,7 +557,7 @@ def test_configured_rules_are_the_default_of_every_step(tmp_path, monkeypatch):
     """[masters] rules in the configuration is what building, selection and reduction use
     when given no rules (not only the masters commands)."""
     from archive.calib import default_rulebook
-    from archive.calib.select import rules_for
+    from archive.calib.selection import rules_for
 
     folder = tmp_path / "my-rules"
     folder.mkdir()

@@ -22,8 +22,9 @@ from sqlalchemy import select
 from archive.cli import main
 from archive.config import Settings
 from archive.db import Copy, session_scope
-from archive.errors import ProjectError
-from archive.gather.copyback import DestinationBusyError, hold_destination, load_gather_config
+from archive.errors import DestinationBusyError, ProjectError
+from archive.gather.config import load_gather_config
+from archive.gather.destination import hold_destination
 from archive.gather.projects import (
     collect_project, create_project, parse_duration, parse_goals, project_status,
 )
@@ -226,7 +227,7 @@ def test_two_collects_at_once_copy_each_exposure_once(engine, m31, tmp_path, cap
             errors.append(exc)
 
     threads = [threading.Thread(target=run) for _ in range(2)]
-    with caplog.at_level(logging.WARNING, logger="archive.gather.copyback"):
+    with caplog.at_level(logging.WARNING, logger="archive.gather.destination"):
         with hold_destination(root):
             for t in threads:
                 t.start()

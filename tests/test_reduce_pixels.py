@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from archive.calib.select import interpolation_weights
 from archive.files import remove_partials
 from archive import keywords as kw
 from archive.reduce.align import (
@@ -24,7 +25,6 @@ from archive.reduce.align import (
 from archive.reduce.calibrate import (
     CalibrationJob,
     calibrate_light_file,
-    interpolation_weights,
 )
 from archive.reduce.executor import SerialExecutor, make_executor
 from archive.reduce.preview import write_preview

@@ -7,8 +7,12 @@
 * :mod:`archive.calib.plan` groups raw calibrations into masters to build;
 * :mod:`archive.calib.masters` builds them and records them with their provenance;
 * :mod:`archive.calib.library` keeps the library (its folder, bad flags, validity);
-* :mod:`archive.calib.select` chooses masters for frames, one with every candidate explained
-  (:func:`select_master`) or many with set-based SQL (:func:`select_masters`).
+* :mod:`archive.calib.selection` holds what master selection decides (:class:`Selection`,
+  :class:`Verdict`) and the rules' values it compares;
+* :mod:`archive.calib.select` chooses a master for one frame with every candidate explained
+  (:func:`select_master`), :mod:`archive.calib.select_sql` for many frames with set-based SQL
+  (:func:`select_masters`), the same answer;
+* :mod:`archive.calib.missing` reports the frames no master can calibrate.
 """
 
 from importlib import import_module
@@ -22,10 +26,10 @@ _EXPORTS = {
     "default_library": "library", "library_table": "library", "mark_bad": "library", "set_validity": "library",
     "MasterPlan": "plan", "describe": "plan", "plan_masters": "plan",
     "KindRules": "rules", "MatchingRules": "rules", "RuleBook": "rules", "default_rulebook": "rules",
-    "Selection": "select", "Verdict": "select", "explain_selection": "select", "explain_selections": "select",
-    "interpolation_weights": "select",
-    "missing_calibrations": "select", "record_selection": "select", "select_master": "select",
-    "select_masters": "select",
+    "Selection": "selection", "Verdict": "selection",
+    "explain_selection": "select", "explain_selections": "select", "interpolation_weights": "select",
+    "record_selection": "select", "select_master": "select",
+    "select_masters": "select_sql", "missing_calibrations": "missing",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     pass
 
-import datetime as dt
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -38,9 +37,8 @@ from sqlalchemy.orm import Session
 
 from archive.calib.combine import MasterBuildError, RowReader, image_median, combine_files
 from archive.calib.rules import KindRules, MatchingRules, RuleBook, default_rulebook
-from archive.calib.select import (
-    Selection, explain_selection, interpolation_weights, record_selection,
-)
+from archive.calib.select import explain_selection, interpolation_weights, record_selection
+from archive.calib.selection import Selection
 from archive.config import Settings, load_settings
 from archive.db.base import utcnow
 from archive.db.models import CALIBRATION_KINDS, Frame, Master, Reduction
@@ -54,6 +52,7 @@ from archive.db.provenance import clear_selections, fingerprint, start_reduction
 from archive.ingest.headers import header_from_text
 from archive.ingest.library import sync_library
 from archive.ingest.products import ProductRun, fail_product, record_product
+from archive.ingest.timing import from_epoch_seconds
 from archive.calib.library import LIBRARY_LAYOUT, default_library
 from archive.calib.overscan import (
     Geometry, detector_geometry, overscan_levels, parse_section, strip_axis, subtract_overscan_rows,
@@ -153,7 +152,7 @@ def _master_header(plan: MasterPlan, parameters: dict[str, Any], fp: str, names:
     first = header_from_text(plan.frames[0].header)
     first.strip()
     mid_s = sum(f.date_obs_s for f in plan.frames) / len(plan.frames)
-    mid = dt.datetime(1970, 1, 1) + dt.timedelta(seconds=mid_s)
+    mid = from_epoch_seconds(mid_s)
     exposures = [f.exposure_time_s for f in plan.frames]
     first[kw.IMAGE_TYPE] = (kw.IMAGE_TYPE_VALUES[f"master_{plan.kind}"], "archive master calibration")
     first[kw.DATE_OBS] = (mid.isoformat(timespec="milliseconds"), "mean DATE-OBS of the inputs (UTC)")

@@ -1,7 +1,7 @@
 """Planning masters: the ingested raw calibrations grouped by the matching rules.
 
 The same rules group raw frames into masters here and select masters for lights
-(:mod:`archive.calib.select`), so the two never drift apart (after LCO BANZAI's
+(:mod:`archive.calib.selection`), so the two never drift apart (after LCO BANZAI's
 CALIBRATION_SET_CRITERIA).
 """
 
@@ -18,15 +18,12 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from archive.calib.rules import MatchingRules, RuleBook, default_rulebook
-from archive.calib.select import (
-    exposure_key, match_value, rules_for,
-)
-from archive.db.models import Frame, Instrument
-from archive.db.frames import FrameFilter, frame_query
+from archive.calib.selection import exposure_key, match_value, rules_for
+from archive.db.models import Frame
+from archive.db.frames import FrameFilter, frame_query, instrument_names
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +122,7 @@ def plan_masters(
     query = frame_query(replace(base, image_type=kind, include_duplicates=False))
     frames = list(session.scalars(query.order_by(Frame.date_obs_s, Frame.id)))
     no_date = sum(1 for f in frames if f.date_obs_s is None or f.night is None)
-    names = dict(session.execute(select(Instrument.id, Instrument.name)).all())
+    names = instrument_names(session, {f.instrument_id for f in frames})
     groups: dict[tuple, list[Frame]] = defaultdict(list)
     for frame in frames:
         if frame.date_obs_s is None or frame.night is None:

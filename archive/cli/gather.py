@@ -9,7 +9,9 @@ import click
 from archive.cli import AppContext, pass_app
 from archive.cli.catalog import frame_filters
 from archive.cli.options import BarProgress, emit, output_format
-from archive.gather.copyback import KINDS, Selection, copyback as run_copyback, load_gather_config
+from archive.gather.config import load_gather_config
+from archive.gather.copyback import copyback as run_copyback
+from archive.gather.exposures import KINDS, Selection
 from archive.db.frames import FrameFilter
 
 

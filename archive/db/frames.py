@@ -159,6 +159,20 @@ def canonical_paths(session: Session, frame_ids: Iterable[int]) -> dict[int, str
     return out
 
 
+def instrument_names(session: Session, instrument_ids: Iterable[int | None] | None = None) -> dict[int, str]:
+    """Instrument id -> name, of ``instrument_ids`` (None among them is ignored) or of every instrument.
+
+    The one look-up of instrument names by id (``frames.instrument_id``).
+    """
+    query = select(Instrument.id, Instrument.name)
+    if instrument_ids is not None:
+        ids = {i for i in instrument_ids if i is not None}
+        if not ids:
+            return {}
+        return {i: name for batch in chunked(ids) for i, name in session.execute(query.where(Instrument.id.in_(batch)))}
+    return dict(session.execute(query).all())
+
+
 def lights_under(session: Session, folder: str | Path) -> list[int]:
     """Raw lights (not duplicate exposures) with a current copy under ``folder``, by id."""
     query = frame_query(FrameFilter(image_type="light", include_duplicates=False, folder=folder), Frame.id)

@@ -1,19 +1,10 @@
 """Copyback: gather a target's frames from every night into one folder, once per exposure.
 
-The rules (issue 5, ``shared/DESIGN.md`` "Identity" and "Safety"):
+The frames and their exposures are chosen by :mod:`archive.gather.exposures`, their names by
+:mod:`archive.gather.naming`, with the settings of :mod:`archive.gather.config`; this module
+plans and does the transfer. The rules (issue 5, ``shared/DESIGN.md`` "Identity" and
+"Safety"):
 
-* **Selection** is a catalogue query (:func:`archive.reports.catalog.frame_query`): lights
-  (``kind='raw'``) or calibrated lights (``kind='calibrated'``) of a target, optionally one
-  filter and a DATE-OBS range, across every night. The target matches loosely by name
-  (:func:`archive.ingest.dialects.target_key`: "M 31" = "M31" = "m31") and, for frames that
-  carry RA/Dec, by position: a frame lies within ``position_radius_arcmin`` of a *reference
-  position*, which is ``--ra/--dec`` when given, else the position of any frame whose name
-  matched. Name resolution (Sesame, SIMBAD) needs the network and is not used.
-* **One copy per exposure.** Frames of one instrument with the same DATE-OBS are one exposure
-  whatever their bytes (a compressed copy, an edited header): the kept frame is the one the
-  catalogue holds as the original (``duplicate_of_id`` NULL), read from its canonical copy;
-  the others are skipped, with the reason. Frames without an instrument or DATE-OBS cannot be
-  de-duplicated and count as their own exposure.
 * **Never overwrite, never twice.** An exposure of which any frame already has a copy under the
   destination (known from the catalogue's copies, the file present) is not copied again, so a
   re-run is a no-op. A name that exists gets the next ``{seq}`` number.
@@ -23,384 +14,42 @@ The rules (issue 5, ``shared/DESIGN.md`` "Identity" and "Safety"):
   :func:`archive.ingest.ingest_paths` as a new copy of the frame. With ``mode='move'`` the
   source is deleted only after the verified copy is recorded; the catalogue's row of the
   source copy then stops being current and the new copy becomes canonical.
-* **Interrupted runs are finished, not repeated.** A run starts (:func:`recover_destination`)
-  by deleting the temporary files of interrupted writers under the destination
-  (:func:`archive.files.remove_partials`: only those whose process is gone) and recording the
-  destination's files the catalogue does not know yet (a run killed between rename and
-  record), so no exposure is copied twice.
-* **One run per destination at a time.** A real run holds an exclusive lock on
-  ``<dest>/.archive-lock`` (:func:`hold_destination`) from that recovery to its last record, so
-  two runs into one folder never plan the same exposures; the second waits for the first (or,
-  with a timeout, stops with :class:`DestinationBusyError`).
+* **One run per destination, interrupted runs finished.** A real run holds the destination's
+  lock from its start to its last record and begins by finishing what an interrupted run left
+  there (:mod:`archive.gather.destination`).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import fcntl
 import hashlib
 import logging
-import math
 import os
-import re
-import string
-import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-from astropy.coordinates import angular_separation
 from sqlalchemy import Engine, Row, select, update
 from sqlalchemy.orm import Session
 
-from archive.config import Settings, load_settings, merge, read_toml
+from archive.config import Settings, load_settings
 from archive.db.bulk import chunked
-from archive.db.models import DERIVED_TYPES, Copy, Frame, Instrument
+from archive.db.frames import folder_prefix
+from archive.db.models import Copy
 from archive.db.session import session_scope
-from archive.errors import ConfigError, DestinationBusyError
-from archive.files import (
-    fits_ending, fsync_dir, remove_partials, render_path, safe_component, sha256_file, temporary_path,
-)
+from archive.files import fsync_dir, sha256_file, temporary_path
+from archive.gather.config import GatherConfig, check_template, load_gather_config
+from archive.gather.destination import hold_destination, recover_destination
+from archive.gather.exposures import ExposureSelection, Selection, duplicate_reason, select_exposures
+from archive.gather.naming import free_destination, name_fields
 from archive.ingest.ingest import ingest_paths
 from archive.progress import NoProgress, Progress
-from archive.db.frames import FrameFilter, frame_query
-from archive.resources import resource_dir
 
 log = logging.getLogger(__name__)
 
 MODES = ("copy", "link", "move")
-KINDS = {"raw": "light", "calibrated": "calibrated"}
-#: The lock file a real run holds in its destination (hidden: ingest skips it).
-LOCK_NAME = ".archive-lock"
 
 _CHUNK = 1 << 20
-
-
-# -- configuration ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GatherConfig:
-    """Copyback and project settings, made by :func:`load_gather_config`.
-
-    ``configs/copyback.toml`` is the one source of the defaults (overridable in the user
-    file); this class has none of its own.
-
-    Attributes
-    ----------
-    template : str
-        Destination name below the copyback folder; fields are listed in ``copyback.toml``.
-    date_format : str
-        ``strftime`` format of ``{date_obs}`` (UTC).
-    missing : str
-        Field value when the frame has none.
-    position_radius_arcmin : float
-        Position-match radius, arcmin.
-    batch_files : int
-        Files copied per catalogue transaction.
-    lights_folder, masters_folder : str
-        A project's folders of lights and of masters, below its folder (``{filter}`` allowed).
-    project_lights, project_masters : str
-        Name templates of a project's lights and masters in those folders.
-    required_masters : tuple of str
-        Calibration kinds (bias, dark, flat) a light needs to count as usable.
-    super_luminance : str
-        File name of a project's super-luminance list.
-    super_luminance_filters : tuple of str
-        Filters whose lights make the super-luminance (compared case-insensitively).
-    """
-
-    template: str
-    date_format: str
-    missing: str
-    position_radius_arcmin: float
-    batch_files: int
-    lights_folder: str
-    project_lights: str
-    masters_folder: str
-    project_masters: str
-    required_masters: tuple[str, ...]
-    super_luminance: str
-    super_luminance_filters: tuple[str, ...]
-
-
-def load_gather_config(settings: Settings | None = None) -> GatherConfig:
-    """Read ``configs/copyback.toml`` merged with the user file's ``[copyback]``/``[project]``.
-
-    The package file holds every key (it is the only place defaults are written); the user
-    file may override any of them. ``load_gather_config(Settings())`` gives the package
-    defaults alone.
-
-    Raises
-    ------
-    ConfigError
-        The file is unreadable, a key is missing, a value has the wrong type, or a template
-        lacks ``{seq}``.
-    """
-    settings = settings or load_settings()
-    data = read_toml(resource_dir("configs") / "copyback.toml")
-    data = merge(data, {k: settings.raw[k] for k in ("copyback", "project") if isinstance(settings.raw.get(k), dict)})
-    cb, pr = data.get("copyback", {}), data.get("project", {})
-    try:
-        config = GatherConfig(
-            template=str(cb["template"]),
-            date_format=str(cb["date_format"]),
-            missing=str(cb["missing"]),
-            position_radius_arcmin=float(cb["position_radius_arcmin"]),
-            batch_files=max(1, int(cb["batch_files"])),
-            lights_folder=str(pr["lights_folder"]),
-            project_lights=str(pr["lights"]),
-            masters_folder=str(pr["masters_folder"]),
-            project_masters=str(pr["masters"]),
-            required_masters=tuple(str(k) for k in pr["required_masters"]),
-            super_luminance=str(pr["super_luminance"]),
-            super_luminance_filters=tuple(str(f) for f in pr["super_luminance_filters"]),
-        )
-    except KeyError as exc:
-        raise ConfigError(f"configs/copyback.toml: missing key {exc}") from exc
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"configs/copyback.toml: invalid value: {exc}") from exc
-    for template in (config.template, config.project_lights, config.project_masters):
-        check_template(template)
-    return config
-
-
-def check_template(template: str) -> None:
-    """Check a destination template: known fields only, ``{seq}`` present, a relative path.
-
-    Raises
-    ------
-    ConfigError
-        Unknown field, no ``{seq}``, or an absolute template.
-    """
-    try:
-        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-    except ValueError as exc:
-        raise ConfigError(f"destination template {template!r}: {exc}") from exc
-    unknown = fields - set(FIELDS)
-    if unknown:
-        raise ConfigError(f"destination template {template!r}: unknown field(s) {sorted(unknown)}; known: {', '.join(FIELDS)}")
-    if "seq" not in fields:
-        raise ConfigError(f"destination template {template!r} needs a {{seq}} field (names are never overwritten)")
-    if template.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", template):
-        raise ConfigError(f"destination template {template!r} must be a relative path")
-
-
-# -- selection -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Selection:
-    """Which frames to gather.
-
-    Attributes
-    ----------
-    target : str, optional
-        Target name, matched loosely; also the ``{target}`` of destination names.
-    filter_name : str, optional
-        Filter, case-insensitive.
-    night : date, optional
-        Local observing night.
-    since, until : datetime, optional
-        ``since <= DATE-OBS < until`` (UTC).
-    min_exposure_s, max_exposure_s : float, optional
-        Exposure time range in s, inclusive.
-    kind : {'raw', 'calibrated'}
-        Raw lights, or the calibrated lights made by reduction.
-    image_type : str, optional
-        Any normalized image type instead of ``kind`` (e.g. 'flat').
-    instrument : str, optional
-        Instrument name, exact.
-    ra_deg, dec_deg : float, optional
-        A reference position (deg, ICRS): frames within the radius are selected too.
-    radius_arcmin : float, optional
-        Position-match radius (default the configured one); 0 turns position matching off.
-    cone, covers : tuple of float, optional
-        Footprint filters (:class:`archive.db.frames.FrameFilter`), deg.
-    """
-
-    target: str | None = None
-    filter_name: str | None = None
-    night: dt.date | None = None
-    since: dt.datetime | None = None
-    until: dt.datetime | None = None
-    min_exposure_s: float | None = None
-    max_exposure_s: float | None = None
-    kind: str = "raw"
-    image_type: str | None = None
-    instrument: str | None = None
-    ra_deg: float | None = None
-    dec_deg: float | None = None
-    radius_arcmin: float | None = None
-    cone: tuple[float, float, float] | None = None
-    covers: tuple[float, float] | None = None
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {sorted(KINDS)}, not {self.kind!r}")
-        if (self.ra_deg is None) != (self.dec_deg is None):
-            raise ValueError("give both ra_deg and dec_deg, or neither")
-
-    def frame_filter(self, *, with_target: bool = True) -> FrameFilter:
-        """The :class:`FrameFilter` of everything but the position match."""
-        return FrameFilter(
-            image_type=self.image_type or KINDS[self.kind], filter_name=self.filter_name, night=self.night,
-            target=self.target if with_target else None, instrument=self.instrument,
-            since=self.since, until=self.until, min_exposure_s=self.min_exposure_s, max_exposure_s=self.max_exposure_s,
-            cone=self.cone, covers=self.covers,
-        )
-
-
-_COLUMNS = (
-    Frame.id, Frame.sha256, Frame.instrument_id, Instrument.name.label("instrument"), Frame.date_obs,
-    Frame.date_obs_s, Frame.night, Frame.image_type, Frame.target, Frame.filter_name, Frame.exposure_time_s,
-    Frame.binning_x, Frame.binning_y, Frame.ra_deg, Frame.dec_deg, Frame.duplicate_of_id,
-)
-
-
-@dataclass
-class ExposureSelection:
-    """The frames a :class:`Selection` matched, grouped into exposures.
-
-    Attributes
-    ----------
-    groups : list of list of Row
-        One list per exposure, the frame to keep first (the original before its duplicates,
-        then by id); rows carry the columns of ``_COLUMNS``.
-    by_position : list of Row
-        Frames selected by position whose name did not match.
-    """
-
-    groups: list[list[Row]] = field(default_factory=list)
-    by_position: list[Row] = field(default_factory=list)
-
-    @property
-    def frames(self) -> int:
-        """Frames matched."""
-        return sum(len(g) for g in self.groups)
-
-
-def _separation_arcmin(ra: np.ndarray, dec: np.ndarray, refs: np.ndarray) -> np.ndarray:
-    """Smallest separation (arcmin) of each (ra, dec) from the reference positions (deg)."""
-    if len(refs) == 0 or len(ra) == 0:
-        return np.full(len(ra), np.inf)
-    sep = angular_separation(
-        np.radians(ra)[:, None], np.radians(dec)[:, None], np.radians(refs[:, 0])[None, :], np.radians(refs[:, 1])[None, :]
-    )
-    return np.degrees(np.min(sep, axis=1)) * 60.0
-
-
-def select_exposures(session: Session, selection: Selection, *, config: GatherConfig | None = None) -> ExposureSelection:
-    """Select frames by name and position, and group them into exposures.
-
-    Parameters
-    ----------
-    session : Session
-    selection : Selection
-    config : GatherConfig, optional
-        Gives the default position radius (arcmin).
-
-    Returns
-    -------
-    ExposureSelection
-        Exposures ordered by DATE-OBS; within each, the frame to keep first.
-
-    Notes
-    -----
-    Position matching: the reference positions are ``selection.ra_deg/dec_deg`` if given, else
-    the RA/Dec of every frame (of the selected kind) whose name matched. A frame of another
-    name whose RA/Dec lies within the radius of a reference (great-circle distance) is
-    selected too. The declination band is cut in SQL; the distance is computed in Python, so
-    both backends give the same answer.
-    """
-    config = config or load_gather_config()
-    radius = config.position_radius_arcmin if selection.radius_arcmin is None else selection.radius_arcmin
-    rows: dict[int, Row] = {}
-    if selection.target:
-        for row in session.execute(frame_query(selection.frame_filter(), *_COLUMNS)):
-            rows[row.id] = row
-    elif selection.ra_deg is None:
-        for row in session.execute(frame_query(selection.frame_filter(with_target=False), *_COLUMNS)):
-            rows[row.id] = row
-    by_position: list[Row] = []
-    if radius > 0:
-        if selection.ra_deg is not None:
-            refs = np.array([[selection.ra_deg, selection.dec_deg]])
-        else:
-            refs = np.array(sorted({(round(r.ra_deg, 3), round(r.dec_deg, 3)) for r in rows.values()
-                                    if r.ra_deg is not None and r.dec_deg is not None}))
-        if len(refs):
-            band = radius / 60.0
-            query = frame_query(selection.frame_filter(with_target=False), *_COLUMNS).where(
-                Frame.ra_deg.is_not(None), Frame.dec_deg.is_not(None),
-                Frame.dec_deg >= float(refs[:, 1].min()) - band, Frame.dec_deg <= float(refs[:, 1].max()) + band,
-            )
-            candidates = [r for r in session.execute(query) if r.id not in rows]
-            if candidates:
-                sep = _separation_arcmin(
-                    np.array([r.ra_deg for r in candidates], float), np.array([r.dec_deg for r in candidates], float), refs
-                )
-                for row, distance in zip(candidates, sep):
-                    if distance <= radius:
-                        rows[row.id] = row
-                        by_position.append(row)
-    groups: dict[Any, list[Row]] = defaultdict(list)
-    for row in rows.values():
-        key = (row.instrument_id, row.date_obs) if row.instrument_id is not None and row.date_obs is not None else ("frame", row.id)
-        groups[key].append(row)
-    ordered = []
-    for members in groups.values():
-        # raw: the original exposure first; derived (re-reduced after a better master): the newest
-        members.sort(key=lambda r: (r.duplicate_of_id is not None, -r.id if r.image_type in DERIVED_TYPES else r.id))
-        ordered.append(members)
-    ordered.sort(key=lambda g: (g[0].date_obs is None, g[0].date_obs or dt.datetime.min, g[0].id))
-    return ExposureSelection(groups=ordered, by_position=by_position)
-
-
-# -- names -----------------------------------------------------------------------------------
-
-FIELDS = ("target", "object", "filter", "instrument", "image_type", "night", "binning", "date_obs", "exposure", "seq", "ext")
-
-
-def _exposure_text(seconds: float | None) -> str | None:
-    if seconds is None or not math.isfinite(seconds):
-        return None
-    return f"{seconds:g}"
-
-
-def name_fields(row: Row, source_path: str, *, target: str | None, config: GatherConfig) -> dict[str, str]:
-    """The sanitized template fields (all but ``seq``) of one frame."""
-    missing = safe_component(config.missing, "unknown")
-    binning = f"{row.binning_x}x{row.binning_y}" if row.binning_x and row.binning_y else None
-    values = {
-        "target": target or row.target,
-        "object": row.target,
-        "filter": row.filter_name,
-        "instrument": row.instrument,
-        "image_type": row.image_type,
-        "night": row.night.isoformat() if row.night else None,
-        "binning": binning,
-        "date_obs": row.date_obs.strftime(config.date_format) if row.date_obs else None,
-        "exposure": _exposure_text(row.exposure_time_s),
-    }
-    fields = {key: safe_component(value, missing) for key, value in values.items()}
-    fields["ext"] = fits_ending(source_path)
-    return fields
-
-
-def destination(root: Path, template: str, fields: dict[str, str], seq: int) -> Path:
-    """``root / template`` filled with ``fields`` and ``seq`` (:func:`archive.files.render_path`).
-
-    Raises
-    ------
-    UnsafePathError
-        The path would leave ``root`` (an absolute template, ``..`` in the template).
-    """
-    return render_path(root, template, seq=seq, **fields)
 
 
 # -- the plan --------------------------------------------------------------------------------
@@ -498,10 +147,6 @@ class CopybackSummary:
         return out
 
 
-def _under(root: Path) -> str:
-    return str(root).rstrip(os.sep) + os.sep
-
-
 def _sources(session: Session, frame_ids: Iterable[int]) -> dict[int, list[Row]]:
     """frame id -> its current copies, canonical first."""
     out: dict[int, list[Row]] = defaultdict(list)
@@ -514,23 +159,6 @@ def _sources(session: Session, frame_ids: Iterable[int]) -> dict[int, list[Row]]
         for row in session.execute(query):
             out[row.frame_id].append(row)
     return out
-
-
-def _duplicate_reason(kept: Row, other: Row) -> str:
-    """Why ``other``, a frame of the same exposure (instrument and DATE-OBS) as ``kept``, is skipped.
-
-    Frames of one exposure differ in bytes (the same bytes are one frame), so the reason says
-    which of them was kept and why.
-    """
-    if other.image_type in DERIVED_TYPES:  # re-reductions of one exposure: the newest readable is kept
-        if other.id < kept.id:
-            return f"same exposure: an older {other.image_type} product (the newest readable one is kept)"
-        return f"same exposure: a newer {other.image_type} product without a readable file (an older one is kept)"
-    if other.duplicate_of_id is not None:
-        return "same exposure (instrument and DATE-OBS) as a kept frame, other bytes (a compressed, edited or re-written copy)"
-    if kept.duplicate_of_id is not None:
-        return "same exposure: the original has no readable file, a copy with other bytes was kept instead"
-    return "same exposure (instrument and DATE-OBS) as a kept frame, other bytes"
 
 
 def plan_copyback(
@@ -557,7 +185,7 @@ def plan_copyback(
     template : str, optional
         Name template (default ``config.template``).
     groups : ExposureSelection, optional
-        Exposures already selected (default :func:`select_exposures` of ``selection``).
+        Exposures already selected (default :func:`archive.gather.exposures.select_exposures` of ``selection``).
     reserved : set of Path, optional
         Names already taken by another plan of the same run (updated).
 
@@ -584,9 +212,10 @@ def plan_copyback(
     summary = CopybackSummary(frames=groups.frames, exposures=len(groups.groups), by_position=len(groups.by_position))
     all_ids = [r.id for g in groups.groups for r in g]
     copies = _sources(session, all_ids)
+    under = folder_prefix(root)
     for group in groups.groups:
-        inside = [c for r in group for c in copies.get(r.id, []) if c.path.startswith(_under(root)) and os.path.lexists(c.path)]
-        outside = {r.id: [c for c in copies.get(r.id, []) if not c.path.startswith(_under(root))] for r in group}
+        inside = [c for r in group for c in copies.get(r.id, []) if c.path.startswith(under) and os.path.lexists(c.path)]
+        outside = {r.id: [c for c in copies.get(r.id, []) if not c.path.startswith(under)] for r in group}
         kept = None
         if inside:
             summary.present += 1
@@ -611,12 +240,7 @@ def plan_copyback(
                                          "no readable file of this exposure (moved or deleted since it was catalogued?)"))
                 continue
             fields = name_fields(kept, source.path, target=selection.target, config=config)
-            seq = 1
-            while True:
-                path = destination(root, template, fields, seq)
-                if path not in reserved and not os.path.lexists(path):
-                    break
-                seq += 1
+            path = free_destination(root, template, fields, taken=reserved)
             reserved.add(path)
             label = f"{kept.instrument or '?'} {kept.date_obs.isoformat() if kept.date_obs else '?'}"
             summary.plan.append(Planned(kept.id, kept.sha256, source.path, source.id, source.is_canonical,
@@ -624,7 +248,7 @@ def plan_copyback(
             summary.same_bytes += len(outside[kept.id]) - 1
         for row in group:
             if row is not kept:
-                summary.duplicates[_duplicate_reason(kept, row)] += 1
+                summary.duplicates[duplicate_reason(kept, row)] += 1
     summary.copied = sum(1 for p in summary.plan if p.action == "copy")
     return summary
 
@@ -645,7 +269,7 @@ def _write_verified(item: Planned, root: Path, mode: str) -> Path:
                 os.symlink(os.path.abspath(item.source), item.dest)
                 break
             except FileExistsError:
-                item.dest = _next_free(item, root)
+                item.dest = free_destination(root, item.template, item.fields)
         if sha256_file(item.dest) != item.sha256:
             os.unlink(item.dest)
             raise _VerifyError("the linked file's SHA-256 differs from the catalogue's (changed since it was catalogued?)")
@@ -670,10 +294,10 @@ def _write_verified(item: Planned, root: Path, mode: str) -> Path:
                 os.link(tmp, item.dest)  # fails instead of overwriting
                 break
             except FileExistsError:
-                item.dest = _next_free(item, root)
+                item.dest = free_destination(root, item.template, item.fields)
             except OSError:  # no hard links on this file system: check, then rename
                 if os.path.lexists(item.dest):
-                    item.dest = _next_free(item, root)
+                    item.dest = free_destination(root, item.template, item.fields)
                     continue
                 os.rename(tmp, item.dest)
                 break
@@ -682,87 +306,6 @@ def _write_verified(item: Planned, root: Path, mode: str) -> Path:
             os.unlink(tmp)
     fsync_dir(item.dest.parent)
     return item.dest
-
-
-def _next_free(item: Planned, root: Path) -> Path:
-    seq = 1
-    while os.path.lexists(path := destination(root, item.template, item.fields, seq)):
-        seq += 1
-    return path
-
-
-def recover_destination(engine: Engine, root: Path, *, settings: Settings | None = None) -> tuple[int, int]:
-    """Finish what an interrupted run left in ``root`` before planning a new one.
-
-    Deletes the temporary files of writers that are gone (:func:`archive.files.remove_partials`;
-    a running writer's file is left alone), then records the files under ``root`` that the
-    catalogue does not know yet (a run killed between rename and record) with
-    :func:`archive.ingest.ingest_paths`, so that the plan sees them as present. Call it while
-    holding :func:`hold_destination`.
-
-    Returns
-    -------
-    (int, int)
-        Temporary files removed; files recorded (new frames, new copies, changed copies).
-    """
-    if not root.is_dir():
-        return 0, 0
-    removed = remove_partials(root)
-    found = ingest_paths(engine, [root], settings=settings)
-    return removed, found.new + found.new_copies + found.changed
-
-
-def _lock_holder(fd: int) -> str:
-    try:
-        pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-    except OSError:
-        pid = ""
-    return f"process {pid}" if pid.isdigit() else "another process"
-
-
-@contextmanager
-def hold_destination(root: Path, *, timeout_s: float | None = None) -> Iterator[Path]:
-    """Hold the exclusive lock of the folder ``root`` (created when needed) while the block runs.
-
-    The lock is an ``fcntl.flock`` on ``root/.archive-lock``, which is kept (deleting a lock
-    file races with its next user) and holds the holder's process id. The kernel releases it
-    when the holder exits, even when killed. Another holder makes this wait: as long as it
-    takes when ``timeout_s`` is None, else at most ``timeout_s`` seconds (0: not at all).
-
-    Raises
-    ------
-    DestinationBusyError
-        The lock was not free within ``timeout_s``.
-    """
-    root.mkdir(parents=True, exist_ok=True)
-    lock = root / LOCK_NAME
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _lock_holder(fd)
-            busy = f"another copyback or project collect ({holder}) is writing into {root} (it holds {lock})"
-            if timeout_s is not None and timeout_s <= 0:
-                raise DestinationBusyError(f"{busy}; try again when it has finished") from None
-            log.warning("%s; waiting for it to finish", busy)
-            if timeout_s is None:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            else:
-                deadline = time.monotonic() + timeout_s
-                while True:
-                    time.sleep(min(0.1, max(deadline - time.monotonic(), 0.0)))
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        if time.monotonic() >= deadline:
-                            raise DestinationBusyError(f"{busy}; waited {timeout_s:g} s") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-        yield lock
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def _retire_source(session: Session, item: Planned) -> None:
@@ -864,9 +407,10 @@ def copyback(
 ) -> CopybackSummary:
     """Gather the frames of ``selection`` into ``dest``, one file per exposure.
 
-    A real run holds ``dest``'s lock (:func:`hold_destination`) from its start to its end:
-    it first finishes what an interrupted run left (:func:`recover_destination`), then plans
-    and copies. A dry run takes no lock and writes nothing.
+    A real run holds ``dest``'s lock (:func:`archive.gather.destination.hold_destination`) from
+    its start to its end: it first finishes what an interrupted run left
+    (:func:`archive.gather.destination.recover_destination`), then plans and copies. A dry run
+    takes no lock and writes nothing.
 
     Parameters
     ----------
@@ -882,7 +426,7 @@ def copyback(
     dry_run : bool
         Only plan: nothing is written to disk or to the catalogue.
     config : GatherConfig, optional
-        Default :func:`load_gather_config`.
+        Default :func:`archive.gather.config.load_gather_config`.
     settings : Settings, optional
         Passed to the ingest that records the new copies.
     template : str, optional

@@ -13,13 +13,13 @@ with the copyback machinery (one file per exposure, verified, recorded, never ov
 so collecting again after a new night adds only the new frames. Folder and name templates
 are in ``configs/copyback.toml`` (``[project]``).
 
-Masters: the master library's selection (:func:`archive.calib.select.select_masters`, the
+Masters: the master library's selection (:func:`archive.calib.select_sql.select_masters`, the
 matching rules of ``configs/matching``) chooses, for every light, the masters of
 ``required_masters``; the union per filter is collected. A light is *usable* when every
 required kind has a valid master (not flagged bad, within validity) and the light is not a
 duplicate exposure. (Frames themselves carry no bad flag in the catalogue yet.)
 
-A collect holds the project folder's lock (:func:`archive.gather.copyback.hold_destination`)
+A collect holds the project folder's lock (:func:`archive.gather.destination.hold_destination`)
 from its start to its end, so two collects of one project never copy an exposure twice.
 """
 
@@ -37,19 +37,20 @@ import pandas as pd
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from archive.calib.select import select_masters
+from archive.calib.select_sql import select_masters
 from archive.config import Settings, load_settings
 from archive.db.base import utcnow
 from archive.db.bulk import chunked
-from archive.db.models import Copy, Frame, Instrument
+from archive.db.frames import FrameFilter, folder_prefix, frame_query
+from archive.db.models import Copy, Frame
 from archive.db.projects import Project, ProjectGoal
 from archive.db.session import session_scope
 from archive.errors import ProjectError
 from archive.files import fsync_dir, render_path, safe_component, temporary_path
-from archive.gather.copyback import (
-    _COLUMNS, MODES, CopybackSummary, ExposureSelection, GatherConfig, Selection, _under, execute_plan, hold_destination,
-    load_gather_config, plan_copyback, recover_destination, select_exposures,
-)
+from archive.gather.config import GatherConfig, load_gather_config
+from archive.gather.copyback import MODES, CopybackSummary, execute_plan, plan_copyback
+from archive.gather.destination import hold_destination, recover_destination
+from archive.gather.exposures import ExposureSelection, Selection, frame_rows, select_exposures
 from archive.progress import Progress
 
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([hms]?)\s*$", re.IGNORECASE)
@@ -191,7 +192,7 @@ def masters_for(session: Session, light_ids: Sequence[int], kinds: Sequence[str]
     """(light id, kind) -> the master frame ids that calibrate it (several for an interpolated
     dark); pairs without a valid master are absent.
 
-    The master library's selection (:func:`archive.calib.select.select_masters`, rules of
+    The master library's selection (:func:`archive.calib.select_sql.select_masters`, rules of
     ``configs/matching``): masters flagged bad or outside their validity are never chosen.
     """
     if not light_ids or not kinds:
@@ -346,11 +347,7 @@ def _plan_collect(
             missing = Counter(k for i in light_ids for k in config.required_masters if (i, k) not in chosen)
             if missing:
                 summary.missing_masters[filter_name] = missing
-            master_ids = sorted({m for ids in chosen.values() for m in ids})
-            rows = [row for ids in chunked(master_ids) for row in session.execute(
-                select(*_COLUMNS).select_from(Frame).outerjoin(Instrument, Frame.instrument_id == Instrument.id)
-                .where(Frame.id.in_(ids)).order_by(Frame.id)
-            )]
+            rows = frame_rows(session, {m for ids in chosen.values() for m in ids})
             masters_root = _folder(root, config.masters_folder, filter_name, config)
             master_mode = "link" if mode == "link" else "copy"
             masters = plan_copyback(session, selection, masters_root, mode=master_mode, config=config,
@@ -373,7 +370,7 @@ def _write_super_luminance(engine: Engine, root: Path, filters: Sequence[str], c
     with session_scope(engine) as session:
         for folder in folders:
             paths += [p for p in session.scalars(select(Copy.path).where(
-                Copy.is_current, Copy.path.startswith(_under(folder), autoescape=True))) if os.path.exists(p)]
+                Copy.is_current, Copy.path.startswith(folder_prefix(folder), autoescape=True))) if os.path.exists(p)]
     target = root / safe_component(config.super_luminance, "superlum.txt")
     root.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(target)
@@ -421,10 +418,10 @@ def project_status(engine: Engine, name: str, *, config: GatherConfig | None = N
             chosen = masters_for(session, [r.id for r in kept], config.required_masters)
             missing = Counter(k for r in kept for k in config.required_masters if (r.id, k) not in chosen)
             usable = [r for r in kept if all((r.id, k) in chosen for k in config.required_masters)]
-            folder = _under(_folder(Path(project.folder), config.lights_folder, filter_name, config))
+            under = FrameFilter(folder=_folder(Path(project.folder), config.lights_folder, filter_name, config))
             ids = [r.id for g in groups.groups for r in g]
-            inside = {frame_id for chunk in chunked(ids) for frame_id in session.scalars(select(Copy.frame_id).where(
-                Copy.is_current, Copy.frame_id.in_(chunk), Copy.path.startswith(folder, autoescape=True)))}
+            inside = {frame_id for chunk in chunked(ids) for frame_id in session.scalars(
+                frame_query(under, Frame.id).where(Frame.id.in_(chunk)))}
             collected = sum(1 for g in groups.groups if any(r.id in inside for r in g))
             total_s = sum(r.exposure_time_s or 0.0 for r in kept)
             usable_s = sum(r.exposure_time_s or 0.0 for r in usable)

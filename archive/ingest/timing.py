@@ -1,6 +1,6 @@
-"""Exposure time stamps and the observing night.
+"""Exposure time stamps, their integer twins (time since 1970) and the observing night.
 
-Both rules are written down here once:
+These rules are written down here once:
 
 * ``date_obs`` is the UTC start of the exposure, parsed with astropy from the first time
   keyword the dialect names (ISO 8601, the old FITS 'dd/mm/yy' form, a date plus a separate
@@ -20,6 +20,7 @@ from archive.errors import HeaderError
 
 _OLD_DATE = re.compile(r"^\s*(\d{2})/(\d{2})/(\d{2})\s*$")
 _EPOCH = dt.datetime(1970, 1, 1)
+_MICROSECOND = dt.timedelta(microseconds=1)
 _SCALES = {"utc": "utc", "ut": "utc", "gmt": "utc", "tt": "tt", "tai": "tai", "tdb": "tdb",
            "tcg": "tcg", "tcb": "tcb", "ut1": "ut1", "gps": "tai"}
 
@@ -77,9 +78,25 @@ def time_scale(value: object) -> str:
     return _SCALES.get(str(value or "utc").strip().lower(), "utc")
 
 
+def epoch_microseconds(stamp: dt.datetime | None) -> int | None:
+    """Microseconds since 1970-01-01 UTC of a naive UTC datetime, exactly (None for None).
+
+    The integer twin of a time stamp: exact and portable comparisons and orderings in SQL on
+    every backend.
+    """
+    if stamp is None:
+        return None
+    return (stamp - _EPOCH) // _MICROSECOND
+
+
 def epoch_seconds(stamp: dt.datetime) -> int:
-    """Whole seconds since 1970-01-01 UTC of a naive UTC datetime (floor)."""
-    return int((stamp - _EPOCH) // dt.timedelta(seconds=1))
+    """Whole seconds since 1970-01-01 UTC of a naive UTC datetime (floor): ``frames.date_obs_s``."""
+    return epoch_microseconds(stamp) // 1_000_000
+
+
+def from_epoch_seconds(seconds: float) -> dt.datetime:
+    """The naive UTC datetime ``seconds`` (s, fractions kept to the microsecond) after 1970-01-01 UTC."""
+    return _EPOCH + dt.timedelta(seconds=seconds)
 
 
 def observing_night(date_obs: dt.datetime, longitude_deg: float | None) -> dt.date:

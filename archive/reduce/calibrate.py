@@ -10,7 +10,8 @@ The arithmetic is ccdproc's (``subtract_bias``, ``subtract_dark``, ``flat_correc
 An exact dark has one weight 1; a scaled dark one weight :math:`t / t_D` (ccdproc's
 ``scale=True``); an interpolated dark the weights of the least-squares line
 :math:`D = A t + B` through darks of several exposures evaluated at :math:`t` (astro_reduce's
-method): :math:`w_k = 1/n + (t - \\bar t)(t_k - \\bar t) / \\sum_j (t_j - \\bar t)^2`.
+method): :math:`w_k = 1/n + (t - \\bar t)(t_k - \\bar t) / \\sum_j (t_j - \\bar t)^2`
+(:func:`archive.calib.select.interpolation_weights`, where the selection computes them).
 """
 
 from __future__ import annotations
@@ -29,24 +30,6 @@ from archive.calib.overscan import Geometry, shift_for_trim, subtract_overscan, 
 from archive.fitsio import product_header, read_pixels, set_card, write_atomic
 
 log = logging.getLogger(__name__)
-
-
-def interpolation_weights(exposures_s: Sequence[float], exposure_s: float) -> list[float]:
-    """Weights of darks of ``exposures_s`` (s) whose weighted sum is the fitted dark at ``exposure_s``.
-
-    The per-pixel least-squares line ``D = A t + B`` through the darks, evaluated at
-    ``exposure_s``, is linear in the darks; these are its coefficients (they sum to 1).
-
-    Raises
-    ------
-    ValueError
-        Fewer than two distinct exposure times.
-    """
-    t = np.asarray(exposures_s, dtype=float)
-    spread = ((t - t.mean()) ** 2).sum()
-    if len(t) < 2 or spread == 0:
-        raise ValueError("an interpolated dark needs darks of at least two exposure times")
-    return list(1.0 / len(t) + (exposure_s - t.mean()) * (t - t.mean()) / spread)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session
 from archive.calib.overscan import detector_geometry
 from archive.calib.required import kinds_in_library, required_kinds
 from archive.calib.rules import RuleBook
-from archive.calib.select import Selection, explain_selection, masters_of, record_selection, rules_for
+from archive.calib.select import explain_selection, masters_of, record_selection
+from archive.calib.selection import Selection, rules_for
 from archive.db.models import (
     CALIBRATION_KINDS,
     Frame,
@@ -30,7 +31,7 @@ from archive.progress import NoProgress, Progress
 from archive import keywords as kw
 from archive.reduce.calibrate import CalibrationJob, calibrate_light_file
 from archive.reduce.config import ReductionConfig
-from archive.db.frames import canonical_paths
+from archive.db.frames import canonical_paths, instrument_names
 from archive.ingest.headers import header_from_text
 from archive.ingest.products import ProductRun, fail_product, record_product
 from archive.db.provenance import (
@@ -41,7 +42,7 @@ from archive.db.provenance import (
 )
 
 from archive.reduce.summary import ReduceSummary, group_name
-from archive.reduce.outputs import frames_by_id, instrument_names, output_path, submit_product
+from archive.reduce.outputs import frames_by_id, output_path, submit_product
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def plan_calibration(
     """
     libraries = libraries or {}
     library_kinds = library_kinds if library_kinds is not None else kinds_in_library(session)
-    instrument = instrument_names(session, [light]).get(light.instrument_id)
+    instrument = instrument_names(session, [light.instrument_id]).get(light.instrument_id)
     required = required_kinds(rules_for(rules, instrument), light.instrument_id, library_kinds)
     selections = [explain_selection(session, light, kind, rules=rules, library=libraries.get(kind))
                   for kind in CALIBRATION_KINDS]
@@ -127,7 +128,7 @@ def plan_calibration(
         parameters["geometry_notes"] = list(geometry.notes)
     rule_version = selections[0].rule_version
     fp = fingerprint("calibrate", fp_inputs, parameters, rule_version)
-    output = output_path(config, "calibrated", light, instrument_names(session, [light]), fp,
+    output = output_path(config, "calibrated", light, instrument_names(session, [light.instrument_id]), fp,
                      stem=fits_stem(paths[light.id]))
     job = CalibrationJob(
         light=paths[light.id], output=str(output), light_hdu=light.hdu_index,

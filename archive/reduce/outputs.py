@@ -17,7 +17,6 @@ from sqlalchemy.orm import Session
 from archive.db.bulk import chunked
 from archive.db.models import (
     Frame,
-    Instrument,
 )
 from archive.files import render_path, safe_component
 from archive import keywords as kw
@@ -35,11 +34,6 @@ def frames_by_id(session: Session, ids: Iterable[int]) -> list[Frame]:
     """The frames ``ids`` (in IN lists of bounded size), by DATE-OBS then id (unknown dates last)."""
     frames = [f for batch in chunked(set(ids)) for f in session.scalars(select(Frame).where(Frame.id.in_(batch)))]
     return sorted(frames, key=lambda f: (f.date_obs_s is None, f.date_obs_s or 0, f.id))
-
-
-def instrument_names(session: Session, frames: Iterable[Frame]) -> dict[int, str]:
-    ids = {f.instrument_id for f in frames if f.instrument_id is not None}
-    return dict(session.execute(select(Instrument.id, Instrument.name).where(Instrument.id.in_(ids))).all()) if ids else {}
 
 
 def output_path(config: ReductionConfig, kind: str, frame: Frame, instruments: dict[int, str], fp: str,

@@ -40,7 +40,7 @@ from archive.reduce.align import (
     wcs_cards,
 )
 from archive.reduce.config import ReductionConfig
-from archive.db.frames import canonical_paths
+from archive.db.frames import canonical_paths, instrument_names
 from archive.ingest.products import ProductRun, fail_product, record_product, reject_product
 from archive.db.provenance import (
     fingerprint,
@@ -48,7 +48,7 @@ from archive.db.provenance import (
 )
 
 from archive.reduce.summary import ReduceSummary, group_name
-from archive.reduce.outputs import frames_by_id, instrument_names, output_path, submit_product
+from archive.reduce.outputs import frames_by_id, output_path, submit_product
 from archive.reduce.stacking import stack_group
 
 log = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ def _register_group(
     with session_scope(engine) as session:
         state = _registration_state(session, [c.id for c in calibrated], group_hash)
         paths = canonical_paths(session, [c.id for c in calibrated] + [light.id for light, _ in members])
-        instruments = instrument_names(session, [light for light, _ in members])
+        instruments = instrument_names(session, [light.instrument_id for light, _ in members])
     if all(c.id in state for c in calibrated):
         summary.unchanged += len(calibrated)
         return [state[c.id][1] for c in calibrated if state[c.id][0] == "done" and state[c.id][1] is not None]

@@ -17,7 +17,7 @@ from archive.errors import UnsafePathError
 from archive import keywords as kw
 from archive.reduce.config import ReductionConfig
 from archive.reduce.preview import write_preview
-from archive.db.frames import canonical_paths
+from archive.db.frames import canonical_paths, instrument_names
 from archive.ingest.products import ProductRun, fail_product, record_product
 from archive.db.provenance import (
     fingerprint,
@@ -26,7 +26,7 @@ from archive.db.provenance import (
 from archive.reduce.stack import StackJob, stack_files
 
 from archive.reduce.summary import ReduceSummary
-from archive.reduce.outputs import GROUP_DIGITS, existing_output, frames_by_id, instrument_names, output_path
+from archive.reduce.outputs import GROUP_DIGITS, existing_output, frames_by_id, output_path
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def stack_group(
     with session_scope(engine) as session:
         frames = frames_by_id(session, registered_ids)
         paths = canonical_paths(session, registered_ids)
-        instruments = instrument_names(session, frames)
+        instruments = instrument_names(session, [f.instrument_id for f in frames])
     by_exposure: dict[float | None, list[Frame]] = defaultdict(list)
     for frame in frames:
         if frame.id not in paths:

@@ -1,0 +1,300 @@
+"""Choosing masters for many frames at once: the matching rules as set-based SQL.
+
+:func:`select_masters` runs a few statements per kind whatever the number of frames and gives
+the answer of :func:`archive.calib.select.explain_selection` (the rule of
+:mod:`archive.calib.selection`). The frames and the candidate masters go into two temporary
+tables whose key columns hold the exact-match values (NULL replaced by a sentinel, so that
+"unknown" matches "unknown") and the exposure key of darks, computed by the same Python as
+the one-frame path. An index on the candidates' (keys, date_obs_s) lets each frame find its
+nearest candidate before and after it with two index seeks (correlated subqueries ordered by
+date_obs_s, LIMIT 1): the work per frame is bounded by the masters within max_age_days,
+however large the catalogue; a window over the candidates finds scaled darks. The same
+statements run on SQLite and PostgreSQL. Frames it cannot serve with an exact or scaled
+master (an interpolated dark, or nothing) fall back to the one-frame path.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import (
+    BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, and_, func, or_, select, text,
+)
+from sqlalchemy.orm import Session
+
+from archive.calib.rules import TEXT_COLUMNS, KindRules, MatchingRules, RuleBook, default_rulebook
+from archive.calib.select import explain_selection, masters_of
+from archive.calib.selection import SECONDS_PER_DAY, Selection, exposure_key, rules_for
+from archive.db.bulk import chunked, index_seeks, insert_rows
+from archive.db.frames import instrument_names
+from archive.db.models import CALIBRATION_KINDS, Frame, Master
+from archive.ingest.timing import epoch_microseconds
+
+_NULL_NUMBER = -987654321.0
+_NULL_TEXT = "\x01(null)"
+_TEXT_COLUMNS = set(TEXT_COLUMNS)
+_FRAME_COLUMNS = ("id", "instrument_id", "date_obs", "date_obs_s", "exposure_time_s", "binning_x", "binning_y",
+                  "naxis1", "naxis2", "gain", "offset", "readout_mode", "filter_name", "telescope", "set_temp_c",
+                  "ccd_temp_c")
+
+
+def _key_table(name: str, keys: Sequence[str], tolerance: Sequence[str], *extra):
+    """A temporary table of frames' match keys: id, k_<exact column>..., k_exposure,
+    t_<tolerance column>..., t (date_obs_s), us (date_obs in microseconds), exposure_time_s."""
+    metadata = MetaData()
+    table = Table(
+        name, metadata, Column("id", Integer, primary_key=True),
+        *[Column(f"k_{c}", String(200) if c in _TEXT_COLUMNS else (Integer if c == "instrument" else Float)) for c in keys],
+        Column("k_exposure", BigInteger), *[Column(f"t_{c}", Float) for c in tolerance],
+        Column("t", BigInteger), Column("us", BigInteger), Column("exposure_time_s", Float), *extra,
+        prefixes=["TEMPORARY"],
+    )
+    return metadata, table
+
+
+def _candidate_table(rules: KindRules, uid: str):
+    keys = list(rules.exact)
+    metadata, cand = _key_table(
+        f"sel_cand_{uid}", keys, list(rules.tolerance), Column("neg_n_combined", Integer),
+        Column("neg_created_us", BigInteger), Column("neg_id", Integer), Column("valid_from_us", BigInteger),
+        Column("valid_until_us", BigInteger), Column("bias_subtracted", Boolean),
+    )
+    # two orderings of (keys, exposure, time, tie-breaks): the nearest candidate before and after a
+    # frame is then the first row of an index range scan (the tie-breaks are negated)
+    prefix = [cand.c[f"k_{c}"] for c in keys] + [cand.c.k_exposure]
+    ties = [cand.c.neg_n_combined, cand.c.neg_created_us, cand.c.neg_id]
+    Index(f"ix_sel_after_{uid}", *prefix, cand.c.t, *ties)
+    Index(f"ix_sel_before_{uid}", *prefix, cand.c.t.desc(), *ties)
+    return metadata, cand, keys
+
+
+def _key_function(keys: Sequence[str], tolerance: Sequence[str], exposure_tolerance_s: float | None):
+    """row (in ``_FRAME_COLUMNS`` order) -> the key table's columns, as a tuple (``k_exposure``
+    is 0 when ``exposure_tolerance_s`` is None: exposure is no key)."""
+    position = {name: i for i, name in enumerate(_FRAME_COLUMNS)}
+    key_at = [(position["instrument_id" if c == "instrument" else c], _NULL_TEXT if c in _TEXT_COLUMNS else _NULL_NUMBER)
+              for c in keys]
+    tol_at = [position[c] for c in tolerance]
+    i_id, i_t, i_date, i_exp = position["id"], position["date_obs_s"], position["date_obs"], position["exposure_time_s"]
+
+    def build(row) -> tuple:
+        exp = row[i_exp]
+        if exposure_tolerance_s is None:
+            k_exp = 0
+        else:
+            k_exp = -1 if exp is None else exposure_key(exp, exposure_tolerance_s)
+        return (
+            row[i_id], *[row[i] if row[i] is not None else null for i, null in key_at], k_exp,
+            *[row[i] for i in tol_at], row[i_t], epoch_microseconds(row[i_date]), exp,
+        )
+
+    return build
+
+
+def _common_conditions(light, cand, rules: KindRules, keys: Sequence[str]) -> list:
+    conditions = [cand.c[f"k_{c}"] == light.c[f"k_{c}"] for c in keys]
+    for c, limit in rules.tolerance.items():
+        a, b = cand.c[f"t_{c}"], light.c[f"t_{c}"]
+        conditions.append(or_(and_(a.is_(None), b.is_(None)), func.abs(a - b) <= limit + 1e-9))
+    conditions += [
+        cand.c.id != light.c.id,
+        or_(cand.c.valid_from_us.is_(None), light.c.us >= cand.c.valid_from_us),
+        or_(cand.c.valid_until_us.is_(None), light.c.us < cand.c.valid_until_us),
+    ]
+    return conditions
+
+
+def _nearest_query(light, cand, rules: KindRules, keys: Sequence[str], *, after: bool):
+    window_s = int(rules.max_age_days * SECONDS_PER_DAY)
+    conditions = _common_conditions(light, cand, rules, keys)
+    if rules.kind == "dark":
+        conditions.append(cand.c.k_exposure == light.c.k_exposure)
+    else:
+        conditions.append(cand.c.k_exposure == 0)
+    if after:
+        conditions += [cand.c.t > light.c.t, cand.c.t <= light.c.t + window_s]
+    else:
+        conditions += [cand.c.t <= light.c.t, cand.c.t >= light.c.t - window_s]
+    order = (cand.c.t.asc() if after else cand.c.t.desc(), cand.c.neg_n_combined, cand.c.neg_created_us,
+             cand.c.neg_id)
+    return select(cand.c.id).where(*conditions).order_by(*order).limit(1).correlate(light).scalar_subquery()
+
+
+def _scaled_query(light, cand, rules: KindRules, keys: Sequence[str], light_ids: Sequence[int]):
+    """Darks: the nearest longer bias-subtracted master, by a window over the candidates."""
+    window_s = int(rules.max_age_days * SECONDS_PER_DAY)
+    conditions = _common_conditions(light, cand, rules, keys) + [
+        cand.c.bias_subtracted, cand.c.exposure_time_s > light.c.exposure_time_s,
+        cand.c.t >= light.c.t - window_s, cand.c.t <= light.c.t + window_s,
+    ]
+    rank = func.row_number().over(
+        partition_by=light.c.id,
+        order_by=(cand.c.exposure_time_s, func.abs(cand.c.t - light.c.t), cand.c.neg_n_combined,
+                  cand.c.neg_created_us, cand.c.neg_id),
+    )
+    ranked = (
+        select(light.c.id.label("frame_id"), cand.c.id.label("master_id"),
+               (light.c.exposure_time_s / cand.c.exposure_time_s).label("scale"), rank.label("rn"))
+        .select_from(light.join(cand, and_(*conditions)))
+        .where(light.c.id.in_(light_ids))
+        .subquery()
+    )
+    return select(ranked.c.frame_id, ranked.c.master_id, ranked.c.scale).where(ranked.c.rn == 1)
+
+
+def _bulk_kind(session: Session, light, kind: str, matching: MatchingRules, instrument_ids: set,
+               library: list, light_t: dict[int, int], out: dict[tuple[int, str], Selection]) -> None:
+    """The set-based selection of one kind for the frames already loaded into ``light``."""
+    rules = matching[kind]
+    uid = uuid.uuid4().hex[:12]
+    metadata, cand, keys = _candidate_table(rules, uid)
+    build = _key_function(keys, list(rules.tolerance), rules.exposure_tolerance_s if kind == "dark" else None)
+    n = len(_FRAME_COLUMNS)
+    cand_rows = []
+    for row in library:
+        if "instrument" in rules.exact and row[1] not in instrument_ids:
+            continue
+        n_combined, created_at, valid_from, valid_until, bias_subtracted = row[n:n + 5]
+        cand_rows.append((*build(row), -(n_combined or 0), -(epoch_microseconds(created_at) or 0), -row[0], epoch_microseconds(valid_from),
+                          epoch_microseconds(valid_until), bool(bias_subtracted)))
+    if not cand_rows:
+        return
+    info = {row[0]: (row[-9], row[-6], row[-5]) for row in cand_rows}  # id -> (t, -n_combined, -created_us)
+    connection = session.connection()
+    cand.create(connection)  # a TEMPORARY scratch table of this query, not schema
+    try:
+        insert_rows(connection, cand, cand_rows)
+        connection.execute(text(f"ANALYZE {cand.name}"))  # statistics for the planner (both backends)
+        before = _nearest_query(light, cand, rules, keys, after=False)
+        after = _nearest_query(light, cand, rules, keys, after=True)
+        with index_seeks(connection):
+            nearest = connection.execute(select(light.c.id, before, after)).all()
+        version = matching.version
+        for fid, b, a in nearest:
+            if b is None and a is None:
+                continue
+            if b is None or a is None:
+                mid = a if b is None else b
+            else:
+                t = light_t[fid]
+                tb, nb, cb = info[b]
+                ta, na, ca = info[a]
+                mid = b if (t - tb, nb, cb, -b) <= (ta - t, na, ca, -a) else a
+            out[(fid, kind)] = Selection(fid, kind, "exact", mid, None, [(mid, 1.0)], version, [],
+                                         f"{kind}: master {mid} (exact)")
+        if kind == "dark" and rules.scale:
+            left = [fid for fid in light_t if (fid, kind) not in out]
+            for chunk in chunked(left):
+                for fid, mid, scale in connection.execute(_scaled_query(light, cand, rules, keys, chunk)):
+                    out[(fid, kind)] = Selection(fid, kind, "scaled", mid, float(scale), [(mid, float(scale))],
+                                                 version, [], f"{kind}: master {mid} (scaled)")
+    finally:
+        metadata.drop_all(connection)
+
+
+def select_masters(
+    session: Session,
+    frame_ids: Iterable[int],
+    kinds: Sequence[str] = CALIBRATION_KINDS,
+    *,
+    rules: RuleBook | MatchingRules | None = None,
+    fallback: bool = True,
+    batch_size: int = 5000,
+) -> dict[tuple[int, str], Selection]:
+    """Select masters of ``kinds`` for many frames with a few set-based queries.
+
+    Per instrument and kind: the frames and the candidate masters are loaded into temporary
+    tables keyed by the exact columns; one statement finds, for every frame at once, the
+    nearest valid candidate before and after it (index seeks on the candidates' keys and
+    ``date_obs_s``); a second one, a window over the candidates, finds the nearest longer
+    bias-subtracted dark for the frames without an exact-exposure one. The ordering is the one
+    of :func:`archive.calib.select.select_master`. Frames left without a master are judged one
+    by one (:func:`archive.calib.select.explain_selection`) when ``fallback``, which finds
+    interpolated darks and names the rule that removed the last candidates.
+
+    Parameters
+    ----------
+    session : Session
+    frame_ids : iterable of int
+        The frames to calibrate.
+    kinds : sequence of {'bias', 'dark', 'flat'}
+    rules : RuleBook or MatchingRules, optional
+    fallback : bool
+        Judge the frames the queries leave without a master one by one (default True).
+    batch_size : int
+        Frame ids per ``IN (...)`` list when loading the frames.
+
+    Returns
+    -------
+    dict of (frame_id, kind) to Selection
+        The set-based selections carry no candidate verdicts (``candidates == []``).
+    """
+    ids = list(dict.fromkeys(frame_ids))
+    rules = rules if rules is not None else default_rulebook()
+    book = rules if isinstance(rules, RuleBook) else None
+    frames = Frame.__table__
+    columns = [frames.c[c] for c in _FRAME_COLUMNS]
+    by_instrument: dict[int | None, list] = {}
+    # the frames: their ids go to a temporary table joined to frames (no long IN lists)
+    metadata = MetaData()
+    wanted = Table(f"sel_ids_{uuid.uuid4().hex[:12]}", metadata, Column("id", Integer, primary_key=True),
+                   prefixes=["TEMPORARY"])
+    connection = session.connection()
+    wanted.create(connection)  # a TEMPORARY scratch table of this query, not schema
+    try:
+        insert_rows(connection, wanted, [(i,) for i in ids])
+        connection.execute(text(f"ANALYZE {wanted.name}"))
+        with index_seeks(connection):
+            rows = connection.execute(select(*columns).join(wanted, wanted.c.id == frames.c.id)).all()
+        for row in rows:
+            by_instrument.setdefault(row[1], []).append(tuple(row))
+    finally:
+        metadata.drop_all(connection)
+    # the library of every kind asked for, in one statement
+    libraries: dict[str, list] = {kind: [] for kind in kinds}
+    with index_seeks(connection):
+        library = connection.execute(
+            select(*columns, Master.n_combined, Master.created_at, Master.valid_from, Master.valid_until,
+                   Master.bias_subtracted, Master.kind)
+            .join(Master, Master.frame_id == frames.c.id)
+            .where(Master.kind.in_(list(kinds)), ~Master.is_bad, frames.c.date_obs_s.is_not(None))
+        ).all()
+    for row in library:
+        libraries[row[-1]].append(tuple(row))
+    names = instrument_names(session, by_instrument)
+    # instruments that share their rules are selected together (the instrument is a key column)
+    by_rules: dict[int, tuple[MatchingRules, set, list]] = {}
+    for iid, rows in by_instrument.items():
+        matching = rules_for(book or rules, names.get(iid))
+        entry = by_rules.setdefault(id(matching), (matching, set(), []))
+        entry[1].add(iid)
+        entry[2].extend(rows)
+    out: dict[tuple[int, str], Selection] = {}
+    i_t = _FRAME_COLUMNS.index("date_obs_s")
+    for matching, instrument_ids, lights in by_rules.values():
+        # the frames' keys, for every kind at once: the union of the kinds' exact and tolerance columns
+        keys = list(dict.fromkeys(c for kind in kinds for c in matching[kind].exact))
+        tolerance = list(dict.fromkeys(c for kind in kinds for c in matching[kind].tolerance))
+        build = _key_function(keys, tolerance, matching["dark"].exposure_tolerance_s)
+        light_rows = [build(row) for row in lights if row[i_t] is not None]
+        light_t = {row[0]: row[i_t] for row in lights if row[i_t] is not None}
+        light_metadata, light = _key_table(f"sel_light_{uuid.uuid4().hex[:12]}", keys, tolerance)
+        if light_rows:
+            light.create(connection)  # a TEMPORARY scratch table of this query, not schema
+            try:
+                insert_rows(connection, light, light_rows)
+                connection.execute(text(f"ANALYZE {light.name}"))
+                for kind in kinds:
+                    _bulk_kind(session, light, kind, matching, instrument_ids, libraries[kind], light_t, out)
+            finally:
+                light_metadata.drop_all(connection)
+        for kind in kinds:
+            if fallback:
+                left = [row[0] for row in lights if (row[0], kind) not in out]
+                if left:
+                    library = masters_of(session, kind)
+                    for batch in chunked(left, batch_size):
+                        for frame in session.scalars(select(Frame).where(Frame.id.in_(batch))):
+                            out[(frame.id, kind)] = explain_selection(session, frame, kind, rules=matching, library=library)
+    return out
