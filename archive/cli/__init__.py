@@ -60,6 +60,7 @@ class ArchiveGroup(click.Group):
         "provenance": "archive.cli.reduce:provenance",
         "stale": "archive.cli.reduce:stale",
         "night": "archive.cli.reduce:night",
+        "show": "archive.cli.show:show",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
