@@ -115,8 +115,10 @@ def reduce(ctx, app: AppContext, filters: FrameFilter, only_stale: bool, no_regi
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (the whole tree, or the products).")
 @pass_app
 def provenance(app: AppContext, file: Path, as_tree: bool, used_by: bool, as_json: bool) -> None:
-    """Summarize where a product came from: its step, the steps below it, the raw frames by type
-    and the masters used (--tree: every frame; --used-by: what FILE went into).
+    """Summarize where a product came from: its steps, raw frames by type, masters used.
+
+    --tree prints the whole tree down to the raw frames, one frame a line; --used-by prints
+    every product FILE went into, each under the line of the product it was made from.
 
     \b
     Examples:
