@@ -22,7 +22,7 @@ def frame_filters(func: Callable) -> Callable:
         click.option("--filter", "filter_name", help="Filter name (case-insensitive)."),
         click.option("--night", type=click.DateTime(["%Y-%m-%d"]), help="Local observing night, YYYY-MM-DD."),
         click.option("--target", help="Target (OBJECT), matched loosely: 'M 31' = 'M31' = 'm31'."),
-        click.option("--instrument", help="Instrument name (INSTRUME)."),
+        click.option("--instrument", help="Instrument name (INSTRUME, case-insensitive)."),
         click.option("--since", type=click.DateTime(), help="DATE-OBS on or after (UTC)."),
         click.option("--until", type=click.DateTime(), help="DATE-OBS before (UTC)."),
         click.option("--min-exposure", type=float, help="Exposure time at least (s)."),

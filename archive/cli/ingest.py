@@ -43,6 +43,11 @@ def ingest(app: AppContext, paths: tuple[str, ...], workers: int | None, batch_s
     summary = ingest_paths(
         app.engine, paths, settings=settings, dialects=dialects, progress=BarProgress(not app.quiet)
     )
+    if not (summary.new or summary.new_copies or summary.changed or summary.unchanged or summary.problems):
+        where = ", ".join(paths)
+        click.echo(f"no FITS files under {where}" + (f" ({summary.skipped} other file(s) skipped)" if summary.skipped
+                                                     else ""))
+        return
     types = ", ".join(f"{n} {t or 'untyped'}" for t, n in sorted(summary.by_type.items(), key=lambda kv: str(kv[0])))
     click.echo(
         f"new frames: {summary.new}" + (f" ({types})" if types else "")

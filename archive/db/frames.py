@@ -51,7 +51,7 @@ class FrameFilter:
     target : str
         Target, matched loosely ('M 31' matches 'M31' and 'm31').
     instrument : str
-        Instrument name, exact.
+        Instrument name, compared case-insensitively.
     since, until : datetime
         ``since <= date_obs < until`` (UTC).
     min_exposure_s, max_exposure_s : float
@@ -89,7 +89,7 @@ def frame_query(filters: FrameFilter | None = None, *columns) -> Select:
     if f.target:
         conditions.append(Frame.target_key == target_key(f.target))
     if f.instrument:
-        conditions.append(Instrument.name == f.instrument)
+        conditions.append(func.lower(Instrument.name) == f.instrument.lower())
     if f.since:
         conditions.append(Frame.date_obs >= f.since)
     if f.until:
