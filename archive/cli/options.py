@@ -66,10 +66,10 @@ def emit(data, fmt: str, *, hidden_note: bool = True) -> None:
     if chosen != names:
         index = [names.index(c) for c in chosen]
         names, rows = chosen, [tuple(row[i] for i in index) for row in rows]
-    if fmt == "csv":
-        click.echo(table.to_csv(names, rows), nl=False)
+    if fmt == "csv":  # color=True: click would strip what looks like an ANSI sequence from a value
+        click.echo(table.to_csv(names, rows), nl=False, color=True)
     elif fmt == "json":
-        click.echo(table.to_json(names, rows))
+        click.echo(table.to_json(names, rows), color=True)
     elif not rows:
         click.echo("(no rows)", err=True)
     else:
