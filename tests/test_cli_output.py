@@ -161,6 +161,9 @@ def test_table_rendering_rules():
     assert max(map(len, lines)) <= 60 and lines[1].endswith("file_001.fits") is False
     assert "file_001.fits" in lines[1] and "…" in lines[1] and "81.164" in lines[1]
     assert left_out == ["gain"]  # all NULL: left out, named
+    report, _ = render_table(["light", "light_h", "first_utc"], [(17, 0.275, "2025-06-02 03:21:41.040000")], width=80)
+    assert report[0].split() == ["light", "light", "time", "first", "[UTC]"]
+    assert report[1].split() == ["17", "16.5", "min", "2025-06-02", "03:21:41"]
 
 
 # -- summary ---------------------------------------------------------------------------------

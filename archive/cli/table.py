@@ -213,6 +213,8 @@ def format_value(value: Any, column: Column) -> str:
         return _trim(f"{number:.6g}")
     if isinstance(value, dt.datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S")
+    if kind == "time" and isinstance(value, str) and len(value) > 19 and value[10] in " T" and value[19] == ".":
+        return escape_controls(value[:19].replace("T", " "))  # SQLite gives timestamps as text
     if isinstance(value, dt.date):
         return value.isoformat()
     if isinstance(value, (dict, list, tuple)):
@@ -242,6 +244,12 @@ def _spec(name: str, values: Sequence[Any]) -> Column:
     """The column's entry in :data:`COLUMNS`, else one inferred from its values."""
     if name in COLUMNS:
         return COLUMNS[name]
+    if name.endswith("_h"):  # named reports: hours, shown as a duration
+        return Column(f"{name[:-2]} time", "duration", seconds=3600.0)
+    if name.endswith("_s"):
+        return Column(f"{name[:-2]} [s]", "real", decimals=3)
+    if name.endswith(("_utc", "_at")):
+        return Column(f"{name.removesuffix('_utc')} [UTC]", "time")
     present = [v for v in values if v is not None]
     if present and all(isinstance(v, (int, float, Decimal)) and not isinstance(v, bool) for v in present):
         if all(float(v).is_integer() for v in present) and not any(isinstance(v, float) for v in present):
