@@ -50,7 +50,7 @@ def emit(data, fmt: str, *, hidden_note: bool = True) -> None:
     """
     from archive.cli import table
 
-    names, rows = table._as_rows(data)
+    names, rows = table.as_rows(data)
     requested = getattr(fmt, "columns", None)
     if requested == ("list",):
         left_out = set(table.render_table(names, rows, width=table.terminal_width())[1])
@@ -79,7 +79,7 @@ def emit(data, fmt: str, *, hidden_note: bool = True) -> None:
         click.echo("\n".join(lines))
         if left_out and hidden_note:
             note = f"({len(left_out)} more column(s): {', '.join(left_out)}; see --columns)"
-            click.echo(table._shorten(note, width, "note"), err=True)
+            click.echo(table.shorten(note, width, "note"), err=True)
 
 
 class BarProgress:

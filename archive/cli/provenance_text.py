@@ -8,14 +8,14 @@ import textwrap
 from pathlib import PurePath
 from typing import Any
 
-from archive.cli.table import _shorten, escape_controls, format_duration
+from archive.cli.table import escape_controls, format_duration, shorten
 
 __all__ = ["escape_controls", "fit", "format_summary", "format_tree", "format_used_by", "frame_line"]
 
 
 def fit(line: str, width: int) -> str:
     """``line`` shortened at its end to ``width`` cells (control characters escaped)."""
-    return _shorten(escape_controls(line), width, "note")
+    return shorten(escape_controls(line), width, "note")
 
 
 def _when(iso: str | None) -> str:
@@ -31,7 +31,8 @@ def _value(value: Any) -> str:
     return str(value)
 
 
-def _name(path: str | None) -> str:
+def file_name(path: str | None) -> str:
+    """The last part of ``path`` ('(no file)' for None)."""
     return PurePath(path).name if path else "(no file)"
 
 
@@ -41,7 +42,7 @@ def frame_line(node: dict[str, Any], *, full_path: bool = False) -> str:
     parts += [str(node[k]) for k in ("target", "filter") if node.get(k)]
     if node.get("exposure_time_s") is not None:
         parts.append(f"{node['exposure_time_s']:g} s")
-    parts.append((node.get("path") or "(no file)") if full_path else _name(node.get("path")))
+    parts.append((node.get("path") or "(no file)") if full_path else file_name(node.get("path")))
     return " ".join(parts)
 
 

@@ -70,7 +70,7 @@ def format_record(record, width: int) -> list[str]:
 
     lines += ["", "masters chosen" + ("" if record.selections else ": none recorded")]
     for s in record.selections:
-        master = f"#{s['master_id']} {text._name(s['master_path'])}" if s["master_id"] is not None else "none"
+        master = f"#{s['master_id']} {text.file_name(s['master_path'])}" if s["master_id"] is not None else "none"
         scale = f" x {s['scale']:.4g}" if s["scale"] not in (None, 1.0) else ""
         lines.append(text.fit(f"  {s['kind']}: {s['method']} {master}{scale} (rules {s['rule_version']}, "
                               f"{format_value(s['decided_at'], Column('', 'time'))})", width))

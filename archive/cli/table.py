@@ -225,7 +225,7 @@ def format_value(value: Any, column: Column) -> str:
 # -- the table -------------------------------------------------------------------------------
 
 
-def _as_rows(data: Any) -> tuple[list[str], list[tuple]]:
+def as_rows(data: Any) -> tuple[list[str], list[tuple]]:
     """``(columns, rows)`` of a pandas DataFrame or of ``(columns, rows)``."""
     if hasattr(data, "columns") and hasattr(data, "itertuples"):  # a DataFrame; pandas not imported here
         names = [str(c) for c in data.columns]
@@ -276,7 +276,9 @@ def choose_columns(names: Sequence[str], requested: Sequence[str] | None) -> lis
     return list(dict.fromkeys(requested))
 
 
-def _shorten(text: str, width: int, kind: str) -> str:
+def shorten(text: str, width: int, kind: str) -> str:
+    """``text`` in at most ``width`` cells: a ``path`` keeps its end (the file name), anything
+    else its start; the cut is marked with an ellipsis."""
     if display_width(text) <= width:
         return text
     if width <= 1:
@@ -356,7 +358,7 @@ def render_table(names: Sequence[str], rows: Sequence[Sequence[Any]], *, width: 
     def line(values: list[tuple[str, str]]) -> str:
         parts = []
         for n, text in values:
-            text = _shorten(text, widths[n], specs[n].kind)
+            text = shorten(text, widths[n], specs[n].kind)
             pad = " " * (widths[n] - display_width(text))
             parts.append(pad + text if specs[n].kind in ("int", "real", "duration") else text + pad)
         return (" " * GAP).join(parts).rstrip()
