@@ -73,7 +73,8 @@ class ArchiveGroup(click.Group):
         "ingest": "Ingest the FITS files under PATHS (files or folders, walked recursively).",
         "masters": "Build the master bias/dark/flat library and choose masters for lights.",
         "night": "After a night: ingest, build masters, calibrate, register, stack, and summarize.",
-        "problems": "List files that could not be ingested (error) and frames ingested with gaps (warning).",
+        "problems": "List files that could not be ingested (error) and frames ingested with gaps (warning); "
+                    "with --reductions, the steps that failed and the frames rejected (step, frame, reason).",
         "project": "Multi-night projects: a target, its filters and goals, gathered in dss-automation's layout.",
         "provenance": "Summarize where a product came from: its steps, raw frames by type, masters used.",
         "reduce": "Calibrate lights with their selected masters, register and stack them, with provenance.",
