@@ -5,9 +5,18 @@ with its whole header and normalized metadata; see ``archive.ingest`` for gettin
 and ``archive.reports`` for getting tables out.
 """
 
-from importlib.metadata import PackageNotFoundError, version
 
-try:
-    __version__ = version("archive")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+
+def __getattr__(name: str) -> str:
+    """``archive.__version__``, read from the installed package metadata on first use (importing
+    :mod:`importlib.metadata` at start-up would slow every command)."""
+    if name != "__version__":
+        raise AttributeError(f"module 'archive' has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        value = version("archive")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        value = "0.0.0+unknown"
+    globals()["__version__"] = value
+    return value

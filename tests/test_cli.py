@@ -27,9 +27,11 @@ def all_commands(group: click.Group, prefix: str = ""):
             yield from all_commands(command, f"{prefix}{name} ")
 
 
-def run(*args, db=None, input=None):
+def run(*args, db=None, input=None, columns=120):
+    """``archive ARGS`` through click's runner, tables fitted to ``columns`` cells (COLUMNS)."""
     runner = CliRunner()
-    return runner.invoke(main, [*(["--db", str(db)] if db else []), *map(str, args)], input=input, catch_exceptions=False)
+    return runner.invoke(main, [*(["--db", str(db)] if db else []), *map(str, args)], input=input,
+                         catch_exceptions=False, env={"COLUMNS": str(columns)})
 
 
 @pytest.mark.parametrize("name, command", list(all_commands(main)), ids=lambda v: v if isinstance(v, str) else "")

@@ -163,11 +163,76 @@ def test_provenance_leads_from_the_stack_to_every_raw_frame(night):
     out = night["runner"].invoke(main, ["--db", night["url"], "provenance", "--json", stack_path], env=night["env"])
     assert out.exit_code == 0, out.output
     assert raw_leaves(json.loads(out.stdout)) == leaves
-    text_out = night["runner"].invoke(main, ["--db", night["url"], "provenance", stack_path], env=night["env"])
+    text_out = night["runner"].invoke(main, ["--db", night["url"], "provenance", "--tree", stack_path], env=night["env"])
     assert "<- stack" in text_out.output and "[raw] bias" in text_out.output
     light = min((night["root"] / "2025-06-01_arcsat").glob("XO1-b_z_*.fits"))
     rev = night["runner"].invoke(main, ["--db", night["url"], "provenance", "--used-by", str(light)], env=night["env"])
     assert rev.exit_code == 0 and "calibrate: calibrated" in rev.output and "stack: stacked" in rev.output
+
+
+def _cli(night, *args, columns=100):
+    env = {**night["env"], "COLUMNS": str(columns)}
+    return night["runner"].invoke(main, ["--db", night["url"], *map(str, args)], env=env, catch_exceptions=False)
+
+
+def test_provenance_summary_tree_and_used_by_fit_the_terminal(night):
+    """Issue 13: the stack's provenance is a summary of a few lines by default (it was 688
+    lines, up to 362 characters), the tree with --tree, every line within the terminal."""
+    with session_scope(night["engine"]) as session:
+        stack = _frames(session, "stacked")[0]
+        stack_path = session.scalar(select(Copy.path).where(Copy.frame_id == stack.id, Copy.is_current))
+        bias = _frames(session, "master_bias")[0]
+        bias_path = session.scalar(select(Copy.path).where(Copy.frame_id == bias.id, Copy.is_current))
+    summary = _cli(night, "provenance", stack_path)
+    lines = summary.stdout.splitlines()
+    assert summary.exit_code == 0 and len(lines) <= 20 and max(map(len, lines)) <= 100
+    assert "raw frames: 31 (16 light, 5 bias, 5 dark, 5 flat)" in summary.stdout
+    assert "16 calibrate" in summary.stdout and "16 register" in summary.stdout and "1 stack" in summary.stdout
+    assert "total exposure: 16 min" in summary.stdout
+    assert sum(line.lstrip().startswith("master: master_") for line in lines) == 3
+    tree = _cli(night, "provenance", "--tree", stack_path, columns=90).stdout.splitlines()
+    assert len(tree) > 100 and max(map(len, tree)) <= 90
+    used = _cli(night, "provenance", "--used-by", bias_path).stdout.splitlines()
+    assert max(map(len, used)) <= 100
+    stack_line = next(i for i, line in enumerate(used) if "stack: stacked" in line)
+    parent = next(line for line in reversed(used[:stack_line]) if "register: registered" in line)
+    indent = len(used[stack_line]) - len(used[stack_line].lstrip())
+    assert indent > len(parent) - len(parent.lstrip())  # the stack under a registered frame's line
+
+
+def test_show_a_light_and_the_stack(night):
+    light = min((night["root"] / "2025-06-01_arcsat").glob("XO1-b_z_*.fits"))
+    shown = _cli(night, "show", light)
+    assert shown.exit_code == 0, shown.output
+    out = shown.stdout
+    assert "exposure_time_s  60 s" in out and "EXPTIME" in out and "IMAGETYP='LIGHT'" in out
+    assert str(light) in out and "current, canonical" in out
+    with session_scope(night["engine"]) as session:
+        masters = {f.image_type: f.id for f in _frames(session, "master_bias") + _frames(session, "master_dark")
+                   + _frames(session, "master_flat")}
+        stack = _frames(session, "stacked")[0]
+        light_frame = session.scalar(select(Frame).join(Copy).where(Copy.path == str(light)))
+        products = len(used_by(session, light_frame))
+    for kind in ("bias", "dark", "flat"):
+        assert f"{kind}: exact #{masters['master_' + kind]} master_{kind}_" in out
+    assert "provenance: a raw frame" in out and f"used by {products} product(s)" in out and products >= 3
+    assert "\nOBJECT  = 'XO1-b" in out  # the whole header, card by card
+    by_id = _cli(night, "show", stack.id)
+    assert by_id.exit_code == 0 and "total exposure 16 min" in by_id.stdout
+    assert "raw frames: 31" in by_id.stdout and "<- stack" in by_id.stdout
+    data = json.loads(_cli(night, "show", stack.id, "--json").stdout)
+    assert data["frame_id"] == stack.id and data["values"]["exposure_time_s"] == {"value": 60.0, "from": "EXPTIME"}
+    missing = _cli(night, "show", 999999)
+    assert missing.exit_code == 1 and missing.output.startswith("archive: error: no frame 999999")
+
+
+def test_summary_keeps_products_apart_and_counts_the_stack_total(night):
+    raw = json.loads(_cli(night, "summary", "--by", "night", "--format", "json").stdout)
+    assert [(r["night"], r["frames"]) for r in raw] == [("2025-06-01", 32)]
+    products = {r["image_type"]: r for r in json.loads(
+        _cli(night, "summary", "--products", "--by", "image_type", "--format", "json").stdout)}
+    assert products["stacked"]["frames"] == 1 and products["stacked"]["exposure_h"] == pytest.approx(960 / 3600)
+    assert products["calibrated"]["frames"] == 17 and "light" not in products
 
 
 def _counts(engine):
@@ -207,6 +272,8 @@ def test_stale_after_marking_a_master_bad_and_reduce_stale(night):
         session.get(Master, flat.id).is_bad = True
     out = runner.invoke(main, ["--db", url, "stale", "--format", "json"], env=env)
     rows = json.loads(out.stdout)
+    table = runner.invoke(main, ["--db", url, "stale"], env={**env, "COLUMNS": "100"}).stdout.splitlines()
+    assert len(table) == 1 + len(rows) and max(map(len, table)) <= 100  # issue 13: it was 250 wide
     steps = [r["step"] for r in rows]
     assert steps.count("calibrate") == 17 and steps.count("stack") == 1 and steps.count("register") == 17
     assert all("marked bad" in r["reasons"] for r in rows if r["step"] == "calibrate")

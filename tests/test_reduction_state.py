@@ -301,7 +301,8 @@ def test_a_night_keeps_outcomes_apart_from_parameters(db_url, tmp_path):
     from archive import keywords as kw
     from archive.db.frames import canonical_paths
     from archive.db.models import Frame
-    from archive.db.provenance import format_tree, provenance_tree
+    from archive.cli.provenance_text import format_tree
+    from archive.db.provenance import provenance_tree
     from archive.reduce.registration import registration_parameters
     from tests.test_reduce_pipeline import _night, synthetic_night
 
@@ -329,7 +330,7 @@ def test_a_night_keeps_outcomes_apart_from_parameters(db_url, tmp_path):
                 assert r.results["dy"] == pytest.approx(header[kw.SHIFT_Y])
                 assert r.results["n_stars"] > 0 and r.failure_kind is None
             assert min(abs(r.results["dx"]) + abs(r.results["dy"]) for r in done) < 0.5  # the reference
-            lines = format_tree(provenance_tree(session, next(iter(outputs.values()))))
+            lines = format_tree(provenance_tree(session, next(iter(outputs.values()))), width=200)
             assert any("results:" in line and "dx=" in line for line in lines)
     finally:
         engine.dispose()

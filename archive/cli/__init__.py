@@ -11,13 +11,14 @@ import importlib
 import logging
 import sys
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import click
-from sqlalchemy import Engine
-
-from archive import __version__
 from archive.config import Settings, default_database_path, load_settings
 from archive.errors import ArchiveError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 
 @dataclass
@@ -69,7 +70,41 @@ class ArchiveGroup(click.Group):
         "night": "archive.cli.reduce:night",
         "solve": "archive.cli.sky:solve",
         "coverage": "archive.cli.sky:coverage",
+        "show": "archive.cli.show:show",
     }
+
+    #: command name -> the first paragraph of its help: 'archive --help' lists the commands
+    #: without importing them (tests/test_cli.py checks that these match the commands' help)
+    summaries = {
+        "copyback": "Copy a target's frames from every night into DIR, once per exposure.",
+        "coverage": "Integration per sky cell (HEALPix), as rows and, with -o, a map.",
+        "db": "Manage the catalogue schema (alembic migrations).",
+        "frames": "List frames, one row each, ordered by DATE-OBS.",
+        "ingest": "Ingest the FITS files under PATHS (files or folders, walked recursively).",
+        "masters": "Build the master bias/dark/flat library and choose masters for lights.",
+        "night": "After a night: ingest, build masters, calibrate, register, stack, and summarize.",
+        "problems": "List files that could not be ingested (error) and frames ingested with gaps (warning); "
+                    "with --reductions, the steps that failed and the frames rejected (step, frame, reason).",
+        "project": "Multi-night projects: a target, its filters and goals, gathered in dss-automation's layout.",
+        "provenance": "Summarize where a product came from: its steps, raw frames by type, masters used.",
+        "reduce": "Calibrate lights with their selected masters, register and stack them, with provenance.",
+        "report": "Run the named report NAME (queries/NAME.sql) with bound parameters.",
+        "show": "Show everything known of one frame (FRAME is a frame id or the path of a copy).",
+        "solve": "Plate-solve the lights that have no WCS, with astrometry.net's solve-field.",
+        "stale": "List products whose inputs would now be chosen differently.",
+        "summary": "Count frames and files, and total their exposure, by night, type, filter and exposure time.",
+    }
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The commands and their short help, from :attr:`summaries` where given (no import)."""
+        names = self.list_commands(ctx)
+        commands = [(n, click.Command(n, help=self.summaries[n]) if n in self.summaries else self.get_command(ctx, n))
+                    for n in names]
+        commands = [(n, c) for n, c in commands if c is not None and not c.hidden]
+        if commands:
+            limit = formatter.width - 6 - max(len(n) for n, _ in commands)
+            with formatter.section("Commands"):
+                formatter.write_dl([(n, c.get_short_help_str(limit)) for n, c in commands])
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(self.lazy_commands))
@@ -104,7 +139,7 @@ class ArchiveGroup(click.Group):
 )
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars, warnings and errors only.")
-@click.version_option(__version__, prog_name="archive")
+@click.version_option(package_name="archive", prog_name="archive")
 @click.pass_context
 def main(ctx: click.Context, database: str | None, verbose: int, quiet: bool) -> None:
     """Catalogue astronomical FITS frames in SQLite or PostgreSQL, and report on them.

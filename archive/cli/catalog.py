@@ -11,8 +11,8 @@ from archive.cli import AppContext, pass_app
 from archive.cli.options import emit, output_format, parse_params
 from archive.db.models import IMAGE_TYPES
 from archive.db.session import session_scope
-from archive.reports import FrameFilter, list_problems, load_queries, run_query, select_frames, summarize
-from archive.reports.catalog import SUMMARY_KEYS
+from archive.reports import FrameFilter, load_queries, run_query
+from archive.reports.catalog import SUMMARY_KEYS, frame_rows, problem_rows, summary_rows
 
 
 def frame_filters(func: Callable) -> Callable:
@@ -23,7 +23,7 @@ def frame_filters(func: Callable) -> Callable:
         click.option("--night", type=click.DateTime(["%Y-%m-%d"]), help="Local observing night, YYYY-MM-DD."),
         click.option("--target", help="Target (OBJECT), matched loosely and across catalogues: 'M 94' = 'M94' = "
                      "'NGC 4736'; also frames whose footprint contains it."),
-        click.option("--instrument", help="Instrument name (INSTRUME)."),
+        click.option("--instrument", help="Instrument name (INSTRUME, case-insensitive)."),
         click.option("--since", type=click.DateTime(), help="DATE-OBS on or after (UTC)."),
         click.option("--until", type=click.DateTime(), help="DATE-OBS before (UTC)."),
         click.option("--min-exposure", type=float, help="Exposure time at least (s)."),
@@ -65,25 +65,31 @@ def frames(app: AppContext, filters: FrameFilter, fmt: str) -> None:
       archive frames --covers 192.72 41.12
     """
     with session_scope(app.engine) as session:
-        emit(select_frames(session, filters), fmt)
+        emit(frame_rows(session, filters), fmt)
 
 
 @click.command()
 @click.option("--by", default="night,image_type,filter_name,exposure_time_s", show_default=True,
               help=f"Comma-separated grouping keys among {', '.join(SUMMARY_KEYS)}.")
+@click.option("--products", is_flag=True,
+              help="Count the products (masters, calibrated, registered, stacked) instead of the raw frames.")
 @frame_filters
 @output_format
 @pass_app
-def summary(app: AppContext, by: str, filters: FrameFilter, fmt: str) -> None:
+def summary(app: AppContext, by: str, products: bool, filters: FrameFilter, fmt: str) -> None:
     """Count frames and files, and total their exposure, by night, type, filter and exposure time.
 
-    'frames' counts distinct images, 'files' the copies on disk (the same bytes at two paths
-    are one frame and two files); 'exposure_h' totals the frames' exposure in hours.
+    Raw frames are counted (what the camera took), or with --products the products made from
+    them; --type counts that type. 'frames' counts exposures (a duplicate exposure, e.g. a
+    compressed copy with other bytes, is counted once and listed under 'duplicates'), 'files'
+    the copies on disk (the same bytes at two paths are one frame and two files); 'exposure_h'
+    totals the frames' exposure in hours, a stack's being its total exposure (TOTEXP).
 
     \b
     Examples:
       archive summary
       archive summary --by target,filter_name --type light
+      archive summary --products --by target,image_type
       archive summary --night 2025-06-01 --format json
     """
     keys = [k.strip() for k in by.split(",") if k.strip()]
@@ -91,7 +97,7 @@ def summary(app: AppContext, by: str, filters: FrameFilter, fmt: str) -> None:
     if unknown:
         raise click.BadParameter(f"unknown key(s) {unknown}; choose from {', '.join(SUMMARY_KEYS)}", param_hint="--by")
     with session_scope(app.engine) as session:
-        emit(summarize(session, keys, filters), fmt)
+        emit(summary_rows(session, keys, filters, level="products" if products else "raw"), fmt)
 
 
 @click.command()
@@ -117,7 +123,7 @@ def problems(app: AppContext, include_resolved: bool, severity: str | None, redu
 
             emit(list_reduction_problems(session, status=None if reductions == "all" else reductions), fmt)
             return
-        emit(list_problems(session, include_resolved=include_resolved, severity=severity), fmt)
+        emit(problem_rows(session, include_resolved=include_resolved, severity=severity), fmt)
 
 
 @click.command()

@@ -69,6 +69,15 @@ def copyback(app: AppContext, filters: FrameFilter, kind, ra, dec, radius, dest,
     summary = run_copyback(app.engine, selection, dest, mode=mode, dry_run=dry_run, config=config,
                            settings=app.settings, progress=BarProgress(not app.quiet),
                            lock_timeout_s=0 if no_wait else None)
+    if not summary.frames:
+        names = {"image_type": "type", "filter_name": "filter", "min_exposure_s": "min-exposure",
+                 "max_exposure_s": "max-exposure"}
+        given = [f"--{names.get(k, k)} {v}" for k, v in vars(filters).items()
+                 if v is not None and k not in ("include_duplicates", "folder")]
+        given += [f"--{k} {v}" for k, v in (("ra", ra), ("dec", dec)) if v is not None]
+        click.echo(f"no frame matches {' '.join(given)}{'' if filters.image_type else f' --kind {kind}'}: "
+                   f"{'would copy' if dry_run else 'copied'} 0 file(s)")
+        return
     if dry_run:
         for item in summary.plan:
             click.echo(f"{item.source} -> {item.dest}" if item.action == "copy" else f"delete {item.source} (moved to {item.dest})")

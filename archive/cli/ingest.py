@@ -51,6 +51,12 @@ def ingest(app: AppContext, paths: tuple[str, ...], workers: int | None, batch_s
     if summary.interrupted_runs:
         click.echo(f"earlier run(s) interrupted: {', '.join(map(str, summary.interrupted_runs))} "
                    "(what they committed is kept; this run did the rest)", err=True)
+    if stopped is None and not (summary.new or summary.new_copies or summary.changed or summary.unchanged
+                                or summary.problems):
+        where = ", ".join(paths)
+        click.echo(f"no FITS files under {where}" + (f" ({summary.skipped} other file(s) skipped)" if summary.skipped
+                                                     else ""))
+        return
     types = ", ".join(f"{n} {t or 'untyped'}" for t, n in sorted(summary.by_type.items(), key=lambda kv: str(kv[0])))
     click.echo(
         f"new frames: {summary.new}" + (f" ({types})" if types else "")

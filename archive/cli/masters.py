@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import pandas as pd
-
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
@@ -107,16 +102,14 @@ def build(app: AppContext, night, since, until, instrument, kinds, library, memo
         raise SystemExit(1)
 
 
-def _selection_rows(selections) -> pd.DataFrame:
+def _selection_rows(selections) -> tuple[list[str], list[tuple]]:
     rows = [
-        {"frame_id": fid, "kind": kind, "method": sel.method, "master_id": sel.master_id, "scale": sel.scale,
-         "weights": ";".join(f"{m}:{w:.4g}" for m, w in sel.weights) if sel.method == "interpolated" else "",
-         "rule_version": sel.rule_version, "why": "" if sel.found else sel.explanation}
+        (fid, kind, sel.method, sel.master_id, sel.scale,
+         ";".join(f"{m}:{w:.4g}" for m, w in sel.weights) if sel.method == "interpolated" else "",
+         sel.rule_version, "" if sel.found else sel.explanation)
         for (fid, kind), sel in sorted(selections.items())
     ]
-    import pandas as pd  # imported on use: a slow import
-
-    return pd.DataFrame(rows, columns=["frame_id", "kind", "method", "master_id", "scale", "weights", "rule_version", "why"])
+    return ["frame_id", "kind", "method", "master_id", "scale", "weights", "rule_version", "why"], rows
 
 
 @masters.command("select")
@@ -166,9 +159,8 @@ def select_cmd(app: AppContext, files, filters: FrameFilter, kinds, explain: boo
     elif explain:
         rows = [{"frame_id": fid, "kind": kind, **v.as_dict()} for (fid, kind), sel in sorted(selections.items())
                 for v in sel.candidates]
-        import pandas as pd  # imported on use: a slow import
-
-        emit(pd.DataFrame(rows), fmt)
+        names = list(dict.fromkeys(k for row in rows for k in row))
+        emit((names, [tuple(row.get(k) for k in names) for row in rows]), fmt)
     else:
         emit(_selection_rows(selections), fmt)
     if not selections:

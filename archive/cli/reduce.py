@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import click
-import pandas as pd
 
 from archive.cli import AppContext, pass_app
 from archive.cli.catalog import frame_filters
@@ -113,20 +112,29 @@ def reduce(ctx, app: AppContext, filters: FrameFilter, only_stale: bool, no_regi
 
 @click.command()
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--used-by", is_flag=True, help="The reverse: every product FILE went into.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--tree", "as_tree", is_flag=True, help="The whole tree down to the raw frames, one frame a line.")
+@click.option("--used-by", is_flag=True, help="The reverse: every product FILE went into, each under its input.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (the whole tree, or the products).")
 @pass_app
-def provenance(app: AppContext, file: Path, used_by: bool, as_json: bool) -> None:
-    """Print where a product came from, down to the raw frames (or, with --used-by, what it went into).
+def provenance(app: AppContext, file: Path, as_tree: bool, used_by: bool, as_json: bool) -> None:
+    """Summarize where a product came from: its steps, raw frames by type, masters used.
+
+    --tree prints the whole tree down to the raw frames, one frame a line; --used-by prints
+    every product FILE went into, each under the line of the product it was made from.
 
     \b
     Examples:
       archive provenance reduced/stacks/XO1-b/z/XO1-b_z_60s_1a2b3c4d5e.fits
+      archive provenance --tree stack.fits | less
       archive provenance --json stack.fits > stack.provenance.json
       archive provenance --used-by masters/dcam-spare/dark/master_dark_....fits
     """
+    from archive.cli import provenance_text as text
+    from archive.cli.table import terminal_width
     from archive.db import provenance as prov
+    from archive.reports.catalog import stack_exposure_s
 
+    width = terminal_width()
     with session_scope(app.engine) as session:
         frame = prov.frame_at_path(session, file)
         if used_by:
@@ -136,14 +144,19 @@ def provenance(app: AppContext, file: Path, used_by: bool, as_json: bool) -> Non
             elif not products:
                 click.echo(f"{file}: used by no product", err=True)
             else:
-                for p in products:
-                    click.echo(f"{'  ' * (p['depth'] - 1)}{p['step']}: {p['image_type']} #{p['frame_id']} {p['path']}")
+                click.echo("\n".join(text.format_used_by(prov.frame_summary(session, frame), products, width)))
             return
         tree = prov.provenance_tree(session, frame)
+        total = stack_exposure_s(frame.header, frame.exposure_time_s) if frame.image_type == "stacked" else None
     if as_json:
         click.echo(json.dumps(tree, indent=2, default=str))
+    elif as_tree:
+        click.echo("\n".join(text.format_tree(tree, width)))
     else:
-        click.echo("\n".join(prov.format_tree(tree)))
+        lines = text.format_summary(prov.provenance_summary(tree), width, total_exposure_s=total)
+        click.echo("\n".join(lines))
+        if "reduction" in tree:
+            click.echo("(every frame: --tree; as data: --json)", err=True)
 
 
 @click.command()
@@ -165,9 +178,8 @@ def stale(app: AppContext, fmt: str) -> None:
     from archive.reduce.stale import find_stale
 
     with session_scope(app.engine) as session:
-        rows = [{"frame_id": p.frame_id, "step": p.step, "path": p.path, "reasons": "; ".join(p.reasons)}
-                for p in find_stale(session)]
-    emit(pd.DataFrame(rows, columns=["frame_id", "step", "path", "reasons"]), fmt)
+        rows = [(p.frame_id, p.step, p.path, "; ".join(p.reasons)) for p in find_stale(session)]
+    emit((["frame_id", "step", "path", "reasons"], rows), fmt)
 
 
 @click.command()

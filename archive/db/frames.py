@@ -55,7 +55,7 @@ class FrameFilter:
         ('NGC 4736' matches 'M 94', :func:`archive.db.targets.resolve_target`); a frame whose
         footprint contains the target's catalogued position matches too, whatever its OBJECT.
     instrument : str
-        Instrument name, exact.
+        Instrument name, compared case-insensitively.
     since, until : datetime
         ``since <= date_obs < until`` (UTC).
     min_exposure_s, max_exposure_s : float
@@ -112,7 +112,7 @@ def frame_query(filters: FrameFilter | None = None, *columns) -> Select:
     if f.target:
         conditions.append(target_condition(f.target))
     if f.instrument:
-        conditions.append(Instrument.name == f.instrument)
+        conditions.append(func.lower(Instrument.name) == f.instrument.lower())
     if f.since:
         conditions.append(Frame.date_obs >= f.since)
     if f.until:

@@ -351,26 +351,63 @@ def used_by(session: Session, frame: Frame) -> list[dict[str, Any]]:
     ]
 
 
-def format_tree(tree: dict[str, Any], indent: str = "", _shown: set[int] | None = None) -> list[str]:
-    """Lines of a provenance tree for people: one frame per line, its step, parameters and
-    results.
+def frame_summary(session: Session, frame: Frame) -> dict[str, Any]:
+    """One frame as a node of :func:`provenance_tree` (id, type, path, target, filter,
+    exposure, DATE-OBS, sha256), without its inputs."""
+    return _frame_summary(frame, canonical_paths(session, [frame.id]).get(frame.id))
 
-    A product reached again (a master used by every light) is expanded the first time only.
+
+def provenance_summary(tree: dict[str, Any]) -> dict[str, Any]:
+    """What a provenance tree holds, counted once per frame and reduction.
+
+    Parameters
+    ----------
+    tree : dict
+        From :func:`provenance_tree` (a frame reached twice is counted once).
+
+    Returns
+    -------
+    dict
+        ``frame`` (the root's summary without inputs), ``reduction`` (the root's, or None),
+        ``steps`` (step -> reductions), ``products`` (image type -> derived frames below the
+        root), ``raw`` (image type -> leaves: raw frames, and masters made elsewhere),
+        ``masters`` (the master frames used: frame summaries, by id) and ``raw_ids`` (the
+        leaves' frame ids, sorted).
     """
-    shown = set() if _shown is None else _shown
-    role = f"[{tree['role']}] " if tree.get("role") else ""
-    line = f"{indent}{role}{tree['image_type'] or '?'} #{tree['frame_id']} {tree['path'] or '(no file)'}"
-    if "reduction" in tree and tree["frame_id"] in shown:
-        return [line + "  (inputs shown above)"]
-    shown.add(tree["frame_id"])
-    lines = [line]
-    if "reduction" in tree:
-        r = tree["reduction"]
-        params = ", ".join(f"{k}={v}" for k, v in sorted((r["parameters"] or {}).items()))
-        lines.append(f"{indent}  <- {r['step']} (reduction {r['reduction_id']}, {r['status']}, {r['host']}, "
-                     f"{r['finished_at'] or r['started_at']}){': ' + params if params else ''}")
-        if r["results"]:
-            lines.append(f"{indent}     results: " + ", ".join(f"{k}={v}" for k, v in sorted(r["results"].items())))
-        for child in tree.get("inputs", []):
-            lines += format_tree(child, indent + "    ", shown)
-    return lines
+    frames: dict[int, dict[str, Any]] = {}
+    reductions: dict[int, str] = {}
+    leaves: set[int] = set()
+
+    def walk(node: dict[str, Any]) -> None:
+        frames.setdefault(node["frame_id"], node)
+        if "reduction" in node:
+            reductions.setdefault(node["reduction"]["reduction_id"], node["reduction"]["step"])
+            for child in node.get("inputs", []):
+                walk(child)
+        elif not node.get("inputs"):
+            leaves.add(node["frame_id"])
+
+    walk(tree)
+
+    def by_type(ids) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for i in sorted(ids):
+            kind = frames[i]["image_type"] or "unknown"
+            counts[kind] = counts.get(kind, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    steps: dict[str, int] = {}
+    for step in reductions.values():
+        steps[step] = steps.get(step, 0) + 1
+    products = [i for i in frames if i != tree["frame_id"] and i not in leaves]
+    masters = [i for i in frames if (frames[i]["image_type"] or "").startswith("master_")]
+    strip = ("inputs", "reduction", "role")
+    return {
+        "frame": {k: v for k, v in tree.items() if k not in strip},
+        "reduction": tree.get("reduction"),
+        "steps": dict(sorted(steps.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "products": by_type(products),
+        "raw": by_type(leaves),
+        "masters": [{k: v for k, v in frames[i].items() if k not in strip} for i in sorted(masters)],
+        "raw_ids": sorted(leaves),
+    }

@@ -410,7 +410,8 @@ def copyback(
     A real run holds ``dest``'s lock (:func:`archive.gather.destination.hold_destination`) from
     its start to its end: it first finishes what an interrupted run left
     (:func:`archive.gather.destination.recover_destination`), then plans and copies. A dry run
-    takes no lock and writes nothing.
+    takes no lock and writes nothing; nor does a run whose selection matches no frame (``dest``
+    is not created).
 
     Parameters
     ----------
@@ -457,11 +458,12 @@ def copyback(
     config = config or load_gather_config(settings)
     check_template(template or config.template)
     root = Path(dest).expanduser().absolute()
-    if dry_run:
+    if dry_run or not root.exists():  # a selection that matches nothing creates no folder
         with session_scope(engine) as session:
             summary = plan_copyback(session, selection, root, mode=mode, config=config, template=template)
-        summary.dry_run = True
-        return summary
+        summary.dry_run = dry_run
+        if dry_run or not summary.frames:
+            return summary
     with hold_destination(root, timeout_s=lock_timeout_s):
         removed, found = recover_destination(engine, root, settings=settings)
         with session_scope(engine) as session:

@@ -57,34 +57,45 @@ _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([hms]?)\s*$", re.IGNORECASE)
 _UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
 
 
-def parse_duration(text: str) -> float:
+def parse_duration(text: str, *, unit_required: bool = False) -> float:
     """``'10h'``, ``'90m'``, ``'3600s'`` or ``'3600'`` (seconds) -> seconds.
+
+    Parameters
+    ----------
+    unit_required : bool
+        Refuse a bare number (is ``90`` minutes or seconds?).
 
     Raises
     ------
     ValueError
-        Not a number with an optional h, m or s unit.
+        Not a number with an h, m or s unit (optional unless ``unit_required``).
     """
     match = _DURATION.match(str(text))
-    if not match:
-        raise ValueError(f"not a duration: {text!r} (say 10h, 90m or 3600s)")
+    if not match or (unit_required and not match.group(2)):
+        raise ValueError(f"not a duration: {text!r} (say 10h, 90m or 30s)")
     return float(match.group(1)) * _UNITS[match.group(2).lower()]
 
 
 def parse_goals(items: Iterable[str]) -> dict[str, float]:
     """``['Ha=10h', 'L=5h']`` -> ``{'Ha': 36000.0, 'L': 18000.0}`` (seconds).
 
+    A goal needs its unit (h, m or s): ``Ha=90`` is refused rather than read as 90 s.
+
     Raises
     ------
     ValueError
-        An item is not ``FILTER=DURATION``.
+        An item is not ``FILTER=DURATION`` with a unit.
     """
     goals: dict[str, float] = {}
     for item in items:
         name, sep, value = str(item).partition("=")
         if not sep or not name.strip():
             raise ValueError(f"a goal is FILTER=DURATION (e.g. Ha=10h), not {item!r}")
-        goals[name.strip()] = parse_duration(value)
+        try:
+            goals[name.strip()] = parse_duration(value, unit_required=True)
+        except ValueError:
+            raise ValueError(f"goal {item!r}: give the duration with its unit, e.g. {name.strip()}=10h, "
+                             f"{name.strip()}=90m or {name.strip()}=30s") from None
     return goals
 
 
