@@ -12,7 +12,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from archive.db.frames import canonical_paths
-from archive.db.models import CalibrationSelection, Copy, Frame, IngestProblem
+from archive.db.models import CalibrationSelection, Frame, IngestProblem
 from archive.db.provenance import ProvenanceError, frame_at_path, provenance_summary, provenance_tree, used_by
 from archive.reports.catalog import stack_exposure_s
 
