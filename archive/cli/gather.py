@@ -183,9 +183,10 @@ def project_status(app: AppContext, name, fmt) -> None:
       archive project status m31
       archive project status m31 --format json
     """
+    from archive.calib.rules import default_rulebook
     from archive.gather.projects import project_status as status
 
-    emit(status(app.engine, name, config=load_gather_config(app.settings)), fmt)
+    emit(status(app.engine, name, config=load_gather_config(app.settings), rules=default_rulebook(app.settings)), fmt)
 
 
 @project.command("list")

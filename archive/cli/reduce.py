@@ -80,6 +80,7 @@ def reduce(ctx, app: AppContext, filters: FrameFilter, only_stale: bool, no_regi
     from archive.db.models import Frame
     from archive.reduce.config import load_reduction_config
     from archive.reduce.pipeline import reduce_lights
+    from archive.calib.rules import default_rulebook
     from archive.reduce.stale import find_stale
     from archive.db.frames import frame_query
 
@@ -90,9 +91,10 @@ def reduce(ctx, app: AppContext, filters: FrameFilter, only_stale: bool, no_regi
         "calibrate": {"cosmic_rays": cosmic_rays}, "stack": {"method": method, "per_night": per_night},
         "output": {"root": str(output) if output else None, "previews": previews},
     })
+    rules = default_rulebook(app.settings)  # resolved once, for the stale look-up and the reduction
     with session_scope(app.engine) as session:
         if only_stale:
-            light_ids = sorted({p.light_id for p in find_stale(session) if p.light_id is not None})
+            light_ids = sorted({p.light_id for p in find_stale(session, rules=rules) if p.light_id is not None})
         else:
             query = frame_query(FrameFilter(**{**filters.__dict__, "image_type": "light", "include_duplicates": False}),
                                 Frame.id)
@@ -102,7 +104,7 @@ def reduce(ctx, app: AppContext, filters: FrameFilter, only_stale: bool, no_regi
         return
     with _executor(config, workers, serial) as executor:
         summary = reduce_lights(app.engine, light_ids, config=config, settings=app.settings, executor=executor,
-                                register=not no_register, progress=BarProgress(not app.quiet))
+                                rules=rules, register=not no_register, progress=BarProgress(not app.quiet))
     click.echo(f"{len(light_ids)} light(s): {len(summary.calibrated)} calibrated, {len(summary.registered)} registered, "
                f"{len(summary.stacked)} stacked, under {config.products_root()}")
     _print_reduction(summary, app.quiet)
@@ -175,10 +177,12 @@ def stale(app: AppContext, fmt: str) -> None:
       archive stale
       archive stale --format json
     """
+    from archive.calib.rules import default_rulebook
     from archive.reduce.stale import find_stale
 
     with session_scope(app.engine) as session:
-        rows = [(p.frame_id, p.step, p.path, "; ".join(p.reasons)) for p in find_stale(session)]
+        rows = [(p.frame_id, p.step, p.path, "; ".join(p.reasons))
+                for p in find_stale(session, rules=default_rulebook(app.settings))]
     emit((["frame_id", "step", "path", "reasons"], rows), fmt)
 
 

@@ -37,6 +37,7 @@ import pandas as pd
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from archive.calib.rules import RuleBook, default_rulebook
 from archive.calib.select_sql import select_masters
 from archive.config import Settings, load_settings
 from archive.db.base import utcnow
@@ -199,16 +200,18 @@ def _folder(root: Path, template: str, filter_name: str, config: GatherConfig) -
 # -- masters -----------------------------------------------------------------------------------
 
 
-def masters_for(session: Session, light_ids: Sequence[int], kinds: Sequence[str]) -> dict[tuple[int, str], list[int]]:
+def masters_for(session: Session, light_ids: Sequence[int], kinds: Sequence[str],
+                rules: RuleBook | None = None) -> dict[tuple[int, str], list[int]]:
     """(light id, kind) -> the master frame ids that calibrate it (several for an interpolated
     dark); pairs without a valid master are absent.
 
-    The master library's selection (:func:`archive.calib.select_sql.select_masters`, rules of
-    ``configs/matching``): masters flagged bad or outside their validity are never chosen.
+    The master library's selection (:func:`archive.calib.select_sql.select_masters` under
+    ``rules``, resolved by the caller; default the configured ``configs/matching``): masters
+    flagged bad or outside their validity are never chosen.
     """
     if not light_ids or not kinds:
         return {}
-    chosen = select_masters(session, list(light_ids), tuple(kinds))
+    chosen = select_masters(session, list(light_ids), tuple(kinds), rules=rules)
     return {key: [mid for mid, _ in sel.weights] for key, sel in chosen.items() if sel.found}
 
 
@@ -315,17 +318,18 @@ def collect_project(
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     settings = settings or load_settings()
     config = config or load_gather_config(settings)
+    rules = default_rulebook(settings)
     summary = CollectSummary(dry_run=dry_run)
     with session_scope(engine) as session:
         project = get_project(session, name)
     root = Path(project.folder)
     if dry_run:
-        for plan, _, _ in _plan_collect(engine, project, root, mode, config, summary):
+        for plan, _, _ in _plan_collect(engine, project, root, mode, config, summary, rules):
             plan.dry_run = True
         return summary
     with hold_destination(root, timeout_s=lock_timeout_s):
         summary.temp_removed, summary.recorded_found = recover_destination(engine, root, settings=settings)
-        for plan, plan_root, plan_mode in _plan_collect(engine, project, root, mode, config, summary):
+        for plan, plan_root, plan_mode in _plan_collect(engine, project, root, mode, config, summary, rules):
             if plan.plan:
                 plan_root.mkdir(parents=True, exist_ok=True)
                 execute_plan(engine, plan, plan_root, mode=plan_mode, config=config, settings=settings,
@@ -340,6 +344,7 @@ def collect_project(
 
 def _plan_collect(
     engine: Engine, project: Project, root: Path, mode: str, config: GatherConfig, summary: CollectSummary,
+    rules: RuleBook,
 ) -> list[tuple[CopybackSummary, Path, str]]:
     """Plan a collect: per filter, the lights and their masters (filling ``summary``); returns
     (plan, folder, mode) for each."""
@@ -354,7 +359,7 @@ def _plan_collect(
             summary.lights[filter_name] = lights
             plans.append((lights, lights_root, mode))
             light_ids = [g[0].id for g in groups.groups]
-            chosen = masters_for(session, light_ids, config.required_masters)
+            chosen = masters_for(session, light_ids, config.required_masters, rules)
             missing = Counter(k for i in light_ids for k in config.required_masters if (i, k) not in chosen)
             if missing:
                 summary.missing_masters[filter_name] = missing
@@ -400,7 +405,8 @@ def _write_super_luminance(engine: Engine, root: Path, filters: Sequence[str], c
 # -- status ------------------------------------------------------------------------------------
 
 
-def project_status(engine: Engine, name: str, *, config: GatherConfig | None = None) -> pd.DataFrame:
+def project_status(engine: Engine, name: str, *, config: GatherConfig | None = None,
+                   rules: RuleBook | None = None) -> pd.DataFrame:
     """Integration per filter: what the catalogue holds for the project, what is usable, the gap.
 
     Returns
@@ -419,6 +425,7 @@ def project_status(engine: Engine, name: str, *, config: GatherConfig | None = N
         No such project.
     """
     config = config or load_gather_config()
+    rules = rules if rules is not None else default_rulebook()
     rows = []
     with session_scope(engine) as session:
         project = get_project(session, name)
@@ -426,7 +433,7 @@ def project_status(engine: Engine, name: str, *, config: GatherConfig | None = N
         per_filter = _by_filter(project, select_exposures(session, project_selection(project), config=config))
         for filter_name, groups in per_filter.items():
             kept = [g[0] for g in groups.groups]
-            chosen = masters_for(session, [r.id for r in kept], config.required_masters)
+            chosen = masters_for(session, [r.id for r in kept], config.required_masters, rules)
             missing = Counter(k for r in kept for k in config.required_masters if (r.id, k) not in chosen)
             usable = [r for r in kept if all((r.id, k) in chosen for k in config.required_masters)]
             under = FrameFilter(folder=_folder(Path(project.folder), config.lights_folder, filter_name, config))
