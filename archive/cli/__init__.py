@@ -60,6 +60,8 @@ class ArchiveGroup(click.Group):
         "provenance": "archive.cli.reduce:provenance",
         "stale": "archive.cli.reduce:stale",
         "night": "archive.cli.reduce:night",
+        "measure": "archive.cli.quality:measure",
+        "quality": "archive.cli.quality:quality",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
