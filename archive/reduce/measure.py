@@ -241,23 +241,25 @@ def detect(data: np.ndarray, parameters: dict, saturation: float | None = None) 
     stars = stars[np.argsort(stars["flux"])[::-1]][:MOMENT_STARS]
     # isophotal FWHM, to start the weight: 2.3548 * sqrt((a^2 + b^2) / 2)
     rough = 2.3548 * np.sqrt((stars["a"] ** 2 + stars["b"] ** 2) / 2.0)
-    isolated = _isolated(stars["x"], stars["y"], float(parameters.get("isolation_px", 10.0)))
-    stars, rough = stars[isolated], rough[isolated]
     fwhm, axis_ratio = star_shapes(image, stars["x"], stars["y"], rough)
     real = np.isfinite(fwhm) & (fwhm >= float(parameters.get("min_fwhm_px", 1.0)))
     stars, fwhm, axis_ratio = stars[real], fwhm[real], axis_ratio[real]
     if len(stars) == 0:
         return empty | {"n_stars": 0}
-    ecc = np.sqrt(np.clip(1.0 - axis_ratio ** 2, 0.0, 1.0))
-    n_fit = int(parameters.get("fit_stars", 30))
-    fitted = np.array([moffat_fwhm(image, x, y, f) for x, y, f in zip(stars["x"][:n_fit], stars["y"][:n_fit],
-                                                                         fwhm[:n_fit])])
+    # shapes from isolated stars only (a neighbour within isolation_px spoils the moments)
+    isolated = _isolated(stars["x"], stars["y"], float(parameters.get("isolation_px", 10.0)))
+    if not isolated.any():
+        isolated[:] = True
+    ecc = np.sqrt(np.clip(1.0 - axis_ratio[isolated] ** 2, 0.0, 1.0))
+    n_fit = int(parameters.get("fit_stars", 20))
+    single = stars[isolated][:n_fit]
+    fitted = np.array([moffat_fwhm(image, x, y, f) for x, y, f in zip(single["x"], single["y"], fwhm[isolated][:n_fit])])
     fitted = fitted[np.isfinite(fitted) & (fitted >= float(parameters.get("min_fwhm_px", 1.0)))]
-    n_keep = int(parameters.get("max_stars", 200))
+    n_keep = int(parameters.get("max_stars", 400))
     table = np.column_stack([stars["x"], stars["y"], stars["flux"], fwhm, stars["a"], stars["b"]])
     return {
         "n_stars": int(len(stars)),
-        "fwhm_px": float(np.median(fitted)) if fitted.size else float(np.median(fwhm)),
+        "fwhm_px": float(np.median(fitted)) if fitted.size else float(np.median(fwhm[isolated])),
         "eccentricity": float(np.median(ecc)),
         "star_flux": float(np.median(stars["flux"][:WEIGHT_STARS])),
         "stars": [[round(float(v), 3) if np.isfinite(v) else None for v in row] for row in table[:n_keep]],
@@ -328,7 +330,8 @@ def star_shapes(image: np.ndarray, x: np.ndarray, y: np.ndarray, rough_fwhm: np.
     -------
     fwhm, axis_ratio : ndarray
         NaN where the moments are not positive definite: a hot pixel or cosmic ray (sharper
-        than the sampling), a blend, noise, or a star too close to the edge.
+        than the sampling), a blend, noise. At the edge of the frame the box repeats the
+        border pixels.
     """
     n = len(x)
     if n == 0:
@@ -337,16 +340,15 @@ def star_shapes(image: np.ndarray, x: np.ndarray, y: np.ndarray, rough_fwhm: np.
     half = int(min(max(np.ceil(4 * 2.0 * np.median(sigma_w)), 4), 25))
     ny, nx = image.shape
     ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
-    inside = (ix - half >= 0) & (iy - half >= 0) & (ix + half < nx) & (iy + half < ny)
     offsets = np.arange(-half, half + 1)
     rows = np.clip(iy[:, None] + offsets[None, :], 0, ny - 1)
     cols = np.clip(ix[:, None] + offsets[None, :], 0, nx - 1)
-    cuts = image[rows[:, :, None], cols[:, None, :]].astype(np.float64)  # (n, k, k)
+    cuts = image[rows[:, :, None], cols[:, None, :]].astype(np.float64)  # (n, k, k); edges repeated
     dy0 = offsets[None, :, None] - (y - iy)[:, None, None]
     dx0 = offsets[None, None, :] - (x - ix)[:, None, None]
     cx, cy = np.zeros(n), np.zeros(n)
     c11 = c22 = c12 = np.full(n, np.nan)
-    valid = inside.copy()
+    valid = np.ones(n, dtype=bool)
     with np.errstate(all="ignore"):
         for _ in range(iterations):
             valid &= np.isfinite(sigma_w) & (sigma_w >= 0.3) & (sigma_w <= half / 2.0)

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import getpass
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,12 +36,14 @@ from archive.db.base import utcnow
 from archive.db.bulk import chunked
 from archive.db.frames import FrameFilter, canonical_paths, frame_query
 from archive.db.models import (
+    Copy,
     Frame,
     FrameMeasurement,
     Instrument,
     Master,
     QualityFlag,
     QualityOverride,
+    Reduction,
     ReductionInput,
 )
 from archive.db.session import session_scope
@@ -260,19 +264,10 @@ def _group_key(frame: Frame) -> tuple:
     return (frame.image_type, frame.instrument_id, frame.target_key, (frame.filter_name or "").lower(), frame.night)
 
 
-def judge_frames(session: Session, frame_ids: Iterable[int], *, rules: QualityRules | None = None) -> int:
-    """Judge the groups of ``frame_ids`` by the rules and replace their flags.
-
-    A group is every frame of one image type, instrument, target, filter and night with a
-    current measurement; all of its frames are judged again, since a group limit depends on
-    each of them. Sets ``judged_version``. Flushes; the caller commits.
-
-    Returns
-    -------
-    int
-        Flags written.
-    """
-    rules = rules or load_quality_rules()
+def _judge_groups(session: Session, frame_ids: Iterable[int], rules: QualityRules
+                  ) -> tuple[list, dict[int, FrameMeasurement]]:
+    """The flags of the groups of ``frame_ids`` under ``rules`` (nothing written), and the
+    current measurement of every frame judged."""
     version = measurement_version(rules.measure.get("version", "1"))
     frames = [f for batch in chunked(set(frame_ids)) for f in session.scalars(select(Frame).where(Frame.id.in_(batch)))]
     keys = {_group_key(f) for f in frames if f.image_type in MEASURED_TYPES}
@@ -287,7 +282,23 @@ def judge_frames(session: Session, frame_ids: Iterable[int], *, rules: QualityRu
         members += list(session.execute(query).tuples())
     flags = judge(rules, ((f.id, f.image_type, _group_key(f), {m: getattr(mm, m) for m in METRICS})
                           for f, mm in members))
-    by_frame = {f.id: mm for f, mm in members}
+    return flags, {f.id: mm for f, mm in members}
+
+
+def judge_frames(session: Session, frame_ids: Iterable[int], *, rules: QualityRules | None = None) -> int:
+    """Judge the groups of ``frame_ids`` by the rules and replace their flags.
+
+    A group is every frame of one image type, instrument, target, filter and night with a
+    current measurement; all of its frames are judged again, since a group limit depends on
+    each of them. Sets ``judged_version``. Flushes; the caller commits.
+
+    Returns
+    -------
+    int
+        Flags written.
+    """
+    rules = rules or load_quality_rules()
+    flags, by_frame = _judge_groups(session, frame_ids, rules)
     for batch in chunked([mm.id for mm in by_frame.values()]):
         session.execute(delete(QualityFlag).where(QualityFlag.measurement_id.in_(batch)))
     now = utcnow()
@@ -300,6 +311,11 @@ def judge_frames(session: Session, frame_ids: Iterable[int], *, rules: QualityRu
         mm.judged_version = rules.version
     session.flush()
     return len(flags)
+
+
+def _flag_text(rule: str, metric: str, value: float, bound: str, limit: float, scope: str) -> str:
+    return (f"{rule}: {metric} {value:.4g} {'<' if bound == 'min' else '>'} {limit:.4g}"
+            + (" (group)" if scope == "group" else ""))
 
 
 def set_override(session: Session, frame_ids: Sequence[int], verdict: str, reason: str,
@@ -335,37 +351,53 @@ def set_override(session: Session, frame_ids: Sequence[int], verdict: str, reaso
 
 
 def verdicts(session: Session, frame_ids: Iterable[int], *, rules: QualityRules | None = None) -> dict[int, dict]:
-    """The verdict of each frame, read from the catalogue (nothing is written).
+    """The verdict of each frame (nothing is written).
 
     Returns
     -------
     dict
         frame id -> ``{'verdict': 'accepted'|'rejected', 'by': 'override'|'rules'|'unmeasured',
-        'reasons': [str], 'flags': [str]}``. The latest override wins; else a stored flag of
-        the current rules version with action ``reject`` rejects; flags of an older rules
-        version are not used (judge again: :func:`judge_frames`).
+        'reasons': [str], 'flags': [str], 'other_version': str or None}``. The latest override
+        wins; else a flag of the current rules with action ``reject`` rejects. Flags are the
+        stored ones when the frame was judged under the current rules, else computed here from
+        its group (:func:`judge_frames` stores them). ``other_version`` names a measurement of
+        another version when the frame has none of the current one.
     """
     rules = rules or load_quality_rules()
     version = measurement_version(rules.measure.get("version", "1"))
     ids = sorted(set(frame_ids))
-    out = {i: {"verdict": "accepted", "by": "unmeasured", "reasons": [], "flags": []} for i in ids}
+    out = {i: {"verdict": "accepted", "by": "unmeasured", "reasons": [], "flags": [], "other_version": None}
+           for i in ids}
+    unjudged: list[int] = []
     for batch in chunked(ids):
-        for frame_id in session.scalars(select(FrameMeasurement.frame_id).where(
-                FrameMeasurement.frame_id.in_(batch), FrameMeasurement.version == version,
-                FrameMeasurement.status == "ok")):
-            out[frame_id]["by"] = "rules"
+        for m in session.scalars(select(FrameMeasurement).where(FrameMeasurement.frame_id.in_(batch))):
+            if m.version != version:
+                if out[m.frame_id]["by"] == "unmeasured":
+                    out[m.frame_id]["other_version"] = m.version
+                continue
+            if m.status == "ok":
+                out[m.frame_id]["by"] = "rules"
+                out[m.frame_id]["other_version"] = None
+                if m.judged_version != rules.version:
+                    unjudged.append(m.frame_id)
         rows = session.execute(
             select(QualityFlag).join(FrameMeasurement, FrameMeasurement.id == QualityFlag.measurement_id)
             .where(QualityFlag.frame_id.in_(batch), FrameMeasurement.version == version,
                    QualityFlag.rule_version == rules.version).order_by(QualityFlag.id)).scalars()
-        for flag in rows:
-            text = (f"{flag.rule}: {flag.metric} {flag.value:.4g} "
-                    f"{'<' if flag.bound == 'min' else '>'} {flag.limit_value:.4g}"
-                    + (" (group)" if flag.scope == "group" else ""))
-            out[flag.frame_id]["flags"].append(text)
-            if flag.action == "reject":
-                out[flag.frame_id]["verdict"] = "rejected"
-                out[flag.frame_id]["reasons"].append(text)
+        found = [(f.frame_id, f.rule, f.metric, f.value, f.bound, f.limit_value, f.scope, f.action) for f in rows]
+        if unjudged:
+            flags, _ = _judge_groups(session, unjudged, rules)
+            skip = set(unjudged)
+            found = [row for row in found if row[0] not in skip]
+            found += [(f.frame_id, f.rule, f.metric, f.value, f.bound, f.limit, f.scope, f.action) for f in flags
+                      if f.frame_id in skip]
+            unjudged = []
+        for frame_id, rule, metric, value, bound, limit, scope, action in found:
+            text = _flag_text(rule, metric, value, bound, limit, scope)
+            out[frame_id]["flags"].append(text)
+            if action == "reject":
+                out[frame_id]["verdict"] = "rejected"
+                out[frame_id]["reasons"].append(text)
         latest = (select(QualityOverride.frame_id, func.max(QualityOverride.id).label("oid"))
                   .where(QualityOverride.frame_id.in_(batch)).group_by(QualityOverride.frame_id).subquery())
         for override in session.scalars(select(QualityOverride).join(latest, latest.c.oid == QualityOverride.id)):
@@ -453,6 +485,8 @@ def quality_table(session: Session, filters: FrameFilter | None = None, *,
     columns = ["frame_id", "verdict", "by", "reasons", "flags", "image_type", "night", "target", "filter", "date_obs",
                "measured", *shown, "path"]
     table = pd.DataFrame(rows, columns=columns)
+    for column in ("n_stars", "hot_pixels"):
+        table[column] = table[column].astype("Int64")
     if not table.empty:
         table = table.assign(_order=(table["verdict"] != "rejected")).sort_values("_order", kind="stable")
         table = table.drop(columns="_order").reset_index(drop=True)
@@ -464,6 +498,21 @@ def frame_ids_matching(session: Session, filters: FrameFilter | None) -> list[in
     f = FrameFilter(**{**(filters or FrameFilter()).__dict__, "include_duplicates": False})
     query = frame_query(f, Frame.id).where(Frame.image_type.in_(MEASURED_TYPES))
     return list(session.scalars(query.order_by(Frame.id)))
+
+
+def frames_under(session: Session, paths: Iterable[str | os.PathLike]) -> list[int]:
+    """Ids of the measurable frames with a current copy at ``paths`` (files) or under them
+    (folders), not duplicate exposures, by id."""
+    ids: set[int] = set()
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            ids.update(frame_ids_matching(session, FrameFilter(folder=path)))
+        else:
+            ids.update(session.scalars(select(Copy.frame_id).join(Frame, Frame.id == Copy.frame_id).where(
+                Copy.path == str(path.absolute()), Copy.is_current, Frame.image_type.in_(MEASURED_TYPES),
+                Frame.duplicate_of_id.is_(None))))
+    return sorted(ids)
 
 
 def stack_exclusions(session: Session, registered_ids: Sequence[int], *,
@@ -497,3 +546,64 @@ def stack_exclusions(session: Session, registered_ids: Sequence[int], *,
         weights[rid] = measured[light].weight if light in measured else None
     return kept, rejected, weights
 
+
+
+@dataclass
+class QualityStale:
+    """A stack whose membership would change under the current verdicts.
+
+    Attributes
+    ----------
+    frame_id : int
+        The stacked frame.
+    light_id : int
+        A light of its group (reducing it again makes the group's stack again).
+    reasons : list of str
+    """
+
+    frame_id: int
+    light_id: int
+    reasons: list[str]
+
+
+def stale_stacks(session: Session, *, rules: QualityRules | None = None) -> list[QualityStale]:
+    """The newest stack of each group (``parameters['group_key']``) whose inputs' lights are now
+    rejected, or that left out lights now accepted (an override, a rules change, a new
+    measurement), or whose lights were measured under another version than the current one.
+
+    Returns
+    -------
+    list of QualityStale
+        By stacked frame id.
+    """
+    rules = rules or load_quality_rules()
+    latest: dict[str, tuple[int, dict, int]] = {}
+    rows = session.execute(select(Reduction.id, Reduction.parameters, Frame.id)
+                           .join(Frame, Frame.reduction_id == Reduction.id)
+                           .where(Reduction.step == "stack", Reduction.status == "done").order_by(Reduction.id))
+    for rid, params, frame_id in rows:
+        key = (params or {}).get("group_key")
+        if key:
+            latest[key] = (rid, params or {}, frame_id)
+    out: list[QualityStale] = []
+    for rid, params, frame_id in latest.values():
+        inputs = list(session.scalars(select(ReductionInput.frame_id).where(
+            ReductionInput.reduction_id == rid, ReductionInput.role == "input")))
+        lights = sorted(set(lights_of(session, inputs).values()))
+        left_out = sorted(int(k) for k in params.get("rejected", {}))
+        states = verdicts(session, lights + left_out, rules=rules)
+        reasons = []
+        for light in lights:
+            state = states[light]
+            if state["verdict"] == "rejected":
+                reasons.append(f"light #{light} now rejected ({'; '.join(state['reasons'])})")
+            elif state["other_version"]:
+                reasons.append(f"light #{light} measured under version {state['other_version']}, not "
+                               f"{measurement_version(rules.measure.get('version', '1'))}: measure again")
+        for light in left_out:
+            if states[light]["verdict"] == "accepted":
+                why = "; ".join(states[light]["reasons"]) or "no rule rejects it now"
+                reasons.append(f"light #{light}, left out, now accepted ({why})")
+        if reasons and (lights or left_out):
+            out.append(QualityStale(frame_id, (lights or left_out)[0], reasons))
+    return sorted(out, key=lambda s: s.frame_id)

@@ -27,6 +27,8 @@ class ReduceSummary:
         stack; normal (exit status 0), and listed.
     warnings : list of str
         Large shifts, missing master kinds, stack cards left out.
+    rejected : list of (str, str)
+        (what, reason): lights left out of a stack by their quality verdict (not failures).
     by_group : dict
         "target / filter" -> counts of calibrated, registered, stacked, failed.
     """
@@ -38,6 +40,7 @@ class ReduceSummary:
     failures: list[tuple[str, str]] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
     by_group: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
 
     @property
@@ -54,6 +57,7 @@ class ReduceSummary:
         self.failures += other.failures
         self.rejected += other.rejected
         self.warnings += other.warnings
+        self.rejected += other.rejected
         for group, counts in other.by_group.items():
             for key, value in counts.items():
                 self.by_group[group][key] += value
