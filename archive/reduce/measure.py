@@ -33,13 +33,15 @@ Lights
     ``saturation_fraction`` of its saturation level (a header keyword, else the largest value of
     the raw data type); NULL when neither is known.
 
-    ``weight`` (the signal weight): (F / (sigma * FWHM))^2 with F the median flux (ADU) of the
-    brightest 20 stars, sigma the background noise (ADU) and FWHM in pixels. This is the
-    squared signal-to-noise ratio of a point source in the background-limited case (the
-    noise in an aperture of radius proportional to the FWHM is sigma times its square root
-    of area; Howell, *Handbook of CCD Astronomy*, the CCD equation), so weighting a mean by it
-    is inverse-variance weighting; clouds lower F, a bright sky raises sigma, bad seeing
-    raises FWHM. Like PixInsight's PSF signal weight it needs no reference frame.
+    ``weight`` (the signal weight): (F / (sigma * FWHM))^2 with F the summed flux (ADU) of all
+    the stars, sigma the background noise (ADU) and FWHM in pixels. Per star, F_i / (sigma *
+    FWHM) is its signal-to-noise ratio when the sky dominates the noise (the noise in an
+    aperture of radius proportional to the FWHM is sigma times the square root of its area;
+    Howell, *Handbook of CCD Astronomy*, the CCD equation); summing the fluxes over the stars
+    follows PixInsight's PSF signal weight (the sum of the stars' PSF fluxes over the noise), so
+    clouds lower it twice (dimmer stars, fewer of them above the threshold), a bright sky
+    through sigma, seeing through the FWHM. It needs no reference frame; it compares frames of
+    one target, filter and instrument.
 
     ``stars``: [x, y, flux, fwhm_px, a, b] of up to ``max_stars`` stars, brightest first
     (pixel coordinates 0-based as SEP's), kept so registration does not detect them again.
@@ -76,8 +78,6 @@ log = logging.getLogger(__name__)
 #: Bumped when the measurement code changes; with ``[measure] version`` of the quality rules
 #: it makes the measurement version (:func:`measurement_version`).
 CODE_VERSION = "1"
-#: Stars whose fluxes make the signal weight.
-WEIGHT_STARS = 20
 #: Brightest detections whose shapes are measured (the rest are not counted as stars).
 MOMENT_STARS = 5000
 
@@ -211,8 +211,8 @@ def detect(data: np.ndarray, parameters: dict, saturation: float | None = None) 
     Returns
     -------
     dict
-        ``n_stars``, ``fwhm_px``, ``eccentricity``, ``star_flux`` (median of the brightest
-        :data:`WEIGHT_STARS`), ``stars`` (list of [x, y, flux, fwhm_px, a, b]).
+        ``n_stars``, ``fwhm_px``, ``eccentricity``, ``star_flux`` (the summed flux of the
+        stars, ADU), ``stars`` (list of [x, y, flux, fwhm_px, a, b]).
     """
     import sep
 
@@ -261,7 +261,7 @@ def detect(data: np.ndarray, parameters: dict, saturation: float | None = None) 
         "n_stars": int(len(stars)),
         "fwhm_px": float(np.median(fitted)) if fitted.size else float(np.median(fwhm[isolated])),
         "eccentricity": float(np.median(ecc)),
-        "star_flux": float(np.median(stars["flux"][:WEIGHT_STARS])),
+        "star_flux": float(np.sum(stars["flux"])),
         "stars": [[round(float(v), 3) if np.isfinite(v) else None for v in row] for row in table[:n_keep]],
     }
 

@@ -34,13 +34,14 @@ log = logging.getLogger(__name__)
 
 def stack_group(
     engine: Engine, registered_ids: list[int], *, config: ReductionConfig, products: ProductRun,
-    executor: Executor, summary: ReduceSummary, name: str,
+    executor: Executor, summary: ReduceSummary, name: str, rejected: dict[int, str] | None = None,
 ) -> None:
     """Stack the registered frames per exposure time (at least two frames per stack).
 
     Frames whose light is rejected by its quality verdict (:func:`archive.reduce.quality.
-    stack_exclusions`) are left out, listed in ``summary.rejected`` and, with their reasons,
-    in the stack reduction's ``parameters['rejected']``. With ``[stack] weights = 'signal'``
+    stack_exclusions`), and the lights ``rejected`` (light id -> reason) the caller left out
+    before registering, are listed in ``summary.rejected`` and, with their reasons, in the
+    stack reduction's ``parameters['rejected']``. With ``[stack] weights = 'signal'``
     the lights' signal weights (:mod:`archive.reduce.measure`; 1 for a light never measured)
     are the combine engine's per-frame weights (mean and sigma-clipped mean; the median is
     unweighted, with a warning).
@@ -48,7 +49,8 @@ def stack_group(
     st = config.stack
     parameters = {k: st[k] for k in ("method", "sigma_low", "sigma_high", "maxiters", "memory_limit_mb")}
     with session_scope(engine, write=True) as session:  # judging the lights writes their flags
-        kept_ids, rejected, weights = stack_exclusions(session, registered_ids)
+        kept_ids, found, weights = stack_exclusions(session, registered_ids)
+        rejected = {**(rejected or {}), **found}
         frames = frames_by_id(session, kept_ids)
         paths = canonical_paths(session, kept_ids)
         instruments = instrument_names(session, frames)
