@@ -56,7 +56,7 @@ def stack_group(
         instruments = instrument_names(session, frames)
         rejected_exposure = {f.id: f.exposure_time_s for f in frames_by_id(session, rejected)}
     for light_id, reason in sorted(rejected.items()):
-        summary.rejected.append((f"{name}: light #{light_id}", reason))
+        summary.reject(name, f"{name}: light #{light_id}", reason)
     use_weights = st.get("weights", "none") == "signal"
     if use_weights:
         parameters["weights"] = "signal"

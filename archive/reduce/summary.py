@@ -23,12 +23,10 @@ class ReduceSummary:
         (what, reason): a step that broke (a light without a required master, an unreadable
         file, an error); the run's exit status is 1.
     rejected : list of (str, str)
-        (what, reason): frames judged unusable (one that cannot be aligned), left out of the
-        stack; normal (exit status 0), and listed.
+        (what, reason): frames judged unusable (one that cannot be aligned, a light rejected
+        by its quality verdict), left out of the stack; normal (exit status 0), and listed.
     warnings : list of str
         Large shifts, missing master kinds, stack cards left out.
-    rejected : list of (str, str)
-        (what, reason): lights left out of a stack by their quality verdict (not failures).
     by_group : dict
         "target / filter" -> counts of calibrated, registered, stacked, failed.
     """
@@ -40,7 +38,6 @@ class ReduceSummary:
     failures: list[tuple[str, str]] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    rejected: list[tuple[str, str]] = field(default_factory=list)
     by_group: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
 
     @property
@@ -57,7 +54,6 @@ class ReduceSummary:
         self.failures += other.failures
         self.rejected += other.rejected
         self.warnings += other.warnings
-        self.rejected += other.rejected
         for group, counts in other.by_group.items():
             for key, value in counts.items():
                 self.by_group[group][key] += value
