@@ -443,8 +443,8 @@ def stored_stars(session: Session, source_ids: Iterable[int], detect_sigma: floa
         for m in session.scalars(select(FrameMeasurement).where(
                 FrameMeasurement.source_frame_id.in_(batch), FrameMeasurement.version == version,
                 FrameMeasurement.status == "ok", FrameMeasurement.stars.is_not(None))):
-            if float((m.parameters or {}).get("detect_sigma", -1)) != float(detect_sigma):
-                continue
+            if float((m.parameters or {}).get("detect_sigma", -1)) != float(detect_sigma) or not m.stars:
+                continue  # another threshold, or no star found: registration detects again
             xy = np.array([[s[0], s[1]] for s in m.stars], dtype=float).reshape(-1, 2)
             out[m.source_frame_id] = {"n_stars": int(m.n_stars or 0), "xy": xy}
     return out

@@ -135,10 +135,9 @@ def register_and_stack(
 
     A group is every light of one instrument, target and filter (and night with
     ``[stack] per_night``) that has a current calibrated frame, not only those in
-    ``light_ids``. Lights rejected by their quality verdict (:func:`archive.reduce.quality.
-    verdicts`, after judging their groups) are left out of both steps. Its frames are registered
-    onto one reference (:mod:`archive.reduce.align`) and stacked per exposure time (at least two
-    frames per stack).
+    ``light_ids``. Its frames are registered onto one reference (:mod:`archive.reduce.align`)
+    and stacked per exposure time (at least two frames per stack); lights rejected by their
+    quality verdict are left out of the stack (:func:`archive.reduce.stacking.stack_group`).
 
     Parameters
     ----------
@@ -175,25 +174,15 @@ def register_and_stack(
     with session_scope(engine) as session:
         lights = frames_by_id(session, light_ids)
         groups = _group_members(session, lights, per_night)
-    from archive.reduce.quality import judge_frames, verdicts  # quality imports this module
-
-    with session_scope(engine, write=True) as session:  # rejected lights are neither registered nor stacked
-        lights_in_groups = [light.id for members in groups.values() for light, _ in members]
-        judge_frames(session, lights_in_groups)
-        states = verdicts(session, lights_in_groups)
     for key, members in groups.items():
         if not members:
             continue
         name = group_name(members[0][0])
-        rejected = {light.id: "; ".join(states[light.id]["reasons"]) for light, _ in members
-                    if states[light.id]["verdict"] == "rejected"}
-        members = [(light, cal) for light, cal in members if light.id not in rejected]
         try:
             registered = _register_group(engine, key, members, config=config, products=products,
-                                         executor=executor, progress=progress, summary=summary,
-                                         name=name) if members else []
+                                         executor=executor, progress=progress, summary=summary, name=name)
             stack_group(engine, registered, config=config, products=products, executor=executor,
-                         summary=summary, name=name, rejected=rejected)
+                         summary=summary, name=name)
         except Exception as exc:
             log.exception("group %s failed", name)
             summary.fail(name, f"register/stack {name}", f"{type(exc).__name__}: {exc}")
