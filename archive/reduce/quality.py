@@ -279,7 +279,7 @@ def _judge_groups(session: Session, frame_ids: Iterable[int], rules: QualityRule
                         func.lower(func.coalesce(Frame.filter_name, "")) == filter_name))
         for column, value in ((Frame.instrument_id, instrument_id), (Frame.target_key, target), (Frame.night, night)):
             query = query.where(column == value if value is not None else column.is_(None))
-        members += list(session.execute(query).tuples())
+        members += [tuple(row) for row in session.execute(query)]
     flags = judge(rules, ((f.id, f.image_type, _group_key(f), {m: getattr(mm, m) for m in METRICS})
                           for f, mm in members))
     return flags, {f.id: mm for f, mm in members}
@@ -420,14 +420,14 @@ def lights_of(session: Session, product_ids: Iterable[int]) -> dict[int, int]:
         out.update(session.execute(
             select(Frame.id, light_in.frame_id).join(light_in, and_(light_in.reduction_id == Frame.reduction_id,
                                                                     light_in.role == "light"))
-            .where(Frame.id.in_(batch))).tuples().all())
+            .where(Frame.id.in_(batch))).all())
         # registered frames: their registration's input, then that calibration's light
         out.update(session.execute(
             select(Frame.id, light_in.frame_id)
             .join(cal_in, and_(cal_in.reduction_id == Frame.reduction_id, cal_in.role == "input"))
             .join(calibrated, calibrated.id == cal_in.frame_id)
             .join(light_in, and_(light_in.reduction_id == calibrated.reduction_id, light_in.role == "light"))
-            .where(Frame.id.in_(batch))).tuples().all())
+            .where(Frame.id.in_(batch))).all())
     return out
 
 
