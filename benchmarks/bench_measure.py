@@ -6,7 +6,8 @@ Run from the repository root::
 
 Set-up (not timed): the 16 raw XO-1 b lights of the real ARCSAT night (1024 x 1024, 16-bit;
 ../shared/data) are copied 7 times each, every copy with one header card of its own so that
-the 112 files are 112 frames (identical pixels per original: star detection and fitting do the
+the 112 files are 112 frames (DATE-OBS moved by a millisecond per copy so that no copy is a
+duplicate exposure; identical pixels per original: star detection and fitting do the
 same work on each copy). They are ingested into a fresh SQLite catalogue; Siril converts them
 into a sequence (``convert``).
 
@@ -45,6 +46,9 @@ def make_frames(folder: Path) -> list[Path]:
         for copy in range(COPIES):
             with fits.open(light) as hdul:
                 hdul[0].header["BENCHCPY"] = (copy, "benchmark copy (distinct bytes)")
+                if copy:  # another exposure, not a duplicate of the original (same instrument and DATE-OBS)
+                    start = hdul[0].header["DATE-OBS"]
+                    hdul[0].header["DATE-OBS"] = start[:17] + f"{(float(start[17:19]) + copy * 0.001):06.3f}"
                 target = folder / f"{light.stem}_{copy}.fits"
                 hdul.writeto(target)
             paths.append(target)
