@@ -350,7 +350,8 @@ def test_one_unreadable_frame_is_left_out_and_a_failed_stack_is_retried(db_url, 
     monkeypatch.setattr(registration, "count_stars", count_stars)
     monkeypatch.setattr(stacking, "stack_files", stack_files)
     synthetic_night(tmp_path / "imaging" / "2026-11-20", noise_light=False)
-    result = _night(db_url, tmp_path)
+    # without measurement: registration detects the stars itself (measured stars are reused)
+    result = _run(db_url, tmp_path, "night", "2026-11-20", "--root", str(tmp_path / "imaging"), "--no-measure")
     assert result.exit_code == 1
     assert "FAILED register" in result.output and "m31_1" in result.output and "unreadable" in result.output
     assert "M 31 / Ha: 3 calibrated, 2 registered, 0 stacked, 2 failed" in result.output  # frame + stack

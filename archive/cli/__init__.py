@@ -71,6 +71,8 @@ class ArchiveGroup(click.Group):
         "solve": "archive.cli.sky:solve",
         "coverage": "archive.cli.sky:coverage",
         "show": "archive.cli.show:show",
+        "measure": "archive.cli.quality:measure",
+        "quality": "archive.cli.quality:quality",
     }
 
     #: command name -> the first paragraph of its help: 'archive --help' lists the commands
@@ -82,10 +84,12 @@ class ArchiveGroup(click.Group):
         "frames": "List frames, one row each, ordered by DATE-OBS.",
         "ingest": "Ingest the FITS files under PATHS (files or folders, walked recursively).",
         "masters": "Build the master bias/dark/flat library and choose masters for lights.",
+        "measure": "Measure the quality of frames (lights, calibrations, masters) and judge them by the rules.",
         "night": "After a night: ingest, build masters, calibrate, register, stack, and summarize.",
         "problems": "List files that could not be ingested (error) and frames ingested with gaps (warning); "
                     "with --reductions, the steps that failed and the frames rejected (step, frame, reason).",
         "project": "Multi-night projects: a target, its filters and goals, gathered in dss-automation's layout.",
+        "quality": "Frame quality: list measurements, flags and verdicts; accept or reject frames.",
         "provenance": "Summarize where a product came from: its steps, raw frames by type, masters used.",
         "reduce": "Calibrate lights with their selected masters, register and stack them, with provenance.",
         "report": "Run the named report NAME (queries/NAME.sql) with bound parameters.",

@@ -9,6 +9,7 @@ import click
 from archive.cli import AppContext, pass_app
 from archive.cli.options import BarProgress
 from archive.config import load_settings
+from archive.db.session import session_scope
 from archive.ingest import ingest_paths
 from archive.ingest.ingest import IngestStoppedError
 
@@ -19,8 +20,10 @@ from archive.ingest.ingest import IngestStoppedError
 @click.option("--batch-size", type=click.IntRange(min=1), help="Files per transaction at most (default 1000).")
 @click.option("--dialects", type=click.Path(exists=True, file_okay=False),
               help="A folder of keyword dialects to use instead of the bundled configs/dialects.")
+@click.option("--measure", is_flag=True, help="Then measure and judge the frames under PATHS (archive measure).")
 @pass_app
-def ingest(app: AppContext, paths: tuple[str, ...], workers: int | None, batch_size: int | None, dialects: str | None) -> None:
+def ingest(app: AppContext, paths: tuple[str, ...], workers: int | None, batch_size: int | None, dialects: str | None,
+           measure: bool) -> None:
     """Ingest the FITS files under PATHS (files or folders, walked recursively).
 
     Reads headers only (no pixel data), records every frame with its whole header and
@@ -35,6 +38,7 @@ def ingest(app: AppContext, paths: tuple[str, ...], workers: int | None, batch_s
     Examples:
       archive ingest /data/2026-11-20
       archive ingest --workers 2 /data/2026-11-*
+      archive ingest --measure /data/2026-11-20
       archive --db postgresql://astro@server/archive ingest /mnt/nas/raw
     """
     settings = load_settings({
@@ -72,5 +76,19 @@ def ingest(app: AppContext, paths: tuple[str, ...], workers: int | None, batch_s
         click.echo(f"  {path}: {reason}", err=True)
     if stopped is not None:
         raise stopped
+    if measure:
+        from archive.cli.quality import print_measure_summary
+        from archive.reduce.config import load_reduction_config
+        from archive.reduce.executor import make_executor
+        from archive.reduce.quality import frames_under, measure_frames
+
+        config = load_reduction_config(app.settings)
+        with session_scope(app.engine) as session:
+            ids = frames_under(session, paths)
+        with make_executor(config.executor.get("kind", "process"), workers or int(config.executor.get("workers", 0))) as ex:
+            measured = measure_frames(app.engine, ids, executor=ex, progress=BarProgress(not app.quiet))
+        print_measure_summary(measured)
+        if measured.failed:
+            sys.exit(1)
     if not summary.ok:
         sys.exit(1)

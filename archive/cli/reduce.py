@@ -169,8 +169,9 @@ def stale(app: AppContext, fmt: str) -> None:
 
     A calibrated frame is stale when a master it used was marked bad, a better master was
     built or ingested, a master now exists where none did, or the matching rules changed;
-    registered and stacked frames made from it are stale too. 'archive reduce --stale'
-    redoes exactly these.
+    registered and stacked frames made from it are stale too. A stack is stale when the
+    quality verdicts of its lights changed (quality rules, a new measurement version, an
+    'archive quality accept|reject'). 'archive reduce --stale' redoes exactly these.
 
     \b
     Examples:
@@ -193,11 +194,13 @@ def stale(app: AppContext, fmt: str) -> None:
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), help="Products folder.")
 @click.option("--dry-run", is_flag=True, help="Show the folders and lights that would be processed; write nothing.")
 @click.option("--previews", is_flag=True, default=None, help="Write PNG previews of the masters and stacks.")
+@click.option("--measure/--no-measure", default=True, show_default=True,
+              help="Measure and judge the night's frames (archive measure) before stacking.")
 @executor_options
 @pass_app
 @click.pass_context
 def night(ctx, app: AppContext, search: str | None, root: Path | None, output: Path | None, dry_run: bool,
-          previews, workers, serial) -> None:
+          previews, measure, workers, serial) -> None:
     """After a night: ingest, build masters, calibrate, register, stack, and summarize.
 
     Processes the folders under the imaging root whose path contains SEARCH (default: last
@@ -220,7 +223,7 @@ def night(ctx, app: AppContext, search: str | None, root: Path | None, output: P
     })
     with _executor(config, workers, serial) as executor:
         summary = run_night(app.catalogue(create=True), search, config=config, settings=app.settings, executor=executor,
-                            dry_run=dry_run, progress=BarProgress(not app.quiet))
+                            dry_run=dry_run, progress=BarProgress(not app.quiet), measure=measure)
     if not summary.folders:
         click.echo(f"no folder under {config.imaging_root} matches {' or '.join(summary.searches)}", err=True)
         return

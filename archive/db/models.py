@@ -380,3 +380,102 @@ class FootprintCell(Base):
 
     cell: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     frame_id: Mapped[int] = mapped_column(ForeignKey("footprints.frame_id"), primary_key=True, index=True)
+
+
+# -- frame quality: measurements, flags, overrides (issue 11, migration 0006) -----------------------
+
+
+class FrameMeasurement(Base):
+    """Quality figures of one frame under one measurement version (:mod:`archive.reduce.measure`).
+
+    Lights are measured on their current calibrated frame when there is one
+    (``source_frame_id``), else on the raw frame. Columns a kind of frame has no use for stay
+    NULL (a bias has no FWHM); a value needing an unknown gain or plate scale is NULL too.
+    ``judged_version`` is the version of the quality rules last applied to the frame.
+    """
+
+    __tablename__ = "frame_measurements"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    frame_id: Mapped[int] = mapped_column(ForeignKey("frames.id"), index=True)
+    version: Mapped[str] = mapped_column(String(30))
+    #: The frame whose pixels were measured (the calibrated frame of a light, else the frame).
+    source_frame_id: Mapped[int | None] = mapped_column(ForeignKey("frames.id"))
+    #: The frame's image type when measured (light, bias, master_dark, ...).
+    kind: Mapped[str] = mapped_column(String(20))
+    #: ok | failed
+    status: Mapped[str] = mapped_column(String(10))
+    message: Mapped[str | None] = mapped_column(Text)
+    measured_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    #: Sigma-clipped median and standard deviation of the pixels (ADU; e- with a known gain).
+    background_adu: Mapped[float | None] = mapped_column(Float)
+    noise_adu: Mapped[float | None] = mapped_column(Float)
+    background_e: Mapped[float | None] = mapped_column(Float)
+    noise_e: Mapped[float | None] = mapped_column(Float)
+    gain_e_per_adu: Mapped[float | None] = mapped_column(Float)
+    n_stars: Mapped[int | None] = mapped_column(Integer)
+    fwhm_px: Mapped[float | None] = mapped_column(Float)
+    fwhm_arcsec: Mapped[float | None] = mapped_column(Float)
+    plate_scale_arcsec: Mapped[float | None] = mapped_column(Float)
+    eccentricity: Mapped[float | None] = mapped_column(Float)
+    saturated_fraction: Mapped[float | None] = mapped_column(Float)
+    weight: Mapped[float | None] = mapped_column(Float)
+    #: Calibrations: level (bias, flat), read noise (bias), dark current, hot pixels, flat SNR
+    #: and corner-to-centre falloff.
+    read_noise_adu: Mapped[float | None] = mapped_column(Float)
+    read_noise_e: Mapped[float | None] = mapped_column(Float)
+    dark_current_adu_s: Mapped[float | None] = mapped_column(Float)
+    dark_current_e_s: Mapped[float | None] = mapped_column(Float)
+    hot_pixels: Mapped[int | None] = mapped_column(Integer)
+    flat_snr: Mapped[float | None] = mapped_column(Float)
+    flat_falloff: Mapped[float | None] = mapped_column(Float)
+    #: Masters: the previous master of the same kind and instrument, and the fraction of
+    #: pixels differing from it by more than N sigma.
+    previous_master_id: Mapped[int | None] = mapped_column(ForeignKey("frames.id"))
+    changed_fraction: Mapped[float | None] = mapped_column(Float)
+    #: The detection list of a light: [[x, y, flux, fwhm_px, a, b], ...] brightest first.
+    stars: Mapped[list[Any] | None] = mapped_column(JSON)
+    #: Parameters of the measurement (detection threshold, ...).
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    judged_version: Mapped[str | None] = mapped_column(String(50))
+
+    __table_args__ = (
+        Index("uq_frame_measurements_frame_version", "frame_id", "version", unique=True),
+    )
+
+
+class QualityFlag(Base):
+    """One violated quality rule of one frame: the value, the limit and the rule."""
+
+    __tablename__ = "quality_flags"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    frame_id: Mapped[int] = mapped_column(ForeignKey("frames.id"), index=True)
+    measurement_id: Mapped[int] = mapped_column(ForeignKey("frame_measurements.id"), index=True)
+    rule: Mapped[str] = mapped_column(String(100))
+    rule_version: Mapped[str] = mapped_column(String(50))
+    metric: Mapped[str] = mapped_column(String(50))
+    value: Mapped[float | None] = mapped_column(Float)
+    #: The limit the value broke, and how: min or max.
+    limit_value: Mapped[float] = mapped_column(Float)
+    bound: Mapped[str] = mapped_column(String(5))
+    #: absolute | group (relative to the group's median and MAD)
+    scope: Mapped[str] = mapped_column(String(10))
+    #: reject | warn
+    action: Mapped[str] = mapped_column(String(10))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+class QualityOverride(Base):
+    """A person's verdict on a frame (accept or reject), which wins over the rules; the latest
+    row of a frame is the one in force."""
+
+    __tablename__ = "quality_overrides"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    frame_id: Mapped[int] = mapped_column(ForeignKey("frames.id"), index=True)
+    #: accept | reject
+    verdict: Mapped[str] = mapped_column(String(10))
+    reason: Mapped[str] = mapped_column(Text)
+    by_user: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime)

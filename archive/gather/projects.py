@@ -47,6 +47,7 @@ from archive.db.models import Copy, Frame
 from archive.db.projects import Project, ProjectGoal
 from archive.db.session import session_scope
 from archive.errors import ProjectError
+from archive.reduce.quality import verdicts
 from archive.files import fsync_dir, render_path, safe_component, temporary_path
 from archive.gather.config import GatherConfig, load_gather_config
 from archive.gather.copyback import MODES, CopybackSummary, execute_plan, plan_copyback
@@ -414,10 +415,12 @@ def project_status(engine: Engine, name: str, *, config: GatherConfig | None = N
     DataFrame
         One row per filter (the project's, in order; else every filter found): ``frames``
         (exposures, duplicates counted once), ``nights``, ``total_h`` (their exposure, hours),
-        ``usable_h`` (of lights with a valid master of every required kind), ``goal_h`` and
+        ``usable_h`` (of lights with a valid master of every required kind and not rejected
+        by their quality verdict, :func:`archive.reduce.quality.verdicts`), ``goal_h`` and
         ``gap_h`` (goal minus usable, at least 0; empty without a goal), ``collected``
         (exposures with a file in the project's lights folder), ``duplicates`` (frames skipped
-        as duplicate exposures) and ``missing`` (lights without a valid master, per kind).
+        as duplicate exposures), ``missing`` (lights without a valid master, per kind) and
+        ``rejected`` (lights with their masters but rejected, left out of ``usable_h``).
 
     Raises
     ------
@@ -436,6 +439,9 @@ def project_status(engine: Engine, name: str, *, config: GatherConfig | None = N
             chosen = masters_for(session, [r.id for r in kept], config.required_masters, rules)
             missing = Counter(k for r in kept for k in config.required_masters if (r.id, k) not in chosen)
             usable = [r for r in kept if all((r.id, k) in chosen for k in config.required_masters)]
+            judged = verdicts(session, [r.id for r in usable])  # rejected frames are not usable
+            rejected = sum(1 for r in usable if judged[r.id]["verdict"] == "rejected")
+            usable = [r for r in usable if judged[r.id]["verdict"] != "rejected"]
             under = FrameFilter(folder=_folder(Path(project.folder), config.lights_folder, filter_name, config))
             ids = [r.id for g in groups.groups for r in g]
             inside = {frame_id for chunk in chunked(ids) for frame_id in session.scalars(
@@ -451,8 +457,10 @@ def project_status(engine: Engine, name: str, *, config: GatherConfig | None = N
                 "gap_h": round(max(goal_s - usable_s, 0.0) / 3600.0, 3) if goal_s is not None else None,
                 "collected": collected, "duplicates": sum(len(g) - 1 for g in groups.groups),
                 "missing": ", ".join(f"{k}: {n}" for k, n in sorted(missing.items())),
+                "rejected": rejected,
             })
-    columns = ["filter", "frames", "nights", "total_h", "usable_h", "goal_h", "gap_h", "collected", "duplicates", "missing"]
+    columns = ["filter", "frames", "nights", "total_h", "usable_h", "goal_h", "gap_h", "collected", "duplicates", "missing",
+               "rejected"]
     return pd.DataFrame(rows, columns=columns)
 
 

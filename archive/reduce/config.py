@@ -49,7 +49,7 @@ LAYOUT_FIELDS = {
 LAYOUT_UNIQUE = {"calibrated": ("fp",), "registered": ("fp",), "stacked": ("fp", "group")}
 _PRODUCT_ENDINGS = (".fits", ".fit", ".fts")
 #: Keys of ``[stack]`` besides the combine settings (:class:`archive.calib.combine.CombineSettings`).
-_STACK_KEYS = ("method", "per_night")
+_STACK_KEYS = ("method", "per_night", "weights")
 
 
 def check_layout(kind: str, template: Any) -> str:
@@ -162,6 +162,8 @@ def load_reduction_config(
         stack = dict(merged.get("stack", {}))
         if stack.get("method", "median") not in COMBINE_METHODS:
             raise ConfigError(f"[stack] method must be one of {COMBINE_METHODS}, not {stack['method']!r}")
+        if stack.get("weights", "none") not in ("none", "signal"):
+            raise ConfigError(f"[stack] weights must be 'none' or 'signal', not {stack['weights']!r}")
         combine = CombineSettings.from_table(stack, "[stack]", other_keys=_STACK_KEYS)
         stack.update(vars(combine))
         return ReductionConfig(

@@ -50,6 +50,7 @@ from archive.ingest.products import ProductRun
 from archive.reduce.summary import ReduceSummary
 from archive.reduce.calibration import calibrate_lights
 from archive.reduce.registration import register_and_stack
+from archive.reduce.quality import measure_frames
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ def reduce_lights(
     engine: Engine, light_ids: Sequence[int], *, config: ReductionConfig | None = None,
     settings: Settings | None = None, executor: Executor | None = None, rules: RuleBook | None = None,
     register: bool = True, progress: Progress | None = None, products: ProductRun | None = None,
+    measure: bool = False,
 ) -> ReduceSummary:
     """Calibrate the lights ``light_ids``, then register and stack the groups they belong to.
 
@@ -80,6 +82,10 @@ def reduce_lights(
     progress : Progress, optional
     products : ProductRun, optional
         The ingest run the products join (default one of their own, closed at the end).
+    measure : bool
+        Measure the lights (on their calibrated frames) and judge them before registering
+        and stacking (:func:`archive.reduce.quality.measure_frames`); rejected lights are left
+        out of the stacks either way (default False: ``archive night`` measures).
 
     Returns
     -------
@@ -95,6 +101,10 @@ def reduce_lights(
     try:
         summary = calibrate_lights(engine, light_ids, config=config, products=products, executor=executor, rules=rules,
                                    progress=progress)
+        if measure:
+            measured = measure_frames(engine, light_ids, executor=executor, progress=progress)
+            for what, why in measured.failed:
+                summary.failures.append((f"measure {what}", why))
         if register:
             register_and_stack(engine, light_ids, config=config, products=products, executor=executor,
                                progress=progress, summary=summary)

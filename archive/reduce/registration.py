@@ -136,7 +136,8 @@ def register_and_stack(
     A group is every light of one instrument, target and filter (and night with
     ``[stack] per_night``) that has a current calibrated frame, not only those in
     ``light_ids``. Its frames are registered onto one reference (:mod:`archive.reduce.align`)
-    and stacked per exposure time (at least two frames per stack).
+    and stacked per exposure time (at least two frames per stack); lights rejected by their
+    quality verdict are left out of the stack (:func:`archive.reduce.stacking.stack_group`).
 
     Parameters
     ----------
@@ -207,17 +208,27 @@ def registration_parameters(register: dict[str, Any]) -> dict[str, Any]:
 
 
 def _count_stars_all(
-    executor: Executor, members: list[tuple[Frame, Frame]], paths: dict[int, str], parameters: dict[str, Any],
+    engine: Engine, executor: Executor, members: list[tuple[Frame, Frame]], paths: dict[int, str], parameters: dict[str, Any],
     summary: ReduceSummary, name: str, progress: Progress,
 ) -> tuple[list[tuple[Frame, Frame]], dict[str, dict]]:
-    """Detect stars in every member's calibrated frame; a frame that cannot be read is recorded
-    as a failure and left out. Returns the members kept (in order) and the results by path."""
+    """Detect stars in every member's calibrated frame, or reuse the star list its measurement
+    kept (:func:`archive.reduce.quality.stored_stars`, same detection threshold); a frame that
+    cannot be read is recorded as a failure and left out. Returns the members kept (in order) and the results by path."""
     futures: dict[Future, tuple[Frame, Frame]] = {}
     kept: list[tuple[Frame, Frame]] = []
+    from archive.reduce.quality import stored_stars  # the star lists 'archive measure' kept
+
+    with session_scope(engine) as session:
+        measured = stored_stars(session, [cal.id for _, cal in members], parameters["detect_sigma"])
     for light, cal in members:
         path = paths.get(cal.id)
         if path is None:
             summary.fail(name, f"register calibrated frame #{cal.id}", "no file on disk")
+            continue
+        if cal.id in measured:  # the stars its measurement found: not detected again
+            future: Future = Future()
+            future.set_result({"path": path, "n_stars": measured[cal.id]["n_stars"], "xy": measured[cal.id]["xy"]})
+            futures[future] = (light, cal)
             continue
         futures[executor.submit(count_stars, path, parameters["detect_sigma"], parameters["max_control_points"],
                                 parameters["min_fwhm_px"], parameters["min_pixels"])] = (light, cal)
@@ -254,7 +265,7 @@ def _register_group(
         summary.unchanged += len(calibrated)
         return [state[c.id][1] for c in calibrated if state[c.id][0] == "done" and state[c.id][1] is not None]
     parameters = registration_parameters(reg)
-    members, stars = _count_stars_all(executor, members, paths, parameters, summary, name, progress)
+    members, stars = _count_stars_all(engine, executor, members, paths, parameters, summary, name, progress)
     if not members:
         return []
     ordered = [paths[c.id] for _, c in members]

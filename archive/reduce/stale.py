@@ -62,7 +62,10 @@ def find_stale(session: Session, *, rules: RuleBook | None = None) -> list[Stale
     current rules (:func:`archive.calib.select.explain_selection`) and compared with the
     selections stored with its reduction: a master since marked bad or outside its validity, a
     better master built or ingested since, a master now found where none was, a changed rule
-    version. Registered and stacked frames made from a stale calibrated frame are stale too.
+    version. Registered and stacked frames made from a stale calibrated frame are stale too,
+    and so is the newest stack of a group whose membership the quality verdicts now change
+    (:func:`archive.reduce.quality.stale_stacks`: a light rejected or accepted since, by a
+    rules change, a new measurement or a person's override).
 
     Returns
     -------
@@ -112,6 +115,12 @@ def find_stale(session: Session, *, rules: RuleBook | None = None) -> list[Stale
                 seen.add(product["frame_id"])
                 out.append(StaleProduct(product["frame_id"], product["path"], product["step"], None,
                                         [f"made from stale calibrated frame #{cal_id}"]))
+    from archive.reduce.quality import stale_stacks
+
+    for stack in stale_stacks(session):
+        if stack.frame_id not in seen:  # a change of quality verdicts (rules, measurement, override)
+            seen.add(stack.frame_id)
+            out.append(StaleProduct(stack.frame_id, None, "stack", stack.light_id, stack.reasons))
     paths = canonical_paths(session, [p.frame_id for p in out])
     for product in out:
         product.path = product.path or paths.get(product.frame_id)

@@ -23,8 +23,8 @@ class ReduceSummary:
         (what, reason): a step that broke (a light without a required master, an unreadable
         file, an error); the run's exit status is 1.
     rejected : list of (str, str)
-        (what, reason): frames judged unusable (one that cannot be aligned), left out of the
-        stack; normal (exit status 0), and listed.
+        (what, reason): frames judged unusable (one that cannot be aligned, a light rejected
+        by its quality verdict), left out of the stack; normal (exit status 0), and listed.
     warnings : list of str
         Large shifts, missing master kinds, stack cards left out.
     by_group : dict

@@ -9,8 +9,9 @@ calibrations):
    ``[sky.solve] in_night`` is on and solve-field is installed (else the summary says so);
 3. build the masters the raw calibrations make, once per observing night found in the folders
    (:func:`archive.calib.masters.build_masters`; counted in the first folder of that night);
-4. calibrate every light of each folder, register and stack its groups
-   (:func:`archive.reduce.pipeline.reduce_lights`).
+4. measure the raw calibrations and the new masters (:mod:`archive.reduce.quality`);
+5. calibrate every light of each folder, measure it on its calibrated frame, register and
+   stack its groups, leaving out rejected lights (:func:`archive.reduce.pipeline.reduce_lights`).
 
 A failure in one folder or group is recorded in the summary and the loop goes on. Every step
 is idempotent (unchanged files are not re-read, finished reductions are not redone), so a
@@ -47,6 +48,7 @@ from archive.reduce.config import ReductionConfig, load_reduction_config
 from archive.reduce.executor import SerialExecutor
 from archive.reduce.pipeline import reduce_lights
 from archive.reduce.solve import SolverNotFoundError, solve_frames
+from archive.reduce.quality import measure_frames
 from archive.reduce.summary import ReduceSummary
 from archive.db.sky import has_wcs_condition
 from archive.ingest.sky import load_sky_config
@@ -176,6 +178,7 @@ def run_night(
     dry_run: bool = False,
     today: dt.date | None = None,
     progress: Progress | None = None,
+    measure: bool = True,
 ) -> NightSummary:
     """Ingest, build masters, reduce and stack every folder of the night matching ``search``.
 
@@ -197,6 +200,10 @@ def run_night(
     today : date, optional
         For the default search (tests).
     progress : Progress, optional
+    measure : bool
+        Measure and judge the night's frames (:mod:`archive.reduce.quality`): the raw
+        calibrations and the masters built after the masters step, the lights on their
+        calibrated frames before registration (default True).
 
     Returns
     -------
@@ -249,7 +256,7 @@ def run_night(
     product_run = ProductRun(engine, products, sites=settings.sites)
     with master_run, product_run:
         _masters_and_reduction(engine, nights, results, config, settings, rules, library, executor, progress,
-                               master_run, product_run)
+                               master_run, product_run, measure)
     return summary
 
 
@@ -275,7 +282,8 @@ def _solve(engine: Engine, results: dict[Path, FolderResult], settings: Settings
 
 
 def _masters_and_reduction(engine, nights, results, config, settings, rules, library, executor, progress,
-                           master_run: ProductRun, product_run: ProductRun) -> None:
+                           master_run: ProductRun, product_run: ProductRun, measure: bool = True) -> None:
+    built_ids: list[int] = []
     for night, folder in sorted(nights.items()):
         result = results[folder]
         with _recorded(result, f"masters of night {night}"):
@@ -283,14 +291,25 @@ def _masters_and_reduction(engine, nights, results, config, settings, rules, lib
                                   settings=settings, progress=progress, products=master_run)
             result.masters_built += len(built.built)
             result.masters += [path for _kind, _frame_id, path in built.built]
+            built_ids += [frame_id for _kind, frame_id, _path in built.built]
             if config.previews:
                 for _kind, _frame_id, path in built.built:
                     write_preview(path)
             result.failures += [(f"master {kind} {what}", why) for kind, what, why in built.failed]
+    if measure and results:
+        first = next(iter(results.values()))
+        with _recorded(first, "measure calibrations and masters"):
+            with session_scope(engine) as session:
+                ids = set(built_ids)
+                for folder in results:
+                    ids.update(session.scalars(frame_query(FrameFilter(folder=folder, include_duplicates=False),
+                                                           Frame.id).where(Frame.image_type.in_(CALIBRATION_KINDS))))
+            measured = measure_frames(engine, sorted(ids), executor=executor, progress=progress)
+            first.failures += [(f"measure {what}", why) for what, why in measured.failed]
     for folder, result in results.items():
         with _recorded(result, f"reduce {folder}"):
             with session_scope(engine) as session:
                 light_ids = lights_under(session, folder)
             result.lights = len(light_ids)
             result.reduction = reduce_lights(engine, light_ids, config=config, settings=settings, executor=executor,
-                                             rules=rules, progress=progress, products=product_run)
+                                             rules=rules, progress=progress, products=product_run, measure=measure)

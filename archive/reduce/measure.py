@@ -1,0 +1,489 @@
+"""Measuring a frame's quality from its pixels (a worker task of the executor).
+
+Libraries: background and source detection are SEP's (Barbary 2016, JOSS 1, 58: Source
+Extractor's algorithms as a library; the same detection :mod:`archive.reduce.align` uses);
+sigma-clipped statistics are ``astropy.stats.sigma_clipped_stats``. Nothing here touches the
+catalogue: :func:`measure_file` takes a :class:`MeasureJob` of paths and plain values and
+returns a dict of the columns of :class:`archive.db.models.FrameMeasurement`.
+
+What is measured, per kind of frame
+-----------------------------------
+Every frame
+    ``background_adu`` and ``noise_adu``: the sigma-clipped (3 sigma, 5 iterations) median and
+    standard deviation of the pixels; ``background_e`` and ``noise_e`` times the gain (e-/ADU)
+    when it is known.
+Lights
+    Sources are detected by ``sep.extract`` above ``detect_sigma`` times the global RMS of
+    SEP's background map (at least ``minarea`` connected pixels), without SEP flags (not
+    blended, not truncated at the edge) and peaking below the saturation level. The shape of
+    each (up to 5000 brightest) comes from adaptive Gaussian-weighted second moments
+    (:func:`star_shapes`, Bernstein & Jarvis 2002); detections sharper than ``min_fwhm_px``
+    (hot pixels, cosmic rays) are not stars. ``n_stars`` counts the stars.
+
+    ``fwhm_px``: the median over the stars of 2.3548 (det C)^(1/4), C the star's covariance
+    (exact for a Gaussian star; for a real profile it follows the core, as a PSF fit does).
+    ``fwhm_arcsec`` multiplies by the plate scale (arcsec/px) from the celestial WCS
+    (``astropy.wcs.utils.proj_plane_pixel_scales``) or else 206.265 x pixel size (um) /
+    focal length (mm).
+
+    ``eccentricity``: the median over the stars of sqrt(1 - b^2/a^2), a^2 and b^2 the
+    eigenvalues of C (PixInsight's SubframeSelector convention; 0 is round).
+
+    ``saturated_fraction``: the fraction of the raw frame's pixels at or above
+    ``saturation_fraction`` of its saturation level (a header keyword, else the largest value of
+    the raw data type); NULL when neither is known.
+
+    ``weight`` (the signal weight): (F / (sigma * FWHM))^2 with F the summed flux (ADU) of all
+    the stars, sigma the background noise (ADU) and FWHM in pixels. Per star, F_i / (sigma *
+    FWHM) is its signal-to-noise ratio when the sky dominates the noise (the noise in an
+    aperture of radius proportional to the FWHM is sigma times the square root of its area;
+    Howell, *Handbook of CCD Astronomy*, the CCD equation); summing the fluxes over the stars
+    follows PixInsight's PSF signal weight (the sum of the stars' PSF fluxes over the noise), so
+    clouds lower it twice (dimmer stars, fewer of them above the threshold), a bright sky
+    through sigma, seeing through the FWHM. It needs no reference frame; it compares frames of
+    one target, filter and instrument.
+
+    ``stars``: [x, y, flux, fwhm_px, a, b] of up to ``max_stars`` stars, brightest first
+    (pixel coordinates 0-based as SEP's), kept so registration does not detect them again.
+Bias
+    ``read_noise_adu``: the sigma-clipped standard deviation (of one raw bias it is the read
+    noise plus any fixed pattern; of a master it is the master's own noise).
+Darks
+    ``dark_current_adu_s``: the sigma-clipped median minus the bias level, per second of
+    exposure. The bias level is the master bias given (``bias_path``), else 0 for a master dark
+    built with the bias subtracted; NULL when neither. ``hot_pixels``: pixels above median +
+    ``hot_sigma`` x sigma.
+Flats
+    ``flat_snr``: median / sigma of the central box; ``flat_falloff``: the median of the four
+    corner boxes over the median of the central box (1 is flat; vignetting makes it smaller).
+Masters
+    The same as their kind, plus ``changed_fraction``: the fraction of pixels whose difference
+    from the previous master (same kind and instrument; flats normalized by their medians)
+    lies more than ``compare_sigma`` robust standard deviations (1.4826 x MAD of the
+    difference) away from zero, as LCO's BANZAI compares a new master with the last good one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from archive.fitsio import read_pixels
+
+log = logging.getLogger(__name__)
+
+#: Bumped when the measurement code changes; with ``[measure] version`` of the quality rules
+#: it makes the measurement version (:func:`measurement_version`).
+CODE_VERSION = "1"
+#: Brightest detections whose shapes are measured (the rest are not counted as stars).
+MOMENT_STARS = 5000
+
+
+def measurement_version(config_version: str) -> str:
+    """The version a measurement is recorded under: the code's and the configuration's."""
+    return f"{CODE_VERSION}.{config_version}"
+
+
+@dataclass(frozen=True)
+class MeasureJob:
+    """One frame to measure (picklable).
+
+    Attributes
+    ----------
+    frame_id : int
+    path : str
+        The file whose pixels are measured (a light's calibrated frame, else the frame).
+    kind : str
+        The frame's image type (light, bias, dark, flat, master_bias, ...).
+    raw_path : str, optional
+        A light's raw file, for the saturated fraction (default ``path``).
+    exposure_s : float, optional
+    gain_e_per_adu : float, optional
+        Configured gain; a header keyword of ``gain_keywords`` wins.
+    bias_path : str, optional
+        Darks: the master bias whose level is subtracted.
+    bias_subtracted : bool
+        Master darks built with the bias subtracted.
+    previous_path : str, optional
+        Masters: the previous master of the same kind and instrument.
+    parameters : dict
+        ``[measure]`` of the quality rules.
+    """
+
+    frame_id: int
+    path: str
+    kind: str
+    raw_path: str | None = None
+    exposure_s: float | None = None
+    gain_e_per_adu: float | None = None
+    bias_path: str | None = None
+    bias_subtracted: bool = False
+    previous_path: str | None = None
+    parameters: dict = field(default_factory=dict)
+
+
+def clipped_stats(data: np.ndarray, sample: int = 250_000) -> tuple[float, float]:
+    """Sigma-clipped median and standard deviation (3 sigma, 5 iterations) of the finite
+    pixels (``astropy.stats.sigma_clipped_stats``); on a regular sub-sample of at most
+    ``sample`` pixels for speed."""
+    from astropy.stats import sigma_clipped_stats
+
+    flat = data.ravel()
+    step = max(1, flat.size // sample)
+    values = flat[::step]
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return float("nan"), float("nan")
+    _, median, std = sigma_clipped_stats(values, sigma=3.0, maxiters=5)
+    return float(median), float(std)
+
+
+def _first(header, keywords) -> Any:
+    for key in keywords:
+        value = header.get(key)
+        if value not in (None, ""):
+            return value
+    return None
+
+
+def plate_scale(header, parameters: dict) -> float | None:
+    """Arcsec per pixel: from a celestial WCS (geometric mean of the two axes), else
+    206.265 x pixel size (um) / focal length (mm) from the configured keywords; None when
+    neither is known."""
+    try:
+        from astropy.wcs import WCS
+        from astropy.wcs.utils import proj_plane_pixel_scales
+
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wcs = WCS(header, naxis=2)
+        if wcs.has_celestial:
+            scales = proj_plane_pixel_scales(wcs.celestial) * 3600.0
+            if np.all(np.isfinite(scales)) and np.all(scales > 0):
+                return float(np.sqrt(scales[0] * scales[1]))
+    except Exception:  # noqa: BLE001 - a broken WCS is no WCS
+        pass
+    focal = _first(header, parameters.get("focal_length_keywords", ()))
+    pixel = _first(header, parameters.get("pixel_size_keywords", ()))
+    try:
+        focal, pixel = float(focal), float(pixel)
+    except (TypeError, ValueError):
+        return None
+    return 206.265 * pixel / focal if focal > 0 and pixel > 0 else None
+
+
+def saturation_level(header, parameters: dict) -> float | None:
+    """The saturation level (ADU): a configured keyword, else the largest value the raw data
+    type holds (BITPIX with BZERO); None for floating-point data without a keyword."""
+    value = _first(header, parameters.get("saturation_keywords", ()))
+    try:
+        if value is not None:
+            return float(value)
+    except (TypeError, ValueError):
+        pass
+    bitpix = header.get("BITPIX")
+    if bitpix is None or int(bitpix) < 0:
+        return None
+    bzero = float(header.get("BZERO", 0.0))
+    bscale = float(header.get("BSCALE", 1.0))
+    bits = int(bitpix)
+    top = 2 ** bits - 1 if bits == 8 else 2 ** (bits - 1) - 1
+    return bzero + bscale * top
+
+
+def detect(data: np.ndarray, parameters: dict, saturation: float | None = None) -> dict:
+    """Detect and measure the stars of a light (see the module docstring).
+
+    Parameters
+    ----------
+    data : ndarray, shape (ny, nx)
+        The image, ADU.
+    parameters : dict
+        ``detect_sigma``, ``minarea``, ``max_stars``, ``saturation_fraction``.
+    saturation : float, optional
+        Saturation level of ``data`` (ADU); stars peaking above it are left out.
+
+    Returns
+    -------
+    dict
+        ``n_stars``, ``fwhm_px``, ``eccentricity``, ``star_flux`` (the summed flux of the
+        stars, ADU), ``stars`` (list of [x, y, flux, fwhm_px, a, b]).
+    """
+    import sep
+
+    image = np.array(data, dtype=np.float32, order="C")
+    bad = ~np.isfinite(image)
+    image[bad] = 0.0
+    background = sep.Background(image, mask=bad if bad.any() else None)
+    background.subfrom(image)
+    sep.set_extract_pixstack(max(300000, image.size))
+    sep.set_sub_object_limit(4096)
+    try:
+        sources = sep.extract(image, float(parameters.get("detect_sigma", 5.0)), err=background.globalrms,
+                              minarea=int(parameters.get("minarea", 5)), mask=bad if bad.any() else None)
+    except Exception as exc:  # noqa: BLE001 - sep raises plain Exception on buffer overflow
+        log.warning("source extraction failed: %s", exc)
+        sources = np.empty(0, dtype=[("x", float), ("y", float), ("flux", float), ("a", float), ("b", float),
+                                     ("flag", int), ("peak", float)])
+    keep = (sources["flag"] == 0) & (sources["a"] > 0) & (sources["b"] > 0)
+    if saturation is not None:
+        level = float(parameters.get("saturation_fraction", 0.95)) * saturation - float(background.globalback)
+        keep &= sources["peak"] < level
+    stars = sources[keep]
+    empty = {"n_stars": int(len(stars)), "fwhm_px": None, "eccentricity": None, "star_flux": None, "stars": []}
+    if len(stars) == 0:
+        return empty
+    stars = stars[np.argsort(stars["flux"])[::-1]][:MOMENT_STARS]
+    # isophotal FWHM, to start the weight: 2.3548 * sqrt((a^2 + b^2) / 2)
+    rough = 2.3548 * np.sqrt((stars["a"] ** 2 + stars["b"] ** 2) / 2.0)
+    fwhm, axis_ratio = star_shapes(image, stars["x"], stars["y"], rough)
+    real = np.isfinite(fwhm) & (fwhm >= float(parameters.get("min_fwhm_px", 1.0)))
+    stars, fwhm, axis_ratio = stars[real], fwhm[real], axis_ratio[real]
+    if len(stars) == 0:
+        return empty | {"n_stars": 0}
+    # shapes from isolated stars only (a neighbour within isolation_px spoils the moments)
+    isolated = _isolated(stars["x"], stars["y"], float(parameters.get("isolation_px", 10.0)))
+    if not isolated.any():
+        isolated[:] = True
+    ecc = np.sqrt(np.clip(1.0 - axis_ratio[isolated] ** 2, 0.0, 1.0))
+    n_fit = int(parameters.get("fit_stars", 20))
+    single = stars[isolated][:n_fit]
+    fitted = np.array([moffat_fwhm(image, x, y, f) for x, y, f in zip(single["x"], single["y"], fwhm[isolated][:n_fit])])
+    fitted = fitted[np.isfinite(fitted) & (fitted >= float(parameters.get("min_fwhm_px", 1.0)))]
+    n_keep = int(parameters.get("max_stars", 400))
+    table = np.column_stack([stars["x"], stars["y"], stars["flux"], fwhm, stars["a"], stars["b"]])
+    return {
+        "n_stars": int(len(stars)),
+        "fwhm_px": float(np.median(fitted)) if fitted.size else float(np.median(fwhm[isolated])),
+        "eccentricity": float(np.median(ecc)),
+        "star_flux": float(np.sum(stars["flux"])),
+        "stars": [[round(float(v), 3) if np.isfinite(v) else None for v in row] for row in table[:n_keep]],
+    }
+
+
+def _moffat(xy, amplitude, x0, y0, fwhm, u, level):
+    """A circular Moffat profile by its FWHM and u = 1/beta: continuous down to the Gaussian
+    (u -> 0), so that the fit needs no bounds."""
+    x, y = xy
+    u = abs(u) + 1e-6
+    r2 = ((x - x0) ** 2 + (y - y0) ** 2) / (0.5 * fwhm) ** 2
+    return amplitude * np.exp(-np.log1p(r2 * np.expm1(u * np.log(2.0))) / u) + level
+
+
+def moffat_fwhm(image: np.ndarray, x: float, y: float, fwhm_guess: float) -> float:
+    """FWHM (px) of one star from a least-squares fit of a circular Moffat profile
+    I = A (1 + r^2/alpha^2)^-beta + c (Moffat 1969, A&A 3, 455), written with its FWHM
+    = 2 alpha sqrt(2^(1/beta) - 1) (Trujillo et al. 2001, MNRAS 328, 977) and u = 1/beta so that
+    the Gaussian is the limit u -> 0; ``scipy.optimize.curve_fit`` (Levenberg-Marquardt) in a box
+    of +-2 FWHM (at least 5 px). NaN when the fit fails, lands outside 0 <= u <= 1 or the star
+    is too close to the edge."""
+    from scipy.optimize import curve_fit
+
+    half = max(5, int(np.ceil(2 * fwhm_guess)))
+    ix, iy = int(round(x)), int(round(y))
+    ny, nx = image.shape
+    if ix - half < 0 or iy - half < 0 or ix + half >= nx or iy + half >= ny:
+        return float("nan")
+    cut = image[iy - half: iy + half + 1, ix - half: ix + half + 1].astype(np.float64)
+    dy, dx = np.mgrid[-half: half + 1, -half: half + 1].astype(np.float64)
+    peak = float(cut.max())
+    if peak <= 0:
+        return float("nan")
+    try:
+        values, _ = curve_fit(_moffat, (dx.ravel(), dy.ravel()), cut.ravel(),
+                              p0=[peak, x - ix, y - iy, max(fwhm_guess, 1.0), 0.2, 0.0], maxfev=400)
+    except (RuntimeError, ValueError):
+        return float("nan")
+    fwhm, u = abs(values[3]), abs(values[4])
+    if not (values[0] > 0 and u <= 1.0 and 0.5 <= fwhm <= 2.0 * half):
+        return float("nan")
+    return float(fwhm)
+
+
+def _isolated(x: np.ndarray, y: np.ndarray, radius: float) -> np.ndarray:
+    """True for the sources with no other source closer than ``radius`` px (scipy's cKDTree)."""
+    if len(x) < 2 or radius <= 0:
+        return np.ones(len(x), dtype=bool)
+    from scipy.spatial import cKDTree
+
+    distance, _ = cKDTree(np.column_stack([x, y])).query(np.column_stack([x, y]), k=2)
+    return distance[:, 1] >= radius
+
+
+def star_shapes(image: np.ndarray, x: np.ndarray, y: np.ndarray, rough_fwhm: np.ndarray,
+                iterations: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """FWHM (px) and axis ratio b/a of stars from adaptive Gaussian-weighted moments.
+
+    The second moments M of I x W, with W a round Gaussian of variance w, give the star's
+    covariance C = (M^-1 - W^-1)^-1 exactly for a Gaussian star (the product of two
+    Gaussians); the weight is then matched to the star (w = sqrt(det C)) and the moments taken
+    again (``iterations`` times, after Bernstein & Jarvis 2002, AJ 123, 583), for all stars at
+    once in boxes of one size. The profile is the one observed (pixel sampling included, as
+    PSF fitters report it). FWHM = 2.3548 (det C)^(1/4), the geometric mean of the axes' FWHM.
+
+    Returns
+    -------
+    fwhm, axis_ratio : ndarray
+        NaN where the moments are not positive definite: a hot pixel or cosmic ray (sharper
+        than the sampling), a blend, noise. At the edge of the frame the box repeats the
+        border pixels.
+    """
+    n = len(x)
+    if n == 0:
+        return np.empty(0), np.empty(0)
+    sigma_w = np.maximum(np.asarray(rough_fwhm, dtype=float), 1.0) / 2.3548
+    half = int(min(max(np.ceil(4 * 2.0 * np.median(sigma_w)), 4), 25))
+    ny, nx = image.shape
+    ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
+    offsets = np.arange(-half, half + 1)
+    rows = np.clip(iy[:, None] + offsets[None, :], 0, ny - 1)
+    cols = np.clip(ix[:, None] + offsets[None, :], 0, nx - 1)
+    cuts = image[rows[:, :, None], cols[:, None, :]].astype(np.float64)  # (n, k, k); edges repeated
+    dy0 = offsets[None, :, None] - (y - iy)[:, None, None]
+    dx0 = offsets[None, None, :] - (x - ix)[:, None, None]
+    cx, cy = np.zeros(n), np.zeros(n)
+    c11 = c22 = c12 = np.full(n, np.nan)
+    valid = np.ones(n, dtype=bool)
+    with np.errstate(all="ignore"):
+        for _ in range(iterations):
+            valid &= np.isfinite(sigma_w) & (sigma_w >= 0.3) & (sigma_w <= half / 2.0)
+            w2 = np.where(valid, sigma_w, 1.0) ** 2
+            dx, dy = dx0 - cx[:, None, None], dy0 - cy[:, None, None]
+            weighted = cuts * np.exp(-0.5 * (dx ** 2 + dy ** 2) / w2[:, None, None])
+            total = weighted.sum(axis=(1, 2))
+            valid &= total > 0
+            mx = (weighted * dx).sum(axis=(1, 2)) / total
+            my = (weighted * dy).sum(axis=(1, 2)) / total
+            m11 = (weighted * (dx - mx[:, None, None]) ** 2).sum(axis=(1, 2)) / total
+            m22 = (weighted * (dy - my[:, None, None]) ** 2).sum(axis=(1, 2)) / total
+            m12 = (weighted * (dx - mx[:, None, None]) * (dy - my[:, None, None])).sum(axis=(1, 2)) / total
+            cx, cy = cx + np.where(valid, mx, 0.0), cy + np.where(valid, my, 0.0)
+            # C = (M^-1 - I/w)^-1, with 2x2 inverses written out
+            det_m = m11 * m22 - m12 ** 2
+            i11, i22, i12 = m22 / det_m - 1.0 / w2, m11 / det_m - 1.0 / w2, -m12 / det_m
+            det_i = i11 * i22 - i12 ** 2
+            c11, c22, c12 = i22 / det_i, i11 / det_i, -i12 / det_i
+            det_c = c11 * c22 - c12 ** 2
+            valid &= (det_m > 0) & (c11 > 0) & (c22 > 0) & (det_c > 0)
+            sigma_w = np.sqrt(np.sqrt(np.where(valid, det_c, 1.0)))
+        trace = c11 + c22
+        root = np.sqrt(np.maximum((c11 - c22) ** 2 / 4.0 + c12 ** 2, 0.0))
+        major, minor = trace / 2.0 + root, trace / 2.0 - root
+        valid &= minor > 0
+        fwhm = np.where(valid, 2.3548 * (major * minor) ** 0.25, np.nan)
+        ratio = np.where(valid, np.sqrt(minor / major), np.nan)
+    return fwhm, ratio
+
+
+def _boxes(data: np.ndarray, fraction: float) -> tuple[np.ndarray, list[np.ndarray]]:
+    ny, nx = data.shape
+    by, bx = max(1, int(ny * fraction)), max(1, int(nx * fraction))
+    cy, cx = ny // 2, nx // 2
+    centre = data[cy - by // 2: cy - by // 2 + by, cx - bx // 2: cx - bx // 2 + bx]
+    corners = [data[:by, :bx], data[:by, -bx:], data[-by:, :bx], data[-by:, -bx:]]
+    return centre, corners
+
+
+def compare_masters(new: np.ndarray, old: np.ndarray, n_sigma: float, normalize: bool) -> float | None:
+    """The fraction of pixels of ``new`` that differ from ``old`` by more than ``n_sigma``
+    robust standard deviations of the difference (1.4826 x its MAD), measured from zero, so a
+    change of level counts; flats are first divided by their medians. None when the shapes
+    differ. After BANZAI's comparison of a new calibration with the previous master."""
+    if new.shape != old.shape:
+        return None
+    a, b = new.astype(np.float64), old.astype(np.float64)
+    if normalize:
+        a = a / np.nanmedian(a)
+        b = b / np.nanmedian(b)
+    diff = (a - b)[np.isfinite(a) & np.isfinite(b)]
+    if diff.size == 0:
+        return None
+    sigma = 1.4826 * float(np.median(np.abs(diff - np.median(diff))))
+    if sigma == 0:
+        return float(np.mean(diff != 0))
+    return float(np.mean(np.abs(diff) > n_sigma * sigma))
+
+
+def measure_file(job: MeasureJob) -> dict:
+    """Measure one frame (see the module docstring for each figure and its source).
+
+    Returns
+    -------
+    dict
+        ``frame_id`` and the measured columns of :class:`archive.db.models.FrameMeasurement`
+        (absent ones are None), plus ``parameters`` (what was used).
+
+    Raises
+    ------
+    OSError, ValueError
+        A file cannot be read or holds no image.
+    """
+    p = job.parameters
+    data, header = read_pixels(job.path, dtype=np.float32)
+    if data.ndim != 2:
+        raise ValueError(f"{job.path}: a {data.ndim}-d image cannot be measured")
+    gain = _first(header, p.get("gain_keywords", ()))
+    try:
+        gain = float(gain) if gain is not None else job.gain_e_per_adu
+    except (TypeError, ValueError):
+        gain = job.gain_e_per_adu
+    level, noise = clipped_stats(data)
+    out: dict[str, Any] = {
+        "frame_id": job.frame_id, "background_adu": level, "noise_adu": noise, "gain_e_per_adu": gain,
+        "background_e": level * gain if gain else None, "noise_e": noise * gain if gain else None,
+    }
+    kind = job.kind.removeprefix("master_")
+    if kind == "light":
+        raw_header = header
+        saturation_source = data
+        if job.raw_path and job.raw_path != job.path:
+            saturation_source, raw_header = read_pixels(job.raw_path, dtype=np.float32)
+        saturation = saturation_level(raw_header, p)
+        if saturation is not None:
+            out["saturated_fraction"] = float(np.mean(saturation_source >= float(p.get("saturation_fraction", 0.95))
+                                                      * saturation))
+        # a calibrated frame no longer has the raw level: stars peaking near the raw
+        # saturation are found by the offset between the two backgrounds
+        offset = clipped_stats(saturation_source)[0] - level if saturation_source is not data else 0.0
+        stars = detect(data, p, None if saturation is None else saturation - offset)
+        scale = plate_scale(header, p) or plate_scale(raw_header, p)
+        out.update({
+            "n_stars": stars["n_stars"], "fwhm_px": stars["fwhm_px"], "eccentricity": stars["eccentricity"],
+            "stars": stars["stars"], "plate_scale_arcsec": scale,
+            "fwhm_arcsec": stars["fwhm_px"] * scale if stars["fwhm_px"] and scale else None,
+        })
+        if stars["star_flux"] and stars["fwhm_px"] and noise > 0:
+            out["weight"] = (stars["star_flux"] / (noise * stars["fwhm_px"])) ** 2
+    elif kind == "bias":
+        out["read_noise_adu"] = noise
+        out["read_noise_e"] = noise * gain if gain else None
+    elif kind == "dark":
+        bias_level = None
+        if job.bias_path:
+            bias_level = clipped_stats(read_pixels(job.bias_path, dtype=np.float32)[0])[0]
+        elif job.bias_subtracted:
+            bias_level = 0.0
+        if bias_level is not None and job.exposure_s:
+            current = (level - bias_level) / job.exposure_s
+            out["dark_current_adu_s"] = current
+            out["dark_current_e_s"] = current * gain if gain else None
+        out["hot_pixels"] = int(np.count_nonzero(data > level + float(p.get("hot_sigma", 5.0)) * noise))
+    elif kind == "flat":
+        centre, corners = _boxes(data, float(p.get("box_fraction", 0.1)))
+        c_level, c_noise = clipped_stats(centre)
+        out["flat_snr"] = c_level / c_noise if c_noise > 0 else None
+        corner_level = float(np.median([np.nanmedian(c) for c in corners]))
+        out["flat_falloff"] = corner_level / c_level if c_level else None
+    if job.kind.startswith("master_") and job.previous_path:
+        previous, _ = read_pixels(job.previous_path, dtype=np.float32)
+        out["changed_fraction"] = compare_masters(data, previous, float(p.get("compare_sigma", 5.0)),
+                                                  normalize=kind == "flat")
+    for key, value in list(out.items()):
+        if isinstance(value, float) and not np.isfinite(value):
+            out[key] = None
+    return out
