@@ -20,7 +20,6 @@ from sqlalchemy.orm import Session
 
 from archive.db.bulk import chunked
 from archive.db.models import Copy, Frame, Instrument
-from archive.db.sky import cone_condition, covers_condition
 from archive.db.targets import resolve_target
 
 _NOT_KEY = re.compile(r"[^a-z0-9]+")
@@ -95,6 +94,8 @@ def target_condition(name: str):
     by_name = Frame.target_key.in_(keys)
     if target.ra_deg is None or target.dec_deg is None:
         return by_name
+    from archive.db.sky import covers_condition  # numpy and astropy-healpix: imported on use
+
     return or_(by_name, covers_condition(target.ra_deg, target.dec_deg))
 
 
@@ -127,10 +128,13 @@ def frame_query(filters: FrameFilter | None = None, *columns) -> Select:
         conditions.append(select(Copy.id).where(
             Copy.frame_id == Frame.id, Copy.is_current, Copy.path.startswith(folder_prefix(f.folder), autoescape=True)
         ).exists())
-    if f.cone is not None:
-        conditions.append(cone_condition(*f.cone))
-    if f.covers is not None:
-        conditions.append(covers_condition(*f.covers))
+    if f.cone is not None or f.covers is not None:
+        from archive.db.sky import cone_condition, covers_condition  # numpy, astropy-healpix: on use
+
+        if f.cone is not None:
+            conditions.append(cone_condition(*f.cone))
+        if f.covers is not None:
+            conditions.append(covers_condition(*f.covers))
     return query.where(and_(*conditions)) if conditions else query
 
 

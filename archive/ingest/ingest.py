@@ -487,7 +487,7 @@ def _write_with_retry(engine: Engine, batch, run_id: int, summary: IngestSummary
             reason = f"could not be stored: {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
             if isinstance(batch[0], FileRead):  # name the columns ("integer out of range" names none)
                 row = _frame_row(batch[0], None, run_id, utcnow())
-                bad = [name for name, value in row.items() if check_value(name, value, source=name)[1]]
+                bad = [f"{name}={value}" for name, value in row.items() if check_value(name, value, source=name)[1]]
                 reason += f" (columns: {', '.join(bad)})" if bad else ""
             log.warning("%s: %s", batch[0].path, reason)
             _write_with_retry(engine, [ReadFailure(batch[0].path, batch[0].size, batch[0].mtime_ns, reason)], run_id, summary)

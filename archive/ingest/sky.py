@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from astropy.io import fits
+from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS, FITSFixedWarning
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -120,8 +121,9 @@ def celestial_wcs(header: fits.Header) -> WCS | None:
     """The header's celestial WCS, or None when it has none (or astropy cannot read it)."""
     if "CTYPE1" not in header or "CTYPE2" not in header:
         return None
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # header oddities are ingest's to report, not WCS's
         warnings.simplefilter("ignore", FITSFixedWarning)
+        warnings.simplefilter("ignore", AstropyWarning)
         try:
             wcs = WCS(header, naxis=2, relax=True)
         except Exception as exc:  # noqa: BLE001 - wcslib raises many kinds; a bad WCS is no WCS
