@@ -252,6 +252,10 @@ def _claim_in_process(db_url: str, frame_id: int, barrier, out) -> None:
             reduction = start_reduction(session, "stack", "f" * 64, {"method": "median"}, None, [(frame_id, "input")])
             time.sleep(0.3)
         out.put(reduction.id if reduction is not None else None)
+        # stay alive until every process has asked: a claim whose process has ended is free
+        # (start_reduction's rule), so an early exit would hand the claim on (SQLite runs the
+        # three write transactions one after the other)
+        barrier.wait()
     except BaseException as exc:  # noqa: BLE001 - reported to the test
         out.put(repr(exc))
     finally:
