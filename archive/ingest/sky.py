@@ -130,9 +130,16 @@ def parse_header(text: str, keywords: Iterable[str] = ()) -> fits.Header:
     return fits.Header.fromstring("\n".join(lines), sep="\n")
 
 
-def celestial_wcs(header: fits.Header) -> WCS | None:
-    """The header's celestial WCS, or None when it has none (or astropy cannot read it)."""
-    if "CTYPE1" not in header or "CTYPE2" not in header:
+def celestial_wcs(header: fits.Header | str) -> WCS | None:
+    """The header's celestial WCS, or None when it has none (or astropy cannot read it).
+
+    ``header`` is an astropy header, or the header as FITS text (80-character cards), which
+    wcslib parses directly (no astropy header to build and verify: ingest's hot path)."""
+    if isinstance(header, str):
+        keys = {header[i:i + 8].strip() for i in range(0, len(header), 80)}
+        if "CTYPE1" not in keys or "CTYPE2" not in keys:
+            return None
+    elif "CTYPE1" not in header or "CTYPE2" not in header:
         return None
     with warnings.catch_warnings():  # header oddities are ingest's to report, not WCS's
         warnings.simplefilter("ignore", FITSFixedWarning)
@@ -212,12 +219,8 @@ def frame_footprint(frame: Mapping[str, Any], config: SkyConfig) -> dict[str, An
     """
     if frame.get("image_type") not in config.image_types or not frame.get("naxis1") or not frame.get("naxis2"):
         return None
-    try:
-        header = parse_header(frame["header"], (*config.focal_length, *config.pixel_size_x, *config.pixel_size_y))
-    except (ValueError, KeyError) as exc:
-        log.debug("header not parsed: %s", exc)
-        return None
-    wcs = celestial_wcs(header)
+    cards = [line for line in frame["header"].split("\n") if (key := line[:8].strip()) and _WCS_KEYWORD.match(key)]
+    wcs = celestial_wcs("".join(card[:80].ljust(80) for card in cards))
     if wcs is not None:
         try:
             out = wcs_footprint(wcs, frame["naxis1"], frame["naxis2"])
@@ -226,8 +229,15 @@ def frame_footprint(frame: Mapping[str, Any], config: SkyConfig) -> dict[str, An
         else:
             if np.all(np.isfinite(out["corners"])):
                 # the header's own WCS cards, as read (a new header from wcs.to_header costs as much again)
-                return {**out, "source": "header", "wcs_header": header.tostring(sep="\n")}
+                return {**out, "source": "header", "wcs_header": "\n".join(cards)}
     ra, dec = frame.get("ra_deg"), frame.get("dec_deg")
+    if ra is None or dec is None:
+        return None
+    try:
+        header = parse_header(frame["header"], (*config.focal_length, *config.pixel_size_x, *config.pixel_size_y))
+    except (ValueError, KeyError) as exc:
+        log.debug("header not parsed: %s", exc)
+        return None
     scale = plate_scale(header, frame.get("binning_x"), config)
     if ra is None or dec is None or scale is None or not -90 <= dec <= 90:
         return None
