@@ -7,6 +7,7 @@ Temporary names and the clean-up after interrupted writers are :mod:`archive.fil
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,12 @@ from astropy.io import fits
 
 from archive.files import fsync_dir, temporary_path
 from archive import keywords as kw
+
+#: Header keywords of a celestial WCS (FITS WCS papers I and II, the AIPS CROTA/CDELT
+#: convention, SIP distortion): what a registered frame takes from its reference, and all a
+#: footprint's WCS is built from.
+WCS_KEYWORD = re.compile(r"^(WCSAXES|CTYPE\d|CRVAL\d|CRPIX\d|CDELT\d|CROTA\d|CUNIT\d|CD\d_\d|PC\d_\d|PV\d_\d+|"
+                         r"LONPOLE|LATPOLE|RADESYSa?|RADECSYS|EQUINOX|[AB]P?_\d+_\d+|[AB]P?_ORDER)$")
 
 
 def _image_index(hdul: fits.HDUList) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,21 @@ def _drop(admin, name: str) -> None:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@contextmanager
+def scratch_database(template: str | None = None):
+    """A new PostgreSQL database (a copy of ``template``, else empty) for one test: its URL,
+    dropped afterwards."""
+    name = f"archive_t_{uuid.uuid4().hex[:12]}"
+    admin = _admin()
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
+    try:
+        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        _drop(admin, name)
+        admin.dispose()
+
+
 @pytest.fixture(scope="session")
 def pg_template():
     """A migrated PostgreSQL database to copy per test (fails, never skips, without a server)."""
@@ -71,14 +87,8 @@ def db_url(request, tmp_path):
         open_catalogue(path).dispose()
         yield str(path)
         return
-    template = request.getfixturevalue("pg_template")
-    name = f"archive_t_{uuid.uuid4().hex[:12]}"
-    admin = _admin()
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-    yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    _drop(admin, name)
-    admin.dispose()
+    with scratch_database(request.getfixturevalue("pg_template")) as url:
+        yield url
 
 
 @pytest.fixture

@@ -7,17 +7,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import uuid
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import create_engine
 
 from archive.cli import main
 from archive.db.migrate import upgrade
 from archive.db.session import current_revision, database_url
-from tests.conftest import PG_ADMIN_URL, _admin, _drop
+from tests.conftest import scratch_database
 
 
 def run(*args, db=None):
@@ -97,13 +95,8 @@ def test_a_read_only_sqlite_file_can_be_read(tmp_path, arcsat_night, read_only):
 
 @pytest.fixture
 def empty_pg():
-    name = f"archive_e_{uuid.uuid4().hex[:12]}"
-    admin = _admin()
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    _drop(admin, name)
-    admin.dispose()
+    with scratch_database() as url:
+        yield url
 
 
 def test_an_empty_postgresql_database_gets_the_schema_on_first_ingest(empty_pg, arcsat_night):

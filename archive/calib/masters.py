@@ -316,7 +316,7 @@ def build_masters(
     kinds: Sequence[str] = CALIBRATION_KINDS,
     rules: RuleBook | MatchingRules | None = None,
     library: Path | None = None,
-    memory_limit_bytes: int | None = None,
+    memory_limit_mb: float | None = None,
     settings: Settings | None = None,
     progress: Progress | None = None,
     products: ProductRun | None = None,
@@ -351,8 +351,8 @@ def build_masters(
         Default: the bundled ``configs/matching``.
     library : Path, optional
         Default :func:`default_library`.
-    memory_limit_bytes : int, optional
-        Overrides the rules' ``memory_limit_mb``.
+    memory_limit_mb : float, optional
+        Overrides the rules' ``memory_limit_mb`` (MB of 2**20 bytes).
     settings : Settings, optional
         The library folder and the configured sites.
     progress : Progress, optional
@@ -381,14 +381,14 @@ def build_masters(
     own_run = products is None
     products = products or ProductRun(engine, library, sites=settings.sites)
     try:
-        _build_kinds(engine, kinds, filters, rules, library, memory_limit_bytes, products, progress, summary)
+        _build_kinds(engine, kinds, filters, rules, library, memory_limit_mb, products, progress, summary)
     finally:
         if own_run:
             products.close()
     return summary
 
 
-def _build_kinds(engine, kinds, filters, rules, library, memory_limit_bytes, products, progress, summary) -> None:
+def _build_kinds(engine, kinds, filters, rules, library, memory_limit_mb, products, progress, summary) -> None:
     for kind in [k for k in CALIBRATION_KINDS if k in kinds]:
         with session_scope(engine) as session:
             plans, too_small, no_date = plan_masters(session, kind, filters=filters, rules=rules)
@@ -396,8 +396,8 @@ def _build_kinds(engine, kinds, filters, rules, library, memory_limit_bytes, pro
         summary.skipped_no_date += no_date
         progress.start(len(plans), f"master {kind}")
         for plan in plans:
-            if memory_limit_bytes:
-                plan.rules = replace(plan.rules, memory_limit_mb=memory_limit_bytes / 2**20)
+            if memory_limit_mb:
+                plan.rules = replace(plan.rules, memory_limit_mb=memory_limit_mb)
             what = describe(plan)
             try:
                 _build_one(engine, plan, library, products, summary)

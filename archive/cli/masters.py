@@ -83,7 +83,7 @@ def build(app: AppContext, night, since, until, instrument, kinds, library, memo
     summary = build_masters(
         app.engine, filters=filters, kinds=kinds or CALIBRATION_KINDS, rules=_book(app, rules_dir),
         library=library or default_library(app.settings),
-        memory_limit_bytes=memory_mb * 1024 * 1024 if memory_mb else None, settings=app.settings,
+        memory_limit_mb=memory_mb, settings=app.settings,
         progress=BarProgress(not app.quiet),
     )
     for kind, frame_id, path in summary.built:

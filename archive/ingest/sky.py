@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from archive.db.frames import FrameFilter, frame_query
 from archive.db.models import Footprint, Frame
 from archive.db.sky import SkyQueryError, store_footprints
 from archive.errors import ConfigError
+from archive.fitsio import WCS_KEYWORD
 from archive.resources import resource_dir
 
 log = logging.getLogger(__name__)
@@ -113,11 +113,13 @@ def load_sky_config(settings: Settings | None = None) -> SkyConfig:
     return _config_from(data)
 
 
-#: Keywords of a celestial WCS (FITS WCS papers I and II, the AIPS CROTA/CDELT convention,
-#: SIP distortion): all a WCS is built from.
-_WCS_KEYWORD = re.compile(r"^(WCSAXES|CTYPE\d|CRVAL\d|CRPIX\d|CDELT\d|CROTA\d|CUNIT\d|CD\d_\d|PC\d_\d|PV\d_\d+|"
-                          r"LONPOLE|LATPOLE|RADESYSa?|RADECSYS|EQUINOX|EPOCH|MJD-OBS|DATE-OBS|[AB]P?_\d+_\d+|[AB]P?_ORDER|"
-                          r"NAXIS\d?)$")
+#: Besides the WCS keywords (:data:`archive.fitsio.WCS_KEYWORD`), what wcslib reads with them:
+#: the equinox's old name, the date of the coordinates and the axis counts.
+_WITH_WCS = frozenset({"EPOCH", "MJD-OBS", "DATE-OBS", "NAXIS", "NAXIS1", "NAXIS2"})
+
+
+def _wcs_card(key: str) -> bool:
+    return key in _WITH_WCS or WCS_KEYWORD.match(key) is not None
 
 
 def parse_header(text: str, keywords: Iterable[str] = ()) -> fits.Header:
@@ -126,7 +128,7 @@ def parse_header(text: str, keywords: Iterable[str] = ()) -> fits.Header:
     hundred or so of a capture program's header (ingest of 2,000 lights: 6 s -> well under 1 s)."""
     wanted = set(keywords)
     lines = [line for line in text.split("\n")
-             if (key := line[:8].strip()) and (key in wanted or _WCS_KEYWORD.match(key))]
+             if (key := line[:8].strip()) and (key in wanted or _wcs_card(key))]
     return fits.Header.fromstring("\n".join(lines), sep="\n")
 
 
@@ -219,7 +221,7 @@ def frame_footprint(frame: Mapping[str, Any], config: SkyConfig) -> dict[str, An
     """
     if frame.get("image_type") not in config.image_types or not frame.get("naxis1") or not frame.get("naxis2"):
         return None
-    cards = [line for line in frame["header"].split("\n") if (key := line[:8].strip()) and _WCS_KEYWORD.match(key)]
+    cards = [line for line in frame["header"].split("\n") if (key := line[:8].strip()) and _wcs_card(key)]
     wcs = celestial_wcs("".join(card[:80].ljust(80) for card in cards))
     if wcs is not None:
         try:

@@ -24,14 +24,13 @@ stars, then *rejected* with its reason (:class:`AlignmentRejected`), never faile
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from archive import keywords as kw
-from archive.fitsio import product_header, read_pixels, set_card, write_atomic
+from archive.fitsio import WCS_KEYWORD, product_header, read_pixels, set_card, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -245,15 +244,9 @@ class RegistrationJob:
     fixed_pattern_px: float = 0.15
 
 
-#: Header keywords of a celestial WCS (FITS WCS papers I and II, plus the AIPS CROTA/CDELT
-#: convention): replaced by the reference's in a registered frame.
-_WCS_KEY = re.compile(r"^(WCSAXES|CTYPE\d|CRVAL\d|CRPIX\d|CDELT\d|CROTA\d|CUNIT\d|CD\d_\d|PC\d_\d|PV\d_\d+|"
-                      r"LONPOLE|LATPOLE|RADESYS|RADECSYS|EQUINOX|[AB]P?_\d+_\d+|[AB]P?_ORDER)$")
-
-
 def wcs_cards(header) -> dict:
     """The WCS cards of ``header`` (keyword -> value), to hand to :class:`RegistrationJob`."""
-    return {key: header[key] for key in header if _WCS_KEY.match(key)}
+    return {key: header[key] for key in header if WCS_KEYWORD.match(key)}
 
 
 def warp_onto(data: np.ndarray, params: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -325,7 +318,7 @@ def register_file(job: RegistrationJob) -> dict:
                    f"above {job.max_shift_fraction:.0%}")
     out = product_header(header)
     if job.source != job.reference and job.reference_wcs:
-        for key in [k for k in out if _WCS_KEY.match(k)]:
+        for key in [k for k in out if WCS_KEYWORD.match(k)]:
             out.remove(key, ignore_missing=True, remove_all=True)
         out.update(job.reference_wcs)
     out[kw.IMAGE_TYPE] = kw.IMAGE_TYPE_VALUES["registered"]
