@@ -1,0 +1,124 @@
+"""The night report (issue 12): ``night_summary`` on the real ARCSAT night reduced by ``archive
+night`` (the module-scoped ``night`` fixture of tests/test_night.py, run once per backend here),
+the self-contained HTML file, ``archive night-report`` and the report ``archive night`` writes.
+
+Expected counts come from the raw files themselves (their IMAGETYP, OBJECT and FILTER cards
+read with astropy), not from the catalogue.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import datetime as dt
+import io
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from PIL import Image
+
+from archive.db.session import session_scope
+from archive.reduce.preview import preview_png, stretch
+from archive.reports.night import NightError, night_summary, parse_night
+from tests.test_night import NIGHT, run_arcsat_night
+
+DATE = dt.date(2025, 6, 1)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def arcsat_night(request, tmp_path_factory):
+    """The ARCSAT night run through ``archive night`` once per backend (as tests/test_night.py)."""
+    yield from run_arcsat_night(request, tmp_path_factory)
+
+
+def _from_files() -> dict:
+    """What the raw files say: counts by image type, lights by (target, filter) with exposure."""
+    types: collections.Counter = collections.Counter()
+    lights: dict[tuple, list[float]] = collections.defaultdict(list)
+    for path in sorted(NIGHT.glob("*.fits")):
+        header = fits.getheader(path)
+        kind = header["IMAGETYP"].strip().lower()
+        types[kind] += 1
+        if kind == "light":
+            lights[(header["OBJECT"].strip(), header["FILTER"].strip())].append(float(header["EXPTIME"]))
+    return {"types": dict(types), "lights": dict(lights)}
+
+
+def _decodes(png: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(png))
+    image.load()
+    return image
+
+
+def test_night_summary_counts_what_the_files_hold(arcsat_night):
+    expected = _from_files()
+    with session_scope(arcsat_night["engine"]) as session:
+        report = night_summary(session, "2025-06-01")
+    assert not report.empty and report.night == DATE
+    assert report.totals == expected["types"]
+    assert len(report.frames) == sum(expected["types"].values())
+    # integration per target and filter: every light, accepted + rejected = total
+    got = {(r.target, r.filter_name): r for r in report.integration.itertuples()}
+    assert set(got) == set(expected["lights"])
+    for key, exposures in expected["lights"].items():
+        row = got[key]
+        assert row.frames == len(exposures) == row.accepted + row.rejected
+        assert row.exposure_h == pytest.approx(sum(exposures) / 3600.0)
+        assert row.accepted_h <= row.exposure_h
+    # quality: one row per light, in time order, rejected ones with a reason
+    assert len(report.quality) == expected["types"]["light"]
+    assert report.quality["date_obs"].is_monotonic_increasing
+    rejected = report.quality[report.quality["verdict"] == "rejected"]
+    assert (rejected["reasons"].str.len() > 0).all()
+    assert sum(r.rejected for r in got.values()) == len(rejected)
+    assert report.quality["fwhm_px"].notna().sum() > 0
+    # masters: one per kind built from the night's calibrations, chosen for every light
+    assert sorted(report.masters_built["kind"]) == ["bias", "dark", "flat"]
+    assert (report.masters_built["n_combined"] == 5).all()
+    chosen = report.masters_chosen.groupby("kind")["lights"].sum().to_dict()
+    assert chosen == {k: expected["types"]["light"] for k in ("bias", "dark", "flat")}
+    assert set(report.masters_chosen["master_id"]) <= set(report.masters_built["frame_id"])
+    assert report.missing.empty
+    # the stack of XO1-b holds its 16 lights
+    assert len(report.stacks) == 1 and report.stacks.loc[0, "n_combined"] == len(expected["lights"][("XO1-b", "z")])
+    assert got[("XO1-b", "z")].stacked == 16
+    # thumbnails: 3 masters, the stack, a few lights; each decodes
+    kinds = collections.Counter(t.kind for t in report.thumbnails)
+    assert kinds["master"] == 3 and kinds["stack"] == 1 and 1 <= kinds["light"] <= 4
+    for thumb in report.thumbnails:
+        assert thumb.error is None, thumb.error
+        image = _decodes(thumb.png)
+        assert image.mode == "L" and max(image.size) <= (640 if thumb.kind == "stack" else 320)
+        assert base64.b64decode(thumb.data_uri.split(",", 1)[1]) == thumb.png
+
+
+def test_an_empty_night_is_an_empty_report(arcsat_night):
+    with session_scope(arcsat_night["engine"]) as session:
+        report = night_summary(session, dt.date(2025, 6, 5))
+    assert report.empty and report.totals == {} and report.thumbnails == []
+    assert report.quality.empty and report.integration.empty and report.masters_built.empty
+
+
+def test_a_night_must_be_a_date():
+    assert parse_night("2025-06-01") == DATE
+    with pytest.raises(NightError, match="YYYY-MM-DD"):
+        parse_night("last tuesday")
+
+
+def test_a_colour_cube_is_shown_in_colour(tmp_path):
+    """A (3, ny, nx) cube (NAXIS3 = 3, as a colour stack is written) becomes an RGB thumbnail,
+    each plane stretched on its own: a red-only scene is red."""
+    rng = np.random.default_rng(1)
+    cube = rng.normal(100.0, 5.0, (3, 60, 80))
+    cube[0, 20:40, 30:50] += 500.0  # a red blob
+    path = tmp_path / "colour.fits"
+    fits.PrimaryHDU(cube.astype(np.float32)).writeto(path)
+    image = _decodes(preview_png(path, max_size=40))
+    assert image.mode == "RGB" and image.size == (40, 30)
+    pixels = np.asarray(image).astype(int)
+    blob = pixels[11:19, 16:24]  # FITS rows 20-40 binned by 2, flipped (row 0 at the bottom): 10-20
+    assert (blob[..., 0] == 255).all()
+    assert blob[..., 0].mean() > blob[..., 1].mean() + 30 and blob[..., 0].mean() > blob[..., 2].mean() + 30
+    grey = stretch(cube[1])
+    assert grey.ndim == 2 and grey.dtype == np.uint8
