@@ -29,6 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
 from archive.calib.missing import missing_calibrations
+from archive.calib.quality import QualityRules
 from archive.calib.required import kinds_in_library, required_kinds
 from archive.calib.rules import RuleBook, default_rulebook
 from archive.calib.selection import rules_for
@@ -79,7 +80,7 @@ class Thumbnail:
     frame_id : int
     kind : {'master', 'stack', 'light'}
     title : str
-        What it shows, in a few words (``master flat z``, ``XO1-b z 16 x 60 s``).
+        What it shows, in a few words (``flat z``, ``XO1-b z 16 x 60 s``).
     path : str or None
         The frame's canonical copy.
     png : bytes or None
@@ -331,6 +332,7 @@ def night_summary(
     night: dt.date | str,
     *,
     rules: RuleBook | None = None,
+    quality_rules: QualityRules | None = None,
     thumbnails: bool = True,
     thumbnail_size: int = 320,
     lights_shown: int = 4,
@@ -344,6 +346,9 @@ def night_summary(
         The local observing night, the evening's date (``YYYY-MM-DD``).
     rules : RuleBook, optional
         The master library's matching rules (default :func:`archive.calib.rules.default_rulebook`).
+    quality_rules : QualityRules, optional
+        The quality rules the verdicts follow (default
+        :func:`archive.calib.quality.load_quality_rules`).
     thumbnails : bool
         Read the images and make the thumbnails' PNGs (default True). Without, the
         :class:`Thumbnail` rows are listed with ``png = None`` (a web page can fetch them apart).
@@ -377,7 +382,7 @@ def night_summary(
     lights = list(session.scalars(frame_query(FrameFilter(night=night, image_type="light"))
                                   .order_by(Frame.date_obs_s, Frame.id)))
     light_ids = [f.id for f in lights if f.duplicate_of_id is None]
-    quality = quality_table(session, FrameFilter(night=night, image_type="light"))
+    quality = quality_table(session, FrameFilter(night=night, image_type="light"), rules=quality_rules)
     if not quality.empty:
         quality = quality.sort_values(["date_obs", "frame_id"], kind="stable").reset_index(drop=True)
     stacks = _stacks(session, night)
@@ -407,7 +412,7 @@ def night_summary(
         Frame.id.in_([int(i) for i in masters_built["frame_id"]] + [int(i) for i in stacks["frame_id"]])))}
     built_paths = dict(zip(masters_built["frame_id"], masters_built["path"]))
     for row in masters_built.itertuples():
-        title = " ".join(p for p in ("master", row.kind, _text(row.filter_name),
+        title = " ".join(p for p in (row.kind, _text(row.filter_name),
                                      _exposure_text(row.exposure_time_s) if row.kind == "dark" else "") if p)
         thumbs.append(_thumbnail(by_id[row.frame_id], "master", title, built_paths.get(row.frame_id),
                                  thumbnail_size, thumbnails))
