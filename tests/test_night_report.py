@@ -12,18 +12,25 @@ import base64
 import collections
 import datetime as dt
 import io
+import re
 
 import numpy as np
 import pytest
 from astropy.io import fits
 from PIL import Image
 
+from archive.cli import main
 from archive.db.session import session_scope
 from archive.reduce.preview import preview_png, stretch
 from archive.reports.night import NightError, night_summary, parse_night
+from archive.reports.night_html import render_night_html
 from tests.test_night import NIGHT, run_arcsat_night
 
 DATE = dt.date(2025, 6, 1)
+#: Anything that would load a resource from elsewhere: a URL with a scheme, a
+#: protocol-relative one, a CSS import or url().
+EXTERNAL = re.compile(r"(?i)(?:https?|ftp|file):|(?:src|href|action)\s*=\s*[\"']?//|@import|url\(")
+EMBEDDED = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -122,3 +129,57 @@ def test_a_colour_cube_is_shown_in_colour(tmp_path):
     assert blob[..., 0].mean() > blob[..., 1].mean() + 30 and blob[..., 0].mean() > blob[..., 2].mean() + 30
     grey = stretch(cube[1])
     assert grey.ndim == 2 and grey.dtype == np.uint8
+
+
+def _check_page(html: str, expected: dict) -> list[Image.Image]:
+    """The page names no other site, shows the counts of the files, and its images decode."""
+    assert html.startswith("<!DOCTYPE html>") and "</html>" in html
+    assert not EXTERNAL.search(html), EXTERNAL.search(html).group(0)
+    assert "<script" not in html.lower() and "<link" not in html.lower()
+    for kind, count in expected["types"].items():
+        assert f"<li><b>{count}</b>{kind}</li>" in html
+    assert f"{sum(expected['types'].values())} raw frame(s) taken that night" in html
+    for (target, filter_name), exposures in expected["lights"].items():
+        assert re.search(rf"<tr><td>{re.escape(target)}</td><td>{filter_name}</td><td class=\"num\">{len(exposures)}</td>",
+                         html), (target, filter_name)
+    return [_decodes(base64.b64decode(data)) for data in EMBEDDED.findall(html)]
+
+
+def test_night_report_command_writes_a_self_contained_page(arcsat_night, tmp_path):
+    expected = _from_files()
+    out = tmp_path / "reports" / "night.html"
+    result = arcsat_night["runner"].invoke(main, ["--db", arcsat_night["url"], "night-report", "2025-06-01", "-o", str(out)],
+                                           env=arcsat_night["env"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == str(out)
+    images = _check_page(out.read_text(encoding="utf-8"), expected)
+    # the quality plot, 3 masters, the stack and up to 4 lights
+    assert 1 + 3 + 1 + 1 <= len(images) <= 1 + 3 + 1 + 4
+    assert all(min(image.size) > 16 for image in images)
+    assert not list(out.parent.glob(".*"))  # no temporary file left
+
+
+def test_archive_night_writes_the_report_and_prints_its_path(arcsat_night):
+    output = arcsat_night["result"].output
+    printed = [line.split(": ", 1)[1] for line in output.splitlines() if line.startswith("night report: ")]
+    expected_path = arcsat_night["base"] / "reduced" / "2025-06-01" / "night_report_2025-06-01.html"
+    assert printed == [str(expected_path)]
+    images = _check_page(expected_path.read_text(encoding="utf-8"), _from_files())
+    assert len(images) >= 6
+
+
+def test_a_night_with_nothing_is_one_clear_line(arcsat_night, tmp_path):
+    out = tmp_path / "empty.html"
+    result = arcsat_night["runner"].invoke(main, ["--db", arcsat_night["url"], "night-report", "2025-06-05", "-o", str(out)],
+                                           env=arcsat_night["env"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "archive: error: no frame of the night 2025-06-05 in the catalogue (the night is the evening's date; "
+        "'archive report nights' lists them)"]
+    assert not out.exists()
+    bad = arcsat_night["runner"].invoke(main, ["--db", arcsat_night["url"], "night-report", "2025-13-40"])
+    assert bad.exit_code == 1 and "Traceback" not in bad.output and "YYYY-MM-DD" in bad.output
+    # the data and the page of an empty night say so, without an error
+    with session_scope(arcsat_night["engine"]) as session:
+        html = render_night_html(night_summary(session, "2025-06-05"))
+    assert "holds no frame of the night 2025-06-05" in html and not EXTERNAL.search(html)
