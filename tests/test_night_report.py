@@ -183,3 +183,32 @@ def test_a_night_with_nothing_is_one_clear_line(arcsat_night, tmp_path):
     with session_scope(arcsat_night["engine"]) as session:
         html = render_night_html(night_summary(session, "2025-06-05"))
     assert "holds no frame of the night 2025-06-05" in html and not EXTERNAL.search(html)
+
+
+def test_the_report_lists_the_night_s_problems_and_rejections(db_url, tmp_path):
+    """A synthetic night (tests/test_reduce_pipeline.py) with a light of pure noise, which
+    cannot be aligned, and a folder holding only a truncated file: the report of ``archive
+    night`` lists both, and the rejected light's reason."""
+    from tests.test_reduce_pipeline import synthetic_night
+    from click.testing import CliRunner
+
+    root = tmp_path / "imaging"
+    synthetic_night(root / "2026-11-20" / "good")
+    (root / "2026-11-20_other").mkdir(parents=True)
+    (root / "2026-11-20_other" / "truncated.fits").write_bytes(b"SIMPLE  =                    T" + b" " * 50)
+    (tmp_path / "config.toml").write_text(f'[masters]\nlibrary = "{tmp_path / "masters"}"\n')
+    args = ["--db", db_url, "night", "2026-11-20", "--root", str(root), "--output", str(tmp_path / "out"), "--serial"]
+    result = CliRunner().invoke(main, args, env={"ARCHIVE_CONFIG": str(tmp_path / "config.toml")},
+                                catch_exceptions=False)
+    assert result.exit_code == 1, result.output  # the truncated file
+    printed = [line.split(": ", 1)[1] for line in result.output.splitlines() if line.startswith("night report: ")]
+    nights = sorted(p.name for p in (tmp_path / "out").glob("*/night_report_*.html"))
+    assert len(printed) == len(nights) >= 1
+    page = next(p for p in printed if "2026-11-2" in p)
+    html = open(page, encoding="utf-8").read()
+    assert not EXTERNAL.search(html)
+    problems = html[html.index('<section id="problems">'):]
+    assert "truncated.fits" in problems and "error" in problems
+    assert "register" in problems and "rejected" in problems and "too few stars" in problems
+    for data in EMBEDDED.findall(html):
+        _decodes(base64.b64decode(data))

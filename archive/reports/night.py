@@ -22,7 +22,9 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
@@ -34,7 +36,7 @@ from archive.calib.required import kinds_in_library, required_kinds
 from archive.calib.rules import RuleBook, default_rulebook
 from archive.calib.selection import rules_for
 from archive.db.bulk import chunked
-from archive.db.frames import FrameFilter, canonical_paths, frame_query, instrument_names
+from archive.db.frames import FrameFilter, canonical_paths, folder_prefix, frame_query, instrument_names
 from archive.db.models import CalibrationSelection, Frame, Master, ReductionInput
 from archive.errors import ArchiveError
 from archive.reduce.preview import preview_png
@@ -141,8 +143,8 @@ class NightReport:
         Stacks made from the night's lights: frame_id, target, filter_name, exposure_time_s,
         n_combined, total_exposure_h, naxis3, path.
     ingest_problems : DataFrame
-        Unresolved ingest problems of the runs that brought the night's frames in
-        (:func:`archive.reports.catalog.list_problems` columns).
+        Unresolved ingest problems of the runs that brought the night's frames in, and of the
+        night's folders when given (:func:`archive.reports.catalog.list_problems` columns).
     reduction_problems : DataFrame
         Failed and rejected reductions of the night's frames and masters
         (:func:`archive.reports.reductions.list_reduction_problems` columns).
@@ -170,10 +172,12 @@ class NightReport:
 
     @property
     def totals(self) -> dict[str, int]:
-        """Raw frames of the night by image type (duplicate exposures counted once)."""
+        """Raw frames of the night by image type (duplicate exposures counted once; a frame
+        without an image type counts as ``unknown``)."""
         if self.counts.empty:
             return {}
-        return {str(k): int(v) for k, v in self.counts.groupby("image_type", dropna=False)["frames"].sum().items()}
+        totals = self.counts.groupby("image_type", dropna=False)["frames"].sum()
+        return {(str(k) if isinstance(k, str) else "unknown"): int(v) for k, v in totals.items()}
 
 
 def _derived_from_night(session: Session, night: dt.date, image_types: tuple[str, ...]) -> list[Frame]:
@@ -336,6 +340,7 @@ def night_summary(
     thumbnails: bool = True,
     thumbnail_size: int = 320,
     lights_shown: int = 4,
+    folders: Sequence[str | Path] = (),
 ) -> NightReport:
     """Collect everything known of one observing night (see :class:`NightReport`).
 
@@ -356,6 +361,10 @@ def night_summary(
         Largest side of a thumbnail, pixels (stacks get twice as many).
     lights_shown : int
         How many lights get a thumbnail, spread over the night.
+    folders : sequence of str or Path
+        The night's folders, when known (``archive night``): their unresolved ingest problems
+        are the night's too, even from an ingest run that catalogued no frame of the night
+        (a folder holding only unreadable files).
 
     Returns
     -------
@@ -391,7 +400,10 @@ def night_summary(
     # problems: of the ingest runs that brought the night in; of the night's frames and masters
     run_ids = set(session.scalars(frame_query(FrameFilter(night=night), Frame.run_id).distinct()))
     ingest_problems = list_problems(session)
-    ingest_problems = ingest_problems[ingest_problems["run_id"].isin(run_ids)].reset_index(drop=True)
+    ours = ingest_problems["run_id"].isin(run_ids)
+    for folder in folders:
+        ours |= ingest_problems["path"].str.startswith(folder_prefix(folder))
+    ingest_problems = ingest_problems[ours].reset_index(drop=True)
     night_ids = set(everything["id"]) | set(masters_built["frame_id"]) | set(stacks["frame_id"])
     reduction_problems = list_reduction_problems(session)
     if not reduction_problems.empty:

@@ -283,7 +283,7 @@ def _write_reports(engine: Engine, results: dict[Path, FolderResult], rules: Rul
                     Frame.night.is_not(None), Frame.image_type.in_(RAW_TYPES))
                 nights.update(session.scalars(query.distinct()))
             for night in sorted(nights):
-                report = night_summary(session, night, rules=rules, quality_rules=quality_rules)
+                report = night_summary(session, night, rules=rules, quality_rules=quality_rules, folders=list(results))
                 summary.reports.append(str(write_night_html(report, report_path(products, night))))
 
 
