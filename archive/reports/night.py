@@ -8,9 +8,8 @@ the web view render it; every table comes from the functions the command line us
   :func:`archive.calib.missing.missing_calibrations`, for the kinds
   :func:`archive.calib.required.required_kinds` asks of each instrument;
 * quality: :func:`archive.reduce.quality.quality_table` (measurements and verdicts);
-* problems: :func:`archive.reports.catalog.list_problems` (of the ingest runs that brought the
-  night's frames in) and :func:`archive.reports.reductions.list_reduction_problems` (of the
-  night's frames and of the masters built from them);
+* problems: :func:`archive.reports.catalog.list_problems` and
+  :func:`archive.reports.reductions.list_reduction_problems`, of the night (``night=``);
 * thumbnails: :func:`archive.reduce.preview.preview_png` (one auto-stretch).
 
 The night is the local observing night of ``Frame.night`` (the date of the evening,
@@ -36,12 +35,12 @@ from archive.calib.required import kinds_in_library, required_kinds
 from archive.calib.rules import RuleBook, default_rulebook
 from archive.calib.selection import rules_for
 from archive.db.bulk import chunked
-from archive.db.frames import FrameFilter, canonical_paths, folder_prefix, frame_query, instrument_names
-from archive.db.models import CalibrationSelection, Frame, Master, ReductionInput
+from archive.db.frames import FrameFilter, canonical_paths, frame_query, instrument_names
+from archive.db.models import DERIVED_TYPES, CalibrationSelection, Frame, Master, ReductionInput
 from archive.errors import ArchiveError
 from archive.reduce.preview import preview_png
 from archive.reduce.quality import quality_table
-from archive.reports.catalog import list_problems, stack_exposure_s, summarize
+from archive.reports.catalog import list_problems, select_frames, stack_exposure_s, summarize
 from archive.reports.reductions import list_reduction_problems
 
 if TYPE_CHECKING:
@@ -146,8 +145,8 @@ class NightReport:
         Unresolved ingest problems of the runs that brought the night's frames in, and of the
         night's folders when given (:func:`archive.reports.catalog.list_problems` columns).
     reduction_problems : DataFrame
-        Failed and rejected reductions of the night's frames and masters
-        (:func:`archive.reports.reductions.list_reduction_problems` columns).
+        Failed and rejected reductions of the night's frames and of the masters built from
+        them (:func:`archive.reports.reductions.list_reduction_problems` columns).
     thumbnails : list of Thumbnail
         Masters, then stacks, then a few lights.
     """
@@ -380,11 +379,7 @@ def night_summary(
 
     night = parse_night(night)
     rules = rules if rules is not None else default_rulebook()
-    from archive.reports.catalog import select_frames
-
     everything = select_frames(session, FrameFilter(night=night))
-    from archive.db.models import DERIVED_TYPES
-
     frames = everything[~everything["image_type"].isin(DERIVED_TYPES)].reset_index(drop=True)
     counts = summarize(session, by=("instrument", "image_type", "filter_name", "exposure_time_s"),
                        filters=FrameFilter(night=night))
@@ -397,25 +392,9 @@ def night_summary(
     stacks = _stacks(session, night)
     masters_built = _masters_built(session, night)
 
-    # problems: of the ingest runs that brought the night in; of the night's frames and masters
-    run_ids = set(session.scalars(frame_query(FrameFilter(night=night), Frame.run_id).distinct()))
-    ingest_problems = list_problems(session)
-    ours = ingest_problems["run_id"].isin(run_ids)
-    for folder in folders:
-        ours |= ingest_problems["path"].str.startswith(folder_prefix(folder))
-    ingest_problems = ingest_problems[ours].reset_index(drop=True)
-    night_ids = set(everything["id"]) | set(masters_built["frame_id"]) | set(stacks["frame_id"])
-    reduction_problems = list_reduction_problems(session)
-    if not reduction_problems.empty:
-        subject = reduction_problems["frame_id"].isin(night_ids)
-        unnamed = reduction_problems[reduction_problems["frame_id"].isna()]["reduction_id"].tolist()
-        of_night = set()
-        for batch in chunked(unnamed):  # a master build names no subject frame: look at its raw inputs
-            of_night.update(session.scalars(
-                select(ReductionInput.reduction_id).join(Frame, Frame.id == ReductionInput.frame_id)
-                .where(ReductionInput.reduction_id.in_(batch), Frame.night == night)))
-        reduction_problems = reduction_problems[subject | reduction_problems["reduction_id"].isin(of_night)]
-        reduction_problems = reduction_problems.reset_index(drop=True)
+    # problems: of the ingest runs that brought the night in (and its folders); of its frames
+    ingest_problems = list_problems(session, night=night, under=folders)
+    reduction_problems = list_reduction_problems(session, night=night)
 
     verdict = dict(zip(quality["frame_id"], quality["verdict"])) if not quality.empty else {}
     paths = dict(zip(everything["id"], everything["path"]))
@@ -424,7 +403,7 @@ def night_summary(
         Frame.id.in_([int(i) for i in masters_built["frame_id"]] + [int(i) for i in stacks["frame_id"]])))}
     built_paths = dict(zip(masters_built["frame_id"], masters_built["path"]))
     for row in masters_built.itertuples():
-        title = " ".join(p for p in (row.kind, _text(row.filter_name),
+        title = " ".join(p for p in (row.kind, _text(row.filter_name) if row.kind == "flat" else "",
                                      _exposure_text(row.exposure_time_s) if row.kind == "dark" else "") if p)
         thumbs.append(_thumbnail(by_id[row.frame_id], "master", title, built_paths.get(row.frame_id),
                                  thumbnail_size, thumbnails))
