@@ -157,6 +157,11 @@ def test_night_report_command_writes_a_self_contained_page(arcsat_night, tmp_pat
     assert 1 + 3 + 1 + 1 <= len(images) <= 1 + 3 + 1 + 4
     assert all(min(image.size) > 16 for image in images)
     assert not list(out.parent.glob(".*"))  # no temporary file left
+    # to standard output, without the images: the page and its one plot
+    piped = arcsat_night["runner"].invoke(main, ["--db", arcsat_night["url"], "night-report", "2025-06-01", "-o", "-",
+                                                 "--no-thumbnails"], env=arcsat_night["env"], catch_exceptions=False)
+    assert piped.exit_code == 0, piped.output
+    assert len(_check_page(piped.output, expected)) == 1 and "Images left out (8 frame(s)" in piped.output
 
 
 def test_archive_night_writes_the_report_and_prints_its_path(arcsat_night):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import io
 import math
 import os
@@ -136,9 +137,11 @@ def quality_plot_png(report: NightReport, *, width_in: float = 9.0, dpi: int = 9
     return buffer.getvalue()
 
 
+@functools.cache
 def environment() -> jinja2.Environment:
     """A Jinja2 environment on the report's templates, autoescaping HTML, with the filters
-    ``cell`` (:func:`cell`), ``records`` (:func:`records`) and ``hours_bar`` (a percentage)."""
+    ``cell`` (:func:`cell`), ``records`` (:func:`records`) and ``percent`` (a share of a whole,
+    0-100). Made once per process (the templates are compiled once)."""
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=jinja2.select_autoescape(
