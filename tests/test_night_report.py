@@ -217,3 +217,21 @@ def test_the_report_lists_the_night_s_problems_and_rejections(db_url, tmp_path):
     assert "register" in problems and "rejected" in problems and "too few stars" in problems
     for data in EMBEDDED.findall(html):
         _decodes(base64.b64decode(data))
+
+
+def test_the_sections_take_links_and_image_urls(arcsat_night):
+    """The web view includes the same macros with its own frame links and image URLs: no
+    pixel is read (thumbnails=False) and no data: URI is written."""
+    from archive.reports.night_html import environment
+
+    with session_scope(arcsat_night["engine"]) as session:
+        report = night_summary(session, "2025-06-01", thumbnails=False)
+    assert report.thumbnails and all(t.png is None and t.error is None for t in report.thumbnails)
+    page = environment().from_string(
+        '{% import "night_sections.html.j2" as night %}{{ night.night_body(report, "/plot.png", thumb_src, link) }}'
+    ).render(report=report, thumb_src=lambda t: f"/frames/{t.frame_id}/preview.png", link=lambda i: f"/frames/{i}")
+    assert "data:" not in page and 'src="/plot.png"' in page
+    for thumb in report.thumbnails:
+        assert f'src="/frames/{thumb.frame_id}/preview.png"' in page
+    for frame_id in report.quality["frame_id"]:
+        assert f'<a href="/frames/{frame_id}">{frame_id}</a>' in page
