@@ -26,17 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from archive.calib.missing import missing_calibrations
 from archive.calib.quality import QualityRules
 from archive.calib.required import kinds_in_library, required_kinds
 from archive.calib.rules import RuleBook, default_rulebook
 from archive.calib.selection import rules_for
-from archive.db.bulk import chunked
-from archive.db.frames import FrameFilter, canonical_paths, frame_query, instrument_names
-from archive.db.models import DERIVED_TYPES, CalibrationSelection, Frame, Master, ReductionInput
+from archive.db.frames import FrameFilter, canonical_paths, instrument_names
+from archive.db.models import DERIVED_TYPES, MASTER_TYPES, Frame
+from archive.db.nights import derived_from_night, frames_by_id, frames_of_night, latest_selections, master_rows
 from archive.errors import ArchiveError
 from archive.reduce.preview import preview_png
 from archive.reduce.quality import quality_table
@@ -179,21 +178,11 @@ class NightReport:
         return {(str(k) if isinstance(k, str) else "unknown"): int(v) for k, v in totals.items()}
 
 
-def _derived_from_night(session: Session, night: dt.date, image_types: tuple[str, ...]) -> list[Frame]:
-    """Derived frames of ``image_types`` whose reduction had an input frame of ``night``."""
-    source = aliased(Frame)
-    of_night = (select(ReductionInput.frame_id).join(source, source.id == ReductionInput.frame_id)
-                .where(ReductionInput.reduction_id == Frame.reduction_id, source.night == night).exists())
-    query = select(Frame).where(Frame.image_type.in_(image_types), of_night).order_by(Frame.image_type, Frame.id)
-    return list(session.scalars(query))
-
-
 def _masters_built(session: Session, night: dt.date) -> pd.DataFrame:
     import pandas as pd
 
-    masters = _derived_from_night(session, night, ("master_bias", "master_dark", "master_flat"))
-    rows = {m.frame_id: m for batch in chunked([f.id for f in masters])
-            for m in session.scalars(select(Master).where(Master.frame_id.in_(batch)))}
+    masters = derived_from_night(session, night, MASTER_TYPES)
+    rows = master_rows(session, [f.id for f in masters])
     names = instrument_names(session, [f.instrument_id for f in masters])
     paths = canonical_paths(session, [f.id for f in masters])
     columns = ["frame_id", "kind", "instrument", "filter_name", "exposure_time_s", "n_combined", "combine_method",
@@ -208,18 +197,12 @@ def _masters_built(session: Session, night: dt.date) -> pd.DataFrame:
 def _masters_chosen(session: Session, night: dt.date, light_ids: list[int]) -> pd.DataFrame:
     import pandas as pd
 
-    latest: dict[tuple[int, str], CalibrationSelection] = {}
-    for batch in chunked(light_ids):
-        for sel in session.scalars(select(CalibrationSelection).where(CalibrationSelection.frame_id.in_(batch))
-                                   .order_by(CalibrationSelection.decided_at, CalibrationSelection.id)):
-            latest[(sel.frame_id, sel.kind)] = sel
     groups: dict[tuple, int] = {}
-    for sel in latest.values():
+    for sel in latest_selections(session, light_ids).values():
         key = (sel.kind, sel.master_id, sel.method)
         groups[key] = groups.get(key, 0) + 1
     master_ids = [k[1] for k in groups if k[1] is not None]
-    nights = {i: n for batch in chunked(master_ids)
-              for i, n in session.execute(select(Frame.id, Frame.night).where(Frame.id.in_(batch)))}
+    nights = {i: f.night for i, f in frames_by_id(session, master_ids).items()}
     paths = canonical_paths(session, master_ids)
     rows = []
     for (kind, master_id, method), lights in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[1], kv[0][1] or 0)):
@@ -253,7 +236,7 @@ def _stacks(session: Session, night: dt.date) -> pd.DataFrame:
     from archive import keywords as kw
     from archive.ingest.headers import CardIndex
 
-    stacks = _derived_from_night(session, night, ("stacked",))
+    stacks = derived_from_night(session, night, ("stacked",))
     paths = canonical_paths(session, [f.id for f in stacks])
     rows = []
     for f in stacks:
@@ -383,8 +366,7 @@ def night_summary(
     frames = everything[~everything["image_type"].isin(DERIVED_TYPES)].reset_index(drop=True)
     counts = summarize(session, by=("instrument", "image_type", "filter_name", "exposure_time_s"),
                        filters=FrameFilter(night=night))
-    lights = list(session.scalars(frame_query(FrameFilter(night=night, image_type="light"))
-                                  .order_by(Frame.date_obs_s, Frame.id)))
+    lights = frames_of_night(session, night, "light")
     light_ids = [f.id for f in lights if f.duplicate_of_id is None]
     quality = quality_table(session, FrameFilter(night=night, image_type="light"), rules=quality_rules)
     if not quality.empty:
@@ -399,8 +381,7 @@ def night_summary(
     verdict = dict(zip(quality["frame_id"], quality["verdict"])) if not quality.empty else {}
     paths = dict(zip(everything["id"], everything["path"]))
     thumbs: list[Thumbnail] = []
-    by_id = {f.id: f for f in session.scalars(frame_query(FrameFilter(), Frame).where(
-        Frame.id.in_([int(i) for i in masters_built["frame_id"]] + [int(i) for i in stacks["frame_id"]])))}
+    by_id = frames_by_id(session, [*masters_built["frame_id"], *stacks["frame_id"]])
     built_paths = dict(zip(masters_built["frame_id"], masters_built["path"]))
     for row in masters_built.itertuples():
         title = " ".join(p for p in (row.kind, _text(row.filter_name) if row.kind == "flat" else "",
