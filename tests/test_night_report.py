@@ -13,6 +13,7 @@ import collections
 import datetime as dt
 import io
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,6 +132,14 @@ def test_a_colour_cube_is_shown_in_colour(tmp_path):
     assert grey.ndim == 2 and grey.dtype == np.uint8
 
 
+def _report(night: dict, *args: str):
+    """``archive night-report ARGS`` on the fixture's catalogue; it ends with an exit status,
+    never an exception."""
+    result = night["runner"].invoke(main, ["--db", night["url"], "night-report", *args], env=night["env"])
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    return result
+
+
 def _check_page(html: str, expected: dict) -> list[Image.Image]:
     """The page names no other site, shows the counts of the files, and its images decode."""
     assert html.startswith("<!DOCTYPE html>") and "</html>" in html
@@ -140,16 +149,15 @@ def _check_page(html: str, expected: dict) -> list[Image.Image]:
         assert f"<li><b>{count}</b>{kind}</li>" in html
     assert f"{sum(expected['types'].values())} raw frame(s) taken that night" in html
     for (target, filter_name), exposures in expected["lights"].items():
-        assert re.search(rf"<tr><td>{re.escape(target)}</td><td>{filter_name}</td><td class=\"num\">{len(exposures)}</td>",
-                         html), (target, filter_name)
+        row = rf"<tr><td>{re.escape(target)}</td><td>{filter_name}</td><td class=\"num\">{len(exposures)}</td>"
+        assert re.search(row, html), (target, filter_name)
     return [_decodes(base64.b64decode(data)) for data in EMBEDDED.findall(html)]
 
 
 def test_night_report_command_writes_a_self_contained_page(arcsat_night, tmp_path):
     expected = _from_files()
     out = tmp_path / "reports" / "night.html"
-    result = arcsat_night["runner"].invoke(main, ["--db", arcsat_night["url"], "night-report", "2025-06-01", "-o", str(out)],
-                                           env=arcsat_night["env"], catch_exceptions=False)
+    result = _report(arcsat_night, "2025-06-01", "-o", str(out))
     assert result.exit_code == 0, result.output
     assert result.output.strip() == str(out)
     images = _check_page(out.read_text(encoding="utf-8"), expected)
@@ -158,8 +166,7 @@ def test_night_report_command_writes_a_self_contained_page(arcsat_night, tmp_pat
     assert all(min(image.size) > 16 for image in images)
     assert not list(out.parent.glob(".*"))  # no temporary file left
     # to standard output, without the images: the page and its one plot
-    piped = arcsat_night["runner"].invoke(main, ["--db", arcsat_night["url"], "night-report", "2025-06-01", "-o", "-",
-                                                 "--no-thumbnails"], env=arcsat_night["env"], catch_exceptions=False)
+    piped = _report(arcsat_night, "2025-06-01", "-o", "-", "--no-thumbnails")
     assert piped.exit_code == 0, piped.output
     assert len(_check_page(piped.output, expected)) == 1 and "Images left out (8 frame(s)" in piped.output
 
@@ -175,14 +182,13 @@ def test_archive_night_writes_the_report_and_prints_its_path(arcsat_night):
 
 def test_a_night_with_nothing_is_one_clear_line(arcsat_night, tmp_path):
     out = tmp_path / "empty.html"
-    result = arcsat_night["runner"].invoke(main, ["--db", arcsat_night["url"], "night-report", "2025-06-05", "-o", str(out)],
-                                           env=arcsat_night["env"])
+    result = _report(arcsat_night, "2025-06-05", "-o", str(out))
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
-        "archive: error: no frame of the night 2025-06-05 in the catalogue (the night is the evening's date; "
-        "'archive report nights' lists them)"]
+        ("archive: error: no frame of the night 2025-06-05 in the catalogue (the night is the evening's date; "
+         "'archive report nights' lists them)")]
     assert not out.exists()
-    bad = arcsat_night["runner"].invoke(main, ["--db", arcsat_night["url"], "night-report", "2025-13-40"])
+    bad = _report(arcsat_night, "2025-13-40")
     assert bad.exit_code == 1 and "Traceback" not in bad.output and "YYYY-MM-DD" in bad.output
     # the data and the page of an empty night say so, without an error
     with session_scope(arcsat_night["engine"]) as session:
@@ -194,8 +200,9 @@ def test_the_report_lists_the_night_s_problems_and_rejections(db_url, tmp_path):
     """A synthetic night (tests/test_reduce_pipeline.py) with a light of pure noise, which
     cannot be aligned, and a folder holding only a truncated file: the report of ``archive
     night`` lists both, and the rejected light's reason."""
-    from tests.test_reduce_pipeline import synthetic_night
     from click.testing import CliRunner
+
+    from tests.test_reduce_pipeline import synthetic_night
 
     root = tmp_path / "imaging"
     synthetic_night(root / "2026-11-20" / "good")
@@ -210,7 +217,7 @@ def test_the_report_lists_the_night_s_problems_and_rejections(db_url, tmp_path):
     nights = sorted(p.name for p in (tmp_path / "out").glob("*/night_report_*.html"))
     assert len(printed) == len(nights) >= 1
     page = next(p for p in printed if "2026-11-2" in p)
-    html = open(page, encoding="utf-8").read()
+    html = Path(page).read_text(encoding="utf-8")
     assert not EXTERNAL.search(html)
     problems = html[html.index('<section id="problems">'):]
     assert "truncated.fits" in problems and "error" in problems

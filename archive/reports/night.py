@@ -306,11 +306,15 @@ def _pick_lights(lights: list[Frame], count: int) -> list[Frame]:
 
 def _text(value) -> str:
     """A table value as title text: '' for None and NaN."""
-    return "" if value is None or value != value else str(value)
+    import pandas as pd
+
+    return "" if pd.isna(value) else str(value)
 
 
 def _exposure_text(seconds: float | None) -> str:
-    return "" if seconds is None or seconds != seconds else f"{seconds:g} s"
+    import pandas as pd
+
+    return "" if pd.isna(seconds) else f"{seconds:g} s"
 
 
 def night_summary(

@@ -72,7 +72,7 @@ def cell(value: Any, kind: str = "") -> str:
     if isinstance(value, (int, float)) or hasattr(value, "__float__") and not isinstance(value, str):
         number = float(value)
         if kind == "int":
-            return str(int(round(number)))
+            return str(round(number))
         if kind == "h":
             return f"{number:.2f}"
         if kind == "s":
@@ -156,7 +156,7 @@ def template_filters() -> dict[str, Any]:
     def percent(part: Any, whole: Any) -> int:
         if _missing(part) or _missing(whole) or not float(whole):
             return 0
-        return max(0, min(100, int(math.floor(100.0 * float(part) / float(whole) + 0.5))))
+        return max(0, min(100, math.floor(100.0 * float(part) / float(whole) + 0.5)))
 
     return {"cell": cell, "records": records, "percent": percent}
 
@@ -178,7 +178,7 @@ def render_night_html(report: NightReport, *, generated_at: dt.datetime | None =
         HTML5; no URL of another site, no script.
     """
     plot = quality_plot_png(report)
-    generated_at = generated_at or dt.datetime.now(dt.timezone.utc).replace(microsecond=0, tzinfo=None)
+    generated_at = generated_at or dt.datetime.now(dt.UTC).replace(microsecond=0, tzinfo=None)
     template = environment().get_template("night.html.j2")
     return template.render(report=report, quality_plot=_png_uri(plot) if plot else None,
                            generated_at=generated_at)
