@@ -242,3 +242,16 @@ def test_the_sections_take_links_and_image_urls(arcsat_night):
         assert f'src="/frames/{thumb.frame_id}/preview.png"' in page
     for frame_id in report.quality["frame_id"]:
         assert f'<a href="/frames/{frame_id}">{frame_id}</a>' in page
+
+
+def test_a_night_without_measurements_renders(arcsat_night):
+    """Lights never measured (archive night --no-measure), one without DATE-OBS: no plot, the
+    page says why, and still names no other site."""
+    with session_scope(arcsat_night["engine"]) as session:
+        report = night_summary(session, "2025-06-01", thumbnails=False)
+    for metric in ("fwhm_px", "background_adu", "n_stars", "eccentricity"):
+        report.quality[metric] = None
+    report.quality.loc[0, "date_obs"] = None
+    html = render_night_html(report)
+    assert "No light has been measured" in html and len(EMBEDDED.findall(html)) == 0
+    assert not EXTERNAL.search(html)

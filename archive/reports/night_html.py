@@ -112,7 +112,8 @@ def quality_plot_png(report: NightReport, *, width_in: float = 9.0, dpi: int = 9
     table = report.quality
     if table.empty:
         return None
-    metrics = [m for m in QUALITY_METRICS if m in table and table[m].notna().any() and table["date_obs"].notna().any()]
+    table = table[table["date_obs"].notna()]
+    metrics = [m for m in QUALITY_METRICS if m in table and table[m].notna().any()]
     if not metrics:
         return None
     fig = Figure(figsize=(width_in, 1.7 * len(metrics) + 0.6), dpi=dpi)
