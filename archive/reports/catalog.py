@@ -166,8 +166,8 @@ def summarize(
 
 
 def problem_rows(session: Session, *, include_resolved: bool = False,
-                 severity: str | None = None) -> tuple[list[str], list[tuple]]:
-    """Ingest problems as (columns, rows); see :func:`list_problems`."""
+                 severity: str | None = None, limit: int | None = None) -> tuple[list[str], list[tuple]]:
+    """Ingest problems as (columns, rows), the newest ``limit`` (default all); see :func:`list_problems`."""
     query = select(
         IngestProblem.path, IngestProblem.severity, IngestProblem.reason, IngestProblem.created_at,
         IngestProblem.run_id,
@@ -176,6 +176,8 @@ def problem_rows(session: Session, *, include_resolved: bool = False,
         query = query.where(~IngestProblem.resolved)
     if severity:
         query = query.where(IngestProblem.severity == severity)
+    if limit is not None:
+        query = query.limit(limit)
     return ["path", "severity", "reason", "created_at", "run_id"], [tuple(r) for r in session.execute(query)]
 
 

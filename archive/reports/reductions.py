@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 _SUBJECT_ROLES = ("light", "input")
 
 
-def list_reduction_problems(session: Session, *, status: str | None = None) -> pd.DataFrame:
+def list_reduction_problems(session: Session, *, status: str | None = None, limit: int | None = None) -> pd.DataFrame:
     """Failed and rejected reductions that nothing has made good since, newest first.
 
     A failure or rejection is left out once a later reduction of the same step on the same
@@ -28,6 +28,8 @@ def list_reduction_problems(session: Session, *, status: str | None = None) -> p
     ----------
     status : {'failed', 'rejected'}, optional
         Only failures or only rejections.
+    limit : int, optional
+        Only the newest ``limit`` rows (default all).
 
     Returns
     -------
@@ -49,6 +51,8 @@ def list_reduction_problems(session: Session, *, status: str | None = None) -> p
         .where(Reduction.status.in_((status,) if status else ("failed", "rejected")), ~made_good)
         .order_by(Reduction.finished_at.desc(), Reduction.id.desc())
     )
+    if limit is not None:
+        query = query.limit(limit)
     rows = session.execute(query).all()
     paths = canonical_paths(session, {r.frame_id for r in rows if r.frame_id is not None})
     import pandas as pd  # imported on use: a slow import

@@ -1,0 +1,230 @@
+"""The web application: routes, error pages and the server (see :mod:`archive.web`).
+
+Every page opens one read-only session on the catalogue and calls the library's functions
+(reports, calibration library, provenance); the templates only lay out what they return.
+Errors never show a traceback: an unknown page, night, target, frame or report is a 404 page,
+a bad parameter a 400 page, anything else a 500 page with one line (the traceback goes to the
+log).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlencode
+
+import jinja2
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.templating import Jinja2Templates
+
+from archive.db.provenance import ProvenanceError
+from archive.db.session import session_scope
+from archive.errors import ArchiveError, QueryError
+from archive.web import views
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = Path(__file__).parent / "templates"
+#: Rows of a table shown on one page (a report's downloads have them all).
+PAGE_ROWS = 500
+#: Previews kept in memory (PNG bytes, keyed by file, size and modification time).
+PREVIEW_CACHE = 64
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    """A value as a page shows it: empty for NULL, numbers to ``digits`` significant places,
+    times to the second."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if value != value:  # NaN (pandas' missing value)
+            return ""
+        return f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:.0f}"
+    if isinstance(value, dt.datetime):
+        return value.isoformat(sep=" ", timespec="seconds")
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def _hours(seconds: float | None) -> str:
+    return "" if seconds is None else f"{seconds / 3600.0:.2f} h"
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True)
+    env.filters.update(fmt=_fmt, hours=_hours, urlpart=lambda s: quote(str(s), safe=""))
+    return env
+
+
+@functools.lru_cache(maxsize=PREVIEW_CACHE)
+def _preview(path: str, size: int, mtime_ns: int, hdu: int) -> bytes:
+    from archive.reduce.preview import preview_png  # numpy, astropy, PIL: imported on use
+
+    return preview_png(path, max_size=800, hdu=hdu)
+
+
+def create_app(engine: Engine, *, queries_folder: Path | None = None) -> Starlette:
+    """The read-only web application on the catalogue ``engine``.
+
+    Parameters
+    ----------
+    engine : Engine
+        An open catalogue (:func:`archive.db.session.open_catalogue`), SQLite or PostgreSQL.
+    queries_folder : Path, optional
+        Folder of the named reports (default the bundled ``queries/``).
+
+    Returns
+    -------
+    Starlette
+        GET routes only; ``debug`` off (no traceback is ever sent).
+    """
+    templates = Jinja2Templates(env=_environment())
+
+    def page(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+        return templates.TemplateResponse(request, template, {"title": "", **context}, status_code=status_code)
+
+    def with_session(render: Callable[..., Response]) -> Callable[[Request], Response]:
+        """A sync endpoint (Starlette runs it in its thread pool) with one read-only session."""
+
+        @functools.wraps(render)
+        def endpoint(request: Request) -> Response:
+            with session_scope(engine) as session:
+                return render(request, session)
+
+        return endpoint
+
+    def nights(request: Request, session) -> Response:
+        columns, rows = views.nights(session, queries_folder)
+        return page(request, "nights.html", title="Nights", columns=columns, rows=rows)
+
+    def night(request: Request, session) -> Response:
+        text = request.path_params["night"]
+        try:
+            date = dt.date.fromisoformat(text)
+        except ValueError:
+            raise HTTPException(400, f"{text!r} is not a night (YYYY-MM-DD)") from None
+        content = views.night(session, date)
+        if content is None:
+            raise HTTPException(404, f"no frame of the night {date.isoformat()} in the catalogue")
+        return page(request, "night.html", title=f"Night {date.isoformat()}", night=date, **content)
+
+    def targets(request: Request, session) -> Response:
+        columns, rows = views.targets(session, queries_folder)
+        return page(request, "targets.html", title="Targets", columns=columns, rows=rows)
+
+    def target(request: Request, session) -> Response:
+        name = request.path_params["name"]
+        content = views.target(session, name)
+        if content is None:
+            raise HTTPException(404, f"no light of the target {name!r} in the catalogue")
+        return page(request, "target.html", title=f"Target {name}", name=name, **content)
+
+    def frame(request: Request, session) -> Response:
+        frame_id = request.path_params["frame_id"]
+        try:
+            content = views.frame(session, frame_id)
+        except ProvenanceError:
+            raise HTTPException(404, f"no frame {frame_id} in the catalogue") from None
+        return page(request, "frame.html", title=f"Frame {frame_id}", **content)
+
+    def preview(request: Request, session) -> Response:
+        frame_id = request.path_params["frame_id"]
+        found = views.frame_file(session, frame_id)
+        if found is None:
+            raise HTTPException(404, f"no file of frame {frame_id} on disk")
+        path, hdu = found
+        stat = os.stat(path)
+        try:
+            png = _preview(path, stat.st_size, stat.st_mtime_ns, hdu)
+        except (OSError, ValueError, IndexError) as exc:
+            log.warning("%s: no preview: %s", path, exc)
+            raise HTTPException(404, f"frame {frame_id}: its file cannot be shown") from None
+        return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+    def masters(request: Request, session) -> Response:
+        return page(request, "masters.html", title="Master library", **views.masters(session))
+
+    def queries(request: Request, session) -> Response:
+        return page(request, "queries.html", title="Reports", queries=views.load_queries(queries_folder).values())
+
+    def query(request: Request, session) -> Response:
+        name = request.path_params["name"]
+        available = views.load_queries(queries_folder)
+        if name not in available:
+            raise HTTPException(404, f"no report named {name!r}")
+        given = dict(request.query_params)
+        fmt = given.pop("format", "html")
+        if fmt not in ("html", "csv", "json"):
+            raise HTTPException(400, f"format must be html, csv or json, not {fmt!r}")
+        given = {k: v for k, v in given.items() if v != ""}  # an empty field of the form: not given
+        try:
+            table = views.run_query(session, name, given, queries_folder)
+        except QueryError as exc:
+            raise HTTPException(400, str(exc)) from None
+        if fmt == "csv":
+            return Response(table.to_csv(index=False), media_type="text/csv",
+                            headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
+        if fmt == "json":
+            return Response(table.to_json(orient="records", date_format="iso", indent=1),
+                            media_type="application/json",
+                            headers={"Content-Disposition": f'attachment; filename="{name}.json"'})
+        rows = [tuple(r) for r in table.head(PAGE_ROWS).itertuples(index=False)]
+        return page(request, "query.html", title=available[name].title, query=available[name], given=given,
+                    columns=list(table.columns), rows=rows, total=len(table), query_string=urlencode(given))
+
+    def problems(request: Request, session) -> Response:
+        return page(request, "problems.html", title="Problems, failures and rejections",
+                    **views.problems(session, PAGE_ROWS))
+
+    def home(request: Request) -> Response:
+        return RedirectResponse("/nights")
+
+    def error(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, HTTPException):
+            status, message = exc.status_code, exc.detail
+        elif isinstance(exc, (LookupError,)) and isinstance(exc, ArchiveError):
+            status, message = 404, str(exc)
+        elif isinstance(exc, ArchiveError):
+            status, message = 400, str(exc)
+        else:
+            log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+            status, message = 500, f"the page could not be made ({type(exc).__name__}); see the server's log"
+        return templates.TemplateResponse(request, "error.html", {"title": f"Error {status}", "status": status,
+                                                                  "message": message}, status_code=status)
+
+    routes = [
+        Route("/", home),
+        Route("/nights", with_session(nights)),
+        Route("/nights/{night}", with_session(night)),
+        Route("/targets", with_session(targets)),
+        Route("/targets/{name:path}", with_session(target)),
+        Route("/frames/{frame_id:int}", with_session(frame)),
+        Route("/frames/{frame_id:int}/preview.png", with_session(preview)),
+        Route("/masters", with_session(masters)),
+        Route("/queries", with_session(queries)),
+        Route("/queries/{name}", with_session(query)),
+        Route("/problems", with_session(problems)),
+    ]
+    return Starlette(debug=False, routes=routes, exception_handlers={HTTPException: error, Exception: error})
+
+
+def serve(engine: Engine, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve :func:`create_app` on ``host:port`` with uvicorn until interrupted (Ctrl-C)."""
+    import uvicorn
+
+    uvicorn.run(create_app(engine), host=host, port=port, log_level="warning")
