@@ -169,6 +169,25 @@ def test_preview_refuses_a_file_the_catalogue_no_longer_has(client, night):  # n
         shutil.move(moved, path)
 
 
+def test_whole_catalogue_pages_follow_a_new_ingest(client, night, tmp_path):  # noqa: F811
+    """The nights, the targets and the reports are cached until the catalogue gains rows: a
+    light of another night ingested after a first look appears on the next."""
+    from click.testing import CliRunner
+
+    from archive.cli import main
+    from tests.factories import nina_header, write_fits
+
+    before = client.get("/nights").text
+    assert "2026-11-20" not in before
+    light = write_fits(tmp_path / "new" / "m31.fits", nina_header("LIGHT"), seed=3)
+    result = CliRunner().invoke(main, ["-q", "--db", night["url"], "ingest", str(light.parent)], env=night["env"])
+    assert result.exit_code == 0, result.output
+    assert 'href="/nights/2026-11-20"' in client.get("/nights").text
+    assert 'href="/targets/M%2031"' in client.get("/targets").text
+    csv_rows = list(csv.DictReader(io.StringIO(client.get("/queries/nights", params={"format": "csv"}).text)))
+    assert [r["night"] for r in csv_rows] == ["2025-06-01", "2026-11-20"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

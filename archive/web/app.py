@@ -13,12 +13,15 @@ import datetime as dt
 import functools
 import logging
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 import jinja2
+import markupsafe
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -26,6 +29,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
+from archive.db.frames import catalogue_state
 from archive.db.provenance import ProvenanceError
 from archive.db.session import session_scope
 from archive.errors import ArchiveError, QueryError
@@ -39,6 +43,8 @@ log = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).parent / "templates"
 #: Rows of a table shown on one page (a report's downloads have them all).
 PAGE_ROWS = 500
+#: Whole-catalogue tables kept in memory (see :class:`_Cache`).
+TABLE_CACHE = 128
 #: Previews kept in memory (PNG bytes, keyed by file, size and modification time).
 PREVIEW_CACHE = 64
 
@@ -61,13 +67,26 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _cell(value: Any, link: str | None = None) -> markupsafe.Markup:
+    """One table cell: the value as :func:`_fmt` shows it, escaped, numbers to the right, and a
+    link to ``link`` + the value when given (the one cell renderer of the tables: a night of a
+    thousand frames has twenty thousand cells)."""
+    shown = _fmt(value)
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    opening = '<td class="num">' if numeric else "<td>"
+    if link and value is not None:
+        href = markupsafe.escape(link + quote(shown, safe=""))
+        return markupsafe.Markup(f'{opening}<a href="{href}">{markupsafe.escape(shown)}</a></td>')
+    return markupsafe.Markup(f"{opening}{markupsafe.escape(shown)}</td>")
+
+
 def _hours(seconds: float | None) -> str:
     return "" if seconds is None else f"{seconds / 3600.0:.2f} h"
 
 
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True)
-    env.filters.update(fmt=_fmt, hours=_hours, urlpart=lambda s: quote(str(s), safe=""))
+    env.filters.update(fmt=_fmt, cell=_cell, hours=_hours, urlpart=lambda s: quote(str(s), safe=""))
     return env
 
 
@@ -76,6 +95,30 @@ def _preview(path: str, size: int, mtime_ns: int, hdu: int) -> bytes:
     from archive.reduce.preview import preview_png  # numpy, astropy, PIL: imported on use
 
     return preview_png(path, max_size=800, hdu=hdu)
+
+
+class _Cache:
+    """What is computed over the whole catalogue (the nights, the targets, a named report, the
+    problems), kept until the catalogue gains rows (:func:`archive.db.frames.catalogue_state`):
+    a million frames are aggregated once, not on every request. Least recently used first out."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.entries: OrderedDict[tuple, Any] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, session, key: tuple, compute: Callable[[], Any]) -> Any:
+        key = (*key, catalogue_state(session))
+        with self.lock:
+            if key in self.entries:
+                self.entries.move_to_end(key)
+                return self.entries[key]
+        value = compute()
+        with self.lock:
+            self.entries[key] = value
+            while len(self.entries) > self.size:
+                self.entries.popitem(last=False)
+        return value
 
 
 def create_app(engine: Engine, *, queries_folder: Path | None = None) -> Starlette:
@@ -94,6 +137,12 @@ def create_app(engine: Engine, *, queries_folder: Path | None = None) -> Starlet
         GET routes only; ``debug`` off (no traceback is ever sent).
     """
     templates = Jinja2Templates(env=_environment())
+    cache = _Cache(TABLE_CACHE)
+
+    def report_table(session, name: str, given: dict[str, str]):
+        """The named report's rows (a DataFrame), cached; :class:`QueryError` for a bad parameter."""
+        return cache.get(session, ("report", name, tuple(sorted(given.items()))),
+                         lambda: views.run_query(session, name, given, queries_folder))
 
     def page(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         return templates.TemplateResponse(request, template, {"title": "", **context}, status_code=status_code)
@@ -109,7 +158,7 @@ def create_app(engine: Engine, *, queries_folder: Path | None = None) -> Starlet
         return endpoint
 
     def nights(request: Request, session) -> Response:
-        columns, rows = views.nights(session, queries_folder)
+        columns, rows = views.table(report_table(session, "nights", {}))
         return page(request, "nights.html", title="Nights", columns=columns, rows=rows)
 
     def night(request: Request, session) -> Response:
@@ -118,13 +167,13 @@ def create_app(engine: Engine, *, queries_folder: Path | None = None) -> Starlet
             date = dt.date.fromisoformat(text)
         except ValueError:
             raise HTTPException(400, f"{text!r} is not a night (YYYY-MM-DD)") from None
-        content = views.night(session, date)
+        content = views.night(session, date, PAGE_ROWS)
         if content is None:
             raise HTTPException(404, f"no frame of the night {date.isoformat()} in the catalogue")
         return page(request, "night.html", title=f"Night {date.isoformat()}", night=date, **content)
 
     def targets(request: Request, session) -> Response:
-        columns, rows = views.targets(session, queries_folder)
+        columns, rows = views.table(report_table(session, "integration_by_target_filter", {}))
         return page(request, "targets.html", title="Targets", columns=columns, rows=rows)
 
     def target(request: Request, session) -> Response:
@@ -157,7 +206,7 @@ def create_app(engine: Engine, *, queries_folder: Path | None = None) -> Starlet
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
     def masters(request: Request, session) -> Response:
-        return page(request, "masters.html", title="Master library", **views.masters(session))
+        return page(request, "masters.html", title="Master library", **views.masters(session, PAGE_ROWS))
 
     def queries(request: Request, session) -> Response:
         return page(request, "queries.html", title="Reports", queries=views.load_queries(queries_folder).values())
@@ -173,7 +222,7 @@ def create_app(engine: Engine, *, queries_folder: Path | None = None) -> Starlet
             raise HTTPException(400, f"format must be html, csv or json, not {fmt!r}")
         given = {k: v for k, v in given.items() if v != ""}  # an empty field of the form: not given
         try:
-            table = views.run_query(session, name, given, queries_folder)
+            table = report_table(session, name, given)
         except QueryError as exc:
             raise HTTPException(400, str(exc)) from None
         if fmt == "csv":
@@ -189,7 +238,7 @@ def create_app(engine: Engine, *, queries_folder: Path | None = None) -> Starlet
 
     def problems(request: Request, session) -> Response:
         return page(request, "problems.html", title="Problems, failures and rejections",
-                    **views.problems(session, PAGE_ROWS))
+                    **cache.get(session, ("problems",), lambda: views.problems(session, PAGE_ROWS)))
 
     def home(request: Request) -> Response:
         return RedirectResponse("/nights")

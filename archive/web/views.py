@@ -4,7 +4,6 @@ lay them out). No SQL here: the reports, the calibration library and provenance 
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from archive.calib.library import library_table
@@ -18,24 +17,13 @@ from archive.reports.reductions import list_reduction_problems
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-__all__ = ["frame", "frame_file", "load_queries", "masters", "night", "nights", "problems", "run_query", "target",
-           "targets"]
+__all__ = ["frame", "frame_file", "load_queries", "masters", "night", "problems", "run_query", "table", "target"]
 
 
-def _table(frame) -> tuple[list[str], list[tuple]]:
+def table(frame) -> tuple[list[str], list[tuple]]:
     """A DataFrame as (columns, rows), missing values as None."""
     frame = frame.astype(object).where(frame.notna(), None)
     return list(frame.columns), [tuple(r) for r in frame.itertuples(index=False)]
-
-
-def nights(session: Session, folder: Path | None = None) -> tuple[list[str], list[tuple]]:
-    """The nights: the named report ``nights`` (queries/nights.sql)."""
-    return _table(run_query(session, "nights", {}, folder))
-
-
-def targets(session: Session, folder: Path | None = None) -> tuple[list[str], list[tuple]]:
-    """Targets and filters: the named report ``integration_by_target_filter``."""
-    return _table(run_query(session, "integration_by_target_filter", {}, folder))
 
 
 def target(session: Session, name: str) -> dict[str, Any] | None:
@@ -44,21 +32,33 @@ def target(session: Session, name: str) -> dict[str, Any] | None:
     per_night = light_integration(session, target=name, by=("filter_name", "night"))
     if not per_night:
         return None
-    return {"per_filter": light_integration(session, target=name, by=("filter_name",)), "per_night": per_night}
+    per_filter: dict[Any, dict[str, Any]] = {}
+    for row in per_night:  # the nights' sums: one pass over the lights and their verdicts, not two
+        total = per_filter.setdefault(row["filter_name"], {"filter_name": row["filter_name"]})
+        for key in ("frames", "exposure_s", "accepted", "accepted_s", "rejected"):
+            total[key] = total.get(key, 0) + row[key]
+    return {"per_filter": list(per_filter.values()), "per_night": per_night}
 
 
-def night(session: Session, date: dt.date) -> dict[str, Any] | None:
+#: The columns of a night's list of frames (of :func:`~archive.reports.catalog.frame_rows`).
+NIGHT_FRAME_COLUMNS = ("id", "date_obs", "image_type", "target", "filter_name", "exposure_time_s", "instrument", "path")
+
+
+def night(session: Session, date: dt.date, limit: int) -> dict[str, Any] | None:
     """One night: counts by type, filter and exposure, integration per target and filter
-    (accepted against total) and its frames; None when the catalogue has no frame of it."""
+    (accepted against total) and its first ``limit`` frames (of ``n_frames``); None when the
+    catalogue has no frame of it."""
     f = FrameFilter(night=date)
-    columns, rows = frame_rows(session, f)
-    if not rows:
+    all_columns, all_rows = frame_rows(session, f)
+    if not all_rows:
         return None
+    keep = [all_columns.index(c) for c in NIGHT_FRAME_COLUMNS]
+    columns, rows = list(NIGHT_FRAME_COLUMNS), [tuple(r[i] for i in keep) for r in all_rows[:limit]]
     counts = summary_rows(session, ("image_type", "filter_name", "exposure_time_s"), f)
     products = summary_rows(session, ("image_type", "filter_name"), f, level="products")
     return {"counts": counts, "products": products,
             "integration": light_integration(session, night=date, by=("target", "filter_name")),
-            "frame_columns": columns, "frames": rows}
+            "frame_columns": columns, "frames": rows, "n_frames": len(all_rows)}
 
 
 def frame(session: Session, frame_id: int) -> dict[str, Any]:
@@ -91,45 +91,50 @@ def _expand_once(node: dict[str, Any], seen: set[int]) -> dict[str, Any]:
     return node
 
 
-def masters(session: Session) -> dict[str, Any]:
-    """The master library, and per kind the validity of each master over time: bars from
-    ``valid_from`` (else its DATE-OBS) to ``valid_until`` (else the next master of the same
-    kind, instrument and filter, else today), as fractions of the whole span."""
-    columns, rows = _table(library_table(session))
+#: The columns of the master library's table (of :func:`~archive.calib.library.library_table`).
+MASTER_COLUMNS = ("frame_id", "kind", "origin", "instrument", "night", "exposure_time_s", "filter_name", "set_temp_c",
+                  "n_combined", "is_bad", "bad_reason", "valid_from", "valid_until", "date_obs", "path")
+
+
+def masters(session: Session, newest: int) -> dict[str, Any]:
+    """The newest masters of the library, and per kind the validity of each over time: bars
+    from ``valid_from`` (else its DATE-OBS) to ``valid_until`` (else the next master of the same
+    kind, instrument and filter, else today), as percentages of the kind's whole span."""
+    columns, rows = table(library_table(session, newest=newest)[list(MASTER_COLUMNS)])
     items = [dict(zip(columns, r)) for r in rows]
     today = dt.datetime.combine(dt.date.today(), dt.time())
-    starts = {}
+    lanes: dict[tuple, list[dict[str, Any]]] = {}
     for item in items:
-        starts[item["frame_id"]] = item["valid_from"] or item["date_obs"]
-    bars: dict[str, list[dict[str, Any]]] = {}
-    for item in items:
-        start = starts[item["frame_id"]]
-        if start is None:
-            continue
-        end = item["valid_until"]
-        if end is None:  # open: until the next master of the same kind, instrument and filter
-            later = [starts[o["frame_id"]] for o in items if o["kind"] == item["kind"]
-                     and o["instrument"] == item["instrument"] and o["filter_name"] == item["filter_name"]
-                     and starts[o["frame_id"]] is not None and starts[o["frame_id"]] > start]
-            end = min(later) if later else max(today, start + dt.timedelta(days=1))
-        bars.setdefault(item["kind"], []).append({**item, "start": start, "end": end,
-                                                  "open": item["valid_until"] is None})
-    timelines = {}
-    for kind, group in sorted(bars.items()):
-        first = min(b["start"] for b in group)
-        last = max(b["end"] for b in group)
+        item["start"] = item["valid_from"] or item["date_obs"]
+        if item["start"] is not None:
+            lanes.setdefault((item["kind"], item["instrument"], item["filter_name"]), []).append(item)
+    timelines: dict[str, dict[str, Any]] = {}
+    for (kind, _instrument, _filter), lane in sorted(lanes.items(), key=lambda kv: tuple(str(k) for k in kv[0])):
+        lane.sort(key=lambda item: item["start"])
+        for item, following in zip(lane, lane[1:] + [None]):
+            item["open"] = item["valid_until"] is None
+            if not item["open"]:
+                item["end"] = item["valid_until"]
+            elif following is not None and following["start"] > item["start"]:
+                item["end"] = following["start"]
+            else:
+                item["end"] = max(today, item["start"] + dt.timedelta(days=1))
+        timelines.setdefault(kind, {"bars": []})["bars"].extend(lane)
+    for timeline in timelines.values():
+        bars = timeline["bars"]
+        timeline["first"] = first = min(b["start"] for b in bars)
+        timeline["last"] = last = max(b["end"] for b in bars)
         span = max((last - first).total_seconds(), 1.0)
-        for b in group:
+        for b in bars:
             b["x"] = 100.0 * (b["start"] - first).total_seconds() / span
             b["width"] = max(100.0 * (b["end"] - b["start"]).total_seconds() / span, 0.3)
-        timelines[kind] = {"first": first, "last": last, "bars": group}
-    return {"columns": columns, "rows": rows, "timelines": timelines}
+    return {"columns": columns, "rows": rows, "timelines": dict(sorted(timelines.items())), "newest": newest}
 
 
 def problems(session: Session, limit: int) -> dict[str, Any]:
     """Unresolved ingest problems, failed steps and rejected frames, the newest ``limit`` of each."""
     problem_columns, problem_list = problem_rows(session, limit=limit)
-    failed = _table(list_reduction_problems(session, status="failed", limit=limit))
-    rejected = _table(list_reduction_problems(session, status="rejected", limit=limit))
+    failed = table(list_reduction_problems(session, status="failed", limit=limit))
+    rejected = table(list_reduction_problems(session, status="rejected", limit=limit))
     return {"problem_columns": problem_columns, "problems": problem_list, "failed": failed, "rejected": rejected,
             "limit": limit}
