@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).parent / "templates"
 #: Rows of a table shown on one page (a report's downloads have them all).
 PAGE_ROWS = 500
+#: Masters shown on the library page (the newest).
+MASTERS_SHOWN = 200
 #: Whole-catalogue tables kept in memory (see :class:`_Cache`).
 TABLE_CACHE = 128
 #: Previews kept in memory (PNG bytes, keyed by file, size and modification time).
@@ -206,7 +208,7 @@ def create_app(engine: Engine, *, queries_folder: Path | None = None) -> Starlet
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
     def masters(request: Request, session) -> Response:
-        return page(request, "masters.html", title="Master library", **views.masters(session, PAGE_ROWS))
+        return page(request, "masters.html", title="Master library", **views.masters(session, MASTERS_SHOWN))
 
     def queries(request: Request, session) -> Response:
         return page(request, "queries.html", title="Reports", queries=views.load_queries(queries_folder).values())
