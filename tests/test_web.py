@@ -194,6 +194,46 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_archive_serve_listens_on_localhost_by_default(night):  # noqa: F811
+    """The installed command: ``archive serve`` answers on 127.0.0.1 (and only there) until stopped."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "archive.cli", "--db", night["url"], "serve", "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, **night["env"]})
+    try:
+        body = None
+        for _ in range(150):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/nights", timeout=2) as response:
+                    body = response.read().decode()
+                break
+            except OSError:
+                assert process.poll() is None, process.stderr.read()
+                time.sleep(0.2)
+        assert body is not None and 'href="/nights/2025-06-01"' in body
+        outside = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        outside.connect(("192.0.2.1", 9))  # a documentation address: which interface would route out
+        address = outside.getsockname()[0]
+        outside.close()
+        if not address.startswith("127."):
+            with pytest.raises(OSError):
+                socket.create_connection((address, port), timeout=2).close()
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    assert f"http://127.0.0.1:{port}/" in process.stdout.read()
+
+
 def test_a_real_browser_sees_the_night_and_a_frame(night, tmp_path):  # noqa: F811
     """Debian's chromium, headless, on a uvicorn server: the night page's counts, a frame's header,
     no console error, and a screenshot. A missing chromium fails the test (never a skip)."""
