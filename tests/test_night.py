@@ -45,6 +45,12 @@ def _stack(pattern: str) -> np.ndarray:
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def night(request, tmp_path_factory):
     """The ARCSAT night copied into an imaging root and run through ``archive night`` once."""
+    yield from run_arcsat_night(request, tmp_path_factory)
+
+
+def run_arcsat_night(request, tmp_path_factory):
+    """The body of a ``night`` fixture (parametrized by backend), for other modules to share:
+    yields base, root, url, env, args, result (of the CLI run), engine and runner."""
     base = tmp_path_factory.mktemp(f"night_{request.param}")
     root = base / "imaging"
     shutil.copytree(NIGHT, root / "2025-06-01_arcsat")

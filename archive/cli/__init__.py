@@ -68,6 +68,7 @@ class ArchiveGroup(click.Group):
         "provenance": "archive.cli.reduce:provenance",
         "stale": "archive.cli.reduce:stale",
         "night": "archive.cli.reduce:night",
+        "night-report": "archive.cli.night_report:night_report",
         "solve": "archive.cli.sky:solve",
         "coverage": "archive.cli.sky:coverage",
         "show": "archive.cli.show:show",
@@ -87,6 +88,7 @@ class ArchiveGroup(click.Group):
         "masters": "Build the master bias/dark/flat library and choose masters for lights.",
         "measure": "Measure the quality of frames (lights, calibrations, masters) and judge them by the rules.",
         "night": "After a night: ingest, build masters, calibrate, register, stack, and summarize.",
+        "night-report": "Write the report of NIGHT (YYYY-MM-DD) as one self-contained HTML file.",
         "problems": "List files that could not be ingested (error) and frames ingested with gaps (warning); "
                     "with --reductions, the steps that failed and the frames rejected (step, frame, reason).",
         "project": "Multi-night projects: a target, its filters and goals, gathered in dss-automation's layout.",

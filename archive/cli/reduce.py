@@ -207,6 +207,8 @@ def night(ctx, app: AppContext, search: str | None, root: Path | None, output: P
     night's date as 2026-11-20, 20261120 and 2026_11_20). A failing folder or target is
     reported and the loop goes on; the exit status is 1 when anything failed. Safe to run
     twice (the second run does nothing) and to interrupt (the next run completes the work).
+    Ends by writing the night report (archive night-report) of each observing night into the
+    products folder, and prints its path.
 
     \b
     Examples:
@@ -246,5 +248,7 @@ def night(ctx, app: AppContext, search: str | None, root: Path | None, output: P
         click.echo(f"note: {note}", err=True)
     if not dry_run:
         click.echo(f"products under {summary.products_root}")
+        for path in summary.reports:
+            click.echo(f"night report: {path}")
     if not dry_run and not summary.ok:
         ctx.exit(1)

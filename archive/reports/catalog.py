@@ -3,14 +3,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+import datetime as dt
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
-from archive.db.frames import FrameFilter, canonical_path_column, current_copies_column, frame_query
+from archive.db.frames import FrameFilter, canonical_path_column, current_copies_column, folder_prefix, frame_query
 from archive.db.models import DERIVED_TYPES, Copy, Frame, IngestProblem, Instrument
 
 if TYPE_CHECKING:
@@ -165,8 +166,9 @@ def summarize(
     return pd.DataFrame(rows, columns=columns)
 
 
-def problem_rows(session: Session, *, include_resolved: bool = False,
-                 severity: str | None = None, limit: int | None = None) -> tuple[list[str], list[tuple]]:
+def problem_rows(session: Session, *, include_resolved: bool = False, severity: str | None = None,
+                 night: dt.date | None = None, under: Sequence[str | Path] = (),
+                 limit: int | None = None) -> tuple[list[str], list[tuple]]:
     """Ingest problems as (columns, rows), the newest ``limit`` (default all); see :func:`list_problems`."""
     query = select(
         IngestProblem.path, IngestProblem.severity, IngestProblem.reason, IngestProblem.created_at,
@@ -176,12 +178,17 @@ def problem_rows(session: Session, *, include_resolved: bool = False,
         query = query.where(~IngestProblem.resolved)
     if severity:
         query = query.where(IngestProblem.severity == severity)
+    if night is not None:
+        runs = select(Frame.run_id).where(Frame.night == night, Frame.run_id.is_not(None))
+        query = query.where(or_(IngestProblem.run_id.in_(runs),
+                                *(IngestProblem.path.startswith(folder_prefix(f), autoescape=True) for f in under)))
     if limit is not None:
         query = query.limit(limit)
     return ["path", "severity", "reason", "created_at", "run_id"], [tuple(r) for r in session.execute(query)]
 
 
-def list_problems(session: Session, *, include_resolved: bool = False, severity: str | None = None) -> pd.DataFrame:
+def list_problems(session: Session, *, include_resolved: bool = False, severity: str | None = None,
+                  night: dt.date | None = None, under: Sequence[str | Path] = ()) -> pd.DataFrame:
     """Ingest problems, newest first: path, severity, reason, when, run.
 
     Parameters
@@ -190,8 +197,15 @@ def list_problems(session: Session, *, include_resolved: bool = False, severity:
         Also list errors of files that a later ingest read successfully.
     severity : {'error', 'warning'}, optional
         Only this severity.
+    night : date, optional
+        Only the problems of the ingest runs that catalogued frames of this observing night,
+        and of the folders ``under``.
+    under : sequence of str or Path
+        With ``night``: folders whose problems are the night's too, even from a run that
+        catalogued none of its frames (a folder holding only unreadable files).
     """
-    columns, rows = problem_rows(session, include_resolved=include_resolved, severity=severity)
+    columns, rows = problem_rows(session, include_resolved=include_resolved, severity=severity, night=night,
+                                 under=under)
     import pandas as pd  # imported on use: a slow import
 
     return pd.DataFrame(rows, columns=columns)

@@ -3,13 +3,14 @@ frame judged unusable), kept queryable after later runs (``shared/DESIGN.md``, "
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import TYPE_CHECKING
 
 from sqlalchemy import and_, exists, select
 from sqlalchemy.orm import Session, aliased
 
 from archive.db.frames import canonical_paths
-from archive.db.models import Reduction, ReductionInput
+from archive.db.models import Frame, Reduction, ReductionInput
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -18,7 +19,14 @@ if TYPE_CHECKING:
 _SUBJECT_ROLES = ("light", "input")
 
 
-def list_reduction_problems(session: Session, *, status: str | None = None, limit: int | None = None) -> pd.DataFrame:
+#: The input roles that make a reduction one of a night's (:func:`list_reduction_problems`):
+#: its subject and the raw frames of a master, not the masters or the reference it used.
+_NIGHT_ROLES = ("raw", "light", "input")
+
+
+def list_reduction_problems(session: Session, *, status: str | None = None,
+                            night: dt.date | None = None,
+                            limit: int | None = None) -> pd.DataFrame:
     """Failed and rejected reductions that nothing has made good since, newest first.
 
     A failure or rejection is left out once a later reduction of the same step on the same
@@ -28,6 +36,10 @@ def list_reduction_problems(session: Session, *, status: str | None = None, limi
     ----------
     status : {'failed', 'rejected'}, optional
         Only failures or only rejections.
+    night : date, optional
+        Only the reductions of frames of this observing night: a raw frame, light or input
+        frame of the night among their inputs (a master built from the night's calibrations,
+        a light of the night calibrated, registered or stacked).
     limit : int, optional
         Only the newest ``limit`` rows (default all).
 
@@ -51,6 +63,11 @@ def list_reduction_problems(session: Session, *, status: str | None = None, limi
         .where(Reduction.status.in_((status,) if status else ("failed", "rejected")), ~made_good)
         .order_by(Reduction.finished_at.desc(), Reduction.id.desc())
     )
+    if night is not None:
+        of_night = aliased(ReductionInput)
+        query = query.where(exists(
+            select(of_night.frame_id).join(Frame, Frame.id == of_night.frame_id)
+            .where(of_night.reduction_id == Reduction.id, of_night.role.in_(_NIGHT_ROLES), Frame.night == night)))
     if limit is not None:
         query = query.limit(limit)
     rows = session.execute(query).all()

@@ -11,7 +11,9 @@ calibrations):
    (:func:`archive.calib.masters.build_masters`; counted in the first folder of that night);
 4. measure the raw calibrations and the new masters (:mod:`archive.reduce.quality`);
 5. calibrate every light of each folder, measure it on its calibrated frame, register and
-   stack its groups, leaving out rejected lights (:func:`archive.reduce.pipeline.reduce_lights`).
+   stack its groups, leaving out rejected lights (:func:`archive.reduce.pipeline.reduce_lights`);
+6. write the night report of each observing night of the folders' raw frames into the
+   products folder (:func:`archive.reports.night_html.report_path`).
 
 A failure in one folder or group is recorded in the summary and the loop goes on. Every step
 is idempotent (unchanged files are not re-read, finished reductions are not redone), so a
@@ -34,10 +36,11 @@ from sqlalchemy import Engine, func
 
 from archive.calib.library import default_library
 from archive.calib.masters import build_masters
+from archive.calib.quality import QualityRules, load_quality_rules
 from archive.calib.rules import RuleBook, default_rulebook
 from archive.config import Settings, load_settings
 from archive.db.frames import FrameFilter, frame_query, lights_under
-from archive.db.models import CALIBRATION_KINDS, Frame
+from archive.db.models import CALIBRATION_KINDS, RAW_TYPES, Frame
 from archive.db.session import session_scope
 from archive.errors import ConfigError
 from archive.files import remove_partials
@@ -53,6 +56,8 @@ from archive.reduce.summary import ReduceSummary
 from archive.db.sky import has_wcs_condition
 from archive.ingest.sky import load_sky_config
 from archive.reduce.preview import write_preview
+from archive.reports.night import night_summary
+from archive.reports.night_html import report_path, write_night_html
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +151,7 @@ class NightSummary:
     removed_partials: int = 0
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)
+    reports: list[str] = field(default_factory=list)  # paths of the night reports written
 
     @property
     def ok(self) -> bool:
@@ -257,7 +263,28 @@ def run_night(
     with master_run, product_run:
         _masters_and_reduction(engine, nights, results, config, settings, rules, library, executor, progress,
                                master_run, product_run, measure)
+    _write_reports(engine, results, rules, load_quality_rules(settings=settings), products, summary)
     return summary
+
+
+def _write_reports(engine: Engine, results: dict[Path, FolderResult], rules: RuleBook, quality_rules: QualityRules,
+                   products: Path, summary: NightSummary) -> None:
+    """Write the night report (:mod:`archive.reports.night_html`) of every observing night of
+    the raw frames under the folders, into the products folder; a failure is the first
+    folder's."""
+    if not results:
+        return
+    first = next(iter(results.values()))
+    with _recorded(first, "night report"):
+        with session_scope(engine) as session:
+            nights: set[dt.date] = set()
+            for folder in results:
+                query = frame_query(FrameFilter(folder=folder), Frame.night).where(
+                    Frame.night.is_not(None), Frame.image_type.in_(RAW_TYPES))
+                nights.update(session.scalars(query.distinct()))
+            for night in sorted(nights):
+                report = night_summary(session, night, rules=rules, quality_rules=quality_rules, folders=list(results))
+                summary.reports.append(str(write_night_html(report, report_path(products, night))))
 
 
 def _solve(engine: Engine, results: dict[Path, FolderResult], settings: Settings, summary: NightSummary) -> None:
