@@ -56,12 +56,18 @@ def test_nights_and_the_night_page(client):
     page = client.get("/nights/2025-06-01")
     assert page.status_code == 200
     text = page.text
-    assert "XO1-b" in text and "/targets/XO1-b" in text
-    # 16 lights of XO1-b in z, none rejected: accepted 16 of 16, 16 min
-    assert '<td class="num">16</td><td class="num accepted">16</td><td class="num rejected">0</td>' in text
-    # the other target's one light was rejected (too few stars): 0 of 1 accepted
-    assert '<td class="num">1</td><td class="num accepted">0</td><td class="num rejected">1</td>' in text
-    assert text.count('href="/frames/') >= 32  # every raw frame and product of the night, linked
+    # the night report's sections: 16 XO1-b lights in z, all accepted; 43Bet Com's one rejected
+    assert "Integration per target and filter" in text and "Quality through the night" in text
+    assert ('<tr><td>XO1-b</td><td>z</td><td class="num">16</td>\n<td class="num">16</td><td class="num">0</td>'
+            in text)
+    assert '<tr><td>43Bet Com</td><td>z</td><td class="num">1</td>\n<td class="num">0</td><td class="num">1</td>' in text
+    assert 'src="/nights/2025-06-01/quality.png"' in text and "data:image" not in text
+    plot = client.get("/nights/2025-06-01/quality.png")
+    assert plot.status_code == 200 and plot.content.startswith(PNG)
+    thumbs = [part.split('"')[0] for part in text.split('<img src="')[1:]]
+    assert thumbs and all(t.startswith("/frames/") and "preview.png?size=" in t for t in thumbs)
+    assert client.get(thumbs[0]).content.startswith(PNG)
+    assert text.count('href="/frames/') >= 17 + 3  # the lights and the masters, linked
 
 
 def test_targets_and_a_target_page(client):
@@ -139,6 +145,8 @@ def test_masters_queries_and_problems(client, night):  # noqa: F811
     ("/targets/no%20such%20target", 404),
     ("/frames/99999999", 404),
     ("/frames/99999999/preview.png", 404),
+    ("/frames/1/preview.png?size=99999", 400),
+    ("/nights/2024-01-01/quality.png", 404),
     ("/frames/abc", 404),
     ("/frames/..%2F..%2Fetc%2Fpasswd", 404),
     ("/queries/no_such_report", 404),
@@ -268,8 +276,7 @@ def test_a_real_browser_sees_the_night_and_a_frame(night, tmp_path):  # noqa: F8
         assert driver.title.startswith("Night 2025-06-01")
         body = driver.find_element(By.TAG_NAME, "body").text
         assert "XO1-b" in body and "Integration per target and filter" in body
-        cells = [td.text for td in driver.find_elements(By.CSS_SELECTOR, "td.accepted")]
-        assert "16" in cells
+        assert "XO1-b z 16 16 0" in body
         light = _ids(night, "light", "xo1b")[0]
         driver.get(f"{base}/frames/{light}")
         header = driver.find_element(By.ID, "header").text

@@ -45,6 +45,9 @@ TEMPLATES = Path(__file__).parent / "templates"
 PAGE_ROWS = 500
 #: Masters shown on the library page (the newest).
 MASTERS_SHOWN = 200
+#: Largest side (px) of a frame's preview on its page, and of a thumbnail on a night's page.
+PREVIEW_SIZE = 800
+THUMBNAIL_SIZE = 320
 #: Whole-catalogue tables kept in memory (see :class:`_Cache`).
 TABLE_CACHE = 128
 #: Previews kept in memory (PNG bytes, keyed by file, size and modification time).
@@ -87,21 +90,26 @@ def _hours(seconds: float | None) -> str:
 
 
 def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True)
-    env.filters.update(fmt=_fmt, cell=_cell, hours=_hours, urlpart=lambda s: quote(str(s), safe=""))
+    """The web view's templates, then the night report's (its sections are the night page)."""
+    from archive.reports.night_html import TEMPLATES as REPORT_TEMPLATES, template_filters
+
+    loader = jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(TEMPLATES)), jinja2.FileSystemLoader(str(REPORT_TEMPLATES))])
+    env = jinja2.Environment(loader=loader, autoescape=True)
+    env.filters.update(template_filters())
+    env.filters.update(fmt=_fmt, td=_cell, hours=_hours, urlpart=lambda s: quote(str(s), safe=""))
     return env
 
 
 @functools.lru_cache(maxsize=PREVIEW_CACHE)
-def _preview(path: str, size: int, mtime_ns: int, hdu: int) -> bytes:
+def _preview(path: str, size: int, mtime_ns: int, hdu: int, max_size: int) -> bytes:
     from archive.reduce.preview import preview_png  # numpy, astropy, PIL: imported on use
 
-    return preview_png(path, max_size=800, hdu=hdu)
+    return preview_png(path, max_size=max_size, hdu=hdu)
 
 
 class _Cache:
-    """What is computed over the whole catalogue (the nights, the targets, a named report, the
-    problems), kept until the catalogue gains rows (:func:`archive.db.frames.catalogue_state`):
+    """What is computed over the whole catalogue or a night (the nights, the targets, a named
+    report, the problems, a night's report), kept until the catalogue gains rows (:func:`archive.db.frames.catalogue_state`):
     a million frames are aggregated once, not on every request. Least recently used first out."""
 
     def __init__(self, size: int) -> None:
@@ -169,10 +177,25 @@ def create_app(engine: Engine, *, queries_folder: Path | None = None) -> Starlet
             date = dt.date.fromisoformat(text)
         except ValueError:
             raise HTTPException(400, f"{text!r} is not a night (YYYY-MM-DD)") from None
-        content = views.night(session, date, PAGE_ROWS)
-        if content is None:
+        report = cache.get(session, ("night", date), lambda: views.night(session, date))
+        if report.empty:
             raise HTTPException(404, f"no frame of the night {date.isoformat()} in the catalogue")
-        return page(request, "night.html", title=f"Night {date.isoformat()}", night=date, **content)
+        plot = f"/nights/{date.isoformat()}/quality.png" if views.has_quality_plot(report) else None
+        return page(request, "night.html", title=f"Night {date.isoformat()}", report=report, quality_plot=plot,
+                    link=lambda frame_id: f"/frames/{int(frame_id)}",
+                    thumb_src=lambda thumb: f"/frames/{thumb.frame_id}/preview.png?size={THUMBNAIL_SIZE}")
+
+    def night_plot(request: Request, session) -> Response:
+        text = request.path_params["night"]
+        try:
+            date = dt.date.fromisoformat(text)
+        except ValueError:
+            raise HTTPException(400, f"{text!r} is not a night (YYYY-MM-DD)") from None
+        report = cache.get(session, ("night", date), lambda: views.night(session, date))
+        png = cache.get(session, ("night plot", date), lambda: views.quality_plot(report)) if not report.empty else None
+        if png is None:
+            raise HTTPException(404, f"no measured light in the night {date.isoformat()}")
+        return Response(png, media_type="image/png")
 
     def targets(request: Request, session) -> Response:
         columns, rows = views.table(report_table(session, "integration_by_target_filter", {}))
@@ -199,9 +222,12 @@ def create_app(engine: Engine, *, queries_folder: Path | None = None) -> Starlet
         if found is None:
             raise HTTPException(404, f"no file of frame {frame_id} on disk")
         path, hdu = found
+        size = request.query_params.get("size", str(PREVIEW_SIZE))
+        if not size.isdigit() or not 32 <= int(size) <= 2048:
+            raise HTTPException(400, f"size must be a whole number of pixels from 32 to 2048, not {size!r}")
         stat = os.stat(path)
         try:
-            png = _preview(path, stat.st_size, stat.st_mtime_ns, hdu)
+            png = _preview(path, stat.st_size, stat.st_mtime_ns, hdu, int(size))
         except (OSError, ValueError, IndexError) as exc:
             log.warning("%s: no preview: %s", path, exc)
             raise HTTPException(404, f"frame {frame_id}: its file cannot be shown") from None
@@ -262,6 +288,7 @@ def create_app(engine: Engine, *, queries_folder: Path | None = None) -> Starlet
         Route("/", home),
         Route("/nights", with_session(nights)),
         Route("/nights/{night}", with_session(night)),
+        Route("/nights/{night}/quality.png", with_session(night_plot)),
         Route("/targets", with_session(targets)),
         Route("/targets/{name:path}", with_session(target)),
         Route("/frames/{frame_id:int}", with_session(frame)),

@@ -7,17 +7,19 @@ import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from archive.calib.library import library_table
-from archive.db.frames import FrameFilter
-from archive.reports.catalog import frame_rows, problem_rows, summary_rows
+from archive.reports.catalog import problem_rows
 from archive.reports.frame import frame_file, frame_links, frame_quality, frame_record
 from archive.reports.integration import light_integration
+from archive.reports.night import QUALITY_METRICS, NightReport, night_summary
+from archive.reports.night_html import quality_plot_png
 from archive.reports.queries import load_queries, run_query
 from archive.reports.reductions import list_reduction_problems
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-__all__ = ["frame", "frame_file", "load_queries", "masters", "night", "problems", "run_query", "table", "target"]
+__all__ = ["frame", "frame_file", "has_quality_plot", "load_queries", "masters", "night", "problems", "quality_plot",
+           "run_query", "table", "target"]
 
 
 def table(frame) -> tuple[list[str], list[tuple]]:
@@ -40,25 +42,24 @@ def target(session: Session, name: str) -> dict[str, Any] | None:
     return {"per_filter": list(per_filter.values()), "per_night": per_night}
 
 
-#: The columns of a night's list of frames (of :func:`~archive.reports.catalog.frame_rows`).
-NIGHT_FRAME_COLUMNS = ("id", "date_obs", "image_type", "target", "filter_name", "exposure_time_s", "instrument", "path")
+def night(session: Session, date: dt.date) -> NightReport:
+    """One night: the night report's content (:func:`archive.reports.night.night_summary`),
+    without reading any image (the page fetches the thumbnails from the preview route);
+    ``empty`` when the catalogue has no frame of it."""
+    return night_summary(session, date, thumbnails=False)
 
 
-def night(session: Session, date: dt.date, limit: int) -> dict[str, Any] | None:
-    """One night: counts by type, filter and exposure, integration per target and filter
-    (accepted against total) and its first ``limit`` frames (of ``n_frames``); None when the
-    catalogue has no frame of it."""
-    f = FrameFilter(night=date)
-    all_columns, all_rows = frame_rows(session, f)
-    if not all_rows:
-        return None
-    keep = [all_columns.index(c) for c in NIGHT_FRAME_COLUMNS]
-    columns, rows = list(NIGHT_FRAME_COLUMNS), [tuple(r[i] for i in keep) for r in all_rows[:limit]]
-    counts = summary_rows(session, ("image_type", "filter_name", "exposure_time_s"), f)
-    products = summary_rows(session, ("image_type", "filter_name"), f, level="products")
-    return {"counts": counts, "products": products,
-            "integration": light_integration(session, night=date, by=("target", "filter_name")),
-            "frame_columns": columns, "frames": rows, "n_frames": len(all_rows)}
+def has_quality_plot(report: NightReport) -> bool:
+    """Whether :func:`quality_plot` draws something: a light with a time and a measured figure."""
+    table = report.quality
+    if table.empty or not table["date_obs"].notna().any():
+        return False
+    return any(metric in table and table[metric].notna().any() for metric in QUALITY_METRICS)
+
+
+def quality_plot(report: NightReport) -> bytes | None:
+    """The night's quality against time as a PNG (:func:`archive.reports.night_html.quality_plot_png`)."""
+    return quality_plot_png(report)
 
 
 def frame(session: Session, frame_id: int) -> dict[str, Any]:
