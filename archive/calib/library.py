@@ -126,7 +126,8 @@ def set_validity(session: Session, frame_id: int, valid_from: dt.datetime | None
     return master
 
 
-def library_table(session: Session, kind: str | None = None, *, include_bad: bool = True) -> pd.DataFrame:
+def library_table(session: Session, kind: str | None = None, *, include_bad: bool = True,
+                  newest: int | None = None) -> pd.DataFrame:
     """The masters of the library, one row each, ordered by kind and DATE-OBS.
 
     Parameters
@@ -136,6 +137,8 @@ def library_table(session: Session, kind: str | None = None, *, include_bad: boo
         Only this kind (default all).
     include_bad : bool
         Include masters flagged bad (default True).
+    newest : int, optional
+        Only the ``newest`` masters by DATE-OBS (default all), still ordered by kind and DATE-OBS.
 
     Returns
     -------
@@ -157,7 +160,11 @@ def library_table(session: Session, kind: str | None = None, *, include_bad: boo
         query = query.where(Master.kind == kind)
     if not include_bad:
         query = query.where(~Master.is_bad)
+    if newest is not None:
+        query = query.order_by(None).order_by(Frame.date_obs.desc(), Frame.id.desc()).limit(newest)
     rows = session.execute(query).all()
+    if newest is not None:
+        rows.sort(key=lambda r: (r.kind, r.date_obs is None, r.date_obs or dt.datetime.min, r.frame_id))
     import pandas as pd  # imported on use: a slow import
 
     return pd.DataFrame(rows, columns=list(query.selected_columns.keys()))

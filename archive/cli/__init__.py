@@ -72,6 +72,7 @@ class ArchiveGroup(click.Group):
         "solve": "archive.cli.sky:solve",
         "coverage": "archive.cli.sky:coverage",
         "show": "archive.cli.show:show",
+        "serve": "archive.cli.serve:serve",
         "measure": "archive.cli.quality:measure",
         "quality": "archive.cli.quality:quality",
     }
@@ -95,6 +96,7 @@ class ArchiveGroup(click.Group):
         "provenance": "Summarize where a product came from: its steps, raw frames by type, masters used.",
         "reduce": "Calibrate lights with their selected masters, register and stack them, with provenance.",
         "report": "Run the named report NAME (queries/NAME.sql) with bound parameters.",
+        "serve": "Serve a read-only web view of the catalogue on this computer (http://127.0.0.1:8000).",
         "show": "Show everything known of one frame (FRAME is a frame id or the path of a copy).",
         "solve": "Plate-solve the lights that have no WCS, with astrometry.net's solve-field.",
         "stale": "List products whose inputs would now be chosen differently.",

@@ -181,3 +181,18 @@ def lights_under(session: Session, folder: str | Path) -> list[int]:
     """Raw lights (not duplicate exposures) with a current copy under ``folder``, by id."""
     query = frame_query(FrameFilter(image_type="light", include_duplicates=False, folder=folder), Frame.id)
     return list(session.scalars(query.order_by(Frame.id)))
+
+
+def catalogue_state(session: Session) -> tuple:
+    """A token that changes whenever the catalogue gains rows: the largest id of frames,
+    copies, ingest runs and problems, reductions, measurements, flags and overrides (each an
+    index look-up, on both backends). Rows changed in place (a master flagged bad) do not
+    change it. For caching what is computed over the whole catalogue (the web view's nights).
+    """
+    from archive.db.models import (
+        Copy, FrameMeasurement, IngestProblem, IngestRun, QualityFlag, QualityOverride, Reduction,
+    )
+
+    columns = [func.max(c) for c in (Frame.id, Copy.id, IngestRun.id, IngestProblem.id, Reduction.id,
+                                     FrameMeasurement.id, QualityFlag.id, QualityOverride.id)]
+    return tuple(session.execute(select(*[select(c).scalar_subquery() for c in columns])).one())

@@ -167,8 +167,9 @@ def summarize(
 
 
 def problem_rows(session: Session, *, include_resolved: bool = False, severity: str | None = None,
-                 night: dt.date | None = None, under: Sequence[str | Path] = ()) -> tuple[list[str], list[tuple]]:
-    """Ingest problems as (columns, rows); see :func:`list_problems`."""
+                 night: dt.date | None = None, under: Sequence[str | Path] = (),
+                 limit: int | None = None) -> tuple[list[str], list[tuple]]:
+    """Ingest problems as (columns, rows), the newest ``limit`` (default all); see :func:`list_problems`."""
     query = select(
         IngestProblem.path, IngestProblem.severity, IngestProblem.reason, IngestProblem.created_at,
         IngestProblem.run_id,
@@ -181,6 +182,8 @@ def problem_rows(session: Session, *, include_resolved: bool = False, severity: 
         runs = select(Frame.run_id).where(Frame.night == night, Frame.run_id.is_not(None))
         query = query.where(or_(IngestProblem.run_id.in_(runs),
                                 *(IngestProblem.path.startswith(folder_prefix(f), autoescape=True) for f in under)))
+    if limit is not None:
+        query = query.limit(limit)
     return ["path", "severity", "reason", "created_at", "run_id"], [tuple(r) for r in session.execute(query)]
 
 

@@ -144,3 +144,74 @@ def frame_record(session: Session, ref: str | int | Path) -> FrameRecord:
             select(IngestProblem.severity, IngestProblem.reason)
             .where(IngestProblem.path.in_(problem_paths), ~IngestProblem.resolved).order_by(IngestProblem.id))]
     return record
+
+
+#: Measurement columns shown for a frame, in order (the others are bookkeeping).
+MEASURED = (
+    "background_adu", "noise_adu", "background_e", "noise_e", "gain_e_per_adu", "n_stars", "fwhm_px", "fwhm_arcsec",
+    "plate_scale_arcsec", "eccentricity", "saturated_fraction", "weight", "read_noise_adu", "read_noise_e",
+    "dark_current_adu_s", "dark_current_e_s", "hot_pixels", "flat_snr", "flat_falloff", "changed_fraction",
+)
+
+
+def frame_quality(session: Session, frame_id: int) -> dict[str, Any]:
+    """The quality of one frame: its measurements, the flags stored with them, the person's
+    verdicts and the verdict in force (:func:`archive.reduce.quality.verdicts`).
+
+    Returns
+    -------
+    dict
+        ``verdict`` (verdicts()'s dict: verdict, by, reasons, flags), ``measurements`` (one
+        dict per measurement version, newest first: version, status, message, measured_at,
+        source_frame_id, judged_version and the non-empty :data:`MEASURED` figures),
+        ``flags`` (stored flags: rule, rule_version, metric, value, limit, bound, scope,
+        action) and ``overrides`` (verdict, reason, by_user, created_at; newest first).
+    """
+    from archive.db.models import FrameMeasurement, QualityFlag, QualityOverride
+    from archive.reduce.quality import verdicts  # imported on use: numpy, pandas
+
+    measurements = []
+    for m in session.scalars(select(FrameMeasurement).where(FrameMeasurement.frame_id == frame_id)
+                             .order_by(FrameMeasurement.measured_at.desc(), FrameMeasurement.id.desc())):
+        figures = {c: getattr(m, c) for c in MEASURED if getattr(m, c) is not None}
+        measurements.append({"version": m.version, "status": m.status, "message": m.message,
+                             "measured_at": m.measured_at, "source_frame_id": m.source_frame_id,
+                             "judged_version": m.judged_version, "figures": figures})
+    flags = [{"rule": f.rule, "rule_version": f.rule_version, "metric": f.metric, "value": f.value,
+              "limit": f.limit_value, "bound": f.bound, "scope": f.scope, "action": f.action}
+             for f in session.scalars(select(QualityFlag).where(QualityFlag.frame_id == frame_id)
+                                      .order_by(QualityFlag.id))]
+    overrides = [{"verdict": o.verdict, "reason": o.reason, "by_user": o.by_user, "created_at": o.created_at}
+                 for o in session.scalars(select(QualityOverride).where(QualityOverride.frame_id == frame_id)
+                                          .order_by(QualityOverride.id.desc()))]
+    return {"verdict": verdicts(session, [frame_id])[frame_id], "measurements": measurements, "flags": flags,
+            "overrides": overrides}
+
+
+def frame_links(session: Session, frame_id: int) -> dict[str, Any]:
+    """Provenance of one frame, both ways: ``inputs`` (the tree down to raw frames,
+    :func:`~archive.db.provenance.provenance_tree`; None for a raw frame) and ``products``
+    (what was made from it, :func:`~archive.db.provenance.used_by`).
+
+    Raises
+    ------
+    ProvenanceError
+        No such frame.
+    """
+    frame = find_frame(session, int(frame_id))
+    tree = provenance_tree(session, frame) if frame.reduction_id is not None else None
+    return {"inputs": tree, "products": used_by(session, frame)}
+
+
+def frame_file(session: Session, frame_id: int) -> tuple[str, int] | None:
+    """The file to read the frame's pixels from: the path of a current copy that exists on
+    disk (the canonical one first) and the HDU holding the image; None when the catalogue
+    knows no such frame or none of its files is there. The path comes from the catalogue only.
+    """
+    frame = session.get(Frame, int(frame_id))
+    if frame is None:
+        return None
+    for copy in sorted(frame.copies, key=lambda c: (not c.is_canonical, c.id)):
+        if copy.is_current and Path(copy.path).is_file():
+            return copy.path, frame.hdu_index
+    return None

@@ -25,7 +25,8 @@ _NIGHT_ROLES = ("raw", "light", "input")
 
 
 def list_reduction_problems(session: Session, *, status: str | None = None,
-                            night: dt.date | None = None) -> pd.DataFrame:
+                            night: dt.date | None = None,
+                            limit: int | None = None) -> pd.DataFrame:
     """Failed and rejected reductions that nothing has made good since, newest first.
 
     A failure or rejection is left out once a later reduction of the same step on the same
@@ -39,6 +40,8 @@ def list_reduction_problems(session: Session, *, status: str | None = None,
         Only the reductions of frames of this observing night: a raw frame, light or input
         frame of the night among their inputs (a master built from the night's calibrations,
         a light of the night calibrated, registered or stacked).
+    limit : int, optional
+        Only the newest ``limit`` rows (default all).
 
     Returns
     -------
@@ -65,6 +68,8 @@ def list_reduction_problems(session: Session, *, status: str | None = None,
         query = query.where(exists(
             select(of_night.frame_id).join(Frame, Frame.id == of_night.frame_id)
             .where(of_night.reduction_id == Reduction.id, of_night.role.in_(_NIGHT_ROLES), Frame.night == night)))
+    if limit is not None:
+        query = query.limit(limit)
     rows = session.execute(query).all()
     paths = canonical_paths(session, {r.frame_id for r in rows if r.frame_id is not None})
     import pandas as pd  # imported on use: a slow import
