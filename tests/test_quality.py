@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from archive.calib.quality import QualityRule, QualityRules, judge, load_quality_rules
 from archive.cli import main
-from archive.db.frames import FrameFilter
+from archive.db.frames import FrameFilter, frame_query
 from archive.db.models import Frame, FrameMeasurement, QualityFlag, Reduction
 from archive.db.session import open_catalogue, session_scope
 from archive.ingest import ingest_paths
@@ -254,4 +254,93 @@ def test_rejected_lights_are_left_out_of_the_stack_and_an_override_makes_it_stal
         newest_stack = session.scalars(select(Reduction).where(Reduction.step == "stack", Reduction.status == "done")
                                        .order_by(Reduction.id.desc())).first()
         assert set(newest_stack.parameters["rejected"]) == {str(i) for i in left_out} | {str(good)}
+    engine.dispose()
+
+
+# -- looking at it: the calibration trends report, frames by verdict (both backends) ---------------
+
+
+def test_calibration_trends_of_the_arcsat_masters_and_raw_calibrations(engine, arcsat_night, tmp_path):
+    """The real ARCSAT night: masters built, raw calibrations and masters measured; the named
+    query gives bias level and read noise, dark current beside the set-point, flat level per
+    filter, each equal to the stored measurement (checked against numpy on the files)."""
+    from archive.calib.masters import build_masters
+    from archive.reports import run_query
+
+    ingest_paths(engine, [arcsat_night])
+    summary = build_masters(engine, library=tmp_path / "library")
+    assert sorted(kind for kind, _, _ in summary.built) == ["bias", "dark", "flat"]
+    with session_scope(engine) as session:
+        ids = [i for kind in ("bias", "dark", "flat", "master_bias", "master_dark", "master_flat")
+               for i in frame_ids_matching(session, FrameFilter(image_type=kind))]
+    assert len(ids) == 18
+    measured = measure_frames(engine, ids)
+    assert measured.measured == 18 and not measured.failed
+    with session_scope(engine) as session:
+        trends = run_query(session, "calibration_trends")
+        masters = run_query(session, "calibration_trends", {"frames": "masters"})
+        darks = run_query(session, "calibration_trends", {"kind": "dark", "instrument": "dcam-spare",
+                                                           "since": "2025-06-01", "until": "2025-06-01"})
+        later = run_query(session, "calibration_trends", {"since": "2025-06-02"})
+    assert len(trends) == 18 and later.empty
+    assert list(trends["kind"]) == ["bias"] * 6 + ["dark"] * 6 + ["flat"] * 6  # by instrument, kind, ...
+    assert sorted(zip(masters["kind"], masters["master"])) == [("bias", 1), ("dark", 1), ("flat", 1)]
+    raw_bias = trends[(trends["kind"] == "bias") & (trends["master"] == 0)]
+    one = sorted(arcsat_night.glob("Bias_*.fits"))[0]
+    assert any(abs(level - np.median(fits.getdata(one))) < 2.0 for level in raw_bias["level_adu"])
+    assert all(5 < noise < 30 for noise in raw_bias["read_noise_adu"])
+    # darks: the raw darks against the master bias, the master dark built bias-subtracted
+    assert len(darks) == 6 and set(darks["set_temp_c"].round(1)) == {-25.0}
+    assert darks["dark_current_adu_s"].notna().all() and darks["level_adu"].isna().all()
+    master_dark = darks[darks["master"] == 1].iloc[0]
+    raw_dark = darks[darks["master"] == 0]
+    assert master_dark["dark_current_adu_s"] == pytest.approx(raw_dark["dark_current_adu_s"].median(), abs=0.05)
+    flats = trends[trends["kind"] == "flat"]
+    assert set(flats["filter_name"]) == {"z"} and flats["flat_snr"].notna().all()
+    assert flats[flats["master"] == 1]["level_adu"].iloc[0] == pytest.approx(1.0, abs=0.01)  # normalized
+    assert (flats[flats["master"] == 0]["level_adu"] > 1000).all()
+    with session_scope(engine) as session:  # each row is the stored measurement
+        stored = {m.frame_id: m for m in session.scalars(select(FrameMeasurement))}
+    for row in trends.itertuples():
+        assert row.read_noise_adu == stored[row.frame_id].read_noise_adu or np.isnan(row.read_noise_adu)
+
+
+def test_frames_by_verdict_agree_with_the_verdicts(db_url, tmp_path):
+    """Synthetic lights (the cloudy and defocused series above): `archive frames --rejected`
+    and FrameFilter(verdict=...) list the frames whose verdict (archive.reduce.quality.verdicts)
+    is rejected; an accept override wins over a reject flag, a reject override over none."""
+    from archive.reports import select_frames
+
+    _synthetic_series(tmp_path / "lights")
+    runner = CliRunner()
+    assert runner.invoke(main, ["--db", db_url, "ingest", "--measure", str(tmp_path / "lights")]).exit_code == 0
+
+    def listed(*flags):
+        result = runner.invoke(main, ["--db", db_url, "frames", "--type", "light", *flags, "--format", "json"])
+        assert result.exit_code == 0, result.output
+        return {row["id"] for row in json.loads(result.output)}
+
+    def oracle(engine):
+        with session_scope(engine) as session:
+            ids = frame_ids_matching(session, FrameFilter(image_type="light"))
+            states = verdicts(session, ids)
+        return ({i for i, s in states.items() if s["verdict"] == "rejected"},
+                {i for i, s in states.items() if s["verdict"] == "accepted"})
+
+    engine = open_catalogue(db_url)
+    rejected, accepted = oracle(engine)
+    assert len(rejected) == 3 and len(accepted) == 6
+    assert listed("--rejected") == rejected and listed("--accepted") == accepted and listed() == rejected | accepted
+    cloudy, good = min(rejected), min(accepted)
+    for verdict, frame in (("accept", cloudy), ("reject", good)):
+        assert runner.invoke(main, ["--db", db_url, "quality", verdict, str(frame), "--reason", "by hand"]).exit_code == 0
+    rejected, accepted = oracle(engine)
+    assert cloudy in accepted and good in rejected
+    assert listed("--rejected") == rejected and listed("--accepted") == accepted
+    with session_scope(engine) as session:  # the Python API: a FrameFilter field
+        frame = select_frames(session, FrameFilter(image_type="light", verdict="rejected"))
+        assert set(frame["id"]) == rejected
+        assert set(select_frames(session, FrameFilter(verdict="accepted", image_type="light"))["id"]) == accepted
+    with pytest.raises(ValueError, match="verdict"):  # checked when the filter becomes SQL
+        frame_query(FrameFilter(verdict="maybe"))
     engine.dispose()
