@@ -94,6 +94,29 @@ def test_measured_fwhm_agrees_with_pinpoint(engine, shared_data):
     assert again.measured == 0 and again.unchanged == 12  # once per frame and version
 
 
+def test_a_real_sparse_field_is_accepted(engine, arcsat_night, tmp_path):
+    """The real ARCSAT standard-star frame (43 Bet Com, 30 s in z, near the galactic pole): one
+    saturated 4th-magnitude star and 7-8 field stars, all real (the saturated one and hot
+    pixels left out). Default rules version 1 rejected it (enough_stars: 8 < 10); the count
+    was right and the limit wrong: a good frame is accepted."""
+    folder = tmp_path / "standard"
+    folder.mkdir()
+    shutil.copy2(next(arcsat_night.glob("43Bet Com_*.fits")), folder)
+    ingest_paths(engine, [folder])
+    with session_scope(engine) as session:
+        ids = frame_ids_matching(session, FrameFilter(image_type="light"))
+    assert len(ids) == 1
+    summary = measure_frames(engine, ids)
+    assert summary.measured == 1 and summary.rejected == 0
+    with session_scope(engine) as session:
+        m = session.scalars(select(FrameMeasurement)).one()
+        state = verdicts(session, ids)[ids[0]]
+    assert 6 <= m.n_stars <= 10 and m.fwhm_arcsec == pytest.approx(2.6, abs=0.5)
+    assert state["verdict"] == "accepted" and state["by"] == "rules" and state["flags"] == []
+    stars = np.array(m.stars)
+    assert (stars[:, 3] >= 1.0).all() and np.median(stars[:, 3]) == pytest.approx(m.fwhm_px, rel=0.2)
+
+
 def _synthetic_series(folder):
     """Synthetic (not real) lights of one target, filter and night: 6 good, a cloudy stretch
     of 2 (stars at 15 %, brighter sky) and 1 defocused (FWHM 9 px instead of 3)."""
@@ -235,6 +258,9 @@ def test_rejected_lights_are_left_out_of_the_stack_and_an_override_makes_it_stal
         names = {f.id: f.copies[0].path.rsplit("/", 1)[-1] for f in session.scalars(
             select(Frame).where(Frame.id.in_(left_out)))}
     assert sorted(names.values()) == sorted(p.name for p in cloudy)
+    with session_scope(engine) as session:  # the night's standard-star frame (a sparse field) is kept
+        standard = session.scalar(select(Frame.id).where(Frame.image_type == "light", Frame.target == "43Bet Com"))
+        assert verdicts(session, [standard])[standard]["verdict"] == "accepted"
     assert all("_vs_group" in reason for reason in left_out.values())
     assert _run(db_url, tmp_path, "stale", "--format", "json").output.strip() in ("[]", "")
     with session_scope(engine) as session:
