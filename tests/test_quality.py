@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from archive.calib.quality import QualityRule, QualityRules, judge, load_quality_rules
 from archive.cli import main
-from archive.db.frames import FrameFilter
+from archive.db.frames import FrameFilter, frame_query
 from archive.db.models import Frame, FrameMeasurement, QualityFlag, Reduction
 from archive.db.session import open_catalogue, session_scope
 from archive.ingest import ingest_paths
@@ -92,6 +92,29 @@ def test_measured_fwhm_agrees_with_pinpoint(engine, shared_data):
     assert np.median(ratios) == pytest.approx(1.0, abs=0.15), ratios
     again = measure_frames(engine, ids)
     assert again.measured == 0 and again.unchanged == 12  # once per frame and version
+
+
+def test_a_real_sparse_field_is_accepted(engine, arcsat_night, tmp_path):
+    """The real ARCSAT standard-star frame (43 Bet Com, 30 s in z, near the galactic pole): one
+    saturated 4th-magnitude star and 7-8 field stars, all real (the saturated one and hot
+    pixels left out). Default rules version 1 rejected it (enough_stars: 8 < 10); the count
+    was right and the limit wrong: a good frame is accepted."""
+    folder = tmp_path / "standard"
+    folder.mkdir()
+    shutil.copy2(next(arcsat_night.glob("43Bet Com_*.fits")), folder)
+    ingest_paths(engine, [folder])
+    with session_scope(engine) as session:
+        ids = frame_ids_matching(session, FrameFilter(image_type="light"))
+    assert len(ids) == 1
+    summary = measure_frames(engine, ids)
+    assert summary.measured == 1 and summary.rejected == 0
+    with session_scope(engine) as session:
+        m = session.scalars(select(FrameMeasurement)).one()
+        state = verdicts(session, ids)[ids[0]]
+    assert 6 <= m.n_stars <= 10 and m.fwhm_arcsec == pytest.approx(2.6, abs=0.5)
+    assert state["verdict"] == "accepted" and state["by"] == "rules" and state["flags"] == []
+    stars = np.array(m.stars)
+    assert (stars[:, 3] >= 1.0).all() and np.median(stars[:, 3]) == pytest.approx(m.fwhm_px, rel=0.2)
 
 
 def _synthetic_series(folder):
@@ -235,6 +258,9 @@ def test_rejected_lights_are_left_out_of_the_stack_and_an_override_makes_it_stal
         names = {f.id: f.copies[0].path.rsplit("/", 1)[-1] for f in session.scalars(
             select(Frame).where(Frame.id.in_(left_out)))}
     assert sorted(names.values()) == sorted(p.name for p in cloudy)
+    with session_scope(engine) as session:  # the night's standard-star frame (a sparse field) is kept
+        standard = session.scalar(select(Frame.id).where(Frame.image_type == "light", Frame.target == "43Bet Com"))
+        assert verdicts(session, [standard])[standard]["verdict"] == "accepted"
     assert all("_vs_group" in reason for reason in left_out.values())
     assert _run(db_url, tmp_path, "stale", "--format", "json").output.strip() in ("[]", "")
     with session_scope(engine) as session:
@@ -254,4 +280,93 @@ def test_rejected_lights_are_left_out_of_the_stack_and_an_override_makes_it_stal
         newest_stack = session.scalars(select(Reduction).where(Reduction.step == "stack", Reduction.status == "done")
                                        .order_by(Reduction.id.desc())).first()
         assert set(newest_stack.parameters["rejected"]) == {str(i) for i in left_out} | {str(good)}
+    engine.dispose()
+
+
+# -- looking at it: the calibration trends report, frames by verdict (both backends) ---------------
+
+
+def test_calibration_trends_of_the_arcsat_masters_and_raw_calibrations(engine, arcsat_night, tmp_path):
+    """The real ARCSAT night: masters built, raw calibrations and masters measured; the named
+    query gives bias level and read noise, dark current beside the set-point, flat level per
+    filter, each equal to the stored measurement (checked against numpy on the files)."""
+    from archive.calib.masters import build_masters
+    from archive.reports import run_query
+
+    ingest_paths(engine, [arcsat_night])
+    summary = build_masters(engine, library=tmp_path / "library")
+    assert sorted(kind for kind, _, _ in summary.built) == ["bias", "dark", "flat"]
+    with session_scope(engine) as session:
+        ids = [i for kind in ("bias", "dark", "flat", "master_bias", "master_dark", "master_flat")
+               for i in frame_ids_matching(session, FrameFilter(image_type=kind))]
+    assert len(ids) == 18
+    measured = measure_frames(engine, ids)
+    assert measured.measured == 18 and not measured.failed
+    with session_scope(engine) as session:
+        trends = run_query(session, "calibration_trends")
+        masters = run_query(session, "calibration_trends", {"frames": "masters"})
+        darks = run_query(session, "calibration_trends", {"kind": "dark", "instrument": "dcam-spare",
+                                                           "since": "2025-06-01", "until": "2025-06-01"})
+        later = run_query(session, "calibration_trends", {"since": "2025-06-02"})
+    assert len(trends) == 18 and later.empty
+    assert list(trends["kind"]) == ["bias"] * 6 + ["dark"] * 6 + ["flat"] * 6  # by instrument, kind, ...
+    assert sorted(zip(masters["kind"], masters["master"])) == [("bias", 1), ("dark", 1), ("flat", 1)]
+    raw_bias = trends[(trends["kind"] == "bias") & (trends["master"] == 0)]
+    one = sorted(arcsat_night.glob("Bias_*.fits"))[0]
+    assert any(abs(level - np.median(fits.getdata(one))) < 2.0 for level in raw_bias["level_adu"])
+    assert all(5 < noise < 30 for noise in raw_bias["read_noise_adu"])
+    # darks: the raw darks against the master bias, the master dark built bias-subtracted
+    assert len(darks) == 6 and set(darks["set_temp_c"].round(1)) == {-25.0}
+    assert darks["dark_current_adu_s"].notna().all() and darks["level_adu"].isna().all()
+    master_dark = darks[darks["master"] == 1].iloc[0]
+    raw_dark = darks[darks["master"] == 0]
+    assert master_dark["dark_current_adu_s"] == pytest.approx(raw_dark["dark_current_adu_s"].median(), abs=0.05)
+    flats = trends[trends["kind"] == "flat"]
+    assert set(flats["filter_name"]) == {"z"} and flats["flat_snr"].notna().all()
+    assert flats[flats["master"] == 1]["level_adu"].iloc[0] == pytest.approx(1.0, abs=0.01)  # normalized
+    assert (flats[flats["master"] == 0]["level_adu"] > 1000).all()
+    with session_scope(engine) as session:  # each row is the stored measurement
+        stored = {m.frame_id: m for m in session.scalars(select(FrameMeasurement))}
+    for row in trends.itertuples():
+        assert row.read_noise_adu == stored[row.frame_id].read_noise_adu or np.isnan(row.read_noise_adu)
+
+
+def test_frames_by_verdict_agree_with_the_verdicts(db_url, tmp_path):
+    """Synthetic lights (the cloudy and defocused series above): `archive frames --rejected`
+    and FrameFilter(verdict=...) list the frames whose verdict (archive.reduce.quality.verdicts)
+    is rejected; an accept override wins over a reject flag, a reject override over none."""
+    from archive.reports import select_frames
+
+    _synthetic_series(tmp_path / "lights")
+    runner = CliRunner()
+    assert runner.invoke(main, ["--db", db_url, "ingest", "--measure", str(tmp_path / "lights")]).exit_code == 0
+
+    def listed(*flags):
+        result = runner.invoke(main, ["--db", db_url, "frames", "--type", "light", *flags, "--format", "json"])
+        assert result.exit_code == 0, result.output
+        return {row["id"] for row in json.loads(result.output)}
+
+    def oracle(engine):
+        with session_scope(engine) as session:
+            ids = frame_ids_matching(session, FrameFilter(image_type="light"))
+            states = verdicts(session, ids)
+        return ({i for i, s in states.items() if s["verdict"] == "rejected"},
+                {i for i, s in states.items() if s["verdict"] == "accepted"})
+
+    engine = open_catalogue(db_url)
+    rejected, accepted = oracle(engine)
+    assert len(rejected) == 3 and len(accepted) == 6
+    assert listed("--rejected") == rejected and listed("--accepted") == accepted and listed() == rejected | accepted
+    cloudy, good = min(rejected), min(accepted)
+    for verdict, frame in (("accept", cloudy), ("reject", good)):
+        assert runner.invoke(main, ["--db", db_url, "quality", verdict, str(frame), "--reason", "by hand"]).exit_code == 0
+    rejected, accepted = oracle(engine)
+    assert cloudy in accepted and good in rejected
+    assert listed("--rejected") == rejected and listed("--accepted") == accepted
+    with session_scope(engine) as session:  # the Python API: a FrameFilter field
+        frame = select_frames(session, FrameFilter(image_type="light", verdict="rejected"))
+        assert set(frame["id"]) == rejected
+        assert set(select_frames(session, FrameFilter(verdict="accepted", image_type="light"))["id"]) == accepted
+    with pytest.raises(ValueError, match="verdict"):  # checked when the filter becomes SQL
+        frame_query(FrameFilter(verdict="maybe"))
     engine.dispose()

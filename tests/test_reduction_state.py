@@ -324,7 +324,7 @@ def test_a_night_keeps_outcomes_apart_from_parameters(db_url, tmp_path):
             assert all(r.group_key is None for r in reductions if r.step != "register")
             rejected = [r for r in registered if r.status == "rejected"]
             assert [r.failure_kind for r in rejected] == ["alignment"] and set(rejected[0].results) == {
-                "n_stars", "reference_stars", "fixed_pattern"}
+                "n_stars", "reference_stars", "fixed_pattern", "stars_from"}
             done = [r for r in registered if r.status == "done"]
             outputs = {r.id: session.scalars(select(Frame).where(Frame.reduction_id == r.id)).one() for r in done}
             paths = canonical_paths(session, [f.id for f in outputs.values()])

@@ -12,7 +12,12 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from archive.cli import main
-from archive.db.models import Reduction
+from archive.db.frames import canonical_paths
+from archive.db.models import Frame, FrameMeasurement, Reduction
+from archive.progress import NoProgress
+from archive.reduce.executor import SerialExecutor
+from archive.reduce.registration import _count_stars_all, _group_members, registration_parameters
+from archive.reduce.summary import ReduceSummary
 from archive.db.session import open_catalogue, session_scope
 from archive.reduce.align import AlignmentRejected, detect_stars, find_transform, fixed_pattern, without
 from tests.factories import nina_header, write_fits
@@ -170,3 +175,73 @@ def test_the_arcsat_night_registers_alike_with_and_without_darks(arcsat_twice):
     assert spread > 2  # the night drifts: a lock on fixed pattern would give 0 everywhere
     for a, b in zip(shifts["with"], shifts["without"]):
         assert abs(a[0] - b[0]) <= 1 and abs(a[1] - b[1]) <= 1, (a, b)
+
+
+def _faint_night(folder):
+    """SYNTHETIC: the drifting field with hot pixels (as :func:`_night`) through thin cloud all
+    night (20 % transparency: star peaks of 50-500 ADU over a noise of 10): about 20 stars per
+    frame above 5 sigma, and a dozen hot-pixel clusters."""
+    _night(folder, cloudy=())
+    for k in range(8):
+        image = _frame(4.1 * k, -2.7 * k, 100 + k, transparency=0.2)
+        write_fits(folder / f"m31_{k}.fits", nina_header("LIGHT", EXPTIME=60.0, EXPOSURE=60.0,
+                   **{"DATE-OBS": f"2026-11-20T22:{10 + k:02d}:00"}),
+                   data=np.clip(image, 0, 65535).astype(np.uint16))
+
+
+def _centre_error(result: dict, k: int, k_ref: int, centre: float = 128.0) -> float:
+    """Distance (px) between where a registration's transform puts the frame's centre and
+    where the known drift puts it on the reference."""
+    a, scale = np.radians(result["rotation_deg"]), result["scale"]
+    x = scale * (np.cos(a) * centre - np.sin(a) * centre) + result["dx"]
+    y = scale * (np.sin(a) * centre + np.cos(a) * centre) + result["dy"]
+    return float(np.hypot(x - (centre - 4.1 * (k - k_ref)), y - (centre + 2.7 * (k - k_ref))))
+
+
+def test_a_faint_sequence_is_detected_afresh_not_from_the_stored_star_lists(db_url, tmp_path):
+    """A faint SYNTHETIC sequence, measured (star lists stored) then registered: the stored
+    lists hold fewer than reuse_min_stars stars, so registration detects the whole group afresh
+    with its own filters and registers every frame with the true drift (checked at the frame's
+    centre). The stored lists (taken when reuse is forced, reuse_min_stars = 0) hold about
+    60 % of the real stars that fresh detection finds (counted against the known positions):
+    on a faint frame the measurement keeps only stars whose shapes it can measure."""
+    _faint_night(tmp_path / "imaging" / "2026-11-20")
+    config = tmp_path / "config.toml"
+    config.write_text(f'[masters]\nlibrary = "{tmp_path / "masters"}"\n')
+    args = ["--db", db_url, "night", "2026-11-20", "--root", str(tmp_path / "imaging"), "--output",
+            str(tmp_path / "out"), "--serial"]
+    result = CliRunner().invoke(main, args, env={"ARCHIVE_CONFIG": str(config)}, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "8 calibrated, 8 registered, 1 stacked, 0 failed" in result.output, result.output
+    engine = open_catalogue(db_url)
+    try:
+        with session_scope(engine) as session:
+            stored = [m.n_stars for m in session.scalars(select(FrameMeasurement).where(FrameMeasurement.kind == "light"))]
+            done = session.scalars(select(Reduction).where(Reduction.step == "register", Reduction.status == "done")).all()
+            inputs = {r.id: next(i.frame_id for i in r.inputs if i.role == "input") for r in done}
+            names = canonical_paths(session, inputs.values())
+            results = {int(names[inputs[r.id]].rsplit("m31_", 1)[-1].split("_")[0]): r.results for r in done}
+            lights = session.scalars(select(Frame).where(Frame.image_type == "light")).all()
+            members = next(iter(_group_members(session, lights, per_night=False).values()))
+            paths = canonical_paths(session, [cal.id for _, cal in members])
+        assert len(stored) == 8 and 10 <= min(stored) and max(stored) < 25  # measured, too few to reuse
+        k_ref = next(k for k, r in results.items() if r["dx"] == 0.0 and r["dy"] == 0.0)
+        for k, r in results.items():
+            assert r["stars_from"] == "detection" and r["fixed_pattern"] >= 8, r
+            assert _centre_error(r, k, k_ref) < 0.5, (k, r)
+        # the same group's star lists: the stored ones (reuse forced) hold about half the stars
+        real = {}
+        for minimum, reused in ((0, True), (25, False)):
+            parameters = registration_parameters({"reuse_min_stars": minimum})
+            _, found = _count_stars_all(engine, SerialExecutor(), members, paths, parameters, ReduceSummary(), "M 31",
+                                        NoProgress())
+            assert len(found) == 8 and all(bool(f.get("stored")) == reused for f in found.values())
+            for path, f in found.items():
+                k = int(path.rsplit("m31_", 1)[-1].split("_")[0])
+                distance = np.min(np.hypot(*(f["xy"][:, None, :] - (STARS + [4.1 * k, -2.7 * k])[None]).T), axis=0)
+                real[(k, reused)] = int(np.sum(distance < 1.0))  # within 1 px of a true star
+        assert all(real[(k, False)] >= 18 for k in range(8)), real  # of the 30 stars, some below 5 sigma
+        assert all(real[(k, True)] < real[(k, False)] for k in range(8)), real
+        assert sum(real[(k, True)] for k in range(8)) <= 0.7 * sum(real[(k, False)] for k in range(8)), real
+    finally:
+        engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -51,9 +52,13 @@ def frame_filters(func: Callable) -> Callable:
 
 @click.command()
 @frame_filters
+@click.option("--accepted", "verdict", flag_value="accepted",
+              help="Only frames the quality judgement accepts (see 'archive quality'; never measured counts as accepted).")
+@click.option("--rejected", "verdict", flag_value="rejected",
+              help="Only frames the quality judgement rejects: a reject flag and no accept override, or a reject override.")
 @output_format
 @pass_app
-def frames(app: AppContext, filters: FrameFilter, fmt: str) -> None:
+def frames(app: AppContext, filters: FrameFilter, verdict: str | None, fmt: str) -> None:
     """List frames, one row each, ordered by DATE-OBS.
 
     \b
@@ -63,7 +68,14 @@ def frames(app: AppContext, filters: FrameFilter, fmt: str) -> None:
       archive frames --type dark --min-exposure 300 --format json
       archive frames --cone 250.42 36.46 0.5 --type light
       archive frames --covers 192.72 41.12
+      archive frames --type light --rejected
     """
+    if verdict is not None:
+        from archive.calib.quality import load_quality_rules
+        from archive.reduce.measure import measurement_version
+
+        version = measurement_version(load_quality_rules(settings=app.settings).measure.get("version", "1"))
+        filters = dataclasses.replace(filters, verdict=verdict, measurement_version=version)
     with session_scope(app.engine) as session:
         emit(frame_rows(session, filters), fmt)
 

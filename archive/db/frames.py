@@ -1,7 +1,8 @@
 """Selecting frames: the usual filters as SQL, and the frames' files.
 
 :func:`frame_query` is the one place the usual filters (type, filter, night, target,
-instrument, time range, exposure range, folder, and the sky positions: cone and covers) become SQL; the CLI, the reports and the
+instrument, time range, exposure range, folder, the sky positions: cone and covers, and the quality
+verdict) become SQL; the CLI, the reports and the
 later steps (masters, reduction, copyback, projects) build on it. :func:`target_key` is the
 one folding of target names, used to store them (ingest) and to look them up.
 """
@@ -19,7 +20,7 @@ from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from archive.db.bulk import chunked
-from archive.db.models import Copy, Frame, Instrument
+from archive.db.models import Copy, Frame, FrameMeasurement, Instrument, QualityFlag, QualityOverride
 from archive.db.targets import resolve_target
 
 _NOT_KEY = re.compile(r"[^a-z0-9]+")
@@ -69,6 +70,14 @@ class FrameFilter:
     covers : (ra_deg, dec_deg)
         Only frames whose footprint contains the position (deg),
         :func:`archive.db.sky.covers_condition`.
+    verdict : {'accepted', 'rejected'}
+        Only frames of this quality verdict (:func:`verdict_condition`): rejected is the
+        latest override of the frame saying reject, or no override and a stored flag with
+        action ``reject`` on its measurement; accepted is every other frame (a frame never
+        measured is accepted).
+    measurement_version : str
+        With ``verdict``: only flags of measurements of this version count (the current
+        version, :func:`archive.reduce.measure.measurement_version`); default any version.
     """
 
     image_type: str | None = None
@@ -84,6 +93,40 @@ class FrameFilter:
     folder: str | Path | None = None
     cone: tuple[float, float, float] | None = None
     covers: tuple[float, float] | None = None
+    verdict: str | None = None
+    measurement_version: str | None = None
+
+
+#: The verdicts :attr:`FrameFilter.verdict` takes.
+VERDICTS = ("accepted", "rejected")
+
+
+def verdict_condition(verdict: str, measurement_version: str | None = None):
+    """A condition on ``frames``: the frame's quality verdict is ``verdict``.
+
+    The verdict as :func:`archive.reduce.quality.verdicts` gives it from the stored rows: the
+    latest override of the frame (``quality_overrides``, the highest id) wins; without one a
+    flag with action ``reject`` (``quality_flags``) on a measurement of the frame (of
+    ``measurement_version`` when given) rejects it. The flags are those of the frame's last
+    judgement (``archive measure`` judges again after a change of the rules).
+
+    Raises
+    ------
+    ValueError
+        ``verdict`` is not accepted or rejected.
+    """
+    if verdict not in VERDICTS:
+        raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}, not {verdict!r}")
+    override = (select(QualityOverride.verdict).where(QualityOverride.frame_id == Frame.id)
+                .order_by(QualityOverride.id.desc()).limit(1).scalar_subquery())
+    flagged = select(QualityFlag.id).join(FrameMeasurement, FrameMeasurement.id == QualityFlag.measurement_id).where(
+        QualityFlag.frame_id == Frame.id, QualityFlag.action == "reject")
+    if measurement_version is not None:
+        flagged = flagged.where(FrameMeasurement.version == measurement_version)
+    flagged = flagged.exists()
+    if verdict == "rejected":
+        return or_(override == "reject", and_(override.is_(None), flagged))
+    return or_(override == "accept", and_(override.is_(None), ~flagged))
 
 
 def target_condition(name: str):
@@ -135,6 +178,8 @@ def frame_query(filters: FrameFilter | None = None, *columns) -> Select:
             conditions.append(cone_condition(*f.cone))
         if f.covers is not None:
             conditions.append(covers_condition(*f.covers))
+    if f.verdict is not None:
+        conditions.append(verdict_condition(f.verdict, f.measurement_version))
     return query.where(and_(*conditions)) if conditions else query
 
 

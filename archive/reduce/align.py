@@ -48,6 +48,9 @@ def detect_stars(data: np.ndarray, detect_sigma: float = 5.0, max_sources: int |
                  min_fwhm_px: float = 0.0, min_pixels: int = 0) -> np.ndarray:
     """Positions of the brightest sources, shape (n, 2), columns x, y (pixels), brightest first.
 
+    Non-finite pixels (NaN, inf) are masked: they count neither in SEP's background map nor
+    in a source.
+
     Not stars, left out: sources with fewer than ``min_pixels`` pixels above the threshold in
     the unsmoothed image (SEP's ``tnpix``: a hot pixel or a cosmic-ray hit has one or two,
     however SEP's matching filter spreads it), and sources whose FWHM (2.355 sqrt((a^2 + b^2) /
@@ -56,12 +59,14 @@ def detect_stars(data: np.ndarray, detect_sigma: float = 5.0, max_sources: int |
     import sep
 
     image = np.array(data, dtype=np.float32, order="C")  # a copy: the background is subtracted in place
-    image[np.isnan(image)] = 0.0
-    background = sep.Background(image)
+    bad = ~np.isfinite(image)  # masked: neither background nor sources (a registered frame's border)
+    mask = bad if bad.any() else None
+    image[bad] = 0.0
+    background = sep.Background(image, mask=mask)
     background.subfrom(image)
     sep.set_extract_pixstack(max(300000, image.size))
     try:
-        sources = sep.extract(image, detect_sigma, err=background.globalrms, minarea=5)
+        sources = sep.extract(image, detect_sigma, err=background.globalrms, minarea=5, mask=mask)
     except Exception as exc:  # noqa: BLE001 - sep raises plain Exception on buffer overflow
         log.warning("source extraction failed: %s", exc)
         return np.empty((0, 2))

@@ -77,7 +77,7 @@ log = logging.getLogger(__name__)
 
 #: Bumped when the measurement code changes; with ``[measure] version`` of the quality rules
 #: it makes the measurement version (:func:`measurement_version`).
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: statistics on 65,536 pixels (was 250,000); WCS from its cards only
 #: Brightest detections whose shapes are measured (the rest are not counted as stars).
 MOMENT_STARS = 5000
 
@@ -125,10 +125,11 @@ class MeasureJob:
     parameters: dict = field(default_factory=dict)
 
 
-def clipped_stats(data: np.ndarray, sample: int = 250_000) -> tuple[float, float]:
+def clipped_stats(data: np.ndarray, sample: int = 65_536) -> tuple[float, float]:
     """Sigma-clipped median and standard deviation (3 sigma, 5 iterations) of the finite
     pixels (``astropy.stats.sigma_clipped_stats``); on a regular sub-sample of at most
-    ``sample`` pixels for speed."""
+    ``sample`` pixels for speed (the median's standard error on 65,536 pixels is 0.5 % of
+    the standard deviation: 1.2533 sigma / sqrt(n))."""
     from astropy.stats import sigma_clipped_stats
 
     flat = data.ravel()
@@ -159,9 +160,13 @@ def plate_scale(header, parameters: dict) -> float | None:
 
         import warnings
 
+        from astropy.io.fits import Header
+
+        from archive.fitsio import WCS_KEYWORD
+
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            wcs = WCS(header, naxis=2)
+            warnings.simplefilter("ignore")  # the WCS cards only: the rest of a header costs time, not scale
+            wcs = WCS(Header([card for card in header.cards if WCS_KEYWORD.match(card.keyword)]), naxis=2)
         if wcs.has_celestial:
             scales = proj_plane_pixel_scales(wcs.celestial) * 3600.0
             if np.all(np.isfinite(scales)) and np.all(scales > 0):

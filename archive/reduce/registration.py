@@ -204,6 +204,7 @@ def registration_parameters(register: dict[str, Any]) -> dict[str, Any]:
         "min_matches": int(register.get("min_matches", 6)),
         "max_residual_px": float(register.get("max_residual_px", 1.0)),
         "retry_sigma": float(register.get("retry_sigma", max(detect_sigma / 2, 2.0))),
+        "reuse_min_stars": int(register.get("reuse_min_stars", 25)),
     }
 
 
@@ -211,15 +212,31 @@ def _count_stars_all(
     engine: Engine, executor: Executor, members: list[tuple[Frame, Frame]], paths: dict[int, str], parameters: dict[str, Any],
     summary: ReduceSummary, name: str, progress: Progress,
 ) -> tuple[list[tuple[Frame, Frame]], dict[str, dict]]:
-    """Detect stars in every member's calibrated frame, or reuse the star list its measurement
-    kept (:func:`archive.reduce.quality.stored_stars`, same detection threshold); a frame that
-    cannot be read is recorded as a failure and left out. Returns the members kept (in order) and the results by path."""
+    """Detect stars in every member's calibrated frame, or reuse the star lists their
+    measurements kept (:func:`archive.reduce.quality.stored_stars`, same detection threshold);
+    a frame that cannot be read is recorded as a failure and left out. Returns the members
+    kept (in order) and the results by path.
+
+    The stored lists are reused only when every member has one of at least
+    ``reuse_min_stars`` stars. A measurement's list is made for shapes, not for matching: it
+    has no floor on the pixels above the threshold and its members are not checked against
+    the sequence's fixed pattern (:func:`archive.reduce.align.detect_stars`), so on a faint
+    frame, where a few hot-pixel clusters weigh as much as the stars, it misleads the match.
+    Below that count the whole group is detected afresh, with registration's own filters and
+    the frame's non-finite pixels masked, so that every frame's count (the reference rule)
+    and the fixed-pattern check come from one detection."""
     futures: dict[Future, tuple[Frame, Frame]] = {}
     kept: list[tuple[Frame, Frame]] = []
     from archive.reduce.quality import stored_stars  # the star lists 'archive measure' kept
 
     with session_scope(engine) as session:
         measured = stored_stars(session, [cal.id for _, cal in members], parameters["detect_sigma"])
+    on_disk = [cal.id for _, cal in members if cal.id in paths]
+    fewest = min((measured[c]["n_stars"] if c in measured else -1 for c in on_disk), default=-1)
+    if measured and fewest < parameters["reuse_min_stars"]:
+        log.info("%s: stored star lists too short or missing (fewest %d, reused from %d), detecting afresh",
+                 name, fewest, parameters["reuse_min_stars"])
+        measured = {}
     for light, cal in members:
         path = paths.get(cal.id)
         if path is None:
@@ -227,7 +244,8 @@ def _count_stars_all(
             continue
         if cal.id in measured:  # the stars its measurement found: not detected again
             future: Future = Future()
-            future.set_result({"path": path, "n_stars": measured[cal.id]["n_stars"], "xy": measured[cal.id]["xy"]})
+            future.set_result({"path": path, "n_stars": measured[cal.id]["n_stars"], "xy": measured[cal.id]["xy"],
+                               "stored": True})
             futures[future] = (light, cal)
             continue
         futures[executor.submit(count_stars, path, parameters["detect_sigma"], parameters["max_control_points"],
@@ -288,7 +306,8 @@ def _register_group(
     for light, cal in members:
         path = paths[cal.id]
         found = {"n_stars": stars[path]["n_stars"], "reference_stars": stars[reference_path]["n_stars"],
-                 "fixed_pattern": stars[path]["fixed_pattern"]}
+                 "fixed_pattern": stars[path]["fixed_pattern"],
+                 "stars_from": "measurement" if stars[path].get("stored") else "detection"}
         fp = fingerprint("register", [(cal.sha256, "input"), (reference.sha256, "reference")], parameters, None)
         try:
             output = output_path(config, "registered", light, instruments, fp, stem=fits_stem(paths.get(light.id, path)))
