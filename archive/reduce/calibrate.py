@@ -249,8 +249,8 @@ def calibrate_light_file(job: CalibrationJob) -> dict:
         data = demosaic(data, pattern, job.demosaic)
         for key in kw.MOSAIC:
             out.remove(key, ignore_missing=True, remove_all=True)
-        out[kw.DEMOSAIC] = (job.demosaic, "demosaiced after calibration (colour-demosaicing)")
-        out[kw.MOSAIC_PATTERN] = (pattern, "Bayer pattern of the calibrated mosaic; planes R, G, B")
+        out[kw.DEMOSAIC] = (job.demosaic, "demosaicing method after calibration")
+        out[kw.MOSAIC_PATTERN] = (pattern, "Bayer pattern demosaiced; planes R, G, B")
     out[kw.STEPS] = (",".join(steps) or "uncalibrated", "calibration steps in order")
     for key, value in job.header.items():
         out[key] = value
