@@ -139,10 +139,11 @@ def test_preview_of_a_cube_is_rgb(tmp_path):
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def seestar(request, tmp_path_factory):
-    """The Seestar set (two nights, two units, 17 lights, no calibrations) ingested and reduced
-    once per backend: `archive ingest` then `archive reduce --previews`."""
+    """The Seestar set (two nights, two units, 17 lights, no calibrations) run once per backend
+    through `archive night` (ingest, masters, calibration, measurement and judgement,
+    registration, stack, previews)."""
     base = tmp_path_factory.mktemp(f"seestar_{request.param}")
-    data = base / "data"
+    data = base / "imaging" / "m94"
     shutil.copytree(SEESTAR, data)
     admin = None
     if request.param == "sqlite":
@@ -154,12 +155,12 @@ def seestar(request, tmp_path_factory):
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
         url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    runner = CliRunner()
-    ingested = runner.invoke(main, ["-q", "--db", url, "ingest", str(data)], catch_exceptions=False)
-    reduced = runner.invoke(main, ["-q", "--db", url, "reduce", "--output", str(base / "out"), "--previews",
-                                   "--serial"], catch_exceptions=False)
+    env = {"ARCHIVE_CONFIG": str(base / "config.toml")}
+    (base / "config.toml").write_text(f'[masters]\nlibrary = "{base / "masters"}"\n')
+    night = CliRunner().invoke(main, ["-q", "--db", url, "night", "m94", "--root", str(base / "imaging"), "--output",
+                                      str(base / "out"), "--previews", "--serial"], env=env, catch_exceptions=False)
     engine = open_catalogue(url)
-    yield {"data": data, "out": base / "out", "engine": engine, "ingested": ingested, "reduced": reduced}
+    yield {"data": data, "out": base / "out", "engine": engine, "night": night}
     engine.dispose()
     if admin is not None:
         with admin.connect() as conn:
@@ -192,8 +193,8 @@ def test_seestar_bayer_column_matches_the_raw_headers(seestar):
 
 
 def test_seestar_gives_one_colour_stack_from_both_nights(seestar):
-    assert seestar["ingested"].exit_code == 0, seestar["ingested"].output
-    assert seestar["reduced"].exit_code == 0, seestar["reduced"].output
+    assert seestar["night"].exit_code == 0, seestar["night"].output
+    assert "rejected" not in seestar["night"].output  # the Seestar's own FWHM limit (configs/quality)
     stacks = sorted((seestar["out"] / "stacks").rglob("*.fits"))
     assert len(stacks) == 1
     with fits.open(stacks[0]) as hdul:
@@ -236,3 +237,18 @@ def test_seestar_stack_stars_are_aligned(seestar):
     assert n >= 20
     assert fwhm <= 1.2 * single_fwhm, (fwhm, single_fwhm)
     assert eccentricity <= single_ecc + 0.1, (eccentricity, single_ecc)
+
+
+def test_an_instrument_has_its_own_limits_of_a_rule():
+    """configs/quality [instruments."NAME".limits]: the Seestar's stars may be wider than 5"."""
+    from archive.calib.quality import judge, load_quality_rules, parse_rules
+    from archive.errors import ConfigError
+
+    rules = load_quality_rules()
+    frames = [(1, "light", "g", {"fwhm_arcsec": 6.5})]
+    assert [f.rule for f in judge(rules, frames)] == ["fwhm_absolute"]
+    assert judge(rules.for_instrument("Seestar S50"), frames) == []
+    assert [f.limit for f in judge(rules.for_instrument("Seestar S50"), [(1, "light", "g", {"fwhm_arcsec": 11.0})])] == [10.0]
+    assert rules.for_instrument("another camera") is rules
+    with pytest.raises(ConfigError, match="no rule 'nonsense'"):
+        parse_rules({"rule": [], "instruments": {"X": {"limits": {"nonsense": {"max": 1}}}}})
