@@ -49,6 +49,12 @@ OVERSCAN: str = _K["calibrate"]["overscan"]
 TRIM: str = _K["calibrate"]["trim"]
 RAW_SECTIONS: tuple[str, ...] = tuple(_K["calibrate"]["raw_sections"])
 
+#: Colour: the demosaicing method, the mosaic's pattern, and the mosaic keywords a demosaiced
+#: product drops.
+DEMOSAIC: str = _K["colour"]["demosaic"]
+MOSAIC_PATTERN: str = _K["colour"]["mosaic_pattern"]
+MOSAIC: tuple[str, ...] = tuple(_K["colour"]["mosaic"])
+
 #: Registration.
 REFERENCE: str = _K["register"]["reference"]
 SHIFT_X: str = _K["register"]["shift_x"]

@@ -261,7 +261,7 @@ def test_bad_flags_validity_and_recorded_decisions(synthetic):
             set_validity(session, third.master_id, frame.date_obs, frame.date_obs)
     with session_scope(engine) as session:
         stored = session.scalars(select(CalibrationSelection).where(CalibrationSelection.frame_id == light)).one()
-        assert stored.master_id == third.master_id and stored.rule_version == "default:1"
+        assert stored.master_id == third.master_id and stored.rule_version == "default:2"
         reasons = {c["master_id"]: c["rejected_by"] for c in stored.candidates}
         assert reasons[first.master_id] == "is_bad" and reasons[second.master_id] == "validity"
 
@@ -569,3 +569,34 @@ def test_configured_rules_are_the_default_of_every_step(tmp_path, monkeypatch):
     monkeypatch.setenv("ARCHIVE_CONFIG", str(config))
     assert default_rulebook().for_instrument(None).version.startswith("observatory:")
     assert rules_for(None, None).version.startswith("observatory:")
+
+
+def test_masters_are_grouped_and_selected_by_bayer_pattern(synthetic, tmp_path):
+    """SYNTHETIC: a one-shot colour camera's biases (BAYERPAT 'RGGB') make a master of their
+    own, and masters are chosen on the Bayer pattern: a colour light takes the colour master,
+    a mono light the mono one (though the colour one is nearer in time), a light read out one
+    column on (XBAYROFF = 1: GRBG) none; the set-based and one-by-one paths agree."""
+    engine, root, _ = synthetic
+    day = BASE + dt.timedelta(days=7, hours=4)
+    for i in range(3):
+        _write(root, f"osc/bias_{i}.fits", "BIAS", day + dt.timedelta(minutes=i), exposure=0.0, seed=900 + i,
+               BAYERPAT="RGGB")
+    ingest_paths(engine, [root / "osc"])
+    summary = build_masters(engine, library=tmp_path / "library")
+    assert [k for k, _, _ in summary.built] == ["bias"]
+    when = day + dt.timedelta(hours=1)
+    colour = _light(engine, root, "colour", when, exposure=60.0, BAYERPAT="RGGB")
+    shifted = _light(engine, root, "shifted", when, exposure=60.0, BAYERPAT="RGGB", XBAYROFF=1)
+    mono = _light(engine, root, "mono", when, exposure=60.0)
+    with session_scope(engine) as session:
+        frames = {fid: session.get(Frame, fid) for fid in (colour, shifted, mono)}
+        assert [frames[f].bayer_pattern for f in (colour, shifted, mono)] == ["RGGB", "GRBG", None]
+        chosen = {fid: explain_selection(session, frame, "bias") for fid, frame in frames.items()}
+        assert session.get(Frame, chosen[colour].master_id).bayer_pattern == "RGGB"
+        mono_master = session.get(Frame, chosen[mono].master_id)
+        assert mono_master.bayer_pattern is None and abs(mono_master.date_obs - day) > dt.timedelta(hours=3)
+        assert not chosen[shifted].found
+        assert "'exact:bayer_pattern' removed the last" in chosen[shifted].explanation
+        bulk = select_masters(session, list(frames))
+        for fid in frames:
+            assert bulk[(fid, "bias")].master_id == chosen[fid].master_id

@@ -162,6 +162,7 @@ def test_scaled_dark_in_the_pipeline(db_url, tmp_path):
 
 def test_stale_after_a_rule_change_and_a_better_master(db_url, tmp_path):
     """A new rules version makes every calibrated frame stale; so does a nearer master bias."""
+    import re
     import shutil
 
     from archive.calib.rules import RuleBook
@@ -178,7 +179,10 @@ def test_stale_after_a_rule_change_and_a_better_master(db_url, tmp_path):
     rules = tmp_path / "matching"
     shutil.copytree(resource_dir("configs") / "matching", rules)
     default = rules / "default.toml"
-    default.write_text(default.read_text().replace('version = "1"', 'version = "2"', 1))
+    text = default.read_text()
+    changed = re.sub(r'^version = "([^"]*)"', r'version = "\1-changed"', text, count=1, flags=re.M)
+    assert changed != text
+    default.write_text(changed)
     engine = open_catalogue(db_url)
     try:
         with session_scope(engine) as session:

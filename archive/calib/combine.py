@@ -131,14 +131,19 @@ class RowReader:
     ----------
     path : str
     hdu_index : int
+    plane : int, optional
+        For a cube of shape (planes, ny, nx) (NAXIS3, e.g. the three colour planes of a
+        demosaiced frame): the plane read, its rows as those of a 2-D image. None: the HDU
+        must be a 2-D image.
 
     Raises
     ------
     MasterBuildError
-        The file cannot be read, the HDU is not a 2-D image, or its data are truncated.
+        The file cannot be read, the HDU is not a 2-D image (or, with ``plane``, not a cube
+        holding that plane), or its data are truncated.
     """
 
-    def __init__(self, path: str, hdu_index: int = 0):
+    def __init__(self, path: str, hdu_index: int = 0, plane: int | None = None):
         self.path = path
         self._fd: int | None = None
         self._hdul = None
@@ -149,7 +154,13 @@ class RowReader:
         except (OSError, IndexError, ValueError) as exc:
             raise MasterBuildError(f"{path}: cannot read the image: {exc}") from exc
         shape = tuple(hdu.shape or ()) if hasattr(hdu, "shape") else ()
-        if len(shape) != 2:
+        plane_offset = 0
+        if plane is not None:
+            if len(shape) != 3 or not 0 <= plane < shape[0] or isinstance(hdu, fits.CompImageHDU):
+                hdul.close()
+                raise MasterBuildError(f"{path}: no plane {plane} (image of shape {shape})")
+            plane_offset, shape = plane, shape[1:]
+        elif len(shape) != 2:
             hdul.close()
             raise MasterBuildError(f"{path}: not a 2-D image")
         if isinstance(hdu, fits.CompImageHDU):
@@ -167,9 +178,9 @@ class RowReader:
         except KeyError as exc:
             hdul.close()
             raise MasterBuildError(f"{path}: unsupported BITPIX {header.get('BITPIX')}") from exc
-        self._offset = int(hdu.fileinfo()["datLoc"])
-        hdul.close()
         self._row_bytes = self.shape[1] * self._dtype.itemsize
+        self._offset = int(hdu.fileinfo()["datLoc"]) + plane_offset * self.shape[0] * self._row_bytes
+        hdul.close()
         try:
             self._fd = os.open(path, os.O_RDONLY)
             size = os.fstat(self._fd).st_size
@@ -410,6 +421,7 @@ def combine_files(
     maxiters: int = 5,
     rows: tuple[int, int] | None = None,
     workers: int = 0,
+    plane: int | None = None,
 ) -> np.ndarray:
     """Combine images pixel by pixel, in blocks of rows that fit ``memory_limit_mb``.
 
@@ -441,6 +453,9 @@ def combine_files(
     workers : int
         Threads combining blocks at once (0: one per core, at most 8); the memory limit is
         shared between them.
+    plane : int, optional
+        Inputs are cubes of shape (planes, ny, nx) (a colour stack's red, green and blue):
+        combine this plane of each (:class:`RowReader`). Default: 2-D inputs.
 
     Returns
     -------
@@ -449,7 +464,8 @@ def combine_files(
     Raises
     ------
     MasterBuildError
-        An input cannot be read, is not 2-D, or its shape differs from the first one's.
+        An input cannot be read, is not 2-D (or has no plane ``plane``), or its shape differs
+        from the first one's.
     ValueError
         No input, an unknown method, weights refused (:func:`combine_values`), or rows
         outside the image.
@@ -460,7 +476,7 @@ def combine_files(
     readers = []
     try:
         for i, path in enumerate(paths):
-            readers.append(RowReader(path, hdu_indexes[i] if hdu_indexes else 0))
+            readers.append(RowReader(path, hdu_indexes[i] if hdu_indexes else 0, plane))
         shape = readers[0].shape
         for reader in readers:
             if reader.shape != shape:

@@ -15,7 +15,7 @@ import functools
 import math
 from collections import defaultdict
 from collections.abc import Hashable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,12 +80,28 @@ class QualityRules:
     rules : tuple of QualityRule
     gains : dict of str to float
         Instrument name -> gain (e-/ADU) from ``[instruments."NAME"] gain_e_per_adu``.
+    limits : dict of str to dict
+        Instrument name -> rule name -> ``{'min': float, 'max': float}`` (either or both) from
+        ``[instruments."NAME".limits]``: an instrument's own absolute limits of a rule (a
+        small smart telescope's stars are wider than a 5" rule allows). See
+        :meth:`for_instrument`.
     """
 
     version: str
     measure: dict[str, Any] = field(default_factory=dict)
     rules: tuple[QualityRule, ...] = ()
     gains: dict[str, float] = field(default_factory=dict)
+    limits: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+
+    def for_instrument(self, name: str | None) -> QualityRules:
+        """The rules judging frames of the instrument ``name``: each rule with the
+        instrument's own ``min``/``max`` where ``[instruments."NAME".limits]`` gives them
+        (the version is the file's: a change of the limits is a change of the file)."""
+        own = self.limits.get(name or "")
+        if not own:
+            return self
+        rules = tuple(replace(rule, **own[rule.name]) if rule.name in own else rule for rule in self.rules)
+        return replace(self, rules=rules)
 
 
 @dataclass(frozen=True)
@@ -134,8 +150,19 @@ def parse_rules(raw: Mapping[str, Any]) -> QualityRules:
         measure.setdefault("version", "1")
         gains = {name: float(v["gain_e_per_adu"]) for name, v in raw.get("instruments", {}).items()
                  if "gain_e_per_adu" in v}
+        names = {rule.name for rule in rules}
+        limits: dict[str, dict[str, dict[str, float]]] = {}
+        for instrument, table in raw.get("instruments", {}).items():
+            for rule_name, bounds in table.get("limits", {}).items():
+                if rule_name not in names:
+                    raise ConfigError(f"quality [instruments.{instrument!r}.limits]: no rule {rule_name!r}")
+                unknown = set(bounds) - {"min", "max"}
+                if unknown:
+                    raise ConfigError(f"quality [instruments.{instrument!r}.limits] {rule_name}: only min and max, "
+                                      f"not {sorted(unknown)}")
+                limits.setdefault(instrument, {})[rule_name] = {k: float(v) for k, v in bounds.items()}
         return QualityRules(version=f"{raw.get('name', 'default')}:{raw.get('version', '1')}", measure=measure,
-                            rules=tuple(rules), gains=gains)
+                            rules=tuple(rules), gains=gains, limits=limits)
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"invalid quality rules: {exc}") from exc
 

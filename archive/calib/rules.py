@@ -24,10 +24,10 @@ from archive.resources import resource_dir
 #: ``instrument`` is compared through ``frames.instrument_id``).
 MATCH_COLUMNS = (
     "instrument", "binning_x", "binning_y", "naxis1", "naxis2", "gain", "offset", "readout_mode",
-    "filter_name", "telescope", "set_temp_c", "ccd_temp_c", "exposure_time_s",
+    "filter_name", "telescope", "set_temp_c", "ccd_temp_c", "exposure_time_s", "bayer_pattern",
 )
 #: The text columns among them (compared for equality only, never within a tolerance).
-TEXT_COLUMNS = ("readout_mode", "filter_name", "telescope")
+TEXT_COLUMNS = ("readout_mode", "filter_name", "telescope", "bayer_pattern")
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ _NULL_TEXT = "\x01(null)"
 _TEXT_COLUMNS = set(TEXT_COLUMNS)
 _FRAME_COLUMNS = ("id", "instrument_id", "date_obs", "date_obs_s", "exposure_time_s", "binning_x", "binning_y",
                   "naxis1", "naxis2", "gain", "offset", "readout_mode", "filter_name", "telescope", "set_temp_c",
-                  "ccd_temp_c")
+                  "ccd_temp_c", "bayer_pattern")
 
 
 def _key_table(name: str, keys: Sequence[str], tolerance: Sequence[str], *extra):

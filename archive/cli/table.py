@@ -92,7 +92,7 @@ COLUMNS: dict[str, Column] = {
     "target": _c("target", "text", 1), "filter_name": _c("filter", "text", 1), "filter": _c("filter", "text", 1),
     "name": _c("name", "text", 1), "instrument": _c("instrument", "text", 1.5), "telescope": _c("telescope", "text"),
     "method": _c("method", "text", 1), "severity": _c("severity", "text", 1), "origin": _c("origin", "text", 2),
-    "readout_mode": _c("readout", "text"), "rule_version": _c("rules", "text"),
+    "readout_mode": _c("readout", "text"), "bayer_pattern": _c("bayer", "text"), "rule_version": _c("rules", "text"),
     "combine_method": _c("combine", "text"),
     # measured
     "exposure_time_s": _c("exp [s]", "real", 1, decimals=3),

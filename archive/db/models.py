@@ -96,6 +96,10 @@ class Frame(Base):
     gain: Mapped[float | None] = mapped_column(Float)
     offset: Mapped[float | None] = mapped_column(Float)
     readout_mode: Mapped[str | None] = mapped_column(String(100))
+    #: The colour filter array of a one-shot colour camera at the first pixel stored (numpy's
+    #: ``data[0, 0]``): RGGB, BGGR, GRBG or GBRG, offsets applied; NULL for a monochrome frame
+    #: (and for a demosaiced product).
+    bayer_pattern: Mapped[str | None] = mapped_column(String(4))
     instrument_id: Mapped[int | None] = mapped_column(ForeignKey("instruments.id"), index=True)
     telescope: Mapped[str | None] = mapped_column(String(200))
     target: Mapped[str | None] = mapped_column(String(200))

@@ -64,6 +64,47 @@ class PropertyRule:
     range: tuple[float, float] | None = None
 
 
+#: The four Bayer patterns, read along the first two rows of the 2x2 cell at ``data[0, 0]``.
+BAYER_PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
+
+
+@dataclass(frozen=True)
+class BayerRule:
+    """How the Bayer pattern is read (``[bayer]`` of a dialect): pattern keywords in order,
+    folded spelling -> pattern, values meaning "no mosaic", and the offset keywords."""
+
+    keywords: tuple[str, ...] = ()
+    values: Mapping[str, str] = field(default_factory=dict)
+    ignore: frozenset[str] = frozenset()
+    x_offset: tuple[str, ...] = ()
+    y_offset: tuple[str, ...] = ()
+
+
+def shift_pattern(pattern: str, x_offset: int, y_offset: int) -> str:
+    """The Bayer pattern seen from a pixel ``x_offset`` columns and ``y_offset`` rows further.
+
+    Parameters
+    ----------
+    pattern : str
+        One of :data:`BAYER_PATTERNS` (the 2x2 cell row by row: ``pattern[0:2]`` is the first
+        row).
+    x_offset, y_offset : int
+        Offsets in pixels (XBAYROFF, YBAYROFF); only their parity matters.
+
+    Returns
+    -------
+    str
+        The shifted pattern: ``shift_pattern('RGGB', 1, 0) == 'GRBG'``,
+        ``shift_pattern('RGGB', 0, 1) == 'GBRG'``, ``shift_pattern('RGGB', 1, 1) == 'BGGR'``.
+    """
+    rows = [pattern[0:2], pattern[2:4]]
+    if y_offset % 2:
+        rows.reverse()
+    if x_offset % 2:
+        rows = [r[::-1] for r in rows]
+    return "".join(rows)
+
+
 @dataclass(frozen=True)
 class Dialect:
     """One dialect file, merged over the default (its keywords tried first)."""
@@ -78,6 +119,7 @@ class Dialect:
     type_words: dict[str, str]  # word -> normalized type, in precedence order
     generic_types: frozenset[str]
     zero_exposure_dark_is_bias: bool
+    bayer: BayerRule = BayerRule()
 
     @property
     def label(self) -> str:
@@ -146,6 +188,7 @@ def _merge_dialect(default: dict[str, Any], specific: dict[str, Any] | None) -> 
         for kind, names in source.get("words", {}).items():
             for w in names:
                 words.setdefault(w.lower(), kind)
+    bayer = _bayer_rule(default.get("bayer", {}), specific.get("bayer", {}))
     time = dict(default.get("time", {}))
     for key, value in specific.get("time", {}).items():
         time[key] = value if isinstance(value, str) else list(value) + [v for v in time.get(key, []) if v not in value]
@@ -162,7 +205,27 @@ def _merge_dialect(default: dict[str, Any], specific: dict[str, Any] | None) -> 
         zero_exposure_dark_is_bias=bool(
             extra_type.get("zero_exposure_dark_is_bias", base_type.get("zero_exposure_dark_is_bias", True))
         ),
+        bayer=bayer,
     )
+
+
+def _bayer_rule(base: Mapping[str, Any], extra: Mapping[str, Any]) -> BayerRule:
+    """``[bayer]`` of the default merged with a specific dialect's (its keywords first, its
+    spellings added)."""
+    def keys(name: str) -> tuple[str, ...]:
+        own = list(extra.get(name, []))
+        return tuple(own + [k for k in base.get(name, []) if k not in own])
+
+    values: dict[str, str] = {}
+    for source in (extra, base):
+        for pattern, spellings in source.get("values", {}).items():
+            if pattern not in BAYER_PATTERNS:
+                raise ConfigError(f"dialect [bayer.values]: {pattern!r} is not one of {BAYER_PATTERNS}")
+            for spelling in spellings:
+                values.setdefault(fold(spelling), pattern)
+    return BayerRule(keywords=keys("keywords"), values=values,
+                     ignore=frozenset(fold(v) for v in extra.get("ignore", base.get("ignore", []))),
+                     x_offset=keys("x_offset"), y_offset=keys("y_offset"))
 
 
 class DialectSet:
@@ -480,6 +543,39 @@ def _image_type(headers, dialect: Dialect, path: PurePath | None, folders: tuple
     return kind
 
 
+def _bayer_pattern(headers, rule: BayerRule, out: Normalized) -> str | None:
+    """The Bayer pattern at ``data[0, 0]``: the first pattern keyword with a known spelling,
+    shifted by the offset keywords (:func:`shift_pattern`); the source names both."""
+    for key in rule.keywords:
+        value = _lookup(headers, key, out)
+        if value is None or isinstance(value, bool) or fold(str(value)) in rule.ignore:
+            continue
+        pattern = rule.values.get(fold(str(value)))
+        if pattern is None:
+            out.warnings.append(f"{key}={value!r} is not a known Bayer pattern")
+            continue
+        source = f"{key}={str(value).strip()!r}"
+        offsets = []
+        for axis, names in (("x", rule.x_offset), ("y", rule.y_offset)):
+            offset = 0
+            for name in names:
+                raw = _lookup(headers, name, out)
+                if raw is None:
+                    continue
+                try:
+                    offset = _whole(_number(raw))
+                except (ValueError, TypeError) as exc:
+                    out.warnings.append(f"{name}={raw!r} is not a Bayer offset: {exc}; taken as 0")
+                    continue
+                if offset:
+                    source += f" shifted by {name}={offset}"
+                break
+            offsets.append(offset)
+        out.sources["bayer_pattern"] = source
+        return shift_pattern(pattern, *offsets)
+    return None
+
+
 def _date_obs(headers, dialect: Dialect, out: Normalized) -> dt.datetime | None:
     rules = dialect.time
     scale = timing.time_scale(_lookup(headers, rules.get("timescale", ""), out) if rules.get("timescale") else None)
@@ -575,6 +671,7 @@ def normalize_header(
     for name, rule in dialect.properties.items():
         out.values[name] = _read_property(headers, rule, out)
     out.values["image_type"] = _image_type(headers, dialect, path, folders, out)
+    out.values["bayer_pattern"] = _bayer_pattern(headers, dialect.bayer, out)
     date_obs = _date_obs(headers, dialect, out)
     earliest, latest = (dt.datetime.fromisoformat(v) for v in dialect.time.get("range", ("0001-01-02", "9999-12-30")))
     if date_obs is not None and not earliest <= date_obs <= latest:

@@ -287,6 +287,7 @@ def _frame_row(read: FileRead, instrument_id: int | None, run_id: int, now: dt.d
         "gain": values["gain"],
         "offset": values["offset"],
         "readout_mode": values["readout_mode"],
+        "bayer_pattern": values["bayer_pattern"],
         "instrument_id": instrument_id,
         "telescope": values["telescope"],
         "target": values["target"],

@@ -31,6 +31,7 @@ import numpy as np
 
 from archive import keywords as kw
 from archive.fitsio import WCS_KEYWORD, product_header, read_pixels, set_card, write_atomic
+from archive.reduce.colour import luminance
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +91,14 @@ def count_stars(path: str, detect_sigma: float = 5.0, max_sources: int = 50, min
 
     ``n_stars`` counts every detection at least ``min_fwhm_px`` wide; ``xy`` keeps the
     brightest 400 (the caller drops fixed pattern, then keeps ``max_sources`` as control points).
+    A colour cube (3, ny, nx) is searched on its luminance (:func:`archive.reduce.colour.luminance`).
 
     Raises
     ------
     OSError, ValueError
         The file cannot be read or holds no image.
     """
-    data, _ = read_pixels(path, dtype=np.float32)
+    data = luminance(read_pixels(path, dtype=np.float32)[0])
     everything = detect_stars(data, detect_sigma, max_sources=None, min_fwhm_px=min_fwhm_px, min_pixels=min_pixels)
     return {"path": path, "n_stars": len(everything), "xy": everything[:max(max_sources, _KEEP_FOR_PATTERN)]}
 
@@ -271,6 +273,9 @@ def warp_onto(data: np.ndarray, params: np.ndarray, shape: tuple[int, int]) -> n
 def register_file(job: RegistrationJob) -> dict:
     """Align ``job.source`` onto the reference grid and write ``job.output``.
 
+    A colour cube (3, ny, nx) is matched on its luminance (the retry's detections), and each
+    plane is warped by the same transform.
+
     Returns
     -------
     dict
@@ -287,7 +292,7 @@ def register_file(job: RegistrationJob) -> dict:
         A file cannot be read or written (not an alignment failure: worth another try).
     """
     data, header = read_pixels(job.source, dtype=np.float32)
-    ny, nx = data.shape
+    ny, nx = data.shape[-2:]
     matches, residual, retried = None, None, False
     if job.source == job.reference:
         aligned = data
@@ -301,7 +306,7 @@ def register_file(job: RegistrationJob) -> dict:
         except AlignmentRejected as first:
             if not job.retry_sigma:
                 return _rejected(job, str(first))
-            more = without(detect_stars(data, job.retry_sigma, max_sources=None, min_fwhm_px=job.min_fwhm_px,
+            more = without(detect_stars(luminance(data), job.retry_sigma, max_sources=None, min_fwhm_px=job.min_fwhm_px,
                                         min_pixels=job.min_pixels),
                            job.fixed_xy, job.fixed_pattern_px)
             points = 2 * job.max_control_points
@@ -312,7 +317,8 @@ def register_file(job: RegistrationJob) -> dict:
             except AlignmentRejected as second:
                 return _rejected(job, f"{first}; again at {job.retry_sigma:g} sigma with up to {points} stars: {second}")
             retried = True
-        aligned = warp_onto(data, transform.params, (ny, nx))
+        aligned = warp_onto(data, transform.params, (ny, nx)) if data.ndim == 2 else np.stack(
+            [warp_onto(plane, transform.params, (ny, nx)) for plane in data])
         dx, dy = (float(v) for v in transform.translation)
         rotation = float(np.degrees(transform.rotation))
         scale = float(transform.scale)

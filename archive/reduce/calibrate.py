@@ -63,6 +63,11 @@ class CalibrationJob:
         Extra cards for the output (provenance: step, fingerprint, software).
     overscan, trim : str or None
         The detector's overscan and trim sections (:func:`archive.calib.overscan.detector_geometry`).
+    bayer_pattern : str or None
+        The raw light's Bayer pattern (``frames.bayer_pattern``): the calibrated mosaic is
+        demosaiced into a colour cube (:func:`archive.reduce.colour.demosaic`). None: mono.
+    demosaic : str
+        The demosaicing method (``[calibrate] demosaic``).
     """
 
     light: str
@@ -78,6 +83,8 @@ class CalibrationJob:
     header: dict = field(default_factory=dict)
     overscan: str | None = None
     trim: str | None = None
+    bayer_pattern: str | None = None
+    demosaic: str = "bilinear"
 
 
 def calibrate_array(
@@ -189,7 +196,10 @@ def calibrate_light_file(job: CalibrationJob) -> dict:
     The header is the light's, with IMAGETYP 'CALIBRATED', the masters' file names, the dark
     method and scale, the flat normalization and the steps applied ('uncalibrated' when the
     instrument requires none and none was found; keywords in :mod:`archive.keywords`), plus
-    ``job.header``.
+    ``job.header``. A Bayer mosaic (``job.bayer_pattern``) is calibrated in mosaic space, then
+    demosaiced: the output is a cube of shape (3, ny, nx) (NAXIS3 = 3: red, green, blue),
+    its header records the method and the mosaic's pattern (shifted by an odd trim start) and
+    loses the raw mosaic keywords, so that it is catalogued as no mosaic.
 
     Returns
     -------
@@ -230,6 +240,17 @@ def calibrate_light_file(job: CalibrationJob) -> dict:
         set_card(out, kw.MASTER_FLAT, Path(job.flat).name, "master flat")
         out[kw.FLAT_NORM] = (flat_norm, "flat divided by this median")
     out[kw.COSMIC_RAYS] = (bool(job.cosmic_rays), "cosmic rays cleaned")
+    if job.bayer_pattern:
+        from archive.ingest.dialects import shift_pattern
+        from archive.reduce.colour import demosaic
+
+        rows, cols = trim_slices(geometry, light.shape)
+        pattern = shift_pattern(job.bayer_pattern, cols.start or 0, rows.start or 0)
+        data = demosaic(data, pattern, job.demosaic)
+        for key in kw.MOSAIC:
+            out.remove(key, ignore_missing=True, remove_all=True)
+        out[kw.DEMOSAIC] = (job.demosaic, "demosaicing method after calibration")
+        out[kw.MOSAIC_PATTERN] = (pattern, "Bayer pattern demosaiced; planes R, G, B")
     out[kw.STEPS] = (",".join(steps) or "uncalibrated", "calibration steps in order")
     for key, value in job.header.items():
         out[key] = value

@@ -30,6 +30,7 @@ from archive.files import fits_stem
 from archive.progress import NoProgress, Progress
 from archive import keywords as kw
 from archive.reduce.calibrate import CalibrationJob, calibrate_light_file
+from archive.reduce.colour import check_demosaic_method
 from archive.reduce.config import ReductionConfig
 from archive.db.frames import canonical_paths, instrument_names
 from archive.ingest.headers import header_from_text
@@ -122,6 +123,9 @@ def plan_calibration(
         "masters": {s.kind: [[mid, w] for mid, w in s.weights] for s in found},
         "missing": [s.kind for s in selections if not s.found],
     }
+    if light.bayer_pattern:  # demosaiced after calibration (only then: mono fingerprints unchanged)
+        parameters["demosaic"] = {"method": check_demosaic_method(str(cal.get("demosaic", "bilinear"))),
+                                  "pattern": light.bayer_pattern}
     geometry = detector_geometry(header_from_text(light.header), (light.naxis2 or 0, light.naxis1 or 0), instrument)
     parameters.update(geometry.parameters)  # only when a section applies: other fingerprints unchanged
     if geometry.notes:
@@ -140,6 +144,8 @@ def plan_calibration(
         flat_min_value=parameters["flat_min_value"],
         header={kw.REDUCTION_STEP: "calibrate", kw.FINGERPRINT: fp},
         overscan=geometry.overscan, trim=geometry.trim,
+        bayer_pattern=light.bayer_pattern,
+        demosaic=parameters["demosaic"]["method"] if light.bayer_pattern else "bilinear",
     )
     return _CalPlan(light.id, group_name(light), fp, job, selections, inputs, parameters, rule_version)
 

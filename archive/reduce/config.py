@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from archive.reduce.colour import DEMOSAIC_METHODS
 from archive.calib.combine import COMBINE_METHODS, CombineSettings
 from archive.config import (
     REDUCTION_SECTIONS,
@@ -166,6 +167,9 @@ def load_reduction_config(
             raise ConfigError(f"[stack] weights must be 'none' or 'signal', not {stack['weights']!r}")
         combine = CombineSettings.from_table(stack, "[stack]", other_keys=_STACK_KEYS)
         stack.update(vars(combine))
+        demosaic = merged.get("calibrate", {}).get("demosaic", "bilinear")
+        if demosaic not in DEMOSAIC_METHODS:
+            raise ConfigError(f"[calibrate] demosaic must be one of {sorted(DEMOSAIC_METHODS)}, not {demosaic!r}")
         return ReductionConfig(
             imaging_root=Path(root).expanduser().absolute() if root else None,
             date_formats=tuple(night.get("date_formats", ("%Y-%m-%d", "%Y%m%d"))),

@@ -72,6 +72,7 @@ from typing import Any
 import numpy as np
 
 from archive.fitsio import read_pixels
+from archive.reduce.colour import luminance
 
 log = logging.getLogger(__name__)
 
@@ -430,6 +431,8 @@ def measure_file(job: MeasureJob) -> dict:
     """
     p = job.parameters
     data, header = read_pixels(job.path, dtype=np.float32)
+    if data.ndim == 3:  # a colour cube (a demosaiced light): measured on its luminance
+        data = luminance(data)
     if data.ndim != 2:
         raise ValueError(f"{job.path}: a {data.ndim}-d image cannot be measured")
     gain = _first(header, p.get("gain_keywords", ()))

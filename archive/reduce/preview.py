@@ -3,7 +3,9 @@
 The stretch is astropy.visualization's ZScale interval (IRAF's display rule) with an asinh
 stretch; FITS row 0 is the bottom of the image, so rows are flipped for PNG. A colour image
 (a cube of three planes, NAXIS3 = 3, as colour cameras' stacks are written) is stretched plane
-by plane and shown as RGB. One stretch for the files written beside products
+by plane (unlinked: each plane its own ZScale limits, as PixInsight's unlinked screen transfer
+function, which neutralizes the sky's colour cast in the preview; the FITS keeps the measured
+values) and shown as RGB. One stretch for the files written beside products
 (:func:`write_preview`) and for the thumbnails of reports (:func:`preview_png`).
 """
 

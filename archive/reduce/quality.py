@@ -20,6 +20,7 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from sqlalchemy.orm import Session, aliased
 from archive.calib.quality import METRICS, QualityRules, judge, load_quality_rules
 from archive.db.base import utcnow
 from archive.db.bulk import chunked
-from archive.db.frames import FrameFilter, canonical_paths, frame_query
+from archive.db.frames import FrameFilter, canonical_paths, frame_query, instrument_names
 from archive.db.models import (
     Copy,
     Frame,
@@ -280,8 +281,15 @@ def _judge_groups(session: Session, frame_ids: Iterable[int], rules: QualityRule
         for column, value in ((Frame.instrument_id, instrument_id), (Frame.target_key, target), (Frame.night, night)):
             query = query.where(column == value if value is not None else column.is_(None))
         members += [tuple(row) for row in session.execute(query)]
-    flags = judge(rules, ((f.id, f.image_type, _group_key(f), {m: getattr(mm, m) for m in METRICS})
-                          for f, mm in members))
+    # each instrument by its own limits (a group is of one instrument)
+    by_instrument: dict[int | None, list[tuple[Frame, FrameMeasurement]]] = defaultdict(list)
+    for f, mm in members:
+        by_instrument[f.instrument_id].append((f, mm))
+    names = instrument_names(session, list(by_instrument)) if rules.limits else {}
+    flags = []
+    for instrument_id, rows in by_instrument.items():
+        flags += judge(rules.for_instrument(names.get(instrument_id)),
+                       ((f.id, f.image_type, _group_key(f), {m: getattr(mm, m) for m in METRICS}) for f, mm in rows))
     return flags, {f.id: mm for f, mm in members}
 
 

@@ -117,6 +117,10 @@ def _exposure_cards(job: StackJob, out: fits.Header) -> tuple[float | None, str 
 def stack_files(job: StackJob, executor=None, parts: int = 1) -> dict:
     """Combine ``job.inputs`` into ``job.output`` (float32; temporary name then rename).
 
+    Inputs of shape (ny, nx) give an image of that shape; colour cubes of shape (3, ny, nx)
+    (demosaiced, registered lights) give a cube, each plane combined by the one engine
+    (:func:`archive.calib.combine.combine_files` with ``plane``), written as NAXIS3 = 3.
+
     The header is the first input's with IMAGETYP 'STACKED', COMBINE (method), NCOMBINE,
     EXPTIME (the exposure of one input, s), TOTEXP (sum of the inputs' exposures, s), DATE-OBS
     and DATE-BEG (the first input's start), DATE-END (the last input's end). Exposures and
@@ -155,17 +159,19 @@ def stack_files(job: StackJob, executor=None, parts: int = 1) -> dict:
             raise ValueError(f"{len(job.inputs)} inputs but {len(values)} {name}")
     with fits.open(job.inputs[0], mode="readonly") as hdul:
         first_header = hdul[0].header.copy()
-        ny, nx = hdul[0].shape  # from the header; the pixels are read by the engine
+        shape = hdul[0].shape  # from the header; the pixels are read by the engine
+    ny, nx = shape[-2:]
+    planes: list[int | None] = list(range(shape[0])) if len(shape) == 3 else [None]
     bounds = np.linspace(0, ny, max(1, min(parts, ny)) + 1).astype(int)
     options = {"method": job.method, "weights": job.weights or None, "sigma_low": job.sigma_low,
                "sigma_high": job.sigma_high, "maxiters": job.maxiters, "memory_limit_mb": job.memory_limit_mb}
     if executor is None or len(bounds) == 2:
-        bands = [combine_files(job.inputs, **options)]
+        combined = [combine_files(job.inputs, plane=plane, **options) for plane in planes]
     else:
-        futures = [executor.submit(_combine_band, job.inputs, int(a), int(b), options)
-                   for a, b in itertools.pairwise(bounds)]
-        bands = [f.result() for f in futures]
-    result = np.concatenate(bands, axis=0)
+        futures = [[executor.submit(_combine_band, job.inputs, int(a), int(b), {**options, "plane": plane})
+                    for a, b in itertools.pairwise(bounds)] for plane in planes]
+        combined = [np.concatenate([f.result() for f in bands], axis=0) for bands in futures]
+    result = combined[0] if planes == [None] else np.stack(combined)
     out = product_header(first_header)
     out[kw.IMAGE_TYPE] = kw.IMAGE_TYPE_VALUES["stacked"]
     out[kw.COMBINE] = (job.method, "combine method")

@@ -19,8 +19,8 @@ from archive.reports.catalog import stack_exposure_s
 #: The normalized columns of a frame, in the order they are shown.
 NORMALIZED = (
     "image_type", "target", "filter_name", "exposure_time_s", "date_obs", "night", "instrument", "telescope",
-    "binning_x", "binning_y", "ccd_temp_c", "set_temp_c", "gain", "offset", "readout_mode", "ra_deg", "dec_deg",
-    "naxis1", "naxis2", "naxis3", "bitpix", "hdu_index",
+    "binning_x", "binning_y", "ccd_temp_c", "set_temp_c", "gain", "offset", "readout_mode", "bayer_pattern", "ra_deg",
+    "dec_deg", "naxis1", "naxis2", "naxis3", "bitpix", "hdu_index",
 )
 
 
