@@ -98,3 +98,19 @@ def test_prune_lists_deletes_refuses_an_edited_file_and_reduce_remakes(night):  
         assert reduction.status == "done" and session.get(Frame, frame_id).reduction_id == calibrate_id
         assert set(_current(session, "registered")) == set(registered)
     assert _cli(night, "prune", "--dry-run", "--output", output).exit_code == 0
+
+
+def test_a_master_pruned_when_named_is_rebuilt_by_masters_build(night):  # noqa: F811
+    """Runs after the test above (same night): masters only go when named, and come back."""
+    with session_scope(night["engine"]) as session:
+        flats = _current(session, "master_flat")
+    (path, frame_id), = flats.items()
+    data = fits.getdata(path)
+    pruned = _cli(night, "prune", "--kind", "master_flat", "--yes", "--output", night["base"] / "reduced")
+    assert pruned.exit_code == 0 and "pruned 1 file(s)" in pruned.stdout, pruned.output
+    assert not os.path.exists(path)
+    built = _cli(night, "masters", "build", "--night", "2025-06-01")
+    assert built.exit_code == 0, built.output
+    assert np.array_equal(fits.getdata(path), data)
+    with session_scope(night["engine"]) as session:
+        assert _current(session, "master_flat") == {path: frame_id}
