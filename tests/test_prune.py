@@ -84,6 +84,8 @@ def test_prune_lists_deletes_refuses_an_edited_file_and_reduce_remakes(night):  
         assert len(tree["inputs"]) == 16 and all(node.get("pruned") for node in tree["inputs"])
         calibrate_id = session.get(Frame, frame_id).reduction_id
     assert _cli(night, "provenance", original_path).exit_code == 0
+    shown = _cli(night, "show", frame_id)
+    assert shown.exit_code == 0 and "      pruned 20" in shown.output
     stack_path = next(p for p, i in keep.items() if i == stack.id)
     tree_out = _cli(night, "provenance", "--tree", stack_path)
     assert tree_out.exit_code == 0 and "[raw] bias" in tree_out.output

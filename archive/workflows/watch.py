@@ -213,6 +213,8 @@ class _Events:
     def dispatch(self, event) -> None:  # watchdog calls this for every event
         if event.is_directory and event.event_type not in ("created", "moved"):
             return  # a folder's own modification says nothing its files' events do not
+        if event.event_type in ("opened", "closed_no_write"):
+            return  # read, not written (ingest itself reads the files)
         with self.lock:
             for name in (event.src_path, getattr(event, "dest_path", "")):
                 if name:
@@ -427,8 +429,9 @@ class Watcher:
 
     def _process(self, folder: str) -> None:
         snapshot = {p: (s.size, s.mtime_ns) for p, s in self.tracker.under(folder).items()}
-        if not os.path.isdir(folder):
+        if not os.path.isdir(folder):  # gone meanwhile (moved away, deleted)
             self.tracker.processed(folder, snapshot)
+            self._journal_update(remove=folder)
             return
         self._journal_update(add=folder)
         started = time.monotonic()
