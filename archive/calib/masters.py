@@ -49,6 +49,7 @@ from archive.files import remove_partials, render_path, safe_component
 from archive.fitsio import write_atomic
 from archive.db.frames import FrameFilter, canonical_paths
 from archive.db.provenance import clear_selections, fingerprint, start_reduction
+from archive.db.prune import pruned_condition
 from archive.ingest.headers import header_from_text
 from archive.ingest.library import sync_library
 from archive.ingest.products import ProductRun, fail_product, record_product
@@ -416,9 +417,10 @@ def _plan_fingerprint(plan: MasterPlan, calib_frames: dict[int, tuple[str, str]]
 
 
 def _done(session: Session, fp: str) -> bool:
-    """Whether a reduction of fingerprint ``fp`` has finished."""
-    return session.scalar(select(Reduction.id).where(Reduction.fingerprint == fp, Reduction.status == "done")
-                          .limit(1)) is not None
+    """Whether a reduction of fingerprint ``fp`` has finished (and its master was not pruned:
+    a pruned master is built again, :func:`archive.db.prune.pruned_condition`)."""
+    return session.scalar(select(Reduction.id).where(Reduction.fingerprint == fp, Reduction.status == "done",
+                                                     ~pruned_condition()).limit(1)) is not None
 
 
 def _build_one(engine: Engine, plan: MasterPlan, library: Path, products: ProductRun, summary: BuildSummary) -> None:

@@ -75,6 +75,8 @@ class ArchiveGroup(click.Group):
         "serve": "archive.cli.serve:serve",
         "measure": "archive.cli.quality:measure",
         "quality": "archive.cli.quality:quality",
+        "watch": "archive.cli.watch:watch",
+        "prune": "archive.cli.prune:prune",
     }
 
     #: command name -> the first paragraph of its help: 'archive --help' lists the commands
@@ -100,6 +102,8 @@ class ArchiveGroup(click.Group):
         "show": "Show everything known of one frame (FRAME is a frame id or the path of a copy).",
         "solve": "Plate-solve the lights that have no WCS, with astrometry.net's solve-field.",
         "stale": "List products whose inputs would now be chosen differently.",
+        "watch": "Watch ROOT for new FITS files and run each completed sequence through the nightly chain.",
+        "prune": "Delete intermediate products that can be remade from their provenance, keeping their rows.",
         "summary": "Count frames and files, and total their exposure, by night, type, filter and exposure time.",
     }
 

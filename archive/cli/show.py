@@ -63,7 +63,8 @@ def format_record(record, width: int) -> list[str]:
 
     lines += ["", f"copies ({len(record.copies)})"]
     for c in record.copies:
-        flags = ", ".join(f for f, on in (("current", c["current"]), ("canonical", c["canonical"])) if on) or "history"
+        flags = ", ".join(f for f, on in (("current", c["current"]), ("canonical", c["canonical"])) if on) or (
+            f"pruned {c['pruned_at']:%Y-%m-%d %H:%M}" if c.get("pruned_at") else "history")
         lines.append(f"  {text.escape_controls(c['path'])}")  # whole, to be copied
         lines.append(text.fit(f"      {flags}; {_size(c['size'])}; modified {format_value(c['mtime'], Column('', 'time'))} "
                               f"UTC; ingested {format_value(c['ingested_at'], Column('', 'time'))} UTC", width))

@@ -159,6 +159,9 @@ class Copy(Base):
     is_current: Mapped[bool] = mapped_column(Boolean, default=True)
     ingested_at: Mapped[dt.datetime] = mapped_column(DateTime)
     run_id: Mapped[int | None] = mapped_column(ForeignKey("ingest_runs.id"))
+    #: When ``archive prune`` deleted this copy's file (UTC; the row is kept, not current). A
+    #: product with a pruned copy and no current one is remade on demand (migration 0011_prune).
+    pruned_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
 
     frame: Mapped[Frame] = relationship(back_populates="copies")
 

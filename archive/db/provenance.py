@@ -34,6 +34,7 @@ from archive.files import process_alive
 from archive.db.base import utcnow
 from archive.db.bulk import chunked
 from archive.db.frames import canonical_paths
+from archive.db.prune import pruned_condition, pruned_frame_at, pruned_paths
 from archive.db.upsert import insert_missing
 from archive.db.models import (
     FAILURE_KINDS,
@@ -114,7 +115,8 @@ def start_reduction(
 
     Returns the ``running`` row to work on, claimed by this process (``claim_host``,
     ``claim_pid``, ``claimed_at``), or None when the product must not be made here: the
-    reduction of this fingerprint is ``done``, or ``running`` under the claim of another live
+    reduction of this fingerprint is ``done`` (and its product was not pruned:
+    :func:`archive.db.prune.pruned_condition`; a pruned product is made again), or ``running`` under the claim of another live
     process (:func:`claimed_by_live_process`: a live process on this host, or any on another
     host). A row left ``failed``, or ``running`` by a run that is gone, is taken over: its
     parameters, host, software and start time are those of this request, its outcome
@@ -146,12 +148,15 @@ def start_reduction(
     }])
     reduction = session.scalars(select(Reduction).where(Reduction.fingerprint == fp)
                                 .execution_options(populate_existing=True)).one()
-    if reduction.status == "done" or (reduction.status == "running" and claimed_by_live_process(reduction)):
+    redo = reduction.status == "done" and session.scalar(
+        select(Reduction.id).where(Reduction.id == reduction.id, pruned_condition())) is not None
+    if (reduction.status == "done" and not redo) or (reduction.status == "running" and claimed_by_live_process(reduction)):
         return None
     seen = Reduction.claim_host.is_(None) if reduction.claim_host is None else Reduction.claim_host == reduction.claim_host
     seen_pid = Reduction.claim_pid.is_(None) if reduction.claim_pid is None else Reduction.claim_pid == reduction.claim_pid
     claimed = session.execute(
-        update(Reduction).where(Reduction.id == reduction.id, Reduction.status != "done", seen, seen_pid).values(
+        update(Reduction).where(Reduction.id == reduction.id, seen, seen_pid,
+                                (pruned_condition() if redo else Reduction.status != "done")).values(
             status="running", claim_host=host, claim_pid=pid, claimed_at=now, parameters=parameters,
             rule_version=rule_version, software=software, host=host, started_at=now, finished_at=None,
             message=None, failure_kind=None, results=None, group_key=group_key,
@@ -217,7 +222,8 @@ def clear_selections(session: Session, reduction_id: int) -> None:
 
 def frame_at_path(session: Session, path: str | Path) -> Frame:
     """The frame whose current copy is at ``path``: as ingested, or a path that resolves to it
-    (relative to the working folder, ``~``, symbolic links).
+    (relative to the working folder, ``~``, symbolic links); else the frame whose copy there was
+    pruned (:mod:`archive.db.prune`).
 
     Raises
     ------
@@ -229,6 +235,8 @@ def frame_at_path(session: Session, path: str | Path) -> Frame:
     frame = session.scalars(
         select(Frame).join(Copy, Copy.frame_id == Frame.id).where(Copy.path.in_(names), Copy.is_current)
     ).first()
+    if frame is None:  # a product deleted by 'archive prune': its rows and provenance are kept
+        frame = pruned_frame_at(session, path)
     if frame is None:
         raise ProvenanceError(f"{path}: not in the catalogue (run 'archive ingest' on it first)")
     return frame
@@ -261,7 +269,8 @@ def provenance_tree(session: Session, frame: Frame) -> dict[str, Any]:
     dict
         The frame (id, type, path, target, filter, exposure, DATE-OBS, sha256), its
         ``reduction`` (step, status, parameters, software, host, times, rule version, results,
-        failure kind and message) and ``inputs``:
+        failure kind and message) and ``inputs``; a frame whose file was pruned has the path
+        it had and ``pruned`` True. ``inputs`` is
         a list of the same structure with a ``role`` each. Raw frames (and masters made
         elsewhere) have no ``reduction`` and no inputs. A frame reached twice (a master used by
         every light) is expanded each time.
@@ -289,10 +298,13 @@ def provenance_tree(session: Session, frame: Frame) -> dict[str, Any]:
                 if fid not in frames:
                     todo.add(fid)
     paths = canonical_paths(session, frames)
+    pruned = pruned_paths(session, set(frames) - set(paths))
 
     def build(fid: int, role: str | None, seen: frozenset) -> dict[str, Any]:
         f = frames[fid]
-        node = _frame_summary(f, paths.get(fid))
+        node = _frame_summary(f, paths.get(fid, pruned.get(fid)))
+        if fid in pruned:
+            node["pruned"] = True
         if role:
             node["role"] = role
         if f.reduction_id is not None and f.reduction_id in reductions and fid not in seen:

@@ -267,6 +267,17 @@ def _known_problems(session: Session, candidates: Sequence[Candidate]) -> dict[s
     return known
 
 
+def to_read(session: Session, candidates: Sequence[Candidate]) -> list[Candidate]:
+    """The candidates an ingest would read: neither a current copy with the same size and
+    mtime (unchanged) nor an unresolved error recorded for the same size and mtime (a bad file
+    is reported again, not read again). ``archive watch`` asks this on start, to pick up what
+    arrived while it was down."""
+    known = _known_copies(session, candidates)
+    known_bad = _known_problems(session, candidates)
+    return [c for c in candidates if known.get(c.path) != (c.size, c.mtime_ns)
+            and known_bad.get(c.path, (None, None))[:2] != (c.size, c.mtime_ns)]
+
+
 def _ids(session: Session, model, key, values: set) -> dict:
     if not values:
         return {}

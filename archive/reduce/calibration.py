@@ -35,6 +35,7 @@ from archive.reduce.config import ReductionConfig
 from archive.db.frames import canonical_paths, instrument_names
 from archive.ingest.headers import header_from_text
 from archive.ingest.products import ProductRun, fail_product, record_product
+from archive.db.prune import product_pruned
 from archive.db.provenance import (
     clear_selections,
     find_reduction,
@@ -204,7 +205,7 @@ def calibrate_lights(
                 summary.fail(group_name(light), f"calibrate light #{light.id} ({group_name(light)})", plan)
                 continue
             reduction = find_reduction(session, plan.fingerprint)
-            if reduction is not None and reduction.status == "done":
+            if reduction is not None and reduction.status == "done" and not product_pruned(session, reduction.id):
                 summary.unchanged += 1
                 continue
             for s in plan.selections:

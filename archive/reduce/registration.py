@@ -41,6 +41,7 @@ from archive.reduce.align import (
 )
 from archive.reduce.config import ReductionConfig
 from archive.db.frames import canonical_paths, instrument_names
+from archive.db.prune import pruned_condition
 from archive.ingest.products import ProductRun, fail_product, record_product, reject_product
 from archive.db.provenance import (
     fingerprint,
@@ -105,8 +106,9 @@ def _group_members(session: Session, lights: Sequence[Frame], per_night: bool) -
 def _settled():
     """The registrations not to be tried again (an SQL condition): done, rejected, or failed to
     align (rows of earlier versions; deterministic)."""
-    return or_(Reduction.status.in_(("done", "rejected")),
-               and_(Reduction.status == "failed", Reduction.failure_kind == "alignment"))
+    return and_(or_(Reduction.status.in_(("done", "rejected")),
+                    and_(Reduction.status == "failed", Reduction.failure_kind == "alignment")),
+                ~pruned_condition())  # a pruned registered frame is made again
 
 
 def _registration_state(session: Session, calibrated_ids: Sequence[int], group_hash: str) -> dict[int, tuple[str, int | None]]:
@@ -282,6 +284,12 @@ def _register_group(
     if all(c.id in state for c in calibrated):
         summary.unchanged += len(calibrated)
         return [state[c.id][1] for c in calibrated if state[c.id][0] == "done" and state[c.id][1] is not None]
+    pruned = [light.id for light, c in members if c.id not in paths]
+    if pruned:  # 'archive prune' deleted them; only calibrating their lights again remakes them
+        summary.fail(name, "register", f"the calibrated frames of light(s) #{', #'.join(map(str, pruned))} were "
+                     "pruned: reduce all the group's lights (e.g. 'archive reduce --target ... --filter ...') to "
+                     "remake them")
+        return []
     parameters = registration_parameters(reg)
     members, stars = _count_stars_all(engine, executor, members, paths, parameters, summary, name, progress)
     if not members:

@@ -42,7 +42,8 @@ class FrameRecord:
     primary_header : str or None
         The primary header, when the image lives in an extension.
     copies : list of dict
-        path, size (bytes), mtime (UTC), sha256, canonical, current, ingested_at; current first.
+        path, size (bytes), mtime (UTC), sha256, canonical, current, ingested_at, pruned_at (when
+        ``archive prune`` deleted the file, else None); current first.
     selections : list of dict
         The recorded master choices for the frame (as a light) or for the reduction that made it
         (as a calibrated frame): kind, method, master_id, master_path, scale, rule_version,
@@ -112,7 +113,7 @@ def frame_record(session: Session, ref: str | int | Path) -> FrameRecord:
     copies = [
         {"path": c.path, "size": c.size, "mtime": dt.datetime.fromtimestamp(c.mtime_ns / 1e9, dt.timezone.utc)
          .replace(tzinfo=None), "sha256": c.sha256, "canonical": c.is_canonical, "current": c.is_current,
-         "ingested_at": c.ingested_at}
+         "ingested_at": c.ingested_at, "pruned_at": c.pruned_at}
         for c in sorted(frame.copies, key=lambda c: (not c.is_current, not c.is_canonical, c.id))
     ]
     condition = CalibrationSelection.frame_id == frame.id

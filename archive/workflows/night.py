@@ -26,7 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -152,6 +152,8 @@ class NightSummary:
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)
     reports: list[str] = field(default_factory=list)  # paths of the night reports written
+    #: The step before which the run was stopped (``should_stop``), or None when it ran to the end.
+    stopped_before: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -185,6 +187,8 @@ def run_night(
     today: dt.date | None = None,
     progress: Progress | None = None,
     measure: bool = True,
+    folders: Sequence[Path] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> NightSummary:
     """Ingest, build masters, reduce and stack every folder of the night matching ``search``.
 
@@ -210,6 +214,14 @@ def run_night(
         Measure and judge the night's frames (:mod:`archive.reduce.quality`): the raw
         calibrations and the masters built after the masters step, the lights on their
         calibrated frames before registration (default True).
+    folders : sequence of Path, optional
+        Process these folders (each walked recursively) instead of searching the imaging root
+        for ``search`` (``archive watch`` passes the folder whose sequence settled); no imaging
+        root is needed then.
+    should_stop : callable, optional
+        Asked before each step (ingest, solve, masters and reduction); when it returns True the
+        run returns at once with ``stopped_before`` set to the step not started. Every step is
+        idempotent, so a later run over the same folders completes the work.
 
     Returns
     -------
@@ -219,19 +231,26 @@ def run_night(
     Raises
     ------
     ConfigError
-        No imaging root is configured, or it is not a folder.
+        No imaging root is configured, or it is not a folder (without ``folders``).
     """
     settings = settings or load_settings()
     config = config or load_reduction_config(settings)
     rules = rules if rules is not None else default_rulebook(settings)
     executor = executor or SerialExecutor()
     progress = progress or NoProgress()
-    if config.imaging_root is None:
-        raise ConfigError("no imaging root: set [night] imaging_root in the configuration, ARCHIVE_IMAGING_ROOT or --root")
-    searches = night_searches(search, config.date_formats) if search else default_searches(config.date_formats, today)
+    should_stop = should_stop or (lambda: False)
     library = _masters_library(settings)
     products = config.products_root()
-    folders = find_folders(config.imaging_root, searches, exclude=[products, library])
+    if folders is not None:
+        searches = [str(f) for f in folders]
+        folders = [Path(f).absolute() for f in folders]
+    else:
+        if config.imaging_root is None:
+            raise ConfigError("no imaging root: set [night] imaging_root in the configuration, ARCHIVE_IMAGING_ROOT "
+                              "or --root")
+        searches = night_searches(search, config.date_formats) if search else default_searches(config.date_formats,
+                                                                                                 today)
+        folders = find_folders(config.imaging_root, searches, exclude=[products, library])
     summary = NightSummary(searches=searches, dry_run=dry_run, products_root=str(products))
     if dry_run:
         for folder in folders:
@@ -247,6 +266,9 @@ def run_night(
     summary.folders = list(results.values())
     nights: dict[dt.date, Path] = {}  # night of raw calibrations -> the first folder holding some
     for folder, result in results.items():
+        if should_stop():
+            summary.stopped_before = f"ingest {folder}"
+            return summary
         with _recorded(result, f"ingest {folder}"):
             ingested = ingest_paths(engine, [folder], settings=settings, progress=progress)
             result.ingested_new = ingested.new + ingested.changed
@@ -256,14 +278,24 @@ def run_night(
                     Frame.night.is_not(None), Frame.image_type.in_(CALIBRATION_KINDS))
                 for night in session.scalars(query.distinct()):
                     nights.setdefault(night, folder)
+    if should_stop():
+        summary.stopped_before = "solve"
+        return summary
     _solve(engine, results, settings, summary)
+    if should_stop():
+        summary.stopped_before = "masters"
+        return summary
     # the products of the run join two ingest runs: the masters', the reduction's
     master_run = ProductRun(engine, library, sites=settings.sites)
     product_run = ProductRun(engine, products, sites=settings.sites)
     with master_run, product_run:
-        _masters_and_reduction(engine, nights, results, config, settings, rules, library, executor, progress,
-                               master_run, product_run, measure)
-    _write_reports(engine, results, rules, load_quality_rules(settings=settings), products, summary)
+        stopped = _masters_and_reduction(engine, nights, results, config, settings, rules, library, executor,
+                                         progress, master_run, product_run, measure, should_stop)
+    summary.stopped_before = stopped
+    if stopped is None and should_stop():
+        summary.stopped_before = "night report"
+    elif stopped is None:
+        _write_reports(engine, results, rules, load_quality_rules(settings=settings), products, summary)
     return summary
 
 
@@ -309,7 +341,9 @@ def _solve(engine: Engine, results: dict[Path, FolderResult], settings: Settings
 
 
 def _masters_and_reduction(engine, nights, results, config, settings, rules, library, executor, progress,
-                           master_run: ProductRun, product_run: ProductRun, measure: bool = True) -> None:
+                           master_run: ProductRun, product_run: ProductRun, measure: bool = True,
+                           should_stop: Callable[[], bool] = lambda: False) -> str | None:
+    """Masters, measurement and reduction; the step before which ``should_stop`` stopped it, or None."""
     built_ids: list[int] = []
     for night, folder in sorted(nights.items()):
         result = results[folder]
@@ -323,6 +357,8 @@ def _masters_and_reduction(engine, nights, results, config, settings, rules, lib
                 for _kind, _frame_id, path in built.built:
                     write_preview(path)
             result.failures += [(f"master {kind} {what}", why) for kind, what, why in built.failed]
+    if should_stop():
+        return "measure"
     if measure and results:
         first = next(iter(results.values()))
         with _recorded(first, "measure calibrations and masters"):
@@ -334,9 +370,12 @@ def _masters_and_reduction(engine, nights, results, config, settings, rules, lib
             measured = measure_frames(engine, sorted(ids), executor=executor, progress=progress)
             first.failures += [(f"measure {what}", why) for what, why in measured.failed]
     for folder, result in results.items():
+        if should_stop():
+            return f"reduce {folder}"
         with _recorded(result, f"reduce {folder}"):
             with session_scope(engine) as session:
                 light_ids = lights_under(session, folder)
             result.lights = len(light_ids)
             result.reduction = reduce_lights(engine, light_ids, config=config, settings=settings, executor=executor,
                                              rules=rules, progress=progress, products=product_run, measure=measure)
+    return None
