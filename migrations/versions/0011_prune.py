@@ -15,7 +15,7 @@ On SQLite the column is added and dropped in place (batch mode with ``recreate='
 for nothing.
 
 Revision ID: 0011_prune
-Revises: 0006
+Revises: 0007_bayer
 Create Date: 2026-12-05
 """
 from alembic import op
