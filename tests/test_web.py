@@ -56,11 +56,11 @@ def test_nights_and_the_night_page(client):
     page = client.get("/nights/2025-06-01")
     assert page.status_code == 200
     text = page.text
-    # the night report's sections: 16 XO1-b lights in z, all accepted; 43Bet Com's one rejected
+    # the night report's sections: 16 XO1-b lights in z, all accepted; 43Bet Com's one accepted too (a sparse field)
     assert "Integration per target and filter" in text and "Quality through the night" in text
     assert ('<tr><td>XO1-b</td><td>z</td><td class="num">16</td>\n<td class="num">16</td><td class="num">0</td>'
             in text)
-    assert '<tr><td>43Bet Com</td><td>z</td><td class="num">1</td>\n<td class="num">0</td><td class="num">1</td>' in text
+    assert '<tr><td>43Bet Com</td><td>z</td><td class="num">1</td>\n<td class="num">1</td><td class="num">0</td>' in text
     assert 'src="/nights/2025-06-01/quality.png"' in text and "data:image" not in text
     plot = client.get("/nights/2025-06-01/quality.png")
     assert plot.status_code == 200 and plot.content.startswith(PNG)
