@@ -60,6 +60,18 @@ def scratch_database(template: str | None = None):
         admin.dispose()
 
 
+@contextmanager
+def catalogue_url(request, folder: Path):
+    """The URL of a catalogue for a test parametrized by backend (``request.param``): a SQLite
+    file in ``folder`` (not created), or a scratch PostgreSQL database copied from the migrated
+    template, dropped afterwards."""
+    if request.param == "sqlite":
+        yield str(folder / "catalogue.sqlite")
+        return
+    with scratch_database(request.getfixturevalue("pg_template")) as url:
+        yield url
+
+
 @pytest.fixture(scope="session")
 def pg_template():
     """A migrated PostgreSQL database to copy per test (fails, never skips, without a server)."""

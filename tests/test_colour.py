@@ -6,15 +6,13 @@ no calibration frames) reduced into one colour stack of M 94. Database tests on 
 from __future__ import annotations
 
 import shutil
-import uuid
 
 import numpy as np
 import pytest
 from astropy.io import fits
 from click.testing import CliRunner
 from PIL import Image
-from sqlalchemy import create_engine, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import select
 
 from archive import keywords as kw
 from archive.calib.combine import MasterBuildError, RowReader, combine_arrays, combine_files
@@ -24,7 +22,7 @@ from archive.db.session import open_catalogue, session_scope
 from archive.ingest.dialects import BAYER_PATTERNS, DialectSet, normalize_header, shift_pattern
 from archive.reduce.colour import demosaic, luminance
 from archive.reduce.preview import write_preview
-from tests.conftest import PG_ADMIN_URL, SHARED_DATA
+from tests.conftest import SHARED_DATA, catalogue_url
 
 SEESTAR = SHARED_DATA / "seestar-s50-m94"
 
@@ -144,27 +142,14 @@ def seestar(request, tmp_path_factory):
     base = tmp_path_factory.mktemp(f"seestar_{request.param}")
     data = base / "imaging" / "m94"
     shutil.copytree(SEESTAR, data)
-    admin = None
-    if request.param == "sqlite":
-        url = str(base / "catalogue.sqlite")
-    else:
-        template = request.getfixturevalue("pg_template")
-        name = f"archive_t_{uuid.uuid4().hex[:12]}"
-        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-        url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    env = {"ARCHIVE_CONFIG": str(base / "config.toml")}
-    (base / "config.toml").write_text(f'[masters]\nlibrary = "{base / "masters"}"\n')
-    night = CliRunner().invoke(main, ["-q", "--db", url, "night", "m94", "--root", str(base / "imaging"), "--output",
-                                      str(base / "out"), "--previews", "--serial"], env=env, catch_exceptions=False)
-    engine = open_catalogue(url)
-    yield {"data": data, "out": base / "out", "engine": engine, "night": night}
-    engine.dispose()
-    if admin is not None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with catalogue_url(request, base) as url:
+        env = {"ARCHIVE_CONFIG": str(base / "config.toml")}
+        (base / "config.toml").write_text(f'[masters]\nlibrary = "{base / "masters"}"\n')
+        night = CliRunner().invoke(main, ["-q", "--db", url, "night", "m94", "--root", str(base / "imaging"), "--output",
+                                          str(base / "out"), "--previews", "--serial"], env=env, catch_exceptions=False)
+        engine = open_catalogue(url)
+        yield {"data": data, "out": base / "out", "engine": engine, "night": night}
+        engine.dispose()
 
 
 def _median_fwhm(image: np.ndarray) -> tuple[float, float, int]:

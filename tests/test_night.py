@@ -11,14 +11,12 @@ from pathlib import Path
 
 import json
 import shutil
-import uuid
 
 import numpy as np
 import pytest
 from astropy.io import fits
 from click.testing import CliRunner
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select
 
 from archive.cli import main
 from archive.db.models import (
@@ -33,7 +31,7 @@ from archive.db.models import (
 from archive.db.session import open_catalogue, session_scope
 from archive import keywords as kw
 from archive.db.provenance import provenance_tree, raw_leaves, used_by
-from tests.conftest import PG_ADMIN_URL, SHARED_DATA
+from tests.conftest import SHARED_DATA, catalogue_url
 
 NIGHT = SHARED_DATA / "arcsat-uw-astr480" / "data" / "20250601"
 
@@ -56,29 +54,16 @@ def run_arcsat_night(request, tmp_path_factory):
     shutil.copytree(NIGHT, root / "2025-06-01_arcsat")
     config = base / "config.toml"
     config.write_text(f'[masters]\nlibrary = "{base / "masters"}"\n')
-    admin = None
-    if request.param == "sqlite":
-        url = str(base / "catalogue.sqlite")
-    else:
-        template = request.getfixturevalue("pg_template")
-        name = f"archive_t_{uuid.uuid4().hex[:12]}"
-        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-        url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    env = {"ARCHIVE_CONFIG": str(config)}
-    runner = CliRunner()
-    args = ["-q", "--db", url, "night", "2025-06-01", "--root", str(root), "--output", str(base / "reduced"),
-            "--workers", "2"]
-    result = runner.invoke(main, args, env=env, catch_exceptions=False)
-    engine = open_catalogue(url)
-    yield {"base": base, "root": root, "url": url, "env": env, "args": args, "result": result, "engine": engine,
-           "runner": runner}
-    engine.dispose()
-    if admin is not None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with catalogue_url(request, base) as url:
+        env = {"ARCHIVE_CONFIG": str(config)}
+        runner = CliRunner()
+        args = ["-q", "--db", url, "night", "2025-06-01", "--root", str(root), "--output", str(base / "reduced"),
+                "--workers", "2"]
+        result = runner.invoke(main, args, env=env, catch_exceptions=False)
+        engine = open_catalogue(url)
+        yield {"base": base, "root": root, "url": url, "env": env, "args": args, "result": result, "engine": engine,
+               "runner": runner}
+        engine.dispose()
 
 
 def _frames(session, image_type, target_key=None):

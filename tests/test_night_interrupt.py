@@ -11,16 +11,14 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select
 
 from archive.db.models import Copy, Frame, Reduction, ReductionInput
 from archive.db.session import open_catalogue, session_scope
-from tests.conftest import PG_ADMIN_URL, SHARED_DATA
+from tests.conftest import SHARED_DATA, catalogue_url
 
 NIGHT = SHARED_DATA / "arcsat-uw-astr480" / "data" / "20250601"
 ARCHIVE = [sys.executable, "-m", "archive.cli"] if not shutil.which("archive") else [shutil.which("archive")]
@@ -28,18 +26,8 @@ ARCHIVE = [sys.executable, "-m", "archive.cli"] if not shutil.which("archive") e
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def catalogue(request, tmp_path):
-    if request.param == "sqlite":
-        yield str(tmp_path / "catalogue.sqlite")
-        return
-    template = request.getfixturevalue("pg_template")
-    name = f"archive_t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-    yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with catalogue_url(request, tmp_path) as url:
+        yield url
 
 
 def _count(folder: Path, pattern: str) -> int:

@@ -171,13 +171,17 @@ def create_app(engine: Engine, *, queries_folder: Path | None = None) -> Starlet
         columns, rows = views.table(report_table(session, "nights", {}))
         return page(request, "nights.html", title="Nights", columns=columns, rows=rows)
 
-    def night(request: Request, session) -> Response:
+    def night_report(request: Request, session):
+        """The night of the path (400 when it is not a date) and its report, cached."""
         text = request.path_params["night"]
         try:
             date = dt.date.fromisoformat(text)
         except ValueError:
             raise HTTPException(400, f"{text!r} is not a night (YYYY-MM-DD)") from None
-        report = cache.get(session, ("night", date), lambda: views.night(session, date))
+        return date, cache.get(session, ("night", date), lambda: views.night(session, date))
+
+    def night(request: Request, session) -> Response:
+        date, report = night_report(request, session)
         if report.empty:
             raise HTTPException(404, f"no frame of the night {date.isoformat()} in the catalogue")
         plot = f"/nights/{date.isoformat()}/quality.png" if views.has_quality_plot(report) else None
@@ -186,12 +190,7 @@ def create_app(engine: Engine, *, queries_folder: Path | None = None) -> Starlet
                     thumb_src=lambda thumb: f"/frames/{thumb.frame_id}/preview.png?size={THUMBNAIL_SIZE}")
 
     def night_plot(request: Request, session) -> Response:
-        text = request.path_params["night"]
-        try:
-            date = dt.date.fromisoformat(text)
-        except ValueError:
-            raise HTTPException(400, f"{text!r} is not a night (YYYY-MM-DD)") from None
-        report = cache.get(session, ("night", date), lambda: views.night(session, date))
+        date, report = night_report(request, session)
         png = cache.get(session, ("night plot", date), lambda: views.quality_plot(report)) if not report.empty else None
         if png is None:
             raise HTTPException(404, f"no measured light in the night {date.isoformat()}")
