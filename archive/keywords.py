@@ -33,6 +33,7 @@ TOTAL_EXPOSURE: str = _K["exposure"]["total_exposure"]
 #: Masters and stacks.
 NCOMBINE: str = _K["combine"]["ncombine"]
 COMBINE: str = _K["combine"]["method"]
+STACK_NORMALIZATION: str = _K["combine"]["normalization"]
 BIAS_SUBTRACTED: str = _K["master"]["bias_subtracted"]
 NORMALIZED: str = _K["master"]["normalized"]
 

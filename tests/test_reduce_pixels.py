@@ -216,3 +216,38 @@ def test_read_pixels_finds_the_image_hdu(tmp_path):
     assert read_pixels(tmp_path / "b.fits")[1]["OBJECT"] == "M 31"  # inherited from the primary header
     with pytest.raises(ValueError, match="holds no image"):
         read_pixels(tmp_path / "b.fits", 0)
+
+
+def test_additive_normalization_matches_backgrounds(tmp_path):
+    """Synthesized: one star field under three sky levels (one plane each of colour cubes with a
+    different sky per plane, NaN borders as registered frames have). Unnormalized, the median
+    stack of the overlap jumps where a frame's border ends; with ``normalization='additive'``
+    each input is offset to the median sky (numpy reference), and STACKNRM says so."""
+    rng = np.random.default_rng(10)
+    ny, nx = 64, 80
+    field_ = rng.normal(0, 1, (ny, nx)).astype(np.float32)
+    field_[20:23, 30:33] += 500  # a star
+    skies = np.array([[100, 200, 300], [140, 260, 330], [90, 180, 290]], dtype=np.float32)  # frame x plane
+    paths = []
+    for i, sky in enumerate(skies):
+        cube = np.stack([field_ + s for s in sky])
+        cube[:, :, : 4 * i] = np.nan  # registered: no value left of the frame's footprint
+        fits.PrimaryHDU(cube).writeto(tmp_path / f"{i}.fits")
+        paths.append(str(tmp_path / f"{i}.fits"))
+    plain = stack_files(StackJob(inputs=tuple(paths), output=str(tmp_path / "plain.fits"), method="mean"))
+    normed = stack_files(StackJob(inputs=tuple(paths), output=str(tmp_path / "norm.fits"), method="mean",
+                                  normalization="additive"))
+    assert fits.getval(plain["output"], kw.STACK_NORMALIZATION) == "none"
+    assert fits.getval(normed["output"], kw.STACK_NORMALIZATION) == "additive"
+    stack = fits.getdata(normed["output"])
+    assert stack.shape == (3, ny, nx)
+    # numpy reference: each frame offset by (median sky of the three) - its own sky
+    cubes = np.stack([fits.getdata(p) for p in paths])  # (frames, planes, ny, nx)
+    offsets = np.median(skies, axis=0) - skies
+    reference = np.nanmean(cubes + offsets[:, :, None, None], axis=0)
+    np.testing.assert_allclose(stack, reference, rtol=1e-4, atol=0.05)
+    # the step where frame 2's border ends (column 8) is gone with normalization
+    step = lambda image: abs(float(np.median(image[0, :, 8]) - np.median(image[0, :, 7])))  # noqa: E731
+    assert step(fits.getdata(plain["output"])) > 5 and step(stack) < 0.5
+    with pytest.raises(ValueError, match="normalization"):
+        stack_files(StackJob(inputs=tuple(paths), output=str(tmp_path / "x.fits"), normalization="multiplicative"))

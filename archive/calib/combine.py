@@ -38,6 +38,9 @@ from archive.errors import ArchiveError, ConfigError
 
 #: How frames are combined (see the module docstring).
 COMBINE_METHODS = ("median", "mean", "sigma_clip")
+#: How a stack's inputs are matched in background before they are combined: "none", or
+#: "additive" (offsets from :func:`background_level`; :func:`archive.reduce.stack.background_offsets`).
+NORMALIZATIONS = ("none", "additive")
 
 #: Bytes per pixel per input frame that one block needs while it is combined, by method: the
 #: float32 values (4) plus the larger of the input rows being converted (8 per pixel of one
@@ -415,6 +418,7 @@ def combine_files(
     hdu_indexes: Sequence[int] | None = None,
     prepare: Callable[[int, np.ndarray, int, int], np.ndarray] | None = None,
     scales: Sequence[float] | None = None,
+    offsets: Sequence[float] | None = None,
     memory_limit_mb: float = 2048.0,
     sigma_low: float = 3.0,
     sigma_high: float = 3.0,
@@ -441,6 +445,9 @@ def combine_files(
         ``i`` before combining (bias and dark subtraction).
     scales : sequence of float, optional
         Each input is multiplied by its scale after ``prepare`` (flats: 1 / their median).
+    offsets : sequence of float, optional
+        Added to each input after ``prepare`` and ``scales`` (a stack's additive background
+        normalization, ADU).
     memory_limit_mb : float
         Memory for the blocks and the output, MB (2**20 bytes; default 2048); see
         :func:`rows_per_block`.
@@ -498,8 +505,8 @@ def combine_files(
         # raw 16-bit frames combined by median need no arithmetic: sort their integers (exact,
         # half the memory and about twice as fast as float32)
         native = readers[0].native_dtype
-        integer = (method == "median" and prepare is None and scales is None and native is not None
-                   and all(r.native_dtype == native for r in readers))
+        integer = (method == "median" and prepare is None and scales is None and offsets is None
+                   and native is not None and all(r.native_dtype == native for r in readers))
 
         def one_block(start: int) -> None:
             stop = min(last, start + step)
@@ -514,6 +521,8 @@ def combine_files(
                     block = prepare(i, block, start, stop)
                 if scales is not None:
                     block = block * np.float32(scales[i])
+                if offsets is not None:
+                    block = block + np.float32(offsets[i])
                 stack[:, i] = block.reshape(-1)
             out[start - first:stop - first] = combine_values(
                 stack, method, weights=w, sigma_low=sigma_low, sigma_high=sigma_high, maxiters=maxiters,
@@ -557,3 +566,33 @@ def image_median(
         The image cannot be read.
     """
     return float(np.nanmedian(prepare(index, reader.full(), 0, reader.shape[0]) if prepare else reader.full()))
+
+
+def background_level(reader: RowReader, step: int = 8) -> float:
+    """A frame's background: the median of a grid of its pixels, every ``step``-th row and column.
+
+    Stars cover a small fraction of a light, so the median of a regular sample is the sky
+    level (as Siril's normalization estimates it from the image's median); NaN (outside a
+    registered frame's footprint) is ignored.
+
+    Parameters
+    ----------
+    reader : RowReader
+        The open image (one plane of a colour cube when the reader was opened on it).
+    step : int
+        Sampling step in rows and columns, pixels.
+
+    Returns
+    -------
+    float
+        The background, ADU (NaN when no sampled pixel is finite).
+
+    Raises
+    ------
+    MasterBuildError
+        The image cannot be read.
+    """
+    rows = [reader.rows(r, r + 1)[:, ::step] for r in range(0, reader.shape[0], step)]
+    sample = np.concatenate(rows, axis=None)
+    finite = sample[np.isfinite(sample)]
+    return float(np.median(finite)) if finite.size else float("nan")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from archive.reduce.colour import DEMOSAIC_METHODS
-from archive.calib.combine import COMBINE_METHODS, CombineSettings
+from archive.calib.combine import COMBINE_METHODS, NORMALIZATIONS, CombineSettings
 from archive.config import (
     REDUCTION_SECTIONS,
     Settings,
@@ -50,7 +50,7 @@ LAYOUT_FIELDS = {
 LAYOUT_UNIQUE = {"calibrated": ("fp",), "registered": ("fp",), "stacked": ("fp", "group")}
 _PRODUCT_ENDINGS = (".fits", ".fit", ".fts")
 #: Keys of ``[stack]`` besides the combine settings (:class:`archive.calib.combine.CombineSettings`).
-_STACK_KEYS = ("method", "per_night", "weights")
+_STACK_KEYS = ("method", "per_night", "weights", "normalization")
 
 
 def check_layout(kind: str, template: Any) -> str:
@@ -112,7 +112,7 @@ class ReductionConfig:
     calibrate, register, executor : dict
         The sections of the same names.
     stack : dict
-        ``[stack]``: ``method``, ``per_night``, and the combine settings ``sigma_low``,
+        ``[stack]``: ``method``, ``per_night``, ``weights``, ``normalization``, and the combine settings ``sigma_low``,
         ``sigma_high`` (float), ``maxiters`` (int), ``memory_limit_mb`` (float), checked and
         typed (:class:`archive.calib.combine.CombineSettings`); no other key.
     version : int
@@ -165,6 +165,8 @@ def load_reduction_config(
             raise ConfigError(f"[stack] method must be one of {COMBINE_METHODS}, not {stack['method']!r}")
         if stack.get("weights", "none") not in ("none", "signal"):
             raise ConfigError(f"[stack] weights must be 'none' or 'signal', not {stack['weights']!r}")
+        if stack.get("normalization", "none") not in NORMALIZATIONS:
+            raise ConfigError(f"[stack] normalization must be one of {NORMALIZATIONS}, not {stack['normalization']!r}")
         combine = CombineSettings.from_table(stack, "[stack]", other_keys=_STACK_KEYS)
         stack.update(vars(combine))
         demosaic = merged.get("calibrate", {}).get("demosaic", "bilinear")

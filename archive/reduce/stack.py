@@ -18,7 +18,7 @@ from astropy.io import fits
 from astropy.time import Time
 
 from archive import keywords as kw
-from archive.calib.combine import combine_files, rows_per_block
+from archive.calib.combine import NORMALIZATIONS, RowReader, background_level, combine_files, rows_per_block
 from archive.fitsio import product_header, write_atomic
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,8 @@ class StackJob:
         unknown) for a missing value.
     dates_obs : sequence of str or None
         Start of each input, UTC, ISO 8601: the catalogue's normalized ``date_obs``.
+    normalization : {'none', 'additive'}
+        Background normalization before combining (:func:`background_offsets`).
     """
 
     inputs: tuple[str, ...]
@@ -65,6 +67,46 @@ class StackJob:
     header: dict = field(default_factory=dict)
     exposures_s: tuple[float | None, ...] = ()
     dates_obs: tuple[str | None, ...] = ()
+    normalization: str = "none"
+
+
+def background_offsets(inputs: tuple[str, ...], plane: int | None = None) -> tuple[float, ...]:
+    """Additive background normalization: the offset that brings each input to a common sky.
+
+    Each input's background is :func:`archive.calib.combine.background_level` (the median of
+    a grid of its pixels); its offset is the median of all the inputs' backgrounds minus its
+    own, so the stack keeps the typical sky level. This is the "additive" normalization of
+    Siril's stacking (Siril manual, "Stacking: normalization"), without its scale term.
+
+    Parameters
+    ----------
+    inputs : sequence of str
+        Registered frames, 2-D or colour cubes (3, ny, nx).
+    plane : int, optional
+        The colour plane of cubes (each plane is normalized on its own).
+
+    Returns
+    -------
+    tuple of float
+        One offset per input, ADU (0 for an input whose background cannot be estimated).
+
+    Raises
+    ------
+    MasterBuildError
+        An input cannot be read.
+    """
+    levels = []
+    for path in inputs:
+        reader = RowReader(path, 0, plane)
+        try:
+            levels.append(background_level(reader))
+        finally:
+            reader.close()
+    levels_ = np.array(levels, dtype=float)
+    if not np.isfinite(levels_).any():
+        return tuple(0.0 for _ in inputs)
+    common = float(np.nanmedian(levels_))
+    return tuple(0.0 if not np.isfinite(v) else common - float(v) for v in levels_)
 
 
 def _combine_band(inputs: tuple[str, ...], start: int, stop: int, options: dict) -> np.ndarray:
@@ -119,7 +161,9 @@ def stack_files(job: StackJob, executor=None, parts: int = 1) -> dict:
 
     Inputs of shape (ny, nx) give an image of that shape; colour cubes of shape (3, ny, nx)
     (demosaiced, registered lights) give a cube, each plane combined by the one engine
-    (:func:`archive.calib.combine.combine_files` with ``plane``), written as NAXIS3 = 3.
+    (:func:`archive.calib.combine.combine_files` with ``plane``), written as NAXIS3 = 3. With
+    ``job.normalization = 'additive'`` each input (each plane) is first offset to the common
+    background (:func:`background_offsets`); STACKNRM records the normalization.
 
     The header is the first input's with IMAGETYP 'STACKED', COMBINE (method), NCOMBINE,
     EXPTIME (the exposure of one input, s), TOTEXP (sum of the inputs' exposures, s), DATE-OBS
@@ -147,8 +191,8 @@ def stack_files(job: StackJob, executor=None, parts: int = 1) -> dict:
     Raises
     ------
     ValueError
-        No inputs, an unknown method, weights with the median or not one per input, or as
-        many exposure times or dates as inputs not given.
+        No inputs, an unknown method or normalization, weights with the median or not one
+        per input, or as many exposure times or dates as inputs not given.
     MasterBuildError
         An input cannot be read or its shape differs from the first one's.
     """
@@ -163,12 +207,17 @@ def stack_files(job: StackJob, executor=None, parts: int = 1) -> dict:
     ny, nx = shape[-2:]
     planes: list[int | None] = list(range(shape[0])) if len(shape) == 3 else [None]
     bounds = np.linspace(0, ny, max(1, min(parts, ny)) + 1).astype(int)
+    if job.normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, not {job.normalization!r}")
     options = {"method": job.method, "weights": job.weights or None, "sigma_low": job.sigma_low,
                "sigma_high": job.sigma_high, "maxiters": job.maxiters, "memory_limit_mb": job.memory_limit_mb}
+    offsets = {plane: background_offsets(job.inputs, plane) if job.normalization == "additive" else None
+               for plane in planes}
     if executor is None or len(bounds) == 2:
-        combined = [combine_files(job.inputs, plane=plane, **options) for plane in planes]
+        combined = [combine_files(job.inputs, plane=plane, offsets=offsets[plane], **options) for plane in planes]
     else:
-        futures = [[executor.submit(_combine_band, job.inputs, int(a), int(b), {**options, "plane": plane})
+        futures = [[executor.submit(_combine_band, job.inputs, int(a), int(b),
+                                    {**options, "plane": plane, "offsets": offsets[plane]})
                     for a, b in itertools.pairwise(bounds)] for plane in planes]
         combined = [np.concatenate([f.result() for f in bands], axis=0) for bands in futures]
     result = combined[0] if planes == [None] else np.stack(combined)
@@ -176,6 +225,7 @@ def stack_files(job: StackJob, executor=None, parts: int = 1) -> dict:
     out[kw.IMAGE_TYPE] = kw.IMAGE_TYPE_VALUES["stacked"]
     out[kw.COMBINE] = (job.method, "combine method")
     out[kw.NCOMBINE] = (len(job.inputs), "number of frames combined")
+    out[kw.STACK_NORMALIZATION] = (job.normalization, "background normalization of the inputs")
     total, date_begin, date_end, warnings_ = _exposure_cards(job, out)
     for key, value in job.header.items():
         out[key] = value

@@ -48,6 +48,7 @@ def stack_group(
     """
     st = config.stack
     parameters = {k: st[k] for k in ("method", "sigma_low", "sigma_high", "maxiters", "memory_limit_mb")}
+    parameters["normalization"] = st.get("normalization", "none")
     with session_scope(engine, write=True) as session:  # judging the lights writes their flags
         kept_ids, found, weights = stack_exclusions(session, registered_ids)
         rejected = {**(rejected or {}), **found}
@@ -103,6 +104,7 @@ def stack_group(
         job = StackJob(**extra, inputs=tuple(paths[f.id] for f in members), output=str(output), method=parameters["method"],
                        sigma_low=parameters["sigma_low"], sigma_high=parameters["sigma_high"],
                        maxiters=parameters["maxiters"], memory_limit_mb=parameters["memory_limit_mb"],
+                       normalization=parameters["normalization"],
                        header={kw.REDUCTION_STEP: "stack", kw.FINGERPRINT: fp},
                        exposures_s=tuple(f.exposure_time_s for f in members),
                        dates_obs=tuple(f.date_obs.isoformat() if f.date_obs else None for f in members))
