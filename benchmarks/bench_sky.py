@@ -115,23 +115,29 @@ def load(engine, g: dict[str, np.ndarray], cells: list[np.ndarray]) -> float:
     frame_cols = [c.name for c in Frame.__table__.columns]
     defaults = {"image_type": "light", "exposure_time_s": 300.0, "hdu_index": 0, "header": "", "sources": "{}",
                 "ingested_at": stamp}
+    template = [defaults.get(c) for c in frame_cols]
+    id_at, sha_at = frame_cols.index("id"), frame_cols.index("sha256")
+
+    def frame_row(frame_id: int) -> tuple:
+        row = template.copy()
+        row[id_at], row[sha_at] = frame_id, f"{frame_id:064x}"
+        return tuple(row)
+
+    # footprint_corners' columns after (frame_id, corner): ra, dec, then c, n, u, w (x, y, z each)
+    numbers = np.concatenate([g["ra"][..., None], g["dec"][..., None], g["corners"], g["normals"], g["starts"],
+                              g["ends"]], axis=2)
     t = time.perf_counter()
     for start in range(0, n, CHUNK):
         stop = min(n, start + CHUNK)
         with engine.begin() as conn:
-            insert_rows(conn, Frame.__table__, [
-                tuple(i + 1 if c == "id" else f"{i + 1:064x}" if c == "sha256" else defaults.get(c) for c in frame_cols)
-                for i in range(start, stop)])
+            insert_rows(conn, Frame.__table__, [frame_row(i + 1) for i in range(start, stop)])
             insert_rows(conn, Footprint.__table__, [
-                (i + 1, "header", float(g["centre_ra"][i]), float(g["centre_dec"][i]), float(g["radius"][i]), None, 6,
-                 None, None, stamp) for i in range(start, stop)])
-            rows = []
-            for i in range(start, stop):
-                for k in range(4):
-                    c, nn, s, e = g["corners"][i, k], g["normals"][i, k], g["starts"][i, k], g["ends"][i, k]
-                    rows.append((i + 1, k, float(g["ra"][i, k]), float(g["dec"][i, k]), *map(float, c), *map(float, nn),
-                                 *map(float, s), *map(float, e)))
-            insert_rows(conn, FootprintCorner.__table__, rows)
+                (i + 1, "header", ra, dec, radius, None, 6, None, None, stamp) for i, ra, dec, radius in zip(
+                    range(start, stop), g["centre_ra"][start:stop].tolist(), g["centre_dec"][start:stop].tolist(),
+                    g["radius"][start:stop].tolist())])
+            insert_rows(conn, FootprintCorner.__table__, [
+                (start + j // 4 + 1, j % 4, *values)
+                for j, values in enumerate(numbers[start:stop].reshape(-1, numbers.shape[2]).tolist())])
             insert_rows(conn, FootprintCell.__table__,
                         [(int(cell), i + 1) for i in range(start, stop) for cell in cells[i]])
     with engine.begin() as conn:

@@ -192,3 +192,66 @@ def test_footprints_are_backfilled_for_frames_catalogued_before(sky):
     with session_scope(sky, write=True) as session:
         assert index_missing(session) == 29
     assert len(_query(sky, FrameFilter(cone=(*M13_POS, 0.25)))) == 12
+
+
+# -- the same filters in projects, copyback, reports and the Python API ----------------------
+
+
+def test_a_project_placed_on_the_sky_gathers_the_lights_there(sky, tmp_path):
+    from archive.errors import ProjectError
+    from archive.gather.projects import collect_project, create_project, project_status
+
+    m13 = _lights(M13)
+    with session_scope(sky, write=True) as session:
+        create_project(session, "m13field", cone=(*M13_POS, 0.25), folder=tmp_path / "m13field")
+        create_project(session, "m94spot", covers=M94_POS, folder=tmp_path / "m94spot")
+        # the position is ANDed with the target: M 94 is not near M 13
+        create_project(session, "m94nearm13", target="M 94", cone=(*M13_POS, 0.25), folder=tmp_path / "none")
+        with pytest.raises(ProjectError, match="target, a cone"):
+            create_project(session, "nowhere", folder=tmp_path / "nowhere")
+        with pytest.raises(SkyQueryError):
+            create_project(session, "toowide", cone=(*M13_POS, 120.0), folder=tmp_path / "toowide")
+    status = project_status(sky, "m13field").set_index("filter")
+    per_filter = {f: sum(1 for p in m13 if f in p.name) for f in ("sdss_g", "sdss_r", "sdss_i", "sdss_z")}
+    assert status["frames"].to_dict() == per_filter == {"sdss_g": 2, "sdss_r": 3, "sdss_i": 3, "sdss_z": 4}
+    assert status.loc["sdss_z", "total_h"] == pytest.approx((80 + 3 * 160) / 3600, abs=1e-3)
+    planned = collect_project(sky, "m13field", dry_run=True)
+    assert sorted(item.source for s in planned.lights.values() for item in s.plan) == sorted(map(str, m13))
+    assert project_status(sky, "m94spot")[["filter", "frames"]].values.tolist() == [["IRCUT", 17]]
+    assert project_status(sky, "m94nearm13").empty
+
+
+def test_cli_project_copyback_summary_and_api_by_position(sky, db_url, tmp_path):
+    import json
+
+    from archive.reports import select_frames, summarize
+
+    runner = CliRunner()
+
+    def run(*args):
+        out = runner.invoke(main, ["--db", db_url, *map(str, args)], catch_exceptions=False)
+        assert out.exit_code == 0, out.output
+        return out.stdout
+
+    cone = [*M13_POS, 0.25]
+    created = run("project", "create", "m13field", "--cone", *cone, "--filters", "sdss_g,sdss_z",
+                  "--dir", tmp_path / "m13field")
+    assert "cone 250.423 36.4613 0.25" in created
+    status = json.loads(run("project", "status", "m13field", "--format", "json"))
+    assert [(r["filter"], r["frames"]) for r in status] == [("sdss_g", 2), ("sdss_z", 4)]
+    listed = json.loads(run("project", "list", "--format", "json"))
+    assert [(r["name"], r["target"], r["sky"]) for r in listed] == [("m13field", "", "cone 250.423 36.4613 0.25")]
+    bare = runner.invoke(main, ["--db", db_url, "project", "create", "bare", "--dir", str(tmp_path / "bare")])
+    assert bare.exit_code != 0 and "--cone or --covers" in bare.output
+    # copyback: the frames whose footprint contains M 94
+    planned = run("copyback", "--covers", *M94_POS, "--to", tmp_path / "spot", "--dry-run").splitlines()
+    assert sorted(line.split(" -> ")[0] for line in planned if " -> " in line) == sorted(map(str, _lights(M94)))
+    # the summary report
+    rows = json.loads(run("summary", "--by", "filter_name", "--cone", *cone, "--format", "json"))
+    assert {r["filter_name"]: r["frames"] for r in rows} == {"sdss_g": 2, "sdss_r": 3, "sdss_i": 3, "sdss_z": 4}
+    # the Python API
+    with session_scope(sky) as session:
+        frames = select_frames(session, FrameFilter(covers=M94_POS))
+        assert sorted(frames["path"]) == sorted(map(str, _lights(M94)))
+        totals = summarize(session, ["target"], FrameFilter(cone=tuple(cone), image_type="light"))
+    assert totals["frames"].tolist() == [12]

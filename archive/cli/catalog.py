@@ -15,6 +15,12 @@ from archive.db.session import session_scope
 from archive.reports import FrameFilter, load_queries, run_query
 from archive.reports.catalog import SUMMARY_KEYS, frame_rows, problem_rows, summary_rows
 
+#: The footprint filters (:class:`FrameFilter` ``cone`` and ``covers``) as options: for
+#: 'archive frames' and its kin (:func:`frame_filters`) and for 'archive project create'.
+cone_option = click.option("--cone", nargs=3, type=float, metavar="RA DEC RADIUS",
+                           help="Footprint within RADIUS of RA DEC (all in deg): the frame overlaps the cone.")
+covers_option = click.option("--covers", nargs=2, type=float, metavar="RA DEC", help="Footprint contains RA DEC (deg).")
+
 
 def frame_filters(func: Callable) -> Callable:
     """The usual frame filters as options, gathered into a ``filters`` FrameFilter argument."""
@@ -29,9 +35,8 @@ def frame_filters(func: Callable) -> Callable:
         click.option("--until", type=click.DateTime(), help="DATE-OBS before (UTC)."),
         click.option("--min-exposure", type=float, help="Exposure time at least (s)."),
         click.option("--max-exposure", type=float, help="Exposure time at most (s)."),
-        click.option("--cone", nargs=3, type=float, metavar="RA DEC RADIUS",
-                     help="Footprint within RADIUS of RA DEC (all in deg): the frame overlaps the cone."),
-        click.option("--covers", nargs=2, type=float, metavar="RA DEC", help="Footprint contains RA DEC (deg)."),
+        cone_option,
+        covers_option,
     ]
 
     @functools.wraps(func)

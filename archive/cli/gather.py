@@ -7,7 +7,7 @@ import sys
 import click
 
 from archive.cli import AppContext, pass_app
-from archive.cli.catalog import frame_filters
+from archive.cli.catalog import cone_option, covers_option, frame_filters
 from archive.cli.options import BarProgress, emit, output_format
 from archive.gather.config import load_gather_config
 from archive.gather.copyback import copyback as run_copyback
@@ -101,7 +101,9 @@ def project() -> None:
 
 @project.command("create")
 @click.argument("name")
-@click.option("--target", required=True, help="Target (OBJECT), matched loosely and by position.")
+@click.option("--target", help="Target (OBJECT), matched loosely and by position (optional with --cone or --covers).")
+@cone_option
+@covers_option
 @click.option("--filters", default="", help="Comma-separated filters, e.g. L,R,G,B,Ha (default: every filter found).")
 @click.option("--since", type=click.DateTime(), help="DATE-OBS on or after (UTC).")
 @click.option("--until", type=click.DateTime(), help="DATE-OBS before (UTC).")
@@ -112,19 +114,25 @@ def project() -> None:
 @click.option("--radius", type=float, help="Position-match radius (arcmin; default configs/copyback.toml).")
 @click.option("--dir", "folder", type=click.Path(file_okay=False), help="The project folder (default ./NAME).")
 @pass_app
-def project_create(app: AppContext, name, target, filters, since, until, goals, ra, dec, radius, folder) -> None:
-    """Create the project NAME: a target, its filters, a date range and goals.
+def project_create(app: AppContext, name, target, cone, covers, filters, since, until, goals, ra, dec, radius,
+                   folder) -> None:
+    """Create the project NAME: a target and/or a place on the sky, its filters, a date range
+    and goals. --cone and --covers select lights by footprint, as in 'archive frames'.
 
     \b
     Examples:
       archive project create m31 --target "M 31" --filters L,R,G,B,Ha --goal Ha=10h --goal L=5h
       archive project create ngc7000 --target NGC7000 --filters Ha,OIII --since 2026-09-01 --dir /data/ngc7000
+      archive project create m13field --cone 250.42 36.46 0.25 --filters sdss_g,sdss_r
+      archive project create sn2026abc --covers 192.72 41.12
     """
     from archive.db.session import session_scope
-    from archive.gather.projects import create_project, parse_goals
+    from archive.gather.projects import create_project, parse_goals, sky_text
 
     if (ra is None) != (dec is None):
         raise click.UsageError("give --ra and --dec together")
+    if not target and not cone and not covers:
+        raise click.UsageError("say what the project gathers: --target, --cone or --covers")
     try:
         goal_s = parse_goals(goals)
     except ValueError as exc:
@@ -132,9 +140,11 @@ def project_create(app: AppContext, name, target, filters, since, until, goals, 
     with session_scope(app.engine, write=True) as session:
         created = create_project(
             session, name, target=target, folder=folder or name, filters=filters.split(","), since=since, until=until,
-            goals=goal_s, ra_deg=ra, dec_deg=dec, radius_arcmin=radius,
+            goals=goal_s, ra_deg=ra, dec_deg=dec, radius_arcmin=radius, cone=tuple(cone) if cone else None,
+            covers=tuple(covers) if covers else None,
         )
-        click.echo(f"project {created.name}: target {created.target!r}, filters {','.join(created.filters) or 'all'}, "
+        where = "; ".join(w for w in (f"target {created.target!r}" if created.target else "", sky_text(created)) if w)
+        click.echo(f"project {created.name}: {where}, filters {','.join(created.filters) or 'all'}, "
                    f"folder {created.folder}")
 
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import astropy.units as u
 import numpy as np
 from astropy_healpix import HEALPix
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import and_, case, delete, func, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -281,19 +281,25 @@ def _dot(prefix: str, p: np.ndarray) -> ColumnElement:
     return t[names[0]] * float(p[0]) + t[names[1]] * float(p[1]) + t[names[2]] * float(p[2])
 
 
-def _in_cells(ranges: Sequence[tuple[int, int]]) -> ColumnElement:
-    """``frames.id`` among the frames of some index cells (the index step)."""
+def _passing(ranges: Sequence[tuple[int, int]], test: ColumnElement) -> ColumnElement:
+    """``frames.id`` among the frames of some index cells (the index step) whose four corner
+    rows pass ``test``, an aggregate over them (the exact step).
+
+    One read of the candidates' corner rows, grouped by frame: the candidates come from the
+    cells' primary key, their corners from ``footprint_corners``' (``frame_id`` first).
+    """
     cell = FootprintCell.__table__.c.cell
+    corner = FootprintCorner.__table__.c
     terms = [cell == low if low == high else cell.between(low, high) for low, high in ranges]
-    return Frame.id.in_(select(FootprintCell.frame_id).where(or_(*terms)))
+    candidates = select(FootprintCell.frame_id).where(or_(*terms))
+    passing = select(corner.frame_id).where(corner.frame_id.in_(candidates)).group_by(corner.frame_id).having(test)
+    return Frame.id.in_(passing)
 
 
 def _inside(p: np.ndarray) -> ColumnElement:
-    """The exact test: the frame's footprint contains the unit vector ``p``."""
-    corner = FootprintCorner.__table__.c
-    outside_edge = select(corner.frame_id).where(corner.frame_id == Frame.id, _dot("n", p) < -_EPSILON).correlate(Frame)
-    indexed = select(Footprint.frame_id).where(Footprint.frame_id == Frame.id).correlate(Frame)
-    return and_(indexed.exists(), ~outside_edge.exists())
+    """The exact test, over a footprint's corner rows: it contains the unit vector ``p``
+    (``p`` is on the inner side of every edge)."""
+    return func.min(_dot("n", p)) >= -_EPSILON
 
 
 def covers_condition(ra_deg: float, dec_deg: float) -> ColumnElement:
@@ -311,8 +317,7 @@ def covers_condition(ra_deg: float, dec_deg: float) -> ColumnElement:
     """
     _check_position(ra_deg, dec_deg)
     cell = point_cell(ra_deg, dec_deg)
-    p = unit_vectors(ra_deg, dec_deg)
-    return and_(_in_cells([(cell, cell)]), _inside(p))
+    return _passing([(cell, cell)], _inside(unit_vectors(ra_deg, dec_deg)))
 
 
 def cone_condition(ra_deg: float, dec_deg: float, radius_deg: float) -> ColumnElement:
@@ -336,13 +341,12 @@ def cone_condition(ra_deg: float, dec_deg: float, radius_deg: float) -> ColumnEl
         raise SkyQueryError(f"a cone radius must lie in (0, 90) deg, not {radius_deg}")
     p = unit_vectors(ra_deg, dec_deg)
     r = np.radians(radius_deg)
-    corner = FootprintCorner.__table__.c
     normal = _dot("n", p)
-    near = select(corner.frame_id).where(corner.frame_id == Frame.id, or_(
+    near = or_(  # a corner within the radius, or an edge within it between its corners
         _dot("c", p) >= float(np.cos(r)),
         and_(normal <= float(np.sin(r)), normal >= -float(np.sin(r)), _dot("u", p) >= 0, _dot("w", p) >= 0),
-    )).correlate(Frame)
-    return and_(_in_cells(cell_ranges(ra_deg, dec_deg, radius_deg)), or_(_inside(p), near.exists()))
+    )
+    return _passing(cell_ranges(ra_deg, dec_deg, radius_deg), or_(_inside(p), func.max(case((near, 1), else_=0)) == 1))
 
 
 def has_wcs_condition() -> ColumnElement:

@@ -173,7 +173,7 @@ def select_exposures(session: Session, selection: Selection, *, config: GatherCo
         for row in session.execute(frame_query(selection.frame_filter(with_target=False), *EXPOSURE_COLUMNS)):
             rows[row.id] = row
     by_position: list[Row] = []
-    if radius > 0:
+    if radius > 0 and (selection.target or selection.ra_deg is not None):  # else: nothing to match near
         if selection.ra_deg is not None:
             refs = np.array([[selection.ra_deg, selection.dec_deg]])
         else:

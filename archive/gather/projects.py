@@ -1,8 +1,9 @@
 """Multi-night projects: a target's lights per filter, their masters, and the integration so far.
 
 A project (:class:`archive.db.projects.Project`) is a stored query: a target (matched loosely
-by name and by position, as in copyback), a list of filters, an optional DATE-OBS range and a
-goal of integration per filter. Collecting writes dss-automation's layout below the project's
+by name and by position, as in copyback) and/or a place on the sky (the footprint filters
+``cone`` and ``covers`` of :class:`archive.db.frames.FrameFilter`, as ``archive frames``), a
+list of filters, an optional DATE-OBS range and a goal of integration per filter. Collecting writes dss-automation's layout below the project's
 folder::
 
     <project>/lights/<filter>/<date_obs>_<exposure>s_<seq>.fits
@@ -105,7 +106,7 @@ def create_project(
     session: Session,
     name: str,
     *,
-    target: str,
+    target: str | None = None,
     folder: str | Path,
     filters: Sequence[str] = (),
     since: dt.datetime | None = None,
@@ -114,6 +115,8 @@ def create_project(
     ra_deg: float | None = None,
     dec_deg: float | None = None,
     radius_arcmin: float | None = None,
+    cone: tuple[float, float, float] | None = None,
+    covers: tuple[float, float] | None = None,
 ) -> Project:
     """Create a project.
 
@@ -122,8 +125,9 @@ def create_project(
     session : Session
     name : str
         Unique project name.
-    target : str
-        Target, matched loosely ("M 31" = "M31") and by position (see copyback).
+    target : str, optional
+        Target, matched loosely ("M 31" = "M31") and by position (see copyback). Optional
+        when ``cone`` or ``covers`` places the project on the sky.
     folder : str or Path
         The project's folder (stored absolute; created when collecting).
     filters : sequence of str
@@ -134,17 +138,39 @@ def create_project(
         Filter -> wanted integration, s.
     ra_deg, dec_deg, radius_arcmin : float, optional
         Reference position (deg) and radius (arcmin) for position matching.
+    cone : (ra_deg, dec_deg, radius_deg), optional
+        Only lights whose footprint comes within the radius of the position (deg),
+        :func:`archive.db.sky.cone_condition`.
+    covers : (ra_deg, dec_deg), optional
+        Only lights whose footprint contains the position (deg),
+        :func:`archive.db.sky.covers_condition`.
 
     Raises
     ------
     ProjectError
-        A project of that name exists.
+        A project of that name exists, or neither a target nor ``cone``/``covers`` is given.
+    SkyQueryError
+        ``cone`` or ``covers`` is not a position on the sky (or the radius not in (0, 90) deg).
     """
+    if not (target and target.strip()) and cone is None and covers is None:
+        raise ProjectError(f"project {name!r}: give a target, a cone or a position it covers")
     if session.scalar(select(Project.id).where(Project.name == name)) is not None:
         raise ProjectError(f"a project named {name!r} exists already")
+    # numpy and astropy-healpix: imported on use
+    from archive.db.sky import cone_condition, covers_condition
+
+    if cone is not None:
+        cone = tuple(float(v) for v in cone)
+        cone_condition(*cone)  # checks the values
+    if covers is not None:
+        covers = tuple(float(v) for v in covers)
+        covers_condition(*covers)
     project = Project(
-        name=name, target=target, filters=[f.strip() for f in filters if f.strip()], since=since, until=until,
-        ra_deg=ra_deg, dec_deg=dec_deg, radius_arcmin=radius_arcmin,
+        name=name, target=(target or "").strip(), filters=[f.strip() for f in filters if f.strip()], since=since,
+        until=until, ra_deg=ra_deg, dec_deg=dec_deg, radius_arcmin=radius_arcmin,
+        cone_ra_deg=cone[0] if cone else None, cone_dec_deg=cone[1] if cone else None,
+        cone_radius_deg=cone[2] if cone else None, covers_ra_deg=covers[0] if covers else None,
+        covers_dec_deg=covers[1] if covers else None,
         folder=str(Path(folder).expanduser().absolute()), created_at=utcnow(),
     )
     project.goals = [ProjectGoal(filter_name=f, goal_s=float(s)) for f, s in (goals or {}).items()]
@@ -172,9 +198,18 @@ def get_project(session: Session, name: str) -> Project:
 def project_selection(project: Project) -> Selection:
     """The copyback :class:`Selection` of a project's raw lights (all its filters)."""
     return Selection(
-        target=project.target, since=project.since, until=project.until, kind="raw",
+        target=project.target or None, since=project.since, until=project.until, kind="raw",
         ra_deg=project.ra_deg, dec_deg=project.dec_deg, radius_arcmin=project.radius_arcmin,
+        cone=project.cone, covers=project.covers,
     )
+
+
+def sky_text(project: Project) -> str:
+    """A project's place on the sky as its options say it: ``'cone 250.42 36.46 0.25; covers
+    250.4 36.5'`` (deg), empty without one."""
+    parts = [f"{kind} {' '.join(f'{v:g}' for v in values)}"
+             for kind, values in (("cone", project.cone), ("covers", project.covers)) if values]
+    return "; ".join(parts)
 
 
 def _by_filter(project: Project, groups: ExposureSelection) -> dict[str, ExposureSelection]:
@@ -465,12 +500,14 @@ def project_status(engine: Engine, name: str, *, config: GatherConfig | None = N
 
 
 def list_projects(session: Session) -> pd.DataFrame:
-    """Every project: name, target, filters, folder, goals (h), created and last collected."""
+    """Every project: name, target, place on the sky (``cone RA DEC RADIUS``, ``covers RA DEC``;
+    deg), filters, folder, goals (h), created and last collected."""
     rows = []
     for p in session.scalars(select(Project).order_by(Project.name)):
         rows.append({
-            "name": p.name, "target": p.target, "filters": ",".join(p.filters), "folder": p.folder,
-            "goals": ", ".join(f"{g.filter_name}={g.goal_s / 3600:g}h" for g in p.goals),
+            "name": p.name, "target": p.target, "sky": sky_text(p), "filters": ",".join(p.filters),
+            "folder": p.folder, "goals": ", ".join(f"{g.filter_name}={g.goal_s / 3600:g}h" for g in p.goals),
             "created_at": p.created_at, "collected_at": p.collected_at,
         })
-    return pd.DataFrame(rows, columns=["name", "target", "filters", "folder", "goals", "created_at", "collected_at"])
+    return pd.DataFrame(rows, columns=["name", "target", "sky", "filters", "folder", "goals", "created_at",
+                                       "collected_at"])
