@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from archive.calib.combine import COMBINE_METHODS, CombineSettings
-from archive.config import Settings, load_settings, merge, read_toml
+from archive.config import Settings, for_instrument, load_settings, merge, read_toml
 from archive.db.models import CALIBRATION_KINDS
 from archive.errors import ConfigError
 from archive.resources import resource_dir
@@ -201,7 +201,7 @@ class RuleBook:
         MatchingRules
             Its override merged over the default, else the default.
         """
-        return self._by_instrument.get(name or "", self.default)
+        return for_instrument(self._by_instrument, name, self.default)
 
 
 def default_rulebook(settings: Settings | None = None) -> RuleBook:
