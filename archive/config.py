@@ -15,7 +15,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from archive.errors import ConfigError
 from archive.resources import resource_dir
@@ -63,7 +63,7 @@ class InstrumentName(str):
 
     model: str
 
-    def __new__(cls, name: str, model: str | None = None) -> InstrumentName:
+    def __new__(cls, name: str, model: str | None = None) -> Self:
         out = super().__new__(cls, name)
         out.model = model or name
         return out

@@ -434,6 +434,33 @@ def used_by(session: Session, frame: Frame) -> list[dict[str, Any]]:
     ]
 
 
+#: Input roles of the masters a product was made with.
+MASTER_ROLES = ("master_bias", "master_dark", "master_flat")
+
+
+def masters_below(session: Session, frame_ids: Iterable[int]) -> set[int]:
+    """The masters that the frames ``frame_ids`` were made with, all the way down, not
+    counting ``frame_ids`` themselves: the master bias of a bias-subtracted master dark, the
+    master bias and dark of a master flat (the ``master_*`` inputs of the reductions that made
+    them, and theirs).
+
+    A project folder that holds a bias-subtracted master dark needs its master bias too, or
+    it cannot calibrate its own lights (``archive project collect``).
+    """
+    start = set(frame_ids)
+    found: set[int] = set()
+    todo = set(start)
+    while todo:
+        rows = set()
+        for batch in chunked(todo):
+            rows |= set(session.scalars(
+                select(ReductionInput.frame_id).join(Frame, Frame.reduction_id == ReductionInput.reduction_id)
+                .where(Frame.id.in_(batch), ReductionInput.role.in_(MASTER_ROLES))))
+        todo = rows - found - start
+        found |= todo
+    return found
+
+
 def frame_summary(session: Session, frame: Frame) -> dict[str, Any]:
     """One frame as a node of :func:`provenance_tree` (id, type, path, target, filter,
     exposure, DATE-OBS, sha256), without its inputs."""

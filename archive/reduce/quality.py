@@ -33,6 +33,7 @@ from sqlalchemy import Engine, and_, delete, func, select
 from sqlalchemy.orm import Session, aliased
 
 from archive.calib.quality import METRICS, QualityRules, judge, load_quality_rules
+from archive.config import for_instrument
 from archive.db.base import utcnow
 from archive.db.bulk import chunked
 from archive.db.frames import FrameFilter, canonical_paths, frame_query, instrument_names
@@ -40,7 +41,6 @@ from archive.db.models import (
     Copy,
     Frame,
     FrameMeasurement,
-    Instrument,
     Master,
     QualityFlag,
     QualityOverride,

@@ -20,9 +20,8 @@ Revision ID: 0012_units
 Revises: 0011_prune
 Create Date: 2026-12-05
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0012_units'
 down_revision = '0011_prune'
