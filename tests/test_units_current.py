@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from archive.cli import main
-from archive.db import Frame, session_scope
+from archive.db import Copy, Frame, session_scope
 from archive.db.models import (
     CalibrationSelection,
     Instrument,
@@ -191,7 +191,56 @@ def test_the_stale_cycle_closes_and_only_current_products_are_gathered(db_url, e
     copied = sorted(out.rglob("*.fits"))
     assert len(copied) == 12
     with session_scope(engine) as session:
-        from archive.db import Copy
-
         frames = set(session.scalars(select(Copy.frame_id).where(Copy.path.startswith(str(out)))))
         assert frames == set(new)
+
+
+# -- LCO: one exposure twice, the compressed raw frame, and cubes of one plane ---------------------------
+
+
+def test_lco_fits_and_fz_are_one_exposure_and_the_compressed_raw_frame_calibrates(db_url, engine, shared_data,
+                                                                                   tmp_path):
+    lco = shared_data / "lco-fz-ocs-archive"
+    run(db_url, "ingest", str(lco))
+    with session_scope(engine) as session:
+        frames = {Path(path).name: frame for frame, path in session.execute(
+            select(Frame, Copy.path).join(Copy, Copy.frame_id == Frame.id))}
+    plain, packed = frames["coj1m011-kb05-20150219-0125-e90.fits"], frames["coj1m011-kb05-20150219-0125-e90.fits.fz"]
+    assert packed.duplicate_of_id == plain.id and plain.duplicate_of_id is None  # one exposure
+    assert {f.image_type for f in frames.values()} == {"light"}  # OBSTYPE 'EXPOSE', OBJECT 'zero_pointing'
+    raw = frames["cpt1m012-fl10-20151216-0073-e00.fits.fz"]
+    assert raw.hdu_index == 1 and (raw.naxis1, raw.naxis2, raw.naxis3) == (1040, 1024, 1)  # a cube of one plane
+    assert raw.gain is None  # GAIN='[3.3,3.4,3.3,3.4]': one value per amplifier, not one gain
+
+    run(db_url, "reduce", "--no-register", "--output", str(tmp_path / "products"), "--serial")
+    product = next((tmp_path / "products").rglob("cpt1m012-fl10-*_cal.fits"))
+    with fits.open(lco / "cpt1m012-fl10-20151216-0073-e00.fits.fz") as hdul:
+        expected = hdul[1].data[0].astype(np.float64)
+    with fits.open(product) as hdul:
+        assert hdul[0].header["NAXIS"] == 2 and hdul[0].header["OBJECT"] == "zero_pointing"  # primary header inherited
+        # no master: the pixels as read, as float, the one plane as a 2-D image
+        np.testing.assert_allclose(hdul[0].data, expected, rtol=1e-6)
+
+
+def test_a_cube_of_one_plane_is_read_as_that_plane(db_url, engine, tmp_path):
+    """SYNTHETIC: NAXIS3 = 1 lights (a mono frame written as a cube) and darks; the master dark
+    and the calibrated frames are 2-D."""
+    from tests.factories import nina_header, write_fits
+
+    rng = np.random.default_rng(3)
+    for k in range(3):
+        when = {"DATE-OBS": f"2026-11-19T22:0{k}:00"}
+        write_fits(tmp_path / "raw" / f"cube_{k}.fits", nina_header(OBJECT="Cube", FILTER="L", **when),
+                   data=(1000 + rng.normal(0, 10, (1, 32, 48))).astype(np.float32))
+        write_fits(tmp_path / "raw" / f"dark_{k}.fits", nina_header("DARK", OBJECT="", FILTER="", **when),
+                   data=(100 + rng.normal(0, 1, (1, 32, 48))).astype(np.float32))
+    run(db_url, "ingest", str(tmp_path / "raw"))
+    run(db_url, "masters", "build", "--library", str(tmp_path / "library"))
+    run(db_url, "reduce", "--no-register", "--output", str(tmp_path / "products"), "--serial")
+    master = next((tmp_path / "library").rglob("*.fits"))
+    assert fits.getdata(master).shape == (32, 48)
+    calibrated = sorted((tmp_path / "products").rglob("*_cal.fits"))
+    assert len(calibrated) == 3
+    raw = fits.getdata(tmp_path / "raw" / "cube_0.fits")[0]
+    first = fits.getdata(calibrated[0])
+    assert first.shape == (32, 48) and abs(float(np.median(first)) - (float(np.median(raw)) - 100)) < 3
