@@ -194,12 +194,13 @@ class RuleBook:
         Parameters
         ----------
         name : str or None
-            Instrument name (INSTRUME as normalized at ingest).
+            Instrument name (``instruments.name``); an :class:`archive.config.InstrumentName`
+            also finds the override of its model (:func:`archive.config.for_instrument`).
 
         Returns
         -------
         MatchingRules
-            Its override merged over the default, else the default.
+            Its override (the unit's, else its model's) merged over the default, else the default.
         """
         return for_instrument(self._by_instrument, name, self.default)
 

@@ -206,7 +206,7 @@ def explain_selection(
     """
     if kind not in CALIBRATION_KINDS:
         raise ValueError(f"unknown calibration kind {kind!r}; choose from {CALIBRATION_KINDS}")
-    matching = rules_for(rules, frame.instrument.name if frame.instrument else None)
+    matching = rules_for(rules, frame.instrument.key if frame.instrument else None)
     kind_rules = matching[kind]
     candidates = library if library is not None else masters_of(session, kind)
     judged = [(m, f, _judge(frame, m, f, kind_rules)) for m, f in candidates if f.id != frame.id]
