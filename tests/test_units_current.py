@@ -194,6 +194,16 @@ def test_the_stale_cycle_closes_and_only_current_products_are_gathered(db_url, e
         frames = set(session.scalars(select(Copy.frame_id).where(Copy.path.startswith(str(out)))))
         assert frames == set(new)
 
+    # the dark good again: the first products are chosen again, current again, and nothing is stale
+    run(db_url, "masters", "mark-bad", str(dark), "--undo")
+    assert run(db_url, "stale", "--format", "csv").count("is now available") == 12
+    run(db_url, "reduce", "--stale", "--output", str(m13 / "reduce"), "--serial")
+    assert run(db_url, "stale").strip() in ("", "(no rows)")
+    with session_scope(engine) as session:
+        again = {f.id: f.superseded_by_id for f in session.scalars(select(Frame).where(Frame.image_type == "calibrated"))}
+        assert {i for i, by in again.items() if by is None} == before  # no product made a third time
+        assert all(again[i] in before for i in new)
+
 
 # -- LCO: one exposure twice, the compressed raw frame, and cubes of one plane ---------------------------
 

@@ -69,12 +69,16 @@ def _group_key(frame: Frame, per_night: bool, models: dict[int, Any]) -> tuple:
 
 
 def current_calibrated(session: Session, light_ids: Iterable[int] | None = None) -> dict[int, tuple[int, int]]:
-    """light id -> (calibrated frame id, reduction id) of each light's latest finished calibration."""
+    """light id -> (calibrated frame id, reduction id) of each light's current calibration: the
+    latest finished one whose product is not superseded (``Frame.superseded_by_id``: a product
+    chosen again after a newer one, e.g. a master marked bad and then good again, is current)."""
     def query(batch: list[int] | None):
         latest = (
             select(ReductionInput.frame_id.label("light_id"), func.max(Reduction.id).label("rid"))
             .join(Reduction, Reduction.id == ReductionInput.reduction_id)
-            .where(Reduction.step == "calibrate", Reduction.status == "done", ReductionInput.role == "light")
+            .join(Frame, Frame.reduction_id == Reduction.id)
+            .where(Reduction.step == "calibrate", Reduction.status == "done", ReductionInput.role == "light",
+                   Frame.superseded_by_id.is_(None))
             .group_by(ReductionInput.frame_id)
         )
         if batch is not None:
