@@ -20,39 +20,60 @@ Revision ID: 0012_units
 Revises: 0011_prune
 Create Date: 2026-12-05
 """
+
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0012_units'
-down_revision = '0011_prune'
+revision = "0012_units"
+down_revision = "0011_prune"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('instruments', schema=None, recreate='never') as batch_op:
-        batch_op.add_column(sa.Column('model', sa.String(length=200), nullable=True))
-        batch_op.add_column(sa.Column('serial', sa.String(length=100), nullable=True))
-        batch_op.create_index(batch_op.f('ix_instruments_model'), ['model'], unique=False)
+    with op.batch_alter_table("instruments", schema=None, recreate="never") as batch_op:
+        batch_op.add_column(sa.Column("model", sa.String(length=200), nullable=True))
+        batch_op.add_column(sa.Column("serial", sa.String(length=100), nullable=True))
+        batch_op.create_index(
+            batch_op.f("ix_instruments_model"), ["model"], unique=False
+        )
     op.execute("UPDATE instruments SET model = name")
-    if op.get_bind().dialect.name == 'sqlite':  # alembic cannot ALTER constraints there; SQLite can add one inline
-        op.execute("ALTER TABLE frames ADD COLUMN superseded_by_id INTEGER REFERENCES frames (id)")
+    if (
+        op.get_bind().dialect.name == "sqlite"
+    ):  # alembic cannot ALTER constraints there; SQLite can add one inline
+        op.execute(
+            "ALTER TABLE frames ADD COLUMN superseded_by_id INTEGER REFERENCES frames (id)"
+        )
     else:
-        op.add_column('frames', sa.Column('superseded_by_id', sa.Integer(), sa.ForeignKey('frames.id'), nullable=True))
-    op.create_index(op.f('ix_frames_superseded_by_id'), 'frames', ['superseded_by_id'], unique=False)
-    with op.batch_alter_table('reductions', schema=None, recreate='never') as batch_op:
-        batch_op.add_column(sa.Column('lineage', sa.String(length=80), nullable=True))
-        batch_op.create_index(batch_op.f('ix_reductions_lineage'), ['lineage'], unique=False)
+        op.add_column(
+            "frames",
+            sa.Column(
+                "superseded_by_id",
+                sa.Integer(),
+                sa.ForeignKey("frames.id"),
+                nullable=True,
+            ),
+        )
+    op.create_index(
+        op.f("ix_frames_superseded_by_id"), "frames", ["superseded_by_id"], unique=False
+    )
+    with op.batch_alter_table("reductions", schema=None, recreate="never") as batch_op:
+        batch_op.add_column(sa.Column("lineage", sa.String(length=80), nullable=True))
+        batch_op.create_index(
+            batch_op.f("ix_reductions_lineage"), ["lineage"], unique=False
+        )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('reductions', schema=None, recreate='never') as batch_op:
-        batch_op.drop_index(batch_op.f('ix_reductions_lineage'))
-        batch_op.drop_column('lineage')
-    op.drop_index(op.f('ix_frames_superseded_by_id'), table_name='frames')
-    with op.batch_alter_table('frames', schema=None) as batch_op:  # SQLite: copied (the reference goes with it)
-        batch_op.drop_column('superseded_by_id')
-    with op.batch_alter_table('instruments', schema=None, recreate='never') as batch_op:
-        batch_op.drop_index(batch_op.f('ix_instruments_model'))
-        batch_op.drop_column('serial')
-        batch_op.drop_column('model')
+    with op.batch_alter_table("reductions", schema=None, recreate="never") as batch_op:
+        batch_op.drop_index(batch_op.f("ix_reductions_lineage"))
+        batch_op.drop_column("lineage")
+    op.drop_index(op.f("ix_frames_superseded_by_id"), table_name="frames")
+    with op.batch_alter_table(
+        "frames", schema=None
+    ) as batch_op:  # SQLite: copied (the reference goes with it)
+        batch_op.drop_column("superseded_by_id")
+    with op.batch_alter_table("instruments", schema=None, recreate="never") as batch_op:
+        batch_op.drop_index(batch_op.f("ix_instruments_model"))
+        batch_op.drop_column("serial")
+        batch_op.drop_column("model")
