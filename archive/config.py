@@ -15,7 +15,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from archive.errors import ConfigError
 from archive.resources import resource_dir
@@ -46,6 +46,42 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+
+
+class InstrumentName(str):
+    """An instrument's name (``instruments.name``: the model, or ``"model serial"`` for one
+    unit) that also carries its ``model``, so that configuration written for a model (``[instruments.
+    "Seestar S50"]``) applies to each of its units: see :func:`for_instrument`.
+
+    Parameters
+    ----------
+    name : str
+        The instrument's name.
+    model : str, optional
+        Its model (INSTRUME); default: the name.
+    """
+
+    model: str
+
+    def __new__(cls, name: str, model: str | None = None) -> Self:
+        out = super().__new__(cls, name)
+        out.model = model or name
+        return out
+
+
+def for_instrument(table: dict[str, Any], name: str | None, default: Any = None) -> Any:
+    """The entry of ``table`` (instrument -> settings) for the instrument ``name``: its own
+    name first, then its model (an :class:`InstrumentName`'s ``model``), else ``default``.
+
+    The one look-up of per-instrument configuration (matching, quality, detector sections,
+    sites), so that a unit is configured by its model unless it is named itself.
+    """
+    if not name:
+        return default
+    if name in table:
+        return table[name]
+    model = getattr(name, "model", None)
+    return table.get(model, default) if model else default
 
 
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -49,6 +49,8 @@ def read_pixels(path: str | Path, hdu: int | None = None, dtype=np.float64) -> t
     Returns
     -------
     data : ndarray
+        A cube of one plane (NAXIS3 = 1, as some programs write a mono frame) comes back as
+        that plane (ny, nx): every step then treats it as the 2-D image it is.
     header : Header
         The image HDU's header; for an image in an extension, completed with the primary
         header's cards it lacks (OBJECT, DATE-OBS, ... often live there), so that a product
@@ -68,6 +70,8 @@ def read_pixels(path: str | Path, hdu: int | None = None, dtype=np.float64) -> t
         if hdul[index].data is None:
             raise ValueError(f"{path}: HDU {index} holds no image")
         data = np.asarray(hdul[index].data).astype(np.dtype(dtype).newbyteorder("="), copy=False)
+        while data.ndim > 2 and data.shape[0] == 1:
+            data = data[0]
         header = hdul[index].header.copy()
         if index > 0:
             for card in hdul[0].header.cards:

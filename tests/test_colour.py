@@ -201,6 +201,10 @@ def test_seestar_gives_one_colour_stack_from_both_nights(seestar):
         assert {f.bayer_pattern for f in calibrated} == {None}
         lights = session.scalars(select(Frame).where(Frame.image_type == "light")).all()
         assert len({f.night for f in lights}) == 2 and len({f.telescope for f in lights}) == 2
+        # two units of one model (serial in TELESCOP): two instruments; the stack is the model's
+        assert {f.instrument.name for f in lights} == {"Seestar S50 S50_1d3fe189", "Seestar S50 S50_12d98769"}
+        assert {f.instrument.model for f in lights} == {"Seestar S50"}
+        assert (stacked.instrument.name, stacked.instrument.serial) == ("Seestar S50", None)
         # provenance: no master applied, the demosaicing recorded
         for reduction in session.scalars(select(Reduction).where(Reduction.step == "calibrate")):
             assert reduction.parameters["masters"] == {}
@@ -226,12 +230,15 @@ def test_seestar_stack_stars_are_aligned(seestar):
 def test_an_instrument_has_its_own_limits_of_a_rule():
     """configs/quality [instruments."NAME".limits]: the Seestar's stars may be wider than 5"."""
     from archive.calib.quality import judge, load_quality_rules, parse_rules
+    from archive.config import InstrumentName
     from archive.errors import ConfigError
 
     rules = load_quality_rules()
     frames = [(1, "light", "g", {"fwhm_arcsec": 6.5})]
     assert [f.rule for f in judge(rules, frames)] == ["fwhm_absolute"]
     assert judge(rules.for_instrument("Seestar S50"), frames) == []
+    unit = InstrumentName("Seestar S50 S50_1d3fe189", "Seestar S50")  # one unit: its model's limits
+    assert judge(rules.for_instrument(unit), frames) == []
     assert [f.limit for f in judge(rules.for_instrument("Seestar S50"), [(1, "light", "g", {"fwhm_arcsec": 11.0})])] == [10.0]
     assert rules.for_instrument("another camera") is rules
     with pytest.raises(ConfigError, match="no rule 'nonsense'"):

@@ -146,8 +146,11 @@ def test_arcsat_project_without_masters(engine, arcsat_night, tmp_path):
     summary = collect_project(engine, "xo1", config=CONFIG)
     assert summary.lights["z"].copied == 16 and len(files(tmp_path / "xo1" / "lights" / "z")) == 16
     status = project_status(engine, "xo1", config=CONFIG).set_index("filter")
-    assert status.loc["z", "frames"] == 16 and status.loc["z", "usable_h"] == 0  # raw calibrations, no masters
-    assert status.loc["z", "total_h"] == pytest.approx(16 / 60, abs=1e-3)
+    # raw calibrations not made into masters: the library holds no master of the instrument, so
+    # it requires none ('available', configs/matching) and its lights are usable, as calibration
+    # would take them (uncalibrated) -- one rule for both
+    assert status.loc["z", "frames"] == 16 and status.loc["z", "missing"] == ""
+    assert status.loc["z", "usable_h"] == status.loc["z", "total_h"] == pytest.approx(16 / 60, abs=1e-3)
 
 
 def test_cli_project(db_url, arcsat_night, tmp_path):
@@ -184,7 +187,8 @@ def test_a_master_flagged_bad_makes_its_lights_unusable(engine, m31):
 
 def test_arcsat_with_masters_built_by_the_library(engine, arcsat_night, tmp_path):
     """The real ARCSAT calibrations made into masters (archive.calib): every light is usable and
-    its dark and flat are collected beside the lights."""
+    its bias, dark and flat are collected beside the lights (the bias also because the master
+    dark was made bias-subtracted with it)."""
     from archive.calib.masters import build_masters
 
     ingest_paths(engine, [arcsat_night])
@@ -193,7 +197,7 @@ def test_arcsat_with_masters_built_by_the_library(engine, arcsat_night, tmp_path
         create_project(session, "xo1", target="XO1-b", folder=tmp_path / "xo1", filters=["z"], goals={"z": 3600.0})
     summary = collect_project(engine, "xo1", config=CONFIG)
     assert summary.ok and not summary.missing_masters, (built, summary.lines())
-    assert sorted(f.name.split("_")[1] for f in files(tmp_path / "xo1" / "masters" / "z")) == ["dark", "flat"]
+    assert sorted(f.name.split("_")[1] for f in files(tmp_path / "xo1" / "masters" / "z")) == ["bias", "dark", "flat"]
     status = project_status(engine, "xo1", config=CONFIG).set_index("filter")
     assert status.loc["z", "usable_h"] == status.loc["z", "total_h"] == pytest.approx(16 / 60, abs=1e-3)
     assert status.loc["z", "gap_h"] == pytest.approx(1 - 16 / 60, abs=1e-3) and status.loc["z", "collected"] == 16

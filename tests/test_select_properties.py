@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
@@ -84,6 +85,8 @@ def _valid_by_rules(kind, light: Frame, master: Master, mframe: Frame) -> str | 
         return "exact"
     if kr.scale and master.bias_subtracted and mframe.exposure_time_s > light.exposure_time_s:
         return "scaled"
+    if kr.scale_up and master.bias_subtracted and mframe.exposure_time_s < light.exposure_time_s:
+        return "scaled_up"  # the last resort: after exact, longer and interpolated darks
     return None
 
 
@@ -120,8 +123,12 @@ def _check(engine, kind, masters, light_spec):
         assert (bulk.method, bulk.master_id) == (selection.method, selection.master_id)
 
         valid = [(m, f, method) for m, f in pairs if (method := _valid_by_rules(kind, light, m, f))]
-        if selection.method in ("exact", "scaled"):
-            chosen = next((m, f) for m, f in pairs if f.id == selection.master_id)
+        preferred = [(m, f, meth) for m, f, meth in valid if meth != "scaled_up"]
+        chosen = next(((m, f) for m, f in pairs if f.id == selection.master_id), None)
+        if selection.method == "scaled" and _valid_by_rules(kind, light, *chosen) == "scaled_up":
+            assert not preferred  # no exact or longer dark; and the longest shorter one is taken
+            assert not any(meth == "scaled_up" and f.exposure_time_s > chosen[1].exposure_time_s for _, f, meth in valid)
+        elif selection.method in ("exact", "scaled"):
             method = _valid_by_rules(kind, light, *chosen)
             assert method == selection.method  # the chosen master satisfies every hard rule
             if method == "scaled":
@@ -132,7 +139,7 @@ def _check(engine, kind, masters, light_spec):
                 if meth == method and f.exposure_time_s == chosen[1].exposure_time_s or kind != "dark" and meth == method:
                     assert abs(f.date_obs_s - light.date_obs_s) >= delta  # none nearer in time
         elif selection.method == "interpolated":
-            assert kind == "dark" and not valid
+            assert kind == "dark" and not preferred
             assert abs(sum(w for _, w in selection.weights) - 1.0) < 1e-9
         else:
             assert not valid
@@ -191,7 +198,9 @@ def test_interpolation_counts_exposures_within_the_tolerance_once(engine):
         session.add(light)
         session.flush()
         selection = explain_selection(session, light, "dark", rules=RULES)
-        assert selection.method == "none" and "'exposure' removed the last" in selection.explanation
+        # no line through them: the last resort (scale_up) scales the longer of the two up
+        assert selection.method == "scaled" and "scaled up" in selection.explanation
+        assert selection.scale == pytest.approx(300.0 / 60.004)
         session.rollback()
 
 

@@ -163,6 +163,8 @@ class RowReader:
                 hdul.close()
                 raise MasterBuildError(f"{path}: no plane {plane} (image of shape {shape})")
             plane_offset, shape = plane, shape[1:]
+        elif len(shape) == 3 and shape[0] == 1 and not isinstance(hdu, fits.CompImageHDU):
+            shape = shape[1:]  # a cube of one plane (NAXIS3 = 1) is that plane
         elif len(shape) != 2:
             hdul.close()
             raise MasterBuildError(f"{path}: not a 2-D image")

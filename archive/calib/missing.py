@@ -61,7 +61,7 @@ def missing_calibrations(
     groups: dict[tuple, dict[str, Any]] = {}
     for fid, kind, sel in missing:
         frame = frames[fid]
-        name = frame.instrument.name if frame.instrument else None
+        name = frame.instrument.key if frame.instrument else None
         kr = rules_for(book or rules, name)[kind]
         columns = [c for c in (*kr.exact, *kr.tolerance) if c != "instrument"]
         if kind == "dark":

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from archive import keywords as kw
-from archive.config import read_toml
+from archive.config import for_instrument, read_toml
 from archive.resources import resource_dir
 
 _SECTION = re.compile(r"^\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]$")
@@ -102,7 +102,7 @@ def detector_geometry(header: Any, shape: tuple[int, int], instrument: str | Non
     """
     cfg = _config(config)
     keys, absent = cfg["keywords"], {a.upper() for a in cfg["keywords"].get("absent", [])}
-    override = cfg.get("instruments", {}).get(instrument or "", {})
+    override = for_instrument(cfg.get("instruments", {}), instrument, {})
     notes: list[str] = []
 
     def find(kind: str) -> tuple[str | None, str]:

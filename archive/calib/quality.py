@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from archive.config import Settings, load_settings, merge, read_toml
+from archive.config import Settings, for_instrument, load_settings, merge, read_toml
 from archive.errors import ConfigError
 from archive.resources import resource_dir
 
@@ -97,7 +97,7 @@ class QualityRules:
         """The rules judging frames of the instrument ``name``: each rule with the
         instrument's own ``min``/``max`` where ``[instruments."NAME".limits]`` gives them
         (the version is the file's: a change of the limits is a change of the file)."""
-        own = self.limits.get(name or "")
+        own = for_instrument(self.limits, name)
         if not own:
             return self
         rules = tuple(replace(rule, **own[rule.name]) if rule.name in own else rule for rule in self.rules)

@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from archive.calib.rules import MatchingRules
+from archive.calib.rules import MatchingRules, RuleBook, default_rulebook
+from archive.calib.selection import rules_for
+from archive.db.frames import instrument_names
 from archive.db.models import CALIBRATION_KINDS, Frame, Master
 
 
@@ -26,6 +29,22 @@ def kinds_in_library(session: Session, *, include_bad: bool = False) -> dict[int
     for instrument_id, kind in rows:
         out[instrument_id].add(kind)
     return {k: frozenset(v) for k, v in out.items()}
+
+
+def required_for_lights(session: Session, lights: Iterable[tuple[int, int | None]],
+                        rules: RuleBook | None = None) -> dict[int, tuple[str, ...]]:
+    """Light id -> the calibration kinds it must have (:func:`required_kinds` under its
+    instrument's rules), for ``lights`` given as (light id, instrument id).
+
+    The one rule of calibration (:mod:`archive.reduce.calibration`) and of usable integration
+    (``archive project status``): a smart telescope needs none, a CCD without darks bias
+    and flat (``required`` of configs/matching).
+    """
+    lights = list(lights)
+    library = kinds_in_library(session)
+    names = instrument_names(session, [iid for _, iid in lights])
+    book = rules if rules is not None else default_rulebook()
+    return {lid: required_kinds(rules_for(book, names.get(iid)), iid, library) for lid, iid in lights}
 
 
 def required_kinds(rules: MatchingRules, instrument_id: int | None,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from archive.calib.combine import COMBINE_METHODS, CombineSettings
-from archive.config import Settings, load_settings, merge, read_toml
+from archive.config import Settings, for_instrument, load_settings, merge, read_toml
 from archive.db.models import CALIBRATION_KINDS
 from archive.errors import ConfigError
 from archive.resources import resource_dir
@@ -51,6 +51,10 @@ class KindRules:
         Darks: exposures this close (s) count as equal.
     scale : bool
         Darks: allow the nearest longer bias-subtracted master scaled by exposure time.
+    scale_up : bool
+        Darks: when neither an exact, a longer nor an interpolated dark exists, allow the
+        nearest shorter bias-subtracted master scaled up by exposure time (ccdproc's
+        ``subtract_dark`` with ``scale=True``; its noise is scaled with it).
     interpolate : bool
         Darks: allow dark = A*t + B fitted over bias-subtracted masters of several exposures.
     """
@@ -63,6 +67,7 @@ class KindRules:
     combine: str = "median"
     exposure_tolerance_s: float = 0.01
     scale: bool = False
+    scale_up: bool = False
     interpolate: bool = False
 
 
@@ -124,7 +129,8 @@ def _parse(raw: dict[str, Any], source: str) -> MatchingRules:
                 max_age_days=float(section.get("max_age_days", 30)),
                 min_frames=int(section.get("min_frames", 3)), combine=combine,
                 exposure_tolerance_s=float(section.get("exposure_tolerance_s", 0.01)),
-                scale=bool(section.get("scale", False)), interpolate=bool(section.get("interpolate", False)),
+                scale=bool(section.get("scale", False)), scale_up=bool(section.get("scale_up", False)),
+                interpolate=bool(section.get("interpolate", False)),
             )
         required = raw.get("required", "available")
         if required != "available":
@@ -188,14 +194,15 @@ class RuleBook:
         Parameters
         ----------
         name : str or None
-            Instrument name (INSTRUME as normalized at ingest).
+            Instrument name (``instruments.name``); an :class:`archive.config.InstrumentName`
+            also finds the override of its model (:func:`archive.config.for_instrument`).
 
         Returns
         -------
         MatchingRules
-            Its override merged over the default, else the default.
+            Its override (the unit's, else its model's) merged over the default, else the default.
         """
-        return self._by_instrument.get(name or "", self.default)
+        return for_instrument(self._by_instrument, name, self.default)
 
 
 def default_rulebook(settings: Settings | None = None) -> RuleBook:

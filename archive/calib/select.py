@@ -153,6 +153,20 @@ def _interpolate(frame: Frame, pairs: list[tuple[Master, Frame, Verdict]], rules
     )
 
 
+def _nearest_shorter(frame: Frame, pairs: list[tuple[Master, Frame, Verdict]],
+                     rules: KindRules) -> tuple[Master, Frame, Verdict] | None:
+    """``scale_up``: of the bias-subtracted darks rejected only for their exposure, the longest
+    one shorter than the frame's exposure, then the nearest in time (the last resort of
+    :func:`explain_selection`)."""
+    t = frame.exposure_time_s
+    if not rules.scale_up or t is None:
+        return None
+    shorter = [p for p in pairs if p[0].bias_subtracted and p[1].exposure_time_s and p[1].exposure_time_s < t]
+    if not shorter:
+        return None
+    return min(shorter, key=lambda p: (-p[1].exposure_time_s, p[2].delta_s, -(p[0].n_combined or 0), -p[1].id))
+
+
 def masters_of(session: Session, kind: str) -> list[tuple[Master, Frame]]:
     """The library of one calibration kind: every (Master, Frame) pair, bad ones included
     (selection rejects them with a reason). Load it once to judge many frames."""
@@ -192,7 +206,7 @@ def explain_selection(
     """
     if kind not in CALIBRATION_KINDS:
         raise ValueError(f"unknown calibration kind {kind!r}; choose from {CALIBRATION_KINDS}")
-    matching = rules_for(rules, frame.instrument.name if frame.instrument else None)
+    matching = rules_for(rules, frame.instrument.key if frame.instrument else None)
     kind_rules = matching[kind]
     candidates = library if library is not None else masters_of(session, kind)
     judged = [(m, f, _judge(frame, m, f, kind_rules)) for m, f in candidates if f.id != frame.id]
@@ -220,6 +234,15 @@ def explain_selection(
             return Selection(
                 frame.id, kind, "interpolated", nearest, None, weights, matching.version, verdicts,
                 f"dark: interpolated from masters {sorted(used)} at {frame.exposure_time_s} s", detail,
+            )
+        shorter = _nearest_shorter(frame, exposure_only, kind_rules)
+        if shorter is not None:
+            master_id = shorter[1].id
+            scale = frame.exposure_time_s / shorter[1].exposure_time_s
+            shorter[2].method = "scaled"
+            return Selection(
+                frame.id, kind, "scaled", master_id, scale, [(master_id, scale)], matching.version, verdicts,
+                f"dark: master {master_id} (scaled up, scale {scale:.4g}: no exact, longer or interpolated dark)",
             )
     return Selection(frame.id, kind, "none", None, None, [], matching.version, verdicts, _why_none(kind, verdicts, kind_rules))
 

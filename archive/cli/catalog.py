@@ -30,7 +30,8 @@ def frame_filters(func: Callable) -> Callable:
         click.option("--night", type=click.DateTime(["%Y-%m-%d"]), help="Local observing night, YYYY-MM-DD."),
         click.option("--target", help="Target (OBJECT), matched loosely and across catalogues: 'M 94' = 'M94' = "
                      "'NGC 4736'; also frames whose footprint contains it."),
-        click.option("--instrument", help="Instrument name (INSTRUME, case-insensitive)."),
+        click.option("--instrument", help="Instrument: a model (INSTRUME: all its units) or one unit "
+                     "('Seestar S50 S50_1d3fe189'), case-insensitive."),
         click.option("--since", type=click.DateTime(), help="DATE-OBS on or after (UTC)."),
         click.option("--until", type=click.DateTime(), help="DATE-OBS before (UTC)."),
         click.option("--min-exposure", type=float, help="Exposure time at least (s)."),

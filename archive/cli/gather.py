@@ -185,8 +185,8 @@ def project_collect(app: AppContext, name, super_luminance, mode, dry_run, no_wa
 def project_status(app: AppContext, name, fmt) -> None:
     """Per filter: frames, nights, total and usable integration (h), and the gap to the goal.
 
-    Usable lights have a valid master of every kind in required_masters (configs/copyback.toml)
-    and are not duplicate exposures.
+    Usable lights have a valid master of every kind their instrument requires (required in
+    configs/matching, as for calibration) and are not duplicate exposures.
 
     \b
     Examples:

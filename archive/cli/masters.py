@@ -58,7 +58,7 @@ def masters() -> None:
 @click.option("--night", type=click.DateTime(["%Y-%m-%d"]), help="Only raw calibrations of this local night.")
 @click.option("--since", type=click.DateTime(), help="DATE-OBS on or after (UTC).")
 @click.option("--until", type=click.DateTime(), help="DATE-OBS before (UTC).")
-@click.option("--instrument", help="Instrument name (INSTRUME).")
+@click.option("--instrument", help="Instrument: a model (INSTRUME: all its units) or one unit ('MODEL SERIAL').")
 @_kinds_option
 @click.option("--library", type=click.Path(file_okay=False, path_type=Path),
               help="Folder the masters are written to (default: [masters] library of the configuration, "

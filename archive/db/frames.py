@@ -19,6 +19,7 @@ from pathlib import Path
 from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
+from archive.config import InstrumentName
 from archive.db.bulk import chunked
 from archive.db.models import Copy, Frame, FrameMeasurement, Instrument, QualityFlag, QualityOverride
 from archive.db.targets import resolve_target
@@ -55,7 +56,8 @@ class FrameFilter:
         ('NGC 4736' matches 'M 94', :func:`archive.db.targets.resolve_target`); a frame whose
         footprint contains the target's catalogued position matches too, whatever its OBJECT.
     instrument : str
-        Instrument name, compared case-insensitively.
+        Instrument name or model, compared case-insensitively: a model names all its units
+        ('Seestar S50' is every Seestar S50, 'Seestar S50 S50_1d3fe189' one of them).
     since, until : datetime
         ``since <= date_obs < until`` (UTC).
     min_exposure_s, max_exposure_s : float
@@ -78,6 +80,10 @@ class FrameFilter:
     measurement_version : str
         With ``verdict``: only flags of measurements of this version count (the current
         version, :func:`archive.reduce.measure.measurement_version`); default any version.
+    current_only : bool
+        Leave out products remade since (``frames.superseded_by_id`` set: a calibrated frame
+        calibrated again with other masters, the registered frames and stacks remade after
+        it): what copyback and projects gather. Raw frames are always current.
     """
 
     image_type: str | None = None
@@ -95,6 +101,7 @@ class FrameFilter:
     covers: tuple[float, float] | None = None
     verdict: str | None = None
     measurement_version: str | None = None
+    current_only: bool = False
 
 
 #: The verdicts :attr:`FrameFilter.verdict` takes.
@@ -156,7 +163,8 @@ def frame_query(filters: FrameFilter | None = None, *columns) -> Select:
     if f.target:
         conditions.append(target_condition(f.target))
     if f.instrument:
-        conditions.append(func.lower(Instrument.name) == f.instrument.lower())
+        conditions.append(or_(func.lower(Instrument.name) == f.instrument.lower(),
+                              func.lower(Instrument.model) == f.instrument.lower()))
     if f.since:
         conditions.append(Frame.date_obs >= f.since)
     if f.until:
@@ -180,6 +188,8 @@ def frame_query(filters: FrameFilter | None = None, *columns) -> Select:
             conditions.append(covers_condition(*f.covers))
     if f.verdict is not None:
         conditions.append(verdict_condition(f.verdict, f.measurement_version))
+    if f.current_only:
+        conditions.append(Frame.superseded_by_id.is_(None))
     return query.where(and_(*conditions)) if conditions else query
 
 
@@ -208,18 +218,22 @@ def canonical_paths(session: Session, frame_ids: Iterable[int]) -> dict[int, str
     return out
 
 
-def instrument_names(session: Session, instrument_ids: Iterable[int | None] | None = None) -> dict[int, str]:
+def instrument_names(session: Session, instrument_ids: Iterable[int | None] | None = None) -> dict[int, InstrumentName]:
     """Instrument id -> name, of ``instrument_ids`` (None among them is ignored) or of every instrument.
 
-    The one look-up of instrument names by id (``frames.instrument_id``).
+    The one look-up of instrument names by id (``frames.instrument_id``). Each name is an
+    :class:`archive.config.InstrumentName` carrying the unit's model, so that per-instrument
+    configuration (:func:`archive.config.for_instrument`) applies to every unit of a model.
     """
-    query = select(Instrument.id, Instrument.name)
+    query = select(Instrument.id, Instrument.name, Instrument.model)
     if instrument_ids is not None:
         ids = {i for i in instrument_ids if i is not None}
         if not ids:
             return {}
-        return {i: name for batch in chunked(ids) for i, name in session.execute(query.where(Instrument.id.in_(batch)))}
-    return dict(session.execute(query).all())
+        rows = [row for batch in chunked(ids) for row in session.execute(query.where(Instrument.id.in_(batch)))]
+    else:
+        rows = session.execute(query).all()
+    return {i: InstrumentName(name, model) for i, name, model in rows}
 
 
 def lights_under(session: Session, folder: str | Path) -> list[int]:

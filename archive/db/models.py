@@ -28,6 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from archive.config import InstrumentName
 from archive.db.base import Base, FilePath
 
 #: Normalized image types. Raw: bias, dark, flat, light, dark_flat, arc; masters and the
@@ -40,12 +41,28 @@ IMAGE_TYPES = RAW_TYPES + DERIVED_TYPES
 
 
 class Instrument(Base):
-    """A camera as named by its header (INSTRUME or the dialect's equivalent)."""
+    """One unit of a camera: its model (INSTRUME or the dialect's equivalent) and, where the
+    capture program writes one, its serial (the dialect's ``serial`` keywords: TELESCOP of a
+    Seestar, a camera serial keyword). Two units of one model are two instruments: they never
+    share masters (the matching rules' ``instrument`` is this row), while stacks may combine
+    units of one model (:func:`archive.db.frames.instrument_model`).
+    """
 
     __tablename__ = "instruments"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: The display name and identity: ``model`` alone, or ``"model serial"``.
     name: Mapped[str] = mapped_column(String(200), unique=True)
+    #: The camera model (INSTRUME); configuration per instrument is looked up by ``name``,
+    #: then by ``model``. Filled at ingest (rows of earlier catalogues: the name).
+    model: Mapped[str | None] = mapped_column(String(200), index=True)
+    #: The unit's serial, NULL when the header has none.
+    serial: Mapped[str | None] = mapped_column(String(100))
+
+    @property
+    def key(self) -> InstrumentName:
+        """The name as an :class:`archive.config.InstrumentName` (it carries the model)."""
+        return InstrumentName(self.name, self.model)
 
 
 class Night(Base):
@@ -128,6 +145,9 @@ class Frame(Base):
     run_id: Mapped[int | None] = mapped_column(ForeignKey("ingest_runs.id"))
     #: The reduction that produced a derived frame (NULL for raw frames and external masters).
     reduction_id: Mapped[int | None] = mapped_column(ForeignKey("reductions.id"), index=True)
+    #: A product remade since (same lineage, ``Reduction.lineage``): the frame that replaced
+    #: it. NULL for raw frames and for the current product of its lineage.
+    superseded_by_id: Mapped[int | None] = mapped_column(ForeignKey("frames.id"), index=True)
 
     instrument: Mapped[Instrument | None] = relationship()
     copies: Mapped[list[Copy]] = relationship(back_populates="frame", order_by="Copy.id")
@@ -249,6 +269,11 @@ class Reduction(Base):
     #: Registrations: the registration group (hash of its calibrated frames) the frame was
     #: registered in, or adopted into when the group's membership changed; NULL for other steps.
     group_key: Mapped[str | None] = mapped_column(String(64), index=True)
+    #: What the product is a version of (``calibrate:<light id>``, ``register:<light id>``,
+    #: ``stack:<hash of the stack group>``): of the done reductions of one lineage, the one
+    #: made or chosen last is current, the outputs of the others are superseded
+    #: (``Frame.superseded_by_id``). NULL for steps without one (masters, solve).
+    lineage: Mapped[str | None] = mapped_column(String(80), index=True)
     #: What came out (a registration's star counts and shift ``dx``/``dy`` px, rotation, scale).
     results: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 

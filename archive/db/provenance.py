@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from archive.files import process_alive
@@ -109,7 +109,7 @@ def claimed_by_live_process(reduction: Reduction) -> bool:
 
 def start_reduction(
     session: Session, step: str, fp: str, parameters: dict[str, Any], rule_version: str | None,
-    inputs: Sequence[tuple[int, str]], *, group_key: str | None = None,
+    inputs: Sequence[tuple[int, str]], *, group_key: str | None = None, lineage: str | None = None,
 ) -> Reduction | None:
     """Record (or take up again) a reduction about to run, with its inputs (frame id, role).
 
@@ -128,6 +128,11 @@ def start_reduction(
     group_key : str, optional
         Registrations: the registration group the frame is registered in (state, not
         fingerprinted; see ``Reduction.group_key``).
+    lineage : str, optional
+        What the product is a version of (``Reduction.lineage``, not fingerprinted). A ``done``
+        reduction asked for again is its lineage's choice once more: when its product had
+        been superseded (a master marked bad, then good again) it is made current again
+        (:func:`make_current`).
 
     Notes
     -----
@@ -144,13 +149,16 @@ def start_reduction(
     now, software = utcnow(), software_versions()
     insert_missing(session, Reduction.__table__, [{
         "step": step, "fingerprint": fp, "parameters": parameters, "rule_version": rule_version,
-        "software": software, "host": host, "started_at": now, "status": "running",
+        "software": software, "host": host, "started_at": now, "status": "running", "lineage": lineage,
     }])
     reduction = session.scalars(select(Reduction).where(Reduction.fingerprint == fp)
                                 .execution_options(populate_existing=True)).one()
     redo = reduction.status == "done" and session.scalar(
         select(Reduction.id).where(Reduction.id == reduction.id, pruned_condition())) is not None
-    if (reduction.status == "done" and not redo) or (reduction.status == "running" and claimed_by_live_process(reduction)):
+    if reduction.status == "done" and not redo:
+        reuse_product(session, reduction, lineage)
+        return None
+    if reduction.status == "running" and claimed_by_live_process(reduction):
         return None
     seen = Reduction.claim_host.is_(None) if reduction.claim_host is None else Reduction.claim_host == reduction.claim_host
     seen_pid = Reduction.claim_pid.is_(None) if reduction.claim_pid is None else Reduction.claim_pid == reduction.claim_pid
@@ -159,7 +167,7 @@ def start_reduction(
                                 (pruned_condition() if redo else Reduction.status != "done")).values(
             status="running", claim_host=host, claim_pid=pid, claimed_at=now, parameters=parameters,
             rule_version=rule_version, software=software, host=host, started_at=now, finished_at=None,
-            message=None, failure_kind=None, results=None, group_key=group_key,
+            message=None, failure_kind=None, results=None, group_key=group_key, lineage=lineage,
         ).execution_options(synchronize_session=False)
     ).rowcount
     if claimed != 1:  # another run claimed it (or finished it) since it was read
@@ -213,6 +221,69 @@ def finish_reduction(
     ).execution_options(synchronize_session=False))
     for batch in chunked(outputs):
         session.execute(update(Frame).where(Frame.id.in_(batch)).values(reduction_id=reduction_id))
+    if status == "done" and outputs:
+        make_current(session, reduction_id)
+
+
+def lineage_of(step: str, key: object) -> str:
+    """The ``Reduction.lineage`` of a product of ``step``: ``step:key`` (a light's id), or
+    ``step:`` and the first 32 hex digits of the SHA-256 of a longer key (a stack group)."""
+    text = f"{step}:{key}"
+    return text if len(text) <= 48 else f"{step}:{hashlib.sha256(str(key).encode()).hexdigest()[:32]}"
+
+
+def reuse_product(session: Session, reduction: Reduction, lineage: str | None) -> None:
+    """A ``done`` reduction asked for again: its product is its lineage's current one again.
+
+    Parameters
+    ----------
+    reduction : Reduction
+        The done row (its product is not made again).
+    lineage : str or None
+        Its lineage (``Reduction.lineage``), recorded when the row has none (an earlier
+        catalogue's); None changes nothing.
+
+    Notes
+    -----
+    A product superseded since (a master marked bad, then good again: the first product's
+    inputs are chosen once more) is made current again (:func:`make_current`); one that is
+    current already costs one index look-up.
+    """
+    if lineage is None or reduction.status != "done":
+        return
+    if reduction.lineage != lineage:
+        reduction.lineage = lineage
+        session.flush()
+    if session.scalar(select(Frame.id).where(Frame.reduction_id == reduction.id,
+                                             Frame.superseded_by_id.is_not(None)).limit(1)) is not None:
+        make_current(session, reduction.id)
+
+
+def make_current(session: Session, reduction_id: int) -> None:
+    """Make the products of ``reduction_id`` the current ones of its lineage.
+
+    The outputs of every other ``done`` reduction of the same ``Reduction.lineage`` point to
+    this reduction's product (``Frame.superseded_by_id``), and its own outputs to none. A
+    reduction without a lineage (masters, plate solutions, rows of earlier catalogues)
+    changes nothing. Flushes nothing itself; the caller commits.
+
+    This is what closes the stale cycle (``archive stale`` -> ``archive reduce --stale`` ->
+    nothing stale): the product made again replaces the stale one wherever it was written,
+    in whichever products folder, and copyback and projects take only current products
+    (:attr:`archive.db.frames.FrameFilter.current_only`).
+    """
+    lineage = session.scalar(select(Reduction.lineage).where(Reduction.id == reduction_id))
+    if lineage is None:
+        return
+    new = session.scalar(select(func.min(Frame.id)).where(Frame.reduction_id == reduction_id))
+    if new is None:
+        return
+    session.execute(update(Frame).where(Frame.reduction_id == reduction_id).values(superseded_by_id=None)
+                    .execution_options(synchronize_session=False))
+    others = select(Reduction.id).where(Reduction.lineage == lineage, Reduction.id != reduction_id,
+                                        Reduction.status == "done")
+    session.execute(update(Frame).where(Frame.reduction_id.in_(others)).values(superseded_by_id=new)
+                    .execution_options(synchronize_session=False))
 
 
 def clear_selections(session: Session, reduction_id: int) -> None:
@@ -361,6 +432,33 @@ def used_by(session: Session, frame: Frame) -> list[dict[str, Any]]:
          "depth": d, "via": via}
         for d, pid, via, reduction, product in sorted(found, key=lambda p: (p[0], p[1]))
     ]
+
+
+#: Input roles of the masters a product was made with.
+MASTER_ROLES = ("master_bias", "master_dark", "master_flat")
+
+
+def masters_below(session: Session, frame_ids: Iterable[int]) -> set[int]:
+    """The masters that the frames ``frame_ids`` were made with, all the way down, not
+    counting ``frame_ids`` themselves: the master bias of a bias-subtracted master dark, the
+    master bias and dark of a master flat (the ``master_*`` inputs of the reductions that made
+    them, and theirs).
+
+    A project folder that holds a bias-subtracted master dark needs its master bias too, or
+    it cannot calibrate its own lights (``archive project collect``).
+    """
+    start = set(frame_ids)
+    found: set[int] = set()
+    todo = set(start)
+    while todo:
+        rows = set()
+        for batch in chunked(todo):
+            rows |= set(session.scalars(
+                select(ReductionInput.frame_id).join(Frame, Frame.reduction_id == ReductionInput.reduction_id)
+                .where(Frame.id.in_(batch), ReductionInput.role.in_(MASTER_ROLES))))
+        todo = rows - found - start
+        found |= todo
+    return found
 
 
 def frame_summary(session: Session, frame: Frame) -> dict[str, Any]:

@@ -44,8 +44,6 @@ class GatherConfig:
         A project's folders of lights and of masters, below its folder (``{filter}`` allowed).
     project_lights, project_masters : str
         Name templates of a project's lights and masters in those folders.
-    required_masters : tuple of str
-        Calibration kinds (bias, dark, flat) a light needs to count as usable.
     super_luminance : str
         File name of a project's super-luminance list.
     super_luminance_filters : tuple of str
@@ -61,7 +59,6 @@ class GatherConfig:
     project_lights: str
     masters_folder: str
     project_masters: str
-    required_masters: tuple[str, ...]
     super_luminance: str
     super_luminance_filters: tuple[str, ...]
 
@@ -94,7 +91,6 @@ def load_gather_config(settings: Settings | None = None) -> GatherConfig:
             project_lights=str(pr["lights"]),
             masters_folder=str(pr["masters_folder"]),
             project_masters=str(pr["masters"]),
-            required_masters=tuple(str(k) for k in pr["required_masters"]),
             super_luminance=str(pr["super_luminance"]),
             super_luminance_filters=tuple(str(f) for f in pr["super_luminance_filters"]),
         )

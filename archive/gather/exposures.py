@@ -91,12 +91,13 @@ class Selection:
             raise ValueError("give both ra_deg and dec_deg, or neither")
 
     def frame_filter(self, *, with_target: bool = True) -> FrameFilter:
-        """The :class:`FrameFilter` of everything but the position match."""
+        """The :class:`FrameFilter` of everything but the position match; products remade
+        since (superseded: :attr:`FrameFilter.current_only`) are never gathered."""
         return FrameFilter(
             image_type=self.image_type or KINDS[self.kind], filter_name=self.filter_name, night=self.night,
             target=self.target if with_target else None, instrument=self.instrument,
             since=self.since, until=self.until, min_exposure_s=self.min_exposure_s, max_exposure_s=self.max_exposure_s,
-            cone=self.cone, covers=self.covers,
+            cone=self.cone, covers=self.covers, current_only=True,
         )
 
 

@@ -15,10 +15,14 @@ so collecting again after a new night adds only the new frames. Folder and name 
 are in ``configs/copyback.toml`` (``[project]``).
 
 Masters: the master library's selection (:func:`archive.calib.select_sql.select_masters`, the
-matching rules of ``configs/matching``) chooses, for every light, the masters of
-``required_masters``; the union per filter is collected. A light is *usable* when every
-required kind has a valid master (not flagged bad, within validity) and the light is not a
-duplicate exposure. (Frames themselves carry no bad flag in the catalogue yet.)
+matching rules of ``configs/matching``) chooses, for every light, its masters, as calibration
+does; the union per filter is collected, with the masters they were made with
+(:func:`archive.db.provenance.masters_below`: the master bias of a bias-subtracted master
+dark), so that the project folder can calibrate its own lights. A light is *usable* when every
+kind its instrument requires (:func:`archive.calib.required.required_for_lights`, ``required``
+of configs/matching: none for a smart telescope, bias and flat for a CCD without darks) has a
+valid master (not flagged bad, within validity), the light is not a duplicate exposure and its
+quality verdict is not rejected. Only current products are gathered (none superseded).
 
 A collect holds the project folder's lock (:func:`archive.gather.destination.hold_destination`)
 from its start to its end, so two collects of one project never copy an exposure twice.
@@ -38,13 +42,15 @@ import pandas as pd
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from archive.calib.required import required_for_lights
 from archive.calib.rules import RuleBook, default_rulebook
 from archive.calib.select_sql import select_masters
 from archive.config import Settings, load_settings
 from archive.db.base import utcnow
 from archive.db.bulk import chunked
 from archive.db.frames import FrameFilter, folder_prefix, frame_query
-from archive.db.models import Copy, Frame
+from archive.db.models import CALIBRATION_KINDS, Copy, Frame
+from archive.db.provenance import masters_below
 from archive.db.projects import Project, ProjectGoal
 from archive.db.session import session_scope
 from archive.errors import ProjectError
@@ -395,11 +401,13 @@ def _plan_collect(
             summary.lights[filter_name] = lights
             plans.append((lights, lights_root, mode))
             light_ids = [g[0].id for g in groups.groups]
-            chosen = masters_for(session, light_ids, config.required_masters, rules)
-            missing = Counter(k for i in light_ids for k in config.required_masters if (i, k) not in chosen)
+            needs = required_for_lights(session, [(g[0].id, g[0].instrument_id) for g in groups.groups], rules)
+            chosen = masters_for(session, light_ids, CALIBRATION_KINDS, rules)
+            missing = Counter(k for i in light_ids for k in needs[i] if (i, k) not in chosen)
             if missing:
                 summary.missing_masters[filter_name] = missing
-            rows = frame_rows(session, {m for ids in chosen.values() for m in ids})
+            picked = {m for ids in chosen.values() for m in ids}
+            rows = frame_rows(session, picked | masters_below(session, picked))
             masters_root = _folder(root, config.masters_folder, filter_name, config)
             master_mode = "link" if mode == "link" else "copy"
             masters = plan_copyback(session, selection, masters_root, mode=master_mode, config=config,
@@ -471,9 +479,10 @@ def project_status(engine: Engine, name: str, *, config: GatherConfig | None = N
         per_filter = _by_filter(project, select_exposures(session, project_selection(project), config=config))
         for filter_name, groups in per_filter.items():
             kept = [g[0] for g in groups.groups]
-            chosen = masters_for(session, [r.id for r in kept], config.required_masters, rules)
-            missing = Counter(k for r in kept for k in config.required_masters if (r.id, k) not in chosen)
-            usable = [r for r in kept if all((r.id, k) in chosen for k in config.required_masters)]
+            needs = required_for_lights(session, [(r.id, r.instrument_id) for r in kept], rules)
+            chosen = masters_for(session, [r.id for r in kept], sorted({k for ks in needs.values() for k in ks}), rules)
+            missing = Counter(k for r in kept for k in needs[r.id] if (r.id, k) not in chosen)
+            usable = [r for r in kept if all((r.id, k) in chosen for k in needs[r.id])]
             judged = verdicts(session, [r.id for r in usable])  # rejected frames are not usable
             rejected = sum(1 for r in usable if judged[r.id]["verdict"] == "rejected")
             usable = [r for r in usable if judged[r.id]["verdict"] != "rejected"]

@@ -19,9 +19,9 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Float, Integer, String
 
-from archive.config import read_toml
+from archive.config import InstrumentName, for_instrument, read_toml
 from archive.db.frames import target_key
-from archive.db.models import Frame
+from archive.db.models import Frame, Instrument
 from archive.errors import ConfigError, HeaderError
 from archive.ingest import timing
 from archive.resources import resource_dir
@@ -120,6 +120,9 @@ class Dialect:
     generic_types: frozenset[str]
     zero_exposure_dark_is_bias: bool
     bayer: BayerRule = BayerRule()
+    #: Of two specific dialects whose rules both accept a header, the higher priority wins
+    #: (then the file name): a camera's dialect over its vendor's program (seestar over asiair).
+    priority: int = 0
 
     @property
     def label(self) -> str:
@@ -206,6 +209,7 @@ def _merge_dialect(default: dict[str, Any], specific: dict[str, Any] | None) -> 
             extra_type.get("zero_exposure_dark_is_bias", base_type.get("zero_exposure_dark_is_bias", True))
         ),
         bayer=bayer,
+        priority=int(specific.get("priority", 0)),
     )
 
 
@@ -250,16 +254,17 @@ class DialectSet:
         default = read_toml(default_file)
         try:
             self.default = _merge_dialect(default, None)
-            self.specific = [
+            self.specific = sorted((
                 _merge_dialect(default, read_toml(path))
                 for path in sorted(self.folder.glob("*.toml"))
                 if path.name != "default.toml"
-            ]
+            ), key=lambda d: -d.priority)  # stable: equal priorities in file-name order
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"{self.folder}: invalid dialect: missing or wrong {exc}") from exc
 
     def for_header(self, header: Mapping[str, Any]) -> Dialect:
-        """The first specific dialect whose ``[[match]]`` rules accept ``header``, else the default.
+        """The specific dialect of highest ``priority`` (then first by file name) whose
+        ``[[match]]`` rules accept ``header``, else the default.
 
         A match rule names a ``keyword`` that must be present and, optionally, a substring it
         must ``contain``.
@@ -329,6 +334,8 @@ def _column_limits(table) -> dict[str, ColumnLimits]:
 
 #: Frame column -> its limits.
 FRAME_COLUMNS: dict[str, ColumnLimits] = _column_limits(Frame.__table__)
+#: Longest instrument name (``instruments.name``): a model and a serial together are cut to it.
+FRAME_INSTRUMENT_NAME: int = Instrument.__table__.c.name.type.length
 
 
 def check_value(column: str, value: Any, *, source: str, possible: tuple[float, float] | None = None,
@@ -680,9 +687,16 @@ def normalize_header(
         date_obs = None
     out.values["date_obs"] = date_obs
     out.values["date_obs_s"] = timing.epoch_seconds(date_obs) if date_obs else None
+    model, serial = out.values.get("instrument"), out.values.pop("serial", None)
+    out.values["instrument_model"] = model
+    out.values["instrument_serial"] = serial if model else None
+    if model and serial:  # one unit of the model: its own instrument
+        out.values["instrument"] = f"{model} {serial}"[:FRAME_INSTRUMENT_NAME]
+        out.sources["instrument_serial"] = out.sources.pop("serial")
     longitude = out.values.pop("site_longitude_deg")
-    if longitude is None and sites and out.values.get("instrument") in sites:
-        longitude = sites[out.values["instrument"]]
+    site = for_instrument(sites or {}, InstrumentName(out.values["instrument"], model)) if model else None
+    if longitude is None and site is not None:
+        longitude = site
         out.sources["site_longitude_deg"] = "configured site of the instrument"
     if date_obs is not None:
         out.values["night"] = timing.observing_night(date_obs, longitude)

@@ -352,8 +352,12 @@ def catalogue_batch(session: Session, results: Sequence[FileRead | ReadFailure],
     reads = [r for r in results if isinstance(r, FileRead)]
     failures = [r for r in results if isinstance(r, ReadFailure)]
 
-    instrument_names = {r.normalized.values["instrument"] for r in reads} - {None}
-    insert_missing(session, Instrument.__table__, [{"name": n} for n in sorted(instrument_names)])
+    units = {r.normalized.values["instrument"]: (r.normalized.values.get("instrument_model"),
+                                                   r.normalized.values.get("instrument_serial"))
+             for r in reads if r.normalized.values["instrument"] is not None}
+    instrument_names = set(units)
+    insert_missing(session, Instrument.__table__, [{"name": n, "model": units[n][0] or n, "serial": units[n][1]}
+                                                   for n in sorted(units)])
     instrument_ids = _ids(session, Instrument, Instrument.name, instrument_names)
     nights = {r.normalized.values["night"] for r in reads} - {None}
     insert_missing(session, Night.__table__, [{"night": n} for n in sorted(nights)])

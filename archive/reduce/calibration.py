@@ -23,6 +23,7 @@ from archive.calib.selection import Selection, rules_for
 from archive.db.models import (
     CALIBRATION_KINDS,
     Frame,
+    Reduction,
 )
 from archive.db.session import session_scope
 from archive.errors import UnsafePathError
@@ -40,6 +41,8 @@ from archive.db.provenance import (
     clear_selections,
     find_reduction,
     fingerprint,
+    lineage_of,
+    reuse_product,
     start_reduction,
 )
 
@@ -191,6 +194,7 @@ def calibrate_lights(
     summary = summary if summary is not None else ReduceSummary()
     progress = progress or NoProgress()
     todo: list[_CalPlan] = []
+    reused: list[tuple[int, int]] = []  # (done reduction, light) chosen again
     without: Counter = Counter()  # (group, kind) -> lights calibrated without a master the library has
     with session_scope(engine) as session:
         libraries = {kind: masters_of(session, kind) for kind in CALIBRATION_KINDS}
@@ -207,11 +211,16 @@ def calibrate_lights(
             reduction = find_reduction(session, plan.fingerprint)
             if reduction is not None and reduction.status == "done" and not product_pruned(session, reduction.id):
                 summary.unchanged += 1
+                reused.append((reduction.id, light.id))
                 continue
             for s in plan.selections:
                 if not s.found and s.kind in any_kinds.get(light.instrument_id, ()):
                     without[(plan.group, s.kind)] += 1
             todo.append(plan)
+    if reused:  # chosen again: current again if superseded since (a master marked bad, then good)
+        with session_scope(engine, write=True) as session:
+            for reduction_id, light_id in reused:
+                reuse_product(session, session.get(Reduction, reduction_id), lineage_of("calibrate", light_id))
     for (group, kind), n in sorted(without.items()):
         summary.warnings.append(f"{group}: {n} light(s) calibrated without a master {kind}: the library's are "
                                 f"marked bad or do not match, and {kind} is not required ('archive masters missing' "
@@ -221,7 +230,7 @@ def calibrate_lights(
     for plan in todo:
         with session_scope(engine, write=True) as session:
             reduction = start_reduction(session, "calibrate", plan.fingerprint, plan.parameters, plan.rule_version,
-                                        plan.inputs)
+                                        plan.inputs, lineage=lineage_of("calibrate", plan.light_id))
             reduction_id = reduction.id if reduction is not None else None
         if reduction_id is None:  # made meanwhile, or being made, by another run
             summary.unchanged += 1

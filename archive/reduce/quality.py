@@ -33,6 +33,7 @@ from sqlalchemy import Engine, and_, delete, func, select
 from sqlalchemy.orm import Session, aliased
 
 from archive.calib.quality import METRICS, QualityRules, judge, load_quality_rules
+from archive.config import for_instrument
 from archive.db.base import utcnow
 from archive.db.bulk import chunked
 from archive.db.frames import FrameFilter, canonical_paths, frame_query, instrument_names
@@ -40,7 +41,6 @@ from archive.db.models import (
     Copy,
     Frame,
     FrameMeasurement,
-    Instrument,
     Master,
     QualityFlag,
     QualityOverride,
@@ -147,7 +147,7 @@ def _jobs(session: Session, frames: Sequence[Frame], rules: QualityRules, versio
     existing = _current_measurements(session, [f.id for f in frames], version)
     masters = {m.frame_id: m for batch in chunked([f.id for f in frames])
                for m in session.scalars(select(Master).where(Master.frame_id.in_(batch)))}
-    instruments = dict(session.execute(select(Instrument.id, Instrument.name)).all())
+    instruments = instrument_names(session)
     extra: dict[int, Frame | None] = {}
     for f in frames:
         if f.image_type.startswith("master_"):
@@ -170,7 +170,7 @@ def _jobs(session: Session, frames: Sequence[Frame], rules: QualityRules, versio
         master = masters.get(f.id)
         jobs.append((MeasureJob(
             frame_id=f.id, path=paths[source], kind=f.image_type, raw_path=paths[f.id], exposure_s=f.exposure_time_s,
-            gain_e_per_adu=rules.gains.get(instruments.get(f.instrument_id, "")),
+            gain_e_per_adu=for_instrument(rules.gains, instruments.get(f.instrument_id)),
             bias_path=paths.get(other.id) if other is not None and f.image_type == "dark" else None,
             bias_subtracted=bool(master.bias_subtracted) if master is not None else False,
             previous_path=paths.get(other.id) if other is not None and f.image_type.startswith("master_") else None,

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from archive.db.bulk import chunked
 from archive.db.models import (
     Frame,
+    Instrument,
     Reduction,
     ReductionInput,
 )
@@ -45,6 +46,8 @@ from archive.db.prune import pruned_condition
 from archive.ingest.products import ProductRun, fail_product, record_product, reject_product
 from archive.db.provenance import (
     fingerprint,
+    lineage_of,
+    reuse_product,
     start_reduction,
 )
 
@@ -58,17 +61,24 @@ log = logging.getLogger(__name__)
 # -- registration and stacking -------------------------------------------------------------------
 
 
-def _group_key(frame: Frame, per_night: bool) -> tuple:
-    return (frame.instrument_id, frame.target_key, (frame.filter_name or "").lower(), frame.night if per_night else None)
+def _group_key(frame: Frame, per_night: bool, models: dict[int, Any]) -> tuple:
+    """Instrument model (units of one model register and stack together), target, filter, night."""
+    name = models.get(frame.instrument_id)
+    return (name.model if name is not None else None, frame.target_key, (frame.filter_name or "").lower(),
+            frame.night if per_night else None)
 
 
 def current_calibrated(session: Session, light_ids: Iterable[int] | None = None) -> dict[int, tuple[int, int]]:
-    """light id -> (calibrated frame id, reduction id) of each light's latest finished calibration."""
+    """light id -> (calibrated frame id, reduction id) of each light's current calibration: the
+    latest finished one whose product is not superseded (``Frame.superseded_by_id``: a product
+    chosen again after a newer one, e.g. a master marked bad and then good again, is current)."""
     def query(batch: list[int] | None):
         latest = (
             select(ReductionInput.frame_id.label("light_id"), func.max(Reduction.id).label("rid"))
             .join(Reduction, Reduction.id == ReductionInput.reduction_id)
-            .where(Reduction.step == "calibrate", Reduction.status == "done", ReductionInput.role == "light")
+            .join(Frame, Frame.reduction_id == Reduction.id)
+            .where(Reduction.step == "calibrate", Reduction.status == "done", ReductionInput.role == "light",
+                   Frame.superseded_by_id.is_(None))
             .group_by(ReductionInput.frame_id)
         )
         if batch is not None:
@@ -85,11 +95,13 @@ def current_calibrated(session: Session, light_ids: Iterable[int] | None = None)
 def _group_members(session: Session, lights: Sequence[Frame], per_night: bool) -> dict[tuple, list[tuple[Frame, Frame]]]:
     """Registration groups touched by ``lights``: key -> [(light, current calibrated frame)] of
     every light of the group that has one, ordered by DATE-OBS."""
-    keys = {_group_key(light, per_night) for light in lights}
+    models = instrument_names(session, [light.instrument_id for light in lights])
+    keys = {_group_key(light, per_night, models) for light in lights}
     out: dict[tuple, list[tuple[Frame, Frame]]] = defaultdict(list)
-    for instrument_id, target_key, filter_name, night in keys:
+    for model, target_key, filter_name, night in keys:
         query = select(Frame).where(Frame.image_type == "light", Frame.duplicate_of_id.is_(None))
-        query = query.where(Frame.instrument_id == instrument_id if instrument_id is not None else Frame.instrument_id.is_(None))
+        query = query.where(Frame.instrument_id.in_(select(Instrument.id).where(func.coalesce(Instrument.model, Instrument.name) == model))
+                            if model is not None else Frame.instrument_id.is_(None))
         query = query.where(Frame.target_key == target_key if target_key is not None else Frame.target_key.is_(None))
         query = query.where(func.lower(func.coalesce(Frame.filter_name, "")) == filter_name)
         if per_night:
@@ -97,7 +109,7 @@ def _group_members(session: Session, lights: Sequence[Frame], per_night: bool) -
         members = list(session.scalars(query.order_by(Frame.date_obs_s, Frame.id)))
         current = current_calibrated(session, [m.id for m in members])
         calibrated = {f.id: f for f in frames_by_id(session, [c for c, _ in current.values()])}
-        out[(instrument_id, target_key, filter_name, night)] = [
+        out[(model, target_key, filter_name, night)] = [
             (m, calibrated[current[m.id][0]]) for m in members if m.id in current
         ]
     return out
@@ -327,13 +339,15 @@ def _register_group(
             if existing is not None:
                 # same source and reference as before: adopt it for the current group membership
                 existing.group_key = group_hash
+                reuse_product(session, existing, lineage_of("register", light.id))
                 out = session.scalar(select(Frame.id).where(Frame.reduction_id == existing.id))
                 summary.unchanged += 1
                 if existing.status == "done" and out is not None:
                     out_ids.append(out)
                 continue
             reduction = start_reduction(session, "register", fp, parameters, None,
-                                        [(cal.id, "input"), (reference.id, "reference")], group_key=group_hash)
+                                        [(cal.id, "input"), (reference.id, "reference")], group_key=group_hash,
+                                        lineage=lineage_of("register", light.id))
             reduction_id = reduction.id if reduction is not None else None
         if reduction_id is None:  # made meanwhile, or being made, by another run
             summary.unchanged += 1

@@ -46,6 +46,9 @@ class StackJob:
         One weight per input for the mean and the sigma-clipped mean (empty: equal weights).
     header : dict
         Extra cards.
+    drop : tuple of str
+        Keywords of the first input's header left out of the stack's (the serial keywords of
+        a stack of several units of one model: it is catalogued as the model).
     exposures_s : sequence of float or None
         Exposure time of each input, s: the catalogue's normalized ``exposure_time_s`` (from
         EXPTIME, EXPOSURE, ... whichever the dialect reads). None (or an empty sequence: all
@@ -65,6 +68,7 @@ class StackJob:
     memory_limit_mb: float = 512
     weights: tuple[float, ...] = ()
     header: dict = field(default_factory=dict)
+    drop: tuple[str, ...] = ()
     exposures_s: tuple[float | None, ...] = ()
     dates_obs: tuple[str | None, ...] = ()
     normalization: str = "none"
@@ -227,6 +231,8 @@ def stack_files(job: StackJob, executor=None, parts: int = 1) -> dict:
     out[kw.NCOMBINE] = (len(job.inputs), "number of frames combined")
     out[kw.STACK_NORMALIZATION] = (job.normalization, "background normalization of the inputs")
     total, date_begin, date_end, warnings_ = _exposure_cards(job, out)
+    for key in job.drop:
+        out.remove(key, ignore_missing=True, remove_all=True)
     for key, value in job.header.items():
         out[key] = value
     write_atomic(job.output, result, out)

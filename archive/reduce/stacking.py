@@ -21,6 +21,7 @@ from archive.db.frames import canonical_paths, instrument_names
 from archive.ingest.products import ProductRun, fail_product, record_product
 from archive.db.provenance import (
     fingerprint,
+    lineage_of,
     start_reduction,
 )
 from archive.reduce.stack import StackJob, stack_files
@@ -76,20 +77,26 @@ def stack_group(
         first = members[0]
         # the stack's identity across membership changes, and the lights left out by their
         # quality verdict, with the reasons (provenance; neither is in the fingerprint)
+        units = {f.instrument_id for f in members}
+        model = instruments[first.instrument_id].model if first.instrument_id in instruments else None
         parameters = {**base, "group_key": "|".join(str(v) for v in (
-            first.instrument_id, first.target_key, (first.filter_name or "").lower(),
+            model, first.target_key, (first.filter_name or "").lower(),
             first.night if st.get("per_night") else "", exposure))}
         left_out = {str(k): v for k, v in sorted(rejected.items()) if rejected_exposure.get(k) == exposure}
         if left_out:
             parameters["rejected"] = left_out
         fp = fingerprint("stack", [(f.sha256, "input") for f in members], fp_parameters, None)
         try:
-            output = output_path(config, "stacked", members[0], instruments, fp, group=fp[:GROUP_DIGITS])
+            # a stack of several units of one model is the model's: named after it, and without
+            # the keywords that gave the units' serials (it is catalogued as the model)
+            named = instruments if len(units) == 1 else {first.instrument_id: model}
+            output = output_path(config, "stacked", members[0], named, fp, group=fp[:GROUP_DIGITS])
         except UnsafePathError as exc:
             summary.fail(name, f"stack {name} ({exposure} s)", str(exc))
             continue
         with session_scope(engine, write=True) as session:
-            reduction = start_reduction(session, "stack", fp, parameters, None, [(f.id, "input") for f in members])
+            reduction = start_reduction(session, "stack", fp, parameters, None, [(f.id, "input") for f in members],
+                                        lineage=lineage_of("stack", parameters["group_key"]))
             reduction_id = reduction.id if reduction is not None else None
         if reduction_id is None:  # done, or being made by another run
             summary.unchanged += 1
@@ -106,6 +113,8 @@ def stack_group(
                        maxiters=parameters["maxiters"], memory_limit_mb=parameters["memory_limit_mb"],
                        normalization=parameters["normalization"],
                        header={kw.REDUCTION_STEP: "stack", kw.FINGERPRINT: fp},
+                       drop=tuple(sorted({f.sources.get("instrument_serial") for f in members} - {None}))
+                       if len(units) > 1 else (),
                        exposures_s=tuple(f.exposure_time_s for f in members),
                        dates_obs=tuple(f.date_obs.isoformat() if f.date_obs else None for f in members))
         try:

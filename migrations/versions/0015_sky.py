@@ -14,7 +14,7 @@ On SQLite the columns are added and dropped in place (batch mode with ``recreate
 ``projects`` is referenced by ``project_goals``, which a copy of the table would cascade into.
 
 Revision ID: 0015_sky
-Revises: 0011_prune
+Revises: 0012_units
 Create Date: 2026-12-05
 """
 from alembic import op
@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 
 revision = '0015_sky'
-down_revision = '0011_prune'
+down_revision = '0012_units'
 branch_labels = None
 depends_on = None
 
