@@ -78,7 +78,10 @@ log = logging.getLogger(__name__)
 
 #: Bumped when the measurement code changes; with ``[measure] version`` of the quality rules
 #: it makes the measurement version (:func:`measurement_version`).
-CODE_VERSION = "2"  # 2: statistics on 65,536 pixels (was 250,000); WCS from its cards only
+# 2: statistics on 65,536 pixels (was 250,000); WCS from its cards only
+# 3: Moffat fits with the analytic Jacobian to a tolerance of 1e-5 (were finite differences to
+#    1.5e-8); SEP's default pixel stack
+CODE_VERSION = "3"
 #: Brightest detections whose shapes are measured (the rest are not counted as stars).
 MOMENT_STARS = 5000
 
@@ -202,7 +205,7 @@ def saturation_level(header, parameters: dict) -> float | None:
     return bzero + bscale * top
 
 
-def detect(data: np.ndarray, parameters: dict, saturation: float | None = None) -> dict:
+def detect(data: np.ndarray, parameters: dict, saturation: float | None = None, *, in_place: bool = False) -> dict:
     """Detect and measure the stars of a light (see the module docstring).
 
     Parameters
@@ -210,9 +213,13 @@ def detect(data: np.ndarray, parameters: dict, saturation: float | None = None) 
     data : ndarray, shape (ny, nx)
         The image, ADU.
     parameters : dict
-        ``detect_sigma``, ``minarea``, ``max_stars``, ``saturation_fraction``.
+        ``detect_sigma``, ``minarea``, ``max_stars``, ``saturation_fraction``, ``fit_stars``,
+        ``isolation_px``, ``min_fwhm_px``.
     saturation : float, optional
         Saturation level of ``data`` (ADU); stars peaking above it are left out.
+    in_place : bool
+        ``data`` (float32, C order) may be overwritten (the background is subtracted from it
+        and non-finite pixels set to 0) instead of copied.
 
     Returns
     -------
@@ -222,16 +229,22 @@ def detect(data: np.ndarray, parameters: dict, saturation: float | None = None) 
     """
     import sep
 
-    image = np.array(data, dtype=np.float32, order="C")
+    from archive.reduce.align import extract_sources
+
+    if in_place and data.dtype == np.float32 and data.flags.c_contiguous and data.flags.writeable:
+        image = data
+    else:
+        image = np.array(data, dtype=np.float32, order="C")
     bad = ~np.isfinite(image)
-    image[bad] = 0.0
-    background = sep.Background(image, mask=bad if bad.any() else None)
+    mask = bad if bad.any() else None
+    if mask is not None:
+        image[bad] = 0.0
+    background = sep.Background(image, mask=mask)
     background.subfrom(image)
-    sep.set_extract_pixstack(max(300000, image.size))
     sep.set_sub_object_limit(4096)
     try:
-        sources = sep.extract(image, float(parameters.get("detect_sigma", 5.0)), err=background.globalrms,
-                              minarea=int(parameters.get("minarea", 5)), mask=bad if bad.any() else None)
+        sources = extract_sources(image, float(parameters.get("detect_sigma", 5.0)), background.globalrms,
+                                  minarea=int(parameters.get("minarea", 5)), mask=mask)
     except Exception as exc:  # noqa: BLE001 - sep raises plain Exception on buffer overflow
         log.warning("source extraction failed: %s", exc)
         sources = np.empty(0, dtype=[("x", float), ("y", float), ("flux", float), ("a", float), ("b", float),
@@ -257,7 +270,7 @@ def detect(data: np.ndarray, parameters: dict, saturation: float | None = None) 
     if not isolated.any():
         isolated[:] = True
     ecc = np.sqrt(np.clip(1.0 - axis_ratio[isolated] ** 2, 0.0, 1.0))
-    n_fit = int(parameters.get("fit_stars", 20))
+    n_fit = int(parameters.get("fit_stars", 10))
     single = stars[isolated][:n_fit]
     fitted = np.array([moffat_fwhm(image, x, y, f) for x, y, f in zip(single["x"], single["y"], fwhm[isolated][:n_fit])])
     fitted = fitted[np.isfinite(fitted) & (fitted >= float(parameters.get("min_fwhm_px", 1.0)))]
@@ -272,22 +285,50 @@ def detect(data: np.ndarray, parameters: dict, saturation: float | None = None) 
     }
 
 
+_LN2 = float(np.log(2.0))
+
+
 def _moffat(xy, amplitude, x0, y0, fwhm, u, level):
     """A circular Moffat profile by its FWHM and u = 1/beta: continuous down to the Gaussian
     (u -> 0), so that the fit needs no bounds."""
     x, y = xy
     u = abs(u) + 1e-6
     r2 = ((x - x0) ** 2 + (y - y0) ** 2) / (0.5 * fwhm) ** 2
-    return amplitude * np.exp(-np.log1p(r2 * np.expm1(u * np.log(2.0))) / u) + level
+    return amplitude * np.exp(-np.log1p(r2 * np.expm1(u * _LN2)) / u) + level
+
+
+def _moffat_jacobian(xy, amplitude, x0, y0, fwhm, u, level):
+    """The derivatives of :func:`_moffat` by its six parameters, shape (n, 6): the fit then
+    evaluates the profile once per step instead of seven times (finite differences)."""
+    x, y = xy
+    sign = 1.0 if u >= 0 else -1.0
+    u = abs(u) + 1e-6
+    dx, dy = x - x0, y - y0
+    h2 = (0.5 * fwhm) ** 2
+    r2 = (dx ** 2 + dy ** 2) / h2
+    k = np.expm1(u * _LN2)
+    q = 1.0 + r2 * k
+    log_q = np.log1p(r2 * k)
+    g = np.exp(-log_q / u)
+    d_r2 = -amplitude * (k / u) * g / q  # d f / d r2
+    out = np.empty((x.size, 6))
+    out[:, 0] = g
+    out[:, 1] = d_r2 * (-2.0 * dx / h2)
+    out[:, 2] = d_r2 * (-2.0 * dy / h2)
+    out[:, 3] = d_r2 * (-2.0 * r2 / fwhm)
+    out[:, 4] = sign * amplitude * g * (log_q / u ** 2 - r2 * _LN2 * (k + 1.0) / (u * q))
+    out[:, 5] = 1.0
+    return out
 
 
 def moffat_fwhm(image: np.ndarray, x: float, y: float, fwhm_guess: float) -> float:
     """FWHM (px) of one star from a least-squares fit of a circular Moffat profile
     I = A (1 + r^2/alpha^2)^-beta + c (Moffat 1969, A&A 3, 455), written with its FWHM
     = 2 alpha sqrt(2^(1/beta) - 1) (Trujillo et al. 2001, MNRAS 328, 977) and u = 1/beta so that
-    the Gaussian is the limit u -> 0; ``scipy.optimize.curve_fit`` (Levenberg-Marquardt) in a box
-    of +-2 FWHM (at least 5 px). NaN when the fit fails, lands outside 0 <= u <= 1 or the star
-    is too close to the edge."""
+    the Gaussian is the limit u -> 0; ``scipy.optimize.curve_fit`` (Levenberg-Marquardt, with
+    the analytic Jacobian, to a relative tolerance of 1e-5: a FWHM of 4 px to 0.00004 px) in a
+    box of +-2 FWHM (at least 5 px). NaN when the fit fails, lands outside 0 <= u <= 1 or the
+    star is too close to the edge."""
     from scipy.optimize import curve_fit
 
     half = max(5, int(np.ceil(2 * fwhm_guess)))
@@ -301,8 +342,9 @@ def moffat_fwhm(image: np.ndarray, x: float, y: float, fwhm_guess: float) -> flo
     if peak <= 0:
         return float("nan")
     try:
-        values, _ = curve_fit(_moffat, (dx.ravel(), dy.ravel()), cut.ravel(),
-                              p0=[peak, x - ix, y - iy, max(fwhm_guess, 1.0), 0.2, 0.0], maxfev=400)
+        values, _ = curve_fit(_moffat, (dx.ravel(), dy.ravel()), cut.ravel(), jac=_moffat_jacobian,
+                              p0=[peak, x - ix, y - iy, max(fwhm_guess, 1.0), 0.2, 0.0], maxfev=400,
+                              ftol=1e-5, xtol=1e-5)
     except (RuntimeError, ValueError):
         return float("nan")
     fwhm, u = abs(values[3]), abs(values[4])
