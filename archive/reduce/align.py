@@ -67,7 +67,7 @@ def extract_sources(image: np.ndarray, thresh: float, err: float, minarea: int =
 
     try:
         return sep.extract(image, thresh, err=err, minarea=minarea, mask=mask)
-    except Exception as exc:  # noqa: BLE001 - sep raises plain Exception on buffer overflow
+    except Exception as exc:  # sep raises plain Exception on buffer overflow
         if "pixel buffer full" not in str(exc) or image.size <= _PIXSTACK:
             raise
     sep.set_extract_pixstack(int(image.size))

@@ -131,18 +131,38 @@ class MeasureJob:
 
 def clipped_stats(data: np.ndarray, sample: int = 65_536) -> tuple[float, float]:
     """Sigma-clipped median and standard deviation (3 sigma, 5 iterations) of the finite
-    pixels (``astropy.stats.sigma_clipped_stats``); on a regular sub-sample of at most
-    ``sample`` pixels for speed (the median's standard error on 65,536 pixels is 0.5 % of
-    the standard deviation: 1.2533 sigma / sqrt(n))."""
-    from astropy.stats import sigma_clipped_stats
+    pixels; on a regular sub-sample of at most ``sample`` pixels for speed (the median's
+    standard error on 65,536 pixels is 0.5 % of the standard deviation: 1.2533 sigma /
+    sqrt(n)).
 
+    The clipping of ``astropy.stats.sigma_clipped_stats`` (``sigma=3, maxiters=5``; median
+    centre, population standard deviation, bounds inclusive, stopping when nothing more is
+    clipped), written out for the one case used here: astropy's version masks NaN values and
+    takes a median (a partition) again on every iteration. Here the sample is sorted once and
+    each iteration keeps a contiguous slice of it (the bounds found by ``searchsorted``): a
+    frame's statistics take 0.3 ms instead of 5-10 ms (``tests/test_quality.py`` checks that
+    both give the same figures).
+    """
     flat = data.ravel()
     step = max(1, flat.size // sample)
     values = flat[::step]
-    values = values[np.isfinite(values)]
+    values = np.sort(values[np.isfinite(values)])
     if values.size == 0:
         return float("nan"), float("nan")
-    _, median, std = sigma_clipped_stats(values, sigma=3.0, maxiters=5)
+
+    def median_std(part: np.ndarray) -> tuple[float, float]:
+        middle = part.size // 2
+        centre = part[middle - 1: middle + 1] if part.size % 2 == 0 else part[middle: middle + 1]
+        return np.mean(centre), part.std()  # np.median's mean of the central pair
+
+    median, std = median_std(values)
+    for _ in range(5):
+        lo = int(np.searchsorted(values, median - 3.0 * std, side="left"))
+        hi = int(np.searchsorted(values, median + 3.0 * std, side="right"))
+        if lo == 0 and hi == values.size:
+            break
+        values = values[lo:hi]
+        median, std = median_std(values)
     return float(median), float(std)
 
 
@@ -500,7 +520,8 @@ def measure_file(job: MeasureJob) -> dict:
         # a calibrated frame no longer has the raw level: stars peaking near the raw
         # saturation are found by the offset between the two backgrounds
         offset = clipped_stats(saturation_source)[0] - level if saturation_source is not data else 0.0
-        stars = detect(data, p, None if saturation is None else saturation - offset)
+        # the frame's pixels are not needed after detection: the background is subtracted in place
+        stars = detect(data, p, None if saturation is None else saturation - offset, in_place=True)
         scale = plate_scale(header, p) or plate_scale(raw_header, p)
         out.update({
             "n_stars": stars["n_stars"], "fwhm_px": stars["fwhm_px"], "eccentricity": stars["eccentricity"],
