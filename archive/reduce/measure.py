@@ -82,6 +82,10 @@ log = logging.getLogger(__name__)
 # 3: Moffat fits with the analytic Jacobian to a tolerance of 1e-5 (were finite differences to
 #    1.5e-8); SEP's default pixel stack
 CODE_VERSION = "3"
+#: The modules :func:`measure_file` imports on its first call: a pool's workers import them as
+#: they start (:func:`archive.reduce.executor.make_executor` ``preload``).
+WORKER_MODULES = ("sep", "scipy.optimize", "scipy.spatial", "astropy.wcs", "astropy.wcs.utils",
+                  "archive.reduce.align", "archive.reduce.measure")
 #: Brightest detections whose shapes are measured (the rest are not counted as stars).
 MOMENT_STARS = 5000
 
@@ -412,8 +416,8 @@ def star_shapes(image: np.ndarray, x: np.ndarray, y: np.ndarray, rough_fwhm: np.
     rows = np.clip(iy[:, None] + offsets[None, :], 0, ny - 1)
     cols = np.clip(ix[:, None] + offsets[None, :], 0, nx - 1)
     cuts = image[rows[:, :, None], cols[:, None, :]].astype(np.float64)  # (n, k, k); edges repeated
-    dy0 = offsets[None, :, None] - (y - iy)[:, None, None]
-    dx0 = offsets[None, None, :] - (x - ix)[:, None, None]
+    dy0 = offsets[None, :] - (y - iy)[:, None]  # (n, k)
+    dx0 = offsets[None, :] - (x - ix)[:, None]
     cx, cy = np.zeros(n), np.zeros(n)
     c11 = c22 = c12 = np.full(n, np.nan)
     valid = np.ones(n, dtype=bool)
@@ -421,15 +425,22 @@ def star_shapes(image: np.ndarray, x: np.ndarray, y: np.ndarray, rough_fwhm: np.
         for _ in range(iterations):
             valid &= np.isfinite(sigma_w) & (sigma_w >= 0.3) & (sigma_w <= half / 2.0)
             w2 = np.where(valid, sigma_w, 1.0) ** 2
-            dx, dy = dx0 - cx[:, None, None], dy0 - cy[:, None, None]
-            weighted = cuts * np.exp(-0.5 * (dx ** 2 + dy ** 2) / w2[:, None, None])
-            total = weighted.sum(axis=(1, 2))
+            dx, dy = dx0 - cx[:, None], dy0 - cy[:, None]
+            # the round Gaussian weight is separable, exp(-dx^2/2w) exp(-dy^2/2w): every moment
+            # sum over the box, I x W x dx^a dy^b, is (gy dy^b)^T I (gx dx^a), two matrix
+            # products per star for all the moments at once
+            gx = np.exp(-0.5 * dx ** 2 / w2[:, None])
+            gy = np.exp(-0.5 * dy ** 2 / w2[:, None])
+            px = np.stack([gx, gx * dx, gx * dx ** 2], axis=2)  # (n, k, 3)
+            py = np.stack([gy, gy * dy, gy * dy ** 2], axis=2)
+            sums = np.matmul(py.transpose(0, 2, 1), np.matmul(cuts, px))  # (n, 3: dy power, 3: dx power)
+            total = sums[:, 0, 0]
             valid &= total > 0
-            mx = (weighted * dx).sum(axis=(1, 2)) / total
-            my = (weighted * dy).sum(axis=(1, 2)) / total
-            m11 = (weighted * (dx - mx[:, None, None]) ** 2).sum(axis=(1, 2)) / total
-            m22 = (weighted * (dy - my[:, None, None]) ** 2).sum(axis=(1, 2)) / total
-            m12 = (weighted * (dx - mx[:, None, None]) * (dy - my[:, None, None])).sum(axis=(1, 2)) / total
+            mx = sums[:, 0, 1] / total
+            my = sums[:, 1, 0] / total
+            m11 = sums[:, 0, 2] / total - mx ** 2
+            m22 = sums[:, 2, 0] / total - my ** 2
+            m12 = sums[:, 1, 1] / total - mx * my
             cx, cy = cx + np.where(valid, mx, 0.0), cy + np.where(valid, my, 0.0)
             # C = (M^-1 - I/w)^-1, with 2x2 inverses written out
             det_m = m11 * m22 - m12 ** 2
