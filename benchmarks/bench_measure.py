@@ -15,7 +15,7 @@ Timed, each side in a child process (start-up included), alternating, best of ``
 with the same number of cores:
 
 * archive: ``archive measure --force --workers N``: background and noise (sigma-clipped),
-  star detection (SEP), moments of every star, Moffat fits of the 20 brightest isolated
+  star detection (SEP), moments of every star, Moffat fits of the 10 brightest isolated
   stars (FWHM), saturation, the weight, the star list, catalogue writes and judging;
 * Siril (``siril-cli -s``, ``setcpu N``): ``register f -norot -minpairs=5``: for every frame
   Siril detects the stars and fits their PSF (FWHM, roundness; its ``findstar``), matches

@@ -243,3 +243,19 @@ def test_an_instrument_has_its_own_limits_of_a_rule():
     assert rules.for_instrument("another camera") is rules
     with pytest.raises(ConfigError, match="no rule 'nonsense'"):
         parse_rules({"rule": [], "instruments": {"X": {"limits": {"nonsense": {"max": 1}}}}})
+
+
+def test_bilinear_demosaic_is_colour_demosaicings(shared_data):
+    """archive's float32 bilinear demosaicing equals colour-demosaicing's
+    demosaicing_CFA_Bayer_bilinear on a real Seestar S50 mosaic, for every Bayer pattern."""
+    import colour_demosaicing
+
+    from archive.reduce.colour import demosaic
+
+    path = sorted((shared_data / "seestar-s50-m94").rglob("*.fit*"))[0]
+    mosaic = fits.getdata(path).astype(np.float32)[:400, :300]
+    for pattern in ("RGGB", "BGGR", "GRBG", "GBRG"):
+        ours = demosaic(mosaic, pattern)
+        theirs = np.moveaxis(colour_demosaicing.demosaicing_CFA_Bayer_bilinear(mosaic, pattern), -1, 0)
+        assert ours.shape == theirs.shape and ours.dtype == np.float32
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-3 * float(np.median(mosaic)))

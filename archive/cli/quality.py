@@ -45,20 +45,24 @@ def measure(app: AppContext, filters: FrameFilter, force: bool, rules_path: str 
       archive measure --type light --target "XO-1 b" --force
       archive measure --type master_bias
     """
-    from archive.calib.quality import load_quality_rules
     from archive.reduce.config import load_reduction_config
     from archive.reduce.executor import make_executor
-    from archive.reduce.quality import frame_ids_matching, measure_frames
+    from archive.reduce.measure import WORKER_MODULES
 
-    rules = load_quality_rules(rules_path, settings=app.settings)
     config = load_reduction_config(app.settings)
-    with session_scope(app.engine) as session:
-        ids = frame_ids_matching(session, filters)
-    if not ids:
-        click.echo("no frames to measure", err=True)
-        return
     kind = "serial" if serial else config.executor.get("kind", "process")
-    with make_executor(kind, workers if workers is not None else int(config.executor.get("workers", 0))) as executor:
+    # the workers start (and import what measuring needs) while the catalogue is read
+    with make_executor(kind, workers if workers is not None else int(config.executor.get("workers", 0)),
+                       preload=WORKER_MODULES) as executor:
+        from archive.calib.quality import load_quality_rules
+        from archive.reduce.quality import frame_ids_matching, measure_frames
+
+        rules = load_quality_rules(rules_path, settings=app.settings)
+        with session_scope(app.engine) as session:
+            ids = frame_ids_matching(session, filters)
+        if not ids:
+            click.echo("no frames to measure", err=True)
+            return
         summary = measure_frames(app.engine, ids, rules=rules, executor=executor, force=force,
                                  progress=BarProgress(not app.quiet))
     print_measure_summary(summary)

@@ -15,8 +15,9 @@ stays in the calling process. Any object with ``submit`` and ``map`` in the
 
 from __future__ import annotations
 
+import importlib
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any
 
@@ -39,7 +40,14 @@ class SerialExecutor(Executor):
         return map(fn, *iterables)
 
 
-def make_executor(kind: str = "process", workers: int = 0) -> Executor:
+def _start_worker(preload: Sequence[str]) -> None:
+    """A pool worker's initializer: exit with the parent, then import ``preload``."""
+    exit_with_parent()
+    for module in preload:
+        importlib.import_module(module)
+
+
+def make_executor(kind: str = "process", workers: int = 0, preload: Sequence[str] = ()) -> Executor:
     """Build the executor named in ``[executor]`` of ``configs/reduction.toml``.
 
     Parameters
@@ -48,6 +56,11 @@ def make_executor(kind: str = "process", workers: int = 0) -> Executor:
         A local process pool, or everything in the calling process.
     workers : int
         Pool size; 0 means one per core (``os.cpu_count()``).
+    preload : sequence of str
+        Modules each worker of a pool imports as it starts (the heavy ones its tasks need:
+        SciPy, SEP, astropy.wcs). With ``preload`` the workers are started at once, so that
+        their imports run while the caller is still reading the catalogue, instead of after
+        the first task is submitted (a pool starts its workers on the first task).
 
     Raises
     ------
@@ -57,5 +70,9 @@ def make_executor(kind: str = "process", workers: int = 0) -> Executor:
     if kind == "serial":
         return SerialExecutor()
     if kind == "process":
-        return ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, initializer=exit_with_parent)
+        pool = ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, initializer=_start_worker,
+                                   initargs=(tuple(preload),))
+        if preload:
+            pool.submit(os.getpid)  # starts the workers (all of them, with fork)
+        return pool
     raise ConfigError(f"unknown executor kind {kind!r}: use 'process' or 'serial' (or pass a Dask client's executor)")
