@@ -236,7 +236,8 @@ def store_footprints(session: Session, footprints: Sequence[dict]) -> int:
     footprints : sequence of dict
         Each with ``frame_id``, ``corners`` (four (RA, Dec), deg), ``source`` (one of
         :data:`SOURCES`) and optionally ``pixel_scale_arcsec``, ``wcs_header`` (the WCS as
-        header cards) and ``reduction_id`` (the solve that made it).
+        header cards), ``reduction_id`` (the solve that made it) and ``geometry`` (its
+        :func:`footprint_geometry`, when already computed).
 
     Returns
     -------
@@ -255,7 +256,7 @@ def store_footprints(session: Session, footprints: Sequence[dict]) -> int:
     for item in footprints:
         if item["source"] not in SOURCES:
             raise ValueError(f"footprint source must be one of {SOURCES}, not {item['source']!r}")
-        geometry = footprint_geometry(item["corners"])
+        geometry = item.get("geometry") or footprint_geometry(item["corners"])
         heads.append({
             "frame_id": item["frame_id"], "source": item["source"], "ra_deg": geometry.centre[0],
             "dec_deg": geometry.centre[1], "radius_deg": geometry.radius_deg,

@@ -51,7 +51,7 @@ from archive.ingest.dialects import DialectSet, check_value
 from archive.ingest.headers import FileRead, ReadFailure, read_fits
 from archive.ingest.library import sync_library
 from archive.ingest.scan import Candidate, scan_paths
-from archive.ingest.sky import index_frames
+from archive.ingest.sky import index_frames, read_footprint
 from archive.progress import NoProgress, Progress
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,10 @@ def _ingest_batch(batch: Sequence[Candidate], run_id: int, number: int, engine: 
         for c in batch:
             if stop is not None and stop.is_set():
                 raise _Stopped()
-            results.append(read_fits(c.path, _worker_state["dialects"], folders=c.folders, sites=settings.sites))
+            read = read_fits(c.path, _worker_state["dialects"], folders=c.folders, sites=settings.sites)
+            if isinstance(read, FileRead):  # the footprint too, before waiting for the turn to write
+                read.footprint, read.placed = read_footprint(_frame_row(read, None, run_id, None)), True
+            results.append(read)
     except BaseException as exc:  # noqa: BLE001 - raised below, after the turn is passed on
         failed = exc
     summary = IngestSummary()
@@ -375,7 +378,9 @@ def catalogue_batch(session: Session, results: Sequence[FileRead | ReadFailure],
         masters = [new_frame_ids[sha] for sha, row in new_rows.items() if row["image_type"] in MASTER_TYPES]
         if masters:
             sync_library(session, frame_ids=masters)
-        index_frames(session, [(new_frame_ids[sha], row) for sha, row in new_rows.items()])  # footprints
+        placed = {read.sha256: read.footprint for read in reads if read.placed}
+        index_frames(session, [(new_frame_ids[sha], {**row, "footprint": placed[sha]} if sha in placed else row)
+                               for sha, row in new_rows.items()])  # footprints
 
     paths = [r.path for r in reads]
     current = {c.path: c for c in session.scalars(select(Copy).where(Copy.is_current, Copy.path.in_(paths)))}
