@@ -309,3 +309,26 @@ def test_footprint_of_a_sip_header_keeps_its_distortion():
         core = WCS(header).wcs.p2s([[1, 1], [1, 1500], [2000, 1500], [2000, 1]], 1)["world"]
     assert got["corners"] == pytest.approx(distorted, abs=1e-10)
     assert abs(got["corners"] - core).max() > 1e-3  # the SIP terms move the corners
+
+
+def test_footprint_geometries_of_a_batch_are_each_footprints_geometry():
+    """The batch (ingest's) gives, footprint by footprint, what one call gives: the corners
+    ordered counter-clockwise whichever way they came, and None where one call refuses."""
+    from archive.db.sky import footprint_geometries
+
+    square = [(250.0, 36.0), (250.0, 36.5), (250.6, 36.5), (250.6, 36.0)]
+    sets = [square, square[::-1], [(0, 0)] * 4, [(10, 95)] * 4, [(359.9, -0.2), (0.1, -0.2), (0.1, 0.2), (359.9, 0.2)]]
+    batch = footprint_geometries(sets)
+    assert batch[2] is None and batch[3] is None
+    for corners, got in zip(sets, batch):
+        if got is None:
+            with pytest.raises(SkyQueryError):
+                footprint_geometry(corners)
+            continue
+        one = footprint_geometry(corners)
+        assert got.corners.tolist() == one.corners.tolist()
+        assert got.normals == pytest.approx(one.normals, abs=1e-15)
+        assert got.cells.tolist() == one.cells.tolist()
+        assert got.radius_deg == pytest.approx(one.radius_deg, abs=1e-12)
+    assert batch[0].corners.tolist() == batch[1].corners.tolist()  # both counter-clockwise
+    assert batch[4].centre[0] == pytest.approx(0.0, abs=1e-9) or batch[4].centre[0] == pytest.approx(360.0, abs=1e-9)

@@ -52,7 +52,7 @@ class FileRead:
     naxis: tuple[int | None, int | None, int | None]
     bitpix: int | None
     normalized: Normalized
-    #: The sky footprint, when computed while reading (:func:`archive.ingest.sky.read_footprint`,
+    #: The sky footprint, when computed while reading (:func:`archive.ingest.sky.read_footprints`,
     #: in the worker processes, ahead of the serialized writes); ``placed`` says it was.
     footprint: dict | None = None
     placed: bool = False

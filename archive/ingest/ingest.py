@@ -52,7 +52,7 @@ from archive.ingest.dialects import DialectSet, check_value
 from archive.ingest.headers import FileRead, ReadFailure, read_fits
 from archive.ingest.library import sync_library
 from archive.ingest.scan import Candidate, scan_paths
-from archive.ingest.sky import index_frames, read_footprint
+from archive.ingest.sky import index_frames, read_footprints
 from archive.progress import NoProgress, Progress
 
 log = logging.getLogger(__name__)
@@ -239,10 +239,10 @@ def _read_and_write_batch(batch: Sequence[Candidate], run_id: int, number: int, 
         for c in batch:
             if stop is not None and stop.is_set():
                 raise _Stopped()
-            read = read_fits(c.path, _worker_state["dialects"], folders=c.folders, sites=settings.sites)
-            if isinstance(read, FileRead):  # the footprint too, before waiting for the turn to write
-                read.footprint, read.placed = read_footprint(_frame_row(read, None, run_id, None)), True
-            results.append(read)
+            results.append(read_fits(c.path, _worker_state["dialects"], folders=c.folders, sites=settings.sites))
+        reads = [r for r in results if isinstance(r, FileRead)]  # their footprints too, before the turn to write
+        for read, footprint in zip(reads, read_footprints([_frame_row(r, None, run_id, None) for r in reads])):
+            read.footprint, read.placed = footprint, True
     except BaseException as exc:  # noqa: BLE001 - raised below, after the turn is passed on
         failed = exc
     summary = IngestSummary()

@@ -15,7 +15,7 @@ import functools
 import logging
 import re
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ from archive.config import Settings, merge, read_toml
 from archive.db.bulk import chunked
 from archive.db.frames import FrameFilter, frame_query
 from archive.db.models import Footprint, Frame
-from archive.db.sky import SkyQueryError, footprint_geometry, store_footprints
+from archive.db.sky import SkyQueryError, footprint_geometries, store_footprints
 from archive.errors import ConfigError
 from archive.fitsio import WCS_KEYWORD
 from archive.resources import resource_dir
@@ -291,31 +291,32 @@ def frame_footprint(frame: Mapping[str, Any], config: SkyConfig) -> dict[str, An
     return {**estimated_footprint(ra, dec, frame["naxis1"], frame["naxis2"], scale), "source": "estimated"}
 
 
-def read_footprint(frame: Mapping[str, Any], config: SkyConfig | None = None) -> dict[str, Any] | None:
-    """:func:`frame_footprint` with its geometry (:func:`archive.db.sky.footprint_geometry`),
-    ready for :func:`archive.db.sky.store_footprints`: ingest computes it while reading, in
-    its worker processes, so that the writes (one batch at a time) only insert rows.
+def read_footprints(frames: Sequence[Mapping[str, Any]], config: SkyConfig | None = None) -> list[dict[str, Any] | None]:
+    """:func:`frame_footprint` of each frame, with its geometry
+    (:func:`archive.db.sky.footprint_geometries`, all at once), ready for
+    :func:`archive.db.sky.store_footprints`: ingest computes them while reading, in its worker
+    processes, so that the writes (one batch at a time) only insert rows.
 
     Parameters
     ----------
-    frame : mapping
+    frames : sequence of mapping
         As for :func:`frame_footprint`.
     config : SkyConfig, optional
         Default: the bundled ``configs/sky.toml`` (as :func:`index_frames`).
 
     Returns
     -------
-    dict or None
+    list of dict or None
         As :func:`frame_footprint`, plus ``geometry`` unless the corners are degenerate (the
         store then refuses it, as it would have).
     """
-    footprint = frame_footprint(frame, config or load_sky_config())
-    if footprint is not None:
-        try:
-            footprint["geometry"] = footprint_geometry(footprint["corners"])
-        except SkyQueryError:
-            pass
-    return footprint
+    config = config or load_sky_config()
+    footprints = [frame_footprint(frame, config) for frame in frames]
+    found = [footprint for footprint in footprints if footprint is not None]
+    for footprint, geometry in zip(found, footprint_geometries([f["corners"] for f in found])):
+        if geometry is not None:
+            footprint["geometry"] = geometry
+    return footprints
 
 
 def index_frames(session: Session, frames: Iterable[tuple[int, Mapping[str, Any]]], config: SkyConfig | None = None) -> int:
@@ -327,7 +328,7 @@ def index_frames(session: Session, frames: Iterable[tuple[int, Mapping[str, Any]
         Written to; the caller commits.
     frames : iterable of (frame id, mapping)
         The mapping as for :func:`frame_footprint`, or with the ``footprint`` already
-        computed (:func:`read_footprint`; None for none).
+        computed (:func:`read_footprints`; None for none).
     config : SkyConfig, optional
         Default: the bundled ``configs/sky.toml``.
 
@@ -380,4 +381,4 @@ def index_missing(session: Session, filters: FrameFilter | None = None, config: 
 
 
 __all__ = ["SkyConfig", "estimated_footprint", "frame_footprint", "index_frames", "index_missing", "load_sky_config",
-           "plate_scale", "read_footprint", "wcs_footprint", "celestial_wcs", "parse_header"]
+           "plate_scale", "read_footprints", "wcs_footprint", "celestial_wcs", "parse_header"]
