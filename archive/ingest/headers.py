@@ -149,13 +149,13 @@ class CardIndex(Mapping):
         return "\n".join(self.lines)
 
     def get(self, key: str, default: Any = None) -> Any:
-        key = key.upper()
-        if key not in self._values:
-            card = self._cards.get(key)
-            if card is None:
-                return default
-            self._values[key] = _card_value(card)
-        value = self._values[key]
+        # cached under the key as asked, absent keywords too: normalization asks for some 50
+        # keywords of a header, most of them alternatives that are absent
+        value = self._values.get(key, _MISSING)
+        if value is _MISSING:
+            card = self._cards.get(key.upper())
+            value = None if card is None else _card_value(card)  # a malformed card raises, uncached
+            self._values[key] = value
         return default if value is None else value
 
     def __getitem__(self, key: str) -> Any:
