@@ -180,9 +180,10 @@ def test_cli_cone_covers_coverage_and_imaged_at(sky, db_url, tmp_path):
 
 
 def test_footprints_are_backfilled_for_frames_catalogued_before(sky):
-    from archive.ingest.sky import index_missing
-    from archive.db.models import FootprintCell, FootprintCorner
     from sqlalchemy import delete
+
+    from archive.db.models import FootprintCell, FootprintCorner
+    from archive.ingest.sky import index_missing
 
     with session_scope(sky, write=True) as session:
         session.execute(delete(FootprintCell))
@@ -265,7 +266,12 @@ def _image_header(path) -> fits.Header:
 def test_footprint_from_wcslib_alone_equals_astropy_wcs_on_every_real_header():
     """Ingest's fast path (astropy's Wcsprm, no WCS object) gives the corners and plate scale
     of astropy.wcs.WCS for every real header with a celestial WCS, and none where WCS finds none."""
-    from archive.ingest.sky import celestial_wcs, frame_footprint, load_sky_config, wcs_footprint
+    from archive.ingest.sky import (
+        celestial_wcs,
+        frame_footprint,
+        load_sky_config,
+        wcs_footprint,
+    )
 
     config = load_sky_config()
     compared = 0
