@@ -180,9 +180,10 @@ def test_cli_cone_covers_coverage_and_imaged_at(sky, db_url, tmp_path):
 
 
 def test_footprints_are_backfilled_for_frames_catalogued_before(sky):
-    from archive.ingest.sky import index_missing
-    from archive.db.models import FootprintCell, FootprintCorner
     from sqlalchemy import delete
+
+    from archive.db.models import FootprintCell, FootprintCorner
+    from archive.ingest.sky import index_missing
 
     with session_scope(sky, write=True) as session:
         session.execute(delete(FootprintCell))
@@ -255,3 +256,85 @@ def test_cli_project_copyback_summary_and_api_by_position(sky, db_url, tmp_path)
         assert sorted(frames["path"]) == sorted(map(str, _lights(M94)))
         totals = summarize(session, ["target"], FrameFilter(cone=tuple(cone), image_type="light"))
     assert totals["frames"].tolist() == [12]
+
+
+def _image_header(path) -> fits.Header:
+    with fits.open(path) as hdul:
+        return next(hdu.header.copy() for hdu in hdul if hdu.is_image and hdu.header.get("NAXIS", 0) >= 2)
+
+
+def test_footprint_from_wcslib_alone_equals_astropy_wcs_on_every_real_header():
+    """Ingest's fast path (astropy's Wcsprm, no WCS object) gives the corners and plate scale
+    of astropy.wcs.WCS for every real header with a celestial WCS, and none where WCS finds none."""
+    from archive.ingest.sky import (
+        celestial_wcs,
+        frame_footprint,
+        load_sky_config,
+        wcs_footprint,
+    )
+
+    config = load_sky_config()
+    compared = 0
+    for path in sorted(SHARED_DATA.rglob("*.fit*")):
+        header = _image_header(path)
+        text = "\n".join(card.image.rstrip() for card in header.cards)
+        frame = {"header": text, "naxis1": header["NAXIS1"], "naxis2": header["NAXIS2"], "image_type": "light",
+                 "ra_deg": None, "dec_deg": None}  # no pointing: only a header WCS gives a footprint
+        got = frame_footprint(frame, config)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            wcs = celestial_wcs(header)
+        if wcs is None:
+            assert got is None, path
+            continue
+        expected = wcs_footprint(wcs, header["NAXIS1"], header["NAXIS2"])
+        assert got["source"] == "header"
+        assert got["corners"] == pytest.approx(expected["corners"], abs=1e-10), path
+        assert got["pixel_scale_arcsec"] == pytest.approx(expected["pixel_scale_arcsec"], rel=1e-12), path
+        compared += 1
+    assert compared >= 30  # the ARCSAT, LCO and UW frames with a WCS
+
+
+def test_footprint_of_a_sip_header_keeps_its_distortion():
+    """A header with SIP distortion goes through astropy.wcs.WCS (wcslib alone would drop the
+    SIP terms): its corners are WCS.calc_footprint's, not the undistorted ones."""
+    from archive.ingest.sky import frame_footprint, load_sky_config
+
+    header = fits.Header()
+    for key, value in {"NAXIS": 2, "NAXIS1": 2000, "NAXIS2": 1500, "CTYPE1": "RA---TAN-SIP", "CTYPE2": "DEC--TAN-SIP",
+                       "CRPIX1": 1000.5, "CRPIX2": 750.5, "CRVAL1": 250.4, "CRVAL2": 36.46, "CD1_1": -2.8e-4,
+                       "CD1_2": 0.0, "CD2_1": 0.0, "CD2_2": 2.8e-4, "A_ORDER": 2, "B_ORDER": 2, "A_2_0": 2e-5,
+                       "B_0_2": -3e-5}.items():
+        header[key] = value
+    text = "\n".join(card.image.rstrip() for card in header.cards)
+    frame = {"header": text, "naxis1": 2000, "naxis2": 1500, "image_type": "light", "ra_deg": None, "dec_deg": None}
+    got = frame_footprint(frame, load_sky_config())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        distorted = WCS(header).calc_footprint(axes=(2000, 1500))
+        core = WCS(header).wcs.p2s([[1, 1], [1, 1500], [2000, 1500], [2000, 1]], 1)["world"]
+    assert got["corners"] == pytest.approx(distorted, abs=1e-10)
+    assert abs(got["corners"] - core).max() > 1e-3  # the SIP terms move the corners
+
+
+def test_footprint_geometries_of_a_batch_are_each_footprints_geometry():
+    """The batch (ingest's) gives, footprint by footprint, what one call gives: the corners
+    ordered counter-clockwise whichever way they came, and None where one call refuses."""
+    from archive.db.sky import footprint_geometries
+
+    square = [(250.0, 36.0), (250.0, 36.5), (250.6, 36.5), (250.6, 36.0)]
+    sets = [square, square[::-1], [(0, 0)] * 4, [(10, 95)] * 4, [(359.9, -0.2), (0.1, -0.2), (0.1, 0.2), (359.9, 0.2)]]
+    batch = footprint_geometries(sets)
+    assert batch[2] is None and batch[3] is None
+    for corners, got in zip(sets, batch):
+        if got is None:
+            with pytest.raises(SkyQueryError):
+                footprint_geometry(corners)
+            continue
+        one = footprint_geometry(corners)
+        assert got.corners.tolist() == one.corners.tolist()
+        assert got.normals == pytest.approx(one.normals, abs=1e-15)
+        assert got.cells.tolist() == one.cells.tolist()
+        assert got.radius_deg == pytest.approx(one.radius_deg, abs=1e-12)
+    assert batch[0].corners.tolist() == batch[1].corners.tolist()  # both counter-clockwise
+    assert batch[4].centre[0] == pytest.approx(0.0, abs=1e-9) or batch[4].centre[0] == pytest.approx(360.0, abs=1e-9)

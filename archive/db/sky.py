@@ -141,29 +141,62 @@ def footprint_geometry(corners: Sequence[tuple[float, float]]) -> FootprintGeome
     SkyQueryError
         Not four distinct corners, or a corner is not a position.
     """
-    points = np.asarray(corners, float)
-    if points.shape != (4, 2) or not np.all(np.isfinite(points)) or np.any(np.abs(points[:, 1]) > 90):
-        raise SkyQueryError(f"a footprint needs four corners (RA, Dec in deg), got {points.tolist()}")
-    vectors = unit_vectors(points[:, 0], points[:, 1])
-    mean = vectors.sum(axis=0)
-    centre_vector = mean / np.linalg.norm(mean)
-    following = np.roll(vectors, -1, axis=0)
-    cross = np.cross(vectors, following)
-    if np.dot(cross[0], centre_vector) < 0:  # clockwise: reverse the order
-        points, vectors = points[::-1].copy(), vectors[::-1].copy()
-        following = np.roll(vectors, -1, axis=0)
-        cross = np.cross(vectors, following)
-    lengths = np.linalg.norm(cross, axis=1)
-    if np.any(lengths < 1e-12):
+    geometry = footprint_geometries([corners])[0]
+    if geometry is None:
+        points = np.asarray(corners, float)
+        if points.shape != (4, 2) or not np.all(np.isfinite(points)) or np.any(np.abs(points[:, 1]) > 90):
+            raise SkyQueryError(f"a footprint needs four corners (RA, Dec in deg), got {points.tolist()}")
         raise SkyQueryError(f"a footprint needs four distinct corners, got {points.tolist()}")
-    normals = cross / lengths[:, None]
+    return geometry
+
+
+def footprint_geometries(corner_sets: Sequence[Sequence[tuple[float, float]]]) -> list[FootprintGeometry | None]:
+    """:func:`footprint_geometry` of many footprints at once (numpy over all of them: a batch of
+    ingest's lights costs a tenth of one call each).
+
+    Parameters
+    ----------
+    corner_sets : sequence of corners
+        Each as for :func:`footprint_geometry`.
+
+    Returns
+    -------
+    list of FootprintGeometry or None
+        In order; None for a set that :func:`footprint_geometry` refuses (not four distinct
+        positions).
+    """
+    out: list[FootprintGeometry | None] = [None] * len(corner_sets)
+    good, sets = [], []
+    for i, corners in enumerate(corner_sets):
+        points = np.asarray(corners, float)
+        if points.shape == (4, 2) and np.all(np.isfinite(points)) and not np.any(np.abs(points[:, 1]) > 90):
+            good.append(i)
+            sets.append(points)
+    if not good:
+        return out
+    points = np.stack(sets)  # (n, 4, 2)
+    vectors = unit_vectors(points[..., 0], points[..., 1])  # (n, 4, 3)
+    mean = vectors.sum(axis=1)
+    centre_vectors = mean / np.linalg.norm(mean, axis=1)[:, None]
+    clockwise = np.einsum("ij,ij->i", np.cross(vectors[:, 0], vectors[:, 1]), centre_vectors) < 0
+    points[clockwise] = points[clockwise, ::-1]  # clockwise: reverse the order
+    vectors[clockwise] = vectors[clockwise, ::-1]
+    following = np.roll(vectors, -1, axis=1)
+    cross = np.cross(vectors, following)
+    lengths = np.linalg.norm(cross, axis=2)
+    distinct = np.all(lengths >= 1e-12, axis=1)
+    normals = cross / np.where(lengths > 0, lengths, 1.0)[..., None]
     starts = np.cross(normals, vectors)
     ends = np.cross(following, normals)
-    centre_ra = float(np.degrees(np.arctan2(centre_vector[1], centre_vector[0])) % 360.0)
-    centre_dec = float(np.degrees(np.arcsin(np.clip(centre_vector[2], -1, 1))))
-    radius = float(np.degrees(np.arccos(np.clip(vectors @ centre_vector, -1, 1))).max())
-    cells = cone_cells(centre_ra, centre_dec, radius)
-    return FootprintGeometry(points, vectors, normals, starts, ends, (centre_ra, centre_dec), radius, cells)
+    centre_ra = np.degrees(np.arctan2(centre_vectors[:, 1], centre_vectors[:, 0])) % 360.0
+    centre_dec = np.degrees(np.arcsin(np.clip(centre_vectors[:, 2], -1, 1)))
+    radii = np.degrees(np.arccos(np.clip(np.einsum("nij,nj->ni", vectors, centre_vectors), -1, 1))).max(axis=1)
+    for k, i in enumerate(good):
+        if distinct[k]:
+            centre = (float(centre_ra[k]), float(centre_dec[k]))
+            out[i] = FootprintGeometry(points[k], vectors[k], normals[k], starts[k], ends[k], centre, float(radii[k]),
+                                       cone_cells(*centre, float(radii[k])))
+    return out
 
 
 def cone_cells(ra_deg: float, dec_deg: float, radius_deg: float, order: int = HEALPIX_ORDER) -> np.ndarray:
@@ -236,7 +269,8 @@ def store_footprints(session: Session, footprints: Sequence[dict]) -> int:
     footprints : sequence of dict
         Each with ``frame_id``, ``corners`` (four (RA, Dec), deg), ``source`` (one of
         :data:`SOURCES`) and optionally ``pixel_scale_arcsec``, ``wcs_header`` (the WCS as
-        header cards) and ``reduction_id`` (the solve that made it).
+        header cards), ``reduction_id`` (the solve that made it) and ``geometry`` (its
+        :func:`footprint_geometry`, when already computed).
 
     Returns
     -------
@@ -252,10 +286,12 @@ def store_footprints(session: Session, footprints: Sequence[dict]) -> int:
         session.execute(delete(Footprint).where(Footprint.frame_id.in_(batch)))
     now = utcnow()
     heads, corners, cells = [], [], []
+    missing = [item for item in footprints if item.get("geometry") is None]
+    computed = {id(item): geometry for item, geometry in zip(missing, footprint_geometries([m["corners"] for m in missing]))}
     for item in footprints:
         if item["source"] not in SOURCES:
             raise ValueError(f"footprint source must be one of {SOURCES}, not {item['source']!r}")
-        geometry = footprint_geometry(item["corners"])
+        geometry = item.get("geometry") or computed[id(item)] or footprint_geometry(item["corners"])  # raises
         heads.append({
             "frame_id": item["frame_id"], "source": item["source"], "ra_deg": geometry.centre[0],
             "dec_deg": geometry.centre[1], "radius_deg": geometry.radius_deg,
@@ -378,6 +414,6 @@ def footprint_corners(session: Session, frame_ids: Sequence[int]) -> dict[int, n
 __all__ = [
     "HEALPIX_ORDER", "MAX_RANGES", "SOURCES", "FootprintGeometry", "SkyQueryError", "cell_ranges",
     "cone_cells", "cone_condition", "corner_rows", "covers_condition", "footprint_corners",
-    "footprint_geometry", "footprint_table", "has_wcs_condition", "point_cell", "store_footprints",
+    "footprint_geometries", "footprint_geometry", "footprint_table", "has_wcs_condition", "point_cell", "store_footprints",
     "unit_vectors",
 ]

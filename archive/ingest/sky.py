@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyWarning
-from astropy.wcs import WCS, FITSFixedWarning
+from astropy.wcs import WCS, FITSFixedWarning, Wcsprm
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -29,7 +30,7 @@ from archive.config import Settings, merge, read_toml
 from archive.db.bulk import chunked
 from archive.db.frames import FrameFilter, frame_query
 from archive.db.models import Footprint, Frame
-from archive.db.sky import SkyQueryError, store_footprints
+from archive.db.sky import SkyQueryError, footprint_geometries, store_footprints
 from archive.errors import ConfigError
 from archive.fitsio import WCS_KEYWORD
 from archive.resources import resource_dir
@@ -118,6 +119,12 @@ def load_sky_config(settings: Settings | None = None) -> SkyConfig:
 _WITH_WCS = frozenset({"EPOCH", "MJD-OBS", "DATE-OBS", "NAXIS", "NAXIS1", "NAXIS2"})
 
 
+#: Lines that may be WCS cards (:func:`_wcs_card` decides): a prefilter, as one regular
+#: expression over the whole header is quicker than a test of each of its hundred lines.
+_WCS_LINE = re.compile(r"^ *(?:WCSAXES|CTYPE|CRVAL|CRPIX|CDELT|CROTA|CUNIT|CD\d|PC\d|PV\d|LONPOLE|LATPOLE|RADE|EQUINOX|"
+                       r"[AB]P?_|EPOCH|MJD-OBS|DATE-OBS|NAXIS)[^\n]*", re.MULTILINE)
+
+
 def _wcs_card(key: str) -> bool:
     return key in _WITH_WCS or WCS_KEYWORD.match(key) is not None
 
@@ -166,6 +173,47 @@ def wcs_footprint(wcs: WCS, naxis1: int, naxis2: int) -> dict[str, Any]:
     scales = wcs.proj_plane_pixel_scales()  # ``wcs`` is celestial (celestial_wcs): no copy needed
     scale = float(np.sqrt(abs(scales[0].to_value("arcsec") * scales[1].to_value("arcsec"))))
     return {"corners": corners, "pixel_scale_arcsec": scale}
+
+
+#: Keywords of what astropy.wcs.WCS adds to wcslib's core WCS: SIP distortions, and PV cards
+#: (which it may take for SCAMP's TPV distortion).
+_DISTORTION = re.compile(r"^([AB]P?_\d|[AB]P?_ORDER|PV\d)")
+_DISTORTED = object()
+
+
+def _plain_wcs_footprint(cards: str, naxis1: int, naxis2: int) -> dict[str, Any] | None | object:
+    """:func:`wcs_footprint` of ``celestial_wcs(cards)`` computed by wcslib alone (astropy's
+    :class:`~astropy.wcs.Wcsprm`): the same corners and scale in a tenth of the time, as
+    :class:`~astropy.wcs.WCS` parses and re-serializes the header twice to look for
+    distortions. Returns :data:`_DISTORTED` when the cards have distortion keywords (the
+    caller then uses :class:`~astropy.wcs.WCS`), None when they hold no celestial WCS.
+
+    ``cards`` are 80-character cards, concatenated.
+    """
+    keys = {cards[i:i + 8].strip() for i in range(0, len(cards), 80)}
+    if "CTYPE1" not in keys or "CTYPE2" not in keys:
+        return None
+    if any(_DISTORTION.match(key) for key in keys):
+        return _DISTORTED
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            warnings.simplefilter("ignore", AstropyWarning)
+            wcs = Wcsprm(header=cards.encode("ascii"), relax=True, warnings=False)
+            if wcs.naxis != 2:
+                wcs = wcs.sub(2)
+            wcs.fix()  # as astropy.wcs.WCS does
+            wcs.set()
+            if wcs.lng < 0 or wcs.lat < 0 or wcs.lngtyp != "RA":
+                return None
+            pixels = np.array([[1, 1], [1, naxis2], [naxis1, naxis2], [naxis1, 1]], dtype=float)  # WCS.calc_footprint
+            corners = wcs.p2s(pixels, 1)["world"]
+            matrix = np.diag(wcs.get_cdelt()) @ wcs.get_pc()  # WCS.pixel_scale_matrix, deg (wcslib's celestial unit)
+    except Exception as exc:  # noqa: BLE001 - wcslib raises many kinds; a bad WCS is no WCS
+        log.debug("unreadable WCS: %s", exc)
+        return None
+    scales = np.sqrt((matrix**2).sum(axis=0)) * 3600.0  # WCS.proj_plane_pixel_scales, arcsec
+    return {"corners": corners, "pixel_scale_arcsec": float(np.sqrt(abs(scales[0] * scales[1])))}
 
 
 def _first(header: fits.Header, names: Iterable[str]) -> float | None:
@@ -221,17 +269,20 @@ def frame_footprint(frame: Mapping[str, Any], config: SkyConfig) -> dict[str, An
     """
     if frame.get("image_type") not in config.image_types or not frame.get("naxis1") or not frame.get("naxis2"):
         return None
-    cards = [line for line in frame["header"].split("\n") if (key := line[:8].strip()) and _wcs_card(key)]
-    wcs = celestial_wcs("".join(card[:80].ljust(80) for card in cards))
-    if wcs is not None:
-        try:
-            out = wcs_footprint(wcs, frame["naxis1"], frame["naxis2"])
-        except Exception as exc:  # noqa: BLE001 - a WCS that cannot project its corners is no WCS
-            log.debug("WCS corners not computed: %s", exc)
-        else:
-            if np.all(np.isfinite(out["corners"])):
-                # the header's own WCS cards, as read (a new header from wcs.to_header costs as much again)
-                return {**out, "source": "header", "wcs_header": "\n".join(cards)}
+    cards = [line for line in _WCS_LINE.findall(frame["header"]) if (key := line[:8].strip()) and _wcs_card(key)]
+    text = "".join(card[:80].ljust(80) for card in cards)
+    out = _plain_wcs_footprint(text, frame["naxis1"], frame["naxis2"])
+    if out is _DISTORTED:
+        wcs = celestial_wcs(text)
+        out = None
+        if wcs is not None:
+            try:
+                out = wcs_footprint(wcs, frame["naxis1"], frame["naxis2"])
+            except Exception as exc:  # noqa: BLE001 - a WCS that cannot project its corners is no WCS
+                log.debug("WCS corners not computed: %s", exc)
+    if out is not None and np.all(np.isfinite(out["corners"])):
+        # the header's own WCS cards, as read (a new header from wcs.to_header costs as much again)
+        return {**out, "source": "header", "wcs_header": "\n".join(cards)}
     ra, dec = frame.get("ra_deg"), frame.get("dec_deg")
     if ra is None or dec is None:
         return None
@@ -246,6 +297,34 @@ def frame_footprint(frame: Mapping[str, Any], config: SkyConfig) -> dict[str, An
     return {**estimated_footprint(ra, dec, frame["naxis1"], frame["naxis2"], scale), "source": "estimated"}
 
 
+def read_footprints(frames: Sequence[Mapping[str, Any]], config: SkyConfig | None = None) -> list[dict[str, Any] | None]:
+    """:func:`frame_footprint` of each frame, with its geometry
+    (:func:`archive.db.sky.footprint_geometries`, all at once), ready for
+    :func:`archive.db.sky.store_footprints`: ingest computes them while reading, in its worker
+    processes, so that the writes (one batch at a time) only insert rows.
+
+    Parameters
+    ----------
+    frames : sequence of mapping
+        As for :func:`frame_footprint`.
+    config : SkyConfig, optional
+        Default: the bundled ``configs/sky.toml`` (as :func:`index_frames`).
+
+    Returns
+    -------
+    list of dict or None
+        As :func:`frame_footprint`, plus ``geometry`` unless the corners are degenerate (the
+        store then refuses it, as it would have).
+    """
+    config = config or load_sky_config()
+    footprints = [frame_footprint(frame, config) for frame in frames]
+    found = [footprint for footprint in footprints if footprint is not None]
+    for footprint, geometry in zip(found, footprint_geometries([f["corners"] for f in found])):
+        if geometry is not None:
+            footprint["geometry"] = geometry
+    return footprints
+
+
 def index_frames(session: Session, frames: Iterable[tuple[int, Mapping[str, Any]]], config: SkyConfig | None = None) -> int:
     """Compute and store the footprints of frames (replacing theirs).
 
@@ -254,7 +333,8 @@ def index_frames(session: Session, frames: Iterable[tuple[int, Mapping[str, Any]
     session : Session
         Written to; the caller commits.
     frames : iterable of (frame id, mapping)
-        The mapping as for :func:`frame_footprint`.
+        The mapping as for :func:`frame_footprint`, or with the ``footprint`` already
+        computed (:func:`read_footprints`; None for none).
     config : SkyConfig, optional
         Default: the bundled ``configs/sky.toml``.
 
@@ -266,7 +346,7 @@ def index_frames(session: Session, frames: Iterable[tuple[int, Mapping[str, Any]
     config = config or load_sky_config()
     rows = []
     for frame_id, frame in frames:
-        footprint = frame_footprint(frame, config)
+        footprint = frame["footprint"] if "footprint" in frame else frame_footprint(frame, config)
         if footprint is not None:
             rows.append({"frame_id": frame_id, **footprint})
     try:
@@ -307,4 +387,4 @@ def index_missing(session: Session, filters: FrameFilter | None = None, config: 
 
 
 __all__ = ["SkyConfig", "estimated_footprint", "frame_footprint", "index_frames", "index_missing", "load_sky_config",
-           "plate_scale", "wcs_footprint", "celestial_wcs", "parse_header"]
+           "plate_scale", "read_footprints", "wcs_footprint", "celestial_wcs", "parse_header"]
