@@ -15,6 +15,7 @@ master (an interpolated dark, or nothing) fall back to the one-frame path.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Iterable, Sequence
 
@@ -231,6 +232,8 @@ def select_masters(
         The set-based selections carry no candidate verdicts (``candidates == []``).
     """
     ids = list(dict.fromkeys(frame_ids))
+    if not ids:  # nothing to select (and an empty id table would leave the planner scanning frames)
+        return {}
     rules = rules if rules is not None else default_rulebook()
     book = rules if isinstance(rules, RuleBook) else None
     frames = Frame.__table__
@@ -251,17 +254,6 @@ def select_masters(
             by_instrument.setdefault(row[1], []).append(tuple(row))
     finally:
         metadata.drop_all(connection)
-    # the library of every kind asked for, in one statement
-    libraries: dict[str, list] = {kind: [] for kind in kinds}
-    with index_seeks(connection):
-        library = connection.execute(
-            select(*columns, Master.n_combined, Master.created_at, Master.valid_from, Master.valid_until,
-                   Master.bias_subtracted, Master.kind)
-            .join(Master, Master.frame_id == frames.c.id)
-            .where(Master.kind.in_(list(kinds)), ~Master.is_bad, frames.c.date_obs_s.is_not(None))
-        ).all()
-    for row in library:
-        libraries[row[-1]].append(tuple(row))
     names = instrument_names(session, by_instrument)
     # instruments that share their rules are selected together (the instrument is a key column)
     by_rules: dict[int, tuple[MatchingRules, set, list]] = {}
@@ -270,8 +262,32 @@ def select_masters(
         entry = by_rules.setdefault(id(matching), (matching, set(), []))
         entry[1].add(iid)
         entry[2].extend(rows)
-    out: dict[tuple[int, str], Selection] = {}
+    # the library of every kind asked for, in one statement: only the masters within the kind's
+    # largest max_age_days of the frames' DATE-OBS span (no other can be chosen by the set-based
+    # queries), so the work follows the frames asked about, not the size of the library
     i_t = _FRAME_COLUMNS.index("date_obs_s")
+    times = [row[i_t] for rows in by_instrument.values() for row in rows if row[i_t] is not None]
+    libraries: dict[str, list] = {kind: [] for kind in kinds}
+    if times and by_rules:
+        first, last = min(times), max(times)
+        near = []
+        for kind in kinds:
+            age_s = max(m[kind].max_age_days for m, _, _ in by_rules.values()) * SECONDS_PER_DAY
+            if math.isfinite(age_s):
+                near.append(and_(Master.kind == kind, frames.c.date_obs_s >= first - int(age_s) - 1,
+                                 frames.c.date_obs_s <= last + int(age_s) + 1))
+            else:
+                near.append(Master.kind == kind)
+        with index_seeks(connection):
+            library = connection.execute(
+                select(*columns, Master.n_combined, Master.created_at, Master.valid_from, Master.valid_until,
+                       Master.bias_subtracted, Master.kind)
+                .join(Master, Master.frame_id == frames.c.id)
+                .where(or_(*near), ~Master.is_bad, frames.c.date_obs_s.is_not(None))
+            ).all()
+        for row in library:
+            libraries[row[-1]].append(tuple(row))
+    out: dict[tuple[int, str], Selection] = {}
     for matching, instrument_ids, lights in by_rules.values():
         # the frames' keys, for every kind at once: the union of the kinds' exact and tolerance columns
         keys = list(dict.fromkeys(c for kind in kinds for c in matching[kind].exact))
