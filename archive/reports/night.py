@@ -34,7 +34,7 @@ from archive.calib.required import kinds_in_library, required_kinds
 from archive.calib.rules import RuleBook, default_rulebook
 from archive.calib.selection import rules_for
 from archive.db.frames import FrameFilter, canonical_paths, instrument_names
-from archive.db.models import DERIVED_TYPES, MASTER_TYPES, Frame
+from archive.db.models import CALIBRATION_KINDS, DERIVED_TYPES, MASTER_TYPES, Frame
 from archive.db.nights import derived_from_night, frames_by_id, frames_of_night, latest_selections, master_rows
 from archive.errors import ArchiveError
 from archive.reduce.preview import preview_png
@@ -214,20 +214,16 @@ def _masters_chosen(session: Session, night: dt.date, light_ids: list[int]) -> p
 
 def _missing(session: Session, lights: list[Frame], rules: RuleBook) -> pd.DataFrame:
     """Lights without a master of a kind their instrument requires, per needed set."""
-    import pandas as pd
-
-    library = kinds_in_library(session)
     names = instrument_names(session, [f.instrument_id for f in lights])
-    by_kinds: dict[tuple[str, ...], list[int]] = {}
-    for light in lights:
-        kinds = required_kinds(rules_for(rules, names.get(light.instrument_id)), light.instrument_id, library)
-        if kinds:
-            by_kinds.setdefault(tuple(kinds), []).append(light.id)
-    tables = [missing_calibrations(session, ids, kinds, rules=rules) for kinds, ids in by_kinds.items()]
-    tables = [t for t in tables if not t.empty]
-    if not tables:
-        return missing_calibrations(session, [], rules=rules)
-    return pd.concat(tables, ignore_index=True)
+    per_instrument = {iid: rules_for(rules, names.get(iid)) for iid in {f.instrument_id for f in lights}}
+    # the library's kinds only matter to instruments whose rules require what is available
+    library = kinds_in_library(session) if any(r.required is None for r in per_instrument.values()) else {}
+    needs = {light.id: required_kinds(per_instrument[light.instrument_id], light.instrument_id, library)
+             for light in lights}
+    needs = {fid: kinds for fid, kinds in needs.items() if kinds}
+    kinds = [k for k in CALIBRATION_KINDS if any(k in ks for ks in needs.values())]
+    # one pass over every light, each judged for the kinds its instrument requires
+    return missing_calibrations(session, list(needs), kinds, rules=rules, needs=needs)
 
 
 def _stacks(session: Session, night: dt.date) -> pd.DataFrame:
