@@ -17,7 +17,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from archive.config import Settings, data_home, load_settings
@@ -176,3 +176,11 @@ def library_table(session: Session, kind: str | None = None, *, include_bad: boo
     import pandas as pd  # imported on use: a slow import
 
     return pd.DataFrame(rows, columns=list(query.selected_columns.keys()))
+
+
+def library_state(session: Session) -> tuple[int, int]:
+    """A token that changes when the usable master library changes: how many masters are not
+    marked bad, and the largest frame id among them (a master added, removed, marked bad or
+    good again). ``archive watch`` compares it to try again the lights that lacked a master."""
+    count, newest = session.execute(select(func.count(), func.max(Master.frame_id)).where(~Master.is_bad)).one()
+    return int(count or 0), int(newest or 0)
