@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-#: The figures of one group, in this order.
-FIGURES = ("frames", "exposure_s", "accepted", "accepted_s", "rejected")
 
-
-def integrate(lights: Iterable[Any], judged: Mapping[int, Mapping[str, Any]],
-              key: Callable[[Any], tuple] = lambda light: ()) -> dict[tuple, dict[str, Any]]:
+def integrate(
+    lights: Iterable[Any],
+    judged: Mapping[int, Mapping[str, Any]],
+    key: Callable[[Any], tuple] = lambda light: (),
+) -> dict[tuple, dict[str, Any]]:
     """Sum the lights' exposure per group, accepted against total.
 
     Parameters
@@ -39,7 +39,13 @@ def integrate(lights: Iterable[Any], judged: Mapping[int, Mapping[str, Any]],
     for light in lights:
         group = groups.get(k := key(light))
         if group is None:
-            group = groups[k] = {"frames": 0, "exposure_s": 0.0, "accepted": 0, "accepted_s": 0.0, "rejected": 0}
+            group = groups[k] = {
+                "frames": 0,
+                "exposure_s": 0.0,
+                "accepted": 0,
+                "accepted_s": 0.0,
+                "rejected": 0,
+            }
         exposure = light.exposure_time_s or 0.0
         group["frames"] += 1
         group["exposure_s"] += exposure
