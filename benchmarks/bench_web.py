@@ -74,7 +74,7 @@ def load_extras(engine, frames: list[dict]) -> None:
         for start in range(0, len(frames), 100_000):
             insert_rows(conn, Copy.__table__, [
                 (f["id"], f["id"], f"/data/{f['night']}/cam{f['instrument_id']}/frame_{f['id']:07d}.fits", 50_000_000,
-                 1_700_000_000_000_000_000, f["sha256"], True, True, stamp, None)
+                 1_700_000_000_000_000_000, f["sha256"], True, True, stamp, None, None)
                 for f in frames[start:start + 100_000]])
         insert_rows(conn, IngestProblem.__table__, [
             (i + 1, None, f"/data/broken/file_{i:05d}.fits", 2880, 0, "error" if i % 3 else "warning",
@@ -83,7 +83,7 @@ def load_extras(engine, frames: list[dict]) -> None:
         chosen = rng.sample(lights, min(N_REJECTED, len(lights)))
         insert_rows(conn, Reduction.__table__, [
             (i + 1, "register", f"{i + 1:064x}", "{}", "{}", "bench", stamp, stamp, "rejected",
-             "too few stars to align (3 < 10)", "default:1", None, None, None, "alignment", None, None)
+             "too few stars to align (3 < 10)", "default:1", None, None, None, "alignment", None, None, None)
             for i in range(len(chosen))])
         insert_rows(conn, ReductionInput.__table__, [(i + 1, fid, "light") for i, fid in enumerate(chosen)])
         if not sqlite:

@@ -6,6 +6,7 @@ command) and restarting loses nothing and does nothing twice. Both backends.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import signal
 import subprocess
@@ -248,4 +249,35 @@ def test_sigterm_stops_the_command_cleanly_and_a_missing_root_is_waited_for(db_u
     engine = open_catalogue(db_url)
     counts = _counts(engine)
     assert counts["raw"] == 3 and counts["problems"] == 1  # the bad file is a problem; the watch went on
+    engine.dispose()
+
+
+def test_lights_waiting_for_masters_are_calibrated_when_the_masters_arrive_even_after_a_restart(db_url, tmp_path):
+    root, settings, config = _setup(db_url, tmp_path)
+    engine = open_catalogue(db_url)
+    journal_dir = tmp_path / "reduced" / ".watch"
+    # 1. old darks (two months before): the library holds darks, so the lights require one
+    running = _Running(engine, root, settings, config)
+    _fill(root / "2026-09-20", kinds=("DARK",), night="2026-09-20")
+    running.wait_for(1)
+    # 2. lights with no dark within max_age_days: left uncalibrated, kept waiting in the journal
+    lights = root / "2026-11-20" / "lights"
+    _fill(lights, kinds=("LIGHT",))
+    running.wait_for(2)
+    summary = running.stop()
+    assert not summary.sequences[1].ok and _counts(engine)["calibrations"] == 0, running.lines
+    journal = json.loads(next(journal_dir.glob("*.json")).read_text())
+    assert list(journal["waiting"]) == [str(lights)] and len(journal["waiting"][str(lights)]["lights"]) == 3
+    # 3. restarted; the night's darks arrive in another folder: a master is built, the lights are tried again
+    running = _Running(engine, root, settings, config)
+    time.sleep(2 * SETTLE_S)
+    assert running.watcher.summary.sequences == []  # nothing changed: nothing is retried
+    _fill(root / "2026-11-20" / "darks", kinds=("DARK",))
+    running.wait_for(2)
+    time.sleep(3 * SETTLE_S)
+    summary = running.stop()
+    assert [s.folder for s in summary.sequences] == [str(root / "2026-11-20" / "darks"), str(lights)], running.lines
+    assert summary.sequences[1].ok and any("waiting for masters" in line for line in running.lines), running.lines
+    assert _counts(engine)["calibrations"] == 3
+    assert not list(journal_dir.glob("*.json"))  # nothing waits any more
     engine.dispose()

@@ -134,8 +134,39 @@ def test_masters_queries_and_problems(client, night):  # noqa: F811
     assert by_target[("XO1-b", "z")]["frames"] == 16
     problems = client.get("/problems")
     assert problems.status_code == 200
-    for heading in ("Ingest problems", "Failures", "Rejections"):
+    for heading in ("Ingest problems", "Failures", "Rejections", "Rejected by quality"):
         assert heading in problems.text
+
+
+def test_frames_rejected_by_quality_are_listed_on_the_problems_page_and_by_the_cli(client, night):  # noqa: F811
+    from sqlalchemy import delete
+
+    from archive.cli import main
+    from archive.db.models import QualityOverride
+    from archive.reduce.quality import rejected_frames, set_override, verdicts
+
+    light = _ids(night, "light", "xo1b")[3]
+    with session_scope(night["engine"]) as session:
+        before = set(rejected_frames(session)["frame_id"])
+        by_rules = {i for i, v in verdicts(session, _ids(night, "light")).items() if v["verdict"] == "rejected"}
+    assert before == by_rules  # the list is the verdicts' rejections, no more, no fewer
+    assert light not in before
+    with session_scope(night["engine"], write=True) as session:
+        set_override(session, [light], "reject", "clouds over the field (test)", user="tester")
+    try:
+        page = client.get("/problems")
+        assert page.status_code == 200 and "Rejected by quality" in page.text
+        assert f'href="/frames/{light}"' in page.text and "clouds over the field (test)" in page.text
+        listed = night["runner"].invoke(main, ["-q", "--db", night["url"], "problems", "--quality", "--format", "json"],
+                                        env=night["env"], catch_exceptions=False)
+        assert listed.exit_code == 0, listed.output
+        rows = {r["frame_id"]: r for r in json.loads(listed.output)}
+        assert set(rows) == before | {light}
+        assert rows[light]["by"] == "override" and "clouds over the field (test)" in rows[light]["reasons"]
+    finally:
+        with session_scope(night["engine"], write=True) as session:
+            session.execute(delete(QualityOverride).where(QualityOverride.frame_id == light))
+    assert f'href="/frames/{light}"' not in client.get("/problems").text.split("Rejected by quality")[1]
 
 
 @pytest.mark.parametrize(("path", "status"), [

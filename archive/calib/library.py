@@ -17,7 +17,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from archive.config import Settings, data_home, load_settings
@@ -161,10 +161,26 @@ def library_table(session: Session, kind: str | None = None, *, include_bad: boo
     if not include_bad:
         query = query.where(~Master.is_bad)
     if newest is not None:
-        query = query.order_by(None).order_by(Frame.date_obs.desc(), Frame.id.desc()).limit(newest)
+        # the newest masters first (a subquery), then their paths: the path of every master
+        # would otherwise be looked up before the sort keeps ``newest`` of them
+        chosen = select(Master.frame_id).join(Frame, Frame.id == Master.frame_id)
+        if kind:
+            chosen = chosen.where(Master.kind == kind)
+        if not include_bad:
+            chosen = chosen.where(~Master.is_bad)
+        chosen = chosen.order_by(Frame.date_obs.desc(), Frame.id.desc()).limit(newest).subquery()
+        query = query.join(chosen, chosen.c.frame_id == Master.frame_id)
     rows = session.execute(query).all()
     if newest is not None:
         rows.sort(key=lambda r: (r.kind, r.date_obs is None, r.date_obs or dt.datetime.min, r.frame_id))
     import pandas as pd  # imported on use: a slow import
 
     return pd.DataFrame(rows, columns=list(query.selected_columns.keys()))
+
+
+def library_state(session: Session) -> tuple[int, int]:
+    """A token that changes when the usable master library changes: how many masters are not
+    marked bad, and the largest frame id among them (a master added, removed, marked bad or
+    good again). ``archive watch`` compares it to try again the lights that lacked a master."""
+    count, newest = session.execute(select(func.count(), func.max(Master.frame_id)).where(~Master.is_bad)).one()
+    return int(count or 0), int(newest or 0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -24,6 +24,7 @@ def missing_calibrations(
     kinds: Sequence[str] = CALIBRATION_KINDS,
     *,
     rules: RuleBook | MatchingRules | None = None,
+    needs: Mapping[int, Sequence[str]] | None = None,
 ) -> pd.DataFrame:
     """The frames no master can calibrate, grouped by the calibration set that would be needed.
 
@@ -40,6 +41,10 @@ def missing_calibrations(
     kinds : sequence of {'bias', 'dark', 'flat'}
     rules : RuleBook or MatchingRules, optional
         Default: the bundled ``configs/matching``.
+    needs : mapping of int to sequence of str, optional
+        Per frame, the kinds it needs (among ``kinds``; a frame not in it needs ``kinds``), as
+        :func:`archive.calib.required.required_kinds` gives them: frames of instruments that
+        require different calibrations are judged in one pass.
 
     Returns
     -------
@@ -49,7 +54,7 @@ def missing_calibrations(
         one of them), ``frame_ids`` (up to 20).
     """
     rules = rules if rules is not None else default_rulebook()
-    selections = select_masters(session, frame_ids, kinds, rules=rules, fallback=True)
+    selections = select_masters(session, frame_ids, kinds, rules=rules, fallback=True, needs=needs)
     missing = [(fid, kind, sel) for (fid, kind), sel in selections.items() if not sel.found]
     if not missing:
         import pandas as pd  # imported on use: a slow import

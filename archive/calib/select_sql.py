@@ -15,8 +15,10 @@ master (an interpolated dark, or nothing) fall back to the one-frame path.
 
 from __future__ import annotations
 
+import datetime as dt
+import math
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from sqlalchemy import (
     BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, and_, func, or_, select, text,
@@ -28,7 +30,7 @@ from archive.calib.select import explain_selection, masters_of
 from archive.calib.selection import SECONDS_PER_DAY, Selection, exposure_key, rules_for
 from archive.db.bulk import chunked, index_seeks, insert_rows
 from archive.db.frames import instrument_names
-from archive.db.models import CALIBRATION_KINDS, Frame, Master
+from archive.db.models import CALIBRATION_KINDS, MASTER_TYPES, Frame, Master
 from archive.ingest.timing import epoch_microseconds
 
 _NULL_NUMBER = -987654321.0
@@ -201,6 +203,7 @@ def select_masters(
     rules: RuleBook | MatchingRules | None = None,
     fallback: bool = True,
     batch_size: int = 5000,
+    needs: Mapping[int, Sequence[str]] | None = None,
 ) -> dict[tuple[int, str], Selection]:
     """Select masters of ``kinds`` for many frames with a few set-based queries.
 
@@ -224,6 +227,10 @@ def select_masters(
         Judge the frames the queries leave without a master one by one (default True).
     batch_size : int
         Frame ids per ``IN (...)`` list when loading the frames.
+    needs : mapping of int to sequence of str, optional
+        Per frame, the kinds it needs (among ``kinds``; a frame not in it needs ``kinds``):
+        frames of instruments that require different calibrations are selected together, and
+        only the pairs asked for are judged and returned.
 
     Returns
     -------
@@ -231,6 +238,8 @@ def select_masters(
         The set-based selections carry no candidate verdicts (``candidates == []``).
     """
     ids = list(dict.fromkeys(frame_ids))
+    if not ids:  # nothing to select (and an empty id table would leave the planner scanning frames)
+        return {}
     rules = rules if rules is not None else default_rulebook()
     book = rules if isinstance(rules, RuleBook) else None
     frames = Frame.__table__
@@ -251,17 +260,6 @@ def select_masters(
             by_instrument.setdefault(row[1], []).append(tuple(row))
     finally:
         metadata.drop_all(connection)
-    # the library of every kind asked for, in one statement
-    libraries: dict[str, list] = {kind: [] for kind in kinds}
-    with index_seeks(connection):
-        library = connection.execute(
-            select(*columns, Master.n_combined, Master.created_at, Master.valid_from, Master.valid_until,
-                   Master.bias_subtracted, Master.kind)
-            .join(Master, Master.frame_id == frames.c.id)
-            .where(Master.kind.in_(list(kinds)), ~Master.is_bad, frames.c.date_obs_s.is_not(None))
-        ).all()
-    for row in library:
-        libraries[row[-1]].append(tuple(row))
     names = instrument_names(session, by_instrument)
     # instruments that share their rules are selected together (the instrument is a key column)
     by_rules: dict[int, tuple[MatchingRules, set, list]] = {}
@@ -270,12 +268,52 @@ def select_masters(
         entry = by_rules.setdefault(id(matching), (matching, set(), []))
         entry[1].add(iid)
         entry[2].extend(rows)
-    out: dict[tuple[int, str], Selection] = {}
+    # the library of every kind asked for, in one statement: only the masters within the kind's
+    # largest max_age_days of the frames' DATE-OBS span (no other can be chosen by the set-based
+    # queries), so the work follows the frames asked about, not the size of the library
     i_t = _FRAME_COLUMNS.index("date_obs_s")
+    times = [row[i_t] for rows in by_instrument.values() for row in rows if row[i_t] is not None]
+    libraries: dict[str, list] = {kind: [] for kind in kinds}
+    if times and by_rules:
+        first, last = min(times), max(times)
+        longest_s = max(m[kind].max_age_days for m, _, _ in by_rules.values() for kind in kinds) * SECONDS_PER_DAY
+        near = [frames.c.image_type.in_(MASTER_TYPES)]  # a master's frame is of a master type
+        if math.isfinite(longest_s):
+            # the night is the date of DATE-OBS shifted by -24 h to 0 h (observing_night), so
+            # these nights hold every frame of the window: the (image_type, night) index finds
+            # the library's few masters, where a DATE-OBS range alone reads every frame of it
+            span = dt.timedelta(seconds=longest_s + SECONDS_PER_DAY)
+            start = dt.datetime.fromtimestamp(first, dt.UTC).date() - span
+            end = dt.datetime.fromtimestamp(last, dt.UTC).date() + span
+            near.append(frames.c.night.between(start, end))
+        per_kind = []
+        for kind in kinds:
+            age_s = max(m[kind].max_age_days for m, _, _ in by_rules.values()) * SECONDS_PER_DAY
+            if math.isfinite(age_s):
+                per_kind.append(and_(Master.kind == kind, frames.c.date_obs_s >= first - int(age_s) - 1,
+                                     frames.c.date_obs_s <= last + int(age_s) + 1))
+            else:
+                per_kind.append(Master.kind == kind)
+        with index_seeks(connection):
+            library = connection.execute(
+                select(*columns, Master.n_combined, Master.created_at, Master.valid_from, Master.valid_until,
+                       Master.bias_subtracted, Master.kind)
+                .join(Master, Master.frame_id == frames.c.id)
+                .where(*near, or_(*per_kind), ~Master.is_bad, frames.c.date_obs_s.is_not(None))
+            ).all()
+        for row in library:
+            libraries[row[-1]].append(tuple(row))
+    out: dict[tuple[int, str], Selection] = {}
+    def wanted_kinds(frame_id: int):
+        return kinds if needs is None or frame_id not in needs else needs[frame_id]
+
     for matching, instrument_ids, lights in by_rules.values():
+        group_kinds = [k for k in kinds if any(k in wanted_kinds(row[0]) for row in lights)]
+        if not group_kinds:
+            continue
         # the frames' keys, for every kind at once: the union of the kinds' exact and tolerance columns
-        keys = list(dict.fromkeys(c for kind in kinds for c in matching[kind].exact))
-        tolerance = list(dict.fromkeys(c for kind in kinds for c in matching[kind].tolerance))
+        keys = list(dict.fromkeys(c for kind in group_kinds for c in matching[kind].exact))
+        tolerance = list(dict.fromkeys(c for kind in group_kinds for c in matching[kind].tolerance))
         build = _key_function(keys, tolerance, matching["dark"].exposure_tolerance_s)
         light_rows = [build(row) for row in lights if row[i_t] is not None]
         light_t = {row[0]: row[i_t] for row in lights if row[i_t] is not None}
@@ -285,16 +323,18 @@ def select_masters(
             try:
                 insert_rows(connection, light, light_rows)
                 connection.execute(text(f"ANALYZE {light.name}"))
-                for kind in kinds:
+                for kind in group_kinds:
                     _bulk_kind(session, light, kind, matching, instrument_ids, libraries[kind], light_t, out)
             finally:
                 light_metadata.drop_all(connection)
-        for kind in kinds:
+        for kind in group_kinds:
             if fallback:
-                left = [row[0] for row in lights if (row[0], kind) not in out]
+                left = [row[0] for row in lights if (row[0], kind) not in out and kind in wanted_kinds(row[0])]
                 if left:
                     library = masters_of(session, kind)
                     for batch in chunked(left, batch_size):
                         for frame in session.scalars(select(Frame).where(Frame.id.in_(batch))):
                             out[(frame.id, kind)] = explain_selection(session, frame, kind, rules=matching, library=library)
+    if needs is not None:
+        out = {(fid, kind): sel for (fid, kind), sel in out.items() if kind in wanted_kinds(fid)}
     return out

@@ -92,7 +92,8 @@ class ArchiveGroup(click.Group):
         "night": "After a night: ingest, build masters, calibrate, register, stack, and summarize.",
         "night-report": "Write the report of NIGHT (YYYY-MM-DD) as one self-contained HTML file.",
         "problems": "List files that could not be ingested (error) and frames ingested with gaps (warning); "
-                    "with --reductions, the steps that failed and the frames rejected (step, frame, reason).",
+                    "with --reductions, the steps that failed and the frames rejected (step, frame, reason); "
+                    "with --quality, the frames rejected by quality.",
         "project": "Multi-night projects: a target, its filters and goals, gathered in dss-automation's layout.",
         "quality": "Frame quality: list measurements, flags and verdicts; accept or reject frames.",
         "provenance": "Summarize where a product came from: its steps, raw frames by type, masters used.",

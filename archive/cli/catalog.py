@@ -123,19 +123,31 @@ def summary(app: AppContext, by: str, products: bool, filters: FrameFilter, fmt:
 @click.option("--severity", type=click.Choice(["error", "warning"]), help="Only errors or only warnings.")
 @click.option("--reductions", "reductions", type=click.Choice(["failed", "rejected", "all"]),
               help="List reductions that did not make their product instead: failed steps, rejected frames.")
+@click.option("--quality", "quality", is_flag=True,
+              help="List the frames rejected by quality instead (a rule's reject flag or a person's override).")
 @output_format
 @pass_app
-def problems(app: AppContext, include_resolved: bool, severity: str | None, reductions: str | None, fmt: str) -> None:
+def problems(app: AppContext, include_resolved: bool, severity: str | None, reductions: str | None, quality: bool,
+             fmt: str) -> None:
     """List files that could not be ingested (error) and frames ingested with gaps (warning);
-    with --reductions, the steps that failed and the frames rejected (step, frame, reason).
+    with --reductions, the steps that failed and the frames rejected (step, frame, reason);
+    with --quality, the frames rejected by quality (frame, by rules or override, reasons).
 
     \b
     Examples:
       archive problems
       archive problems --severity error --format csv
       archive problems --reductions rejected
+      archive problems --quality
     """
+    if quality and reductions:
+        raise click.UsageError("give --quality or --reductions, not both")
     with session_scope(app.engine) as session:
+        if quality:
+            from archive.reduce.quality import rejected_frames
+
+            emit(rejected_frames(session), fmt)
+            return
         if reductions:
             from archive.reports.reductions import list_reduction_problems
 

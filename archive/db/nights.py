@@ -7,7 +7,7 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session, aliased, defer
 
 from archive.db.bulk import chunked
 from archive.db.frames import FrameFilter, frame_query
@@ -15,8 +15,10 @@ from archive.db.models import CalibrationSelection, Frame, Master, ReductionInpu
 
 
 def frames_of_night(session: Session, night: dt.date, image_type: str | None = None) -> list[Frame]:
-    """The frames of ``night`` (optionally of one image type), by DATE-OBS then id."""
-    query = frame_query(FrameFilter(night=night, image_type=image_type)).order_by(Frame.date_obs_s, Frame.id)
+    """The frames of ``night`` (optionally of one image type), by DATE-OBS then id; their
+    headers are read when first asked for (a night's report reads none of its lights')."""
+    query = (frame_query(FrameFilter(night=night, image_type=image_type)).order_by(Frame.date_obs_s, Frame.id)
+             .options(defer(Frame.header)))
     return list(session.scalars(query))
 
 

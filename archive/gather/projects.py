@@ -54,6 +54,7 @@ from archive.db.provenance import masters_below
 from archive.db.projects import Project, ProjectGoal
 from archive.db.session import session_scope
 from archive.errors import ProjectError
+from archive.reduce.integration import integrate
 from archive.reduce.quality import verdicts
 from archive.files import fsync_dir, render_path, safe_component, temporary_path
 from archive.gather.config import GatherConfig, load_gather_config
@@ -482,17 +483,16 @@ def project_status(engine: Engine, name: str, *, config: GatherConfig | None = N
             needs = required_for_lights(session, [(r.id, r.instrument_id) for r in kept], rules)
             chosen = masters_for(session, [r.id for r in kept], sorted({k for ks in needs.values() for k in ks}), rules)
             missing = Counter(k for r in kept for k in needs[r.id] if (r.id, k) not in chosen)
-            usable = [r for r in kept if all((r.id, k) in chosen for k in needs[r.id])]
-            judged = verdicts(session, [r.id for r in usable])  # rejected frames are not usable
-            rejected = sum(1 for r in usable if judged[r.id]["verdict"] == "rejected")
-            usable = [r for r in usable if judged[r.id]["verdict"] != "rejected"]
+            calibrated = [r for r in kept if all((r.id, k) in chosen for k in needs[r.id])]
+            judged = verdicts(session, [r.id for r in calibrated])  # rejected frames are not usable
+            usable = integrate(calibrated, judged).get((), {"accepted_s": 0.0, "rejected": 0})
+            total = integrate(kept, {}).get((), {"frames": 0, "exposure_s": 0.0})
             under = FrameFilter(folder=_folder(Path(project.folder), config.lights_folder, filter_name, config))
             ids = [r.id for g in groups.groups for r in g]
             inside = {frame_id for chunk in chunked(ids) for frame_id in session.scalars(
                 frame_query(under, Frame.id).where(Frame.id.in_(chunk)))}
             collected = sum(1 for g in groups.groups if any(r.id in inside for r in g))
-            total_s = sum(r.exposure_time_s or 0.0 for r in kept)
-            usable_s = sum(r.exposure_time_s or 0.0 for r in usable)
+            total_s, usable_s = total["exposure_s"], usable["accepted_s"]
             goal_s = goals.get(filter_name.lower())
             rows.append({
                 "filter": filter_name, "frames": len(kept), "nights": len({r.night for r in kept if r.night}),
@@ -501,7 +501,7 @@ def project_status(engine: Engine, name: str, *, config: GatherConfig | None = N
                 "gap_h": round(max(goal_s - usable_s, 0.0) / 3600.0, 3) if goal_s is not None else None,
                 "collected": collected, "duplicates": sum(len(g) - 1 for g in groups.groups),
                 "missing": ", ".join(f"{k}: {n}" for k, n in sorted(missing.items())),
-                "rejected": rejected,
+                "rejected": usable["rejected"],
             })
     columns = ["filter", "frames", "nights", "total_h", "usable_h", "goal_h", "gap_h", "collected", "duplicates", "missing",
                "rejected"]

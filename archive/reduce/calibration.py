@@ -67,6 +67,11 @@ def _selections_linker(reduction_id: int, selections: Sequence[Selection]):
 # -- calibration ---------------------------------------------------------------------------------
 
 
+class LackingMasters(str):
+    """The reason a light has no calibration request when it lacks a required master (a
+    ``str``, as :func:`plan_calibration`'s other reasons): it can be calibrated once one arrives."""
+
+
 @dataclass
 class _CalPlan:
     light_id: int
@@ -102,7 +107,7 @@ def plan_calibration(
                   for kind in CALIBRATION_KINDS]
     lacking = [s for s in selections if not s.found and s.kind in required]
     if lacking:
-        return "; ".join(f"no master {s.kind} (required): {s.explanation}" for s in lacking)
+        return LackingMasters("; ".join(f"no master {s.kind} (required): {s.explanation}" for s in lacking))
     found = [s for s in selections if s.found]
     master_ids = {mid for s in found for mid, _ in s.weights}
     masters = {f.id: f for f in session.scalars(select(Frame).where(Frame.id.in_(master_ids)))}
@@ -207,6 +212,8 @@ def calibrate_lights(
                 plan = str(exc)
             if isinstance(plan, str):
                 summary.fail(group_name(light), f"calibrate light #{light.id} ({group_name(light)})", plan)
+                if isinstance(plan, LackingMasters):
+                    summary.waiting.append(light.id)
                 continue
             reduction = find_reduction(session, plan.fingerprint)
             if reduction is not None and reduction.status == "done" and not product_pruned(session, reduction.id):

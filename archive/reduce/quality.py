@@ -12,23 +12,25 @@ The pixel side is :mod:`archive.reduce.measure` (run in the executor); the rules
 * :func:`verdicts` reads the verdict of frames: the latest override, else ``rejected`` when a
   flag of the current rules with action ``reject`` is stored, else ``accepted``. A frame never
   measured is ``accepted`` (nothing speaks against it) and says so (``unmeasured``).
-* :func:`quality_table` is ``archive quality`` as a DataFrame.
+* :func:`quality_table` is ``archive quality`` as a DataFrame; :func:`rejected_frames` lists the
+  frames rejected by quality (``archive problems --quality``, the web view's problems page).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import getpass
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import Engine, and_, delete, func, select
+from sqlalchemy import Engine, Select, and_, delete, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from archive.calib.quality import METRICS, QualityRules, judge, load_quality_rules
@@ -100,9 +102,13 @@ class MeasureSummary:
     rejected: int = 0
 
 
-def _current_measurements(session: Session, frame_ids: Iterable[int], version: str) -> dict[int, FrameMeasurement]:
+def _current_measurements(session: Session, frame_ids: Iterable[int], version: str,
+                          among: Select | None = None) -> dict[int, FrameMeasurement]:
+    """frame id -> its measurement of ``version``; through ``among`` (a statement selecting
+    exactly ``frame_ids``) rather than ``IN`` lists when given (see :func:`verdicts`)."""
     out: dict[int, FrameMeasurement] = {}
-    for batch in chunked(set(frame_ids)):
+    frame_ids = set(frame_ids)
+    for batch in ([among] if frame_ids else []) if among is not None else chunked(frame_ids):
         for m in session.scalars(select(FrameMeasurement).where(
                 FrameMeasurement.frame_id.in_(batch), FrameMeasurement.version == version)):
             out[m.frame_id] = m
@@ -360,8 +366,20 @@ def set_override(session: Session, frame_ids: Sequence[int], verdict: str, reaso
     return list(frame_ids)
 
 
-def verdicts(session: Session, frame_ids: Iterable[int], *, rules: QualityRules | None = None) -> dict[int, dict]:
+def verdicts(session: Session, frame_ids: Iterable[int], *, rules: QualityRules | None = None,
+             among: Select | None = None) -> dict[int, dict]:
     """The verdict of each frame (nothing is written).
+
+    Parameters
+    ----------
+    session : Session
+    frame_ids : iterable of int
+    rules : QualityRules, optional
+    among : Select, optional
+        A statement selecting exactly ``frame_ids`` (one column of frame ids): the
+        measurements, flags and overrides are then looked up through it, in one statement
+        each, instead of through ``IN`` lists of the ids (thousands of bound values that
+        PostgreSQL plans slowly).
 
     Returns
     -------
@@ -379,7 +397,11 @@ def verdicts(session: Session, frame_ids: Iterable[int], *, rules: QualityRules 
     out = {i: {"verdict": "accepted", "by": "unmeasured", "reasons": [], "flags": [], "other_version": None}
            for i in ids}
     unjudged: list[int] = []
-    for batch in chunked(ids):
+    if among is not None:
+        batches = [among] if ids else []
+    else:
+        batches = list(chunked(ids))
+    for batch in batches:
         for m in session.scalars(select(FrameMeasurement).where(FrameMeasurement.frame_id.in_(batch))):
             if m.version != version:
                 if out[m.frame_id]["by"] == "unmeasured":
@@ -467,13 +489,30 @@ def quality_table(session: Session, filters: FrameFilter | None = None, *,
 
     Frames of types never measured (calibrated, registered, stacked) are left out.
     """
-    rules = rules or load_quality_rules()
-    version = measurement_version(rules.measure.get("version", "1"))
     query = frame_query(filters, Frame).where(Frame.image_type.in_(MEASURED_TYPES))
     frames = list(session.scalars(query.order_by(Frame.date_obs_s, Frame.id)))
-    measured = _current_measurements(session, [f.id for f in frames], version)
-    states = verdicts(session, [f.id for f in frames], rules=rules)
-    paths = canonical_paths(session, [f.id for f in frames])
+    return quality_rows(session, frames, rules=rules, among=query.with_only_columns(Frame.id))
+
+
+def quality_rows(session: Session, frames: Sequence[Frame], *, rules: QualityRules | None = None,
+                 among: Select | None = None, paths: Mapping[int, str] | None = None) -> pd.DataFrame:
+    """:func:`quality_table` of frames the caller has already read.
+
+    Parameters
+    ----------
+    frames : sequence of Frame
+        Frames of the measured types, in the order wanted (rejected ones are moved first).
+    among : Select, optional
+        A statement selecting exactly the frames' ids (see :func:`verdicts`).
+    paths : mapping, optional
+        frame id -> its canonical path, when the caller has them (default: looked up).
+    """
+    rules = rules or load_quality_rules()
+    version = measurement_version(rules.measure.get("version", "1"))
+    measured = _current_measurements(session, [f.id for f in frames], version, among=among)
+    states = verdicts(session, [f.id for f in frames], rules=rules, among=among)
+    if paths is None:
+        paths = canonical_paths(session, [f.id for f in frames])
     shown = ("background_adu", "noise_adu", "n_stars", "fwhm_px", "fwhm_arcsec", "eccentricity",
              "saturated_fraction", "weight", "read_noise_adu", "dark_current_adu_s", "hot_pixels", "flat_snr",
              "flat_falloff", "changed_fraction")
@@ -503,6 +542,58 @@ def quality_table(session: Session, filters: FrameFilter | None = None, *,
         table = table.assign(_order=(table["verdict"] != "rejected")).sort_values("_order", kind="stable")
         table = table.drop(columns="_order").reset_index(drop=True)
     return table
+
+
+def rejected_frames(session: Session, *, rules: QualityRules | None = None, night: dt.date | None = None,
+                    limit: int | None = None) -> pd.DataFrame:
+    """The frames rejected by quality (their :func:`verdicts`: a person's reject, else a flag
+    of the current rules with action ``reject``), newest first: what ``archive problems
+    --quality`` and the web view's problems page list.
+
+    Only frames that can be rejected are judged: those with an override, a stored reject flag
+    of the current measurement version, or a measurement of that version not yet judged under
+    the current rules (judged here, as :func:`verdicts` does).
+
+    Parameters
+    ----------
+    rules : QualityRules, optional
+    night : date, optional
+        Only frames of this local observing night.
+    limit : int, optional
+        The newest ``limit`` (by DATE-OBS; default all).
+
+    Returns
+    -------
+    DataFrame
+        Columns: frame_id, night, date_obs, image_type, instrument, target, filter, by
+        (``rules`` or ``override``), reasons, path.
+    """
+    rules = rules or load_quality_rules()
+    version = measurement_version(rules.measure.get("version", "1"))
+    flagged = (select(QualityFlag.frame_id).join(FrameMeasurement, FrameMeasurement.id == QualityFlag.measurement_id)
+               .where(QualityFlag.action == "reject", FrameMeasurement.version == version))
+    unjudged = select(FrameMeasurement.frame_id).where(
+        FrameMeasurement.version == version, FrameMeasurement.status == "ok",
+        or_(FrameMeasurement.judged_version.is_(None), FrameMeasurement.judged_version != rules.version))
+    overridden = select(QualityOverride.frame_id)
+    query = select(Frame.id).where(or_(Frame.id.in_(flagged), Frame.id.in_(unjudged), Frame.id.in_(overridden)))
+    if night is not None:
+        query = query.where(Frame.night == night)
+    candidates = list(session.scalars(query))
+    states = verdicts(session, candidates, rules=rules)
+    rejected = [i for i in candidates if states[i]["verdict"] == "rejected"]
+    frames = sorted((f for batch in chunked(rejected) for f in session.scalars(select(Frame).where(Frame.id.in_(batch)))),
+                    key=lambda f: (f.date_obs is not None, f.date_obs or dt.datetime.min, f.id), reverse=True)
+    if limit is not None:
+        frames = frames[:limit]
+    names = {i: str(n) for i, n in instrument_names(session, [f.instrument_id for f in frames]).items()}
+    paths = canonical_paths(session, [f.id for f in frames])
+    rows = [(f.id, f.night, f.date_obs, f.image_type, names.get(f.instrument_id), f.target, f.filter_name,
+             states[f.id]["by"], "; ".join(states[f.id]["reasons"]), paths.get(f.id)) for f in frames]
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=["frame_id", "night", "date_obs", "image_type", "instrument", "target", "filter",
+                                       "by", "reasons", "path"])
 
 
 def frame_ids_matching(session: Session, filters: FrameFilter | None) -> list[int]:

@@ -27,6 +27,9 @@ class ReduceSummary:
         by its quality verdict), left out of the stack; normal (exit status 0), and listed.
     warnings : list of str
         Large shifts, missing master kinds, stack cards left out.
+    waiting : list of int
+        Lights not calibrated for lack of a required master (among ``failures``): they can
+        be once one arrives (``archive watch`` tries them again when the library changes).
     by_group : dict
         "target / filter" -> counts of calibrated, registered, stacked, failed.
     """
@@ -38,6 +41,7 @@ class ReduceSummary:
     failures: list[tuple[str, str]] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    waiting: list[int] = field(default_factory=list)
     by_group: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
 
     @property
@@ -54,6 +58,7 @@ class ReduceSummary:
         self.failures += other.failures
         self.rejected += other.rejected
         self.warnings += other.warnings
+        self.waiting += other.waiting
         for group, counts in other.by_group.items():
             for key, value in counts.items():
                 self.by_group[group][key] += value

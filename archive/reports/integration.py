@@ -1,6 +1,6 @@
 """Integration of raw lights per target, filter and night, accepted against total: what the
-web view's target and night pages show (the verdicts are :func:`archive.reduce.quality.verdicts`,
-the one rule of what is rejected)."""
+web view's target and night pages show (the sums are :func:`archive.reduce.integration.integrate`'s,
+the verdicts :func:`archive.reduce.quality.verdicts`, the one rule of what is rejected)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from archive.db.frames import FrameFilter, frame_query, target_key
 from archive.db.models import Frame
+from archive.reduce.integration import integrate
 from archive.reduce.quality import verdicts
 
 _KEYS = ("target", "filter_name", "night")
@@ -51,19 +52,7 @@ def light_integration(session: Session, *, night: dt.date | None = None, target:
     if target is not None:
         query = query.where(Frame.target_key == target_key(target))
     rows = session.execute(query).all()
-    judged = verdicts(session, [r.id for r in rows])
-    groups: dict[tuple, dict[str, Any]] = {}
-    for r in rows:
-        key = tuple(getattr(r, k) for k in by)
-        group = groups.setdefault(key, {**dict(zip(by, key)), "frames": 0, "exposure_s": 0.0, "accepted": 0,
-                                        "accepted_s": 0.0, "rejected": 0})
-        exposure = r.exposure_time_s or 0.0
-        group["frames"] += 1
-        group["exposure_s"] += exposure
-        if judged[r.id]["verdict"] == "rejected":
-            group["rejected"] += 1
-        else:
-            group["accepted"] += 1
-            group["accepted_s"] += exposure
-    return [groups[k] for k in sorted(groups, key=lambda key: tuple((v is None, v if v is not None else "")
-                                                                    for v in key))]
+    judged = verdicts(session, [r.id for r in rows], among=query.with_only_columns(Frame.id))
+    groups = integrate(rows, judged, key=lambda r: tuple(getattr(r, k) for k in by))
+    return [{**dict(zip(by, key)), **groups[key]}
+            for key in sorted(groups, key=lambda key: tuple((v is None, v if v is not None else "") for v in key))]

@@ -7,7 +7,7 @@ the web view render it; every table comes from the functions the command line us
   lights left without a required calibration, with the reason:
   :func:`archive.calib.missing.missing_calibrations`, for the kinds
   :func:`archive.calib.required.required_kinds` asks of each instrument;
-* quality: :func:`archive.reduce.quality.quality_table` (measurements and verdicts);
+* quality: :func:`archive.reduce.quality.quality_rows` (``archive quality``'s table: measurements and verdicts);
 * problems: :func:`archive.reports.catalog.list_problems` and
   :func:`archive.reports.reductions.list_reduction_problems`, of the night (``night=``);
 * thumbnails: :func:`archive.reduce.preview.preview_png` (one auto-stretch).
@@ -33,12 +33,13 @@ from archive.calib.quality import QualityRules
 from archive.calib.required import kinds_in_library, required_kinds
 from archive.calib.rules import RuleBook, default_rulebook
 from archive.calib.selection import rules_for
-from archive.db.frames import FrameFilter, canonical_paths, instrument_names
-from archive.db.models import DERIVED_TYPES, MASTER_TYPES, Frame
+from archive.db.frames import FrameFilter, canonical_paths, frame_query, instrument_names
+from archive.db.models import CALIBRATION_KINDS, DERIVED_TYPES, MASTER_TYPES, Frame
 from archive.db.nights import derived_from_night, frames_by_id, frames_of_night, latest_selections, master_rows
 from archive.errors import ArchiveError
+from archive.reduce.integration import integrate
 from archive.reduce.preview import preview_png
-from archive.reduce.quality import quality_table
+from archive.reduce.quality import quality_rows
 from archive.reports.catalog import list_problems, select_frames, stack_exposure_s, summarize
 from archive.reports.reductions import list_reduction_problems
 
@@ -214,20 +215,17 @@ def _masters_chosen(session: Session, night: dt.date, light_ids: list[int]) -> p
 
 def _missing(session: Session, lights: list[Frame], rules: RuleBook) -> pd.DataFrame:
     """Lights without a master of a kind their instrument requires, per needed set."""
-    import pandas as pd
-
-    library = kinds_in_library(session)
     names = instrument_names(session, [f.instrument_id for f in lights])
-    by_kinds: dict[tuple[str, ...], list[int]] = {}
-    for light in lights:
-        kinds = required_kinds(rules_for(rules, names.get(light.instrument_id)), light.instrument_id, library)
-        if kinds:
-            by_kinds.setdefault(tuple(kinds), []).append(light.id)
-    tables = [missing_calibrations(session, ids, kinds, rules=rules) for kinds, ids in by_kinds.items()]
-    tables = [t for t in tables if not t.empty]
-    if not tables:
-        return missing_calibrations(session, [], rules=rules)
-    return pd.concat(tables, ignore_index=True)
+    per_instrument = {iid: rules_for(rules, names.get(iid)) for iid in {f.instrument_id for f in lights}}
+    # the library's kinds only matter to instruments whose rules require what is available
+    library = (kinds_in_library(session, instrument_ids=per_instrument)
+               if any(r.required is None for r in per_instrument.values()) else {})
+    needs = {light.id: required_kinds(per_instrument[light.instrument_id], light.instrument_id, library)
+             for light in lights}
+    needs = {fid: kinds for fid, kinds in needs.items() if kinds}
+    kinds = [k for k in CALIBRATION_KINDS if any(k in ks for ks in needs.values())]
+    # one pass over every light, each judged for the kinds its instrument requires
+    return missing_calibrations(session, list(needs), kinds, rules=rules, needs=needs)
 
 
 def _stacks(session: Session, night: dt.date) -> pd.DataFrame:
@@ -250,31 +248,21 @@ def _stacks(session: Session, night: dt.date) -> pd.DataFrame:
 
 
 def _integration(quality: pd.DataFrame, lights: list[Frame], stacks: pd.DataFrame) -> pd.DataFrame:
-    """Per target and filter: the night's lights (duplicates counted once), accepted and rejected."""
+    """Per target and filter: the night's lights (duplicates counted once), accepted and rejected
+    (:func:`archive.reduce.integration.integrate`), and how many went into the night's stacks."""
     import pandas as pd
 
-    verdict = dict(zip(quality["frame_id"], quality["verdict"])) if not quality.empty else {}
-    rows: dict[tuple, dict] = {}
-    for light in lights:
-        if light.duplicate_of_id is not None:
-            continue
-        key = (light.target or "", light.filter_name or "")
-        row = rows.setdefault(key, {"frames": 0, "accepted": 0, "rejected": 0, "exposure_s": 0.0,
-                                    "accepted_s": 0.0, "stacked": 0})
-        exposure = light.exposure_time_s or 0.0
-        row["frames"] += 1
-        row["exposure_s"] += exposure
-        if verdict.get(light.id) == "rejected":
-            row["rejected"] += 1
-        else:
-            row["accepted"] += 1
-            row["accepted_s"] += exposure
+    judged = {fid: {"verdict": v} for fid, v in zip(quality["frame_id"], quality["verdict"])} if not quality.empty else {}
+    rows = integrate((f for f in lights if f.duplicate_of_id is None), judged,
+                     key=lambda light: (light.target or "", light.filter_name or ""))
+    stacked: dict[tuple, int] = {}
     for stack in stacks.itertuples():
         key = (stack.target or "", stack.filter_name or "")
         if key in rows and stack.n_combined is not None and not pd.isna(stack.n_combined):
-            rows[key]["stacked"] += int(stack.n_combined)
+            stacked[key] = stacked.get(key, 0) + int(stack.n_combined)
     out = [(target, filter_name, r["frames"], r["accepted"], r["rejected"], r["exposure_s"] / 3600.0,
-            r["accepted_s"] / 3600.0, r["stacked"]) for (target, filter_name), r in sorted(rows.items())]
+            r["accepted_s"] / 3600.0, stacked.get((target, filter_name), 0))
+           for (target, filter_name), r in sorted(rows.items())]
     return pd.DataFrame(out, columns=["target", "filter_name", "frames", "accepted", "rejected", "exposure_h",
                                       "accepted_h", "stacked"])
 
@@ -370,9 +358,12 @@ def night_summary(
     frames = everything[~everything["image_type"].isin(DERIVED_TYPES)].reset_index(drop=True)
     counts = summarize(session, by=("instrument", "image_type", "filter_name", "exposure_time_s"),
                        filters=FrameFilter(night=night))
+    paths = {i: p for i, p in zip(everything["id"], everything["path"]) if isinstance(p, str)}
+    # the night's lights, read once: quality, integration, calibration and thumbnails use them
     lights = frames_of_night(session, night, "light")
     light_ids = [f.id for f in lights if f.duplicate_of_id is None]
-    quality = quality_table(session, FrameFilter(night=night, image_type="light"), rules=quality_rules)
+    quality = quality_rows(session, lights, rules=quality_rules, paths=paths,
+                           among=frame_query(FrameFilter(night=night, image_type="light"), Frame.id))
     if not quality.empty:
         quality = quality.sort_values(["date_obs", "frame_id"], kind="stable").reset_index(drop=True)
     stacks = _stacks(session, night)
@@ -383,7 +374,6 @@ def night_summary(
     reduction_problems = list_reduction_problems(session, night=night)
 
     verdict = dict(zip(quality["frame_id"], quality["verdict"])) if not quality.empty else {}
-    paths = dict(zip(everything["id"], everything["path"]))
     thumbs: list[Thumbnail] = []
     by_id = frames_by_id(session, [*masters_built["frame_id"], *stacks["frame_id"]])
     built_paths = dict(zip(masters_built["frame_id"], masters_built["path"]))

@@ -7,6 +7,7 @@ import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from archive.calib.library import library_table
+from archive.reduce.quality import rejected_frames
 from archive.reports.catalog import problem_rows
 from archive.reports.frame import frame_file, frame_links, frame_quality, frame_record
 from archive.reports.integration import light_integration
@@ -133,9 +134,12 @@ def masters(session: Session, newest: int) -> dict[str, Any]:
 
 
 def problems(session: Session, limit: int) -> dict[str, Any]:
-    """Unresolved ingest problems, failed steps and rejected frames, the newest ``limit`` of each."""
+    """Unresolved ingest problems, failed steps, rejected frames (steps that rejected them) and
+    frames rejected by quality (:func:`~archive.reduce.quality.rejected_frames`), the newest
+    ``limit`` of each."""
     problem_columns, problem_list = problem_rows(session, limit=limit)
     failed = table(list_reduction_problems(session, status="failed", limit=limit))
     rejected = table(list_reduction_problems(session, status="rejected", limit=limit))
+    by_quality = table(rejected_frames(session, limit=limit))
     return {"problem_columns": problem_columns, "problems": problem_list, "failed": failed, "rejected": rejected,
-            "limit": limit}
+            "by_quality": by_quality, "limit": limit}

@@ -26,6 +26,11 @@ Safety, after the pipelines that wait for data (Euclid's, LCO's BANZAI):
   again; and a folder whose chain was stopped half-way is kept in a small journal beside the
   products (``<products>/.watch/<hash of ROOT>.json``, written to a temporary name and renamed)
   until its chain has run to the end.
+- Lights left uncalibrated for lack of a required master (the calibrations came later, or
+  in another folder) are kept in the same journal with the master library as it was then
+  (:func:`archive.calib.library.library_state`); when the library changes (a later sequence
+  built a master, one was added by hand), their folder is a sequence again, so they are
+  calibrated without a restart or a manual ``archive reduce``; a restart keeps them waiting.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from archive.calib.library import default_library
+from archive.calib.library import default_library, library_state
 from archive.calib.rules import RuleBook
 from archive.config import Settings, load_settings
 from archive.db.session import session_scope
@@ -269,6 +274,7 @@ class Watcher:
         self._events = _Events(self._wake)
         self._observer = None
         self._said: set[str] = set()  # notices said once
+        self._waiting: dict | None = None  # the journal's lights waiting for masters (read on first look)
         key = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
         self.journal = self.config.products_root().absolute() / ".watch" / f"{key}.json"
 
@@ -302,6 +308,7 @@ class Watcher:
                     continue
                 self._take_events()
                 self._restat_pending()
+                self._retry_waiting()
                 for folder in self.tracker.folders():
                     if self.stopping:
                         break
@@ -448,38 +455,102 @@ class Watcher:
         self.report(result.line())
         if result.night is not None and result.night.stopped_before:
             return  # stays in the journal: the next start completes the chain
+        if result.night is not None:
+            self._record_waiting(folder, result.night)
         self.tracker.processed(folder, snapshot)
         self._journal_update(remove=folder)
 
     # -- the journal of chains stopped half-way ---------------------------------------------------
 
-    def _journal_read(self) -> list[str]:
+    def _journal_load(self) -> dict:
+        """The journal: ``folders`` (chains stopped half-way) and ``waiting`` (folder ->
+        ``{'lights': [ids], 'library': [count, newest]}``: lights left uncalibrated for lack of
+        a master, and the library as it was then, :func:`archive.calib.library.library_state`)."""
         try:
-            return [str(f) for f in json.loads(self.journal.read_text()).get("folders", [])]
+            data = json.loads(self.journal.read_text())
+            folders = [str(f) for f in data.get("folders", [])]
+            waiting = {str(k): {"lights": [int(i) for i in v["lights"]], "library": [int(x) for x in v["library"]]}
+                       for k, v in (data.get("waiting") or {}).items()}
+            return {"folders": folders, "waiting": waiting}
         except FileNotFoundError:
-            return []
-        except (OSError, ValueError) as exc:
+            return {"folders": [], "waiting": {}}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             self._say_once("journal", f"{self.journal}: unreadable ({exc}); ignored")
-            return []
+            return {"folders": [], "waiting": {}}
 
-    def _journal_update(self, add: str | None = None, remove: str | None = None) -> None:
-        folders = self._journal_read()
+    def _journal_read(self) -> list[str]:
+        return self._journal_load()["folders"]
+
+    def _journal_update(self, add: str | None = None, remove: str | None = None,
+                        waiting: tuple[str, dict | None] | None = None) -> None:
+        """Add or remove a folder of a chain stopped half-way; set (or, with None, clear) the
+        lights of a folder waiting for masters (``waiting``: (folder, entry))."""
+        data = self._journal_load()
+        folders = data["folders"]
         if add is not None and add not in folders:
             folders.append(add)
         if remove is not None:
             folders = [f for f in folders if f != remove]
+        if waiting is not None:
+            folder, entry = waiting
+            if entry is None:
+                data["waiting"].pop(folder, None)
+            else:
+                data["waiting"][folder] = entry
         try:
-            if not folders:
+            if not folders and not data["waiting"]:
                 self.journal.unlink(missing_ok=True)
                 return
             self.journal.parent.mkdir(parents=True, exist_ok=True)
             tmp = temporary_path(self.journal)
-            tmp.write_text(json.dumps({"root": str(self.root), "folders": folders}, indent=1))
+            tmp.write_text(json.dumps({"root": str(self.root), "folders": folders, "waiting": data["waiting"]},
+                                      indent=1))
             os.replace(tmp, self.journal)
             fsync_dir(self.journal.parent)
         except OSError as exc:
             self._say_once("journal write", f"{self.journal}: cannot write ({exc.strerror}); a chain stopped "
-                                            "half-way will not be taken up after a restart")
+                                            "half-way, or lights waiting for masters, will not be taken up after "
+                                            "a restart")
+
+    # -- lights waiting for masters ---------------------------------------------------------------
+
+    def _library_state(self) -> tuple[int, int] | None:
+        try:
+            with session_scope(self.engine) as session:
+                return library_state(session)
+        except Exception as exc:  # noqa: BLE001 - the catalogue is away: try again at the next look
+            self._say_once(f"library {type(exc).__name__}", f"cannot read the master library ({exc}); "
+                                                            "lights waiting for masters are tried later")
+            return None
+
+    def _retry_waiting(self) -> None:
+        """Make a sequence again of each folder whose lights lacked a master when the master
+        library has changed since (a master built from a later sequence, or added by hand)."""
+        waiting = self._journal_load()["waiting"] if self._waiting is None else self._waiting
+        self._waiting = waiting
+        if not waiting:
+            return
+        state = self._library_state()
+        if state is None:
+            return
+        for folder, entry in waiting.items():
+            if list(state) != entry["library"] and folder not in self.tracker.forced and os.path.isdir(folder):
+                self.report(f"{folder}: {len(entry['lights'])} light(s) waiting for masters; the master library "
+                            "changed: trying them again")
+                self.tracker.force(folder)
+
+    def _record_waiting(self, folder: str, night: NightSummary) -> None:
+        """Keep (or clear) in the journal the lights of ``folder`` left uncalibrated for lack of a master."""
+        lights = sorted({i for f in night.folders for i in f.reduction.waiting})
+        if not lights:
+            if folder in self._journal_load()["waiting"]:
+                self._journal_update(waiting=(folder, None))
+        else:
+            state = self._library_state()
+            if state is None:
+                return
+            self._journal_update(waiting=(folder, {"lights": lights, "library": list(state)}))
+        self._waiting = self._journal_load()["waiting"]
 
 
 def watch(engine: Engine, root: Path, *, settle_s: float = 30.0, poll: bool = False,
