@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from archive.calib.rules import MatchingRules, RuleBook, default_rulebook
 from archive.calib.selection import rules_for
 from archive.db.frames import instrument_names
-from archive.db.models import CALIBRATION_KINDS, Frame, Master
+from archive.db.models import CALIBRATION_KINDS, DARK_MODEL, Frame, Master
 
 
 def kinds_in_library(session: Session, *, include_bad: bool = False) -> dict[int | None, frozenset[str]]:
@@ -27,7 +27,7 @@ def kinds_in_library(session: Session, *, include_bad: bool = False) -> dict[int
         query = query.where(~Master.is_bad)
     rows = session.execute(query)
     for instrument_id, kind in rows:
-        out[instrument_id].add(kind)
+        out[instrument_id].add("dark" if kind == DARK_MODEL else kind)  # a dark ladder's model is its dark
     return {k: frozenset(v) for k, v in out.items()}
 
 

@@ -105,7 +105,8 @@ def build(app: AppContext, night, since, until, instrument, kinds, library, memo
 def _selection_rows(selections) -> tuple[list[str], list[tuple]]:
     rows = [
         (fid, kind, sel.method, sel.master_id, sel.scale,
-         ";".join(f"{m}:{w:.4g}" for m, w in sel.weights) if sel.method == "interpolated" else "",
+         ";".join(f"{m}:{w:.4g}" for m, w in sel.weights) if sel.method == "interpolated"
+         else ";".join(f"{m}@{w:g}s" for m, w in sel.weights) if sel.method == "model" else "",
          sel.rule_version, "" if sel.found else sel.explanation)
         for (fid, kind), sel in sorted(selections.items())
     ]
@@ -125,7 +126,8 @@ def select_cmd(app: AppContext, files, filters: FrameFilter, kinds, explain: boo
     """Choose the master bias, dark and flat for FILES, or for every light matching the filters.
 
     Nearest in time among the masters that pass the rules; darks prefer an exact exposure, then
-    the nearest longer bias-subtracted dark scaled by exposure, then an interpolated one.
+    the nearest longer bias-subtracted dark scaled by exposure, then an interpolated one, then a
+    dark ladder's model (method "model") within its exposure range, then a shorter dark scaled up.
 
     \b
     Examples:
