@@ -22,7 +22,13 @@ from archive.calib import build_masters, explain_selection, select_masters
 from archive.calib.ladder import fit_dark_model
 from archive.cli import main
 from archive.db import Frame, session_scope
-from archive.db.models import CalibrationSelection, Copy, Master, Reduction, ReductionInput
+from archive.db.models import (
+    CalibrationSelection,
+    Copy,
+    Master,
+    Reduction,
+    ReductionInput,
+)
 from archive.ingest.ingest import ingest_paths
 from tests.factories import nina_header, write_fits
 
@@ -41,10 +47,21 @@ def _truth():
     return bias, current
 
 
-def _frame(path: Path, kind: str, exposure: float, when: dt.datetime, data: np.ndarray) -> Path:
-    header = nina_header(kind, EXPTIME=exposure, EXPOSURE=exposure, **{
-        "DATE-OBS": when.isoformat(timespec="milliseconds"), "DATE-LOC": when.isoformat(timespec="milliseconds")})
-    return write_fits(path, header, data=np.clip(np.round(data), 0, 65535).astype(np.uint16))
+def _frame(
+    path: Path, kind: str, exposure: float, when: dt.datetime, data: np.ndarray
+) -> Path:
+    header = nina_header(
+        kind,
+        EXPTIME=exposure,
+        EXPOSURE=exposure,
+        **{
+            "DATE-OBS": when.isoformat(timespec="milliseconds"),
+            "DATE-LOC": when.isoformat(timespec="milliseconds"),
+        },
+    )
+    return write_fits(
+        path, header, data=np.clip(np.round(data), 0, 65535).astype(np.uint16)
+    )
 
 
 def _night(root: Path) -> dict[str, Path]:
@@ -53,17 +70,34 @@ def _night(root: Path) -> dict[str, Path]:
     rng = np.random.default_rng(11)
     when = START
     for i in range(5):
-        _frame(root / f"bias_{i}.fits", "BIAS", 0.0, when, bias + rng.normal(0, READ_NOISE, SHAPE))
+        _frame(
+            root / f"bias_{i}.fits",
+            "BIAS",
+            0.0,
+            when,
+            bias + rng.normal(0, READ_NOISE, SHAPE),
+        )
         when += dt.timedelta(minutes=1)
     for t in LADDER:
         for i in range(2):
-            _frame(root / f"dark_{t:g}s_{i}.fits", "DARK", t, when, bias + current * t + rng.normal(0, READ_NOISE, SHAPE))
+            _frame(
+                root / f"dark_{t:g}s_{i}.fits",
+                "DARK",
+                t,
+                when,
+                bias + current * t + rng.normal(0, READ_NOISE, SHAPE),
+            )
             when += dt.timedelta(minutes=5)
     lights = {}
     for t in (90.0, 300.0):
         when += dt.timedelta(hours=1)
-        lights[f"{t:g}"] = _frame(root / f"light_{t:g}s.fits", "LIGHT", t, when,
-                                  bias + current * t + SKY + rng.normal(0, READ_NOISE, SHAPE))
+        lights[f"{t:g}"] = _frame(
+            root / f"light_{t:g}s.fits",
+            "LIGHT",
+            t,
+            when,
+            bias + current * t + SKY + rng.normal(0, READ_NOISE, SHAPE),
+        )
     return lights
 
 
@@ -91,14 +125,16 @@ def test_fit_dark_model_is_the_least_squares_line():
         fit_dark_model([60.0, 60.0], iter(images[:2]), [1.0, 1.0])
 
 
-def test_dark_ladder_gives_a_model_that_calibrates_lights_within_its_range(db_url, tmp_path):
+def test_dark_ladder_gives_a_model_that_calibrates_lights_within_its_range(
+    db_url, tmp_path
+):
     """The synthesized ladder gives no master dark but one dark_model master (slope, INTERCEPT,
     DKTMIN/DKTMAX, provenance); the 90 s light is calibrated with it and its dark-subtracted
     pixels match the truth within the noise (checked against an independent numpy fit); the
     explanation names the model; the 300 s light, outside the ladder, does not take it."""
     root = tmp_path / "night"
     lights = _night(root)
-    bias_truth, current = _truth()
+    _, current = _truth()
     library = tmp_path / "library"
     from archive.db.session import open_catalogue
 
@@ -108,12 +144,20 @@ def test_dark_ladder_gives_a_model_that_calibrates_lights_within_its_range(db_ur
         summary = build_masters(engine, library=library)
         assert summary.failed == []
         assert sorted(kind for kind, _, _ in summary.built) == ["bias", "dark_model"]
-        assert sorted(n for kind, _, n in summary.too_small if kind == "dark") == [2] * len(LADDER)  # no master dark
-        model_id, model_path = next((fid, Path(p)) for kind, fid, p in summary.built if kind == "dark_model")
-    
+        assert sorted(n for kind, _, n in summary.too_small if kind == "dark") == [
+            2
+        ] * len(LADDER)  # no master dark
+        model_id, model_path = next(
+            (fid, Path(p)) for kind, fid, p in summary.built if kind == "dark_model"
+        )
+
         # the product: slope (ADU/s) in the primary HDU, the intercept in an extension, the range
         with fits.open(model_path) as hdul:
-            slope, intercept, header = hdul[0].data.astype(float), hdul["INTERCEPT"].data.astype(float), hdul[0].header
+            slope, intercept, header = (
+                hdul[0].data.astype(float),
+                hdul["INTERCEPT"].data.astype(float),
+                hdul[0].header,
+            )
         assert header["IMAGETYP"] == "MASTER DARK MODEL" and header["BIASSUB"] is True
         assert (header["DKTMIN"], header["DKTMAX"]) == (5.0, 240.0)
         assert np.abs(slope - current).max() < 0.05  # ADU/s, hot pixels included
@@ -121,25 +165,42 @@ def test_dark_ladder_gives_a_model_that_calibrates_lights_within_its_range(db_ur
 
         with session_scope(engine) as session:
             master = session.get(Master, model_id)
-            assert master.kind == "dark_model" and master.origin == "built" and master.bias_subtracted
+            assert (
+                master.kind == "dark_model"
+                and master.origin == "built"
+                and master.bias_subtracted
+            )
             assert master.n_combined == 2 * len(LADDER)
             frame = session.get(Frame, model_id)
             assert frame.image_type == "master_dark_model"
             reduction = session.get(Reduction, frame.reduction_id)
             assert reduction.step == "master_dark_model" and reduction.status == "done"
             assert reduction.parameters["exposures_s"] == list(LADDER)
-            roles = session.scalars(select(ReductionInput.role).where(ReductionInput.reduction_id == reduction.id)).all()
+            roles = session.scalars(
+                select(ReductionInput.role).where(
+                    ReductionInput.reduction_id == reduction.id
+                )
+            ).all()
             assert roles.count("raw") == 12 and roles.count("master_bias") == 1
 
             light90 = session.get(Frame, _id(session, lights["90"]))
             light300 = session.get(Frame, _id(session, lights["300"]))
             sel = explain_selection(session, light90, "dark")
-            assert (sel.method, sel.master_id, sel.weights) == ("model", model_id, [(model_id, 90.0)])
+            assert (sel.method, sel.master_id, sel.weights) == (
+                "model",
+                model_id,
+                [(model_id, 90.0)],
+            )
             assert "dark model" in sel.explanation and "5-240 s" in sel.explanation
             outside = explain_selection(session, light300, "dark")
             assert not outside.found and "exposure_range" in outside.explanation
-            bulk = select_masters(session, [light90.id, light300.id], ["dark"])  # the set-based path agrees
-            assert bulk[(light90.id, "dark")].method == "model" and not bulk[(light300.id, "dark")].found
+            bulk = select_masters(
+                session, [light90.id, light300.id], ["dark"]
+            )  # the set-based path agrees
+            assert (
+                bulk[(light90.id, "dark")].method == "model"
+                and not bulk[(light300.id, "dark")].found
+            )
 
         # rebuilding is a no-op
         again = build_masters(engine, library=library)
@@ -147,25 +208,56 @@ def test_dark_ladder_gives_a_model_that_calibrates_lights_within_its_range(db_ur
     finally:
         engine.dispose()
 
-    explained = _cli(db_url, "masters", "select", str(lights["90"]), "--kind", "dark", "--explain")
+    explained = _cli(
+        db_url, "masters", "select", str(lights["90"]), "--kind", "dark", "--explain"
+    )
     assert f"dark model {model_id}" in explained and "rank 1 (model)" in explained
-    explained = _cli(db_url, "masters", "select", str(lights["300"]), "--kind", "dark", "--explain", code=1)
+    explained = _cli(
+        db_url,
+        "masters",
+        "select",
+        str(lights["300"]),
+        "--kind",
+        "dark",
+        "--explain",
+        code=1,
+    )
     assert "removed by exposure_range" in explained
 
     out = tmp_path / "products"
-    result = CliRunner().invoke(main, ["--db", db_url, "reduce", "--no-register", "--serial", "--output", str(out)])
+    result = CliRunner().invoke(
+        main,
+        ["--db", db_url, "reduce", "--no-register", "--serial", "--output", str(out)],
+    )
     engine = open_catalogue(db_url)
     try:
         with session_scope(engine) as session:
             light90 = _id(session, lights["90"])
-            reduction = session.scalar(select(Reduction).where(Reduction.step == "calibrate", Reduction.status == "done"))
+            reduction = session.scalar(
+                select(Reduction).where(
+                    Reduction.step == "calibrate", Reduction.status == "done"
+                )
+            )
             assert reduction is not None, result.output
-            rows = session.scalars(select(CalibrationSelection).where(
-                CalibrationSelection.reduction_id == reduction.id)).all()
+            rows = session.scalars(
+                select(CalibrationSelection).where(
+                    CalibrationSelection.reduction_id == reduction.id
+                )
+            ).all()
             dark = next(r for r in rows if r.kind == "dark")
-            assert (dark.frame_id, dark.method, dark.master_id) == (light90, "model", model_id)
-            product = session.scalar(select(Frame.id).where(Frame.reduction_id == reduction.id))
-            calibrated = Path(session.scalar(select(Copy.path).where(Copy.frame_id == product, Copy.is_current)))
+            assert (dark.frame_id, dark.method, dark.master_id) == (
+                light90,
+                "model",
+                model_id,
+            )
+            product = session.scalar(
+                select(Frame.id).where(Frame.reduction_id == reduction.id)
+            )
+            calibrated = Path(
+                session.scalar(
+                    select(Copy.path).where(Copy.frame_id == product, Copy.is_current)
+                )
+            )
             assert calibrated.is_relative_to(out)
     finally:
         engine.dispose()
@@ -175,9 +267,18 @@ def test_dark_ladder_gives_a_model_that_calibrates_lights_within_its_range(db_ur
     assert cal_header["DARKMETH"] == "model" and model_path.name in cal_header["MDARK"]
 
     # independently: the master bias, a numpy fit of the bias-subtracted ladder, the light
-    raw = {t: [fits.getdata(root / f"dark_{t:g}s_{i}.fits").astype(float) for i in range(2)] for t in LADDER}
-    master_bias = np.median([fits.getdata(root / f"bias_{i}.fits").astype(float) for i in range(5)], axis=0)
-    steps = np.stack([np.mean(raw[t], axis=0) - master_bias for t in LADDER]).reshape(len(LADDER), -1)
+    raw = {
+        t: [
+            fits.getdata(root / f"dark_{t:g}s_{i}.fits").astype(float) for i in range(2)
+        ]
+        for t in LADDER
+    }
+    master_bias = np.median(
+        [fits.getdata(root / f"bias_{i}.fits").astype(float) for i in range(5)], axis=0
+    )
+    steps = np.stack([np.mean(raw[t], axis=0) - master_bias for t in LADDER]).reshape(
+        len(LADDER), -1
+    )
     fit_slope, fit_intercept = np.polyfit(np.array(LADDER), steps, 1)
     light = fits.getdata(lights["90"]).astype(float)
     expected = light - master_bias - (fit_intercept + 90.0 * fit_slope).reshape(SHAPE)
@@ -187,4 +288,6 @@ def test_dark_ladder_gives_a_model_that_calibrates_lights_within_its_range(db_ur
     noise = READ_NOISE * np.sqrt(1 + 1 / 5)
     assert abs(residual.mean()) < 4 * noise / np.sqrt(residual.size)
     assert residual.std() < 1.3 * noise and np.abs(residual).max() < 6 * noise
-    assert np.abs(data[3, 4] - SKY) < 6 * noise and np.abs(data[10, 15] - SKY) < 6 * noise
+    assert (
+        np.abs(data[3, 4] - SKY) < 6 * noise and np.abs(data[10, 15] - SKY) < 6 * noise
+    )

@@ -45,7 +45,14 @@ from archive import keywords as kw
 from archive.calib.combine import MasterBuildError, combine_files
 from archive.calib.library import LIBRARY_LAYOUT
 from archive.calib.masters import (
-    BuildSummary, _done, _geometry, _load_master, _master_header, _overscan, _plan_fingerprint, _usable_inputs,
+    BuildSummary,
+    _done,
+    _geometry,
+    _load_master,
+    _master_header,
+    _overscan,
+    _plan_fingerprint,
+    _usable_inputs,
     record_master,
 )
 from archive.calib.overscan import subtract_overscan_rows
@@ -53,7 +60,12 @@ from archive.calib.plan import MasterPlan, describe, describe_parts, split_toler
 from archive.calib.rules import KindRules, MatchingRules, RuleBook, default_rulebook
 from archive.calib.select import explain_selection
 from archive.calib.selection import exposure_key, match_value, rules_for
-from archive.db.frames import FrameFilter, canonical_paths, frame_query, instrument_names
+from archive.db.frames import (
+    FrameFilter,
+    canonical_paths,
+    frame_query,
+    instrument_names,
+)
 from archive.db.models import DARK_MODEL, Frame
 from archive.db.session import session_scope
 from archive.errors import ArchiveError
@@ -65,7 +77,10 @@ log = logging.getLogger(__name__)
 
 
 def plan_dark_models(
-    session: Session, *, filters: FrameFilter | None = None, rules: RuleBook | MatchingRules | None = None,
+    session: Session,
+    *,
+    filters: FrameFilter | None = None,
+    rules: RuleBook | MatchingRules | None = None,
 ) -> list[MasterPlan]:
     """The dark ladders among the raw darks: groups no ordinary master dark can be made of.
 
@@ -96,11 +111,18 @@ def plan_dark_models(
     names = instrument_names(session, {f.instrument_id for f in frames})
     groups: dict[tuple, list[Frame]] = defaultdict(list)
     for frame in frames:
-        if frame.date_obs_s is None or frame.night is None or frame.exposure_time_s is None:
+        if (
+            frame.date_obs_s is None
+            or frame.night is None
+            or frame.exposure_time_s is None
+        ):
             continue
         kr = rules_for(rules, names.get(frame.instrument_id))["dark"]
         if kr.ladder:
-            groups[(("night", frame.night),) + tuple((c, match_value(frame, c)) for c in kr.exact)].append(frame)
+            groups[
+                (("night", frame.night),)
+                + tuple((c, match_value(frame, c)) for c in kr.exact)
+            ].append(frame)
     plans = []
     for key, members in groups.items():
         instrument = names.get(members[0].instrument_id)
@@ -108,7 +130,10 @@ def plan_dark_models(
         kr = matching["dark"]
         for part in split_tolerance(members, kr.tolerance):
             steps = _steps(part, kr)
-            if max(len(s) for s in steps) >= kr.min_frames or len(steps) < kr.ladder_min_exposures:
+            if (
+                max(len(s) for s in steps) >= kr.min_frames
+                or len(steps) < kr.ladder_min_exposures
+            ):
                 continue
             part.sort(key=lambda f: (f.date_obs_s, f.id))
             plans.append(MasterPlan(DARK_MODEL, part, dict(key), matching, instrument))
@@ -120,12 +145,15 @@ def _steps(frames: list[Frame], kr: KindRules) -> list[list[Frame]]:
     """The frames of each exposure (within ``exposure_tolerance_s``), shortest first."""
     by_key: dict[int, list[Frame]] = defaultdict(list)
     for frame in frames:
-        by_key[exposure_key(frame.exposure_time_s, kr.exposure_tolerance_s)].append(frame)
+        by_key[exposure_key(frame.exposure_time_s, kr.exposure_tolerance_s)].append(
+            frame
+        )
     return [by_key[k] for k in sorted(by_key)]
 
 
-def fit_dark_model(exposures: Sequence[float], images: Iterable[np.ndarray],
-                   weights: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def fit_dark_model(
+    exposures: Sequence[float], images: Iterable[np.ndarray], weights: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
     """The per-pixel least-squares line ``D = intercept + slope * t`` through dark images.
 
     Parameters
@@ -171,8 +199,14 @@ def fit_dark_model(exposures: Sequence[float], images: Iterable[np.ndarray],
 
 
 def build_dark_models(
-    engine: Engine, filters: FrameFilter | None, rules: RuleBook | MatchingRules, library: Path,
-    memory_limit_mb: float | None, products: ProductRun, progress: Progress, summary: BuildSummary,
+    engine: Engine,
+    filters: FrameFilter | None,
+    rules: RuleBook | MatchingRules,
+    library: Path,
+    memory_limit_mb: float | None,
+    products: ProductRun,
+    progress: Progress,
+    summary: BuildSummary,
 ) -> None:
     """Build the dark model of every ladder (:func:`plan_dark_models`), like the other masters.
 
@@ -204,41 +238,77 @@ def build_dark_models(
             plan.rules = replace(plan.rules, memory_limit_mb=memory_limit_mb)
         try:
             _build_model(engine, plan, library, products, summary)
-        except (ArchiveError, OSError, ValueError) as exc:  # this model fails; the others are built
+        except (
+            ArchiveError,
+            OSError,
+            ValueError,
+        ) as exc:  # this model fails; the others are built
             summary.failed.append((DARK_MODEL, describe(plan), str(exc)))
             log.warning("dark model %s failed: %s", describe(plan), exc)
         progress.advance()
     progress.finish()
 
 
-def _build_model(engine: Engine, plan: MasterPlan, library: Path, products: ProductRun, summary: BuildSummary) -> None:
+def _build_model(
+    engine: Engine,
+    plan: MasterPlan,
+    library: Path,
+    products: ProductRun,
+    summary: BuildSummary,
+) -> None:
     kr = plan.rules["dark"]
     what = describe(plan)
     with session_scope(engine) as session:
         plan.frames = [session.merge(f, load=False) for f in plan.frames]
         paths = canonical_paths(session, [f.id for f in plan.frames])
         for frame, reason in _usable_inputs(plan, paths):
-            summary.skipped_inputs.append((DARK_MODEL, paths.get(frame.id) or f"frame {frame.id}", reason))
+            summary.skipped_inputs.append(
+                (DARK_MODEL, paths.get(frame.id) or f"frame {frame.id}", reason)
+            )
             log.warning("dark model %s: input left out: %s", what, reason)
         steps = _steps(plan.frames, kr)
         if len(steps) < kr.ladder_min_exposures:
-            raise MasterBuildError(f"{len(steps)} exposure(s) with usable darks; ladder_min_exposures is "
-                                   f"{kr.ladder_min_exposures}")
+            raise MasterBuildError(
+                f"{len(steps)} exposure(s) with usable darks; ladder_min_exposures is "
+                f"{kr.ladder_min_exposures}"
+            )
         rep = plan.frames[len(plan.frames) // 2]
         bias_sel = explain_selection(session, rep, "bias", rules=plan.rules)
         bias_sel = bias_sel if bias_sel.found else None
-        calib_frames = {bias_sel.master_id: ("master_bias", session.get(Frame, bias_sel.master_id).sha256)} \
-            if bias_sel else {}
-        exposures = [float(np.mean([f.exposure_time_s for f in step])) for step in steps]
+        calib_frames = (
+            {
+                bias_sel.master_id: (
+                    "master_bias",
+                    session.get(Frame, bias_sel.master_id).sha256,
+                )
+            }
+            if bias_sel
+            else {}
+        )
+        exposures = [
+            float(np.mean([f.exposure_time_s for f in step])) for step in steps
+        ]
         parameters: dict[str, Any] = {
-            "combine": kr.combine, "group": {k: str(v) for k, v in plan.key.items()},
+            "combine": kr.combine,
+            "group": {k: str(v) for k, v in plan.key.items()},
             "master_bias": bias_sel.master_id if bias_sel else None,
             "fit": "dark = intercept + slope * t, least squares weighted by frames per exposure",
-            "exposures_s": exposures, "frames_per_exposure": [len(step) for step in steps],
+            "exposures_s": exposures,
+            "frames_per_exposure": [len(step) for step in steps],
         }
         if kr.combine == "sigma_clip":
-            parameters["sigma"] = [plan.rules.sigma_low, plan.rules.sigma_high, plan.rules.maxiters]
-        overscans = sorted({g.overscan for g in (_geometry(f, plan.instrument) for f in plan.frames) if g.overscan})
+            parameters["sigma"] = [
+                plan.rules.sigma_low,
+                plan.rules.sigma_high,
+                plan.rules.maxiters,
+            ]
+        overscans = sorted(
+            {
+                g.overscan
+                for g in (_geometry(f, plan.instrument) for f in plan.frames)
+                if g.overscan
+            }
+        )
         if overscans:
             parameters["overscan"] = overscans
         fp = _plan_fingerprint(plan, calib_frames, parameters)
@@ -250,23 +320,56 @@ def _build_model(engine: Engine, plan: MasterPlan, library: Path, products: Prod
         slope, intercept = _fit(plan, steps, files, bias, kr)
         header = _master_header(plan, parameters, fp, [Path(p).name for p in files])
     header[kw.BIAS_SUBTRACTED] = (bias is not None, "master bias subtracted")
-    header[kw.DARK_MODEL_TMIN] = (min(exposures), "[s] shortest exposure of the dark model")
-    header[kw.DARK_MODEL_TMAX] = (max(exposures), "[s] longest exposure of the dark model")
-    header[kw.HISTORY] = f"dark model: primary = slope (ADU/s), extension {kw.INTERCEPT} = intercept (ADU)"
-    header[kw.HISTORY] = "dark(t) = intercept + slope * t, fitted over exposures " + ", ".join(f"{t:g}" for t in exposures)
+    header[kw.DARK_MODEL_TMIN] = (
+        min(exposures),
+        "[s] shortest exposure of the dark model",
+    )
+    header[kw.DARK_MODEL_TMAX] = (
+        max(exposures),
+        "[s] longest exposure of the dark model",
+    )
+    header[kw.HISTORY] = (
+        f"dark model: primary = slope (ADU/s), extension {kw.INTERCEPT} = intercept (ADU)"
+    )
+    header[kw.HISTORY] = (
+        "dark(t) = intercept + slope * t, fitted over exposures "
+        + ", ".join(f"{t:g}" for t in exposures)
+    )
     setup = "_".join(describe_parts(plan)[1:])
     target = render_path(
-        library, LIBRARY_LAYOUT, instrument=safe_component(plan.instrument, "unknown-instrument"), kind=DARK_MODEL,
+        library,
+        LIBRARY_LAYOUT,
+        instrument=safe_component(plan.instrument, "unknown-instrument"),
+        kind=DARK_MODEL,
         name=f"{safe_component(f'master_{DARK_MODEL}_{setup}')}_{fp[:10]}.fits",
     )
-    inputs = [(f.id, "raw") for f in plan.frames] + [(mid, role) for mid, (role, _) in calib_frames.items()]
-    record_master(engine, plan, fp, parameters, inputs, target, slope, header, products, summary,
-                  selections=[bias_sel] if bias_sel else [], bias_subtracted=bias is not None,
-                  extensions=[(kw.INTERCEPT, intercept)])
+    inputs = [(f.id, "raw") for f in plan.frames] + [
+        (mid, role) for mid, (role, _) in calib_frames.items()
+    ]
+    record_master(
+        engine,
+        plan,
+        fp,
+        parameters,
+        inputs,
+        target,
+        slope,
+        header,
+        products,
+        summary,
+        selections=[bias_sel] if bias_sel else [],
+        bias_subtracted=bias is not None,
+        extensions=[(kw.INTERCEPT, intercept)],
+    )
 
 
-def _fit(plan: MasterPlan, steps: list[list[Frame]], files: list[str], bias: np.ndarray | None,
-         kr: KindRules) -> tuple[np.ndarray, np.ndarray]:
+def _fit(
+    plan: MasterPlan,
+    steps: list[list[Frame]],
+    files: list[str],
+    bias: np.ndarray | None,
+    kr: KindRules,
+) -> tuple[np.ndarray, np.ndarray]:
     """Combine each exposure's darks (overscan and bias subtracted) and fit the line."""
     rules = plan.rules
     hdus = [f.hdu_index for f in plan.frames]
@@ -281,13 +384,19 @@ def _fit(plan: MasterPlan, steps: list[list[Frame]], files: list[str], bias: np.
 
     def combined(members: list[int]) -> np.ndarray:
         return combine_files(
-            [files[i] for i in members], method=kr.combine, hdu_indexes=[hdus[i] for i in members],
+            [files[i] for i in members],
+            method=kr.combine,
+            hdu_indexes=[hdus[i] for i in members],
             prepare=lambda j, block, a, b: prepare(members[j], block, a, b),
-            memory_limit_mb=rules.memory_limit_mb, sigma_low=rules.sigma_low, sigma_high=rules.sigma_high,
+            memory_limit_mb=rules.memory_limit_mb,
+            sigma_low=rules.sigma_low,
+            sigma_high=rules.sigma_high,
             maxiters=rules.maxiters,
         )
 
     exposures = [float(np.mean([f.exposure_time_s for f in step])) for step in steps]
     weights = [float(len(step)) for step in steps]
-    images = (combined([index[f.id] for f in step]) for step in steps)  # one exposure at a time
+    images = (
+        combined([index[f.id] for f in step]) for step in steps
+    )  # one exposure at a time
     return fit_dark_model(exposures, images, weights)
