@@ -64,8 +64,8 @@ def _frame(
     )
 
 
-def _night(root: Path) -> dict[str, Path]:
-    """Biases, the dark ladder (two each at 5 ... 240 s) and two lights: 90 s and 300 s."""
+def _night(root: Path, exposures: tuple[float, ...] = (90.0, 300.0)) -> dict[str, Path]:
+    """Biases, the dark ladder (two each at 5 ... 240 s) and lights (default 90 s and 300 s)."""
     bias, current = _truth()
     rng = np.random.default_rng(11)
     when = START
@@ -89,7 +89,7 @@ def _night(root: Path) -> dict[str, Path]:
             )
             when += dt.timedelta(minutes=5)
     lights = {}
-    for t in (90.0, 300.0):
+    for t in exposures:
         when += dt.timedelta(hours=1)
         lights[f"{t:g}"] = _frame(
             root / f"light_{t:g}s.fits",
@@ -291,3 +291,47 @@ def test_dark_ladder_gives_a_model_that_calibrates_lights_within_its_range(
     assert (
         np.abs(data[3, 4] - SKY) < 6 * noise and np.abs(data[10, 15] - SKY) < 6 * noise
     )
+
+
+def test_archive_night_builds_the_model_and_calibrates_with_it(db_url, tmp_path):
+    """``archive night`` on the synthesized ladder (one 90 s light): the dark model is built
+    with the night's masters and the light calibrated with it; ``masters list`` shows it."""
+    root = tmp_path / "imaging"
+    _night(root / "2026-11-20_ladder", exposures=(90.0,))
+    config = tmp_path / "config.toml"
+    config.write_text(f'[masters]\nlibrary = "{tmp_path / "masters"}"\n')
+    env = {"ARCHIVE_CONFIG": str(config)}
+    out = tmp_path / "reduced"
+    args = [
+        "-q",
+        "--db",
+        db_url,
+        "night",
+        "2026-11-20",
+        "--root",
+        str(root),
+        "--output",
+        str(out),
+        "--serial",
+    ]
+    result = CliRunner().invoke(main, args, env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    models = list((tmp_path / "masters").rglob("dark_model/*.fits"))
+    assert len(models) == 1
+    calibrated = [
+        p
+        for p in out.rglob("*.fits")
+        if fits.getheader(p).get("IMAGETYP") == "CALIBRATED"
+    ]
+    assert len(calibrated) == 1
+    header = fits.getheader(calibrated[0])
+    assert header["DARKMETH"] == "model" and header["MDARK"] == models[0].name
+    listed = CliRunner().invoke(
+        main,
+        ["--db", db_url, "masters", "list", "--kind", "dark_model", "--format", "csv"],
+        env=env,
+    )
+    rows = listed.output.strip().splitlines()[1:]
+    assert (
+        listed.exit_code == 0 and len(rows) == 1 and ",dark_model,built," in rows[0]
+    ), listed.output

@@ -15,7 +15,7 @@ from archive.db.provenance import frame_at_path
 from archive.cli import AppContext, pass_app
 from archive.cli.catalog import frame_filters
 from archive.cli.options import BarProgress, emit, output_format
-from archive.db.models import CALIBRATION_KINDS, Frame
+from archive.db.models import CALIBRATION_KINDS, LIBRARY_KINDS, Frame
 from archive.db.session import session_scope
 from archive.db.frames import FrameFilter, frame_query
 
@@ -242,7 +242,7 @@ def missing(app: AppContext, filters: FrameFilter, kinds, rules_dir, fmt) -> Non
 
 
 @masters.command("list")
-@click.option("--kind", type=click.Choice(CALIBRATION_KINDS), help="Only this kind.")
+@click.option("--kind", type=click.Choice(LIBRARY_KINDS), help="Only this kind (dark_model: dark ladders' models).")
 @output_format
 @pass_app
 def list_cmd(app: AppContext, kind, fmt) -> None:
