@@ -335,3 +335,50 @@ def test_archive_night_builds_the_model_and_calibrates_with_it(db_url, tmp_path)
     assert (
         listed.exit_code == 0 and len(rows) == 1 and ",dark_model,built," in rows[0]
     ), listed.output
+
+
+def test_a_master_flat_takes_the_dark_model(engine, tmp_path):
+    """Synthesized flats of 10 s (within the ladder) next to the ladder: the master flat is
+    built with the dark model evaluated at 10 s (its selection says 'model'), so the hot
+    pixels (up to 220 ADU of dark in 10 s) leave no trace in the normalized flat."""
+    root = tmp_path / "night"
+    _night(root, exposures=())
+    bias, current = _truth()
+    response = 1.0 + 0.05 * np.sin(np.arange(SHAPE[1]) / 3.0)[None, :] * np.ones(SHAPE)
+    rng = np.random.default_rng(12)
+    when = START + dt.timedelta(hours=3)
+    for i in range(3):
+        data = (
+            bias
+            + current * 10.0
+            + 10000.0 * response
+            + rng.normal(0, READ_NOISE, SHAPE)
+        )
+        _frame(
+            root / f"flat_{i}.fits", "FLAT", 10.0, when + dt.timedelta(minutes=i), data
+        )
+    ingest_paths(engine, [root])
+    summary = build_masters(engine, library=tmp_path / "library")
+    assert summary.failed == []
+    built = {kind: (fid, Path(p)) for kind, fid, p in summary.built}
+    assert sorted(built) == ["bias", "dark_model", "flat"]
+    with session_scope(engine) as session:
+        reduction_id = session.get(Frame, built["flat"][0]).reduction_id
+        dark = session.scalar(
+            select(CalibrationSelection).where(
+                CalibrationSelection.reduction_id == reduction_id,
+                CalibrationSelection.kind == "dark",
+            )
+        )
+        assert (dark.method, dark.master_id) == ("model", built["dark_model"][0])
+        roles = session.scalars(
+            select(ReductionInput.role).where(
+                ReductionInput.reduction_id == reduction_id
+            )
+        ).all()
+        assert sorted(set(roles)) == ["master_bias", "master_dark", "raw"]
+    flat = fits.getdata(built["flat"][1]).astype(float)
+    truth = response / np.median(response)
+    assert (
+        np.abs(flat - truth).max() < 2e-3
+    )  # an unsubtracted hot pixel would be 1-2 % high
