@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
 from astropy.io import fits
@@ -81,6 +82,32 @@ def read_pixels(path: str | Path, hdu: int | None = None, dtype=np.float64) -> t
     return data, header
 
 
+def read_dark_model(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """The slope (ADU/s, primary HDU) and intercept (ADU, extension
+    :data:`archive.keywords.INTERCEPT`) of a dark model (:mod:`archive.calib.ladder`).
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    slope, intercept : ndarray (ny, nx), float64
+        The dark of exposure t s is ``intercept + slope * t``.
+
+    Raises
+    ------
+    OSError
+        The file cannot be read.
+    KeyError
+        The file has no intercept extension (it is no dark model).
+    """
+    with fits.open(path, mode="readonly", memmap=False) as hdul:
+        slope = np.asarray(hdul[0].data, dtype=np.float64)
+        intercept = np.asarray(hdul[kw.INTERCEPT].data, dtype=np.float64)
+    return slope, intercept
+
+
 def product_header(source: fits.Header) -> fits.Header:
     """A copy of ``source`` without the keywords that describe raw pixel storage or the HDU
     structure (:data:`keywords.DROPPED`, :data:`keywords.STRUCTURAL`)."""
@@ -99,8 +126,12 @@ def set_card(header: fits.Header, key: str, value, comment: str = "") -> None:
     header[key] = (value, comment) if comment else value
 
 
-def write_atomic(path: str | Path, data: np.ndarray, header: fits.Header) -> Path:
+def write_atomic(path: str | Path, data: np.ndarray, header: fits.Header,
+                 extensions: Sequence[tuple[str, np.ndarray]] = ()) -> Path:
     """Write ``data`` as float32 FITS to ``path`` through a temporary name and a rename.
+
+    ``extensions`` (name, image) follow the primary HDU as float32 image extensions of those
+    names (a dark model's intercept, :mod:`archive.calib.ladder`).
 
     A reader never sees a partial file at ``path``: either the previous file (or none) or the
     complete new one; the file and its folder are flushed to disk. The temporary file
@@ -111,7 +142,8 @@ def write_atomic(path: str | Path, data: np.ndarray, header: fits.Header) -> Pat
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
-    hdu = fits.PrimaryHDU(np.asarray(data, dtype=np.float32), header=header)
+    hdu = fits.HDUList([fits.PrimaryHDU(np.asarray(data, dtype=np.float32), header=header)] + [
+        fits.ImageHDU(np.asarray(image, dtype=np.float32), name=name) for name, image in extensions])
     try:
         with open(tmp, "wb") as fh:
             hdu.writeto(fh, output_verify="silentfix")

@@ -36,6 +36,10 @@ COMBINE: str = _K["combine"]["method"]
 STACK_NORMALIZATION: str = _K["combine"]["normalization"]
 BIAS_SUBTRACTED: str = _K["master"]["bias_subtracted"]
 NORMALIZED: str = _K["master"]["normalized"]
+#: Dark models: the shortest and longest exposure fitted (s), the intercept extension's name.
+DARK_MODEL_TMIN: str = _K["master"]["dark_model_tmin"]
+DARK_MODEL_TMAX: str = _K["master"]["dark_model_tmax"]
+INTERCEPT: str = _K["master"]["intercept"]
 
 #: Calibration.
 MASTER_BIAS: str = _K["calibrate"]["master_bias"]

@@ -261,7 +261,7 @@ def test_bad_flags_validity_and_recorded_decisions(synthetic):
             set_validity(session, third.master_id, frame.date_obs, frame.date_obs)
     with session_scope(engine) as session:
         stored = session.scalars(select(CalibrationSelection).where(CalibrationSelection.frame_id == light)).one()
-        assert stored.master_id == third.master_id and stored.rule_version == "default:3"
+        assert stored.master_id == third.master_id and stored.rule_version == "default:4"
         reasons = {c["master_id"]: c["rejected_by"] for c in stored.candidates}
         assert reasons[first.master_id] == "is_bad" and reasons[second.master_id] == "validity"
 

@@ -41,12 +41,12 @@ from archive.calib.select import explain_selection, interpolation_weights, recor
 from archive.calib.selection import Selection
 from archive.config import Settings, load_settings
 from archive.db.base import utcnow
-from archive.db.models import CALIBRATION_KINDS, Frame, Master, Reduction
+from archive.db.models import CALIBRATION_KINDS, DARK_MODEL, Frame, Master, Reduction
 from archive.db.session import session_scope
 from archive.errors import ArchiveError
 from archive import keywords as kw
 from archive.files import remove_partials, render_path, safe_component
-from archive.fitsio import write_atomic
+from archive.fitsio import read_dark_model, write_atomic
 from archive.db.frames import FrameFilter, canonical_paths
 from archive.db.provenance import clear_selections, fingerprint, start_reduction
 from archive.db.prune import pruned_condition
@@ -197,8 +197,17 @@ def _compute(
     if cal.dark is not None:
         darks = {mid: (_load_master(session, mid), session.get(Master, mid), session.get(Frame, mid))
                  for mid, _ in cal.dark.weights}
+        if cal.dark.method == "model":  # dark = intercept + slope * t (archive.calib.ladder)
+            slope, intercept = read_dark_model(canonical_paths(session, [cal.dark.master_id])[cal.dark.master_id])
+            slope, intercept = slope.astype(np.float32), intercept.astype(np.float32)
         for i, frame in enumerate(frames):
             t = frame.exposure_time_s
+            if cal.dark.method == "model":
+                if t is None:
+                    dropped[i] = f"{files[i]}: no exposure time, cannot evaluate the dark model"
+                else:
+                    per_frame[i] = [(intercept, 1.0), (slope, t)]
+                continue
             if cal.dark.method == "interpolated":
                 if t is None:
                     dropped[i] = f"{files[i]}: no exposure time, cannot interpolate the master dark"
@@ -407,6 +416,10 @@ def _build_kinds(engine, kinds, filters, rules, library, memory_limit_mb, produc
                 log.warning("master %s %s failed: %s", kind, what, exc)
             progress.advance()
         progress.finish()
+        if kind == "dark":  # a ladder's darks, too few at every exposure: a dark model (before the flats)
+            from archive.calib.ladder import build_dark_models  # ladder builds on this module's helpers
+
+            build_dark_models(engine, filters, rules, library, memory_limit_mb, products, progress, summary)
 
 
 def _plan_fingerprint(plan: MasterPlan, calib_frames: dict[int, tuple[str, str]], parameters: dict[str, Any]) -> str:
@@ -487,6 +500,59 @@ def _build_one(engine: Engine, plan: MasterPlan, library: Path, products: Produc
         name=f"{safe_component(f'master_{plan.kind}_{setup}')}_{fp[:10]}.fits",
     )
     inputs = [(f.id, "raw") for f in plan.frames] + [(mid, role) for mid, (role, _) in calib_frames.items()]
+    record_master(engine, plan, fp, parameters, inputs, target, data, header, products, summary,
+                  selections=[sel for sel in (cal.bias, cal.dark) if sel is not None],
+                  bias_subtracted=plan.kind == "dark" and cal.bias is not None)
+
+
+def record_master(
+    engine: Engine, plan: MasterPlan, fp: str, parameters: dict[str, Any], inputs: list[tuple[int, str]],
+    target: Path, data: np.ndarray, header: fits.Header, products: ProductRun, summary: BuildSummary, *,
+    selections: Sequence[Selection] = (), bias_subtracted: bool = False,
+    extensions: Sequence[tuple[str, np.ndarray]] = (),
+) -> None:
+    """Write a master built from ``plan`` and catalogue it with its provenance (the one way every
+    master, a dark model included, becomes a product).
+
+    The reduction row (step ``master_<plan.kind>``, fingerprint ``fp``) is claimed inside a write
+    transaction (another run may have built or started the same master meanwhile: then it is
+    counted ``unchanged`` or ``busy``), the file written (:func:`archive.fitsio.write_atomic`,
+    with ``extensions``), ingested and linked to its library row (kind ``plan.kind``) and to the
+    ``selections`` of the masters used. A failure leaves a failed reduction row, taken up again
+    by the next run.
+
+    Parameters
+    ----------
+    engine : Engine
+    plan : MasterPlan
+        Its frames are the raw inputs; ``plan.kind`` the library kind.
+    fp : str
+        The fingerprint (:func:`_plan_fingerprint`).
+    parameters : dict
+        Stored with the reduction.
+    inputs : list of (frame id, role)
+    target : Path
+        The master's file in the library.
+    data : ndarray
+        The primary image.
+    header : Header
+    products : ProductRun
+    summary : BuildSummary
+        ``built``, ``unchanged`` or ``busy`` is added to.
+    selections : sequence of Selection
+        The decisions of the masters used (master bias, master dark).
+    bias_subtracted : bool
+        The library row's ``bias_subtracted``.
+    extensions : sequence of (str, ndarray)
+        Named image extensions after the primary HDU.
+
+    Raises
+    ------
+    MasterBuildError
+        The file cannot be written or catalogued.
+    """
+    what = describe(plan)
+    kr = plan.rules["dark" if plan.kind == DARK_MODEL else plan.kind]
     with session_scope(engine, write=True) as session:
         # look again inside the write transaction (the row is claimed if absent or free): another
         # run may have built or started this master while the pixels were being combined here
@@ -501,20 +567,19 @@ def _build_one(engine: Engine, plan: MasterPlan, library: Path, products: Produc
             log.info("master %s %s is being built by another run", plan.kind, what)
         return
     try:
-        write_atomic(target, data, header)
+        write_atomic(target, data, header, extensions)
 
         def link(session: Session, frame_id: int) -> None:
             master = session.get(Master, frame_id) or Master(frame_id=frame_id, kind=plan.kind, created_at=utcnow())
             master.kind, master.origin = plan.kind, "built"
             master.n_combined, master.combine_method = len(plan.frames), kr.combine
-            master.bias_subtracted = plan.kind == "dark" and cal.bias is not None
+            master.bias_subtracted = bias_subtracted
             master.rule_version = plan.rules.version
             master.is_bad = bool(master.is_bad)
             session.add(master)
             clear_selections(session, reduction_id)  # a redone build replaces what its first attempt left
-            for sel in (cal.bias, cal.dark):
-                if sel is not None:
-                    record_selection(session, sel, reduction_id=reduction_id)
+            for sel in selections:
+                record_selection(session, sel, reduction_id=reduction_id)
 
         frame_id = record_product(products, reduction_id, target, link=link)
         summary.built.append((plan.kind, frame_id, str(target)))
@@ -527,4 +592,3 @@ def _build_one(engine: Engine, plan: MasterPlan, library: Path, products: Produc
         if isinstance(exc, (ArchiveError, OSError)):
             raise MasterBuildError(str(exc)) from exc
         raise
-

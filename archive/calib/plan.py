@@ -59,7 +59,7 @@ class MasterPlan:
         return self.key.get("night")
 
 
-def _split_tolerance(frames: list[Frame], tolerance: dict[str, float]) -> list[list[Frame]]:
+def split_tolerance(frames: list[Frame], tolerance: dict[str, float]) -> list[list[Frame]]:
     """Split a group so that, per tolerance column, a subgroup spans at most the tolerance."""
     groups = [frames]
     for column, limit in tolerance.items():
@@ -139,7 +139,7 @@ def plan_masters(
         instrument = names.get(members[0].instrument_id)
         matching = rules_for(book or rules, instrument)
         kr = matching[kind]
-        for part in _split_tolerance(members, kr.tolerance):
+        for part in split_tolerance(members, kr.tolerance):
             part.sort(key=lambda f: (f.date_obs_s, f.id))
             values = dict(key)
             if kind == "dark":

@@ -13,7 +13,7 @@ from archive.calib.rules import MatchingRules, RuleBook, default_rulebook
 from archive.calib.selection import rules_for
 from archive.db.bulk import index_seeks
 from archive.db.frames import instrument_names
-from archive.db.models import CALIBRATION_KINDS, MASTER_TYPES, Frame, Master
+from archive.db.models import DARK_MODEL, LIBRARY_KINDS, MASTER_TYPES, Frame, Master
 
 
 def kinds_in_library(session: Session, *, include_bad: bool = False,
@@ -28,7 +28,7 @@ def kinds_in_library(session: Session, *, include_bad: bool = False,
     that stops at the first master found (one statement), not by reading the whole library."""
     out: dict[int | None, set[str]] = defaultdict(set)
     if instrument_ids is not None:
-        pairs = [(iid, kind) for iid in sorted({i for i in instrument_ids if i is not None}) for kind in CALIBRATION_KINDS]
+        pairs = [(iid, kind) for iid in sorted({i for i in instrument_ids if i is not None}) for kind in LIBRARY_KINDS]
         if not pairs:
             return {}
         tests = []
@@ -42,7 +42,7 @@ def kinds_in_library(session: Session, *, include_bad: bool = False,
             found = session.execute(select(*tests)).one()
         for (iid, kind), present in zip(pairs, found):
             if present:
-                out[iid].add(kind)
+                out[iid].add("dark" if kind == DARK_MODEL else kind)  # a dark ladder's model is its dark
         return {k: frozenset(v) for k, v in out.items()}
     # a master's frame is of a master type: the condition lets the frames' image_type index
     # find the few master frames instead of joining every frame (PostgreSQL: 200 ms -> 45 ms)
@@ -52,7 +52,7 @@ def kinds_in_library(session: Session, *, include_bad: bool = False,
         query = query.where(~Master.is_bad)
     rows = session.execute(query)
     for instrument_id, kind in rows:
-        out[instrument_id].add(kind)
+        out[instrument_id].add("dark" if kind == DARK_MODEL else kind)  # a dark ladder's model is its dark
     return {k: frozenset(v) for k, v in out.items()}
 
 

@@ -57,6 +57,12 @@ class KindRules:
         ``subtract_dark`` with ``scale=True``; its noise is scaled with it).
     interpolate : bool
         Darks: allow dark = A*t + B fitted over bias-subtracted masters of several exposures.
+    ladder : bool
+        Darks: when a group's darks are too few at every exposure for a master (a dark
+        ladder), fit a per-pixel dark-current model over them (a ``dark_model`` master,
+        :mod:`archive.calib.ladder`) and select it for lights within its exposure range.
+    ladder_min_exposures : int
+        Darks: fewest distinct exposures a dark model is fitted over.
     """
 
     kind: str
@@ -69,6 +75,8 @@ class KindRules:
     scale: bool = False
     scale_up: bool = False
     interpolate: bool = False
+    ladder: bool = False
+    ladder_min_exposures: int = 3
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,8 @@ def _parse(raw: dict[str, Any], source: str) -> MatchingRules:
                 exposure_tolerance_s=float(section.get("exposure_tolerance_s", 0.01)),
                 scale=bool(section.get("scale", False)), scale_up=bool(section.get("scale_up", False)),
                 interpolate=bool(section.get("interpolate", False)),
+                ladder=bool(section.get("ladder", False)),
+                ladder_min_exposures=max(2, int(section.get("ladder_min_exposures", 3))),
             )
         required = raw.get("required", "available")
         if required != "available":

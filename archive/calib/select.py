@@ -5,7 +5,8 @@ of :mod:`archive.calib.selection` on every candidate in Python and keeps the ver
 decision can be explained (``--explain``), including the rule that removed the last
 candidates when none is left, and stored with its rejected candidates
 (:func:`record_selection`). Darks that no single master serves may be interpolated
-(:func:`interpolation_weights`). Many frames at once: :func:`archive.calib.select_sql.select_masters`,
+(:func:`interpolation_weights`), or served by a dark model fitted over a dark ladder
+(:mod:`archive.calib.ladder`, method ``model``). Many frames at once: :func:`archive.calib.select_sql.select_masters`,
 which gives the same answer.
 """
 
@@ -22,8 +23,10 @@ from archive.calib.rules import KindRules, MatchingRules, RuleBook, default_rule
 from archive.calib.selection import SECONDS_PER_DAY, Selection, Verdict, exposure_key, match_value, rules_for
 from archive.db.base import utcnow
 from archive.db.bulk import chunked
-from archive.db.models import CALIBRATION_KINDS, CalibrationSelection, Frame, Master
+from archive import keywords as kw
+from archive.db.models import CALIBRATION_KINDS, DARK_MODEL, CalibrationSelection, Frame, Master
 from archive.errors import CalibrationNotFoundError
+from archive.ingest.headers import header_from_text
 from archive.ingest.timing import epoch_microseconds
 
 
@@ -153,6 +156,60 @@ def _interpolate(frame: Frame, pairs: list[tuple[Master, Frame, Verdict]], rules
     )
 
 
+def _model_range(mframe: Frame) -> tuple[float | None, float | None]:
+    """The exposure range (s) a dark model was fitted over, from its header's
+    :data:`archive.keywords.DARK_MODEL_TMIN` / :data:`archive.keywords.DARK_MODEL_TMAX`
+    (None when absent or not a number)."""
+    key = (mframe.id, mframe.sha256)
+    if key not in _MODEL_RANGES:
+        header = header_from_text(mframe.header or "")
+        values = []
+        for name in (kw.DARK_MODEL_TMIN, kw.DARK_MODEL_TMAX):
+            try:
+                values.append(float(header[name]))
+            except (KeyError, TypeError, ValueError):
+                values.append(None)
+        _MODEL_RANGES[key] = (values[0], values[1])
+    return _MODEL_RANGES[key]
+
+
+#: (frame id, sha256) -> a dark model's exposure range: read once per process.
+_MODEL_RANGES: dict[tuple[int, str], tuple[float | None, float | None]] = {}
+
+
+def _judge_models(frame: Frame, rules: KindRules, models: list[tuple[Master, Frame]],
+                  ) -> tuple[tuple[Master, Frame] | None, list[Verdict]]:
+    """Dark models (:mod:`archive.calib.ladder`) for ``frame`` when no master dark serves it.
+
+    A model must pass every dark rule but the exposure one (exact keys, tolerance, age, bad
+    flag, validity), ``ladder`` must be on, and the frame's exposure must lie within the
+    model's range (``exposure_tolerance_s`` either side; rule ``exposure_range``). The nearest
+    in time wins (then more frames, the most recently built, the larger id). Returns the chosen
+    (Master, Frame), or None, and every model's verdict (method ``model`` for the survivors)."""
+    relaxed = replace(rules, kind="bias")  # every dark rule but the exposure one
+    judged = []
+    t = frame.exposure_time_s
+    for master, mframe in models:
+        if mframe.id == frame.id:
+            continue
+        verdict = _judge(frame, master, mframe, relaxed)
+        if verdict.rejected_by is None:
+            tmin, tmax = _model_range(mframe)
+            tol = rules.exposure_tolerance_s
+            if not rules.ladder:
+                verdict.rejected_by, verdict.reason = "ladder", "dark models are off (ladder = false)"
+            elif t is None or tmin is None or tmax is None or not tmin - tol <= t <= tmax + tol:
+                verdict.rejected_by = "exposure_range"
+                verdict.reason = f"exposure {t} s outside the dark model's range {tmin}-{tmax} s"
+        verdict.method = "model" if verdict.rejected_by is None else None
+        judged.append((master, mframe, verdict))
+    survivors = sorted((p for p in judged if p[2].rejected_by is None), key=lambda p: p[2].sort_key)
+    for rank, (_, _, verdict) in enumerate(survivors, 1):
+        verdict.rank = rank
+    chosen = (survivors[0][0], survivors[0][1]) if survivors else None
+    return chosen, [v for _, _, v in judged]
+
+
 def _nearest_shorter(frame: Frame, pairs: list[tuple[Master, Frame, Verdict]],
                      rules: KindRules) -> tuple[Master, Frame, Verdict] | None:
     """``scale_up``: of the bias-subtracted darks rejected only for their exposure, the longest
@@ -178,7 +235,7 @@ def masters_of(session: Session, kind: str) -> list[tuple[Master, Frame]]:
 
 def explain_selection(
     session: Session, frame: Frame, kind: str, *, rules: RuleBook | MatchingRules | None = None,
-    library: list[tuple[Master, Frame]] | None = None,
+    library: list[tuple[Master, Frame]] | None = None, models: list[tuple[Master, Frame]] | None = None,
 ) -> Selection:
     """Judge every master of ``kind`` for ``frame`` and choose one, keeping every verdict.
 
@@ -192,6 +249,8 @@ def explain_selection(
         Default: the bundled ``configs/matching``; a rule book gives the frame's instrument's rules.
     library : list of (Master, Frame), optional
         The masters of ``kind``, when the caller has already loaded them (judging many frames).
+    models : list of (Master, Frame), optional
+        Darks: the dark models (``masters_of(session, 'dark_model')``), likewise.
 
     Returns
     -------
@@ -235,6 +294,17 @@ def explain_selection(
                 frame.id, kind, "interpolated", nearest, None, weights, matching.version, verdicts,
                 f"dark: interpolated from masters {sorted(used)} at {frame.exposure_time_s} s", detail,
             )
+        chosen, model_verdicts = _judge_models(frame, kind_rules, models if models is not None else
+                                               masters_of(session, DARK_MODEL))
+        verdicts = verdicts + model_verdicts
+        if chosen is not None:
+            t, (tmin, tmax) = frame.exposure_time_s, _model_range(chosen[1])
+            return Selection(
+                frame.id, kind, "model", chosen[1].id, None, [(chosen[1].id, t)], matching.version, verdicts,
+                f"dark: dark model {chosen[1].id} (intercept + slope * t fitted over a dark ladder of "
+                f"{tmin:g}-{tmax:g} s) evaluated at {t:g} s: no exact, longer or interpolated master dark",
+                {"model": "dark = intercept + slope * t", "range_s": [tmin, tmax], "t_s": t},
+            )
         shorter = _nearest_shorter(frame, exposure_only, kind_rules)
         if shorter is not None:
             master_id = shorter[1].id
@@ -277,11 +347,13 @@ def explain_selections(
     """
     rules = rules if rules is not None else default_rulebook()
     libraries = {kind: masters_of(session, kind) for kind in kinds}
+    models = masters_of(session, DARK_MODEL) if "dark" in kinds else None
     out: dict[tuple[int, str], Selection] = {}
     for batch in chunked(list(dict.fromkeys(frame_ids))):
         for frame in session.scalars(select(Frame).where(Frame.id.in_(batch)).order_by(Frame.date_obs_s, Frame.id)):
             for kind in kinds:
-                out[(frame.id, kind)] = explain_selection(session, frame, kind, rules=rules, library=libraries[kind])
+                out[(frame.id, kind)] = explain_selection(session, frame, kind, rules=rules, library=libraries[kind],
+                                                          models=models)
     return out
 
 
@@ -299,7 +371,7 @@ def _why_none(kind: str, verdicts: list[Verdict], rules: KindRules) -> str:
         order.append(f"exact:{column}")
     for column in rules.tolerance:
         order.append(f"tolerance:{column}")
-    order += ["exposure", "max_age_days", "is_bad", "validity"]
+    order += ["exposure", "max_age_days", "is_bad", "validity", "ladder", "exposure_range"]
     counts = {rule: sum(v.rejected_by == rule for v in verdicts) for rule in order}
     last = [rule for rule in order if counts[rule]][-1]
     example = next(v for v in verdicts if v.rejected_by == last)
@@ -320,7 +392,9 @@ def select_master(
     excluded. Darks: an exact exposure (within ``exposure_tolerance_s``) is preferred; else,
     when ``scale`` allows, the nearest longer bias-subtracted master scaled by t/t_dark; else,
     when ``interpolate`` allows, dark = A*t + B fitted by least squares over bias-subtracted
-    masters of two or more exposures (astro_reduce's method). The nearest in time
+    masters of two or more exposures (astro_reduce's method); else, when ``ladder`` allows, a
+    dark model (:mod:`archive.calib.ladder`) whose exposure range holds the frame's, evaluated
+    at its exposure; else, when ``scale_up`` allows, the nearest shorter one. The nearest in time
     (|date_obs difference|, s) wins; ties go to more input frames, then the most recently
     built. Rule after the calibration association of Gemini's archive and LCO's BANZAI.
 

@@ -30,7 +30,7 @@ from archive.calib.select import explain_selection, masters_of
 from archive.calib.selection import SECONDS_PER_DAY, Selection, exposure_key, rules_for
 from archive.db.bulk import chunked, index_seeks, insert_rows
 from archive.db.frames import instrument_names
-from archive.db.models import CALIBRATION_KINDS, MASTER_TYPES, Frame, Master
+from archive.db.models import CALIBRATION_KINDS, DARK_MODEL, MASTER_TYPES, Frame, Master
 from archive.ingest.timing import epoch_microseconds
 
 _NULL_NUMBER = -987654321.0
@@ -214,7 +214,7 @@ def select_masters(
     bias-subtracted dark for the frames without an exact-exposure one. The ordering is the one
     of :func:`archive.calib.select.select_master`. Frames left without a master are judged one
     by one (:func:`archive.calib.select.explain_selection`) when ``fallback``, which finds
-    interpolated darks and names the rule that removed the last candidates.
+    interpolated darks and dark models and names the rule that removed the last candidates.
 
     Parameters
     ----------
@@ -332,9 +332,11 @@ def select_masters(
                 left = [row[0] for row in lights if (row[0], kind) not in out and kind in wanted_kinds(row[0])]
                 if left:
                     library = masters_of(session, kind)
+                    models = masters_of(session, DARK_MODEL) if kind == "dark" else None
                     for batch in chunked(left, batch_size):
                         for frame in session.scalars(select(Frame).where(Frame.id.in_(batch))):
-                            out[(frame.id, kind)] = explain_selection(session, frame, kind, rules=matching, library=library)
+                            out[(frame.id, kind)] = explain_selection(session, frame, kind, rules=matching,
+                                                                      library=library, models=models)
     if needs is not None:
         out = {(fid, kind): sel for (fid, kind), sel in out.items() if kind in wanted_kinds(fid)}
     return out

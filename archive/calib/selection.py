@@ -3,7 +3,9 @@
 The rule, after Gemini's calibration manager and LCO BANZAI: the candidate must match the
 ``exact`` columns, lie within the ``tolerance`` (deg C, s), be no more than ``max_age_days``
 from the frame, not be flagged bad and be valid at the frame's time. Among the survivors an
-exact-exposure dark beats a scaled one, a scaled dark prefers the nearest longer exposure;
+exact-exposure dark beats a scaled one, a scaled dark prefers the nearest longer exposure
+(then an interpolated dark, a dark ladder's model within its exposure range, a shorter dark
+scaled up);
 then the nearest in time wins, ties going to more input frames, then the most recently built,
 then the larger frame id (so the choice is deterministic).
 
@@ -44,7 +46,8 @@ class Verdict:
     reason : str or None
         The rule in words, with the values compared.
     method : str or None
-        exact | scaled for darks, exact for bias and flat; ``None`` when rejected.
+        exact | scaled (| interpolated | model) for darks, exact for bias and flat; ``None``
+        when rejected.
     rank : int or None
         1 for the chosen master, 2, 3, ... for the other survivors.
     """
@@ -78,7 +81,7 @@ class Selection:
     ----------
     frame_id : int
     kind : {'bias', 'dark', 'flat'}
-    method : {'exact', 'scaled', 'interpolated', 'none'}
+    method : {'exact', 'scaled', 'interpolated', 'model', 'none'}
     master_id : int or None
         The chosen master (for 'interpolated', the one nearest in time among those combined).
     scale : float or None
@@ -86,7 +89,9 @@ class Selection:
     weights : list of (int, float)
         (master frame id, weight): the calibration is ``sum(weight * master)``. One pair of
         weight 1 for 'exact', weight ``scale`` for 'scaled', the least-squares weights of
-        dark = A*t + B evaluated at the frame's exposure for 'interpolated'.
+        dark = A*t + B evaluated at the frame's exposure for 'interpolated', for 'model' one
+        pair (the dark model, the frame's exposure t): the dark is intercept + slope * t
+        (:mod:`archive.calib.ladder`).
     rule_version : str
     candidates : list of Verdict
     explanation : str

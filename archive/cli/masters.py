@@ -15,7 +15,7 @@ from archive.db.provenance import frame_at_path
 from archive.cli import AppContext, pass_app
 from archive.cli.catalog import frame_filters
 from archive.cli.options import BarProgress, emit, output_format
-from archive.db.models import CALIBRATION_KINDS, Frame
+from archive.db.models import CALIBRATION_KINDS, LIBRARY_KINDS, Frame
 from archive.db.session import session_scope
 from archive.db.frames import FrameFilter, frame_query
 
@@ -105,7 +105,8 @@ def build(app: AppContext, night, since, until, instrument, kinds, library, memo
 def _selection_rows(selections) -> tuple[list[str], list[tuple]]:
     rows = [
         (fid, kind, sel.method, sel.master_id, sel.scale,
-         ";".join(f"{m}:{w:.4g}" for m, w in sel.weights) if sel.method == "interpolated" else "",
+         ";".join(f"{m}:{w:.4g}" for m, w in sel.weights) if sel.method == "interpolated"
+         else ";".join(f"{m}@{w:g}s" for m, w in sel.weights) if sel.method == "model" else "",
          sel.rule_version, "" if sel.found else sel.explanation)
         for (fid, kind), sel in sorted(selections.items())
     ]
@@ -125,7 +126,8 @@ def select_cmd(app: AppContext, files, filters: FrameFilter, kinds, explain: boo
     """Choose the master bias, dark and flat for FILES, or for every light matching the filters.
 
     Nearest in time among the masters that pass the rules; darks prefer an exact exposure, then
-    the nearest longer bias-subtracted dark scaled by exposure, then an interpolated one.
+    the nearest longer bias-subtracted dark scaled by exposure, then an interpolated one, then a
+    dark ladder's model (method "model") within its exposure range, then a shorter dark scaled up.
 
     \b
     Examples:
@@ -240,7 +242,7 @@ def missing(app: AppContext, filters: FrameFilter, kinds, rules_dir, fmt) -> Non
 
 
 @masters.command("list")
-@click.option("--kind", type=click.Choice(CALIBRATION_KINDS), help="Only this kind.")
+@click.option("--kind", type=click.Choice(LIBRARY_KINDS), help="Only this kind (dark_model: dark ladders' models).")
 @output_format
 @pass_app
 def list_cmd(app: AppContext, kind, fmt) -> None:

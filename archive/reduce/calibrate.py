@@ -11,7 +11,9 @@ An exact dark has one weight 1; a scaled dark one weight :math:`t / t_D` (ccdpro
 ``scale=True``); an interpolated dark the weights of the least-squares line
 :math:`D = A t + B` through darks of several exposures evaluated at :math:`t` (astro_reduce's
 method): :math:`w_k = 1/n + (t - \\bar t)(t_k - \\bar t) / \\sum_j (t_j - \\bar t)^2`
-(:func:`archive.calib.select.interpolation_weights`, where the selection computes them).
+(:func:`archive.calib.select.interpolation_weights`, where the selection computes them); a
+dark ladder's model (method ``model``, :mod:`archive.calib.ladder`) is evaluated at the
+light's exposure: :math:`\\sum_k w_k D_k` becomes :math:`I + S t`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from astropy.nddata import CCDData
 
 from archive import keywords as kw
 from archive.calib.overscan import Geometry, shift_for_trim, subtract_overscan, trim, trim_slices
-from archive.fitsio import product_header, read_pixels, set_card, write_atomic
+from archive.fitsio import product_header, read_dark_model, read_pixels, set_card, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +50,10 @@ class CalibrationJob:
     bias : str or None
         Master bias.
     darks : sequence of (str, float)
-        Bias-subtracted master darks and their weights (see the module docstring).
+        Bias-subtracted master darks and their weights (see the module docstring); for
+        'model', one dark model and the light's exposure time (s) to evaluate it at.
     dark_method : str
-        'exact', 'scaled', 'interpolated' or 'none', as the selection decided.
+        'exact', 'scaled', 'interpolated', 'model' or 'none', as the selection decided.
     flat : str or None
         Master flat.
     cosmic_rays : bool
@@ -215,7 +218,13 @@ def calibrate_light_file(job: CalibrationJob) -> dict:
     """
     light, header = read_pixels(job.light, job.light_hdu)
     bias = read_pixels(job.bias)[0] if job.bias else None
-    darks = [(read_pixels(path)[0], weight) for path, weight in job.darks]
+    if job.dark_method == "model":  # a dark ladder's model: intercept + slope * t, t the weight
+        darks = []
+        for path, t in job.darks:
+            slope, intercept = read_dark_model(path)
+            darks.append((intercept + float(t) * slope, 1.0))
+    else:
+        darks = [(read_pixels(path)[0], weight) for path, weight in job.darks]
     flat = read_pixels(job.flat)[0] if job.flat else None
     geometry = Geometry(job.overscan, job.trim)
     data, steps, flat_norm = calibrate_array(
@@ -233,8 +242,8 @@ def calibrate_light_file(job: CalibrationJob) -> dict:
         set_card(out, kw.MASTER_BIAS, Path(job.bias).name, "master bias")
     if job.darks:
         set_card(out, kw.MASTER_DARK, ",".join(Path(p).name for p, _ in job.darks), "master dark(s)")
-        out[kw.DARK_METHOD] = (job.dark_method, "exact, scaled or interpolated dark")
-        if len(job.darks) == 1:
+        out[kw.DARK_METHOD] = (job.dark_method, "exact, scaled, interpolated or model dark")
+        if len(job.darks) == 1 and job.dark_method != "model":
             out[kw.DARK_SCALE] = (float(job.darks[0][1]), "dark scale t_light / t_dark")
     if job.flat:
         set_card(out, kw.MASTER_FLAT, Path(job.flat).name, "master flat")

@@ -22,6 +22,8 @@ from archive.calib.select import explain_selection, masters_of, record_selection
 from archive.calib.selection import Selection, rules_for
 from archive.db.models import (
     CALIBRATION_KINDS,
+    DARK_MODEL,
+    LIBRARY_KINDS,
     Frame,
     Reduction,
 )
@@ -103,8 +105,8 @@ def plan_calibration(
     library_kinds = library_kinds if library_kinds is not None else kinds_in_library(session)
     instrument = instrument_names(session, [light.instrument_id]).get(light.instrument_id)
     required = required_kinds(rules_for(rules, instrument), light.instrument_id, library_kinds)
-    selections = [explain_selection(session, light, kind, rules=rules, library=libraries.get(kind))
-                  for kind in CALIBRATION_KINDS]
+    selections = [explain_selection(session, light, kind, rules=rules, library=libraries.get(kind),
+                                    models=libraries.get(DARK_MODEL)) for kind in CALIBRATION_KINDS]
     lacking = [s for s in selections if not s.found and s.kind in required]
     if lacking:
         return LackingMasters("; ".join(f"no master {s.kind} (required): {s.explanation}" for s in lacking))
@@ -202,7 +204,7 @@ def calibrate_lights(
     reused: list[tuple[int, int]] = []  # (done reduction, light) chosen again
     without: Counter = Counter()  # (group, kind) -> lights calibrated without a master the library has
     with session_scope(engine) as session:
-        libraries = {kind: masters_of(session, kind) for kind in CALIBRATION_KINDS}
+        libraries = {kind: masters_of(session, kind) for kind in LIBRARY_KINDS}
         library_kinds = kinds_in_library(session)
         any_kinds = kinds_in_library(session, include_bad=True)
         for light in frames_by_id(session, light_ids):

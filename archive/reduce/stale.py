@@ -12,6 +12,8 @@ from archive.calib.rules import RuleBook, default_rulebook
 from archive.calib.select import explain_selection, masters_of
 from archive.db.models import (
     CALIBRATION_KINDS,
+    DARK_MODEL,
+    LIBRARY_KINDS,
     CalibrationSelection,
     Frame,
     Master,
@@ -76,7 +78,7 @@ def find_stale(session: Session, *, rules: RuleBook | None = None) -> list[Stale
     out: list[StaleProduct] = []
     stale_cal: list[int] = []
     lights = {f.id: f for f in frames_by_id(session, current)}
-    libraries = {kind: masters_of(session, kind) for kind in CALIBRATION_KINDS}
+    libraries = {kind: masters_of(session, kind) for kind in LIBRARY_KINDS}
     rules = rules if rules is not None else default_rulebook()
     for light_id, (cal_id, rid) in sorted(current.items()):
         light = lights[light_id]
@@ -84,7 +86,8 @@ def find_stale(session: Session, *, rules: RuleBook | None = None) -> list[Stale
             select(CalibrationSelection).where(CalibrationSelection.reduction_id == rid))}
         reasons = []
         for kind in CALIBRATION_KINDS:
-            new = explain_selection(session, light, kind, rules=rules, library=libraries[kind])
+            new = explain_selection(session, light, kind, rules=rules, library=libraries[kind],
+                                    models=libraries[DARK_MODEL])
             old = recorded.get(kind)
             old_ids = _recorded_masters(old) if old is not None else set()
             new_ids = {mid for mid, _ in new.weights}
