@@ -99,8 +99,9 @@ def set_card(header: fits.Header, key: str, value, comment: str = "") -> None:
     header[key] = (value, comment) if comment else value
 
 
-def write_atomic(path: str | Path, data: np.ndarray, header: fits.Header) -> Path:
-    """Write ``data`` as float32 FITS to ``path`` through a temporary name and a rename.
+def write_atomic(path: str | Path, data: np.ndarray, header: fits.Header, dtype=np.float32) -> Path:
+    """Write ``data`` as FITS of ``dtype`` (float32; a mask uint8) to ``path`` through a
+    temporary name and a rename.
 
     A reader never sees a partial file at ``path``: either the previous file (or none) or the
     complete new one; the file and its folder are flushed to disk. The temporary file
@@ -111,7 +112,7 @@ def write_atomic(path: str | Path, data: np.ndarray, header: fits.Header) -> Pat
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
-    hdu = fits.PrimaryHDU(np.asarray(data, dtype=np.float32), header=header)
+    hdu = fits.PrimaryHDU(np.asarray(data, dtype=dtype), header=header)
     try:
         with open(tmp, "wb") as fh:
             hdu.writeto(fh, output_verify="silentfix")
