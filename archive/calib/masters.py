@@ -41,7 +41,7 @@ from archive.calib.select import explain_selection, interpolation_weights, recor
 from archive.calib.selection import Selection
 from archive.config import Settings, load_settings
 from archive.db.base import utcnow
-from archive.db.models import BADPIX, CALIBRATION_KINDS, LIBRARY_KINDS, Frame, Master, Reduction
+from archive.db.models import BADPIX, CALIBRATION_KINDS, Frame, Master, Reduction
 from archive.db.session import session_scope
 from archive.errors import ArchiveError
 from archive import keywords as kw
@@ -314,7 +314,7 @@ def build_masters(
     engine: Engine,
     *,
     filters: FrameFilter | None = None,
-    kinds: Sequence[str] = LIBRARY_KINDS,
+    kinds: Sequence[str] = CALIBRATION_KINDS,
     rules: RuleBook | MatchingRules | None = None,
     library: Path | None = None,
     memory_limit_mb: float | None = None,
@@ -348,7 +348,9 @@ def build_masters(
     filters : FrameFilter, optional
         Which raw calibrations (night, since/until, instrument, ...); the type is set per kind.
     kinds : sequence of {'bias', 'dark', 'flat', 'badpix'}
-        Built in the order bias, dark, flat, badpix whatever the order given. ``badpix``: the
+        Built in the order bias, dark, flat, badpix whatever the order given (default the
+        three calibrations; ``archive masters build`` and ``archive night`` ask for
+        :data:`archive.db.models.LIBRARY_KINDS`, the mask included). ``badpix``: the
         masks of the master darks and flats (and of the lights no dark serves) that
         ``filters`` selects (:func:`archive.calib.badpix.build_badpix`).
     rules : RuleBook or MatchingRules, optional

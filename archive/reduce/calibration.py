@@ -107,7 +107,9 @@ def plan_calibration(
     if lacking:
         return "; ".join(f"no master {s.kind} (required): {s.explanation}" for s in lacking)
     mask = explain_selection(session, light, BADPIX, rules=rules, library=libraries.get(BADPIX))
-    found = [s for s in selections + [mask] if s.found]  # a mask is applied when found, never required
+    if mask.found:  # applied (and recorded) when found, never required
+        selections = selections + [mask]
+    found = [s for s in selections if s.found]
     master_ids = {mid for s in found for mid, _ in s.weights}
     masters = {f.id: f for f in session.scalars(select(Frame).where(Frame.id.in_(master_ids)))}
     paths = canonical_paths(session, master_ids | {light.id})
@@ -129,7 +131,7 @@ def plan_calibration(
         "flat_min_value": float(cal.get("flat_min_value", 0.01)),
         "dark_method": by_kind["dark"].method if "dark" in by_kind else "none",
         "masters": {s.kind: [[mid, w] for mid, w in s.weights] for s in found},
-        "missing": [s.kind for s in selections if not s.found],
+        "missing": [s.kind for s in selections if not s.found],  # calibrations only: a found mask is never missing
     }
     if light.bayer_pattern:  # demosaiced after calibration (only then: mono fingerprints unchanged)
         parameters["demosaic"] = {"method": check_demosaic_method(str(cal.get("demosaic", "bilinear"))),
