@@ -47,7 +47,12 @@ from archive.calib.select import explain_selection
 from archive.calib.selection import match_value, rules_for
 from archive.config import for_instrument, merge, read_toml
 from archive.db.base import utcnow
-from archive.db.frames import FrameFilter, canonical_paths, frame_query, instrument_names
+from archive.db.frames import (
+    FrameFilter,
+    canonical_paths,
+    frame_query,
+    instrument_names,
+)
 from archive.db.models import BADPIX, Frame, Master, Reduction
 from archive.db.provenance import fingerprint, start_reduction
 from archive.db.prune import pruned_condition
@@ -104,10 +109,14 @@ class BadPixelSettings:
 
 @functools.cache
 def _table(config: str | None) -> dict[str, Any]:
-    return read_toml(Path(config) if config else resource_dir("configs") / "detector.toml").get("bad_pixels", {})
+    return read_toml(
+        Path(config) if config else resource_dir("configs") / "detector.toml"
+    ).get("bad_pixels", {})
 
 
-def bad_pixel_settings(instrument: str | None = None, *, config: str | None = None) -> BadPixelSettings:
+def bad_pixel_settings(
+    instrument: str | None = None, *, config: str | None = None
+) -> BadPixelSettings:
     """The bad-pixel settings of ``instrument`` (its override merged over ``[bad_pixels]``).
 
     Parameters
@@ -131,8 +140,10 @@ def bad_pixel_settings(instrument: str | None = None, *, config: str | None = No
     raw = merge(table, for_instrument(overrides, instrument, {}))
     try:
         return BadPixelSettings(
-            hot_sigma=float(raw.get("hot_sigma", 6.0)), ccdmask=dict(raw.get("ccdmask", {})),
-            lights_sigma=float(raw.get("lights_sigma", 6.0)), lights_filter_px=int(raw.get("lights_filter_px", 5)),
+            hot_sigma=float(raw.get("hot_sigma", 6.0)),
+            ccdmask=dict(raw.get("ccdmask", {})),
+            lights_sigma=float(raw.get("lights_sigma", 6.0)),
+            lights_filter_px=int(raw.get("lights_filter_px", 5)),
             lights_fraction=float(raw.get("lights_fraction", 0.7)),
             lights_max_frames=int(raw.get("lights_max_frames", 30)),
         )
@@ -145,7 +156,9 @@ def bad_pixel_settings(instrument: str | None = None, *, config: str | None = No
 # -- pixels ----------------------------------------------------------------------------------------
 
 
-def channels(shape: tuple[int, ...], bayer_pattern: str | None) -> list[tuple[slice, slice]]:
+def channels(
+    shape: tuple[int, ...], bayer_pattern: str | None
+) -> list[tuple[slice, slice]]:
     """The parts of an image judged apart: the whole image, or a Bayer mosaic's four channels.
 
     Parameters
@@ -175,7 +188,9 @@ def robust_sigma(values: np.ndarray) -> tuple[float, float]:
     return median, MAD_TO_SIGMA * float(np.median(np.abs(finite - median)))
 
 
-def hot_pixels(dark: np.ndarray, hot_sigma: float, bayer_pattern: str | None = None) -> np.ndarray:
+def hot_pixels(
+    dark: np.ndarray, hot_sigma: float, bayer_pattern: str | None = None
+) -> np.ndarray:
     """Pixels of a master dark above ``median + hot_sigma * 1.4826 * MAD`` (per Bayer channel).
 
     Parameters
@@ -198,8 +213,11 @@ def hot_pixels(dark: np.ndarray, hot_sigma: float, bayer_pattern: str | None = N
     return out
 
 
-def cold_pixels(flat: np.ndarray, ccdmask: dict[str, Any] | None = None,
-                bayer_pattern: str | None = None) -> np.ndarray:
+def cold_pixels(
+    flat: np.ndarray,
+    ccdmask: dict[str, Any] | None = None,
+    bayer_pattern: str | None = None,
+) -> np.ndarray:
     """Bad pixels of a master flat by ``ccdproc.ccdmask`` (per Bayer channel).
 
     Parameters
@@ -219,11 +237,17 @@ def cold_pixels(flat: np.ndarray, ccdmask: dict[str, Any] | None = None,
     out = np.zeros(flat.shape, dtype=bool)
     for rows, cols in channels(flat.shape, bayer_pattern):
         part = flat[rows, cols]
-        out[rows, cols] = np.asarray(ccdproc.ccdmask(np.nan_to_num(part, nan=np.nanmedian(part)), **(ccdmask or {})))
+        out[rows, cols] = np.asarray(
+            ccdproc.ccdmask(
+                np.nan_to_num(part, nan=np.nanmedian(part)), **(ccdmask or {})
+            )
+        )
     return out
 
 
-def light_outliers(light: np.ndarray, sigma: float, filter_px: int, bayer_pattern: str | None = None) -> np.ndarray:
+def light_outliers(
+    light: np.ndarray, sigma: float, filter_px: int, bayer_pattern: str | None = None
+) -> np.ndarray:
     """Pixels of one light more than ``sigma`` robust sigmas above its median filter.
 
     Parameters
@@ -245,14 +269,19 @@ def light_outliers(light: np.ndarray, sigma: float, filter_px: int, bayer_patter
     for rows, cols in channels(light.shape, bayer_pattern):
         part = light[rows, cols]
         residual = part - median_filter(part, size=filter_px, mode="reflect")
-        median, spread = robust_sigma(residual[::2, ::2])  # a quarter of the pixels: the same statistics
+        median, spread = robust_sigma(
+            residual[::2, ::2]
+        )  # a quarter of the pixels: the same statistics
         if np.isfinite(median) and spread > 0:
             out[rows, cols] = residual > median + sigma * spread
     return out
 
 
-def mask_from_lights(lights: Iterable[np.ndarray], settings: BadPixelSettings,
-                     bayer_pattern: str | None = None) -> np.ndarray:
+def mask_from_lights(
+    lights: Iterable[np.ndarray],
+    settings: BadPixelSettings,
+    bayer_pattern: str | None = None,
+) -> np.ndarray:
     """Pixels that are outliers (:func:`light_outliers`) in at least ``lights_fraction`` of ``lights``.
 
     Parameters
@@ -273,7 +302,9 @@ def mask_from_lights(lights: Iterable[np.ndarray], settings: BadPixelSettings,
     """
     counts, n = None, 0
     for light in lights:
-        hits = light_outliers(light, settings.lights_sigma, settings.lights_filter_px, bayer_pattern)
+        hits = light_outliers(
+            light, settings.lights_sigma, settings.lights_filter_px, bayer_pattern
+        )
         counts = hits.astype(np.uint16) if counts is None else counts + hits
         n += 1
     if counts is None:
@@ -322,8 +353,12 @@ def _group_key(frame: Frame, exact: Sequence[str]) -> tuple:
     return (*(match_value(frame, c) for c in exact), frame.night)
 
 
-def plan_badpix(session: Session, *, filters: FrameFilter | None = None,
-                rules: RuleBook | MatchingRules | None = None) -> list[BadpixPlan]:
+def plan_badpix(
+    session: Session,
+    *,
+    filters: FrameFilter | None = None,
+    rules: RuleBook | MatchingRules | None = None,
+) -> list[BadpixPlan]:
     """The masks to build: per set-up (the rules' ``[badpix]`` ``exact`` columns) and night,
     from the night's master darks and flats (not marked bad), or, for lights that no master dark
     serves, from those lights (at least ``min_frames`` of them) and the night's flats.
@@ -350,26 +385,45 @@ def plan_badpix(session: Session, *, filters: FrameFilter | None = None,
         exact = matching[BADPIX].exact
         key = (frame.instrument_id, *_group_key(frame, exact))
         if key not in groups:
-            groups[key] = BadpixPlan(names.get(frame.instrument_id),
-                                     {**{c: match_value(frame, c) for c in exact if c != "instrument"},
-                                      "night": frame.night})
+            groups[key] = BadpixPlan(
+                names.get(frame.instrument_id),
+                {
+                    **{c: match_value(frame, c) for c in exact if c != "instrument"},
+                    "night": frame.night,
+                },
+            )
         return groups[key]
 
     for kind in ("dark", "flat"):
-        query = frame_query(replace(base, image_type=f"master_{kind}")).join(Master, Master.frame_id == Frame.id)
-        for frame in session.scalars(query.where(~Master.is_bad).order_by(Frame.date_obs_s, Frame.id)):
+        query = frame_query(replace(base, image_type=f"master_{kind}")).join(
+            Master, Master.frame_id == Frame.id
+        )
+        for frame in session.scalars(
+            query.where(~Master.is_bad).order_by(Frame.date_obs_s, Frame.id)
+        ):
             plan = plan_for(frame)
             if plan is not None:
                 (plan.darks if kind == "dark" else plan.flats).append(frame)
     by_group: dict[tuple, list[Frame]] = defaultdict(list)
-    for light in session.scalars(frame_query(replace(base, image_type="light")).order_by(Frame.date_obs_s, Frame.id)):
+    for light in session.scalars(
+        frame_query(replace(base, image_type="light")).order_by(
+            Frame.date_obs_s, Frame.id
+        )
+    ):
         matching = rules_for(rules, names.get(light.instrument_id))
         if BADPIX in matching.kinds and light.night is not None:
-            by_group[(light.instrument_id, *_group_key(light, matching[BADPIX].exact))].append(light)
+            by_group[
+                (light.instrument_id, *_group_key(light, matching[BADPIX].exact))
+            ].append(light)
     for lights in by_group.values():
-        if len(lights) < rules_for(rules, names.get(lights[0].instrument_id))[BADPIX].min_frames:
+        if (
+            len(lights)
+            < rules_for(rules, names.get(lights[0].instrument_id))[BADPIX].min_frames
+        ):
             continue
-        if explain_selection(session, lights[len(lights) // 2], "dark", rules=rules).found:
+        if explain_selection(
+            session, lights[len(lights) // 2], "dark", rules=rules
+        ).found:
             continue  # a master dark serves the sequence: its hot pixels come from there
         plan = plan_for(lights[0])
         if plan is not None and not plan.darks:
@@ -383,7 +437,9 @@ class _Counts:
     cold: int = 0
 
 
-def compute_mask(plan: BadpixPlan, paths: dict[int, str], settings: BadPixelSettings) -> tuple[np.ndarray, _Counts]:
+def compute_mask(
+    plan: BadpixPlan, paths: dict[int, str], settings: BadPixelSettings
+) -> tuple[np.ndarray, _Counts]:
     """The mask of ``plan`` (uint8: :data:`HOT`, :data:`COLD`) and how many pixels of each.
 
     Raises
@@ -401,32 +457,78 @@ def compute_mask(plan: BadpixPlan, paths: dict[int, str], settings: BadPixelSett
         if mask is None:
             mask = np.zeros(bits.shape, dtype=np.uint8)
         if bits.shape != mask.shape:
-            raise ValueError(f"bad-pixel inputs of shapes {bits.shape} and {mask.shape}")
+            raise ValueError(
+                f"bad-pixel inputs of shapes {bits.shape} and {mask.shape}"
+            )
         mask[bits] |= np.uint8(value)
 
     for frame in plan.darks:
-        add(hot_pixels(read_pixels(paths[frame.id], frame.hdu_index)[0], settings.hot_sigma, bayer), HOT)
+        add(
+            hot_pixels(
+                read_pixels(paths[frame.id], frame.hdu_index)[0],
+                settings.hot_sigma,
+                bayer,
+            ),
+            HOT,
+        )
     if plan.lights and not plan.darks:
         step = max(1, len(plan.lights))
-        picks = sorted({int(round(i)) for i in np.linspace(0, step - 1, min(step, settings.lights_max_frames))})
-        lights = (read_pixels(paths[plan.lights[i].id], plan.lights[i].hdu_index, dtype=np.float32)[0] for i in picks)
+        picks = np.unique(
+            np.linspace(0, step - 1, min(step, settings.lights_max_frames))
+            .round()
+            .astype(int)
+        )
+        lights = (
+            read_pixels(
+                paths[plan.lights[i].id], plan.lights[i].hdu_index, dtype=np.float32
+            )[0]
+            for i in picks
+        )
         add(mask_from_lights(lights, settings, bayer), HOT)
     for frame in plan.flats:
-        add(cold_pixels(read_pixels(paths[frame.id], frame.hdu_index)[0], settings.ccdmask, bayer), COLD)
-    return mask, _Counts(int(np.count_nonzero(mask & HOT)), int(np.count_nonzero(mask & COLD)))
+        add(
+            cold_pixels(
+                read_pixels(paths[frame.id], frame.hdu_index)[0],
+                settings.ccdmask,
+                bayer,
+            ),
+            COLD,
+        )
+    return mask, _Counts(
+        int(np.count_nonzero(mask & HOT)), int(np.count_nonzero(mask & COLD))
+    )
 
 
-def _header(plan: BadpixPlan, fp: str, rule_version: str, counts: _Counts, names: Sequence[str]) -> fits.Header:
+def _header(
+    plan: BadpixPlan, fp: str, rule_version: str, counts: _Counts, names: Sequence[str]
+) -> fits.Header:
     first = header_from_text(plan.frames[0].header)
     first.strip()
-    for key in ("BZERO", "BSCALE", "BUNIT", kw.EXPOSURE_TIME, kw.NCOMBINE, kw.COMBINE, kw.BIAS_SUBTRACTED,
-                kw.NORMALIZED, "FILTER", kw.HISTORY):
+    for key in (
+        "BZERO",
+        "BSCALE",
+        "BUNIT",
+        kw.EXPOSURE_TIME,
+        kw.NCOMBINE,
+        kw.COMBINE,
+        kw.BIAS_SUBTRACTED,
+        kw.NORMALIZED,
+        "FILTER",
+        kw.HISTORY,
+    ):
         first.remove(key, ignore_missing=True, remove_all=True)
     dates = [f.date_obs_s for f in plan.frames if f.date_obs_s is not None]
     if dates:
-        first[kw.DATE_OBS] = (from_epoch_seconds(sum(dates) / len(dates)).isoformat(timespec="milliseconds"),
-                              "mean DATE-OBS of the inputs (UTC)")
-    first[kw.IMAGE_TYPE] = (kw.IMAGE_TYPE_VALUES["master_badpix"], "archive bad-pixel mask (1 hot, 2 cold)")
+        first[kw.DATE_OBS] = (
+            from_epoch_seconds(sum(dates) / len(dates)).isoformat(
+                timespec="milliseconds"
+            ),
+            "mean DATE-OBS of the inputs (UTC)",
+        )
+    first[kw.IMAGE_TYPE] = (
+        kw.IMAGE_TYPE_VALUES["master_badpix"],
+        "archive bad-pixel mask (1 hot, 2 cold)",
+    )
     first[kw.NCOMBINE] = (len(plan.frames), "frames the mask is made from")
     first[kw.BADPIX_SOURCE] = (plan.source, "hot pixels from master darks or lights")
     first[kw.BADPIX_HOT] = (counts.hot, "hot pixels (value 1)")
@@ -440,12 +542,23 @@ def _header(plan: BadpixPlan, fp: str, rule_version: str, counts: _Counts, names
 
 
 def _roles(plan: BadpixPlan) -> list[tuple[Frame, str]]:
-    return ([(f, "master_dark") for f in plan.darks] + [(f, "master_flat") for f in plan.flats]
-            + [(f, "light") for f in plan.lights])
+    return (
+        [(f, "master_dark") for f in plan.darks]
+        + [(f, "master_flat") for f in plan.flats]
+        + [(f, "light") for f in plan.lights]
+    )
 
 
-def build_badpix(engine: Engine, *, filters: FrameFilter | None, rules: RuleBook | MatchingRules, library: Path,
-                 products: ProductRun, summary: Any, progress: Progress | None = None) -> None:
+def build_badpix(
+    engine: Engine,
+    *,
+    filters: FrameFilter | None,
+    rules: RuleBook | MatchingRules,
+    library: Path,
+    products: ProductRun,
+    summary: Any,
+    progress: Progress | None = None,
+) -> None:
     """Build the bad-pixel masks of :func:`plan_badpix` into ``library/<instrument>/badpix/``.
 
     Each mask is a master of kind ``badpix``: its fingerprint (inputs with roles, the settings,
@@ -469,17 +582,42 @@ def build_badpix(engine: Engine, *, filters: FrameFilter | None, rules: RuleBook
 
 
 def _done(session: Session, fp: str) -> bool:
-    return session.scalar(select(Reduction.id).where(Reduction.fingerprint == fp, Reduction.status == "done",
-                                                     ~pruned_condition()).limit(1)) is not None
+    return (
+        session.scalar(
+            select(Reduction.id)
+            .where(
+                Reduction.fingerprint == fp,
+                Reduction.status == "done",
+                ~pruned_condition(),
+            )
+            .limit(1)
+        )
+        is not None
+    )
 
 
-def _build_one(engine: Engine, plan: BadpixPlan, rules: RuleBook | MatchingRules, library: Path, products: ProductRun,
-               summary: Any) -> None:
+def _build_one(
+    engine: Engine,
+    plan: BadpixPlan,
+    rules: RuleBook | MatchingRules,
+    library: Path,
+    products: ProductRun,
+    summary: Any,
+) -> None:
     matching = rules_for(rules, plan.instrument)
     settings = bad_pixel_settings(plan.instrument)
-    parameters = {"source": plan.source, "group": {k: str(v) for k, v in plan.key.items()}, **settings.parameters}
+    parameters = {
+        "source": plan.source,
+        "group": {k: str(v) for k, v in plan.key.items()},
+        **settings.parameters,
+    }
     roles = _roles(plan)
-    fp = fingerprint("master_badpix", [(f.sha256, role) for f, role in roles], parameters, matching.version)
+    fp = fingerprint(
+        "master_badpix",
+        [(f.sha256, role) for f, role in roles],
+        parameters,
+        matching.version,
+    )
     with session_scope(engine) as session:
         if _done(session, fp):
             summary.unchanged += 1
@@ -487,17 +625,36 @@ def _build_one(engine: Engine, plan: BadpixPlan, rules: RuleBook | MatchingRules
         paths = canonical_paths(session, [f.id for f in plan.frames])
     missing = [f.id for f in plan.frames if f.id not in paths]
     if missing:
-        raise ArchiveError(f"frame(s) #{', #'.join(map(str, missing))} have no file on disk")
+        raise ArchiveError(
+            f"frame(s) #{', #'.join(map(str, missing))} have no file on disk"
+        )
     mask, counts = compute_mask(plan, paths, settings)
-    header = _header(plan, fp, matching.version, counts, [Path(paths[f.id]).name for f in plan.frames])
-    setup = "_".join(safe_component(str(v), "x") for v in plan.key.values() if v is not None)
+    header = _header(
+        plan,
+        fp,
+        matching.version,
+        counts,
+        [Path(paths[f.id]).name for f in plan.frames],
+    )
+    setup = "_".join(
+        safe_component(str(v), "x") for v in plan.key.values() if v is not None
+    )
     target = render_path(
-        library, LIBRARY_LAYOUT, instrument=safe_component(plan.instrument, "unknown-instrument"), kind=BADPIX,
+        library,
+        LIBRARY_LAYOUT,
+        instrument=safe_component(plan.instrument, "unknown-instrument"),
+        kind=BADPIX,
         name=f"{safe_component(f'master_badpix_{setup}')}_{fp[:10]}.fits",
     )
     with session_scope(engine, write=True) as session:
-        reduction = start_reduction(session, "master_badpix", fp, parameters, matching.version,
-                                    [(f.id, role) for f, role in roles])
+        reduction = start_reduction(
+            session,
+            "master_badpix",
+            fp,
+            parameters,
+            matching.version,
+            [(f.id, role) for f, role in roles],
+        )
         reduction_id = reduction.id if reduction is not None else None
         done = reduction is None and _done(session, fp)
     if reduction_id is None:
@@ -510,17 +667,32 @@ def _build_one(engine: Engine, plan: BadpixPlan, rules: RuleBook | MatchingRules
         write_atomic(target, mask, header, dtype=np.uint8)
 
         def link(session: Session, frame_id: int) -> None:
-            master = session.get(Master, frame_id) or Master(frame_id=frame_id, kind=BADPIX, created_at=utcnow())
+            master = session.get(Master, frame_id) or Master(
+                frame_id=frame_id, kind=BADPIX, created_at=utcnow()
+            )
             master.kind, master.origin = BADPIX, "built"
-            master.n_combined, master.combine_method = len(plan.frames), f"badpix:{plan.source}"
+            master.n_combined, master.combine_method = (
+                len(plan.frames),
+                f"badpix:{plan.source}",
+            )
             master.bias_subtracted, master.rule_version = False, matching.version
             master.is_bad = bool(master.is_bad)
             session.add(master)
 
         frame_id = record_product(products, reduction_id, target, link=link)
         summary.built.append((BADPIX, frame_id, str(target)))
-        log.info("built bad-pixel mask %s (%d hot, %d cold) -> %s", plan.describe(), counts.hot, counts.cold, target)
+        log.info(
+            "built bad-pixel mask %s (%d hot, %d cold) -> %s",
+            plan.describe(),
+            counts.hot,
+            counts.cold,
+            target,
+        )
     except BaseException as exc:
-        fail_product(engine, reduction_id, str(exc) or type(exc).__name__,
-                     failure="error" if isinstance(exc, Exception) else "interrupted")
+        fail_product(
+            engine,
+            reduction_id,
+            str(exc) or type(exc).__name__,
+            failure="error" if isinstance(exc, Exception) else "interrupted",
+        )
         raise
