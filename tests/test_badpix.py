@@ -253,6 +253,40 @@ def test_without_darks_the_mask_comes_from_the_lights(db_url, tmp_path):
             }
             assert roles == {"light", "master_flat"}
             _assert_shifts_follow_the_drift(_shifts(session))
+        # a light arriving later (archive watch runs the night again) is calibrated with that
+        # mask: the mask is not remade, nor the lights calibrated before
+        folder = tmp_path / "imaging" / "2026-11-20"
+        image = (
+            520
+            + 1000
+            + _stars(3.1 * 8, -2.3 * 8)
+            + np.random.default_rng(9).normal(0, 10, SHAPE)
+        )
+        image[HOT[:, 0], HOT[:, 1]] += 2000
+        _write(folder / "m31_8.fits", "LIGHT", 60.0, 28, image)
+        env = {"ARCHIVE_CONFIG": str(tmp_path / "config.toml")}
+        again = CliRunner().invoke(
+            main,
+            [
+                "--db",
+                db_url,
+                "night",
+                "2026-11-20",
+                "--root",
+                str(tmp_path / "imaging"),
+                "--output",
+                str(tmp_path / "out"),
+                "--serial",
+                "--no-measure",
+            ],
+            env=env,
+            catch_exceptions=False,
+        )
+        assert again.exit_code == 0, again.output
+        assert "1 calibrated" in again.output, again.output
+        with session_scope(engine) as session:
+            assert _mask_of(session)[0].frame_id == master.frame_id
+            assert not [p for p in find_stale(session) if p.step == "calibrate"]
     finally:
         engine.dispose()
 

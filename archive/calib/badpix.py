@@ -361,7 +361,9 @@ def plan_badpix(
 ) -> list[BadpixPlan]:
     """The masks to build: per set-up (the rules' ``[badpix]`` ``exact`` columns) and night,
     from the night's master darks and flats (not marked bad), or, for lights that no master dark
-    serves, from those lights (at least ``min_frames`` of them) and the night's flats.
+    serves, from those lights (at least ``min_frames`` of them) and the night's flats. A mask
+    made from a sequence's lights is made once: a later run with more lights of that night
+    (``archive watch``) keeps it rather than remaking it and every light calibrated with it.
 
     Parameters
     ----------
@@ -404,6 +406,23 @@ def plan_badpix(
             plan = plan_for(frame)
             if plan is not None:
                 (plan.darks if kind == "dark" else plan.flats).append(frame)
+    # a sequence's mask from its lights is made once: lights added later (archive watch runs the
+    # night again as they arrive) do not remake it, nor the night's calibrated lights with it
+    made_from_lights = set()
+    for mframe in session.scalars(
+        select(Frame)
+        .join(Master, Master.frame_id == Frame.id)
+        .where(
+            Master.kind == BADPIX,
+            Master.combine_method == "badpix:lights",
+            ~Master.is_bad,
+        )
+    ):
+        matching = rules_for(rules, names.get(mframe.instrument_id))
+        if BADPIX in matching.kinds:
+            made_from_lights.add(
+                (mframe.instrument_id, *_group_key(mframe, matching[BADPIX].exact))
+            )
     by_group: dict[tuple, list[Frame]] = defaultdict(list)
     for light in session.scalars(
         frame_query(replace(base, image_type="light")).order_by(
@@ -415,7 +434,11 @@ def plan_badpix(
             by_group[
                 (light.instrument_id, *_group_key(light, matching[BADPIX].exact))
             ].append(light)
-    for lights in by_group.values():
+    for key, lights in by_group.items():
+        if key in made_from_lights:
+            if key in groups and not groups[key].darks:
+                del groups[key]  # its flats are in that mask already
+            continue
         if (
             len(lights)
             < rules_for(rules, names.get(lights[0].instrument_id))[BADPIX].min_frames
