@@ -94,9 +94,9 @@ def test_night_summary_counts_what_the_files_hold(arcsat_night):
     # the stack of XO1-b holds its 16 lights
     assert len(report.stacks) == 1 and report.stacks.loc[0, "n_combined"] == len(expected["lights"][("XO1-b", "z")])
     assert got[("XO1-b", "z")].stacked == 16
-    # thumbnails: 3 masters, the stack, a few lights; each decodes
+    # thumbnails: 3 masters and the bad-pixel mask, the stack, a few lights; each decodes
     kinds = collections.Counter(t.kind for t in report.thumbnails)
-    assert kinds["master"] == 3 and kinds["stack"] == 1 and 1 <= kinds["light"] <= 4
+    assert kinds["master"] == 4 and kinds["stack"] == 1 and 1 <= kinds["light"] <= 4
     for thumb in report.thumbnails:
         assert thumb.error is None, thumb.error
         image = _decodes(thumb.png)
@@ -171,7 +171,7 @@ def test_night_report_command_writes_a_self_contained_page(arcsat_night, tmp_pat
     # to standard output, without the images: the page and its one plot
     piped = _report(arcsat_night, "2025-06-01", "-o", "-", "--no-thumbnails")
     assert piped.exit_code == 0, piped.output
-    assert len(_check_page(piped.output, expected)) == 1 and "Images left out (8 frame(s)" in piped.output
+    assert len(_check_page(piped.output, expected)) == 1 and "Images left out (9 frame(s)" in piped.output  # the mask too
 
 
 def test_archive_night_writes_the_report_and_prints_its_path(arcsat_night):
