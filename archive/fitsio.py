@@ -127,8 +127,9 @@ def set_card(header: fits.Header, key: str, value, comment: str = "") -> None:
 
 
 def write_atomic(path: str | Path, data: np.ndarray, header: fits.Header,
-                 extensions: Sequence[tuple[str, np.ndarray]] = ()) -> Path:
-    """Write ``data`` as float32 FITS to ``path`` through a temporary name and a rename.
+                 extensions: Sequence[tuple[str, np.ndarray]] = (), dtype=np.float32) -> Path:
+    """Write ``data`` as FITS of ``dtype`` (float32; a mask uint8) to ``path`` through a
+    temporary name and a rename.
 
     ``extensions`` (name, image) follow the primary HDU as float32 image extensions of those
     names (a dark model's intercept, :mod:`archive.calib.ladder`).
@@ -142,7 +143,7 @@ def write_atomic(path: str | Path, data: np.ndarray, header: fits.Header,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
-    hdu = fits.HDUList([fits.PrimaryHDU(np.asarray(data, dtype=np.float32), header=header)] + [
+    hdu = fits.HDUList([fits.PrimaryHDU(np.asarray(data, dtype=dtype), header=header)] + [
         fits.ImageHDU(np.asarray(image, dtype=np.float32), name=name) for name, image in extensions])
     try:
         with open(tmp, "wb") as fh:

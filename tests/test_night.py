@@ -99,12 +99,13 @@ def test_the_night_adds_three_ingest_runs(night):
     with session_scope(night["engine"]) as session:
         runs = session.scalars(select(IngestRun).order_by(IngestRun.id)).all()
         products = session.scalar(select(func.count()).select_from(Frame).where(Frame.reduction_id.is_not(None)))
-        assert products >= 1 + 16 + 16 + 1 + 3  # a stack, calibrated and registered lights, three masters
+        # a stack, calibrated and registered lights, three masters and the bad-pixel mask
+        assert products >= 1 + 16 + 16 + 1 + 4
         assert len(runs) == 3
         assert all(run.finished_at is not None for run in runs)
         per_run = dict(session.execute(select(Frame.run_id, func.count()).group_by(Frame.run_id)).all())
-        assert per_run[runs[1].id] == 3 and runs[1].n_new == 3  # the masters
-        assert per_run[runs[2].id] == runs[2].n_new == products - 3  # calibrated, registered, stacked
+        assert per_run[runs[1].id] == 4 and runs[1].n_new == 4  # the masters and the mask
+        assert per_run[runs[2].id] == runs[2].n_new == products - 4  # calibrated, registered, stacked
 
 
 def test_calibrated_pixels_equal_numpy_from_raw(night):
@@ -126,12 +127,18 @@ def test_calibrated_pixels_equal_numpy_from_raw(night):
         path = session.scalar(select(Copy.path).where(Copy.frame_id == calibrated.id, Copy.is_current))
         selections = session.scalars(select(CalibrationSelection).where(
             CalibrationSelection.reduction_id == calibrated.reduction_id)).all()
-    assert {s.kind: s.method for s in selections} == {"bias": "exact", "dark": "exact", "flat": "exact"}
+        mask_id = next(s.master_id for s in selections if s.kind == "badpix")
+        mask_path = session.scalar(select(Copy.path).where(Copy.frame_id == mask_id, Copy.is_current))
+    # the night's bad-pixel mask (issue 10) is applied too: its pixels are NaN, the others as before
+    assert {s.kind: s.method for s in selections} == {"bias": "exact", "dark": "exact", "flat": "exact",
+                                                       "badpix": "exact"}
     with fits.open(path) as hdul:
         got, header = hdul[0].data.astype(np.float64), hdul[0].header
-    assert header["BITPIX"] == -32 and header[kw.STEPS] == "bias,dark,flat"
+    assert header["BITPIX"] == -32 and header[kw.STEPS] == "bias,dark,flat,bad_pixels"
     assert header[kw.MASTER_DARK].startswith("master_dark")
-    np.testing.assert_allclose(got, expected, rtol=2e-4, atol=0.05)
+    masked = fits.getdata(mask_path) != 0
+    assert 0 < masked.sum() < 0.01 * masked.size and np.array_equal(np.isnan(got), masked)
+    np.testing.assert_allclose(got[~masked], expected[~masked], rtol=2e-4, atol=0.05)
 
 
 def test_provenance_leads_from_the_stack_to_every_raw_frame(night):
@@ -151,7 +158,8 @@ def test_provenance_leads_from_the_stack_to_every_raw_frame(night):
     assert {f.target_key for f in raw.values() if f.image_type == "light"} == {"xo1b"}
     assert tree["reduction"]["step"] == "stack" and len(tree["inputs"]) == 16
     steps = {p["step"] for p in bias_products}
-    assert steps == {"master_dark", "master_flat", "calibrate", "register", "stack"}
+    # (the bad-pixel mask is made from the master dark and flat, so from the bias too)
+    assert steps == {"master_dark", "master_flat", "master_badpix", "calibrate", "register", "stack"}
     # the CLI: JSON tree, and the reverse
     out = night["runner"].invoke(main, ["--db", night["url"], "provenance", "--json", stack_path], env=night["env"])
     assert out.exit_code == 0, out.output
@@ -180,9 +188,10 @@ def test_provenance_summary_tree_and_used_by_fit_the_terminal(night):
     lines = summary.stdout.splitlines()
     assert summary.exit_code == 0 and len(lines) <= 20 and max(map(len, lines)) <= 100
     assert "raw frames: 31 (16 light, 5 bias, 5 dark, 5 flat)" in summary.stdout
-    assert "16 calibrate" in summary.stdout and "16 register" in summary.stdout and "1 stack" in summary.stdout
+    text = " ".join(summary.stdout.split())  # the steps line wraps since the mask's step joined it
+    assert "16 calibrate" in text and "16 register" in text and "1 stack" in text and "1 master_badpix" in text
     assert "total exposure: 16 min" in summary.stdout
-    assert sum(line.lstrip().startswith("master: master_") for line in lines) == 3
+    assert sum(line.lstrip().startswith("master: master_") for line in lines) == 4  # bias, dark, flat, mask
     tree = _cli(night, "provenance", "--tree", stack_path, columns=90).stdout.splitlines()
     assert len(tree) > 100 and max(map(len, tree)) <= 90
     used = _cli(night, "provenance", "--used-by", bias_path).stdout.splitlines()
@@ -293,10 +302,11 @@ def test_night_and_reduce_print_what_they_made(night):
         def paths(image_type):
             return sorted(session.scalars(select(Copy.path).join(Frame, Frame.id == Copy.frame_id)
                                           .where(Frame.image_type == image_type)))
-        stacks, masters = paths("stacked"), paths("master_bias") + paths("master_dark") + paths("master_flat")
+        stacks = paths("stacked")
+        masters = paths("master_bias") + paths("master_dark") + paths("master_flat") + paths("master_badpix")
     printed_stacks = [line.strip()[len("stack: "):] for line in output.splitlines() if line.strip().startswith("stack: ")]
     printed_masters = [line.strip()[len("master: "):] for line in output.splitlines() if line.strip().startswith("master: ")]
     assert len(printed_stacks) == 1 and set(printed_stacks) <= set(stacks)  # (other tests may add stacks later)
-    assert len(printed_masters) == 3 and set(printed_masters) <= set(masters)
+    assert len(printed_masters) == 4 and set(printed_masters) <= set(masters)  # and the bad-pixel mask
     assert all(Path(p).is_file() for p in printed_stacks + printed_masters)
     assert f"products under {night['base'] / 'reduced'}" in output

@@ -82,18 +82,21 @@ def test_night_summary_counts_what_the_files_hold(arcsat_night):
     assert sum(r.rejected for r in got.values()) == len(rejected)
     assert report.quality["fwhm_px"].notna().sum() > 0
     # masters: one per kind built from the night's calibrations, chosen for every light
-    assert sorted(report.masters_built["kind"]) == ["bias", "dark", "flat"]
-    assert (report.masters_built["n_combined"] == 5).all()
+    # (and the night's bad-pixel mask, made from its master dark and flat: issue 10)
+    assert sorted(report.masters_built["kind"]) == ["badpix", "bias", "dark", "flat"]
+    calibrations = report.masters_built[report.masters_built["kind"] != "badpix"]
+    assert (calibrations["n_combined"] == 5).all()
+    assert (report.masters_built[report.masters_built["kind"] == "badpix"]["n_combined"] == 2).all()
     chosen = report.masters_chosen.groupby("kind")["lights"].sum().to_dict()
-    assert chosen == {k: expected["types"]["light"] for k in ("bias", "dark", "flat")}
+    assert chosen == {k: expected["types"]["light"] for k in ("badpix", "bias", "dark", "flat")}
     assert set(report.masters_chosen["master_id"]) <= set(report.masters_built["frame_id"])
     assert report.missing.empty
     # the stack of XO1-b holds its 16 lights
     assert len(report.stacks) == 1 and report.stacks.loc[0, "n_combined"] == len(expected["lights"][("XO1-b", "z")])
     assert got[("XO1-b", "z")].stacked == 16
-    # thumbnails: 3 masters, the stack, a few lights; each decodes
+    # thumbnails: 3 masters and the bad-pixel mask, the stack, a few lights; each decodes
     kinds = collections.Counter(t.kind for t in report.thumbnails)
-    assert kinds["master"] == 3 and kinds["stack"] == 1 and 1 <= kinds["light"] <= 4
+    assert kinds["master"] == 4 and kinds["stack"] == 1 and 1 <= kinds["light"] <= 4
     for thumb in report.thumbnails:
         assert thumb.error is None, thumb.error
         image = _decodes(thumb.png)
@@ -161,14 +164,14 @@ def test_night_report_command_writes_a_self_contained_page(arcsat_night, tmp_pat
     assert result.exit_code == 0, result.output
     assert result.output.strip() == str(out)
     images = _check_page(out.read_text(encoding="utf-8"), expected)
-    # the quality plot, 3 masters, the stack and up to 4 lights
-    assert 1 + 3 + 1 + 1 <= len(images) <= 1 + 3 + 1 + 4
+    # the quality plot, 3 masters and the bad-pixel mask, the stack and up to 4 lights
+    assert 1 + 4 + 1 + 1 <= len(images) <= 1 + 4 + 1 + 4
     assert all(min(image.size) > 16 for image in images)
     assert not list(out.parent.glob(".*"))  # no temporary file left
     # to standard output, without the images: the page and its one plot
     piped = _report(arcsat_night, "2025-06-01", "-o", "-", "--no-thumbnails")
     assert piped.exit_code == 0, piped.output
-    assert len(_check_page(piped.output, expected)) == 1 and "Images left out (8 frame(s)" in piped.output
+    assert len(_check_page(piped.output, expected)) == 1 and "Images left out (9 frame(s)" in piped.output  # the mask too
 
 
 def test_archive_night_writes_the_report_and_prints_its_path(arcsat_night):

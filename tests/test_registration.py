@@ -198,6 +198,18 @@ def _centre_error(result: dict, k: int, k_ref: int, centre: float = 128.0) -> fl
     return float(np.hypot(x - (centre - 4.1 * (k - k_ref)), y - (centre + 2.7 * (k - k_ref))))
 
 
+def _rules_without_masks(folder):
+    """The bundled matching rules without their [badpix] table: no bad-pixel mask is built or
+    selected (issue 10 part 2), so the hot pixels stay in the calibrated frames, as this test of
+    registration against fixed pattern needs."""
+    from archive.resources import resource_dir
+
+    shutil.copytree(resource_dir("configs") / "matching", folder)
+    text = (folder / "default.toml").read_text()
+    (folder / "default.toml").write_text(text[: text.index("\n[badpix]\n")] + text[text.index("\n[combine]\n"):])
+    return folder
+
+
 def test_a_faint_sequence_is_detected_afresh_not_from_the_stored_star_lists(db_url, tmp_path):
     """A faint SYNTHETIC sequence, measured (star lists stored) then registered: the stored
     lists hold fewer than reuse_min_stars stars, so registration detects the whole group afresh
@@ -207,7 +219,8 @@ def test_a_faint_sequence_is_detected_afresh_not_from_the_stored_star_lists(db_u
     on a faint frame the measurement keeps only stars whose shapes it can measure."""
     _faint_night(tmp_path / "imaging" / "2026-11-20")
     config = tmp_path / "config.toml"
-    config.write_text(f'[masters]\nlibrary = "{tmp_path / "masters"}"\n')
+    rules = _rules_without_masks(tmp_path / "rules")
+    config.write_text(f'[masters]\nlibrary = "{tmp_path / "masters"}"\nrules = "{rules}"\n')
     args = ["--db", db_url, "night", "2026-11-20", "--root", str(tmp_path / "imaging"), "--output",
             str(tmp_path / "out"), "--serial"]
     result = CliRunner().invoke(main, args, env={"ARCHIVE_CONFIG": str(config)}, catch_exceptions=False)

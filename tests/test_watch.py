@@ -206,7 +206,8 @@ def test_stop_and_restart_lose_nothing_and_do_nothing_twice(db_url, tmp_path):
     assert second["calibrations"] == 5 + 3  # every light once: none twice, none lost
     assert second["runs"] == first["runs"] + 3 + 3  # per folder: its ingest, its masters, its products
     with session_scope(engine) as session:
-        assert session.scalar(select(func.count()).select_from(Reduction).where(Reduction.step.like("master%"))) == 6
+        # per night its master bias, dark, flat and bad-pixel mask, each made once
+        assert session.scalar(select(func.count()).select_from(Reduction).where(Reduction.step.like("master%"))) == 8
     assert not list((tmp_path / "reduced" / ".watch").glob("*.json"))  # the journal is empty again
     # 4. restarted with nothing new: nothing is done
     running = _Running(engine, root, settings, config)

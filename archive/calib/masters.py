@@ -41,7 +41,7 @@ from archive.calib.select import explain_selection, interpolation_weights, recor
 from archive.calib.selection import Selection
 from archive.config import Settings, load_settings
 from archive.db.base import utcnow
-from archive.db.models import CALIBRATION_KINDS, DARK_MODEL, Frame, Master, Reduction
+from archive.db.models import BADPIX, CALIBRATION_KINDS, DARK_MODEL, Frame, Master, Reduction
 from archive.db.session import session_scope
 from archive.errors import ArchiveError
 from archive import keywords as kw
@@ -331,7 +331,8 @@ def build_masters(
     progress: Progress | None = None,
     products: ProductRun | None = None,
 ) -> BuildSummary:
-    """Build the masters of the raw calibrations matching ``filters``, bias then dark then flat.
+    """Build the masters of the raw calibrations matching ``filters``, bias then dark then flat,
+    then the bad-pixel masks of their nights (:mod:`archive.calib.badpix`).
 
     Each group (:func:`plan_masters`) becomes one master: median or sigma-clipped mean
     (``combine`` of the rules), darks with the master bias subtracted (so that they scale with
@@ -355,8 +356,12 @@ def build_masters(
     engine : Engine
     filters : FrameFilter, optional
         Which raw calibrations (night, since/until, instrument, ...); the type is set per kind.
-    kinds : sequence of {'bias', 'dark', 'flat'}
-        Built in the order bias, dark, flat whatever the order given.
+    kinds : sequence of {'bias', 'dark', 'flat', 'badpix'}
+        Built in the order bias, dark, flat, badpix whatever the order given (default the
+        three calibrations; ``archive masters build`` and ``archive night`` ask for
+        :data:`archive.db.models.LIBRARY_KINDS`, the mask included). ``badpix``: the
+        masks of the master darks and flats (and of the lights no dark serves) that
+        ``filters`` selects (:func:`archive.calib.badpix.build_badpix`).
     rules : RuleBook or MatchingRules, optional
         Default: the bundled ``configs/matching``.
     library : Path, optional
@@ -420,6 +425,11 @@ def _build_kinds(engine, kinds, filters, rules, library, memory_limit_mb, produc
             from archive.calib.ladder import build_dark_models  # ladder builds on this module's helpers
 
             build_dark_models(engine, filters, rules, library, memory_limit_mb, products, progress, summary)
+    if BADPIX in kinds:
+        from archive.calib.badpix import build_badpix
+
+        build_badpix(engine, filters=filters, rules=rules, library=library, products=products, summary=summary,
+                     progress=progress)
 
 
 def _plan_fingerprint(plan: MasterPlan, calib_frames: dict[int, tuple[str, str]], parameters: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ from archive.calib.rules import MatchingRules, RuleBook, default_rulebook
 from archive.calib.selection import rules_for
 from archive.db.bulk import index_seeks
 from archive.db.frames import instrument_names
-from archive.db.models import DARK_MODEL, LIBRARY_KINDS, MASTER_TYPES, Frame, Master
+from archive.db.models import CALIBRATION_KINDS, DARK_MODEL, MASTER_KINDS, MASTER_TYPES, Frame, Master
 
 
 def kinds_in_library(session: Session, *, include_bad: bool = False,
@@ -28,7 +28,7 @@ def kinds_in_library(session: Session, *, include_bad: bool = False,
     that stops at the first master found (one statement), not by reading the whole library."""
     out: dict[int | None, set[str]] = defaultdict(set)
     if instrument_ids is not None:
-        pairs = [(iid, kind) for iid in sorted({i for i in instrument_ids if i is not None}) for kind in LIBRARY_KINDS]
+        pairs = [(iid, kind) for iid in sorted({i for i in instrument_ids if i is not None}) for kind in MASTER_KINDS]
         if not pairs:
             return {}
         tests = []

@@ -16,7 +16,7 @@ from typing import Any
 
 from archive.calib.combine import COMBINE_METHODS, CombineSettings
 from archive.config import Settings, for_instrument, load_settings, merge, read_toml
-from archive.db.models import CALIBRATION_KINDS
+from archive.db.models import BADPIX, CALIBRATION_KINDS
 from archive.errors import ConfigError
 from archive.resources import resource_dir
 
@@ -36,7 +36,10 @@ class KindRules:
 
     Attributes
     ----------
-    kind : {'bias', 'dark', 'flat'}
+    kind : {'bias', 'dark', 'flat', 'badpix'}
+        ``badpix``: the bad-pixel mask (:mod:`archive.calib.badpix`); ``exact``,
+        ``tolerance`` and ``max_age_days`` select it, ``min_frames`` is the fewest lights a
+        mask made from a sequence's lights needs.
     exact : tuple of str
         Columns that must be equal (NULL matches NULL only).
     tolerance : dict of str to float
@@ -88,6 +91,7 @@ class MatchingRules:
     version : str
         ``<name>:<version>`` of the rules file(s), recorded with masters and decisions.
     kinds : dict of str to KindRules
+        'bias', 'dark', 'flat', and 'badpix' when the rules have a ``[badpix]`` table.
     sigma_low, sigma_high : float
         Sigma-clipping bounds of ``combine = 'sigma_clip'`` (in standard deviations).
     maxiters : int
@@ -119,7 +123,8 @@ class MatchingRules:
 def _parse(raw: dict[str, Any], source: str) -> MatchingRules:
     try:
         kinds = {}
-        for kind in CALIBRATION_KINDS:
+        # the bad-pixel mask's table is optional: rules without one select no mask
+        for kind in CALIBRATION_KINDS + ((BADPIX,) if BADPIX in raw else ()):
             section = raw[kind]
             exact = tuple(section.get("exact", ()))
             tolerance = {str(k): float(v) for k, v in section.get("tolerance", {}).items()}

@@ -24,7 +24,16 @@ from archive.calib.selection import SECONDS_PER_DAY, Selection, Verdict, exposur
 from archive.db.base import utcnow
 from archive.db.bulk import chunked
 from archive import keywords as kw
-from archive.db.models import CALIBRATION_KINDS, DARK_MODEL, CalibrationSelection, Frame, Master
+from archive.db.models import (
+    BADPIX,
+    CALIBRATION_KINDS,
+    DARK_MODEL,
+    LIBRARY_KINDS,
+    CalibrationSelection,
+    Frame,
+    Master,
+    ReductionInput,
+)
 from archive.errors import CalibrationNotFoundError
 from archive.ingest.headers import header_from_text
 from archive.ingest.timing import epoch_microseconds
@@ -224,6 +233,32 @@ def _nearest_shorter(frame: Frame, pairs: list[tuple[Master, Frame, Verdict]],
     return min(shorter, key=lambda p: (-p[1].exposure_time_s, p[2].delta_s, -(p[0].n_combined or 0), -p[1].id))
 
 
+def made_from_bad(session: Session, frame_ids: Iterable[int]) -> dict[int, list[int]]:
+    """Products among ``frame_ids`` made from a master now marked bad: product id -> those masters.
+
+    Parameters
+    ----------
+    session : Session
+    frame_ids : iterable of int
+        Products (a bad-pixel mask: its master darks and flats).
+
+    Returns
+    -------
+    dict of int to list of int
+    """
+    out: dict[int, list[int]] = {}
+    for batch in chunked(list(dict.fromkeys(frame_ids))):
+        rows = session.execute(
+            select(Frame.id, Master.frame_id)
+            .join(ReductionInput, ReductionInput.reduction_id == Frame.reduction_id)
+            .join(Master, Master.frame_id == ReductionInput.frame_id)
+            .where(Frame.id.in_(batch), Master.is_bad).order_by(Frame.id, Master.frame_id)
+        )
+        for product_id, master_id in rows:
+            out.setdefault(product_id, []).append(master_id)
+    return out
+
+
 def masters_of(session: Session, kind: str) -> list[tuple[Master, Frame]]:
     """The library of one calibration kind: every (Master, Frame) pair, bad ones included
     (selection rejects them with a reason). Load it once to judge many frames."""
@@ -244,7 +279,9 @@ def explain_selection(
     session : Session
     frame : Frame
         The frame to calibrate (usually a light; a raw flat for the dark of a master flat).
-    kind : {'bias', 'dark', 'flat'}
+    kind : {'bias', 'dark', 'flat', 'badpix'}
+        ``badpix``: the bad-pixel mask (rules without a ``[badpix]`` table select none; a mask
+        made from a master since marked bad is rejected with rule ``is_bad``).
     rules : RuleBook or MatchingRules, optional
         Default: the bundled ``configs/matching``; a rule book gives the frame's instrument's rules.
     library : list of (Master, Frame), optional
@@ -263,12 +300,21 @@ def explain_selection(
     ValueError
         ``kind`` is not a calibration kind.
     """
-    if kind not in CALIBRATION_KINDS:
-        raise ValueError(f"unknown calibration kind {kind!r}; choose from {CALIBRATION_KINDS}")
+    if kind not in LIBRARY_KINDS:
+        raise ValueError(f"unknown calibration kind {kind!r}; choose from {LIBRARY_KINDS}")
     matching = rules_for(rules, frame.instrument.key if frame.instrument else None)
+    if kind == BADPIX and BADPIX not in matching.kinds:
+        return Selection(frame.id, kind, "none", None, None, [], matching.version, [],
+                         "no [badpix] table in the matching rules: no bad-pixel mask")
     kind_rules = matching[kind]
     candidates = library if library is not None else masters_of(session, kind)
     judged = [(m, f, _judge(frame, m, f, kind_rules)) for m, f in candidates if f.id != frame.id]
+    if kind == BADPIX:  # a mask made from a master marked bad is not selected
+        spoiled = made_from_bad(session, [v.master_id for _, _, v in judged if v.rejected_by is None])
+        for _, _, verdict in judged:
+            if verdict.master_id in spoiled:
+                verdict.rejected_by = "is_bad"
+                verdict.reason = f"made from master #{', #'.join(map(str, spoiled[verdict.master_id]))} marked bad"
     verdicts = [v for _, _, v in judged]
     survivors = sorted((v for v in verdicts if v.rejected_by is None), key=lambda v: v.sort_key)
     for rank, verdict in enumerate(survivors, 1):

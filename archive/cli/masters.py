@@ -15,7 +15,7 @@ from archive.db.provenance import frame_at_path
 from archive.cli import AppContext, pass_app
 from archive.cli.catalog import frame_filters
 from archive.cli.options import BarProgress, emit, output_format
-from archive.db.models import CALIBRATION_KINDS, LIBRARY_KINDS, Frame
+from archive.db.models import CALIBRATION_KINDS, LIBRARY_KINDS, MASTER_KINDS, Frame
 from archive.db.session import session_scope
 from archive.db.frames import FrameFilter, frame_query
 
@@ -32,11 +32,15 @@ def _book(app: AppContext, rules_dir: Path | None) -> RuleBook:
     return RuleBook(rules_dir) if rules_dir else default_rulebook(app.settings)
 
 
-def _kinds_option(func: Callable) -> Callable:
+def _kinds_option(func: Callable, kinds: tuple[str, ...] = CALIBRATION_KINDS) -> Callable:
     return click.option(
-        "--kind", "kinds", multiple=True, type=click.Choice(CALIBRATION_KINDS),
+        "--kind", "kinds", multiple=True, type=click.Choice(kinds),
         help="Calibration kind (repeat for several; default all).",
     )(func)
+
+
+def _build_kinds_option(func: Callable) -> Callable:
+    return _kinds_option(func, LIBRARY_KINDS)
 
 
 @click.group()
@@ -59,7 +63,7 @@ def masters() -> None:
 @click.option("--since", type=click.DateTime(), help="DATE-OBS on or after (UTC).")
 @click.option("--until", type=click.DateTime(), help="DATE-OBS before (UTC).")
 @click.option("--instrument", help="Instrument: a model (INSTRUME: all its units) or one unit ('MODEL SERIAL').")
-@_kinds_option
+@_build_kinds_option
 @click.option("--library", type=click.Path(file_okay=False, path_type=Path),
               help="Folder the masters are written to (default: [masters] library of the configuration, "
               "else ~/.local/share/archive/masters).")
@@ -69,7 +73,9 @@ def masters() -> None:
 def build(app: AppContext, night, since, until, instrument, kinds, library, memory_mb, rules_dir) -> None:
     """Group raw bias/dark/flat frames by the matching rules and build one master per group.
 
-    Bias first, then darks (bias-subtracted), then flats (bias/dark-corrected, median 1).
+    Bias first, then darks (bias-subtracted), then flats (bias/dark-corrected, median 1),
+    then a bad-pixel mask per set-up and night (hot pixels from the master darks, or from the
+    lights when no dark serves them; cold from the flats; configs/detector.toml [bad_pixels]).
     Each master is written to LIBRARY/<instrument>/<kind>/, ingested and linked to its inputs.
     Rebuilding with the same inputs and rules does nothing.
 
@@ -81,7 +87,7 @@ def build(app: AppContext, night, since, until, instrument, kinds, library, memo
     """
     filters = FrameFilter(night=night.date() if night else None, since=since, until=until, instrument=instrument)
     summary = build_masters(
-        app.engine, filters=filters, kinds=kinds or CALIBRATION_KINDS, rules=_book(app, rules_dir),
+        app.engine, filters=filters, kinds=kinds or LIBRARY_KINDS, rules=_book(app, rules_dir),
         library=library or default_library(app.settings),
         memory_limit_mb=memory_mb, settings=app.settings,
         progress=BarProgress(not app.quiet),
@@ -242,7 +248,7 @@ def missing(app: AppContext, filters: FrameFilter, kinds, rules_dir, fmt) -> Non
 
 
 @masters.command("list")
-@click.option("--kind", type=click.Choice(LIBRARY_KINDS), help="Only this kind (dark_model: dark ladders' models).")
+@click.option("--kind", type=click.Choice(MASTER_KINDS), help="Only this kind (dark_model: dark ladders' models).")
 @output_format
 @pass_app
 def list_cmd(app: AppContext, kind, fmt) -> None:

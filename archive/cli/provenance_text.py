@@ -106,8 +106,11 @@ def format_summary(summary: dict[str, Any], width: int, *, total_exposure_s: flo
         return lines
     lines += reduction_lines(summary["reduction"], "  ", width)
     raw_total = sum(summary["raw"].values())
-    lines.append(fit(f"  steps: {_counts(summary['steps'])}", width))
-    lines.append(fit(f"  products used: {_counts(summary['products'])}", width))
+    for label, counts in (("steps", summary["steps"]), ("products used", summary["products"])):
+        # wrapped between items, not cut: with a bad-pixel mask's step the list outgrows a line
+        text = f"{label}: " + escape_controls(_counts(counts)).replace(" ", "\xa0").replace(",\xa0", ", ")
+        lines += [fit(line.replace("\xa0", " "), width) for line in textwrap.wrap(
+            text, max(20, width), initial_indent="  ", subsequent_indent="    ")]
     lines.append(fit(f"  raw frames: {raw_total} ({_counts(summary['raw'])})", width))
     for master in summary["masters"]:
         lines.append(fit(f"  master: {frame_line(master)}", width))

@@ -35,7 +35,7 @@ from archive.db.base import Base, FilePath
 #: derived products of reduction. Kept as strings (not a database enum) so that new types
 #: need no migration.
 RAW_TYPES = ("bias", "dark", "flat", "light", "dark_flat", "arc")
-MASTER_TYPES = ("master_bias", "master_dark", "master_flat", "master_dark_model")
+MASTER_TYPES = ("master_bias", "master_dark", "master_flat", "master_dark_model", "master_badpix")
 DERIVED_TYPES = MASTER_TYPES + ("calibrated", "registered", "stacked")
 IMAGE_TYPES = RAW_TYPES + DERIVED_TYPES
 
@@ -217,14 +217,21 @@ class IngestProblem(Base):
 # -- reductions and provenance; the master calibration library (issue 3, migration 0002) -------
 
 #: Steps a reduction records; roles an input frame plays in one.
-REDUCTION_STEPS = ("master_bias", "master_dark", "master_flat", "master_dark_model", "calibrate", "register", "stack", "solve")
-INPUT_ROLES = ("raw", "light", "master_bias", "master_dark", "master_flat", "reference", "input")
+REDUCTION_STEPS = ("master_bias", "master_dark", "master_flat", "master_dark_model", "master_badpix", "calibrate",
+                   "register", "stack", "solve")
+INPUT_ROLES = ("raw", "light", "master_bias", "master_dark", "master_flat", "master_badpix", "reference", "input")
+#: The kinds of master built from raw calibration frames.
 CALIBRATION_KINDS = ("bias", "dark", "flat")
 #: ``Master.kind`` of a per-pixel dark-current model fitted over a dark ladder
 #: (:mod:`archive.calib.ladder`); it serves as the ``dark`` of the lights it calibrates.
 DARK_MODEL = "dark_model"
-#: Every ``Master.kind`` of the library.
-LIBRARY_KINDS = CALIBRATION_KINDS + (DARK_MODEL,)
+#: A bad-pixel mask (issue 10): a master of the library built from master darks and flats (or
+#: a sequence's lights), selected for a light by the rules' ``[badpix]`` (never required).
+BADPIX = "badpix"
+#: Every kind of master a light is given: the calibrations, then the bad-pixel mask.
+LIBRARY_KINDS = CALIBRATION_KINDS + (BADPIX,)
+#: Every ``Master.kind`` of the library (a dark ladder's model serves as a dark).
+MASTER_KINDS = LIBRARY_KINDS + (DARK_MODEL,)
 #: ``Reduction.failure_kind`` of a ``failed`` row. ``alignment``: the frame does not align onto
 #: its reference (too few stars, no transform); deterministic, so not tried again with the same
 #: inputs. ``error``: the step raised or its product could not be written or catalogued (an
@@ -309,7 +316,7 @@ class Master(Base):
     __tablename__ = "masters"
 
     frame_id: Mapped[int] = mapped_column(ForeignKey("frames.id"), primary_key=True)
-    #: bias | dark | flat | dark_model (a dark ladder's fitted model)
+    #: bias | dark | flat | badpix | dark_model (a dark ladder's fitted model)
     kind: Mapped[str] = mapped_column(String(10), index=True)
     #: built | external
     origin: Mapped[str] = mapped_column(String(10))

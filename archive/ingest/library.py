@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from archive import keywords as kw
 from archive.db.base import utcnow
-from archive.db.models import LIBRARY_KINDS, Frame, Master
+from archive.db.models import MASTER_TYPES, Frame, Master
 from archive.ingest.headers import CARD, CardIndex
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def sync_library(session: Session, frame_ids: Sequence[int] | None = None) -> in
     """Give ingested master frames without a library row one (masters made elsewhere).
 
     Ingest calls it for the master frames it adds; a master build for any that an earlier
-    version left. Frames of type ``master_bias|dark|flat|dark_model`` (PixInsight, Siril and other
+    version left. Frames of type ``master_bias|dark|flat|dark_model|badpix`` (PixInsight, Siril and other
     programs: IMAGETYP 'Master Dark' and similar, recognized at ingest) join the library with
     ``origin = 'external'``; the number combined comes from the header's
     :data:`archive.keywords.NCOMBINE` (NULL, with a log line, when it is not a count). External
@@ -62,7 +62,7 @@ def sync_library(session: Session, frame_ids: Sequence[int] | None = None) -> in
     """
     query = (
         select(Frame).outerjoin(Master, Master.frame_id == Frame.id)
-        .where(Frame.image_type.in_([f"master_{k}" for k in LIBRARY_KINDS]), Master.frame_id.is_(None),
+        .where(Frame.image_type.in_(MASTER_TYPES), Master.frame_id.is_(None),
                Frame.duplicate_of_id.is_(None))
     )
     if frame_ids is not None:

@@ -56,6 +56,8 @@ class CalibrationJob:
         'exact', 'scaled', 'interpolated', 'model' or 'none', as the selection decided.
     flat : str or None
         Master flat.
+    bad_pixels : str or None
+        Bad-pixel mask (:mod:`archive.calib.badpix`): its non-zero pixels become NaN.
     cosmic_rays : bool
         Clean cosmic rays with ``ccdproc.cosmicray_lacosmic`` (astroscrappy).
     cr_sigclip : float
@@ -80,6 +82,7 @@ class CalibrationJob:
     darks: tuple[tuple[str, float], ...] = ()
     dark_method: str = "none"
     flat: str | None = None
+    bad_pixels: str | None = None
     cosmic_rays: bool = False
     cr_sigclip: float = 4.5
     flat_min_value: float = 0.01
@@ -100,6 +103,7 @@ def calibrate_array(
     cr_sigclip: float = 4.5,
     flat_min_value: float | None = 0.01,
     geometry: Geometry | None = None,
+    bad_pixels: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[str], float | None]:
     """Calibrate one light image with ccdproc.
 
@@ -121,6 +125,9 @@ def calibrate_array(
         See :class:`CalibrationJob`.
     geometry : Geometry, optional
         Overscan and trim sections (default none).
+    bad_pixels : ndarray, shape (ny, nx), optional
+        Bad-pixel mask in the raw geometry: its non-zero pixels become NaN (after cosmic-ray
+        cleaning, before trimming), so they never count in star detection or a combine.
 
     Returns
     -------
@@ -187,10 +194,49 @@ def calibrate_array(
         ccd = CCDData(np.asarray(ccd.data, dtype=np.float64), unit=u.adu)
         steps.append("cosmic_rays")
     data = np.asarray(ccd.data, dtype=np.float64)
+    if bad_pixels is not None:
+        if np.shape(bad_pixels) != data.shape:
+            raise ValueError(f"bad-pixel mask has shape {np.shape(bad_pixels)}, the light {data.shape}")
+        data = data.copy()
+        data[np.asarray(bad_pixels) != 0] = np.nan
+        steps.append("bad_pixels")
     if geometry.trim:
         data = trim(data, geometry)
         steps.append("trim")
     return data, steps, flat_norm
+
+
+def fill_channels(mosaic: np.ndarray) -> np.ndarray:
+    """A Bayer mosaic with each non-finite pixel replaced by the mean of the finite pixels of its
+    colour channel around it (the 3 x 3 neighbours of its channel, 2 pixels apart on the
+    sensor; 0 when none is finite), so that demosaicing interpolates its neighbours from their
+    own colour rather than from a hole.
+
+    Parameters
+    ----------
+    mosaic : ndarray, shape (ny, nx)
+
+    Returns
+    -------
+    ndarray, shape (ny, nx)
+        A copy when a pixel was filled, else ``mosaic`` itself.
+    """
+    bad = ~np.isfinite(mosaic)
+    if not bad.any():
+        return mosaic
+    from scipy.ndimage import uniform_filter
+
+    out = np.array(mosaic, dtype=np.float64)
+    for r in (0, 1):
+        for c in (0, 1):
+            part, holes = out[r::2, c::2], bad[r::2, c::2]
+            if not holes.any():
+                continue
+            good = (~holes).astype(np.float64)
+            total = uniform_filter(np.where(holes, 0.0, part), size=3, mode="constant")
+            count = uniform_filter(good, size=3, mode="constant")
+            part[holes] = np.where(count[holes] > 0, total[holes] / np.maximum(count[holes], 1e-12), 0.0)
+    return out
 
 
 def calibrate_light_file(job: CalibrationJob) -> dict:
@@ -226,10 +272,11 @@ def calibrate_light_file(job: CalibrationJob) -> dict:
     else:
         darks = [(read_pixels(path)[0], weight) for path, weight in job.darks]
     flat = read_pixels(job.flat)[0] if job.flat else None
+    mask = read_pixels(job.bad_pixels, dtype=np.uint8)[0] if job.bad_pixels else None
     geometry = Geometry(job.overscan, job.trim)
     data, steps, flat_norm = calibrate_array(
         light, bias, darks, flat, cosmic_rays=job.cosmic_rays, cr_sigclip=job.cr_sigclip,
-        flat_min_value=job.flat_min_value, geometry=geometry,
+        flat_min_value=job.flat_min_value, geometry=geometry, bad_pixels=mask,
     )
     out = product_header(header)
     if job.overscan:
@@ -248,6 +295,9 @@ def calibrate_light_file(job: CalibrationJob) -> dict:
     if job.flat:
         set_card(out, kw.MASTER_FLAT, Path(job.flat).name, "master flat")
         out[kw.FLAT_NORM] = (flat_norm, "flat divided by this median")
+    if job.bad_pixels:
+        set_card(out, kw.BAD_PIXELS, Path(job.bad_pixels).name, "bad-pixel mask (pixels set to NaN)")
+        out[kw.BAD_PIXEL_COUNT] = (int(np.count_nonzero(mask)), "pixels masked")
     out[kw.COSMIC_RAYS] = (bool(job.cosmic_rays), "cosmic rays cleaned")
     if job.bayer_pattern:
         from archive.ingest.dialects import shift_pattern
@@ -255,7 +305,9 @@ def calibrate_light_file(job: CalibrationJob) -> dict:
 
         rows, cols = trim_slices(geometry, light.shape)
         pattern = shift_pattern(job.bayer_pattern, cols.start or 0, rows.start or 0)
-        data = demosaic(data, pattern, job.demosaic)
+        masked = ~np.isfinite(data)
+        data = demosaic(fill_channels(data), pattern, job.demosaic)
+        data[:, masked] = np.nan  # masked pixels stay out of every plane
         for key in kw.MOSAIC:
             out.remove(key, ignore_missing=True, remove_all=True)
         out[kw.DEMOSAIC] = (job.demosaic, "demosaicing method after calibration")

@@ -21,9 +21,10 @@ from archive.calib.rules import RuleBook
 from archive.calib.select import explain_selection, masters_of, record_selection
 from archive.calib.selection import Selection, rules_for
 from archive.db.models import (
+    BADPIX,
     CALIBRATION_KINDS,
     DARK_MODEL,
-    LIBRARY_KINDS,
+    MASTER_KINDS,
     Frame,
     Reduction,
 )
@@ -93,7 +94,8 @@ def plan_calibration(
     """The calibration request of one light, or the reason there is none.
 
     Masters are chosen by :func:`archive.calib.select.explain_selection` for bias, dark and
-    flat. A kind the instrument requires (:func:`archive.calib.required.required_kinds`:
+    flat, and the bad-pixel mask (applied when one is found, never required: its pixels become
+    NaN). A kind the instrument requires (:func:`archive.calib.required.required_kinds`:
     ``required`` of its matching rules) without a master stops the light here: the reason is
     returned. A kind it does not require is applied when a master is found and left out
     otherwise; a light that requires nothing and finds nothing is passed on uncalibrated
@@ -110,6 +112,9 @@ def plan_calibration(
     lacking = [s for s in selections if not s.found and s.kind in required]
     if lacking:
         return LackingMasters("; ".join(f"no master {s.kind} (required): {s.explanation}" for s in lacking))
+    mask = explain_selection(session, light, BADPIX, rules=rules, library=libraries.get(BADPIX))
+    if mask.found:  # applied (and recorded) when found, never required
+        selections = selections + [mask]
     found = [s for s in selections if s.found]
     master_ids = {mid for s in found for mid, _ in s.weights}
     masters = {f.id: f for f in session.scalars(select(Frame).where(Frame.id.in_(master_ids)))}
@@ -132,7 +137,7 @@ def plan_calibration(
         "flat_min_value": float(cal.get("flat_min_value", 0.01)),
         "dark_method": by_kind["dark"].method if "dark" in by_kind else "none",
         "masters": {s.kind: [[mid, w] for mid, w in s.weights] for s in found},
-        "missing": [s.kind for s in selections if not s.found],
+        "missing": [s.kind for s in selections if not s.found],  # calibrations only: a found mask is never missing
     }
     if light.bayer_pattern:  # demosaiced after calibration (only then: mono fingerprints unchanged)
         parameters["demosaic"] = {"method": check_demosaic_method(str(cal.get("demosaic", "bilinear"))),
@@ -151,6 +156,7 @@ def plan_calibration(
         darks=tuple((paths[mid], w) for mid, w in by_kind["dark"].weights) if "dark" in by_kind else (),
         dark_method=parameters["dark_method"],
         flat=paths[by_kind["flat"].weights[0][0]] if "flat" in by_kind else None,
+        bad_pixels=paths[by_kind[BADPIX].weights[0][0]] if BADPIX in by_kind else None,
         cosmic_rays=parameters["cosmic_rays"], cr_sigclip=parameters["cr_sigclip"],
         flat_min_value=parameters["flat_min_value"],
         header={kw.REDUCTION_STEP: "calibrate", kw.FINGERPRINT: fp},
@@ -204,7 +210,7 @@ def calibrate_lights(
     reused: list[tuple[int, int]] = []  # (done reduction, light) chosen again
     without: Counter = Counter()  # (group, kind) -> lights calibrated without a master the library has
     with session_scope(engine) as session:
-        libraries = {kind: masters_of(session, kind) for kind in LIBRARY_KINDS}
+        libraries = {kind: masters_of(session, kind) for kind in MASTER_KINDS}
         library_kinds = kinds_in_library(session)
         any_kinds = kinds_in_library(session, include_bad=True)
         for light in frames_by_id(session, light_ids):

@@ -9,11 +9,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from archive.calib.rules import RuleBook, default_rulebook
-from archive.calib.select import explain_selection, masters_of
+from archive.calib.select import explain_selection, made_from_bad, masters_of
 from archive.db.models import (
-    CALIBRATION_KINDS,
     DARK_MODEL,
     LIBRARY_KINDS,
+    MASTER_KINDS,
     CalibrationSelection,
     Frame,
     Master,
@@ -78,20 +78,21 @@ def find_stale(session: Session, *, rules: RuleBook | None = None) -> list[Stale
     out: list[StaleProduct] = []
     stale_cal: list[int] = []
     lights = {f.id: f for f in frames_by_id(session, current)}
-    libraries = {kind: masters_of(session, kind) for kind in LIBRARY_KINDS}
+    libraries = {kind: masters_of(session, kind) for kind in MASTER_KINDS}
     rules = rules if rules is not None else default_rulebook()
     for light_id, (cal_id, rid) in sorted(current.items()):
         light = lights[light_id]
         recorded = {row.kind: row for row in session.scalars(
             select(CalibrationSelection).where(CalibrationSelection.reduction_id == rid))}
         reasons = []
-        for kind in CALIBRATION_KINDS:
+        for kind in LIBRARY_KINDS:  # the bad-pixel mask included
             new = explain_selection(session, light, kind, rules=rules, library=libraries[kind],
                                     models=libraries[DARK_MODEL])
             old = recorded.get(kind)
             old_ids = _recorded_masters(old) if old is not None else set()
             new_ids = {mid for mid, _ in new.weights}
             bad = [m.frame_id for m in session.scalars(select(Master).where(Master.frame_id.in_(old_ids), Master.is_bad))]
+            bad += sorted(made_from_bad(session, old_ids))  # a mask made from a master marked bad
             if bad:
                 reasons.append(f"{kind} master #{', #'.join(map(str, bad))} marked bad")
             if old is not None and new.rule_version != old.rule_version:

@@ -8,7 +8,8 @@ calibrations):
 2. plate-solve the lights without a WCS (:func:`archive.reduce.solve.solve_frames`), when
    ``[sky.solve] in_night`` is on and solve-field is installed (else the summary says so);
 3. build the masters the raw calibrations make, once per observing night found in the folders
-   (:func:`archive.calib.masters.build_masters`; counted in the first folder of that night);
+   and their bad-pixel masks (:func:`archive.calib.masters.build_masters`; counted in the first
+   folder of that night);
 4. measure the raw calibrations and the new masters (:mod:`archive.reduce.quality`);
 5. calibrate every light of each folder, measure it on its calibrated frame, register and
    stack its groups, leaving out rejected lights (:func:`archive.reduce.pipeline.reduce_lights`);
@@ -40,7 +41,7 @@ from archive.calib.quality import QualityRules, load_quality_rules
 from archive.calib.rules import RuleBook, default_rulebook
 from archive.config import Settings, load_settings
 from archive.db.frames import FrameFilter, frame_query, lights_under
-from archive.db.models import CALIBRATION_KINDS, RAW_TYPES, Frame
+from archive.db.models import CALIBRATION_KINDS, LIBRARY_KINDS, RAW_TYPES, Frame
 from archive.db.session import session_scope
 from archive.errors import ConfigError
 from archive.files import remove_partials
@@ -348,8 +349,8 @@ def _masters_and_reduction(engine, nights, results, config, settings, rules, lib
     for night, folder in sorted(nights.items()):
         result = results[folder]
         with _recorded(result, f"masters of night {night}"):
-            built = build_masters(engine, filters=FrameFilter(night=night), rules=rules, library=library,
-                                  settings=settings, progress=progress, products=master_run)
+            built = build_masters(engine, filters=FrameFilter(night=night), kinds=LIBRARY_KINDS, rules=rules,
+                                  library=library, settings=settings, progress=progress, products=master_run)
             result.masters_built += len(built.built)
             result.masters += [path for _kind, _frame_id, path in built.built]
             built_ids += [frame_id for _kind, frame_id, _path in built.built]
