@@ -77,7 +77,7 @@ def test_killed_night_is_completed_by_the_next_run(catalogue, tmp_path):
         with session_scope(engine) as session:
             types = dict(session.execute(select(Frame.image_type, func.count()).group_by(Frame.image_type)).all())
             assert types == {"bias": 5, "dark": 5, "flat": 5, "light": 17, "master_bias": 1, "master_dark": 1,
-                             "master_flat": 1, "calibrated": 17, "registered": 17, "stacked": 1}
+                             "master_flat": 1, "master_badpix": 1, "calibrated": 17, "registered": 17, "stacked": 1}
             assert session.scalar(select(func.count()).select_from(Frame).where(
                 Frame.image_type.in_(("calibrated", "registered", "stacked")), Frame.reduction_id.is_(None))) == 0
             fingerprints = session.execute(select(Reduction.fingerprint, func.count()).group_by(Reduction.fingerprint)

@@ -111,6 +111,9 @@ def test_calibrated_lights_lose_the_strip_and_match_numpy(db_url, tmp_path):
             data, header = hdul[0].data, hdul[0].header
         assert data.shape == (NY, NX - STRIP)  # the strip is gone
         expected = (light - bias)[:, : NX - STRIP] / (flat / np.median(flat))
+        # a bad-pixel mask was made from the lights and flats, judged inside the trim section
+        # only: the columns next to the overscan strip are not taken for hot pixels
+        assert header[kw.BAD_PIXELS].startswith("master_badpix_") and header[kw.BAD_PIXEL_COUNT] == 0
         np.testing.assert_allclose(data, expected, rtol=2e-4, atol=0.05)
         assert abs(np.median(data) - 300 * np.median(flat_response)) < 3  # no bias level left
         assert header[kw.OVERSCAN] == BIASSEC and header[kw.TRIM] == TRIMSEC

@@ -484,4 +484,4 @@ def test_lights_are_calibrated_with_masters_of_another_folder_of_the_night(db_ur
     lights = root / "A_M31" / "2026-11-20"
     assert f"{lights}: ok: 3 new file(s), 0 master(s) built, 3 light(s), 3 calibrated, 3 registered, 1 stacked" \
         in result.output
-    assert f"{calibration}: ok: 9 new file(s), 3 master(s) built, 0 light(s)" in result.output
+    assert f"{calibration}: ok: 9 new file(s), 4 master(s) built, 0 light(s)" in result.output

@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session
 
 from archive import keywords as kw
 from archive.calib.library import LIBRARY_LAYOUT
+from archive.calib.overscan import detector_geometry, trim_slices
 from archive.calib.rules import MatchingRules, RuleBook
 from archive.calib.select import explain_selection
 from archive.calib.selection import match_value, rules_for
@@ -475,25 +476,26 @@ def compute_mask(
     bayer = plan.frames[0].bayer_pattern
     mask: np.ndarray | None = None
 
-    def add(bits: np.ndarray, value: int) -> None:
+    def area(frame: Frame) -> tuple[slice, slice]:
+        """The frame's light-sensitive area: an overscan strip's level would make its
+        neighbours outliers, and the strip is cut from every calibrated light anyway."""
+        shape = (frame.naxis2 or 0, frame.naxis1 or 0)
+        return trim_slices(detector_geometry(header_from_text(frame.header), shape, plan.instrument), shape)
+
+    def pixels(frame: Frame, dtype: Any = np.float64) -> np.ndarray:
+        return read_pixels(paths[frame.id], frame.hdu_index, dtype=dtype)[0][area(frame)]
+
+    def add(frame: Frame, bits: np.ndarray, value: int) -> None:
         nonlocal mask
         if mask is None:
-            mask = np.zeros(bits.shape, dtype=np.uint8)
-        if bits.shape != mask.shape:
-            raise ValueError(
-                f"bad-pixel inputs of shapes {bits.shape} and {mask.shape}"
-            )
-        mask[bits] |= np.uint8(value)
+            mask = np.zeros((frame.naxis2 or 0, frame.naxis1 or 0), dtype=np.uint8)
+        inside = mask[area(frame)]  # a view
+        if bits.shape != inside.shape:
+            raise ValueError(f"bad-pixel inputs of shapes {bits.shape} and {inside.shape}")
+        inside[bits] |= np.uint8(value)
 
     for frame in plan.darks:
-        add(
-            hot_pixels(
-                read_pixels(paths[frame.id], frame.hdu_index)[0],
-                settings.hot_sigma,
-                bayer,
-            ),
-            HOT,
-        )
+        add(frame, hot_pixels(pixels(frame), settings.hot_sigma, bayer), HOT)
     if plan.lights and not plan.darks:
         step = max(1, len(plan.lights))
         picks = np.unique(
@@ -501,22 +503,10 @@ def compute_mask(
             .round()
             .astype(int)
         )
-        lights = (
-            read_pixels(
-                paths[plan.lights[i].id], plan.lights[i].hdu_index, dtype=np.float32
-            )[0]
-            for i in picks
-        )
-        add(mask_from_lights(lights, settings, bayer), HOT)
+        lights = (pixels(plan.lights[i], np.float32) for i in picks)
+        add(plan.lights[picks[0]], mask_from_lights(lights, settings, bayer), HOT)
     for frame in plan.flats:
-        add(
-            cold_pixels(
-                read_pixels(paths[frame.id], frame.hdu_index)[0],
-                settings.ccdmask,
-                bayer,
-            ),
-            COLD,
-        )
+        add(frame, cold_pixels(pixels(frame), settings.ccdmask, bayer), COLD)
     return mask, _Counts(
         int(np.count_nonzero(mask & HOT)), int(np.count_nonzero(mask & COLD))
     )

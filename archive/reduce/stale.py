@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from archive.calib.rules import RuleBook, default_rulebook
 from archive.calib.select import explain_selection, made_from_bad, masters_of
 from archive.db.models import (
+    BADPIX,
     DARK_MODEL,
     LIBRARY_KINDS,
     MASTER_KINDS,
@@ -92,7 +93,8 @@ def find_stale(session: Session, *, rules: RuleBook | None = None) -> list[Stale
             old_ids = _recorded_masters(old) if old is not None else set()
             new_ids = {mid for mid, _ in new.weights}
             bad = [m.frame_id for m in session.scalars(select(Master).where(Master.frame_id.in_(old_ids), Master.is_bad))]
-            bad += sorted(made_from_bad(session, old_ids))  # a mask made from a master marked bad
+            if kind == BADPIX:  # a mask made from a master marked bad (flats keep their darks)
+                bad += sorted(made_from_bad(session, old_ids))
             if bad:
                 reasons.append(f"{kind} master #{', #'.join(map(str, bad))} marked bad")
             if old is not None and new.rule_version != old.rule_version:
