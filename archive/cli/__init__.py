@@ -93,7 +93,7 @@ class ArchiveGroup(click.Group):
         "night-report": "Write the report of NIGHT (YYYY-MM-DD) as one self-contained HTML file.",
         "problems": "List files that could not be ingested (error) and frames ingested with gaps (warning); "
                     "with --reductions, the steps that failed and the frames rejected (step, frame, reason); "
-                    "with --quality, the frames rejected by quality.",
+                    "with --quality, the frames rejected by quality (frame, by rules or override, reasons).",
         "project": "Multi-night projects: a target, its filters and goals, gathered in dss-automation's layout.",
         "quality": "Frame quality: list measurements, flags and verdicts; accept or reject frames.",
         "provenance": "Summarize where a product came from: its steps, raw frames by type, masters used.",

@@ -73,6 +73,13 @@ class SkyQueryError(ValueError, ArchiveError):
     """A position query out of range (Dec outside [-90, 90], radius not in (0, 90) deg)."""
 
 
+def flush_subnormal(values: np.ndarray) -> np.ndarray:
+    """``values`` with subnormal numbers (below 2.2e-308 in size) set to 0: PostgreSQL's
+    ``double precision`` refuses them ("value out of range: underflow"), SQLite keeps them;
+    both must store and compare the same vectors."""
+    return np.where(np.abs(values) < np.finfo(np.float64).tiny, 0.0, values)
+
+
 def unit_vectors(ra_deg, dec_deg) -> np.ndarray:
     """Unit vectors of positions on the sky.
 
@@ -84,10 +91,11 @@ def unit_vectors(ra_deg, dec_deg) -> np.ndarray:
     Returns
     -------
     ndarray, shape (..., 3)
-        ``(cos dec cos ra, cos dec sin ra, sin dec)``.
+        ``(cos dec cos ra, cos dec sin ra, sin dec)``, subnormal components flushed to 0
+        (:func:`flush_subnormal`).
     """
     ra, dec = np.radians(np.asarray(ra_deg, float)), np.radians(np.asarray(dec_deg, float))
-    return np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)], axis=-1)
+    return flush_subnormal(np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)], axis=-1))
 
 
 def _check_position(ra_deg: float, dec_deg: float) -> None:
@@ -185,9 +193,10 @@ def footprint_geometries(corner_sets: Sequence[Sequence[tuple[float, float]]]) -
     cross = np.cross(vectors, following)
     lengths = np.linalg.norm(cross, axis=2)
     distinct = np.all(lengths >= 1e-12, axis=1)
-    normals = cross / np.where(lengths > 0, lengths, 1.0)[..., None]
-    starts = np.cross(normals, vectors)
-    ends = np.cross(following, normals)
+    normals = flush_subnormal(cross / np.where(lengths > 0, lengths, 1.0)[..., None])
+    starts = flush_subnormal(np.cross(normals, vectors))
+    ends = flush_subnormal(np.cross(following, normals))
+    points = flush_subnormal(points)
     centre_ra = np.degrees(np.arctan2(centre_vectors[:, 1], centre_vectors[:, 0])) % 360.0
     centre_dec = np.degrees(np.arcsin(np.clip(centre_vectors[:, 2], -1, 1)))
     radii = np.degrees(np.arccos(np.clip(np.einsum("nij,nj->ni", vectors, centre_vectors), -1, 1))).max(axis=1)
