@@ -251,7 +251,7 @@ def test_the_stale_cycle_closes_and_only_current_products_are_gathered(
     kinds = sorted(
         p.name.split("_")[1] for p in (m13 / "project" / "masters" / "sdss_g").iterdir()
     )
-    assert kinds == ["bias", "dark", "flat"]
+    assert kinds == ["badpix", "bias", "dark", "flat"]  # the mask calibration applied to them too
     status = run(db_url, "project", "status", "m13", "--format", "csv")
     assert "sdss_g" in status and ",0.067," in status  # 2 x 120 s usable
 

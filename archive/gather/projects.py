@@ -18,7 +18,8 @@ Masters: the master library's selection (:func:`archive.calib.select_sql.select_
 matching rules of ``configs/matching``) chooses, for every light, its masters, as calibration
 does; the union per filter is collected, with the masters they were made with
 (:func:`archive.db.provenance.masters_below`: the master bias of a bias-subtracted master
-dark), so that the project folder can calibrate its own lights. A light is *usable* when every
+dark), and the bad-pixel mask calibration would apply to it, so that the project folder can
+calibrate its own lights. A light is *usable* when every
 kind its instrument requires (:func:`archive.calib.required.required_for_lights`, ``required``
 of configs/matching: none for a smart telescope, bias and flat for a CCD without darks) has a
 valid master (not flagged bad, within validity), the light is not a duplicate exposure and its
@@ -44,12 +45,14 @@ from sqlalchemy.orm import Session
 
 from archive.calib.required import required_for_lights
 from archive.calib.rules import RuleBook, default_rulebook
+from archive.calib.select import explain_selection, masters_of
 from archive.calib.select_sql import select_masters
 from archive.config import Settings, load_settings
 from archive.db.base import utcnow
 from archive.db.bulk import chunked
 from archive.db.frames import FrameFilter, folder_prefix, frame_query
-from archive.db.models import CALIBRATION_KINDS, Copy, Frame
+from archive.db.nights import frames_by_id
+from archive.db.models import BADPIX, LIBRARY_KINDS, Copy, Frame
 from archive.db.provenance import masters_below
 from archive.db.projects import Project, ProjectGoal
 from archive.db.session import session_scope
@@ -246,7 +249,7 @@ def _folder(root: Path, template: str, filter_name: str, config: GatherConfig) -
 def masters_for(session: Session, light_ids: Sequence[int], kinds: Sequence[str],
                 rules: RuleBook | None = None) -> dict[tuple[int, str], list[int]]:
     """(light id, kind) -> the master frame ids that calibrate it (several for an interpolated
-    dark); pairs without a valid master are absent.
+    dark; the bad-pixel mask for kind ``badpix``); pairs without a valid master are absent.
 
     The master library's selection (:func:`archive.calib.select_sql.select_masters` under
     ``rules``, resolved by the caller; default the configured ``configs/matching``): masters
@@ -254,8 +257,16 @@ def masters_for(session: Session, light_ids: Sequence[int], kinds: Sequence[str]
     """
     if not light_ids or not kinds:
         return {}
-    chosen = select_masters(session, list(light_ids), tuple(kinds), rules=rules)
-    return {key: [mid for mid, _ in sel.weights] for key, sel in chosen.items() if sel.found}
+    calibration = [k for k in kinds if k != BADPIX]
+    chosen = select_masters(session, list(light_ids), tuple(calibration), rules=rules) if calibration else {}
+    out = {key: [mid for mid, _ in sel.weights] for key, sel in chosen.items() if sel.found}
+    if BADPIX in kinds:  # the bad-pixel mask, judged light by light as calibration does
+        library = masters_of(session, BADPIX)
+        for light in frames_by_id(session, light_ids).values():
+            mask = explain_selection(session, light, BADPIX, rules=rules, library=library)
+            if mask.found:
+                out[(light.id, BADPIX)] = [mask.master_id]
+    return out
 
 
 # -- collect -----------------------------------------------------------------------------------
@@ -329,8 +340,8 @@ def collect_project(
     Lights are gathered like :func:`archive.gather.copyback.copyback` (one file per exposure,
     verified, recorded as copies; an exposure already in the filter's folder is skipped, so a
     second collect after a new night adds only the new frames). For each filter, the masters
-    chosen for its lights (:func:`masters_for`) are copied to the filter's masters folder
-    (never moved, even with ``mode='move'``).
+    chosen for its lights (:func:`masters_for`), the masters below them and their bad-pixel
+    masks are copied to the filter's masters folder (never moved, even with ``mode='move'``).
 
     Parameters
     ----------
@@ -403,12 +414,13 @@ def _plan_collect(
             plans.append((lights, lights_root, mode))
             light_ids = [g[0].id for g in groups.groups]
             needs = required_for_lights(session, [(g[0].id, g[0].instrument_id) for g in groups.groups], rules)
-            chosen = masters_for(session, light_ids, CALIBRATION_KINDS, rules)
+            chosen = masters_for(session, light_ids, LIBRARY_KINDS, rules)
             missing = Counter(k for i in light_ids for k in needs[i] if (i, k) not in chosen)
             if missing:
                 summary.missing_masters[filter_name] = missing
-            picked = {m for ids in chosen.values() for m in ids}
-            rows = frame_rows(session, picked | masters_below(session, picked))
+            picked = {m for (_, kind), ids in chosen.items() if kind != BADPIX for m in ids}
+            masks = {m for (_, kind), ids in chosen.items() if kind == BADPIX for m in ids}  # used as they are
+            rows = frame_rows(session, picked | masters_below(session, picked) | masks)
             masters_root = _folder(root, config.masters_folder, filter_name, config)
             master_mode = "link" if mode == "link" else "copy"
             masters = plan_copyback(session, selection, masters_root, mode=master_mode, config=config,
