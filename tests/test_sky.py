@@ -179,6 +179,42 @@ def test_cli_cone_covers_coverage_and_imaged_at(sky, db_url, tmp_path):
     assert json.loads(out.stdout) == []
 
 
+def test_named_report_takes_cone_and_covers(sky, db_url):
+    """A named report's sky parameters select the frames ``archive frames --cone/--covers``
+    selects: integration_by_target_filter sums exactly their exposure times."""
+    import json
+
+    runner = CliRunner()
+
+    def report(*params):
+        out = runner.invoke(main, ["--db", db_url, "report", "integration_by_target_filter", "--format", "json",
+                                   *[a for p in params for a in ("--param", p)]], catch_exceptions=False)
+        assert out.exit_code == 0, out.output
+        return {(r["target"], r["filter_name"]): (r["frames"], r["integration_h"]) for r in json.loads(out.stdout)}
+
+    everything = report()
+    assert {t for t, _ in everything} >= {"M13", "M 94"}
+    for filters, params in (
+        (FrameFilter(cone=(*M13_POS, 0.25), image_type="light"), [f"cone={M13_POS[0]},{M13_POS[1]},0.25"]),
+        (FrameFilter(covers=M94_POS, image_type="light"), [f"covers={M94_POS[0]},{M94_POS[1]}"]),
+    ):
+        with session_scope(sky) as session:
+            frames = session.execute(frame_query(filters, Frame.target, Frame.filter_name, Frame.exposure_time_s)).all()
+        expected = {}
+        for target, filter_name, exposure in frames:
+            n, seconds = expected.get((target, filter_name), (0, 0.0))
+            expected[(target, filter_name)] = (n + 1, seconds + exposure)
+        got = report(*params)
+        assert set(got) == set(expected) and len(got) < len(everything)
+        for key, (n, seconds) in expected.items():
+            assert got[key][0] == n and got[key][1] == pytest.approx(seconds / 3600)
+    assert report(f"cone={M13_POS[0]},{M13_POS[1]},0.25", "instrument=nobody") == {}
+    assert report("covers=10,-20") == {}
+    for bad, says in (("cone=1,2", "RA,DEC,RADIUS"), ("cone=10,95,1", "not a position"), ("covers=a,b", "RA,DEC")):
+        out = runner.invoke(main, ["--db", db_url, "report", "integration_by_target_filter", "--param", bad])
+        assert out.exit_code != 0 and says in out.output and "Traceback" not in out.output, out.output
+
+
 def test_footprints_are_backfilled_for_frames_catalogued_before(sky):
     from sqlalchemy import delete
 

@@ -9,10 +9,11 @@ one folding of target names, used to store them (ingest) and to look them up.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -255,3 +256,37 @@ def catalogue_state(session: Session) -> tuple:
     columns = [func.max(c) for c in (Frame.id, Copy.id, IngestRun.id, IngestProblem.id, Reduction.id,
                                      FrameMeasurement.id, QualityFlag.id, QualityOverride.id)]
     return tuple(session.execute(select(*[select(c).scalar_subquery() for c in columns])).one())
+
+
+@contextlib.contextmanager
+def selection_table(session: Session, name: str, filters: FrameFilter | None) -> Iterator[str]:
+    """A temporary table ``name`` (one column ``frame_id``) holding the ids of the frames that
+    ``filters`` selects (none when ``filters`` is None), for SQL written elsewhere to join:
+    a named report's sky parameter (:mod:`archive.reports.queries`).
+
+    The table is filled by one ``INSERT ... SELECT`` on the server and dropped on exit.
+
+    Parameters
+    ----------
+    session : Session
+    name : str
+        The table's name, a plain identifier.
+    filters : FrameFilter or None
+
+    Yields
+    ------
+    str
+        ``name``.
+    """
+    from sqlalchemy import Column, Integer, MetaData, Table, insert
+
+    metadata = MetaData()
+    table = Table(name, metadata, Column("frame_id", Integer, primary_key=True), prefixes=["TEMPORARY"])
+    connection = session.connection()
+    table.create(connection)  # a TEMPORARY scratch table of one query, not schema
+    try:
+        if filters is not None:
+            connection.execute(insert(table).from_select(["frame_id"], frame_query(filters, Frame.id).distinct()))
+        yield name
+    finally:
+        metadata.drop_all(connection)

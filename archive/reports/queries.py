@@ -6,7 +6,12 @@ File format: leading comment lines ``-- title: ...``, ``-- description: ...`` (m
 continue), ``-- param: name (kind) = default | help``, then one SQL statement using ``:name``
 placeholders. ``kind`` is ``text``, ``integer``, ``number`` or ``date`` (ISO 8601), or a
 comma-separated list of the values allowed (``(error, warning)``); ``, required`` after it
-makes the parameter compulsory. The kind is optional (``text``), so is the default (NULL: the
+makes the parameter compulsory. Two kinds select frames by where they are on the sky, as
+``archive frames --cone/--covers`` does (:class:`archive.db.frames.FrameFilter`): ``cone``
+(``RA,DEC,RADIUS``, degrees: the footprint comes within the radius) and ``covers``
+(``RA,DEC``: the footprint contains the position). The SQL tests ``:name IS NULL`` (not
+given) and joins the temporary table ``sky_<name>`` (column ``frame_id``) that holds the
+frames selected; it is filled before the query runs and dropped after. The kind is optional (``text``), so is the default (NULL: the
 query's "every ..." case). Every value given is checked against its kind before the query
 runs (:func:`check_params`). Parameters are always bound, never formatted into the SQL.
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import contextlib
 import datetime as dt
 import re
 from dataclasses import dataclass, field
@@ -23,6 +29,7 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from archive.db.frames import FrameFilter, selection_table
 from archive.errors import QueryError
 from archive.resources import resource_dir
 
@@ -38,6 +45,22 @@ KINDS = {
     "number": (float, "a number"),
     "date": (dt.date.fromisoformat, "a date (YYYY-MM-DD)"),
 }
+
+
+def _numbers(count: int):
+    def convert(value: str) -> tuple[float, ...]:
+        numbers = tuple(float(v) for v in value.replace(" ", ",").split(",") if v)
+        if len(numbers) != count:
+            raise ValueError(value)
+        return numbers
+
+    return convert
+
+
+#: Sky kinds -> the :class:`archive.db.frames.FrameFilter` field they set.
+SKY_KINDS = {"cone": "cone", "covers": "covers"}
+KINDS["cone"] = (_numbers(3), "RA,DEC,RADIUS in degrees")
+KINDS["covers"] = (_numbers(2), "RA,DEC in degrees")
 
 
 @dataclass(frozen=True)
@@ -180,7 +203,20 @@ def run_query(session: Session, name: str, params: dict[str, str] | None = None,
         raise QueryError(f"no report named {name!r}; available: {', '.join(queries) or 'none'}")
     query = queries[name]
     bound = check_params(query, dict(params or {}))
-    result = session.execute(text(query.sql), bound)
+    with contextlib.ExitStack() as tables:
+        for param, spec in query.specs.items():
+            if spec.kind in SKY_KINDS:
+                from archive.db.sky import SkyQueryError  # numpy, astropy-healpix: imported on use
+  # the frames selected, in sky_<param>; the text bound for IS NULL
+                value = bound[param]
+                filters = None if value is None else FrameFilter(**{SKY_KINDS[spec.kind]: value})
+                try:
+                    tables.enter_context(selection_table(session, f"sky_{param}", filters))
+                except SkyQueryError as exc:
+                    raise QueryError(f"report {name!r}: --param {param}: {exc}") from None
+                bound[param] = None if value is None else ",".join(map(str, value))
+        result = session.execute(text(query.sql), bound)
+        rows, columns = result.all(), list(result.keys())
     import pandas as pd  # imported on use: a slow import
 
-    return pd.DataFrame(result.all(), columns=list(result.keys()))
+    return pd.DataFrame(rows, columns=columns)
