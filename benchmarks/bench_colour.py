@@ -55,7 +55,8 @@ def run_archive(folder: Path, workers: int) -> None:
     sys.path.insert(0, str(ROOT))
     from astropy.io import fits
 
-    from archive.ingest.dialects import DialectSet, normalize_header
+    from archive.ingest.dialects import DialectSet
+    from archive.ingest.normalize import normalize_header
     from archive.reduce.align import RegistrationJob, choose_reference, count_stars, register_file
     from archive.reduce.calibrate import CalibrationJob, calibrate_light_file
     from archive.reduce.config import load_reduction_config

@@ -21,8 +21,9 @@ from archive.config import Settings
 from archive.db import Copy, Frame, IngestProblem, session_scope
 from archive.db.models import Master
 from archive.ingest import ingest_paths
-from archive.ingest.dialects import DialectSet, normalize_header
+from archive.ingest.dialects import DialectSet
 from archive.ingest.headers import CardIndex, FileRead, read_fits
+from archive.ingest.normalize import normalize_header
 from tests.factories import nina_header, write_fits
 
 

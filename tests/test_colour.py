@@ -19,7 +19,8 @@ from archive.calib.combine import MasterBuildError, RowReader, combine_arrays, c
 from archive.cli import main
 from archive.db.models import Copy, Frame, Reduction
 from archive.db.session import open_catalogue, session_scope
-from archive.ingest.dialects import BAYER_PATTERNS, DialectSet, normalize_header, shift_pattern
+from archive.ingest.dialects import BAYER_PATTERNS, DialectSet, shift_pattern
+from archive.ingest.normalize import normalize_header
 from archive.reduce.colour import demosaic, luminance
 from archive.reduce.preview import write_preview
 from tests.conftest import SHARED_DATA, catalogue_url

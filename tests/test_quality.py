@@ -25,7 +25,8 @@ from archive.db.models import Frame, FrameMeasurement, QualityFlag, Reduction
 from archive.db.session import open_catalogue, session_scope
 from archive.ingest import ingest_paths
 from archive.reduce.measure import MeasureJob, measure_file
-from archive.reduce.quality import frame_ids_matching, measure_frames, verdicts
+from archive.reduce.quality import verdicts
+from archive.reduce.quality_measure import frame_ids_matching, measure_frames
 from tests.starfield import star_field, write_light
 
 

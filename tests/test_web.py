@@ -143,7 +143,8 @@ def test_frames_rejected_by_quality_are_listed_on_the_problems_page_and_by_the_c
 
     from archive.cli import main
     from archive.db.models import QualityOverride
-    from archive.reduce.quality import rejected_frames, set_override, verdicts
+    from archive.reduce.quality import set_override, verdicts
+    from archive.reduce.quality_report import rejected_frames
 
     light = _ids(night, "light", "xo1b")[3]
     with session_scope(night["engine"]) as session:

@@ -332,7 +332,7 @@ def build_masters(
     products: ProductRun | None = None,
 ) -> BuildSummary:
     """Build the masters of the raw calibrations matching ``filters``, bias then dark then flat,
-    then the bad-pixel masks of their nights (:mod:`archive.calib.badpix`).
+    then the bad-pixel masks of their nights (:mod:`archive.calib.badpix_build`).
 
     Each group (:func:`plan_masters`) becomes one master: median or sigma-clipped mean
     (``combine`` of the rules), darks with the master bias subtracted (so that they scale with
@@ -361,7 +361,7 @@ def build_masters(
         three calibrations; ``archive masters build`` and ``archive night`` ask for
         :data:`archive.db.models.LIBRARY_KINDS`, the mask included). ``badpix``: the
         masks of the master darks and flats (and of the lights no dark serves) that
-        ``filters`` selects (:func:`archive.calib.badpix.build_badpix`).
+        ``filters`` selects (:func:`archive.calib.badpix_build.build_badpix`).
     rules : RuleBook or MatchingRules, optional
         Default: the bundled ``configs/matching``.
     library : Path, optional
@@ -426,7 +426,7 @@ def _build_kinds(engine, kinds, filters, rules, library, memory_limit_mb, produc
 
             build_dark_models(engine, filters, rules, library, memory_limit_mb, products, progress, summary)
     if BADPIX in kinds:
-        from archive.calib.badpix import build_badpix
+        from archive.calib.badpix_build import build_badpix
 
         build_badpix(engine, filters=filters, rules=rules, library=library, products=products, summary=summary,
                      progress=progress)

@@ -144,7 +144,7 @@ def problems(app: AppContext, include_resolved: bool, severity: str | None, redu
         raise click.UsageError("give --quality or --reductions, not both")
     with session_scope(app.engine) as session:
         if quality:
-            from archive.reduce.quality import rejected_frames
+            from archive.reduce.quality_report import rejected_frames
 
             emit(rejected_frames(session), fmt)
             return

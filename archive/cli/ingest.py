@@ -80,7 +80,7 @@ def ingest(app: AppContext, paths: tuple[str, ...], workers: int | None, batch_s
         from archive.cli.quality import print_measure_summary
         from archive.reduce.config import load_reduction_config
         from archive.reduce.executor import make_executor
-        from archive.reduce.quality import frames_under, measure_frames
+        from archive.reduce.quality_measure import frames_under, measure_frames
 
         config = load_reduction_config(app.settings)
         with session_scope(app.engine) as session:

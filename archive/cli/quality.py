@@ -55,7 +55,7 @@ def measure(app: AppContext, filters: FrameFilter, force: bool, rules_path: str 
     with make_executor(kind, workers if workers is not None else int(config.executor.get("workers", 0)),
                        preload=WORKER_MODULES) as executor:
         from archive.calib.quality import load_quality_rules
-        from archive.reduce.quality import frame_ids_matching, measure_frames
+        from archive.reduce.quality_measure import frame_ids_matching, measure_frames
 
         rules = load_quality_rules(rules_path, settings=app.settings)
         with session_scope(app.engine) as session:
@@ -109,7 +109,7 @@ def list_quality(app: AppContext, filters: FrameFilter, only: str | None, fmt: s
     Examples:
       archive quality list --type light --rejected
     """
-    from archive.reduce.quality import quality_table
+    from archive.reduce.quality_report import quality_table
 
     with session_scope(app.engine) as session:
         table = quality_table(session, filters)

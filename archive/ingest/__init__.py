@@ -1,7 +1,8 @@
 """Getting frames into the catalogue: scanning folders, reading headers, normalizing them by
 keyword dialects (``configs/dialects``) and writing frames and copies in transactions."""
 
-from archive.ingest.dialects import DialectSet, Normalized, normalize_header
+from archive.ingest.dialects import DialectSet, Normalized
 from archive.ingest.ingest import IngestSummary, ingest_paths
+from archive.ingest.normalize import normalize_header
 
 __all__ = ["DialectSet", "IngestSummary", "Normalized", "ingest_paths", "normalize_header"]

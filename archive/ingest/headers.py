@@ -23,7 +23,8 @@ from typing import Any
 
 from archive.errors import HeaderError
 from archive.files import HashingReader, sha256_file
-from archive.ingest.dialects import DialectSet, Normalized, normalize_header
+from archive.ingest.dialects import DialectSet, Normalized
+from archive.ingest.normalize import normalize_header
 
 BLOCK = 2880  # FITS logical record, bytes (FITS standard 4.0, sec. 3.1)
 CARD = 80
@@ -524,7 +525,7 @@ def read_fits(
     path : str
         The file (any FITS form: plain, multi-extension, ``.gz``, tile-compressed ``.fz``).
     dialects : DialectSet
-        Keyword dialects for :func:`archive.ingest.dialects.normalize_header`.
+        Keyword dialects for :func:`archive.ingest.normalize.normalize_header`.
     folders : tuple of str
         Folder names from the ingested root down to the file (image-type words).
     sites : mapping, optional

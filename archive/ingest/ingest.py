@@ -48,11 +48,12 @@ from archive.db.session import open_catalogue, session_scope, storage_failure
 from archive.errors import StorageError
 from archive.db.upsert import insert_missing
 from archive.files import exit_with_parent, path_to_text, process_alive
-from archive.ingest.dialects import DialectSet, check_value
+from archive.ingest.dialects import DialectSet
 from archive.ingest.headers import FileRead, ReadFailure, read_fits
 from archive.ingest.library import sync_library
 from archive.ingest.scan import Candidate, scan_paths
 from archive.ingest.sky import index_frames, read_footprints
+from archive.ingest.validation import check_value
 from archive.progress import NoProgress, Progress
 
 log = logging.getLogger(__name__)

@@ -50,7 +50,7 @@ from archive.ingest.products import ProductRun
 from archive.reduce.summary import ReduceSummary
 from archive.reduce.calibration import calibrate_lights
 from archive.reduce.registration import register_and_stack
-from archive.reduce.quality import measure_frames
+from archive.reduce.quality_measure import measure_frames
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def reduce_lights(
         The ingest run the products join (default one of their own, closed at the end).
     measure : bool
         Measure the lights (on their calibrated frames) and judge them before registering
-        and stacking (:func:`archive.reduce.quality.measure_frames`); rejected lights are left
+        and stacking (:func:`archive.reduce.quality_measure.measure_frames`); rejected lights are left
         out of the stacks either way (default False: ``archive night`` measures).
 
     Returns

@@ -227,7 +227,7 @@ def _count_stars_all(
     summary: ReduceSummary, name: str, progress: Progress,
 ) -> tuple[list[tuple[Frame, Frame]], dict[str, dict]]:
     """Detect stars in every member's calibrated frame, or reuse the star lists their
-    measurements kept (:func:`archive.reduce.quality.stored_stars`, same detection threshold);
+    measurements kept (:func:`archive.reduce.quality_measure.stored_stars`, same detection threshold);
     a frame that cannot be read is recorded as a failure and left out. Returns the members
     kept (in order) and the results by path.
 
@@ -241,7 +241,7 @@ def _count_stars_all(
     and the fixed-pattern check come from one detection."""
     futures: dict[Future, tuple[Frame, Frame]] = {}
     kept: list[tuple[Frame, Frame]] = []
-    from archive.reduce.quality import stored_stars  # the star lists 'archive measure' kept
+    from archive.reduce.quality_measure import stored_stars  # the star lists 'archive measure' kept
 
     with session_scope(engine) as session:
         measured = stored_stars(session, [cal.id for _, cal in members], parameters["detect_sigma"])

@@ -25,7 +25,7 @@ from archive.db.provenance import (
     start_reduction,
 )
 from archive.reduce.stack import StackJob, stack_files
-from archive.reduce.quality import stack_exclusions
+from archive.reduce.quality_stacks import stack_exclusions
 
 from archive.reduce.summary import ReduceSummary
 from archive.reduce.outputs import GROUP_DIGITS, existing_output, frames_by_id, output_path
@@ -39,7 +39,7 @@ def stack_group(
 ) -> None:
     """Stack the registered frames per exposure time (at least two frames per stack).
 
-    Frames whose light is rejected by its quality verdict (:func:`archive.reduce.quality.
+    Frames whose light is rejected by its quality verdict (:func:`archive.reduce.quality_stacks.
     stack_exclusions`), and the lights ``rejected`` (light id -> reason) the caller left out
     before registering, are listed in ``summary.rejected`` and, with their reasons, in the
     stack reduction's ``parameters['rejected']``. With ``[stack] weights = 'signal'``

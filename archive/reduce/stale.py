@@ -67,7 +67,7 @@ def find_stale(session: Session, *, rules: RuleBook | None = None) -> list[Stale
     better master built or ingested since, a master now found where none was, a changed rule
     version. Registered and stacked frames made from a stale calibrated frame are stale too,
     and so is the newest stack of a group whose membership the quality verdicts now change
-    (:func:`archive.reduce.quality.stale_stacks`: a light rejected or accepted since, by a
+    (:func:`archive.reduce.quality_stacks.stale_stacks`: a light rejected or accepted since, by a
     rules change, a new measurement or a person's override).
 
     Returns
@@ -121,7 +121,7 @@ def find_stale(session: Session, *, rules: RuleBook | None = None) -> list[Stale
                 seen.add(product["frame_id"])
                 out.append(StaleProduct(product["frame_id"], product["path"], product["step"], None,
                                         [f"made from stale calibrated frame #{cal_id}"]))
-    from archive.reduce.quality import stale_stacks
+    from archive.reduce.quality_stacks import stale_stacks
 
     for stack in stale_stacks(session):
         if stack.frame_id not in seen:  # a change of quality verdicts (rules, measurement, override)

@@ -7,7 +7,7 @@ the web view render it; every table comes from the functions the command line us
   lights left without a required calibration, with the reason:
   :func:`archive.calib.missing.missing_calibrations`, for the kinds
   :func:`archive.calib.required.required_kinds` asks of each instrument;
-* quality: :func:`archive.reduce.quality.quality_rows` (``archive quality``'s table: measurements and verdicts);
+* quality: :func:`archive.reduce.quality_report.quality_rows` (``archive quality``'s table: measurements and verdicts);
 * problems: :func:`archive.reports.catalog.list_problems` and
   :func:`archive.reports.reductions.list_reduction_problems`, of the night (``night=``);
 * thumbnails: :func:`archive.reduce.preview.preview_png` (one auto-stretch).
@@ -39,7 +39,7 @@ from archive.db.nights import derived_from_night, frames_by_id, frames_of_night,
 from archive.errors import ArchiveError
 from archive.reduce.integration import integrate
 from archive.reduce.preview import preview_png
-from archive.reduce.quality import quality_rows
+from archive.reduce.quality_report import quality_rows
 from archive.reports.catalog import list_problems, select_frames, stack_exposure_s, summarize
 from archive.reports.reductions import list_reduction_problems
 
@@ -133,7 +133,7 @@ class NightReport:
         Lights left without a required calibration, grouped by what would be needed, with
         the reason (:func:`archive.calib.missing.missing_calibrations` columns).
     quality : DataFrame
-        One row per light (:func:`archive.reduce.quality.quality_table` columns, ordered by
+        One row per light (:func:`archive.reduce.quality_report.quality_table` columns, ordered by
         date_obs): verdict, reasons, fwhm_px, background_adu, n_stars, eccentricity, ...
     integration : DataFrame
         Per target and filter: frames, accepted (not rejected), rejected, exposure_h,

@@ -7,7 +7,7 @@ import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from archive.calib.library import library_table
-from archive.reduce.quality import rejected_frames
+from archive.reduce.quality_report import rejected_frames
 from archive.reports.catalog import problem_rows
 from archive.reports.frame import frame_file, frame_links, frame_quality, frame_record
 from archive.reports.integration import light_integration
@@ -135,7 +135,7 @@ def masters(session: Session, newest: int) -> dict[str, Any]:
 
 def problems(session: Session, limit: int) -> dict[str, Any]:
     """Unresolved ingest problems, failed steps, rejected frames (steps that rejected them) and
-    frames rejected by quality (:func:`~archive.reduce.quality.rejected_frames`), the newest
+    frames rejected by quality (:func:`~archive.reduce.quality_report.rejected_frames`), the newest
     ``limit`` of each."""
     problem_columns, problem_list = problem_rows(session, limit=limit)
     failed = table(list_reduction_problems(session, status="failed", limit=limit))

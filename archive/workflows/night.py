@@ -10,7 +10,7 @@ calibrations):
 3. build the masters the raw calibrations make, once per observing night found in the folders
    and their bad-pixel masks (:func:`archive.calib.masters.build_masters`; counted in the first
    folder of that night);
-4. measure the raw calibrations and the new masters (:mod:`archive.reduce.quality`);
+4. measure the raw calibrations and the new masters (:mod:`archive.reduce.quality_measure`);
 5. calibrate every light of each folder, measure it on its calibrated frame, register and
    stack its groups, leaving out rejected lights (:func:`archive.reduce.pipeline.reduce_lights`);
 6. write the night report of each observing night of the folders' raw frames into the
@@ -52,7 +52,7 @@ from archive.reduce.config import ReductionConfig, load_reduction_config
 from archive.reduce.executor import SerialExecutor
 from archive.reduce.pipeline import reduce_lights
 from archive.reduce.solve import SolverNotFoundError, solve_frames
-from archive.reduce.quality import measure_frames
+from archive.reduce.quality_measure import measure_frames
 from archive.reduce.summary import ReduceSummary
 from archive.db.sky import has_wcs_condition
 from archive.ingest.sky import load_sky_config
@@ -212,7 +212,7 @@ def run_night(
         For the default search (tests).
     progress : Progress, optional
     measure : bool
-        Measure and judge the night's frames (:mod:`archive.reduce.quality`): the raw
+        Measure and judge the night's frames (:mod:`archive.reduce.quality_measure`): the raw
         calibrations and the masters built after the masters step, the lights on their
         calibrated frames before registration (default True).
     folders : sequence of Path, optional
