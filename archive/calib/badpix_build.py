@@ -36,27 +36,25 @@ from archive.calib.badpix import (
     hot_pixels,
     mask_from_lights,
 )
-from archive.calib.library import LIBRARY_LAYOUT
 from archive.calib.overscan import detector_geometry, trim_slices
+from archive.calib.record import is_done, library_target, record_master
 from archive.calib.rules import MatchingRules, RuleBook
 from archive.calib.select import explain_selection
 from archive.calib.selection import match_value, rules_for
-from archive.db.base import utcnow
 from archive.db.frames import (
     FrameFilter,
     canonical_paths,
     frame_query,
     instrument_names,
 )
-from archive.db.models import BADPIX, Frame, Master, Reduction
-from archive.db.provenance import fingerprint, start_reduction
-from archive.db.prune import pruned_condition
+from archive.db.models import BADPIX, Frame, Master
+from archive.db.provenance import fingerprint
 from archive.db.session import session_scope
 from archive.errors import ArchiveError
-from archive.files import render_path, safe_component
-from archive.fitsio import read_pixels, write_atomic
+from archive.files import safe_component
+from archive.fitsio import read_pixels
 from archive.ingest.headers import header_from_text
-from archive.ingest.products import ProductRun, fail_product, record_product
+from archive.ingest.products import ProductRun
 from archive.ingest.timing import from_epoch_seconds
 from archive.progress import NoProgress, Progress
 
@@ -341,21 +339,6 @@ def build_badpix(
     progress.finish()
 
 
-def _done(session: Session, fp: str) -> bool:
-    return (
-        session.scalar(
-            select(Reduction.id)
-            .where(
-                Reduction.fingerprint == fp,
-                Reduction.status == "done",
-                ~pruned_condition(),
-            )
-            .limit(1)
-        )
-        is not None
-    )
-
-
 def _build_one(
     engine: Engine,
     plan: BadpixPlan,
@@ -379,7 +362,7 @@ def _build_one(
         matching.version,
     )
     with session_scope(engine) as session:
-        if _done(session, fp):
+        if is_done(session, fp):
             summary.unchanged += 1
             return
         paths = canonical_paths(session, [f.id for f in plan.frames])
@@ -399,60 +382,20 @@ def _build_one(
     setup = "_".join(
         safe_component(str(v), "x") for v in plan.key.values() if v is not None
     )
-    target = render_path(
-        library,
-        LIBRARY_LAYOUT,
-        instrument=safe_component(plan.instrument, "unknown-instrument"),
-        kind=BADPIX,
-        name=f"{safe_component(f'master_badpix_{setup}')}_{fp[:10]}.fits",
+    record_master(
+        engine,
+        BADPIX,
+        fp,
+        parameters,
+        [(f.id, role) for f, role in roles],
+        library_target(library, plan.instrument, BADPIX, setup, fp),
+        mask,
+        header,
+        products,
+        summary,
+        what=f"{plan.describe()} ({counts.hot} hot, {counts.cold} cold)",
+        rule_version=matching.version,
+        n_combined=len(plan.frames),
+        combine_method=f"badpix:{plan.source}",
+        dtype=np.uint8,
     )
-    with session_scope(engine, write=True) as session:
-        reduction = start_reduction(
-            session,
-            "master_badpix",
-            fp,
-            parameters,
-            matching.version,
-            [(f.id, role) for f, role in roles],
-        )
-        reduction_id = reduction.id if reduction is not None else None
-        done = reduction is None and _done(session, fp)
-    if reduction_id is None:
-        if done:
-            summary.unchanged += 1
-        else:
-            summary.busy += 1
-        return
-    try:
-        write_atomic(target, mask, header, dtype=np.uint8)
-
-        def link(session: Session, frame_id: int) -> None:
-            master = session.get(Master, frame_id) or Master(
-                frame_id=frame_id, kind=BADPIX, created_at=utcnow()
-            )
-            master.kind, master.origin = BADPIX, "built"
-            master.n_combined, master.combine_method = (
-                len(plan.frames),
-                f"badpix:{plan.source}",
-            )
-            master.bias_subtracted, master.rule_version = False, matching.version
-            master.is_bad = bool(master.is_bad)
-            session.add(master)
-
-        frame_id = record_product(products, reduction_id, target, link=link)
-        summary.built.append((BADPIX, frame_id, str(target)))
-        log.info(
-            "built bad-pixel mask %s (%d hot, %d cold) -> %s",
-            plan.describe(),
-            counts.hot,
-            counts.cold,
-            target,
-        )
-    except BaseException as exc:
-        fail_product(
-            engine,
-            reduction_id,
-            str(exc) or type(exc).__name__,
-            failure="error" if isinstance(exc, Exception) else "interrupted",
-        )
-        raise

@@ -22,7 +22,7 @@ The product is a master of kind ``dark_model`` (:data:`archive.db.models.DARK_MO
 primary image is the slope S (ADU/s), the extension :data:`archive.keywords.INTERCEPT` the
 intercept I (ADU), and :data:`archive.keywords.DARK_MODEL_TMIN` /
 :data:`archive.keywords.DARK_MODEL_TMAX` the range of exposures fitted (s). It is written and
-catalogued with its provenance like every master (:func:`archive.calib.masters.record_master`).
+catalogued with its provenance like every master (:func:`archive.calib.record.record_master`).
 Selection (:func:`archive.calib.select.explain_selection`) offers it, method ``model``, to a
 light whose exposure lies within that range when no exact, longer or interpolated master dark
 serves it; calibration subtracts :math:`I + S \\cdot` EXPTIME.
@@ -43,19 +43,17 @@ from sqlalchemy.orm import Session
 
 from archive import keywords as kw
 from archive.calib.combine import MasterBuildError, combine_files
-from archive.calib.library import LIBRARY_LAYOUT
 from archive.calib.masters import (
     BuildSummary,
-    _done,
     _geometry,
     _load_master,
     _master_header,
     _overscan,
     _plan_fingerprint,
     _usable_inputs,
-    record_master,
 )
 from archive.calib.overscan import subtract_overscan_rows
+from archive.calib.record import is_done, library_target, record_master
 from archive.calib.plan import MasterPlan, describe, describe_parts, split_tolerance
 from archive.calib.rules import KindRules, MatchingRules, RuleBook, default_rulebook
 from archive.calib.select import explain_selection
@@ -69,7 +67,6 @@ from archive.db.frames import (
 from archive.db.models import DARK_MODEL, Frame
 from archive.db.session import session_scope
 from archive.errors import ArchiveError
-from archive.files import render_path, safe_component
 from archive.ingest.products import ProductRun
 from archive.progress import Progress
 
@@ -312,7 +309,7 @@ def _build_model(
         if overscans:
             parameters["overscan"] = overscans
         fp = _plan_fingerprint(plan, calib_frames, parameters)
-        if _done(session, fp):
+        if is_done(session, fp):
             summary.unchanged += 1
             return
         bias = _load_master(session, bias_sel.master_id) if bias_sel else None
@@ -336,19 +333,13 @@ def _build_model(
         + ", ".join(f"{t:g}" for t in exposures)
     )
     setup = "_".join(describe_parts(plan)[1:])
-    target = render_path(
-        library,
-        LIBRARY_LAYOUT,
-        instrument=safe_component(plan.instrument, "unknown-instrument"),
-        kind=DARK_MODEL,
-        name=f"{safe_component(f'master_{DARK_MODEL}_{setup}')}_{fp[:10]}.fits",
-    )
+    target = library_target(library, plan.instrument, DARK_MODEL, setup, fp)
     inputs = [(f.id, "raw") for f in plan.frames] + [
         (mid, role) for mid, (role, _) in calib_frames.items()
     ]
     record_master(
         engine,
-        plan,
+        DARK_MODEL,
         fp,
         parameters,
         inputs,
@@ -357,6 +348,10 @@ def _build_model(
         header,
         products,
         summary,
+        what=describe(plan),
+        rule_version=plan.rules.version,
+        n_combined=len(plan.frames),
+        combine_method=plan.rules["dark"].combine,
         selections=[bias_sel] if bias_sel else [],
         bias_subtracted=bias is not None,
         extensions=[(kw.INTERCEPT, intercept)],

@@ -32,33 +32,32 @@ from typing import Any
 
 import numpy as np
 from astropy.io import fits
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from archive.calib.combine import MasterBuildError, RowReader, image_median, combine_files
 from archive.calib.rules import KindRules, MatchingRules, RuleBook, default_rulebook
-from archive.calib.select import explain_selection, interpolation_weights, record_selection
+from archive.calib.select import explain_selection, interpolation_weights
 from archive.calib.selection import Selection
 from archive.config import Settings, load_settings
-from archive.db.base import utcnow
-from archive.db.models import BADPIX, CALIBRATION_KINDS, DARK_MODEL, Frame, Master, Reduction
+from archive.db.models import BADPIX, CALIBRATION_KINDS, Frame, Master
 from archive.db.session import session_scope
 from archive.errors import ArchiveError
 from archive import keywords as kw
-from archive.files import remove_partials, render_path, safe_component
-from archive.fitsio import read_dark_model, write_atomic
+from archive.files import remove_partials
+from archive.fitsio import read_dark_model
 from archive.db.frames import FrameFilter, canonical_paths
-from archive.db.provenance import clear_selections, fingerprint, start_reduction
-from archive.db.prune import pruned_condition
+from archive.db.provenance import fingerprint
 from archive.ingest.headers import header_from_text
 from archive.ingest.library import sync_library
-from archive.ingest.products import ProductRun, fail_product, record_product
+from archive.ingest.products import ProductRun
 from archive.ingest.timing import from_epoch_seconds
-from archive.calib.library import LIBRARY_LAYOUT, default_library
+from archive.calib.library import default_library
 from archive.calib.overscan import (
     Geometry, detector_geometry, overscan_levels, parse_section, strip_axis, subtract_overscan_rows,
 )
 from archive.calib.plan import MasterPlan, describe, describe_parts, plan_masters
+from archive.calib.record import is_done, library_target, record_master
 from archive.progress import NoProgress, Progress
 
 log = logging.getLogger(__name__)
@@ -439,13 +438,6 @@ def _plan_fingerprint(plan: MasterPlan, calib_frames: dict[int, tuple[str, str]]
     return fingerprint(f"master_{plan.kind}", inputs, parameters, plan.rules.version)
 
 
-def _done(session: Session, fp: str) -> bool:
-    """Whether a reduction of fingerprint ``fp`` has finished (and its master was not pruned:
-    a pruned master is built again, :func:`archive.db.prune.pruned_condition`)."""
-    return session.scalar(select(Reduction.id).where(Reduction.fingerprint == fp, Reduction.status == "done",
-                                                     ~pruned_condition()).limit(1)) is not None
-
-
 def _build_one(engine: Engine, plan: MasterPlan, library: Path, products: ProductRun, summary: BuildSummary) -> None:
     kr = plan.rules[plan.kind]
     what = describe(plan)
@@ -472,7 +464,7 @@ def _build_one(engine: Engine, plan: MasterPlan, library: Path, products: Produc
             if overscans:  # only then: masters of detectors without an overscan keep their fingerprints
                 parameters["overscan"] = overscans
             fp = _plan_fingerprint(plan, calib_frames, parameters)
-            if _done(session, fp):
+            if is_done(session, fp):
                 summary.unchanged += 1
                 return
             if checked:
@@ -500,105 +492,16 @@ def _build_one(engine: Engine, plan: MasterPlan, library: Path, products: Produc
             dropped = {f.id for f, _ in left_out}
             plan.frames = [f for f in plan.frames if f.id not in dropped]
             fp = _plan_fingerprint(plan, calib_frames, parameters)
-            if _done(session, fp):
+            if is_done(session, fp):
                 summary.unchanged += 1
                 return
         header = _master_header(plan, parameters, fp, [Path(paths[f.id]).name for f in plan.frames])
     setup = "_".join(describe_parts(plan)[1:])  # night, binning, exposure, filter, temperature
-    target = render_path(
-        library, LIBRARY_LAYOUT, instrument=safe_component(plan.instrument, "unknown-instrument"), kind=plan.kind,
-        name=f"{safe_component(f'master_{plan.kind}_{setup}')}_{fp[:10]}.fits",
-    )
+    target = library_target(library, plan.instrument, plan.kind, setup, fp)
     inputs = [(f.id, "raw") for f in plan.frames] + [(mid, role) for mid, (role, _) in calib_frames.items()]
-    record_master(engine, plan, fp, parameters, inputs, target, data, header, products, summary,
-                  selections=[sel for sel in (cal.bias, cal.dark) if sel is not None],
+    record_master(engine, plan.kind, fp, parameters, inputs, target, data, header, products, summary,
+                  what=what, rule_version=plan.rules.version, n_combined=len(plan.frames),
+                  combine_method=kr.combine, selections=[sel for sel in (cal.bias, cal.dark) if sel is not None],
                   bias_subtracted=plan.kind == "dark" and cal.bias is not None)
 
 
-def record_master(
-    engine: Engine, plan: MasterPlan, fp: str, parameters: dict[str, Any], inputs: list[tuple[int, str]],
-    target: Path, data: np.ndarray, header: fits.Header, products: ProductRun, summary: BuildSummary, *,
-    selections: Sequence[Selection] = (), bias_subtracted: bool = False,
-    extensions: Sequence[tuple[str, np.ndarray]] = (),
-) -> None:
-    """Write a master built from ``plan`` and catalogue it with its provenance (the one way every
-    master, a dark model included, becomes a product).
-
-    The reduction row (step ``master_<plan.kind>``, fingerprint ``fp``) is claimed inside a write
-    transaction (another run may have built or started the same master meanwhile: then it is
-    counted ``unchanged`` or ``busy``), the file written (:func:`archive.fitsio.write_atomic`,
-    with ``extensions``), ingested and linked to its library row (kind ``plan.kind``) and to the
-    ``selections`` of the masters used. A failure leaves a failed reduction row, taken up again
-    by the next run.
-
-    Parameters
-    ----------
-    engine : Engine
-    plan : MasterPlan
-        Its frames are the raw inputs; ``plan.kind`` the library kind.
-    fp : str
-        The fingerprint (:func:`_plan_fingerprint`).
-    parameters : dict
-        Stored with the reduction.
-    inputs : list of (frame id, role)
-    target : Path
-        The master's file in the library.
-    data : ndarray
-        The primary image.
-    header : Header
-    products : ProductRun
-    summary : BuildSummary
-        ``built``, ``unchanged`` or ``busy`` is added to.
-    selections : sequence of Selection
-        The decisions of the masters used (master bias, master dark).
-    bias_subtracted : bool
-        The library row's ``bias_subtracted``.
-    extensions : sequence of (str, ndarray)
-        Named image extensions after the primary HDU.
-
-    Raises
-    ------
-    MasterBuildError
-        The file cannot be written or catalogued.
-    """
-    what = describe(plan)
-    kr = plan.rules["dark" if plan.kind == DARK_MODEL else plan.kind]
-    with session_scope(engine, write=True) as session:
-        # look again inside the write transaction (the row is claimed if absent or free): another
-        # run may have built or started this master while the pixels were being combined here
-        reduction = start_reduction(session, f"master_{plan.kind}", fp, parameters, plan.rules.version, inputs)
-        reduction_id = reduction.id if reduction is not None else None
-        done = reduction is None and _done(session, fp)
-    if reduction_id is None:
-        if done:
-            summary.unchanged += 1
-        else:
-            summary.busy += 1
-            log.info("master %s %s is being built by another run", plan.kind, what)
-        return
-    try:
-        write_atomic(target, data, header, extensions)
-
-        def link(session: Session, frame_id: int) -> None:
-            master = session.get(Master, frame_id) or Master(frame_id=frame_id, kind=plan.kind, created_at=utcnow())
-            master.kind, master.origin = plan.kind, "built"
-            master.n_combined, master.combine_method = len(plan.frames), kr.combine
-            master.bias_subtracted = bias_subtracted
-            master.rule_version = plan.rules.version
-            master.is_bad = bool(master.is_bad)
-            session.add(master)
-            clear_selections(session, reduction_id)  # a redone build replaces what its first attempt left
-            for sel in selections:
-                record_selection(session, sel, reduction_id=reduction_id)
-
-        frame_id = record_product(products, reduction_id, target, link=link)
-        summary.built.append((plan.kind, frame_id, str(target)))
-        log.info("built %s %s -> %s", plan.kind, what, target)
-    except BaseException as exc:
-        # a master that failed (or a run interrupted with Ctrl-C) leaves a failed row, taken up
-        # again by the next run
-        fail_product(engine, reduction_id, str(exc) or type(exc).__name__,
-                     failure="error" if isinstance(exc, Exception) else "interrupted")
-        if isinstance(exc, (ArchiveError, OSError)):
-            raise MasterBuildError(str(exc)) from exc
-        raise
