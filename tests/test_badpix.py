@@ -177,6 +177,10 @@ def _assert_shifts_follow_the_drift(shifts: dict[int, tuple[float, float]]) -> N
     assert np.ptp(offsets[:, 0]) < 0.5 and np.ptp(offsets[:, 1]) < 0.5, shifts
 
 
+def _input_roles(session, frame) -> set[str]:
+    return set(session.scalars(select(ReductionInput.role).where(ReductionInput.reduction_id == frame.reduction_id)))
+
+
 def test_the_mask_finds_the_hot_pixels_of_the_darks_and_the_dead_column_of_the_flats(
     db_url, tmp_path
 ):
@@ -209,14 +213,7 @@ def test_the_mask_finds_the_hot_pixels_of_the_darks_and_the_dead_column_of_the_f
             _assert_cold_is_ccdmask(session, mask)
             # provenance: the mask's inputs are the night's master dark and flat
             frame = session.get(Frame, master.frame_id)
-            roles = {
-                r.role
-                for r in session.scalars(
-                    select(ReductionInput).where(
-                        ReductionInput.reduction_id == frame.reduction_id
-                    )
-                )
-            }
+            roles = _input_roles(session, frame)
             assert roles == {"master_dark", "master_flat"}
             # calibrated lights are NaN exactly there, and the registration follows the stars
             calibrated = session.scalars(
@@ -243,14 +240,7 @@ def test_without_darks_the_mask_comes_from_the_lights(db_url, tmp_path):
             assert _hot_set((mask & 1) != 0) == {tuple(p) for p in HOT.tolist()}
             _assert_cold_is_ccdmask(session, mask)
             frame = session.get(Frame, master.frame_id)
-            roles = {
-                r.role
-                for r in session.scalars(
-                    select(ReductionInput).where(
-                        ReductionInput.reduction_id == frame.reduction_id
-                    )
-                )
-            }
+            roles = _input_roles(session, frame)
             assert roles == {"light", "master_flat"}
             _assert_shifts_follow_the_drift(_shifts(session))
         # a light arriving later (archive watch runs the night again) is calibrated with that
