@@ -235,6 +235,8 @@ def test_help_and_summary_import_only_what_they_use(tmp_path, arcsat_night):
     assert run("-q", "ingest", arcsat_night, db=db).exit_code == 0
     assert _modules_after(["--db", str(db), "summary"]) == {"sqlalchemy"}
     assert _modules_after(["--db", str(db), "frames"]) == {"sqlalchemy"}
+    # a second ingest of unchanged files reads none: no FITS or WCS library is loaded
+    assert "astropy" not in _modules_after(["--db", str(db), "-q", "ingest", str(arcsat_night)])
 
 
 def test_the_help_summaries_match_the_commands():

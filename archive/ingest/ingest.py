@@ -52,7 +52,6 @@ from archive.ingest.dialects import DialectSet
 from archive.ingest.headers import FileRead, ReadFailure, read_fits
 from archive.ingest.library import sync_library
 from archive.ingest.scan import Candidate, scan_paths
-from archive.ingest.sky import index_frames, read_footprints
 from archive.ingest.validation import check_value
 from archive.progress import NoProgress, Progress
 
@@ -242,8 +241,11 @@ def _read_and_write_batch(batch: Sequence[Candidate], run_id: int, number: int, 
                 raise _Stopped()
             results.append(read_fits(c.path, _worker_state["dialects"], folders=c.folders, sites=settings.sites))
         reads = [r for r in results if isinstance(r, FileRead)]  # their footprints too, before the turn to write
-        for read, footprint in zip(reads, read_footprints([_frame_row(r, None, run_id, None) for r in reads])):
-            read.footprint, read.placed = footprint, True
+        if reads:
+            from archive.ingest.sky import read_footprints  # astropy.wcs: imported when a file is read
+
+            for read, footprint in zip(reads, read_footprints([_frame_row(r, None, run_id, None) for r in reads])):
+                read.footprint, read.placed = footprint, True
     except BaseException as exc:  # noqa: BLE001 - raised below, after the turn is passed on
         failed = exc
     summary = IngestSummary()
@@ -393,6 +395,8 @@ def catalogue_batch(session: Session, results: Sequence[FileRead | ReadFailure],
             new_rows[read.sha256] = _frame_row(read, instrument_ids.get(read.normalized.values["instrument"]), run_id, now)
     new_frame_ids: dict[str, int] = {}
     if new_rows:
+        from archive.ingest.sky import index_frames  # healpix and astropy: imported when a frame is new
+
         session.execute(Frame.__table__.insert(), list(new_rows.values()))  # executemany: no RETURNING
         new_frame_ids = _ids(session, Frame, Frame.sha256, set(new_rows))
         frame_ids.update(new_frame_ids)
