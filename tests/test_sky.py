@@ -302,12 +302,8 @@ def _image_header(path) -> fits.Header:
 def test_footprint_from_wcslib_alone_equals_astropy_wcs_on_every_real_header():
     """Ingest's fast path (astropy's Wcsprm, no WCS object) gives the corners and plate scale
     of astropy.wcs.WCS for every real header with a celestial WCS, and none where WCS finds none."""
-    from archive.ingest.sky import (
-        celestial_wcs,
-        frame_footprint,
-        load_sky_config,
-        wcs_footprint,
-    )
+    from archive.ingest.sky import celestial_wcs, frame_footprint, wcs_footprint
+    from archive.ingest.sky_config import load_sky_config
 
     config = load_sky_config()
     compared = 0
@@ -334,7 +330,8 @@ def test_footprint_from_wcslib_alone_equals_astropy_wcs_on_every_real_header():
 def test_footprint_of_a_sip_header_keeps_its_distortion():
     """A header with SIP distortion goes through astropy.wcs.WCS (wcslib alone would drop the
     SIP terms): its corners are WCS.calc_footprint's, not the undistorted ones."""
-    from archive.ingest.sky import frame_footprint, load_sky_config
+    from archive.ingest.sky import frame_footprint
+    from archive.ingest.sky_config import load_sky_config
 
     header = fits.Header()
     for key, value in {"NAXIS": 2, "NAXIS1": 2000, "NAXIS2": 1500, "CTYPE1": "RA---TAN-SIP", "CTYPE2": "DEC--TAN-SIP",

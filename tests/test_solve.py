@@ -25,7 +25,7 @@ from archive.db.frames import FrameFilter, frame_query
 from archive.db.models import Footprint, Frame, Reduction, ReductionInput
 from archive.db.session import session_scope
 from archive.ingest.ingest import ingest_paths
-from archive.ingest.sky import SkyConfig
+from archive.ingest.sky_config import SkyConfig
 from archive.reduce.solve import SolverNotFoundError, solve_frames, solver_path
 from tests.conftest import SHARED_DATA
 

@@ -51,6 +51,7 @@ from archive.files import exit_with_parent, path_to_text, process_alive
 from archive.ingest.dialects import DialectSet
 from archive.ingest.headers import FileRead, ReadFailure, read_fits
 from archive.ingest.library import sync_library
+from archive.ingest.sky_config import load_sky_config
 from archive.ingest.scan import Candidate, scan_paths
 from archive.ingest.validation import check_value
 from archive.progress import NoProgress, Progress
@@ -395,8 +396,6 @@ def catalogue_batch(session: Session, results: Sequence[FileRead | ReadFailure],
             new_rows[read.sha256] = _frame_row(read, instrument_ids.get(read.normalized.values["instrument"]), run_id, now)
     new_frame_ids: dict[str, int] = {}
     if new_rows:
-        from archive.ingest.sky import index_frames  # healpix and astropy: imported when a frame is new
-
         session.execute(Frame.__table__.insert(), list(new_rows.values()))  # executemany: no RETURNING
         new_frame_ids = _ids(session, Frame, Frame.sha256, set(new_rows))
         frame_ids.update(new_frame_ids)
@@ -404,8 +403,13 @@ def catalogue_batch(session: Session, results: Sequence[FileRead | ReadFailure],
         if masters:
             sync_library(session, frame_ids=masters)
         placed = {read.sha256: read.footprint for read in reads if read.placed}
-        index_frames(session, [(new_frame_ids[sha], {**row, "footprint": placed[sha]} if sha in placed else row)
-                               for sha, row in new_rows.items()])  # footprints
+        sky = load_sky_config()
+        placeable = [(new_frame_ids[sha], {**row, "footprint": placed[sha]} if sha in placed else row)
+                     for sha, row in new_rows.items() if row["image_type"] in sky.image_types]
+        if placeable:  # footprints (astropy.wcs and healpix are loaded for them only)
+            from archive.ingest.sky import index_frames
+
+            index_frames(session, placeable, sky)
 
     paths = [r.path for r in reads]
     current = {c.path: c for c in session.scalars(select(Copy).where(Copy.is_current, Copy.path.in_(paths)))}

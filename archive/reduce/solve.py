@@ -38,7 +38,8 @@ from archive.db.provenance import fingerprint, finish_reduction, start_reduction
 from archive.db.session import session_scope
 from archive.db.sky import has_wcs_condition, store_footprints
 from archive.errors import ArchiveError
-from archive.ingest.sky import SkyConfig, celestial_wcs, index_missing, load_sky_config, parse_header, plate_scale, wcs_footprint
+from archive.ingest.sky import celestial_wcs, index_missing, parse_header, plate_scale, wcs_footprint
+from archive.ingest.sky_config import SkyConfig, load_sky_config
 from archive.progress import NoProgress, Progress
 
 log = logging.getLogger(__name__)

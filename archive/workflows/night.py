@@ -55,7 +55,7 @@ from archive.reduce.solve import SolverNotFoundError, solve_frames
 from archive.reduce.quality_measure import measure_frames
 from archive.reduce.summary import ReduceSummary
 from archive.db.sky import has_wcs_condition
-from archive.ingest.sky import load_sky_config
+from archive.ingest.sky_config import load_sky_config
 from archive.reduce.preview import write_preview
 from archive.reports.night import night_summary
 from archive.reports.night_html import report_path, write_night_html
