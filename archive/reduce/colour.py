@@ -63,8 +63,6 @@ def demosaic(mosaic: np.ndarray, pattern: str, method: str = "bilinear") -> np.n
     ValueError
         Not a 2-D image, an unknown pattern or method.
     """
-    import colour_demosaicing
-
     data = np.asarray(mosaic, dtype=np.float32)
     if data.ndim != 2:
         raise ValueError(f"a Bayer mosaic is a 2-D image, not of shape {data.shape}")
@@ -72,6 +70,8 @@ def demosaic(mosaic: np.ndarray, pattern: str, method: str = "bilinear") -> np.n
         raise ValueError(f"unknown Bayer pattern {pattern!r}")
     if check_demosaic_method(method) == "bilinear":
         return _bilinear(np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0), pattern)
+    import colour_demosaicing  # colour-science: about a second to import, for the other methods only
+
     function = getattr(colour_demosaicing, DEMOSAIC_METHODS[method])
     rgb = function(np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0), pattern)  # (ny, nx, 3)
     return np.ascontiguousarray(np.moveaxis(rgb, -1, 0), dtype=np.float32)
