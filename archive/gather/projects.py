@@ -340,7 +340,7 @@ def collect_project(
     Lights are gathered like :func:`archive.gather.copyback.copyback` (one file per exposure,
     verified, recorded as copies; an exposure already in the filter's folder is skipped, so a
     second collect after a new night adds only the new frames). For each filter, the masters
-    chosen for its lights (:func:`masters_for`), the masters below them and their bad-pixel
+    chosen for its lights (:func:`masters_for`), the masters below them and the lights' bad-pixel
     masks are copied to the filter's masters folder (never moved, even with ``mode='move'``).
 
     Parameters
