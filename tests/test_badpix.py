@@ -98,31 +98,27 @@ def _night(folder, *, darks: bool = True) -> None:
         )
 
 
-def _run_night(tmp_path, url: str, *, darks: bool = True):
-    root = tmp_path / "imaging"
-    _night(root / "2026-11-20", darks=darks)
-    config = tmp_path / "config.toml"
-    config.write_text(f'[masters]\nlibrary = "{tmp_path / "masters"}"\n')
-    env = {"ARCHIVE_CONFIG": str(config)}
+def _archive_night(tmp_path, url: str):
+    """``archive night 2026-11-20`` on the imaging root under ``tmp_path`` (serial, no measuring)."""
     result = CliRunner().invoke(
         main,
-        [
-            "--db",
-            url,
-            "night",
-            "2026-11-20",
-            "--root",
-            str(root),
-            "--output",
-            str(tmp_path / "out"),
-            "--serial",
-            "--no-measure",
-        ],
-        env=env,
+        ["--db", url, "night", "2026-11-20", "--root", str(tmp_path / "imaging"), "--output",
+         str(tmp_path / "out"), "--serial", "--no-measure"],
+        env=_env(tmp_path),
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
-    return env
+    return result
+
+
+def _env(tmp_path) -> dict[str, str]:
+    return {"ARCHIVE_CONFIG": str(tmp_path / "config.toml")}
+
+
+def _run_night(tmp_path, url: str, *, darks: bool = True):
+    _night(tmp_path / "imaging" / "2026-11-20", darks=darks)
+    (tmp_path / "config.toml").write_text(f'[masters]\nlibrary = "{tmp_path / "masters"}"\n')
+    _archive_night(tmp_path, url)
 
 
 def _hot_set(mask: np.ndarray) -> set[tuple[int, int]]:
@@ -254,25 +250,7 @@ def test_without_darks_the_mask_comes_from_the_lights(db_url, tmp_path):
         )
         image[HOT[:, 0], HOT[:, 1]] += 2000
         _write(folder / "m31_8.fits", "LIGHT", 60.0, 28, image)
-        env = {"ARCHIVE_CONFIG": str(tmp_path / "config.toml")}
-        again = CliRunner().invoke(
-            main,
-            [
-                "--db",
-                db_url,
-                "night",
-                "2026-11-20",
-                "--root",
-                str(tmp_path / "imaging"),
-                "--output",
-                str(tmp_path / "out"),
-                "--serial",
-                "--no-measure",
-            ],
-            env=env,
-            catch_exceptions=False,
-        )
-        assert again.exit_code == 0, again.output
+        again = _archive_night(tmp_path, db_url)
         assert "1 calibrated" in again.output, again.output
         with session_scope(engine) as session:
             assert _mask_of(session)[0].frame_id == master.frame_id
@@ -282,7 +260,7 @@ def test_without_darks_the_mask_comes_from_the_lights(db_url, tmp_path):
 
 
 def test_a_mask_made_from_a_master_marked_bad_is_not_selected(db_url, tmp_path):
-    env = _run_night(tmp_path, db_url)
+    _run_night(tmp_path, db_url)
     engine = open_catalogue(db_url)
     try:
         with session_scope(engine) as session:
@@ -299,7 +277,7 @@ def test_a_mask_made_from_a_master_marked_bad_is_not_selected(db_url, tmp_path):
                 "--reason",
                 "light leak",
             ],
-            env=env,
+            env=_env(tmp_path),
             catch_exceptions=False,
         )
         assert result.exit_code == 0, result.output
