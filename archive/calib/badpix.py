@@ -26,7 +26,7 @@ detection or registration and are left out of every combine.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,6 +146,31 @@ def channels(
     return [(slice(r, None, 2), slice(c, None, 2)) for r in (0, 1) for c in (0, 1)]
 
 
+def per_channel(
+    image: np.ndarray, bayer_pattern: str | None, judge: Callable[[np.ndarray], np.ndarray | None]
+) -> np.ndarray:
+    """``judge`` applied to each part of ``image`` (:func:`channels`), its verdicts put back
+    in place.
+
+    Parameters
+    ----------
+    image : ndarray, shape (ny, nx)
+    bayer_pattern : str or None
+    judge : callable
+        One part -> bool array of its shape, or None when it cannot judge (no finite pixel).
+
+    Returns
+    -------
+    ndarray of bool, shape (ny, nx)
+    """
+    out = np.zeros(image.shape, dtype=bool)
+    for rows, cols in channels(image.shape, bayer_pattern):
+        verdict = judge(image[rows, cols])
+        if verdict is not None:
+            out[rows, cols] = verdict
+    return out
+
+
 def robust_sigma(values: np.ndarray) -> tuple[float, float]:
     """The median and 1.4826 * MAD of the finite ``values``."""
     finite = np.asarray(values, dtype=np.float64)
@@ -171,14 +196,12 @@ def hot_pixels(
     -------
     ndarray of bool, shape (ny, nx)
     """
-    dark = np.asarray(dark, dtype=np.float64)
-    out = np.zeros(dark.shape, dtype=bool)
-    for rows, cols in channels(dark.shape, bayer_pattern):
-        part = dark[rows, cols]
+
+    def judge(part: np.ndarray) -> np.ndarray | None:
         median, sigma = robust_sigma(part)
-        if np.isfinite(median):
-            out[rows, cols] = part > median + hot_sigma * sigma
-    return out
+        return part > median + hot_sigma * sigma if np.isfinite(median) else None
+
+    return per_channel(np.asarray(dark, dtype=np.float64), bayer_pattern, judge)
 
 
 def cold_pixels(
@@ -201,16 +224,10 @@ def cold_pixels(
     """
     import ccdproc
 
-    flat = np.asarray(flat, dtype=np.float64)
-    out = np.zeros(flat.shape, dtype=bool)
-    for rows, cols in channels(flat.shape, bayer_pattern):
-        part = flat[rows, cols]
-        out[rows, cols] = np.asarray(
-            ccdproc.ccdmask(
-                np.nan_to_num(part, nan=np.nanmedian(part)), **(ccdmask or {})
-            )
-        )
-    return out
+    def judge(part: np.ndarray) -> np.ndarray:
+        return np.asarray(ccdproc.ccdmask(np.nan_to_num(part, nan=np.nanmedian(part)), **(ccdmask or {})))
+
+    return per_channel(np.asarray(flat, dtype=np.float64), bayer_pattern, judge)
 
 
 def light_outliers(
@@ -232,17 +249,12 @@ def light_outliers(
     """
     from scipy.ndimage import median_filter
 
-    light = np.asarray(light, dtype=np.float32)
-    out = np.zeros(light.shape, dtype=bool)
-    for rows, cols in channels(light.shape, bayer_pattern):
-        part = light[rows, cols]
+    def judge(part: np.ndarray) -> np.ndarray | None:
         residual = part - median_filter(part, size=filter_px, mode="reflect")
-        median, spread = robust_sigma(
-            residual[::2, ::2]
-        )  # a quarter of the pixels: the same statistics
-        if np.isfinite(median) and spread > 0:
-            out[rows, cols] = residual > median + sigma * spread
-    return out
+        median, spread = robust_sigma(residual[::2, ::2])  # a quarter of the pixels: the same statistics
+        return residual > median + sigma * spread if np.isfinite(median) and spread > 0 else None
+
+    return per_channel(np.asarray(light, dtype=np.float32), bayer_pattern, judge)
 
 
 def mask_from_lights(

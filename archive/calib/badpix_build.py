@@ -220,12 +220,16 @@ def compute_mask(
     """
     bayer = plan.frames[0].bayer_pattern
     mask: np.ndarray | None = None
+    areas: dict[int, tuple[slice, slice]] = {}
 
     def area(frame: Frame) -> tuple[slice, slice]:
-        """The frame's light-sensitive area: an overscan strip's level would make its
-        neighbours outliers, and the strip is cut from every calibrated light anyway."""
-        shape = (frame.naxis2 or 0, frame.naxis1 or 0)
-        return trim_slices(detector_geometry(header_from_text(frame.header), shape, plan.instrument), shape)
+        """The frame's light-sensitive area (its header parsed once): an overscan strip's level
+        would make its neighbours outliers, and the strip is cut from every calibrated light anyway."""
+        if frame.id not in areas:
+            shape = (frame.naxis2 or 0, frame.naxis1 or 0)
+            areas[frame.id] = trim_slices(detector_geometry(header_from_text(frame.header), shape, plan.instrument),
+                                          shape)
+        return areas[frame.id]
 
     def pixels(frame: Frame, dtype: Any = np.float64) -> np.ndarray:
         return read_pixels(paths[frame.id], frame.hdu_index, dtype=dtype)[0][area(frame)]

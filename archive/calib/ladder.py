@@ -316,7 +316,6 @@ def _build_model(
         files = [paths[f.id] for f in plan.frames]
         slope, intercept = _fit(plan, steps, files, bias, kr)
         header = _master_header(plan, parameters, fp, [Path(p).name for p in files])
-    header[kw.BIAS_SUBTRACTED] = (bias is not None, "master bias subtracted")
     header[kw.DARK_MODEL_TMIN] = (
         min(exposures),
         "[s] shortest exposure of the dark model",

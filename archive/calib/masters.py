@@ -40,7 +40,7 @@ from archive.calib.rules import KindRules, MatchingRules, RuleBook, default_rule
 from archive.calib.select import explain_selection, interpolation_weights
 from archive.calib.selection import Selection
 from archive.config import Settings, load_settings
-from archive.db.models import BADPIX, CALIBRATION_KINDS, Frame, Master
+from archive.db.models import BADPIX, CALIBRATION_KINDS, DARK_MODEL, Frame, Master
 from archive.db.session import session_scope
 from archive.errors import ArchiveError
 from archive import keywords as kw
@@ -163,7 +163,7 @@ def _master_header(plan: MasterPlan, parameters: dict[str, Any], fp: str, names:
     first[kw.RULE_VERSION] = (plan.rules.version, "archive matching rules")
     first[kw.REDUCTION_STEP] = (f"master_{plan.kind}", "archive reduction step")
     first[kw.FINGERPRINT] = fp
-    if plan.kind == "dark":
+    if plan.kind in ("dark", DARK_MODEL):
         first[kw.BIAS_SUBTRACTED] = (bool(parameters.get("master_bias")), "master bias subtracted")
     if plan.kind == "flat":
         first[kw.NORMALIZED] = (True, "normalized to a median of 1")
@@ -194,11 +194,12 @@ def _compute(
     # an interpolated one is re-weighted at each input's exposure (dark = A*t + B)
     per_frame: list[list[tuple[np.ndarray, float]]] = [[] for _ in frames]
     if cal.dark is not None:
-        darks = {mid: (_load_master(session, mid), session.get(Master, mid), session.get(Frame, mid))
-                 for mid, _ in cal.dark.weights}
         if cal.dark.method == "model":  # dark = intercept + slope * t (archive.calib.ladder)
             slope, intercept = read_dark_model(canonical_paths(session, [cal.dark.master_id])[cal.dark.master_id])
             slope, intercept = slope.astype(np.float32), intercept.astype(np.float32)
+        else:
+            darks = {mid: (_load_master(session, mid), session.get(Master, mid), session.get(Frame, mid))
+                     for mid, _ in cal.dark.weights}
         for i, frame in enumerate(frames):
             t = frame.exposure_time_s
             if cal.dark.method == "model":

@@ -307,6 +307,13 @@ def select_masters(
     def wanted_kinds(frame_id: int):
         return kinds if needs is None or frame_id not in needs else needs[frame_id]
 
+    whole: dict[str, list] = {}  # the whole library of a kind, for the frames judged one by one
+
+    def loaded(kind: str) -> list:
+        if kind not in whole:
+            whole[kind] = masters_of(session, kind)
+        return whole[kind]
+
     for matching, instrument_ids, lights in by_rules.values():
         group_kinds = [k for k in kinds if any(k in wanted_kinds(row[0]) for row in lights)]
         if not group_kinds:
@@ -331,8 +338,8 @@ def select_masters(
             if fallback:
                 left = [row[0] for row in lights if (row[0], kind) not in out and kind in wanted_kinds(row[0])]
                 if left:
-                    library = masters_of(session, kind)
-                    models = masters_of(session, DARK_MODEL) if kind == "dark" else None
+                    library = loaded(kind)
+                    models = loaded(DARK_MODEL) if kind == "dark" else None
                     for batch in chunked(left, batch_size):
                         for frame in session.scalars(select(Frame).where(Frame.id.in_(batch))):
                             out[(frame.id, kind)] = explain_selection(session, frame, kind, rules=matching,

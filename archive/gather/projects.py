@@ -57,7 +57,7 @@ from archive.db.provenance import masters_below
 from archive.db.projects import Project, ProjectGoal
 from archive.db.session import session_scope
 from archive.errors import ProjectError
-from archive.reduce.integration import integrate
+from archive.reduce.integration import integrate, rejected_ids
 from archive.reduce.quality import verdicts
 from archive.files import fsync_dir, render_path, safe_component, temporary_path
 from archive.gather.config import GatherConfig, load_gather_config
@@ -497,8 +497,8 @@ def project_status(engine: Engine, name: str, *, config: GatherConfig | None = N
             missing = Counter(k for r in kept for k in needs[r.id] if (r.id, k) not in chosen)
             calibrated = [r for r in kept if all((r.id, k) in chosen for k in needs[r.id])]
             judged = verdicts(session, [r.id for r in calibrated])  # rejected frames are not usable
-            usable = integrate(calibrated, judged).get((), {"accepted_s": 0.0, "rejected": 0})
-            total = integrate(kept, {}).get((), {"frames": 0, "exposure_s": 0.0})
+            usable = integrate(calibrated, rejected_ids(judged)).get((), {"accepted_s": 0.0, "rejected": 0})
+            total = integrate(kept, ()).get((), {"frames": 0, "exposure_s": 0.0})
             under = FrameFilter(folder=_folder(Path(project.folder), config.lights_folder, filter_name, config))
             ids = [r.id for g in groups.groups for r in g]
             inside = {frame_id for chunk in chunked(ids) for frame_id in session.scalars(

@@ -241,11 +241,15 @@ def _read_and_write_batch(batch: Sequence[Candidate], run_id: int, number: int, 
             if stop is not None and stop.is_set():
                 raise _Stopped()
             results.append(read_fits(c.path, _worker_state["dialects"], folders=c.folders, sites=settings.sites))
-        reads = [r for r in results if isinstance(r, FileRead)]  # their footprints too, before the turn to write
-        if reads:
-            from archive.ingest.sky import read_footprints  # astropy.wcs: imported when a file is read
+        reads = [r for r in results if isinstance(r, FileRead)]
+        # the footprints of the frames that get one, before the turn to write (astropy.wcs is
+        # loaded for them only: a batch of calibration frames never imports it)
+        image_types = load_sky_config().image_types
+        placeable = [r for r in reads if r.normalized.values["image_type"] in image_types]
+        if placeable:
+            from archive.ingest.sky import read_footprints
 
-            for read, footprint in zip(reads, read_footprints([_frame_row(r, None, run_id, None) for r in reads])):
+            for read, footprint in zip(placeable, read_footprints([_frame_row(r, None, run_id, None) for r in placeable])):
                 read.footprint, read.placed = footprint, True
     except BaseException as exc:  # noqa: BLE001 - raised below, after the turn is passed on
         failed = exc
@@ -406,7 +410,7 @@ def catalogue_batch(session: Session, results: Sequence[FileRead | ReadFailure],
         sky = load_sky_config()
         placeable = [(new_frame_ids[sha], {**row, "footprint": placed[sha]} if sha in placed else row)
                      for sha, row in new_rows.items() if row["image_type"] in sky.image_types]
-        if placeable:  # footprints (astropy.wcs and healpix are loaded for them only)
+        if placeable:  # footprints (healpix is loaded for them only)
             from archive.ingest.sky import index_frames
 
             index_frames(session, placeable, sky)

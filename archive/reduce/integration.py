@@ -6,13 +6,13 @@ report's and the web view's integration tables (:mod:`archive.reports.night`,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 
 def integrate(
     lights: Iterable[Any],
-    judged: Mapping[int, Mapping[str, Any]],
+    rejected: Collection[int],
     key: Callable[[Any], tuple] = lambda light: (),
 ) -> dict[tuple, dict[str, Any]]:
     """Sum the lights' exposure per group, accepted against total.
@@ -22,9 +22,9 @@ def integrate(
     lights : iterable
         One per exposure (the caller leaves duplicate exposures out); each with ``id`` and
         ``exposure_time_s`` attributes (a :class:`~archive.db.models.Frame` or a result row).
-    judged : mapping
-        Frame id -> its verdict (a dict with ``verdict``, as :func:`archive.reduce.quality.verdicts`
-        gives); a light without one counts as accepted.
+    rejected : collection of int
+        The ids of the lights whose verdict is 'rejected' (:func:`rejected_ids`); every other
+        light counts as accepted.
     key : callable, optional
         A light -> its group (a tuple); default one group, ``()``.
 
@@ -49,10 +49,14 @@ def integrate(
         exposure = light.exposure_time_s or 0.0
         group["frames"] += 1
         group["exposure_s"] += exposure
-        verdict = judged.get(light.id)
-        if verdict is not None and verdict["verdict"] == "rejected":
+        if light.id in rejected:
             group["rejected"] += 1
         else:
             group["accepted"] += 1
             group["accepted_s"] += exposure
     return groups
+
+
+def rejected_ids(judged: Mapping[int, Mapping[str, Any]]) -> set[int]:
+    """The ids whose verdict is 'rejected', of a :func:`archive.reduce.quality.verdicts` result."""
+    return {i for i, v in judged.items() if v["verdict"] == "rejected"}

@@ -18,7 +18,7 @@ from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session
 
 from archive.calib.quality import QualityRules, load_quality_rules
-from archive.db.bulk import chunked
+from archive.db.nights import frames_by_id
 from archive.db.frames import (
     FrameFilter,
     canonical_paths,
@@ -131,9 +131,9 @@ def rejected_frames(session: Session, *, rules: QualityRules | None = None, nigh
     if night is not None:
         query = query.where(Frame.night == night)
     candidates = list(session.scalars(query))
-    states = verdicts(session, candidates, rules=rules)
+    states = verdicts(session, candidates, rules=rules, among=query)
     rejected = [i for i in candidates if states[i]["verdict"] == "rejected"]
-    frames = sorted((f for batch in chunked(rejected) for f in session.scalars(select(Frame).where(Frame.id.in_(batch)))),
+    frames = sorted(frames_by_id(session, rejected).values(),
                     key=lambda f: (f.date_obs is not None, f.date_obs or dt.datetime.min, f.id), reverse=True)
     if limit is not None:
         frames = frames[:limit]

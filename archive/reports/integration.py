@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from archive.db.frames import FrameFilter, frame_query, target_key
 from archive.db.models import Frame
-from archive.reduce.integration import integrate
+from archive.reduce.integration import integrate, rejected_ids
 from archive.reduce.quality import verdicts
 
 _KEYS = ("target", "filter_name", "night")
@@ -53,6 +53,6 @@ def light_integration(session: Session, *, night: dt.date | None = None, target:
         query = query.where(Frame.target_key == target_key(target))
     rows = session.execute(query).all()
     judged = verdicts(session, [r.id for r in rows], among=query.with_only_columns(Frame.id))
-    groups = integrate(rows, judged, key=lambda r: tuple(getattr(r, k) for k in by))
+    groups = integrate(rows, rejected_ids(judged), key=lambda r: tuple(getattr(r, k) for k in by))
     return [{**dict(zip(by, key)), **groups[key]}
             for key in sorted(groups, key=lambda key: tuple((v is None, v if v is not None else "") for v in key))]

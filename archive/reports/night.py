@@ -247,13 +247,13 @@ def _stacks(session: Session, night: dt.date) -> pd.DataFrame:
                                        "total_exposure_h", "naxis3", "path"])
 
 
-def _integration(quality: pd.DataFrame, lights: list[Frame], stacks: pd.DataFrame) -> pd.DataFrame:
+def _integration(verdict: dict[int, str], lights: list[Frame], stacks: pd.DataFrame) -> pd.DataFrame:
     """Per target and filter: the night's lights (duplicates counted once), accepted and rejected
     (:func:`archive.reduce.integration.integrate`), and how many went into the night's stacks."""
     import pandas as pd
 
-    judged = {fid: {"verdict": v} for fid, v in zip(quality["frame_id"], quality["verdict"])} if not quality.empty else {}
-    rows = integrate((f for f in lights if f.duplicate_of_id is None), judged,
+    rejected = {fid for fid, v in verdict.items() if v == "rejected"}
+    rows = integrate((f for f in lights if f.duplicate_of_id is None), rejected,
                      key=lambda light: (light.target or "", light.filter_name or ""))
     stacked: dict[tuple, int] = {}
     for stack in stacks.itertuples():
@@ -397,6 +397,6 @@ def night_summary(
         night=night, frames=frames, counts=counts, masters_built=masters_built,
         masters_chosen=_masters_chosen(session, night, light_ids),
         missing=_missing(session, [f for f in lights if f.duplicate_of_id is None], rules),
-        quality=quality, integration=_integration(quality, lights, stacks), stacks=stacks,
+        quality=quality, integration=_integration(verdict, lights, stacks), stacks=stacks,
         ingest_problems=ingest_problems, reduction_problems=reduction_problems, thumbnails=thumbs,
     )

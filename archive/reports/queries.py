@@ -38,16 +38,9 @@ if TYPE_CHECKING:
 
 _META = re.compile(r"^--\s*(title|description|param)\s*:\s*(.*)$")
 _PARAM = re.compile(r"^(\w+)\s*(?:\(([^)]*)\))?\s*(?:=\s*([^|]*?))?\s*(?:\|\s*(.*))?$")
-#: Kind of a parameter -> what turns the text given into the value bound, and its name in errors.
-KINDS = {
-    "text": (str, "text"),
-    "integer": (int, "a whole number"),
-    "number": (float, "a number"),
-    "date": (dt.date.fromisoformat, "a date (YYYY-MM-DD)"),
-}
-
-
 def _numbers(count: int):
+    """Text ``"a,b,..."`` -> a tuple of ``count`` floats (ValueError otherwise)."""
+
     def convert(value: str) -> tuple[float, ...]:
         numbers = tuple(float(v) for v in value.replace(" ", ",").split(",") if v)
         if len(numbers) != count:
@@ -57,10 +50,17 @@ def _numbers(count: int):
     return convert
 
 
-#: Sky kinds -> the :class:`archive.db.frames.FrameFilter` field they set.
-SKY_KINDS = {"cone": "cone", "covers": "covers"}
-KINDS["cone"] = (_numbers(3), "RA,DEC,RADIUS in degrees")
-KINDS["covers"] = (_numbers(2), "RA,DEC in degrees")
+#: Kind of a parameter -> what turns the text given into the value bound, and its name in errors.
+KINDS = {
+    "text": (str, "text"),
+    "integer": (int, "a whole number"),
+    "number": (float, "a number"),
+    "date": (dt.date.fromisoformat, "a date (YYYY-MM-DD)"),
+    "cone": (_numbers(3), "RA,DEC,RADIUS in degrees"),
+    "covers": (_numbers(2), "RA,DEC in degrees"),
+}
+#: The kinds that select frames by sky position: each is a :class:`archive.db.frames.FrameFilter` field.
+SKY_KINDS = ("cone", "covers")
 
 
 @dataclass(frozen=True)
@@ -207,9 +207,10 @@ def run_query(session: Session, name: str, params: dict[str, str] | None = None,
         for param, spec in query.specs.items():
             if spec.kind in SKY_KINDS:
                 from archive.db.sky import SkyQueryError  # numpy, astropy-healpix: imported on use
-  # the frames selected, in sky_<param>; the text bound for IS NULL
+
+                # the frames selected, in sky_<param>; the text bound for IS NULL
                 value = bound[param]
-                filters = None if value is None else FrameFilter(**{SKY_KINDS[spec.kind]: value})
+                filters = None if value is None else FrameFilter(**{spec.kind: value})
                 try:
                     tables.enter_context(selection_table(session, f"sky_{param}", filters))
                 except SkyQueryError as exc:
