@@ -54,15 +54,13 @@ from archive.calib.masters import (
 )
 from archive.calib.overscan import subtract_overscan_rows
 from archive.calib.record import is_done, library_target, record_master
-from archive.calib.plan import MasterPlan, describe, describe_parts, split_tolerance
-from archive.calib.rules import KindRules, MatchingRules, RuleBook, default_rulebook
+from archive.calib.plan import MasterPlan, describe, describe_parts, setup_groups
+from archive.calib.rules import KindRules, MatchingRules, RuleBook
 from archive.calib.select import explain_selection
-from archive.calib.selection import exposure_key, match_value, rules_for
+from archive.calib.selection import exposure_key
 from archive.db.frames import (
     FrameFilter,
     canonical_paths,
-    frame_query,
-    instrument_names,
 )
 from archive.db.models import DARK_MODEL, Frame
 from archive.db.session import session_scope
@@ -101,39 +99,15 @@ def plan_dark_models(
     list of MasterPlan
         Kind ``dark_model``; frames ordered by DATE-OBS.
     """
-    rules = rules if rules is not None else default_rulebook()
-    base = filters or FrameFilter()
-    query = frame_query(replace(base, image_type="dark", include_duplicates=False))
-    frames = list(session.scalars(query.order_by(Frame.date_obs_s, Frame.id)))
-    names = instrument_names(session, {f.instrument_id for f in frames})
-    groups: dict[tuple, list[Frame]] = defaultdict(list)
-    for frame in frames:
-        if (
-            frame.date_obs_s is None
-            or frame.night is None
-            or frame.exposure_time_s is None
-        ):
-            continue
-        kr = rules_for(rules, names.get(frame.instrument_id))["dark"]
-        if kr.ladder:
-            groups[
-                (("night", frame.night),)
-                + tuple((c, match_value(frame, c)) for c in kr.exact)
-            ].append(frame)
+    groups, _ = setup_groups(session, "dark", filters=filters, rules=rules,
+                             keep=lambda frame, kr: kr.ladder and frame.exposure_time_s is not None)
     plans = []
-    for key, members in groups.items():
-        instrument = names.get(members[0].instrument_id)
-        matching = rules_for(rules, instrument)
+    for values, part, matching, instrument in groups:
         kr = matching["dark"]
-        for part in split_tolerance(members, kr.tolerance):
-            steps = _steps(part, kr)
-            if (
-                max(len(s) for s in steps) >= kr.min_frames
-                or len(steps) < kr.ladder_min_exposures
-            ):
-                continue
-            part.sort(key=lambda f: (f.date_obs_s, f.id))
-            plans.append(MasterPlan(DARK_MODEL, part, dict(key), matching, instrument))
+        steps = _steps(part, kr)
+        if max(len(s) for s in steps) >= kr.min_frames or len(steps) < kr.ladder_min_exposures:
+            continue
+        plans.append(MasterPlan(DARK_MODEL, part, values, matching, instrument))
     plans.sort(key=lambda p: (p.frames[0].date_obs_s, p.frames[0].id))
     return plans
 

@@ -16,6 +16,7 @@ import datetime as dt
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, replace
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -81,6 +82,68 @@ def split_tolerance(frames: list[Frame], tolerance: dict[str, float]) -> list[li
     return groups
 
 
+def setup_groups(
+    session: Session,
+    kind: str,
+    *,
+    filters: FrameFilter | None = None,
+    rules: RuleBook | MatchingRules | None = None,
+    by_exposure: bool = False,
+    keep: Callable[[Frame, Any], bool] | None = None,
+) -> tuple[list[tuple[dict[str, Any], list[Frame], MatchingRules, Any]], int]:
+    """The raw calibrations of ``kind`` grouped by instrument set-up and night: the night and
+    the values of ``rules[kind].exact`` shared, each ``tolerance`` spanned at most
+    (:func:`split_tolerance`); duplicate exposures count once.
+
+    Parameters
+    ----------
+    session : Session
+    kind : {'bias', 'dark', 'flat'}
+    filters : FrameFilter, optional
+        Which raw calibrations; the type is set to ``kind``.
+    rules : RuleBook or MatchingRules, optional
+        Default: the bundled ``configs/matching``.
+    by_exposure : bool
+        The exposure (within ``exposure_tolerance_s``) is part of the group too (master darks).
+    keep : callable, optional
+        (frame, the kind's rules) -> whether the frame takes part (a dark ladder: known exposures
+        of instruments whose rules allow ladders).
+
+    Returns
+    -------
+    groups : list of (dict, list of Frame, MatchingRules, instrument name)
+        The group's key values, its frames by DATE-OBS, its rules and instrument.
+    no_date : int
+        Frames without DATE-OBS (or night), left out.
+    """
+    rules = rules if rules is not None else default_rulebook()
+    book = rules if isinstance(rules, RuleBook) else None
+    base = filters or FrameFilter()
+    query = frame_query(replace(base, image_type=kind, include_duplicates=False))
+    frames = list(session.scalars(query.order_by(Frame.date_obs_s, Frame.id)))
+    no_date = sum(1 for f in frames if f.date_obs_s is None or f.night is None)
+    names = instrument_names(session, {f.instrument_id for f in frames})
+    grouped: dict[tuple, list[Frame]] = defaultdict(list)
+    for frame in frames:
+        if frame.date_obs_s is None or frame.night is None:
+            continue
+        kr = rules_for(book or rules, names.get(frame.instrument_id))[kind]
+        if keep is not None and not keep(frame, kr):
+            continue
+        key = [("night", frame.night)] + [(c, match_value(frame, c)) for c in kr.exact]
+        if by_exposure:
+            key.append(("exposure_time_s", exposure_key(frame.exposure_time_s, kr.exposure_tolerance_s)))
+        grouped[tuple(key)].append(frame)
+    groups = []
+    for key, members in grouped.items():
+        instrument = names.get(members[0].instrument_id)
+        matching = rules_for(book or rules, instrument)
+        for part in split_tolerance(members, matching[kind].tolerance):
+            part.sort(key=lambda f: (f.date_obs_s, f.id))
+            groups.append((dict(key), part, matching, instrument))
+    return groups, no_date
+
+
 def plan_masters(
     session: Session,
     kind: str,
@@ -116,39 +179,16 @@ def plan_masters(
     ConfigError
         No rules for ``kind``.
     """
-    rules = rules if rules is not None else default_rulebook()
-    book = rules if isinstance(rules, RuleBook) else None
-    base = filters or FrameFilter()
-    query = frame_query(replace(base, image_type=kind, include_duplicates=False))
-    frames = list(session.scalars(query.order_by(Frame.date_obs_s, Frame.id)))
-    no_date = sum(1 for f in frames if f.date_obs_s is None or f.night is None)
-    names = instrument_names(session, {f.instrument_id for f in frames})
-    groups: dict[tuple, list[Frame]] = defaultdict(list)
-    for frame in frames:
-        if frame.date_obs_s is None or frame.night is None:
-            continue
-        matching = rules_for(book or rules, names.get(frame.instrument_id))
-        kr = matching[kind]
-        key = [("night", frame.night)] + [(c, match_value(frame, c)) for c in kr.exact]
-        if kind == "dark":
-            t = frame.exposure_time_s
-            key.append(("exposure_time_s", exposure_key(t, kr.exposure_tolerance_s)))
-        groups[tuple(key)].append(frame)
+    groups, no_date = setup_groups(session, kind, filters=filters, rules=rules, by_exposure=kind == "dark")
     plans, too_small = [], []
-    for key, members in groups.items():
-        instrument = names.get(members[0].instrument_id)
-        matching = rules_for(book or rules, instrument)
-        kr = matching[kind]
-        for part in split_tolerance(members, kr.tolerance):
-            part.sort(key=lambda f: (f.date_obs_s, f.id))
-            values = dict(key)
-            if kind == "dark":
-                values["exposure_time_s"] = part[0].exposure_time_s
-            plan = MasterPlan(kind, part, values, matching, instrument)
-            if len(part) < kr.min_frames:
-                too_small.append((describe(plan), len(part)))
-            else:
-                plans.append(plan)
+    for values, part, matching, instrument in groups:
+        if kind == "dark":
+            values["exposure_time_s"] = part[0].exposure_time_s
+        plan = MasterPlan(kind, part, values, matching, instrument)
+        if len(part) < matching[kind].min_frames:
+            too_small.append((describe(plan), len(part)))
+        else:
+            plans.append(plan)
     plans.sort(key=lambda p: (p.frames[0].date_obs_s, p.frames[0].id))
     return plans, too_small, no_date
 
