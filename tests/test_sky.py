@@ -63,6 +63,21 @@ def test_lights_get_footprints_from_header_or_estimated(sky):
     assert calibrations == 0
 
 
+def test_ingest_follows_the_users_sky_settings(engine, tmp_path, monkeypatch):
+    """``[sky.footprint] image_types`` in the user file decides which frames get a footprint at
+    ingest (it was read from the bundled file only)."""
+    config = tmp_path / "config.toml"
+    config.write_text('[sky.footprint]\nimage_types = ["stacked"]\n')
+    monkeypatch.setenv("ARCHIVE_CONFIG", str(config))
+    from archive.config import load_settings
+
+    summary = ingest_paths(engine, [M13, M94], settings=load_settings())
+    with session_scope(engine) as session:
+        assert session.scalar(select(func.count()).select_from(Frame).where(Frame.image_type == "light")) == 29
+        assert session.scalar(select(func.count()).select_from(Footprint)) == 0
+    assert summary.new > 29
+
+
 def test_cone_around_m13_returns_its_lights_and_nothing_else(sky):
     with session_scope(sky) as session:
         paths = _ids_by_path(session)

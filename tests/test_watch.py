@@ -282,3 +282,38 @@ def test_lights_waiting_for_masters_are_calibrated_when_the_masters_arrive_even_
     assert _counts(engine)["calibrations"] == 3
     assert not list(journal_dir.glob("*.json"))  # nothing waits any more
     engine.dispose()
+
+
+def test_a_retry_that_breaks_is_tried_once_per_change_of_the_library(db_url, tmp_path, monkeypatch):
+    """Lights waiting for masters are tried again once per change of the master library: a run
+    that raises (and so records nothing) used to be forced again at every look."""
+    import archive.workflows.watch as watch_module
+
+    root, settings, config = _setup(db_url, tmp_path)
+    engine = open_catalogue(db_url)
+    lights = root / "2026-11-20" / "lights"
+    lights.mkdir(parents=True)
+    calls = []
+
+    def broken_night(*args, folders, **kwargs):
+        calls.append(folders)
+        raise RuntimeError("the catalogue went away")
+
+    monkeypatch.setattr(watch_module, "run_night", broken_night)
+    running = _Running(engine, root, settings, config)
+    journal = running.watcher.journal
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    journal.write_text(json.dumps({"root": str(root), "folders": [],
+                                   "waiting": {str(lights): {"lights": [1, 2], "library": [99, 99]}}}))
+    running.watcher._waiting = None  # noqa: SLF001 - read the journal written after the start
+    running.wait_for(1)
+    time.sleep(4 * SETTLE_S)  # 20 looks at the tick of 0.2 s
+    summary = running.stop()
+    assert calls == [[lights]], running.lines
+    assert [s.folder for s in summary.sequences] == [str(lights)] and "the catalogue went away" in summary.sequences[0].error
+    with session_scope(engine) as session:
+        from archive.calib.library import library_state
+
+        state = list(library_state(session))
+    assert json.loads(journal.read_text())["waiting"][str(lights)]["library"] == state  # tried with this library
+    engine.dispose()

@@ -51,6 +51,7 @@ from archive.db.provenance import fingerprint
 from archive.ingest.headers import header_from_text
 from archive.ingest.library import sync_library
 from archive.ingest.products import ProductRun
+from archive.ingest.sky_config import load_sky_config
 from archive.ingest.timing import from_epoch_seconds
 from archive.calib.library import default_library
 from archive.calib.overscan import (
@@ -394,7 +395,7 @@ def build_masters(
     with session_scope(engine, write=True) as session:  # masters made elsewhere, ingested by an earlier version
         sync_library(session)
     own_run = products is None
-    products = products or ProductRun(engine, library, sites=settings.sites)
+    products = products or ProductRun(engine, library, sites=settings.sites, sky=load_sky_config(settings))
     try:
         _build_kinds(engine, kinds, filters, rules, library, memory_limit_mb, products, progress, summary)
     finally:

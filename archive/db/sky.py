@@ -268,7 +268,7 @@ def corner_rows(frame_id: int, geometry: FootprintGeometry) -> list[dict]:
     return rows
 
 
-def store_footprints(session: Session, footprints: Sequence[dict]) -> int:
+def store_footprints(session: Session, footprints: Sequence[dict], *, replace: bool = True) -> int:
     """Write footprints, replacing any a frame had.
 
     Parameters
@@ -280,6 +280,9 @@ def store_footprints(session: Session, footprints: Sequence[dict]) -> int:
         :data:`SOURCES`) and optionally ``pixel_scale_arcsec``, ``wcs_header`` (the WCS as
         header cards), ``reduction_id`` (the solve that made it) and ``geometry`` (its
         :func:`footprint_geometry`, when already computed).
+    replace : bool
+        Delete the frames' footprints first (False when they have none: frames just
+        catalogued).
 
     Returns
     -------
@@ -288,7 +291,7 @@ def store_footprints(session: Session, footprints: Sequence[dict]) -> int:
     """
     if not footprints:
         return 0
-    frame_ids = [f["frame_id"] for f in footprints]
+    frame_ids = [f["frame_id"] for f in footprints] if replace else []
     for batch in chunked(frame_ids):
         session.execute(delete(FootprintCell).where(FootprintCell.frame_id.in_(batch)))
         session.execute(delete(FootprintCorner).where(FootprintCorner.frame_id.in_(batch)))

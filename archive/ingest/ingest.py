@@ -51,7 +51,7 @@ from archive.files import exit_with_parent, path_to_text, process_alive
 from archive.ingest.dialects import DialectSet
 from archive.ingest.headers import FileRead, ReadFailure, read_fits
 from archive.ingest.library import sync_library
-from archive.ingest.sky_config import load_sky_config
+from archive.ingest.sky_config import SkyConfig, load_sky_config
 from archive.ingest.scan import Candidate, scan_paths
 from archive.ingest.validation import check_value
 from archive.progress import NoProgress, Progress
@@ -197,6 +197,7 @@ def _init_worker(settings: Settings, dialect_folder: str | None, database: str |
                  turns: _WriteTurns | None = None, stop=None) -> None:
     _worker_state["dialects"] = DialectSet(Path(dialect_folder) if dialect_folder else None)
     _worker_state["settings"] = settings
+    _worker_state["sky"] = load_sky_config(settings)
     _worker_state["turns"] = turns
     _worker_state["stop"] = stop
     if database is not None:  # a pool worker
@@ -244,12 +245,13 @@ def _read_and_write_batch(batch: Sequence[Candidate], run_id: int, number: int, 
         reads = [r for r in results if isinstance(r, FileRead)]
         # the footprints of the frames that get one, before the turn to write (astropy.wcs is
         # loaded for them only: a batch of calibration frames never imports it)
-        image_types = load_sky_config().image_types
-        placeable = [r for r in reads if r.normalized.values["image_type"] in image_types]
+        sky = _worker_state["sky"]
+        placeable = [r for r in reads if r.normalized.values["image_type"] in sky.image_types]
         if placeable:
             from archive.ingest.sky import read_footprints
 
-            for read, footprint in zip(placeable, read_footprints([_frame_row(r, None, run_id, None) for r in placeable])):
+            rows = [_frame_row(r, None, run_id, None) for r in placeable]
+            for read, footprint in zip(placeable, read_footprints(rows, sky)):
                 read.footprint, read.placed = footprint, True
     except BaseException as exc:  # noqa: BLE001 - raised below, after the turn is passed on
         failed = exc
@@ -260,7 +262,7 @@ def _read_and_write_batch(batch: Sequence[Candidate], run_id: int, number: int, 
             raise failed
         if stop is not None and stop.is_set():
             raise _Stopped()
-        _write_with_retry(engine or _worker_state["engine"], results, run_id, summary)
+        _write_with_retry(engine or _worker_state["engine"], results, run_id, summary, _worker_state["sky"])
     return summary
 
 
@@ -353,7 +355,7 @@ def _frame_row(read: FileRead, instrument_id: int | None, run_id: int, now: dt.d
 
 
 def catalogue_batch(session: Session, results: Sequence[FileRead | ReadFailure], run_id: int,
-                    summary: IngestSummary | None = None) -> dict[str, int]:
+                    summary: IngestSummary | None = None, sky: SkyConfig | None = None) -> dict[str, int]:
     """Catalogue files already read, in the caller's transaction: the core of every ingest.
 
     The batch ingest is a loop around it, and so is every product a step makes
@@ -372,6 +374,9 @@ def catalogue_batch(session: Session, results: Sequence[FileRead | ReadFailure],
         The ingest run these rows belong to.
     summary : IngestSummary, optional
         Given the batch's counts, once everything is written.
+    sky : SkyConfig, optional
+        Which frames get a footprint (default :func:`archive.ingest.sky_config.load_sky_config`,
+        the bundled settings: callers pass the user's, resolved at their entry point).
 
     Returns
     -------
@@ -407,13 +412,13 @@ def catalogue_batch(session: Session, results: Sequence[FileRead | ReadFailure],
         if masters:
             sync_library(session, frame_ids=masters)
         placed = {read.sha256: read.footprint for read in reads if read.placed}
-        sky = load_sky_config()
+        sky = sky or load_sky_config()
         placeable = [(new_frame_ids[sha], {**row, "footprint": placed[sha]} if sha in placed else row)
                      for sha, row in new_rows.items() if row["image_type"] in sky.image_types]
         if placeable:  # footprints (healpix is loaded for them only)
             from archive.ingest.sky import index_frames
 
-            index_frames(session, placeable, sky)
+            index_frames(session, placeable, sky, replace=False)  # new frames: none to replace
 
     paths = [r.path for r in reads]
     current = {c.path: c for c in session.scalars(select(Copy).where(Copy.is_current, Copy.path.in_(paths)))}
@@ -517,14 +522,14 @@ def _flag_duplicates(session: Session, new_ids: set[int]) -> int:
     return len(pairs)
 
 
-def _write_with_retry(engine: Engine, batch, run_id: int, summary: IngestSummary) -> None:
+def _write_with_retry(engine: Engine, batch, run_id: int, summary: IngestSummary, sky: SkyConfig | None = None) -> None:
     """Write a batch in one transaction; redo it when it clashed with a concurrent writer, and
     split it when a value failed at any stage (refused by the database, or by a later step such
     as the master library), so that only the offending file fails, as a problem row."""
     for attempt in range(RETRIES):
         try:
             with session_scope(engine, write=True) as session:
-                catalogue_batch(session, batch, run_id, summary)
+                catalogue_batch(session, batch, run_id, summary, sky)
             return
         except (IntegrityError, OperationalError) as exc:
             if attempt == RETRIES - 1 or storage_failure(exc):
@@ -533,7 +538,7 @@ def _write_with_retry(engine: Engine, batch, run_id: int, summary: IngestSummary
         except (DataError, ArithmeticError, ValueError, TypeError, KeyError) as exc:
             if len(batch) > 1:
                 for item in batch:
-                    _write_with_retry(engine, [item], run_id, summary)
+                    _write_with_retry(engine, [item], run_id, summary, sky)
                 return
             if isinstance(batch[0], ReadFailure):
                 raise
@@ -544,7 +549,7 @@ def _write_with_retry(engine: Engine, batch, run_id: int, summary: IngestSummary
                 bad = [f"{name}={value}" for name, value in row.items() if check_value(name, value, source=name)[1]]
                 reason += f" (columns: {', '.join(bad)})" if bad else ""
             log.warning("%s: %s", batch[0].path, reason)
-            _write_with_retry(engine, [ReadFailure(batch[0].path, batch[0].size, batch[0].mtime_ns, reason)], run_id, summary)
+            _write_with_retry(engine, [ReadFailure(batch[0].path, batch[0].size, batch[0].mtime_ns, reason)], run_id, summary, sky)
             return
 
 

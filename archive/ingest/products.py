@@ -35,6 +35,7 @@ from archive.errors import ArchiveError
 from archive.ingest.dialects import DialectSet
 from archive.ingest.headers import ReadFailure, read_fits
 from archive.ingest.ingest import catalogue_batch, run_host
+from archive.ingest.sky_config import SkyConfig
 
 
 class ProductError(RuntimeError, ArchiveError):
@@ -54,6 +55,9 @@ class ProductRun:
         Configured site longitude per instrument (``Settings.sites``), for the night.
     dialects : DialectSet, optional
         Default: the bundled dialects.
+    sky : SkyConfig, optional
+        Which products get a footprint (``load_sky_config(settings)``; default the bundled
+        ``configs/sky.toml``).
 
     Attributes
     ----------
@@ -64,8 +68,9 @@ class ProductRun:
     """
 
     def __init__(self, engine: Engine, root: str | Path, *, sites: Mapping[str, float] | None = None,
-                 dialects: DialectSet | None = None):
+                 dialects: DialectSet | None = None, sky: SkyConfig | None = None):
         self.engine = engine
+        self.sky = sky
         self.root = str(Path(root).absolute())
         self.sites = dict(sites or {})
         self._dialects = dialects
@@ -144,7 +149,7 @@ def record_product(
         raise ProductError(f"{name}: the product could not be catalogued: {read.reason}")
     run_id = run._open()
     with session_scope(run.engine, write=True) as session:
-        frame_id = catalogue_batch(session, [read], run_id)[read.path]
+        frame_id = catalogue_batch(session, [read], run_id, sky=run.sky)[read.path]
         if link is not None:
             link(session, frame_id)
         finish_reduction(session, reduction_id, [frame_id], results=results or None)

@@ -248,7 +248,8 @@ def read_footprints(frames: Sequence[Mapping[str, Any]], config: SkyConfig | Non
     return footprints
 
 
-def index_frames(session: Session, frames: Iterable[tuple[int, Mapping[str, Any]]], config: SkyConfig | None = None) -> int:
+def index_frames(session: Session, frames: Iterable[tuple[int, Mapping[str, Any]]], config: SkyConfig | None = None,
+                 *, replace: bool = True) -> int:
     """Compute and store the footprints of frames (replacing theirs).
 
     Parameters
@@ -260,6 +261,9 @@ def index_frames(session: Session, frames: Iterable[tuple[int, Mapping[str, Any]
         computed (:func:`read_footprints`; None for none).
     config : SkyConfig, optional
         Default: the bundled ``configs/sky.toml``.
+    replace : bool
+        Whether the frames may have footprints already (False for frames just catalogued:
+        nothing to delete first).
 
     Returns
     -------
@@ -273,13 +277,13 @@ def index_frames(session: Session, frames: Iterable[tuple[int, Mapping[str, Any]
         if footprint is not None:
             rows.append({"frame_id": frame_id, **footprint})
     try:
-        return store_footprints(session, rows)
+        return store_footprints(session, rows, replace=replace)
     except SkyQueryError as exc:  # a degenerate WCS (all corners at one point): store one by one
         log.debug("footprints stored one by one: %s", exc)
         stored = 0
         for row in rows:
             try:
-                stored += store_footprints(session, [row])
+                stored += store_footprints(session, [row], replace=replace)
             except SkyQueryError:
                 log.info("frame %s: degenerate footprint, not indexed", row["frame_id"])
         return stored

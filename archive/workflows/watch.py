@@ -533,11 +533,16 @@ class Watcher:
         state = self._library_state()
         if state is None:
             return
-        for folder, entry in waiting.items():
-            if list(state) != entry["library"] and folder not in self.tracker.forced and os.path.isdir(folder):
-                self.report(f"{folder}: {len(entry['lights'])} light(s) waiting for masters; the master library "
-                            "changed: trying them again")
-                self.tracker.force(folder)
+        retry = [folder for folder, entry in waiting.items()
+                 if list(state) != entry["library"] and folder not in self.tracker.forced and os.path.isdir(folder)]
+        for folder in retry:
+            self.report(f"{folder}: {len(waiting[folder]['lights'])} light(s) waiting for masters; the master "
+                        "library changed: trying them again")
+            self.tracker.force(folder)
+            # once per change of the library: a run that breaks (and so records nothing) is not
+            # tried again at every look, only when the library changes again
+            waiting[folder]["library"] = list(state)
+            self._journal_update(waiting=(folder, waiting[folder]))
 
     def _record_waiting(self, folder: str, night: NightSummary) -> None:
         """Keep (or clear) in the journal the lights of ``folder`` left uncalibrated for lack of a master."""
