@@ -12,10 +12,15 @@ machine is shared); the operation is timed inside it, and the whole process (int
 start-up and imports included) from outside.
 Targets: first ingest >= 10x faster than the baseline, re-ingest >= 100x.
 
+``--without-footprints`` turns off the footprints of lights at ingest (a user file with
+``[sky.footprint] image_types = []``, through ``ARCHIVE_CONFIG``): the same work as the code
+before footprints existed, for a comparison with it (issue 9: "no slower than before").
+
 Usage::
 
     python benchmarks/bench_ingest.py               # N = 2000 and 20000
     python benchmarks/bench_ingest.py --n 500       # a quick look
+    python benchmarks/bench_ingest.py --without-footprints
 """
 
 from __future__ import annotations
@@ -147,9 +152,15 @@ def main() -> None:
     parser.add_argument("--n", type=int, nargs="+", default=[2000, 20000], help="frames per night")
     parser.add_argument("--workdir", type=Path, help="where to write (default: a temporary folder)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each side; the best is kept (default 3)")
+    parser.add_argument("--without-footprints", action="store_true", help="no footprints for lights at ingest")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="archive-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.without_footprints:  # the child processes read it
+        config = workdir / "config.toml"
+        config.write_text("[sky.footprint]\nimage_types = []\n")
+        os.environ["ARCHIVE_CONFIG"] = str(config)
+        print(f"footprints off ({config})")
     print(f"cores: {os.cpu_count()}; working in {workdir}")
     try:
         for n in args.n:

@@ -228,6 +228,27 @@ def test_whole_catalogue_pages_follow_a_new_ingest(client, night, tmp_path):  # 
     assert [r["night"] for r in csv_rows] == ["2025-06-01", "2026-11-20"]
 
 
+def test_cached_pages_follow_a_change_made_in_place(client, night):  # noqa: F811
+    """A master marked bad changes no row count: the cached night page shows it all the same,
+    and shows it good again after the undo."""
+    from click.testing import CliRunner
+
+    from archive.cli import main
+
+    def bad_cells() -> int:
+        page = client.get("/nights/2025-06-01")
+        assert page.status_code == 200
+        return page.text.count("<td>yes</td>")
+
+    before = bad_cells()
+    master = _ids(night, "master_bias")[0]
+    for args, expected in ((["--reason", "test"], before + 1), (["--undo"], before)):
+        result = CliRunner().invoke(main, ["-q", "--db", night["url"], "masters", "mark-bad", str(master), *args],
+                                    env=night["env"])
+        assert result.exit_code == 0, result.output
+        assert bad_cells() == expected
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import Select, and_, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from archive.config import InstrumentName
@@ -244,10 +244,11 @@ def lights_under(session: Session, folder: str | Path) -> list[int]:
 
 
 def catalogue_state(session: Session) -> tuple:
-    """A token that changes whenever the catalogue gains rows: the largest id of frames,
-    copies, ingest runs and problems, reductions, measurements, flags and overrides (each an
-    index look-up, on both backends). Rows changed in place (a master flagged bad) do not
-    change it. For caching what is computed over the whole catalogue (the web view's nights).
+    """A token that changes whenever the catalogue changes: the largest id of frames, copies,
+    ingest runs and problems, reductions, measurements, flags and overrides (each an index
+    look-up, on both backends), and a mark of rows changed in place (a master flagged bad, a
+    reduction finished, a problem resolved; :func:`_changes_in_place`). For caching what is
+    computed over the whole catalogue (the web view's nights).
     """
     from archive.db.models import (
         Copy, FrameMeasurement, IngestProblem, IngestRun, QualityFlag, QualityOverride, Reduction,
@@ -255,7 +256,37 @@ def catalogue_state(session: Session) -> tuple:
 
     columns = [func.max(c) for c in (Frame.id, Copy.id, IngestRun.id, IngestProblem.id, Reduction.id,
                                      FrameMeasurement.id, QualityFlag.id, QualityOverride.id)]
-    return tuple(session.execute(select(*[select(c).scalar_subquery() for c in columns])).one())
+    return (*session.execute(select(*[select(c).scalar_subquery() for c in columns])).one(), _changes_in_place(session))
+
+
+def _changes_in_place(session: Session) -> tuple:
+    """What moves when any transaction commits a change to the catalogue's own tables.
+
+    SQLite: the size and modification time of the database file and of its write-ahead log
+    (every commit appends to the log, a checkpoint rewrites the file; readers change neither).
+    PostgreSQL: the rows inserted, updated and deleted in the database's own schema, from the
+    cumulative statistics (``pg_stat_user_tables``; a committing session reports them at the
+    end of its transaction, at most a second or so later when it is busy: PostgreSQL 15
+    documentation, "The Cumulative Statistics System"); temporary tables are left out.
+    An in-memory SQLite catalogue has no file: ``()`` (only new rows change the token).
+    """
+    bind = session.get_bind()
+    if bind.dialect.name == "postgresql":
+        return tuple(session.execute(
+            select(func.coalesce(func.sum(text("n_tup_ins + n_tup_upd + n_tup_del")), 0))
+            .select_from(text("pg_stat_user_tables")).where(text("schemaname = current_schema()"))
+        ).one())
+    database = bind.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return ()
+    marks = []
+    for path in (database, database + "-wal"):
+        try:
+            info = os.stat(path)
+            marks += [info.st_size, info.st_mtime_ns]
+        except OSError:
+            marks += [None, None]
+    return tuple(marks)
 
 
 @contextlib.contextmanager

@@ -109,7 +109,7 @@ def _preview(path: str, size: int, mtime_ns: int, hdu: int, max_size: int) -> by
 
 class _Cache:
     """What is computed over the whole catalogue or a night (the nights, the targets, a named
-    report, the problems, a night's report), kept until the catalogue gains rows (:func:`archive.db.frames.catalogue_state`):
+    report, the problems, a night's report), kept until the catalogue changes (:func:`archive.db.frames.catalogue_state`):
     a million frames are aggregated once, not on every request. Least recently used first out."""
 
     def __init__(self, size: int) -> None:
