@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 #: imaging_root``, as the README writes them) or below ``[reduction]`` (``[reduction.night]``).
 REDUCTION_SECTIONS = ("night", "output", "calibrate", "register", "stack", "executor")
 #: Tables whose keys are the user's own names (instrument -> site longitude).
-_FREE_TABLES = {("sites",)}
+_FREE_TABLES = {("sites",), ("quality", "instruments")}  # names the user chooses
 #: Keys read by modules that ship no defaults file: ``[masters] rules`` and ``library``.
 _EXTRA_KEYS = {("masters",): {"rules", "library"}}
 
@@ -141,7 +141,8 @@ def user_config_path() -> Path:
 def known_keys() -> dict[tuple[str, ...], set[str]]:
     """Table path -> the keys the user file may set there: every key of the bundled
     ``archive.toml``, ``copyback.toml`` and ``reduction.toml`` (the latter both at the top level
-    and below ``[reduction]``), and ``[masters] rules`` / ``library``."""
+    and below ``[reduction]``), of ``sky.toml`` below ``[sky]`` and ``quality/default.toml``
+    below ``[quality]``, and ``[masters] rules`` / ``library``."""
     known: dict[tuple[str, ...], set[str]] = {}
 
     def collect(table: dict[str, Any], where: tuple[str, ...]) -> None:
@@ -156,6 +157,7 @@ def known_keys() -> dict[tuple[str, ...], set[str]]:
     reduction = read_toml(configs / "reduction.toml")
     collect(reduction, ())
     collect({"reduction": reduction}, ())
+    collect({"sky": read_toml(configs / "sky.toml"), "quality": read_toml(configs / "quality" / "default.toml")}, ())
     for where, keys in _EXTRA_KEYS.items():
         known.setdefault(where[:-1], set()).add(where[-1])
         known.setdefault(where, set()).update(keys)

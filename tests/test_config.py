@@ -72,14 +72,17 @@ def test_the_documented_night_section_sets_the_imaging_root(tmp_path, monkeypatc
 def test_unknown_keys_in_the_user_file_are_warned_of(tmp_path, monkeypatch, caplog):
     user = tmp_path / "config.toml"
     user.write_text('[ingest]\nworkres = 2\nbatch_size = 10\n[nigth]\nimaging_root = "/x"\n'
-                    '[sites]\n"Any camera" = 8.5\n[masters]\nlibrary = "/m"\n[reduction.stack]\nmethod = "median"\n')
+                    '[sites]\n"Any camera" = 8.5\n[masters]\nlibrary = "/m"\n[reduction.stack]\nmethod = "median"\n'
+                    '[sky.footprint]\nimage_types = []\n[sky.solve]\nin_nigth = false\n'
+                    '[quality.instruments."My camera".limits]\nfwhm_arcsec = {max = 4.0}\n')
     monkeypatch.setenv("ARCHIVE_CONFIG", str(user))
     with caplog.at_level("WARNING", logger="archive.config"):
         settings = load_settings()
     assert settings.batch_size == 10
     warned = sorted(r.getMessage() for r in caplog.records)
     assert warned == [f"{user}: unknown configuration key 'ingest.workres' (ignored)",
-                      f"{user}: unknown configuration key 'nigth' (ignored)"]
+                      f"{user}: unknown configuration key 'nigth' (ignored)",
+                      f"{user}: unknown configuration key 'sky.solve.in_nigth' (ignored)"]
 
 
 def test_archive_config_naming_a_missing_file_is_an_error(tmp_path, monkeypatch):
