@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +50,7 @@ from archive.calib.masters import (
     _overscan,
     _plan_fingerprint,
     _usable_inputs,
+    build_each,
 )
 from archive.calib.overscan import subtract_overscan_rows
 from archive.calib.record import is_done, library_target, record_master
@@ -201,23 +201,9 @@ def build_dark_models(
     """
     with session_scope(engine) as session:
         plans = plan_dark_models(session, filters=filters, rules=rules)
-    if not plans:
-        return
-    progress.start(len(plans), "dark model")
-    for plan in plans:
-        if memory_limit_mb:
-            plan.rules = replace(plan.rules, memory_limit_mb=memory_limit_mb)
-        try:
-            _build_model(engine, plan, library, products, summary)
-        except (
-            ArchiveError,
-            OSError,
-            ValueError,
-        ) as exc:  # this model fails; the others are built
-            summary.failed.append((DARK_MODEL, describe(plan), str(exc)))
-            log.warning("dark model %s failed: %s", describe(plan), exc)
-        progress.advance()
-    progress.finish()
+    if plans:
+        build_each(plans, DARK_MODEL, lambda plan: _build_model(engine, plan, library, products, summary),
+                   memory_limit_mb, progress, summary, errors=(ArchiveError, OSError, ValueError))
 
 
 def _build_model(

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -404,24 +404,36 @@ def build_masters(
     return summary
 
 
+def build_each(plans: Sequence[MasterPlan], kind: str, build: Callable[[MasterPlan], None],
+               memory_limit_mb: float | None, progress: Progress, summary: BuildSummary,
+               errors: tuple[type[BaseException], ...] = (ArchiveError, OSError)) -> None:
+    """``build(plan)`` for each plan (masters of one kind, or dark models): one that fails with
+    one of ``errors`` is reported in ``summary.failed`` and logged, and the others are built.
+
+    ``memory_limit_mb`` (when given) overrides each plan's rules.
+    """
+    progress.start(len(plans), f"master {kind}")
+    for plan in plans:
+        if memory_limit_mb:
+            plan.rules = replace(plan.rules, memory_limit_mb=memory_limit_mb)
+        what = describe(plan)  # before: a failed build leaves the plan's frames detached
+        try:
+            build(plan)
+        except errors as exc:  # this master fails; the others are built
+            summary.failed.append((kind, what, str(exc)))
+            log.warning("master %s %s failed: %s", kind, what, exc)
+        progress.advance()
+    progress.finish()
+
+
 def _build_kinds(engine, kinds, filters, rules, library, memory_limit_mb, products, progress, summary) -> None:
     for kind in [k for k in CALIBRATION_KINDS if k in kinds]:
         with session_scope(engine) as session:
             plans, too_small, no_date = plan_masters(session, kind, filters=filters, rules=rules)
         summary.too_small += [(kind, d, n) for d, n in too_small]
         summary.skipped_no_date += no_date
-        progress.start(len(plans), f"master {kind}")
-        for plan in plans:
-            if memory_limit_mb:
-                plan.rules = replace(plan.rules, memory_limit_mb=memory_limit_mb)
-            what = describe(plan)
-            try:
-                _build_one(engine, plan, library, products, summary)
-            except (ArchiveError, OSError) as exc:  # this master fails; the others are built
-                summary.failed.append((kind, what, str(exc)))
-                log.warning("master %s %s failed: %s", kind, what, exc)
-            progress.advance()
-        progress.finish()
+        build_each(plans, kind, lambda plan: _build_one(engine, plan, library, products, summary), memory_limit_mb,
+                   progress, summary)
         if kind == "dark":  # a ladder's darks, too few at every exposure: a dark model (before the flats)
             from archive.calib.ladder import build_dark_models  # ladder builds on this module's helpers
 
