@@ -23,8 +23,9 @@ Lights
     ``fwhm_px``: the median over the stars of 2.3548 (det C)^(1/4), C the star's covariance
     (exact for a Gaussian star; for a real profile it follows the core, as a PSF fit does).
     ``fwhm_arcsec`` multiplies by the plate scale (arcsec/px) from the celestial WCS
-    (``astropy.wcs.utils.proj_plane_pixel_scales``) or else 206.265 x pixel size (um) /
-    focal length (mm).
+    (``astropy.wcs.utils.proj_plane_pixel_scales``; the catalogue's, computed so at ingest from
+    the frame's header, when the job carries it) or else 206.265 x pixel size (um) / focal
+    length (mm).
 
     ``eccentricity``: the median over the stars of sqrt(1 - b^2/a^2), a^2 and b^2 the
     eigenvalues of C (PixInsight's SubframeSelector convention; 0 is round).
@@ -84,8 +85,10 @@ log = logging.getLogger(__name__)
 CODE_VERSION = "3"
 #: The modules :func:`measure_file` imports on its first call: a pool's workers import them as
 #: they start (:func:`archive.reduce.executor.make_executor` ``preload``).
-WORKER_MODULES = ("sep", "scipy.optimize", "scipy.spatial", "astropy.wcs", "astropy.wcs.utils",
-                  "archive.reduce.align", "archive.reduce.measure")
+#: astropy.wcs is not among them: a frame's plate scale usually comes from the catalogue
+#: (:attr:`MeasureJob.plate_scale_arcsec`), and its import (0.12 s, with astropy.coordinates)
+#: is paid only by a worker that reads a WCS itself.
+WORKER_MODULES = ("sep", "scipy.optimize", "scipy.spatial", "archive.reduce.align", "archive.reduce.measure")
 #: Brightest detections whose shapes are measured (the rest are not counted as stars).
 MOMENT_STARS = 5000
 
@@ -117,6 +120,10 @@ class MeasureJob:
         Master darks built with the bias subtracted.
     previous_path : str, optional
         Masters: the previous master of the same kind and instrument.
+    plate_scale_arcsec : float, optional
+        The plate scale ingest computed from the frame's own header WCS (its ``header``
+        footprint): the figure :func:`plate_scale` would compute again from the same cards.
+        None: measured from the file's header.
     parameters : dict
         ``[measure]`` of the quality rules.
     """
@@ -130,6 +137,7 @@ class MeasureJob:
     bias_path: str | None = None
     bias_subtracted: bool = False
     previous_path: str | None = None
+    plate_scale_arcsec: float | None = None
     parameters: dict = field(default_factory=dict)
 
 
@@ -178,20 +186,20 @@ def _first(header, keywords) -> Any:
     return None
 
 
-def plate_scale(header, parameters: dict) -> float | None:
-    """Arcsec per pixel: from a celestial WCS (geometric mean of the two axes), else
-    206.265 x pixel size (um) / focal length (mm) from the configured keywords; None when
-    neither is known."""
+def _wcs_scale(header) -> float | None:
+    """Arcsec per pixel of the header's celestial WCS (geometric mean of the two axes), None
+    without one. A header without CTYPE1 and CTYPE2 has none: astropy.wcs is not imported."""
+    if "CTYPE1" not in header or "CTYPE2" not in header:
+        return None
+    import warnings
+
+    from astropy.io.fits import Header
+    from astropy.wcs import WCS
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    from archive.fitsio import WCS_KEYWORD
+
     try:
-        from astropy.wcs import WCS
-        from astropy.wcs.utils import proj_plane_pixel_scales
-
-        import warnings
-
-        from astropy.io.fits import Header
-
-        from archive.fitsio import WCS_KEYWORD
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the WCS cards only: the rest of a header costs time, not scale
             wcs = WCS(Header([card for card in header.cards if WCS_KEYWORD.match(card.keyword)]), naxis=2)
@@ -201,6 +209,16 @@ def plate_scale(header, parameters: dict) -> float | None:
                 return float(np.sqrt(scales[0] * scales[1]))
     except Exception:  # noqa: BLE001 - a broken WCS is no WCS
         pass
+    return None
+
+
+def plate_scale(header, parameters: dict) -> float | None:
+    """Arcsec per pixel: from a celestial WCS (geometric mean of the two axes), else
+    206.265 x pixel size (um) / focal length (mm) from the configured keywords; None when
+    neither is known."""
+    scale = _wcs_scale(header)
+    if scale is not None:
+        return scale
     focal = _first(header, parameters.get("focal_length_keywords", ()))
     pixel = _first(header, parameters.get("pixel_size_keywords", ()))
     try:
@@ -533,7 +551,7 @@ def measure_file(job: MeasureJob) -> dict:
         offset = clipped_stats(saturation_source)[0] - level if saturation_source is not data else 0.0
         # the frame's pixels are not needed after detection: the background is subtracted in place
         stars = detect(data, p, None if saturation is None else saturation - offset, in_place=True)
-        scale = plate_scale(header, p) or plate_scale(raw_header, p)
+        scale = job.plate_scale_arcsec or plate_scale(header, p) or plate_scale(raw_header, p)
         out.update({
             "n_stars": stars["n_stars"], "fwhm_px": stars["fwhm_px"], "eccentricity": stars["eccentricity"],
             "stars": stars["stars"], "plate_scale_arcsec": scale,

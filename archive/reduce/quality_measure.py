@@ -35,7 +35,7 @@ from archive.db.frames import (
     frame_query,
     instrument_names,
 )
-from archive.db.models import Copy, Frame, FrameMeasurement, Master, QualityFlag
+from archive.db.models import Copy, Footprint, Frame, FrameMeasurement, Master, QualityFlag
 from archive.db.session import session_scope
 from archive.progress import NoProgress, Progress
 from archive.reduce.executor import SerialExecutor
@@ -123,6 +123,11 @@ def _jobs(session: Session, frames: Sequence[Frame], rules: QualityRules, versio
     existing = current_measurements(session, [f.id for f in frames], version)
     masters = {m.frame_id: m for batch in chunked([f.id for f in frames])
                for m in session.scalars(select(Master).where(Master.frame_id.in_(batch)))}
+    # the plate scale ingest computed from each light's own header WCS (what the worker would
+    # compute again from the same cards); a solved or estimated footprint is left to the worker
+    scales = dict(row for batch in chunked(lights) for row in session.execute(
+        select(Footprint.frame_id, Footprint.pixel_scale_arcsec).where(
+            Footprint.frame_id.in_(batch), Footprint.source == "header", Footprint.pixel_scale_arcsec.is_not(None))))
     instruments = instrument_names(session)
     extra: dict[int, Frame | None] = {}
     for f in frames:
@@ -150,7 +155,7 @@ def _jobs(session: Session, frames: Sequence[Frame], rules: QualityRules, versio
             bias_path=paths.get(other.id) if other is not None and f.image_type == "dark" else None,
             bias_subtracted=bool(master.bias_subtracted) if master is not None else False,
             previous_path=paths.get(other.id) if other is not None and f.image_type.startswith("master_") else None,
-            parameters=dict(rules.measure),
+            plate_scale_arcsec=scales.get(f.id), parameters=dict(rules.measure),
         ), source, other.id if other is not None and f.image_type.startswith("master_") else None))
     return jobs
 
