@@ -160,21 +160,26 @@ def _jobs(session: Session, frames: Sequence[Frame], rules: QualityRules, versio
     return jobs
 
 
-def _store(session: Session, job: MeasureJob, source: int, previous: int | None, version: str,
-           result: dict | None, error: str | None) -> None:
-    session.execute(delete(QualityFlag).where(QualityFlag.measurement_id.in_(
-        select(FrameMeasurement.id).where(FrameMeasurement.frame_id == job.frame_id,
-                                          FrameMeasurement.version == version))))
-    session.execute(delete(FrameMeasurement).where(FrameMeasurement.frame_id == job.frame_id,
+def _store(session: Session, done: Sequence[tuple[MeasureJob, int, int | None, dict | None, str | None]],
+           version: str) -> None:
+    """Replace the measurements under ``version`` (and their flags) of the frames in ``done``
+    by the new ones: (job, source frame, previous master, result, error) each, written in
+    two deletes and one insert for all of them."""
+    ids = [job.frame_id for job, *_ in done]
+    old = select(FrameMeasurement.id).where(FrameMeasurement.frame_id.in_(ids), FrameMeasurement.version == version)
+    session.execute(delete(QualityFlag).where(QualityFlag.measurement_id.in_(old)))
+    session.execute(delete(FrameMeasurement).where(FrameMeasurement.frame_id.in_(ids),
                                                    FrameMeasurement.version == version))
-    row = FrameMeasurement(frame_id=job.frame_id, version=version, source_frame_id=source, kind=job.kind,
-                           status="ok" if error is None else "failed", message=error, measured_at=utcnow(),
-                           previous_master_id=previous, parameters=dict(job.parameters))
-    for column in _COLUMNS:
-        if result is not None and column in result:
-            value = result[column]
-            setattr(row, column, value.item() if isinstance(value, np.generic) else value)
-    session.add(row)
+    now = utcnow()
+    for job, source, previous, result, error in done:
+        row = FrameMeasurement(frame_id=job.frame_id, version=version, source_frame_id=source, kind=job.kind,
+                               status="ok" if error is None else "failed", message=error, measured_at=now,
+                               previous_master_id=previous, parameters=dict(job.parameters))
+        for column in _COLUMNS:
+            if result is not None and column in result:
+                value = result[column]
+                setattr(row, column, value.item() if isinstance(value, np.generic) else value)
+        session.add(row)
 
 
 def measure_frames(
@@ -221,18 +226,22 @@ def measure_frames(
     progress.start(len(jobs), "measure")
     futures = [(job, source, previous, executor.submit(measure_file, job)) for job, source, previous in jobs]
     for batch in chunked(futures, _BATCH):
+        done = []
+        for job, source, previous, future in batch:
+            try:
+                result, error = future.result(), None
+            except Exception as exc:  # noqa: BLE001 - one unreadable frame is recorded; the rest go on
+                result, error = None, f"{type(exc).__name__}: {exc}"
+                summary.failed.append((job.path, error))
+                log.warning("%s: not measured: %s", job.path, error)
+            else:
+                summary.measured += 1
+            done.append((job, source, previous, result, error))
+            progress.advance()
+        # the write transaction is opened once the batch's results are in (not held while
+        # the workers measure)
         with session_scope(engine, write=True) as session:
-            for job, source, previous, future in batch:
-                try:
-                    result, error = future.result(), None
-                except Exception as exc:  # noqa: BLE001 - one unreadable frame is recorded; the rest go on
-                    result, error = None, f"{type(exc).__name__}: {exc}"
-                    summary.failed.append((job.path, error))
-                    log.warning("%s: not measured: %s", job.path, error)
-                else:
-                    summary.measured += 1
-                _store(session, job, source, previous, version, result, error)
-                progress.advance()
+            _store(session, done, version)
     progress.finish()
     with session_scope(engine, write=True) as session:
         judge_frames(session, [f.id for f in frames], rules=rules)
