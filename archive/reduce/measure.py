@@ -544,8 +544,8 @@ def measure_file(job: MeasureJob) -> dict:
             saturation_source, raw_header = read_pixels(job.raw_path, dtype=np.float32)
         saturation = saturation_level(raw_header, p)
         if saturation is not None:
-            out["saturated_fraction"] = float(np.mean(saturation_source >= float(p.get("saturation_fraction", 0.95))
-                                                      * saturation))
+            out["saturated_fraction"] = np.count_nonzero(
+                saturation_source >= float(p.get("saturation_fraction", 0.95)) * saturation) / saturation_source.size
         # a calibrated frame no longer has the raw level: stars peaking near the raw
         # saturation are found by the offset between the two backgrounds
         offset = clipped_stats(saturation_source)[0] - level if saturation_source is not data else 0.0
