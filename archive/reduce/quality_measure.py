@@ -36,6 +36,7 @@ from archive.db.frames import (
     instrument_names,
 )
 from archive.db.models import Copy, Footprint, Frame, FrameMeasurement, Master, QualityFlag
+from archive.db.provenance import current_calibrated
 from archive.db.session import session_scope
 from archive.progress import NoProgress, Progress
 from archive.reduce.executor import SerialExecutor
@@ -115,9 +116,6 @@ def _jobs(session: Session, frames: Sequence[Frame], rules: QualityRules, versio
           summary: MeasureSummary) -> list[tuple[MeasureJob, int, int | None]]:
     """The measurement jobs of ``frames`` still to do, with the frame measured (source) and
     the previous master compared with."""
-    # on use: registration imports stacking, which imports the quality verdicts
-    from archive.reduce.registration import current_calibrated
-
     lights = [f.id for f in frames if f.image_type == "light"]
     calibrated = {light: cal for light, (cal, _) in current_calibrated(session, lights).items()} if lights else {}
     existing = current_measurements(session, [f.id for f in frames], version)
