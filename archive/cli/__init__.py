@@ -7,6 +7,8 @@ errors exit with status 2 (click's convention).
 
 from __future__ import annotations
 
+import atexit
+import gc
 import importlib
 import logging
 import sys
@@ -166,6 +168,11 @@ def main(ctx: click.Context, database: str | None, verbose: int, quiet: bool) ->
     Configuration, lowest first: configs/archive.toml in the package, ~/.config/archive/config.toml
     (or ARCHIVE_CONFIG), ARCHIVE_* environment variables, then these options.
     """
+    # what the command imported and made lives until the process ends: as the interpreter
+    # shuts down, the cyclic collector need not scan it all once more (0.2-0.5 s of every
+    # command's wall time; the objects are freed all the same when the process exits)
+    atexit.unregister(gc.freeze)
+    atexit.register(gc.freeze)
     level = logging.WARNING if quiet or not verbose else (logging.INFO if verbose == 1 else logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     ctx.obj = AppContext(settings=load_settings({"database": {"url": database}}), quiet=quiet)

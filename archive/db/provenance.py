@@ -107,6 +107,42 @@ def claimed_by_live_process(reduction: Reduction) -> bool:
     return process_alive(claim_pid)
 
 
+def current_calibrated(session: Session, light_ids: Iterable[int] | None = None) -> dict[int, tuple[int, int]]:
+    """Each light's current calibration: the latest finished one whose product is not
+    superseded (``Frame.superseded_by_id``: a product chosen again after a newer one, e.g. a
+    master marked bad and then good again, is current).
+
+    Parameters
+    ----------
+    session : Session
+    light_ids : iterable of int, optional
+        The lights asked about; default every light with a calibration.
+
+    Returns
+    -------
+    dict
+        light id -> (calibrated frame id, reduction id), for the lights that have one.
+    """
+    def query(batch: list[int] | None):
+        latest = (
+            select(ReductionInput.frame_id.label("light_id"), func.max(Reduction.id).label("rid"))
+            .join(Reduction, Reduction.id == ReductionInput.reduction_id)
+            .join(Frame, Frame.reduction_id == Reduction.id)
+            .where(Reduction.step == "calibrate", Reduction.status == "done", ReductionInput.role == "light",
+                   Frame.superseded_by_id.is_(None))
+            .group_by(ReductionInput.frame_id)
+        )
+        if batch is not None:
+            latest = latest.where(ReductionInput.frame_id.in_(batch))
+        latest = latest.subquery()
+        return session.execute(
+            select(latest.c.light_id, Frame.id, latest.c.rid).join(Frame, Frame.reduction_id == latest.c.rid)
+        )
+
+    batches = [None] if light_ids is None else chunked(light_ids)
+    return {light: (frame, rid) for batch in batches for light, frame, rid in query(batch)}
+
+
 def start_reduction(
     session: Session, step: str, fp: str, parameters: dict[str, Any], rule_version: str | None,
     inputs: Sequence[tuple[int, str]], *, group_key: str | None = None, lineage: str | None = None,

@@ -23,8 +23,9 @@ Lights
     ``fwhm_px``: the median over the stars of 2.3548 (det C)^(1/4), C the star's covariance
     (exact for a Gaussian star; for a real profile it follows the core, as a PSF fit does).
     ``fwhm_arcsec`` multiplies by the plate scale (arcsec/px) from the celestial WCS
-    (``astropy.wcs.utils.proj_plane_pixel_scales``) or else 206.265 x pixel size (um) /
-    focal length (mm).
+    (``astropy.wcs.utils.proj_plane_pixel_scales``; the catalogue's, computed so at ingest from
+    the frame's header, when the job carries it) or else 206.265 x pixel size (um) / focal
+    length (mm).
 
     ``eccentricity``: the median over the stars of sqrt(1 - b^2/a^2), a^2 and b^2 the
     eigenvalues of C (PixInsight's SubframeSelector convention; 0 is round).
@@ -84,8 +85,10 @@ log = logging.getLogger(__name__)
 CODE_VERSION = "3"
 #: The modules :func:`measure_file` imports on its first call: a pool's workers import them as
 #: they start (:func:`archive.reduce.executor.make_executor` ``preload``).
-WORKER_MODULES = ("sep", "scipy.optimize", "scipy.spatial", "astropy.wcs", "astropy.wcs.utils",
-                  "archive.reduce.align", "archive.reduce.measure")
+#: astropy.wcs is not among them: a frame's plate scale usually comes from the catalogue
+#: (:attr:`MeasureJob.plate_scale_arcsec`), and its import (0.12 s, with astropy.coordinates)
+#: is paid only by a worker that reads a WCS itself.
+WORKER_MODULES = ("sep", "scipy.optimize", "scipy.spatial", "archive.reduce.align", "archive.reduce.measure")
 #: Brightest detections whose shapes are measured (the rest are not counted as stars).
 MOMENT_STARS = 5000
 
@@ -117,6 +120,10 @@ class MeasureJob:
         Master darks built with the bias subtracted.
     previous_path : str, optional
         Masters: the previous master of the same kind and instrument.
+    plate_scale_arcsec : float, optional
+        The plate scale ingest computed from the frame's own header WCS (its ``header``
+        footprint): the figure :func:`plate_scale` would compute again from the same cards.
+        None: measured from the file's header.
     parameters : dict
         ``[measure]`` of the quality rules.
     """
@@ -130,6 +137,7 @@ class MeasureJob:
     bias_path: str | None = None
     bias_subtracted: bool = False
     previous_path: str | None = None
+    plate_scale_arcsec: float | None = None
     parameters: dict = field(default_factory=dict)
 
 
@@ -178,20 +186,20 @@ def _first(header, keywords) -> Any:
     return None
 
 
-def plate_scale(header, parameters: dict) -> float | None:
-    """Arcsec per pixel: from a celestial WCS (geometric mean of the two axes), else
-    206.265 x pixel size (um) / focal length (mm) from the configured keywords; None when
-    neither is known."""
+def _wcs_scale(header) -> float | None:
+    """Arcsec per pixel of the header's celestial WCS (geometric mean of the two axes), None
+    without one. A header without CTYPE1 and CTYPE2 has none: astropy.wcs is not imported."""
+    if "CTYPE1" not in header or "CTYPE2" not in header:
+        return None
+    import warnings
+
+    from astropy.io.fits import Header
+    from astropy.wcs import WCS
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    from archive.fitsio import WCS_KEYWORD
+
     try:
-        from astropy.wcs import WCS
-        from astropy.wcs.utils import proj_plane_pixel_scales
-
-        import warnings
-
-        from astropy.io.fits import Header
-
-        from archive.fitsio import WCS_KEYWORD
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the WCS cards only: the rest of a header costs time, not scale
             wcs = WCS(Header([card for card in header.cards if WCS_KEYWORD.match(card.keyword)]), naxis=2)
@@ -201,6 +209,16 @@ def plate_scale(header, parameters: dict) -> float | None:
                 return float(np.sqrt(scales[0] * scales[1]))
     except Exception:  # noqa: BLE001 - a broken WCS is no WCS
         pass
+    return None
+
+
+def plate_scale(header, parameters: dict) -> float | None:
+    """Arcsec per pixel: from a celestial WCS (geometric mean of the two axes), else
+    206.265 x pixel size (um) / focal length (mm) from the configured keywords; None when
+    neither is known."""
+    scale = _wcs_scale(header)
+    if scale is not None:
+        return scale
     focal = _first(header, parameters.get("focal_length_keywords", ()))
     pixel = _first(header, parameters.get("pixel_size_keywords", ()))
     try:
@@ -322,8 +340,9 @@ def _moffat(xy, amplitude, x0, y0, fwhm, u, level):
 
 
 def _moffat_jacobian(xy, amplitude, x0, y0, fwhm, u, level):
-    """The derivatives of :func:`_moffat` by its six parameters, shape (n, 6): the fit then
-    evaluates the profile once per step instead of seven times (finite differences)."""
+    """The derivatives of :func:`_moffat` by its six parameters, one row each, shape (6, n)
+    (``leastsq``'s ``col_deriv`` layout, which MINPACK takes without a transposed copy): the
+    fit then evaluates the profile once per step instead of seven times (finite differences)."""
     x, y = xy
     sign = 1.0 if u >= 0 else -1.0
     u = abs(u) + 1e-6
@@ -335,13 +354,13 @@ def _moffat_jacobian(xy, amplitude, x0, y0, fwhm, u, level):
     log_q = np.log1p(r2 * k)
     g = np.exp(-log_q / u)
     d_r2 = -amplitude * (k / u) * g / q  # d f / d r2
-    out = np.empty((x.size, 6))
-    out[:, 0] = g
-    out[:, 1] = d_r2 * (-2.0 * dx / h2)
-    out[:, 2] = d_r2 * (-2.0 * dy / h2)
-    out[:, 3] = d_r2 * (-2.0 * r2 / fwhm)
-    out[:, 4] = sign * amplitude * g * (log_q / u ** 2 - r2 * _LN2 * (k + 1.0) / (u * q))
-    out[:, 5] = 1.0
+    out = np.empty((6, x.size))
+    out[0] = g
+    out[1] = d_r2 * (-2.0 * dx / h2)
+    out[2] = d_r2 * (-2.0 * dy / h2)
+    out[3] = d_r2 * (-2.0 * r2 / fwhm)
+    out[4] = sign * amplitude * g * (log_q / u ** 2 - r2 * _LN2 * (k + 1.0) / (u * q))
+    out[5] = 1.0
     return out
 
 
@@ -349,27 +368,32 @@ def moffat_fwhm(image: np.ndarray, x: float, y: float, fwhm_guess: float) -> flo
     """FWHM (px) of one star from a least-squares fit of a circular Moffat profile
     I = A (1 + r^2/alpha^2)^-beta + c (Moffat 1969, A&A 3, 455), written with its FWHM
     = 2 alpha sqrt(2^(1/beta) - 1) (Trujillo et al. 2001, MNRAS 328, 977) and u = 1/beta so that
-    the Gaussian is the limit u -> 0; ``scipy.optimize.curve_fit`` (Levenberg-Marquardt, with
-    the analytic Jacobian, to a relative tolerance of 1e-5: a FWHM of 4 px to 0.00004 px) in a
-    box of +-2 FWHM (at least 5 px). NaN when the fit fails, lands outside 0 <= u <= 1 or the
-    star is too close to the edge."""
-    from scipy.optimize import curve_fit
+    the Gaussian is the limit u -> 0; ``scipy.optimize.leastsq`` (MINPACK's Levenberg-Marquardt,
+    what ``curve_fit`` runs, called directly: without curve_fit's wrappers and covariance,
+    0.1 ms less a star) with the analytic Jacobian, to a relative tolerance of 1e-5 (a FWHM of
+    4 px to 0.00004 px), in a box of +-2 FWHM (at least 5 px). NaN when the fit fails, lands
+    outside 0 <= u <= 1 or the star is too close to the edge."""
+    from scipy.optimize import leastsq
 
     half = max(5, int(np.ceil(2 * fwhm_guess)))
     ix, iy = int(round(x)), int(round(y))
     ny, nx = image.shape
     if ix - half < 0 or iy - half < 0 or ix + half >= nx or iy + half >= ny:
         return float("nan")
-    cut = image[iy - half: iy + half + 1, ix - half: ix + half + 1].astype(np.float64)
+    cut = image[iy - half: iy + half + 1, ix - half: ix + half + 1].astype(np.float64).ravel()
     dy, dx = np.mgrid[-half: half + 1, -half: half + 1].astype(np.float64)
+    xy = (dx.ravel(), dy.ravel())
     peak = float(cut.max())
-    if peak <= 0:
+    if not peak > 0 or not np.isfinite(cut).all():
         return float("nan")
     try:
-        values, _ = curve_fit(_moffat, (dx.ravel(), dy.ravel()), cut.ravel(), jac=_moffat_jacobian,
-                              p0=[peak, x - ix, y - iy, max(fwhm_guess, 1.0), 0.2, 0.0], maxfev=400,
-                              ftol=1e-5, xtol=1e-5)
+        values, status = leastsq(lambda params: _moffat(xy, *params) - cut,
+                                 [peak, x - ix, y - iy, max(fwhm_guess, 1.0), 0.2, 0.0],
+                                 Dfun=lambda params: _moffat_jacobian(xy, *params), col_deriv=True, maxfev=400,
+                                 ftol=1e-5, xtol=1e-5)
     except (RuntimeError, ValueError):
+        return float("nan")
+    if status not in (1, 2, 3, 4):  # MINPACK's four kinds of convergence
         return float("nan")
     fwhm, u = abs(values[3]), abs(values[4])
     if not (values[0] > 0 and u <= 1.0 and 0.5 <= fwhm <= 2.0 * half):
@@ -526,14 +550,14 @@ def measure_file(job: MeasureJob) -> dict:
             saturation_source, raw_header = read_pixels(job.raw_path, dtype=np.float32)
         saturation = saturation_level(raw_header, p)
         if saturation is not None:
-            out["saturated_fraction"] = float(np.mean(saturation_source >= float(p.get("saturation_fraction", 0.95))
-                                                      * saturation))
+            out["saturated_fraction"] = np.count_nonzero(
+                saturation_source >= float(p.get("saturation_fraction", 0.95)) * saturation) / saturation_source.size
         # a calibrated frame no longer has the raw level: stars peaking near the raw
         # saturation are found by the offset between the two backgrounds
         offset = clipped_stats(saturation_source)[0] - level if saturation_source is not data else 0.0
         # the frame's pixels are not needed after detection: the background is subtracted in place
         stars = detect(data, p, None if saturation is None else saturation - offset, in_place=True)
-        scale = plate_scale(header, p) or plate_scale(raw_header, p)
+        scale = job.plate_scale_arcsec or plate_scale(header, p) or plate_scale(raw_header, p)
         out.update({
             "n_stars": stars["n_stars"], "fwhm_px": stars["fwhm_px"], "eccentricity": stars["eccentricity"],
             "stars": stars["stars"], "plate_scale_arcsec": scale,

@@ -35,7 +35,8 @@ from archive.db.frames import (
     frame_query,
     instrument_names,
 )
-from archive.db.models import Copy, Frame, FrameMeasurement, Master, QualityFlag
+from archive.db.models import Copy, Footprint, Frame, FrameMeasurement, Master, QualityFlag
+from archive.db.provenance import current_calibrated
 from archive.db.session import session_scope
 from archive.progress import NoProgress, Progress
 from archive.reduce.executor import SerialExecutor
@@ -115,14 +116,16 @@ def _jobs(session: Session, frames: Sequence[Frame], rules: QualityRules, versio
           summary: MeasureSummary) -> list[tuple[MeasureJob, int, int | None]]:
     """The measurement jobs of ``frames`` still to do, with the frame measured (source) and
     the previous master compared with."""
-    # on use: registration imports stacking, which imports the quality verdicts
-    from archive.reduce.registration import current_calibrated
-
     lights = [f.id for f in frames if f.image_type == "light"]
     calibrated = {light: cal for light, (cal, _) in current_calibrated(session, lights).items()} if lights else {}
     existing = current_measurements(session, [f.id for f in frames], version)
     masters = {m.frame_id: m for batch in chunked([f.id for f in frames])
                for m in session.scalars(select(Master).where(Master.frame_id.in_(batch)))}
+    # the plate scale ingest computed from each light's own header WCS (what the worker would
+    # compute again from the same cards); a solved or estimated footprint is left to the worker
+    scales = dict(row for batch in chunked(lights) for row in session.execute(
+        select(Footprint.frame_id, Footprint.pixel_scale_arcsec).where(
+            Footprint.frame_id.in_(batch), Footprint.source == "header", Footprint.pixel_scale_arcsec.is_not(None))))
     instruments = instrument_names(session)
     extra: dict[int, Frame | None] = {}
     for f in frames:
@@ -150,26 +153,31 @@ def _jobs(session: Session, frames: Sequence[Frame], rules: QualityRules, versio
             bias_path=paths.get(other.id) if other is not None and f.image_type == "dark" else None,
             bias_subtracted=bool(master.bias_subtracted) if master is not None else False,
             previous_path=paths.get(other.id) if other is not None and f.image_type.startswith("master_") else None,
-            parameters=dict(rules.measure),
+            plate_scale_arcsec=scales.get(f.id), parameters=dict(rules.measure),
         ), source, other.id if other is not None and f.image_type.startswith("master_") else None))
     return jobs
 
 
-def _store(session: Session, job: MeasureJob, source: int, previous: int | None, version: str,
-           result: dict | None, error: str | None) -> None:
-    session.execute(delete(QualityFlag).where(QualityFlag.measurement_id.in_(
-        select(FrameMeasurement.id).where(FrameMeasurement.frame_id == job.frame_id,
-                                          FrameMeasurement.version == version))))
-    session.execute(delete(FrameMeasurement).where(FrameMeasurement.frame_id == job.frame_id,
+def _store(session: Session, done: Sequence[tuple[MeasureJob, int, int | None, dict | None, str | None]],
+           version: str) -> None:
+    """Replace the measurements under ``version`` (and their flags) of the frames in ``done``
+    by the new ones: (job, source frame, previous master, result, error) each, written in
+    two deletes and one insert for all of them."""
+    ids = [job.frame_id for job, *_ in done]
+    old = select(FrameMeasurement.id).where(FrameMeasurement.frame_id.in_(ids), FrameMeasurement.version == version)
+    session.execute(delete(QualityFlag).where(QualityFlag.measurement_id.in_(old)))
+    session.execute(delete(FrameMeasurement).where(FrameMeasurement.frame_id.in_(ids),
                                                    FrameMeasurement.version == version))
-    row = FrameMeasurement(frame_id=job.frame_id, version=version, source_frame_id=source, kind=job.kind,
-                           status="ok" if error is None else "failed", message=error, measured_at=utcnow(),
-                           previous_master_id=previous, parameters=dict(job.parameters))
-    for column in _COLUMNS:
-        if result is not None and column in result:
-            value = result[column]
-            setattr(row, column, value.item() if isinstance(value, np.generic) else value)
-    session.add(row)
+    now = utcnow()
+    for job, source, previous, result, error in done:
+        row = FrameMeasurement(frame_id=job.frame_id, version=version, source_frame_id=source, kind=job.kind,
+                               status="ok" if error is None else "failed", message=error, measured_at=now,
+                               previous_master_id=previous, parameters=dict(job.parameters))
+        for column in _COLUMNS:
+            if result is not None and column in result:
+                value = result[column]
+                setattr(row, column, value.item() if isinstance(value, np.generic) else value)
+        session.add(row)
 
 
 def measure_frames(
@@ -216,18 +224,22 @@ def measure_frames(
     progress.start(len(jobs), "measure")
     futures = [(job, source, previous, executor.submit(measure_file, job)) for job, source, previous in jobs]
     for batch in chunked(futures, _BATCH):
+        done = []
+        for job, source, previous, future in batch:
+            try:
+                result, error = future.result(), None
+            except Exception as exc:  # noqa: BLE001 - one unreadable frame is recorded; the rest go on
+                result, error = None, f"{type(exc).__name__}: {exc}"
+                summary.failed.append((job.path, error))
+                log.warning("%s: not measured: %s", job.path, error)
+            else:
+                summary.measured += 1
+            done.append((job, source, previous, result, error))
+            progress.advance()
+        # the write transaction is opened once the batch's results are in (not held while
+        # the workers measure)
         with session_scope(engine, write=True) as session:
-            for job, source, previous, future in batch:
-                try:
-                    result, error = future.result(), None
-                except Exception as exc:  # noqa: BLE001 - one unreadable frame is recorded; the rest go on
-                    result, error = None, f"{type(exc).__name__}: {exc}"
-                    summary.failed.append((job.path, error))
-                    log.warning("%s: not measured: %s", job.path, error)
-                else:
-                    summary.measured += 1
-                _store(session, job, source, previous, version, result, error)
-                progress.advance()
+            _store(session, done, version)
     progress.finish()
     with session_scope(engine, write=True) as session:
         judge_frames(session, [f.id for f in frames], rules=rules)

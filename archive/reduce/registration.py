@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Executor, Future, as_completed
 from typing import Any
 
@@ -45,6 +45,7 @@ from archive.db.frames import canonical_paths, instrument_names
 from archive.db.prune import pruned_condition
 from archive.ingest.products import ProductRun, fail_product, record_product, reject_product
 from archive.db.provenance import (
+    current_calibrated,
     fingerprint,
     lineage_of,
     reuse_product,
@@ -66,30 +67,6 @@ def _group_key(frame: Frame, per_night: bool, models: dict[int, Any]) -> tuple:
     name = models.get(frame.instrument_id)
     return (name.model if name is not None else None, frame.target_key, (frame.filter_name or "").lower(),
             frame.night if per_night else None)
-
-
-def current_calibrated(session: Session, light_ids: Iterable[int] | None = None) -> dict[int, tuple[int, int]]:
-    """light id -> (calibrated frame id, reduction id) of each light's current calibration: the
-    latest finished one whose product is not superseded (``Frame.superseded_by_id``: a product
-    chosen again after a newer one, e.g. a master marked bad and then good again, is current)."""
-    def query(batch: list[int] | None):
-        latest = (
-            select(ReductionInput.frame_id.label("light_id"), func.max(Reduction.id).label("rid"))
-            .join(Reduction, Reduction.id == ReductionInput.reduction_id)
-            .join(Frame, Frame.reduction_id == Reduction.id)
-            .where(Reduction.step == "calibrate", Reduction.status == "done", ReductionInput.role == "light",
-                   Frame.superseded_by_id.is_(None))
-            .group_by(ReductionInput.frame_id)
-        )
-        if batch is not None:
-            latest = latest.where(ReductionInput.frame_id.in_(batch))
-        latest = latest.subquery()
-        return session.execute(
-            select(latest.c.light_id, Frame.id, latest.c.rid).join(Frame, Frame.reduction_id == latest.c.rid)
-        )
-
-    batches = [None] if light_ids is None else chunked(light_ids)
-    return {light: (frame, rid) for batch in batches for light, frame, rid in query(batch)}
 
 
 def _group_members(session: Session, lights: Sequence[Frame], per_night: bool) -> dict[tuple, list[tuple[Frame, Frame]]]:

@@ -20,9 +20,9 @@ from archive.db.models import (
     Master,
 )
 from archive.db.frames import canonical_paths
+from archive.db.provenance import current_calibrated
 
 from archive.reduce.outputs import frames_by_id
-from archive.reduce.registration import current_calibrated
 
 
 # -- stale products --------------------------------------------------------------------------------
