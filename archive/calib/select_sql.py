@@ -35,6 +35,9 @@ from archive.ingest.timing import epoch_microseconds
 
 _NULL_NUMBER = -987654321.0
 _NULL_TEXT = "\x01(null)"
+# a key column that is no key of the candidate's kind (flats' filter_name for a dark)
+_ANY_NUMBER = -987654322
+_ANY_TEXT = "\x02(any)"
 _TEXT_COLUMNS = set(TEXT_COLUMNS)
 _FRAME_COLUMNS = ("id", "instrument_id", "date_obs", "date_obs_s", "exposure_time_s", "binning_x", "binning_y",
                   "naxis1", "naxis2", "gain", "offset", "readout_mode", "filter_name", "telescope", "set_temp_c",
@@ -44,39 +47,46 @@ _FRAME_COLUMNS = ("id", "instrument_id", "date_obs", "date_obs_s", "exposure_tim
 def _key_table(name: str, keys: Sequence[str], tolerance: Sequence[str], *extra):
     """A temporary table of frames' match keys: id, k_<exact column>..., k_exposure,
     t_<tolerance column>..., t (date_obs_s), us (date_obs in microseconds), exposure_time_s."""
-    metadata = MetaData()
     table = Table(
-        name, metadata, Column("id", Integer, primary_key=True),
+        name, MetaData(), Column("id", Integer, primary_key=True),
         *[Column(f"k_{c}", String(200) if c in _TEXT_COLUMNS else (Integer if c == "instrument" else Float)) for c in keys],
         Column("k_exposure", BigInteger), *[Column(f"t_{c}", Float) for c in tolerance],
         Column("t", BigInteger), Column("us", BigInteger), Column("exposure_time_s", Float), *extra,
         prefixes=["TEMPORARY"],
     )
-    return metadata, table
+    return table
 
 
-def _candidate_table(rules: KindRules, uid: str):
-    keys = list(rules.exact)
-    metadata, cand = _key_table(
-        f"sel_cand_{uid}", keys, list(rules.tolerance), Column("neg_n_combined", Integer),
+def _candidate_table(keys: Sequence[str], tolerance: Sequence[str], uid: str):
+    """The temporary table of candidate masters of every kind: the key table's columns (the
+    kinds' keys and tolerance columns together), the kind and the tie-breaks."""
+    cand = _key_table(
+        f"sel_cand_{uid}", keys, tolerance, Column("kind", String(20)), Column("neg_n_combined", Integer),
         Column("neg_created_us", BigInteger), Column("neg_id", Integer), Column("valid_from_us", BigInteger),
         Column("valid_until_us", BigInteger), Column("bias_subtracted", Boolean),
     )
-    # two orderings of (keys, exposure, time, tie-breaks): the nearest candidate before and after a
-    # frame is then the first row of an index range scan (the tie-breaks are negated)
-    prefix = [cand.c[f"k_{c}"] for c in keys] + [cand.c.k_exposure]
+    # two orderings of (kind, keys, exposure, time, tie-breaks): the nearest candidate of a kind
+    # before and after a frame is then the first row of an index range scan (the tie-breaks are negated)
+    prefix = [cand.c.kind] + [cand.c[f"k_{c}"] for c in keys] + [cand.c.k_exposure]
     ties = [cand.c.neg_n_combined, cand.c.neg_created_us, cand.c.neg_id]
     Index(f"ix_sel_after_{uid}", *prefix, cand.c.t, *ties)
     Index(f"ix_sel_before_{uid}", *prefix, cand.c.t.desc(), *ties)
-    return metadata, cand, keys
+    return cand
 
 
-def _key_function(keys: Sequence[str], tolerance: Sequence[str], exposure_tolerance_s: float | None):
+def _key_function(keys: Sequence[str], tolerance: Sequence[str], exposure_tolerance_s: float | None,
+                  matched: Sequence[str] | None = None):
     """row (in ``_FRAME_COLUMNS`` order) -> the key table's columns, as a tuple (``k_exposure``
-    is 0 when ``exposure_tolerance_s`` is None: exposure is no key)."""
+    is 0 when ``exposure_tolerance_s`` is None: exposure is no key). With ``matched`` (a
+    kind's exact columns), the other columns of ``keys`` hold the "no key" sentinel."""
     position = {name: i for i, name in enumerate(_FRAME_COLUMNS)}
-    key_at = [(position["instrument_id" if c == "instrument" else c], _NULL_TEXT if c in _TEXT_COLUMNS else _NULL_NUMBER)
-              for c in keys]
+    key_at = []  # (position in the row, the value of NULL), or (None, the "no key" sentinel)
+    for c in keys:
+        text_column = c in _TEXT_COLUMNS
+        if matched is not None and c not in matched:
+            key_at.append((None, _ANY_TEXT if text_column else _ANY_NUMBER))
+        else:
+            key_at.append((position["instrument_id" if c == "instrument" else c], _NULL_TEXT if text_column else _NULL_NUMBER))
     tol_at = [position[c] for c in tolerance]
     i_id, i_t, i_date, i_exp = position["id"], position["date_obs_s"], position["date_obs"], position["exposure_time_s"]
 
@@ -87,7 +97,7 @@ def _key_function(keys: Sequence[str], tolerance: Sequence[str], exposure_tolera
         else:
             k_exp = -1 if exp is None else exposure_key(exp, exposure_tolerance_s)
         return (
-            row[i_id], *[row[i] if row[i] is not None else null for i, null in key_at], k_exp,
+            row[i_id], *[other if i is None or row[i] is None else row[i] for i, other in key_at], k_exp,
             *[row[i] for i in tol_at], row[i_t], epoch_microseconds(row[i_date]), exp,
         )
 
@@ -95,7 +105,14 @@ def _key_function(keys: Sequence[str], tolerance: Sequence[str], exposure_tolera
 
 
 def _common_conditions(light, cand, rules: KindRules, keys: Sequence[str]) -> list:
-    conditions = [cand.c[f"k_{c}"] == light.c[f"k_{c}"] for c in keys]
+    """The kind, its exact keys (the other key columns hold the "no key" sentinel), tolerance,
+    and validity at the frame's time."""
+    conditions = [cand.c.kind == rules.kind]
+    for c in keys:
+        if c in rules.exact:
+            conditions.append(cand.c[f"k_{c}"] == light.c[f"k_{c}"])
+        else:
+            conditions.append(cand.c[f"k_{c}"] == (_ANY_TEXT if c in _TEXT_COLUMNS else _ANY_NUMBER))
     for c, limit in rules.tolerance.items():
         a, b = cand.c[f"t_{c}"], light.c[f"t_{c}"]
         conditions.append(or_(and_(a.is_(None), b.is_(None)), func.abs(a - b) <= limit + 1e-9))
@@ -145,54 +162,61 @@ def _scaled_query(light, cand, rules: KindRules, keys: Sequence[str], light_ids:
     return select(ranked.c.frame_id, ranked.c.master_id, ranked.c.scale).where(ranked.c.rn == 1)
 
 
-def _bulk_kind(session: Session, light, kind: str, matching: MatchingRules, instrument_ids: set,
-               library: list, light_t: dict[int, int], out: dict[tuple[int, str], Selection]) -> None:
-    """The set-based selection of one kind for the frames already loaded into ``light``."""
-    rules = matching[kind]
+def _bulk_select(connection, light, keys: Sequence[str], tolerance: Sequence[str], kinds: Sequence[str],
+                 matching: MatchingRules, instrument_ids: set, libraries: Mapping[str, list], light_t: dict[int, int],
+                 out: dict[tuple[int, str], Selection]) -> None:
+    """The set-based selection of ``kinds`` for the frames already loaded into ``light`` (key
+    columns ``keys`` and ``tolerance``): the candidates of every kind in one table, the
+    nearest of each kind in one statement."""
     uid = uuid.uuid4().hex[:12]
-    metadata, cand, keys = _candidate_table(rules, uid)
-    build = _key_function(keys, list(rules.tolerance), rules.exposure_tolerance_s if kind == "dark" else None)
+    cand = _candidate_table(keys, tolerance, uid)
     n = len(_FRAME_COLUMNS)
     cand_rows = []
-    for row in library:
-        if "instrument" in rules.exact and row[1] not in instrument_ids:
-            continue
-        n_combined, created_at, valid_from, valid_until, bias_subtracted = row[n:n + 5]
-        cand_rows.append((*build(row), -(n_combined or 0), -(epoch_microseconds(created_at) or 0), -row[0], epoch_microseconds(valid_from),
-                          epoch_microseconds(valid_until), bool(bias_subtracted)))
+    for kind in kinds:
+        rules = matching[kind]
+        build = _key_function(keys, tolerance, rules.exposure_tolerance_s if kind == "dark" else None,
+                              matched=rules.exact)
+        for row in libraries[kind]:
+            if "instrument" in rules.exact and row[1] not in instrument_ids:
+                continue
+            n_combined, created_at, valid_from, valid_until, bias_subtracted = row[n:n + 5]
+            cand_rows.append((*build(row), kind, -(n_combined or 0), -(epoch_microseconds(created_at) or 0), -row[0],
+                              epoch_microseconds(valid_from), epoch_microseconds(valid_until), bool(bias_subtracted)))
     if not cand_rows:
         return
-    info = {row[0]: (row[-9], row[-6], row[-5]) for row in cand_rows}  # id -> (t, -n_combined, -created_us)
-    connection = session.connection()
+    info = {row[0]: (row[-10], row[-6], row[-5]) for row in cand_rows}  # id -> (t, -n_combined, -created_us)
     cand.create(connection)  # a TEMPORARY scratch table of this query, not schema
     try:
         insert_rows(connection, cand, cand_rows)
         connection.execute(text(f"ANALYZE {cand.name}"))  # statistics for the planner (both backends)
-        before = _nearest_query(light, cand, rules, keys, after=False)
-        after = _nearest_query(light, cand, rules, keys, after=True)
+        nearest = [_nearest_query(light, cand, matching[kind], keys, after=after) for kind in kinds
+                   for after in (False, True)]
         with index_seeks(connection):
-            nearest = connection.execute(select(light.c.id, before, after)).all()
+            rows = connection.execute(select(light.c.id, *nearest)).all()
         version = matching.version
-        for fid, b, a in nearest:
-            if b is None and a is None:
-                continue
-            if b is None or a is None:
-                mid = a if b is None else b
-            else:
-                t = light_t[fid]
-                tb, nb, cb = info[b]
-                ta, na, ca = info[a]
-                mid = b if (t - tb, nb, cb, -b) <= (ta - t, na, ca, -a) else a
-            out[(fid, kind)] = Selection(fid, kind, "exact", mid, None, [(mid, 1.0)], version, [],
-                                         f"{kind}: master {mid} (exact)")
-        if kind == "dark" and rules.scale:
-            left = [fid for fid in light_t if (fid, kind) not in out]
+        for k, kind in enumerate(kinds):
+            for row in rows:
+                fid, b, a = row[0], row[1 + 2 * k], row[2 + 2 * k]
+                if b is None and a is None:
+                    continue
+                if b is None or a is None:
+                    mid = a if b is None else b
+                else:
+                    t = light_t[fid]
+                    tb, nb, cb = info[b]
+                    ta, na, ca = info[a]
+                    mid = b if (t - tb, nb, cb, -b) <= (ta - t, na, ca, -a) else a
+                out[(fid, kind)] = Selection(fid, kind, "exact", mid, None, [(mid, 1.0)], version, [],
+                                             f"{kind}: master {mid} (exact)")
+        rules = matching["dark"]
+        if "dark" in kinds and rules.scale:
+            left = [fid for fid in light_t if (fid, "dark") not in out]
             for chunk in chunked(left):
                 for fid, mid, scale in connection.execute(_scaled_query(light, cand, rules, keys, chunk)):
-                    out[(fid, kind)] = Selection(fid, kind, "scaled", mid, float(scale), [(mid, float(scale))],
-                                                 version, [], f"{kind}: master {mid} (scaled)")
+                    out[(fid, "dark")] = Selection(fid, "dark", "scaled", mid, float(scale), [(mid, float(scale))],
+                                                   version, [], f"dark: master {mid} (scaled)")
     finally:
-        metadata.drop_all(connection)
+        cand.drop(connection)
 
 
 def select_masters(
@@ -207,10 +231,10 @@ def select_masters(
 ) -> dict[tuple[int, str], Selection]:
     """Select masters of ``kinds`` for many frames with a few set-based queries.
 
-    Per instrument and kind: the frames and the candidate masters are loaded into temporary
-    tables keyed by the exact columns; one statement finds, for every frame at once, the
-    nearest valid candidate before and after it (index seeks on the candidates' keys and
-    ``date_obs_s``); a second one, a window over the candidates, finds the nearest longer
+    Per group of instruments sharing their rules: the frames and the candidate masters of
+    every kind are loaded into two temporary tables keyed by the exact columns; one statement
+    finds, for every frame and kind at once, the nearest valid candidate before and after it
+    (index seeks on the candidates' kind, keys and ``date_obs_s``); a second one, a window over the candidates, finds the nearest longer
     bias-subtracted dark for the frames without an exact-exposure one. The ordering is the one
     of :func:`archive.calib.select.select_master`. Frames left without a master are judged one
     by one (:func:`archive.calib.select.explain_selection`) when ``fallback``, which finds
@@ -246,8 +270,7 @@ def select_masters(
     columns = [frames.c[c] for c in _FRAME_COLUMNS]
     by_instrument: dict[int | None, list] = {}
     # the frames: their ids go to a temporary table joined to frames (no long IN lists)
-    metadata = MetaData()
-    wanted = Table(f"sel_ids_{uuid.uuid4().hex[:12]}", metadata, Column("id", Integer, primary_key=True),
+    wanted = Table(f"sel_ids_{uuid.uuid4().hex[:12]}", MetaData(), Column("id", Integer, primary_key=True),
                    prefixes=["TEMPORARY"])
     connection = session.connection()
     wanted.create(connection)  # a TEMPORARY scratch table of this query, not schema
@@ -259,7 +282,7 @@ def select_masters(
         for row in rows:
             by_instrument.setdefault(row[1], []).append(tuple(row))
     finally:
-        metadata.drop_all(connection)
+        wanted.drop(connection)
     names = instrument_names(session, by_instrument)
     # instruments that share their rules are selected together (the instrument is a key column)
     by_rules: dict[int, tuple[MatchingRules, set, list]] = {}
@@ -294,13 +317,15 @@ def select_masters(
                                      frames.c.date_obs_s <= last + int(age_s) + 1))
             else:
                 per_kind.append(Master.kind == kind)
-        with index_seeks(connection):
-            library = connection.execute(
-                select(*columns, Master.n_combined, Master.created_at, Master.valid_from, Master.valid_until,
-                       Master.bias_subtracted, Master.kind)
-                .join(Master, Master.frame_id == frames.c.id)
-                .where(*near, or_(*per_kind), ~Master.is_bad, frames.c.date_obs_s.is_not(None))
-            ).all()
+        # no index_seeks hint: without bitmap scans and hash joins PostgreSQL walks the night
+        # index over every frame of the window (1,000,000 frames: 25 ms); with them it takes the
+        # (image_type, night) index and hashes the masters (5 ms)
+        library = connection.execute(
+            select(*columns, Master.n_combined, Master.created_at, Master.valid_from, Master.valid_until,
+                   Master.bias_subtracted, Master.kind)
+            .join(Master, Master.frame_id == frames.c.id)
+            .where(*near, or_(*per_kind), ~Master.is_bad, frames.c.date_obs_s.is_not(None))
+        ).all()
         for row in library:
             libraries[row[-1]].append(tuple(row))
     out: dict[tuple[int, str], Selection] = {}
@@ -324,16 +349,16 @@ def select_masters(
         build = _key_function(keys, tolerance, matching["dark"].exposure_tolerance_s)
         light_rows = [build(row) for row in lights if row[i_t] is not None]
         light_t = {row[0]: row[i_t] for row in lights if row[i_t] is not None}
-        light_metadata, light = _key_table(f"sel_light_{uuid.uuid4().hex[:12]}", keys, tolerance)
+        light = _key_table(f"sel_light_{uuid.uuid4().hex[:12]}", keys, tolerance)
         if light_rows:
             light.create(connection)  # a TEMPORARY scratch table of this query, not schema
             try:
                 insert_rows(connection, light, light_rows)
                 connection.execute(text(f"ANALYZE {light.name}"))
-                for kind in group_kinds:
-                    _bulk_kind(session, light, kind, matching, instrument_ids, libraries[kind], light_t, out)
+                _bulk_select(connection, light, keys, tolerance, group_kinds, matching, instrument_ids, libraries,
+                             light_t, out)
             finally:
-                light_metadata.drop_all(connection)
+                light.drop(connection)
         for kind in group_kinds:
             if fallback:
                 left = [row[0] for row in lights if (row[0], kind) not in out and kind in wanted_kinds(row[0])]
