@@ -53,14 +53,17 @@ def index_seeks(connection: Connection) -> Iterator[None]:
         yield
         return
     settings = ("enable_bitmapscan", "enable_hashjoin", "enable_mergejoin")
-    previous = {name: connection.exec_driver_sql(f"SHOW {name}").scalar() for name in settings}
-    for name in settings:
-        connection.exec_driver_sql(f"SET LOCAL {name} = off")
+
+    def set_local(values) -> None:  # SET LOCAL of every setting in one round trip (set_config(..., true))
+        connection.exec_driver_sql("SELECT " + ", ".join(
+            f"set_config('{name}', '{'on' if value == 'on' else 'off'}', true)" for name, value in zip(settings, values)))
+
+    previous = connection.exec_driver_sql("SELECT " + ", ".join(f"current_setting('{name}')" for name in settings)).one()
+    set_local(["off"] * len(settings))
     try:
         yield
     finally:
-        for name, value in previous.items():
-            connection.exec_driver_sql(f"SET LOCAL {name} = {'on' if value == 'on' else 'off'}")
+        set_local(previous)
 
 
 #: Values per ``IN (...)`` list: far below SQLite's 32,766 bound parameters.
