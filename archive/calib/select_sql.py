@@ -39,6 +39,10 @@ _NULL_TEXT = "\x01(null)"
 _ANY_NUMBER = -987654322
 _ANY_TEXT = "\x02(any)"
 _TEXT_COLUMNS = set(TEXT_COLUMNS)
+# the candidates' kind as a small integer: an integer leads the index (PostgreSQL compares a
+# text column through the collation at every step of every seek: ~75 -> ~50 ms for a night of
+# 1,000 lights)
+_KIND_CODE = {kind: code for code, kind in enumerate(CALIBRATION_KINDS)}
 _FRAME_COLUMNS = ("id", "instrument_id", "date_obs", "date_obs_s", "exposure_time_s", "binning_x", "binning_y",
                   "naxis1", "naxis2", "gain", "offset", "readout_mode", "filter_name", "telescope", "set_temp_c",
                   "ccd_temp_c", "bayer_pattern")
@@ -59,9 +63,9 @@ def _key_table(name: str, keys: Sequence[str], tolerance: Sequence[str], *extra)
 
 def _candidate_table(keys: Sequence[str], tolerance: Sequence[str], uid: str):
     """The temporary table of candidate masters of every kind: the key table's columns (the
-    kinds' keys and tolerance columns together), the kind and the tie-breaks."""
+    kinds' keys and tolerance columns together), the kind (:data:`_KIND_CODE`) and the tie-breaks."""
     cand = _key_table(
-        f"sel_cand_{uid}", keys, tolerance, Column("kind", String(20)), Column("neg_n_combined", Integer),
+        f"sel_cand_{uid}", keys, tolerance, Column("kind", Integer), Column("neg_n_combined", Integer),
         Column("neg_created_us", BigInteger), Column("neg_id", Integer), Column("valid_from_us", BigInteger),
         Column("valid_until_us", BigInteger), Column("bias_subtracted", Boolean),
     )
@@ -107,7 +111,7 @@ def _key_function(keys: Sequence[str], tolerance: Sequence[str], exposure_tolera
 def _common_conditions(light, cand, rules: KindRules, keys: Sequence[str]) -> list:
     """The kind, its exact keys (the other key columns hold the "no key" sentinel), tolerance,
     and validity at the frame's time."""
-    conditions = [cand.c.kind == rules.kind]
+    conditions = [cand.c.kind == _KIND_CODE[rules.kind]]
     for c in keys:
         if c in rules.exact:
             conditions.append(cand.c[f"k_{c}"] == light.c[f"k_{c}"])
@@ -180,7 +184,7 @@ def _bulk_select(connection, light, keys: Sequence[str], tolerance: Sequence[str
             if "instrument" in rules.exact and row[1] not in instrument_ids:
                 continue
             n_combined, created_at, valid_from, valid_until, bias_subtracted = row[n:n + 5]
-            cand_rows.append((*build(row), kind, -(n_combined or 0), -(epoch_microseconds(created_at) or 0), -row[0],
+            cand_rows.append((*build(row), _KIND_CODE[kind], -(n_combined or 0), -(epoch_microseconds(created_at) or 0), -row[0],
                               epoch_microseconds(valid_from), epoch_microseconds(valid_until), bool(bias_subtracted)))
     if not cand_rows:
         return
