@@ -32,7 +32,10 @@ def insert_rows(connection: Connection, table: Table, rows: Sequence[tuple]) -> 
     compiled = table.insert().compile(dialect=connection.dialect)
     if compiled.positional:
         order = [names.index(name) for name in compiled.positiontup]
-        params = [tuple(row[i] for i in order) for row in rows]
+        if order == list(range(len(names))):  # the table's order (always, for a plain INSERT): the rows as they are
+            params = rows
+        else:
+            params = [tuple(row[i] for i in order) for row in rows]
     else:
         params = [dict(zip(names, row)) for row in rows]
     connection.exec_driver_sql(str(compiled), params)
