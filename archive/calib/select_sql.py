@@ -22,6 +22,7 @@ import datetime as dt
 import math
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from operator import itemgetter
 
 from sqlalchemy import (
     BigInteger, Boolean, Column, Float, Index, Integer, MetaData, Table, and_, func, or_, select, text,
@@ -81,7 +82,9 @@ def _exact_values(exact: Sequence[str]):
     """row (in ``_FRAME_COLUMNS`` order) -> the tuple of its values of the ``exact`` columns,
     compared with ``==`` (``None`` equals only ``None``), as the one-frame path compares them."""
     at = [_POSITION["instrument_id" if c == "instrument" else c] for c in exact]
-    return lambda row: tuple(row[i] for i in at)
+    if len(at) < 2:  # itemgetter of one position gives the value, not a tuple (and needs one)
+        return lambda row: tuple(row[i] for i in at)
+    return itemgetter(*at)
 
 
 def _key_function(tolerance: Sequence[str], exposure_tolerance_s: float | None):
