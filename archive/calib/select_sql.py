@@ -25,14 +25,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from operator import itemgetter
 
 from sqlalchemy import (
-    BigInteger, Boolean, Column, Float, Index, Integer, MetaData, Table, and_, func, or_, select, text,
+    BigInteger, Boolean, Column, Float, Index, Integer, MetaData, Table, and_, func, or_, select,
 )
 from sqlalchemy.orm import Session
 
 from archive.calib.rules import KindRules, MatchingRules, RuleBook, default_rulebook
 from archive.calib.select import explain_selection, masters_of
 from archive.calib.selection import SECONDS_PER_DAY, Selection, exposure_key, rules_for
-from archive.db.bulk import chunked, index_seeks, insert_rows
+from archive.db.bulk import chunked, execute_uncached, index_seeks, insert_rows
 from archive.db.frames import instrument_names
 from archive.db.models import CALIBRATION_KINDS, DARK_MODEL, MASTER_TYPES, Frame, Master
 from archive.ingest.timing import epoch_microseconds
@@ -191,10 +191,10 @@ def _bulk_select(connection, lights: Sequence[tuple], kinds: Sequence[str], matc
         insert_rows(connection, light, light_rows)
         insert_rows(connection, cand, cand_rows)
         for table in (light, cand):
-            connection.execute(text(f"ANALYZE {table.name}"))  # statistics for the planner (both backends)
+            connection.exec_driver_sql(f"ANALYZE {table.name}")  # statistics for the planner (both backends)
         nearest = [_nearest_query(light, cand, matching[kind], after=after) for kind in kinds for after in (False, True)]
         with index_seeks(connection):
-            rows = connection.execute(select(light.c.id, *nearest)).all()
+            rows = execute_uncached(connection, select(light.c.id, *nearest)).all()
         version = matching.version
         for k, kind in enumerate(kinds):
             for row in rows:
@@ -214,7 +214,7 @@ def _bulk_select(connection, lights: Sequence[tuple], kinds: Sequence[str], matc
         if "dark" in kinds and rules.scale:
             left = [fid for fid in light_t if (fid, "dark") not in out]
             for chunk in chunked(left):
-                for fid, mid, scale in connection.execute(_scaled_query(light, cand, rules, chunk)):
+                for fid, mid, scale in execute_uncached(connection, _scaled_query(light, cand, rules, chunk)):
                     out[(fid, "dark")] = Selection(fid, "dark", "scaled", mid, float(scale), [(mid, float(scale))],
                                                    version, [], f"dark: master {mid} (scaled)")
     finally:
@@ -280,9 +280,9 @@ def select_masters(
     wanted.create(connection)  # a TEMPORARY scratch table of this query, not schema
     try:
         insert_rows(connection, wanted, [(i,) for i in ids])
-        connection.execute(text(f"ANALYZE {wanted.name}"))
+        connection.exec_driver_sql(f"ANALYZE {wanted.name}")
         with index_seeks(connection):
-            rows = connection.execute(select(*columns).join(wanted, wanted.c.id == frames.c.id)).all()
+            rows = execute_uncached(connection, select(*columns).join(wanted, wanted.c.id == frames.c.id)).all()
         for row in rows:
             by_instrument.setdefault(row[1], []).append(tuple(row))
     finally:

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import islice
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import Connection, CursorResult, Executable, Table
 
 
 def insert_rows(connection: Connection, table: Table, rows: Sequence[tuple]) -> None:
@@ -39,6 +39,16 @@ def insert_rows(connection: Connection, table: Table, rows: Sequence[tuple]) -> 
     else:
         params = [dict(zip(names, row)) for row in rows]
     connection.exec_driver_sql(str(compiled), params)
+
+
+def execute_uncached(connection: Connection, statement: Executable) -> CursorResult:
+    """Execute ``statement`` without keeping its compiled form in the engine's cache.
+
+    For statements on temporary tables named for one use (a unique name each time): they
+    never run again, and each cached one would keep its tables' objects alive in the engine's
+    cache (up to 500 statements), which slows every later garbage collection of the process
+    (a web server's requests)."""
+    return connection.execute(statement, execution_options={"compiled_cache": None})
 
 
 @contextmanager
