@@ -52,9 +52,11 @@ def _key_table(name: str, codes: Sequence[str], tolerance: Sequence[str], *extra
 
     One integer stands for a kind's exact columns, not one column each: PostgreSQL's seeks
     compare every key column of the index at every step, and a dozen of them (text among
-    them) made the nearest-master statement of a night of 1,000 lights 52 ms instead of 15."""
+    them) made the nearest-master statement of a night of 1,000 lights 52 ms instead of 15.
+    The ids are given, never generated: no autoincrement (no SERIAL and its sequence)."""
     return Table(
-        name, MetaData(), Column("id", Integer, primary_key=True), *[Column(c, Integer) for c in codes],
+        name, MetaData(), Column("id", Integer, primary_key=True, autoincrement=False),
+        *[Column(c, Integer) for c in codes],
         Column("k_exposure", BigInteger), *[Column(f"t_{c}", Float) for c in tolerance],
         Column("t", BigInteger), Column("us", BigInteger), Column("exposure_time_s", Float), *extra,
         prefixes=["TEMPORARY"],
@@ -91,7 +93,8 @@ def _key_function(tolerance: Sequence[str], exposure_tolerance_s: float | None):
     """(row in ``_FRAME_COLUMNS`` order, its codes) -> the key table's columns, as a tuple
     (``k_exposure`` is 0 when ``exposure_tolerance_s`` is None: exposure is no key)."""
     tol_at = [_POSITION[c] for c in tolerance]
-    i_id, i_t, i_date, i_exp = _POSITION["id"], _POSITION["date_obs_s"], _POSITION["date_obs"], _POSITION["exposure_time_s"]
+    i_id, i_t = _POSITION["id"], _POSITION["date_obs_s"]
+    i_date, i_exp = _POSITION["date_obs"], _POSITION["exposure_time_s"]
 
     def build(row, codes: Sequence[int]) -> tuple:
         exp = row[i_exp]
@@ -192,7 +195,8 @@ def _bulk_select(connection, lights: Sequence[tuple], kinds: Sequence[str], matc
         insert_rows(connection, cand, cand_rows)
         for table in (light, cand):
             connection.exec_driver_sql(f"ANALYZE {table.name}")  # statistics for the planner (both backends)
-        nearest = [_nearest_query(light, cand, matching[kind], after=after) for kind in kinds for after in (False, True)]
+        nearest = [_nearest_query(light, cand, matching[kind], after=after)
+                   for kind in kinds for after in (False, True)]
         with index_seeks(connection):
             rows = execute_uncached(connection, select(light.c.id, *nearest)).all()
         version = matching.version
@@ -274,8 +278,9 @@ def select_masters(
     columns = [frames.c[c] for c in _FRAME_COLUMNS]
     by_instrument: dict[int | None, list] = {}
     # the frames: their ids go to a temporary table joined to frames (no long IN lists)
-    wanted = Table(f"sel_ids_{uuid.uuid4().hex[:12]}", MetaData(), Column("id", Integer, primary_key=True),
-                   prefixes=["TEMPORARY"])
+    # ids given, never generated: no autoincrement (on PostgreSQL no SERIAL, no sequence to create and drop)
+    wanted = Table(f"sel_ids_{uuid.uuid4().hex[:12]}", MetaData(),
+                   Column("id", Integer, primary_key=True, autoincrement=False), prefixes=["TEMPORARY"])
     connection = session.connection()
     wanted.create(connection)  # a TEMPORARY scratch table of this query, not schema
     try:

@@ -69,9 +69,11 @@ def index_seeks(connection: Connection) -> Iterator[None]:
 
     def set_local(values) -> None:  # SET LOCAL of every setting in one round trip (set_config(..., true))
         connection.exec_driver_sql("SELECT " + ", ".join(
-            f"set_config('{name}', '{'on' if value == 'on' else 'off'}', true)" for name, value in zip(settings, values)))
+            f"set_config('{name}', '{'on' if value == 'on' else 'off'}', true)"
+            for name, value in zip(settings, values)))
 
-    previous = connection.exec_driver_sql("SELECT " + ", ".join(f"current_setting('{name}')" for name in settings)).one()
+    read = ", ".join(f"current_setting('{name}')" for name in settings)
+    previous = connection.exec_driver_sql(f"SELECT {read}").one()
     set_local(["off"] * len(settings))
     try:
         yield
