@@ -47,7 +47,19 @@ def execute_uncached(connection: Connection, statement: Executable) -> CursorRes
     For statements on temporary tables named for one use (a unique name each time): they
     never run again, and each cached one would keep its tables' objects alive in the engine's
     cache (up to 500 statements), which slows every later garbage collection of the process
-    (a web server's requests)."""
+    (a web server's requests).
+
+    Parameters
+    ----------
+    connection : Connection
+    statement : Executable
+        A SQLAlchemy statement (``select(...)``, ...).
+
+    Returns
+    -------
+    CursorResult
+        As :meth:`Connection.execute` returns it.
+    """
     return connection.execute(statement, execution_options={"compiled_cache": None})
 
 
