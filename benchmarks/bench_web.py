@@ -19,6 +19,11 @@ postgresql+psycopg://postgres@127.0.0.1:5432/test), dropped afterwards.
 
     python benchmarks/bench_web.py              # 1,000,000 frames
     python benchmarks/bench_web.py --n 50000    # a quick look
+    python benchmarks/bench_web.py --keep /tmp/bench_web   # build once, reuse on the next runs
+
+``--keep DIR`` keeps the catalogues (DIR/web_<n>.sqlite and a PostgreSQL database named after
+DIR and n) and reuses them when a run finds them complete: building 1,000,000 frames takes
+minutes, the pages seconds. Drop the database yourself when done (its name is printed).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
+import hashlib
 import os
 import random
 import sys
@@ -139,11 +145,35 @@ def time_pages(engine, kinds: dict, n_requests: int) -> dict[str, tuple[float, f
     return out
 
 
+def _complete(backend: str, path: Path, admin, pg_name: str, url: str, n_frames: int) -> bool:
+    """A kept catalogue (``--keep``) was built to the end for these frames."""
+    from sqlalchemy import create_engine, text
+
+    if backend == "sqlite":
+        if not path.exists():
+            return False
+    else:
+        with admin.connect() as conn:
+            if not conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": pg_name}).first():
+                return False
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.exec_driver_sql("SELECT frames FROM bench_web_complete").scalar() == n_frames
+    except Exception:  # no mark: an interrupted build
+        return False
+    finally:
+        engine.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1_000_000, help="Synthetic frames (default 1,000,000).")
     parser.add_argument("--requests", type=int, default=30, help="Timed requests per page kind (default 30).")
     parser.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="Keep the catalogues (SQLite file in DIR, a PostgreSQL database named after DIR) and "
+                             "reuse them when complete, instead of building them in a scratch place each run.")
     args = parser.parse_args()
 
     from sqlalchemy import create_engine, text
@@ -160,34 +190,56 @@ def main() -> None:
           f"{TARGETS} targets; made in {time.perf_counter() - t:.0f} s), {args.requests} requests each ==")
     backends = ("sqlite", "postgresql") if args.backend == "both" else (args.backend,)
     results = []
+    keep = args.keep.resolve() if args.keep else None
+    if keep:
+        keep.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench_web_") as tmp:
+        folder = keep or Path(tmp)
         for backend in backends:
             admin = None
-            pg_name = f"archive_bench_web_{uuid.uuid4().hex[:8]}"
+            if keep:
+                digest = hashlib.sha256(str(keep).encode()).hexdigest()[:8]
+                pg_name = f"archive_bench_web_keep_{digest}_{len(frames)}"
+            else:
+                pg_name = f"archive_bench_web_{uuid.uuid4().hex[:8]}"
+            path = folder / f"web_{len(frames)}.sqlite"
             if backend == "sqlite":
-                path = Path(tmp) / "web.sqlite"
-                upgrade(create_engine(f"sqlite:///{path}"))
+                url = f"sqlite:///{path}"
             else:
                 admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-                with admin.connect() as conn:
-                    conn.execute(text(f'CREATE DATABASE "{pg_name}"'))
                 url = make_url(PG_ADMIN_URL).set(database=pg_name).render_as_string(hide_password=False)
-                upgrade(create_engine(url))
             try:
-                loader = create_engine(f"sqlite:///{path}" if backend == "sqlite" else url)
-                t = time.perf_counter()
-                load_catalogue(loader, frames, masters, nights)
-                load_extras(loader, frames)
-                loader.dispose()
-                load_s = time.perf_counter() - t
+                reuse = keep is not None and _complete(backend, path, admin, pg_name, url, len(frames))
+                if not reuse:
+                    if backend == "sqlite":
+                        path.unlink(missing_ok=True)
+                    else:
+                        with admin.connect() as conn:
+                            conn.execute(text(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)'))
+                            conn.execute(text(f'CREATE DATABASE "{pg_name}"'))
+                    upgrade(create_engine(url))
+                    loader = create_engine(url)
+                    t = time.perf_counter()
+                    load_catalogue(loader, frames, masters, nights)
+                    load_extras(loader, frames)
+                    with loader.begin() as conn:  # the mark of a complete catalogue, for --keep
+                        conn.exec_driver_sql("CREATE TABLE bench_web_complete (frames INTEGER)")
+                        conn.exec_driver_sql(f"INSERT INTO bench_web_complete VALUES ({len(frames)})")
+                    loader.dispose()
+                    how = f"loaded in {time.perf_counter() - t:.0f} s"
+                else:
+                    upgrade(create_engine(url))  # a kept catalogue gets the schema's newer revisions
+                    how = "reused (--keep)"
                 engine = open_catalogue(path if backend == "sqlite" else url, create=False)
-                print(f"{backend}: loaded in {load_s:.0f} s\n  {'page':24s} {'median ms':>8s} {'p95 ms':>8s}", flush=True)
+                where = f" database {pg_name}" if keep and backend == "postgresql" else ""
+                print(f"{backend}:{where} {how}\n  {'page':24s} {'median ms':>8s} {'p95 ms':>8s}", flush=True)
                 results.append((backend, time_pages(engine, pages(frames, targets, random.Random(5)), args.requests)))
                 engine.dispose()
             finally:
                 if admin is not None:
-                    with admin.connect() as conn:
-                        conn.execute(text(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)'))
+                    if not keep:
+                        with admin.connect() as conn:
+                            conn.execute(text(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)'))
                     admin.dispose()
     print(f"\n{'backend':12s} {'page':24s} {'median ms':>10s} {'p95 ms':>8s}")
     for backend, res in results:

@@ -21,7 +21,7 @@ NAMING_CONVENTION = {
 #: The newest migration in ``migrations/versions``: the schema this code needs. Opening a
 #: catalogue compares it with the database's ``alembic_version`` (a test checks that it is
 #: alembic's head, so a new migration cannot be forgotten here).
-SCHEMA_REVISION = "0015_sky"
+SCHEMA_REVISION = "0016_products"
 
 
 class Base(DeclarativeBase):

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import islice
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import Connection, CursorResult, Executable, Table
 
 
 def insert_rows(connection: Connection, table: Table, rows: Sequence[tuple]) -> None:
@@ -32,10 +32,35 @@ def insert_rows(connection: Connection, table: Table, rows: Sequence[tuple]) -> 
     compiled = table.insert().compile(dialect=connection.dialect)
     if compiled.positional:
         order = [names.index(name) for name in compiled.positiontup]
-        params = [tuple(row[i] for i in order) for row in rows]
+        if order == list(range(len(names))):  # the table's order (always, for a plain INSERT): the rows as they are
+            params = rows
+        else:
+            params = [tuple(row[i] for i in order) for row in rows]
     else:
         params = [dict(zip(names, row)) for row in rows]
     connection.exec_driver_sql(str(compiled), params)
+
+
+def execute_uncached(connection: Connection, statement: Executable) -> CursorResult:
+    """Execute ``statement`` without keeping its compiled form in the engine's cache.
+
+    For statements on temporary tables named for one use (a unique name each time): they
+    never run again, and each cached one would keep its tables' objects alive in the engine's
+    cache (up to 500 statements), which slows every later garbage collection of the process
+    (a web server's requests).
+
+    Parameters
+    ----------
+    connection : Connection
+    statement : Executable
+        A SQLAlchemy statement (``select(...)``, ...).
+
+    Returns
+    -------
+    CursorResult
+        As :meth:`Connection.execute` returns it.
+    """
+    return connection.execute(statement, execution_options={"compiled_cache": None})
 
 
 @contextmanager
@@ -53,14 +78,19 @@ def index_seeks(connection: Connection) -> Iterator[None]:
         yield
         return
     settings = ("enable_bitmapscan", "enable_hashjoin", "enable_mergejoin")
-    previous = {name: connection.exec_driver_sql(f"SHOW {name}").scalar() for name in settings}
-    for name in settings:
-        connection.exec_driver_sql(f"SET LOCAL {name} = off")
+
+    def set_local(values) -> None:  # SET LOCAL of every setting in one round trip (set_config(..., true))
+        connection.exec_driver_sql("SELECT " + ", ".join(
+            f"set_config('{name}', '{'on' if value == 'on' else 'off'}', true)"
+            for name, value in zip(settings, values)))
+
+    read = ", ".join(f"current_setting('{name}')" for name in settings)
+    previous = connection.exec_driver_sql(f"SELECT {read}").one()
+    set_local(["off"] * len(settings))
     try:
         yield
     finally:
-        for name, value in previous.items():
-            connection.exec_driver_sql(f"SET LOCAL {name} = {'on' if value == 'on' else 'off'}")
+        set_local(previous)
 
 
 #: Values per ``IN (...)`` list: far below SQLite's 32,766 bound parameters.

@@ -155,6 +155,11 @@ class Frame(Base):
     __table_args__ = (
         Index("ix_frames_exposure", "instrument_id", "date_obs"),
         Index("ix_frames_type_night", "image_type", "night"),
+        # the products (frames made by a reduction) by reduction: SQLite's statistics count
+        # the raw frames' NULLs in ix_frames_reduction_id, so its planner never seeks there
+        # (the products of a night's reductions, migration 0016_products)
+        Index("ix_frames_products", "reduction_id", sqlite_where=text("reduction_id IS NOT NULL"),
+              postgresql_where=text("reduction_id IS NOT NULL")),
     )
 
 

@@ -31,10 +31,13 @@ def frames_by_id(session: Session, frame_ids: Iterable[int]) -> dict[int, Frame]
 def derived_from_night(session: Session, night: dt.date, image_types: Sequence[str]) -> list[Frame]:
     """Derived frames of ``image_types`` whose reduction had an input frame of ``night`` (the
     masters built from its calibrations, the stacks of its lights), by type then id."""
+    # from the night's frames to their reductions to what those made (ix_frames_products),
+    # not every product of the catalogue tested against the night (SQLite: 30-45 ms on 24,000 masters)
     source = aliased(Frame)
-    of_night = (select(ReductionInput.frame_id).join(source, source.id == ReductionInput.frame_id)
-                .where(ReductionInput.reduction_id == Frame.reduction_id, source.night == night).exists())
-    query = select(Frame).where(Frame.image_type.in_(tuple(image_types)), of_night).order_by(Frame.image_type, Frame.id)
+    of_night = (select(ReductionInput.reduction_id).join(source, source.id == ReductionInput.frame_id)
+                .where(source.night == night))
+    query = (select(Frame).where(Frame.image_type.in_(tuple(image_types)), Frame.reduction_id.in_(of_night))
+             .order_by(Frame.image_type, Frame.id))
     return list(session.scalars(query))
 
 
