@@ -91,7 +91,10 @@ def test_a_missing_solver_is_an_error_and_the_night_says_so(engine, tmp_path):
 
     summary = NightSummary(searches=["session2"])
     results = {folder: FolderResult(str(folder))}
-    _solve(engine, results, Settings(raw={"sky": {"solve": {"command": "no-such-solve-field-here"}}}), summary)
+    from archive.ingest.sky_config import load_sky_config
+
+    settings = Settings(raw={"sky": {"solve": {"command": "no-such-solve-field-here"}}})
+    _solve(engine, results, settings, load_sky_config(settings), summary)
     assert len(summary.notes) == 1 and "6 light(s)" in summary.notes[0] and "not installed" in summary.notes[0]
     assert results[folder].ok
 

@@ -55,7 +55,7 @@ from archive.reduce.solve import SolverNotFoundError, solve_frames
 from archive.reduce.quality_measure import measure_frames
 from archive.reduce.summary import ReduceSummary
 from archive.db.sky import has_wcs_condition
-from archive.ingest.sky_config import load_sky_config
+from archive.ingest.sky_config import SkyConfig, load_sky_config
 from archive.reduce.preview import write_preview
 from archive.reports.night import night_summary
 from archive.reports.night_html import report_path, write_night_html
@@ -282,12 +282,12 @@ def run_night(
     if should_stop():
         summary.stopped_before = "solve"
         return summary
-    _solve(engine, results, settings, summary)
+    sky = load_sky_config(settings)
+    _solve(engine, results, settings, sky, summary)
     if should_stop():
         summary.stopped_before = "masters"
         return summary
     # the products of the run join two ingest runs: the masters', the reduction's
-    sky = load_sky_config(settings)
     master_run = ProductRun(engine, library, sites=settings.sites, sky=sky)
     product_run = ProductRun(engine, products, sites=settings.sites, sky=sky)
     with master_run, product_run:
@@ -321,9 +321,9 @@ def _write_reports(engine: Engine, results: dict[Path, FolderResult], rules: Rul
                 summary.reports.append(str(write_night_html(report, report_path(products, night))))
 
 
-def _solve(engine: Engine, results: dict[Path, FolderResult], settings: Settings, summary: NightSummary) -> None:
+def _solve(engine: Engine, results: dict[Path, FolderResult], settings: Settings, sky: SkyConfig,
+           summary: NightSummary) -> None:
     """Plate-solve each folder's lights that have no WCS (``[sky.solve] in_night``)."""
-    sky = load_sky_config(settings)
     if not sky.solve_in_night:
         return
     for folder, result in results.items():
