@@ -247,9 +247,9 @@ def test_worker_pool_writes_the_catalogue_of_one_process(engine, shared_data, sh
     copies among them) give exactly what one process gives, canonical copies included."""
     from archive.config import load_settings
     from archive.db.session import open_catalogue
-    from archive.ingest import ingest as ingest_module
+    from archive.ingest.pool import POOL_THRESHOLD
 
-    assert ingest_module.POOL_THRESHOLD <= shared_fits_count
+    assert POOL_THRESHOLD <= shared_fits_count
     pooled = ingest_paths(engine, [shared_data], settings=load_settings({"ingest": {"workers": 2, "batch_size": 5}}))
     single_engine = open_catalogue(tmp_path / "single.sqlite")
     single = ingest_paths(single_engine, [shared_data], settings=load_settings({"ingest": {"workers": 1}}))

@@ -21,7 +21,8 @@ from archive.db.session import open_catalogue
 from archive.ingest import ingest_paths
 from archive.ingest.dialects import DialectSet
 from archive.ingest.headers import read_fits
-from archive.ingest.ingest import IngestStoppedError, IngestSummary, _write_with_retry, run_state
+from archive.ingest.catalogue import write_with_retry
+from archive.ingest.runs import IngestStoppedError, IngestSummary, run_state
 from archive.config import load_settings
 
 
@@ -75,7 +76,7 @@ def test_an_integer_the_database_refuses_names_its_column(engine, arcsat_night):
         s.flush()
         run_id = run.id
     summary = IngestSummary()
-    _write_with_retry(engine, [read], run_id, summary)
+    write_with_retry(engine, [read], run_id, summary)
     with session_scope(engine) as s:
         stored = s.scalar(select(Frame.naxis1))
         reason = s.scalar(select(IngestProblem.reason).where(IngestProblem.severity == "error"))

@@ -11,7 +11,7 @@ from archive.cli.options import BarProgress
 from archive.config import load_settings
 from archive.db.session import session_scope
 from archive.ingest import ingest_paths
-from archive.ingest.ingest import IngestStoppedError
+from archive.ingest.runs import IngestStoppedError
 
 
 @click.command()

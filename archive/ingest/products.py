@@ -8,7 +8,7 @@ add) goes through the same four moves:
 2. the pixels are written to a temporary name and renamed (:func:`archive.fitsio.write_atomic`,
    usually in a worker process);
 3. :func:`record_product` catalogues the file through ingest's core
-   (:func:`archive.ingest.ingest.catalogue_batch`, which returns its frame id: no look-up by
+   (:func:`archive.ingest.catalogue.catalogue_batch`, which returns its frame id: no look-up by
    path afterwards), lets the step add its own rows (master selections, library row), and
    marks the reduction done, all in one transaction;
 4. or :func:`fail_product` marks it failed with the reason.
@@ -34,7 +34,8 @@ from archive.db.session import session_scope
 from archive.errors import ArchiveError
 from archive.ingest.dialects import DialectSet
 from archive.ingest.headers import ReadFailure, read_fits
-from archive.ingest.ingest import catalogue_batch, run_host
+from archive.ingest.catalogue import catalogue_batch
+from archive.ingest.runs import run_host
 from archive.ingest.sky_config import SkyConfig
 
 

@@ -4,7 +4,7 @@ same on every backend.
 :func:`check_value` checks a normalized value against its column's type in
 :mod:`archive.db.models` and the physically possible range (a dialect property's ``range``):
 the normalization of headers (:mod:`archive.ingest.normalize`) and the writing of frames
-(:mod:`archive.ingest.ingest`) both go through it.
+(:mod:`archive.ingest.catalogue`) both go through it.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ Safety, after the pipelines that wait for data (Euclid's, LCO's BANZAI):
   the current step of the nightly chain (:func:`~archive.workflows.night.run_night`'s
   ``should_stop``).
 - A restart loses nothing and does nothing twice: on start (and whenever the root comes back)
-  the root is walked and every file an ingest would read (:func:`archive.ingest.ingest.to_read`:
+  the root is walked and every file an ingest would read (:func:`archive.ingest.catalogue.to_read`:
   not catalogued with its size and mtime, not a known bad file) makes its folder a sequence
   again; and a folder whose chain was stopped half-way is kept in a small journal beside the
   products (``<products>/.watch/<hash of ROOT>.json``, written to a temporary name and renamed)
@@ -53,7 +53,7 @@ from archive.calib.rules import RuleBook
 from archive.config import Settings, load_settings
 from archive.db.session import session_scope
 from archive.files import fsync_dir, temporary_path
-from archive.ingest.ingest import to_read
+from archive.ingest.catalogue import to_read
 from archive.ingest.scan import is_fits_name, scan_paths
 from archive.progress import Progress
 from archive.reduce.config import ReductionConfig, load_reduction_config
