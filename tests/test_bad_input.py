@@ -22,7 +22,8 @@ from archive.db import Copy, Frame, IngestProblem, session_scope
 from archive.db.models import Master
 from archive.ingest import ingest_paths
 from archive.ingest.dialects import DialectSet
-from archive.ingest.headers import CardIndex, FileRead, read_fits
+from archive.ingest.cards import CardIndex
+from archive.ingest.headers import FileRead, read_fits
 from archive.ingest.normalize import normalize_header
 from tests.factories import nina_header, write_fits
 

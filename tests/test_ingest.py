@@ -221,7 +221,7 @@ def test_compressed_multi_extension_and_odd_names(engine, tmp_path):
 
 
 def test_whole_header_is_stored(engine, arcsat_night):
-    from archive.ingest.headers import header_from_text
+    from archive.ingest.cards import header_from_text
 
     path = arcsat_night / "XO1-b_z_20250602_041008.fits"
     ingest_paths(engine, [path])

@@ -12,7 +12,8 @@ from astropy.io import fits
 
 from archive.db.frames import target_key
 from archive.ingest.dialects import DialectSet
-from archive.ingest.headers import CardIndex, read_fits
+from archive.ingest.cards import CardIndex
+from archive.ingest.headers import read_fits
 from archive.ingest.normalize import normalize_header
 from archive.ingest.timing import observing_night, parse_datetime
 from tests.factories import nina_header

@@ -53,7 +53,7 @@ from archive.db.session import session_scope
 from archive.errors import ArchiveError
 from archive.files import safe_component
 from archive.fitsio import read_pixels
-from archive.ingest.headers import header_from_text
+from archive.ingest.cards import header_from_text
 from archive.ingest.products import ProductRun
 from archive.ingest.timing import from_epoch_seconds
 from archive.progress import NoProgress, Progress

@@ -48,7 +48,7 @@ from archive.files import remove_partials
 from archive.fitsio import read_dark_model
 from archive.db.frames import FrameFilter, canonical_paths
 from archive.db.provenance import fingerprint
-from archive.ingest.headers import header_from_text
+from archive.ingest.cards import header_from_text
 from archive.ingest.library import sync_library
 from archive.ingest.products import ProductRun
 from archive.ingest.sky_config import load_sky_config

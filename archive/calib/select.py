@@ -35,7 +35,7 @@ from archive.db.models import (
     ReductionInput,
 )
 from archive.errors import CalibrationNotFoundError
-from archive.ingest.headers import header_from_text
+from archive.ingest.cards import header_from_text
 from archive.ingest.timing import epoch_microseconds
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from archive import keywords as kw
 from archive.db.base import utcnow
 from archive.db.models import MASTER_TYPES, Frame, Master
-from archive.ingest.headers import CARD, CardIndex
+from archive.ingest.cards import CARD, CardIndex
 
 log = logging.getLogger(__name__)
 

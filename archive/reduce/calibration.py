@@ -37,7 +37,7 @@ from archive.reduce.calibrate import CalibrationJob, calibrate_light_file
 from archive.reduce.colour import check_demosaic_method
 from archive.reduce.config import ReductionConfig
 from archive.db.frames import canonical_paths, instrument_names
-from archive.ingest.headers import header_from_text
+from archive.ingest.cards import header_from_text
 from archive.ingest.products import ProductRun, fail_product, record_product
 from archive.db.prune import product_pruned
 from archive.db.provenance import (

@@ -75,7 +75,7 @@ def stack_exposure_s(header: str, exposure_time_s: float | None) -> float | None
         The frame's normalized exposure time (one input frame's, for a stack).
     """
     from archive import keywords as kw
-    from archive.ingest.headers import CardIndex  # imported on use: only stacks need it
+    from archive.ingest.cards import CardIndex  # imported on use: only stacks need it
 
     cards = CardIndex("".join(line[:80].ljust(80) for line in (header or "").split("\n")))
     total, count = cards.get(kw.TOTAL_EXPOSURE), cards.get(kw.NCOMBINE)

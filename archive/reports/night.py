@@ -232,7 +232,7 @@ def _stacks(session: Session, night: dt.date) -> pd.DataFrame:
     import pandas as pd
 
     from archive import keywords as kw
-    from archive.ingest.headers import CardIndex
+    from archive.ingest.cards import CardIndex
 
     stacks = derived_from_night(session, night, ("stacked",))
     paths = canonical_paths(session, [f.id for f in stacks])
