@@ -17,8 +17,8 @@ import functools
 import io
 import math
 import os
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from archive.files import temporary_path
