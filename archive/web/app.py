@@ -138,9 +138,15 @@ def _settle() -> None:
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
-    """The server's start-up: :func:`_settle`."""
+    """The server's start-up (:func:`_settle`) and shut-down: the collector as it was (its
+    thresholds; nothing frozen), for what the process does next (a test suite)."""
+    threshold = gc.get_threshold()
     _settle()
-    yield
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
 
 
 class _Cache:
