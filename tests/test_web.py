@@ -350,3 +350,16 @@ def test_a_real_browser_sees_the_night_and_a_frame(night, tmp_path):  # noqa: F8
             driver.quit()
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_the_server_freezes_what_it_started_with(night):  # noqa: F811
+    import gc
+
+    from archive.web.app import GC_YOUNG_THRESHOLD
+
+    threshold = gc.get_threshold()
+    with TestClient(create_app(night["engine"])) as test_client:
+        # start-up (the lifespan) moved the modules' objects out of the collector's way
+        assert gc.get_freeze_count() > 0 and gc.get_threshold()[0] == GC_YOUNG_THRESHOLD
+        assert test_client.get("/nights").status_code == 200
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == threshold  # and shut-down put it back

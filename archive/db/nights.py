@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, aliased, defer
 
 from archive.db.bulk import chunked
@@ -47,11 +47,27 @@ def master_rows(session: Session, frame_ids: Iterable[int]) -> dict[int, Master]
             for m in session.scalars(select(Master).where(Master.frame_id.in_(batch)))}
 
 
-def latest_selections(session: Session, frame_ids: Iterable[int]) -> dict[tuple[int, str], CalibrationSelection]:
-    """(frame id, kind) -> the latest recorded master choice for the frame (by decision time, then id)."""
+def latest_selections(session: Session, frame_ids: Iterable[int] | Select) -> dict[tuple[int, str], CalibrationSelection]:
+    """(frame id, kind) -> the latest recorded master choice for the frame (by decision time, then id).
+
+    Parameters
+    ----------
+    session : Session
+    frame_ids : iterable of int, or Select
+        The frames, or a statement selecting exactly their ids (one column): then one
+        statement, not ``IN`` lists of the ids (a night's thousand lights: a thousand bound
+        values that PostgreSQL and psycopg handle slowly).
+
+    Returns
+    -------
+    dict
+        The choices' ``candidates`` and ``detail`` are read when first asked for.
+    """
     latest: dict[tuple[int, str], CalibrationSelection] = {}
-    for batch in chunked(set(frame_ids)):
+    batches = [frame_ids] if isinstance(frame_ids, Select) else chunked(set(frame_ids))
+    for batch in batches:
         for sel in session.scalars(select(CalibrationSelection).where(CalibrationSelection.frame_id.in_(batch))
-                                   .order_by(CalibrationSelection.decided_at, CalibrationSelection.id)):
+                                   .order_by(CalibrationSelection.decided_at, CalibrationSelection.id)
+                                   .options(defer(CalibrationSelection.candidates), defer(CalibrationSelection.detail))):
             latest[(sel.frame_id, sel.kind)] = sel
     return latest

@@ -195,11 +195,13 @@ def _masters_built(session: Session, night: dt.date) -> pd.DataFrame:
         for f in masters], columns=columns)
 
 
-def _masters_chosen(session: Session, night: dt.date, light_ids: list[int]) -> pd.DataFrame:
+def _masters_chosen(session: Session, night: dt.date) -> pd.DataFrame:
     import pandas as pd
 
+    # the night's lights but duplicate exposures, as a statement (no IN list of a thousand ids)
+    lights = frame_query(FrameFilter(night=night, image_type="light", include_duplicates=False), Frame.id)
     groups: dict[tuple, int] = {}
-    for sel in latest_selections(session, light_ids).values():
+    for sel in latest_selections(session, lights).values():
         key = (sel.kind, sel.master_id, sel.method)
         groups[key] = groups.get(key, 0) + 1
     master_ids = [k[1] for k in groups if k[1] is not None]
@@ -361,7 +363,6 @@ def night_summary(
     paths = {i: p for i, p in zip(everything["id"], everything["path"]) if isinstance(p, str)}
     # the night's lights, read once: quality, integration, calibration and thumbnails use them
     lights = frames_of_night(session, night, "light")
-    light_ids = [f.id for f in lights if f.duplicate_of_id is None]
     quality = quality_rows(session, lights, rules=quality_rules, paths=paths,
                            among=frame_query(FrameFilter(night=night, image_type="light"), Frame.id))
     if not quality.empty:
@@ -395,7 +396,7 @@ def night_summary(
 
     return NightReport(
         night=night, frames=frames, counts=counts, masters_built=masters_built,
-        masters_chosen=_masters_chosen(session, night, light_ids),
+        masters_chosen=_masters_chosen(session, night),
         missing=_missing(session, [f for f in lights if f.duplicate_of_id is None], rules),
         quality=quality, integration=_integration(verdict, lights, stacks), stacks=stacks,
         ingest_problems=ingest_problems, reduction_problems=reduction_problems, thumbnails=thumbs,

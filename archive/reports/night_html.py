@@ -17,6 +17,7 @@ import functools
 import io
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,9 +90,26 @@ def cell(value: Any, kind: str = "") -> str:
     return str(value)
 
 
-def records(table) -> list[dict[str, Any]]:
-    """The rows of a DataFrame as dicts (for templates)."""
-    return [] if table is None else table.to_dict("records")
+def records(table, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The rows of a DataFrame as dicts (for templates).
+
+    Parameters
+    ----------
+    table : DataFrame or None
+    columns : sequence of str, optional
+        Only these columns (those of them the table has): what a template shows of a wide
+        table (a night's quality has 26 columns, its page shows 10 of a thousand rows).
+
+    Returns
+    -------
+    list of dict
+        As ``DataFrame.to_dict("records")`` gives them (numbers as Python's).
+    """
+    if table is None:
+        return []
+    if columns is not None:
+        table = table[[c for c in dict.fromkeys(columns) if c in table.columns]]
+    return table.to_dict("records")
 
 
 def _png_uri(png: bytes) -> str:
