@@ -51,7 +51,6 @@ from archive.db.provenance import fingerprint
 from archive.ingest.cards import header_from_text
 from archive.ingest.library import sync_library
 from archive.ingest.products import ProductRun
-from archive.ingest.sky_config import load_sky_config
 from archive.ingest.timing import from_epoch_seconds
 from archive.calib.library import default_library
 from archive.calib.overscan import (
@@ -395,7 +394,7 @@ def build_masters(
     with session_scope(engine, write=True) as session:  # masters made elsewhere, ingested by an earlier version
         sync_library(session)
     own_run = products is None
-    products = products or ProductRun(engine, library, sites=settings.sites, sky=load_sky_config(settings))
+    products = products or ProductRun(engine, library, settings)
     try:
         _build_kinds(engine, kinds, filters, rules, library, memory_limit_mb, products, progress, summary)
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import Engine, func, or_, select, update
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 RETRIES = 5
 
 
-def known_copies(session: Session, candidates: Sequence[Candidate]) -> dict[str, tuple[int, int]]:
+def _known_copies(session: Session, candidates: Sequence[Candidate]) -> dict[str, tuple[int, int]]:
     """path -> (size, mtime_ns) of the current copies among the candidates' paths."""
     paths = [c.path for c in candidates]
     known: dict[str, tuple[int, int]] = {}
@@ -44,7 +45,7 @@ def known_copies(session: Session, candidates: Sequence[Candidate]) -> dict[str,
     return known
 
 
-def known_problems(session: Session, candidates: Sequence[Candidate]) -> dict[str, tuple[int, int, str]]:
+def _known_problems(session: Session, candidates: Sequence[Candidate]) -> dict[str, tuple[int, int, str]]:
     """path -> (size, mtime_ns, reason) of unresolved errors among the candidates' paths."""
     paths = [c.path for c in candidates]
     known: dict[str, tuple[int, int, str]] = {}
@@ -58,15 +59,40 @@ def known_problems(session: Session, candidates: Sequence[Candidate]) -> dict[st
     return known
 
 
+@dataclass
+class Sorted:
+    """Candidates sorted by what the catalogue knows of them (:func:`sort_candidates`)."""
+
+    #: Neither unchanged nor a known bad file: to be read.
+    to_read: list[Candidate]
+    #: How many are a current copy with the same size and mtime (not read).
+    unchanged: int
+    #: (path, reason) of those recorded as an unresolved error with the same size and mtime:
+    #: reported again, not read again.
+    known_bad: list[tuple[str, str]]
+
+
+def sort_candidates(session: Session, candidates: Sequence[Candidate]) -> Sorted:
+    """The candidates an ingest reads, and those it does not: unchanged (a current copy with
+    the same size and mtime) or known bad (an unresolved error recorded for the same size and
+    mtime). The one rule of ingest and of ``archive watch`` (:func:`to_read`)."""
+    known = _known_copies(session, candidates)
+    known_bad = _known_problems(session, candidates)
+    out = Sorted([], 0, [])
+    for c in candidates:
+        if known.get(c.path) == (c.size, c.mtime_ns):
+            out.unchanged += 1
+        elif c.path in known_bad and known_bad[c.path][:2] == (c.size, c.mtime_ns):
+            out.known_bad.append((c.path, known_bad[c.path][2]))
+        else:
+            out.to_read.append(c)
+    return out
+
+
 def to_read(session: Session, candidates: Sequence[Candidate]) -> list[Candidate]:
-    """The candidates an ingest would read: neither a current copy with the same size and
-    mtime (unchanged) nor an unresolved error recorded for the same size and mtime (a bad file
-    is reported again, not read again). ``archive watch`` asks this on start, to pick up what
-    arrived while it was down."""
-    known = known_copies(session, candidates)
-    known_bad = known_problems(session, candidates)
-    return [c for c in candidates if known.get(c.path) != (c.size, c.mtime_ns)
-            and known_bad.get(c.path, (None, None))[:2] != (c.size, c.mtime_ns)]
+    """The candidates an ingest would read (:func:`sort_candidates`). ``archive watch`` asks
+    this on start, to pick up what arrived while it was down."""
+    return sort_candidates(session, candidates).to_read
 
 
 def _ids(session: Session, model, key, values: set) -> dict:

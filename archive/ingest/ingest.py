@@ -31,7 +31,7 @@ from archive.db.base import utcnow
 from archive.db.models import IngestRun
 from archive.db.session import session_scope, storage_failure
 from archive.files import path_to_text
-from archive.ingest.catalogue import known_copies, known_problems, known_scan_failures, write_with_retry
+from archive.ingest.catalogue import known_scan_failures, sort_candidates, write_with_retry
 from archive.ingest.headers import ReadFailure
 from archive.ingest.pool import read_and_write
 from archive.ingest.runs import IngestStoppedError, IngestSummary, interrupted_runs, run_host
@@ -87,17 +87,11 @@ def ingest_paths(
             session.add(run)
             session.flush()
             summary.run_id = run.id
-            known = known_copies(session, scan.candidates)
-            known_bad = known_problems(session, scan.candidates)
+            sorted_candidates = sort_candidates(session, scan.candidates)
             recorded_failures = known_scan_failures(session, scan.failures)
-        todo = []
-        for candidate in scan.candidates:
-            if known.get(candidate.path) == (candidate.size, candidate.mtime_ns):
-                summary.unchanged += 1
-            elif candidate.path in known_bad and known_bad[candidate.path][:2] == (candidate.size, candidate.mtime_ns):
-                summary.problems.append((candidate.path, known_bad[candidate.path][2]))
-            else:
-                todo.append(candidate)
+        todo = sorted_candidates.to_read
+        summary.unchanged += sorted_candidates.unchanged
+        summary.problems.extend(sorted_candidates.known_bad)
         failures = []  # a path the walk cannot read is recorded once, until it is resolved
         for path, reason in scan.failures:
             if (path, reason) in recorded_failures:

@@ -19,7 +19,7 @@ first one is recorded: a command that makes nothing adds no run.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session
 
 import archive
+from archive.config import Settings, load_settings
 from archive.db.base import utcnow
 from archive.db.models import IngestRun
 from archive.db.provenance import finish_reduction
@@ -36,7 +37,7 @@ from archive.ingest.dialects import DialectSet
 from archive.ingest.headers import ReadFailure, read_fits
 from archive.ingest.catalogue import catalogue_batch
 from archive.ingest.runs import run_host
-from archive.ingest.sky_config import SkyConfig
+from archive.ingest.sky_config import SkyConfig, load_sky_config
 
 
 class ProductError(RuntimeError, ArchiveError):
@@ -52,13 +53,14 @@ class ProductRun:
         The catalogue.
     root : str or Path
         Where the products go (recorded as the run's root).
-    sites : mapping, optional
-        Configured site longitude per instrument (``Settings.sites``), for the night.
+    settings : Settings, optional
+        The command's settings (default :func:`archive.config.load_settings`): the configured
+        site longitude per instrument (``Settings.sites``), for the night, and ``[sky]``.
     dialects : DialectSet, optional
         Default: the bundled dialects.
     sky : SkyConfig, optional
-        Which products get a footprint (``load_sky_config(settings)``; default the bundled
-        ``configs/sky.toml``).
+        Which products get a footprint, when the caller has resolved it already (default
+        ``load_sky_config(settings)``).
 
     Attributes
     ----------
@@ -68,12 +70,13 @@ class ProductRun:
         Products recorded.
     """
 
-    def __init__(self, engine: Engine, root: str | Path, *, sites: Mapping[str, float] | None = None,
+    def __init__(self, engine: Engine, root: str | Path, settings: Settings | None = None, *,
                  dialects: DialectSet | None = None, sky: SkyConfig | None = None):
+        settings = settings or load_settings()
         self.engine = engine
-        self.sky = sky
+        self.sky = sky or load_sky_config(settings)
         self.root = str(Path(root).absolute())
-        self.sites = dict(sites or {})
+        self.sites = dict(settings.sites)
         self._dialects = dialects
         self.run_id: int | None = None
         self.recorded = 0

@@ -46,7 +46,6 @@ from archive.progress import Progress
 from archive.reduce.config import ReductionConfig, load_reduction_config
 from archive.reduce.executor import SerialExecutor
 from archive.ingest.products import ProductRun
-from archive.ingest.sky_config import load_sky_config
 
 from archive.reduce.summary import ReduceSummary
 from archive.reduce.calibration import calibrate_lights
@@ -98,8 +97,7 @@ def reduce_lights(
     rules = rules if rules is not None else default_rulebook(settings)
     executor = executor or SerialExecutor()
     own_run = products is None
-    products = products or ProductRun(engine, config.products_root(), sites=settings.sites,
-                                      sky=load_sky_config(settings))
+    products = products or ProductRun(engine, config.products_root(), settings)
     try:
         summary = calibrate_lights(engine, light_ids, config=config, products=products, executor=executor, rules=rules,
                                    progress=progress)

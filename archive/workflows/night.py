@@ -288,8 +288,8 @@ def run_night(
         summary.stopped_before = "masters"
         return summary
     # the products of the run join two ingest runs: the masters', the reduction's
-    master_run = ProductRun(engine, library, sites=settings.sites, sky=sky)
-    product_run = ProductRun(engine, products, sites=settings.sites, sky=sky)
+    master_run = ProductRun(engine, library, settings, sky=sky)
+    product_run = ProductRun(engine, products, settings, sky=sky)
     with master_run, product_run:
         stopped = _masters_and_reduction(engine, nights, results, config, settings, rules, library, executor,
                                          progress, master_run, product_run, measure, should_stop)
