@@ -9,8 +9,10 @@ in the same run:
 Each runs in a new Python process (so none inherits another's heap or page cache warm-up
 beyond the files themselves), ``--repeat`` times (the best run of each side is kept: the
 machine is shared); the operation is timed inside it, and the whole process (interpreter
-start-up and imports included) from outside.
-Targets: first ingest >= 10x faster than the baseline, re-ingest >= 100x.
+start-up and imports included) from outside: for archive, the command an observer runs
+(``archive --db FILE ingest FOLDER``), in runs of its own alternating with the timed ones.
+Targets (issue 13, whole processes): first ingest >= 10x faster than the baseline,
+re-ingest >= 50x.
 
 ``--without-footprints`` turns off the footprints of lights at ingest (a user file with
 ``[sky.footprint] image_types = []``, through ``ARCHIVE_CONFIG``): the same work as the code
@@ -119,31 +121,44 @@ def in_new_process(code: str, *args: str) -> tuple[float, float, list[str]]:
     return float(inner), wall, rest
 
 
-def best_of(repeat: int, code: str, *args: str) -> tuple[float, float, list[str]]:
-    """The run with the shortest operation time among ``repeat`` runs (the machine is shared)."""
-    return min((in_new_process(code, *args) for _ in range(repeat)), key=lambda run: run[0])
+def command_wall(folder: Path, catalogue: Path) -> float:
+    """Wall time (s) of the command an observer runs, ``archive --db CATALOGUE ingest FOLDER``,
+    as a new process: interpreter start-up, imports, the ingest, its summary and the exit."""
+    exe = shutil.which("archive")
+    command = [exe] if exe else [sys.executable, "-m", "archive.cli"]
+    start = time.perf_counter()
+    subprocess.run([*command, "--db", str(catalogue), "ingest", str(folder)], capture_output=True, check=True)
+    return time.perf_counter() - start
 
 
 def run(n: int, workdir: Path, repeat: int) -> None:
     folder = workdir / f"night_{n}"
     print(f"\nN = {n}: writing the synthetic night ...", flush=True)
     write_night(folder, n)
-    rows = [("ccdproc ImageFileCollection(...).summary", *best_of(repeat, BASELINE, str(folder))[:2])]
-    firsts = []
-    for i in range(repeat):  # each first ingest into a new catalogue
-        firsts.append(in_new_process(ARCHIVE, str(folder), str(workdir / f"catalogue_{n}_{i}.sqlite")))
+    baseline = min((in_new_process(BASELINE, str(folder)) for _ in range(repeat)), key=lambda run: run[0])
+    firsts, first_walls, agains, again_walls = [], [], [], []
+    for i in range(repeat):  # alternating, each first ingest into a new catalogue
+        firsts.append(in_new_process(ARCHIVE, str(folder), str(workdir / f"inner_{n}_{i}.sqlite")))
         assert firsts[-1][2][0] == str(n), firsts[-1]
-    rows.append(("archive ingest, new SQLite catalogue", *min(firsts)[:2]))
-    again = best_of(repeat, ARCHIVE, str(folder), str(workdir / f"catalogue_{n}_0.sqlite"))
-    assert again[2] == ["0", str(n)], again
-    rows.append(("archive ingest again, all unchanged", *again[:2]))
-    print(f"  {f'best of {repeat}, each in a new process':44s} {'operation s':>12s} {'process s':>10s}")
+        first_walls.append(command_wall(folder, workdir / f"command_{n}_{i}.sqlite"))
+    for i in range(repeat):
+        agains.append(in_new_process(ARCHIVE, str(folder), str(workdir / f"inner_{n}_0.sqlite")))
+        assert agains[-1][2] == ["0", str(n)], agains[-1]
+        again_walls.append(command_wall(folder, workdir / f"command_{n}_0.sqlite"))
+    rows = [
+        ("ccdproc ImageFileCollection(...).summary", baseline[0], baseline[1]),
+        ("archive ingest, new SQLite catalogue", min(r[0] for r in firsts), min(first_walls)),
+        ("archive ingest again, all unchanged", min(r[0] for r in agains), min(again_walls)),
+    ]
+    print(f"  best of {repeat}, each in a new process: the operation timed inside a Python process, and the")
+    print("  whole process (for archive: the command 'archive --db FILE ingest FOLDER')")
+    print(f"  {'':44s} {'operation s':>12s} {'process s':>10s}")
     for label, inner, wall in rows:
         print(f"  {label:44s} {inner:12.2f} {wall:10.2f}")
     base_inner, base_wall = rows[0][1], rows[0][2]
     print(f"  ratios against ImageFileCollection ({base_inner / n * 1e3:.2f} ms a file), operation / whole process:")
     print(f"    first ingest  {base_inner / rows[1][1]:7.1f}x / {base_wall / rows[1][2]:5.1f}x   (target >= 10x)")
-    print(f"    re-ingest     {base_inner / rows[2][1]:7.1f}x / {base_wall / rows[2][2]:5.1f}x   (target >= 100x)", flush=True)
+    print(f"    re-ingest     {base_inner / rows[2][1]:7.1f}x / {base_wall / rows[2][2]:5.1f}x   (target >= 50x)", flush=True)
     shutil.rmtree(folder)
 
 

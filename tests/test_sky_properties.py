@@ -158,3 +158,15 @@ def test_a_field_on_the_pole_covers_the_pole_from_every_ra(engine, ra, dec, widt
             assert _selected(session, FrameFilter(cone=(probe_ra, pole - np.sign(pole) * (width + 0.5), 0.1)),
                              wcses) == set()
         session.rollback()
+
+
+@settings(max_examples=300, deadline=None)
+@given(ra=ra_strategy, dec=dec_strategy, radius=st.floats(0.0, 20.0), order=st.integers(0, 12))
+def test_cone_cells_are_astropy_healpix_cone_search(ra, dec, radius, order):
+    """cone_cells calls astropy-healpix's C search directly: the same cells as its public API."""
+    import astropy.units as u
+
+    from archive.db.sky import _MARGIN_DEG, cone_cells, healpix
+
+    expected = healpix(order).cone_search_lonlat(ra * u.deg, dec * u.deg, (radius + _MARGIN_DEG) * u.deg)
+    assert np.array_equal(cone_cells(ra, dec, radius, order), np.unique(np.asarray(expected, dtype=np.int64)))
