@@ -39,6 +39,9 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.bench_cli import archive_command  # noqa: E402 - the one way to run the installed command
+
 FILTERS = ("L", "R", "G", "B", "Ha", "OIII", "SII")
 TYPES = ("LIGHT",) * 6 + ("DARK", "FLAT", "BIAS", "DARKFLAT")
 
@@ -124,10 +127,8 @@ def in_new_process(code: str, *args: str) -> tuple[float, float, list[str]]:
 def command_wall(folder: Path, catalogue: Path) -> float:
     """Wall time (s) of the command an observer runs, ``archive --db CATALOGUE ingest FOLDER``,
     as a new process: interpreter start-up, imports, the ingest, its summary and the exit."""
-    exe = shutil.which("archive")
-    command = [exe] if exe else [sys.executable, "-m", "archive.cli"]
     start = time.perf_counter()
-    subprocess.run([*command, "--db", str(catalogue), "ingest", str(folder)], capture_output=True, check=True)
+    subprocess.run([*archive_command(), "--db", str(catalogue), "ingest", str(folder)], capture_output=True, check=True)
     return time.perf_counter() - start
 
 
