@@ -53,6 +53,42 @@ def test_synthetic_star_fields_are_recovered_within_5_percent(tmp_path, fwhm, el
     assert result["saturated_fraction"] == 0.0 and result["weight"] > 0
 
 
+@pytest.mark.parametrize("shape", [(512, 512), (389, 471)])
+def test_detection_on_the_binned_frame_finds_the_same_stars_at_the_same_places(shape):
+    """Synthetic star fields (not real data), even and odd sizes: stars detected on the frame
+    binned 2 x 2 (the default, ``detect_binning``) are the stars detected on the full
+    resolution (within 5 %), at their true centres (0.05 px), with the same FWHM and
+    eccentricity; the
+    background subtracted from the full-resolution pixels is the binned map repeated over
+    each block (numpy's ``repeat``)."""
+    from archive.reduce.measure import _binned, _subtract_upsampled, detect
+
+    image = star_field(shape, fwhm=3.5, ellipticity=0.2, background=900.0, noise=10.0, n_stars=40)
+    parameters = dict(load_quality_rules().measure)
+    assert parameters["detect_binning"] == 2
+    results = {b: detect(image, parameters | {"detect_binning": b}) for b in (1, 2)}
+    placement = np.random.default_rng(12345)  # star_field's positions
+    true = np.column_stack([placement.uniform(20, shape[1] - 20, 40), placement.uniform(20, shape[0] - 20, 40)])
+    for result in results.values():
+        found = np.array(result["stars"])[:, :2]
+        distance = np.hypot(*(found[:, None, :] - true[None, :, :]).transpose(2, 0, 1)).min(axis=1)
+        assert np.median(distance) < 0.05 and result["n_stars"] >= 30  # a few of the 40 overlap
+    # a close pair may be resolved at full resolution only: within 5 % (one star here)
+    assert abs(results[2]["n_stars"] - results[1]["n_stars"]) <= max(1, 0.05 * results[1]["n_stars"])
+    assert results[2]["fwhm_px"] == pytest.approx(results[1]["fwhm_px"], rel=0.01)
+    assert results[2]["eccentricity"] == pytest.approx(results[1]["eccentricity"], abs=0.01)
+
+    pixels = np.random.default_rng(3).normal(100.0, 5.0, shape).astype(np.float32)
+    binned, mask = _binned(pixels, None, 2)
+    ny, nx = shape[0] // 2 * 2, shape[1] // 2 * 2
+    assert mask is None and np.allclose(binned, pixels[:ny, :nx].reshape(ny // 2, 2, nx // 2, 2).mean(axis=(1, 3)))
+    up = np.repeat(np.repeat(binned, 2, axis=0), 2, axis=1)
+    up = np.pad(up, ((0, shape[0] - ny), (0, shape[1] - nx)), mode="edge")
+    expected = pixels - up
+    _subtract_upsampled(pixels, binned, 2)
+    assert np.array_equal(pixels, expected)
+
+
 def test_clipped_stats_are_astropys_sigma_clipped_stats(arcsat_night):
     """The sorted-sample clipping of clipped_stats gives astropy's sigma_clipped_stats (3 sigma,
     5 iterations) on the same sample: real ARCSAT frames of every type, one with NaN pixels and

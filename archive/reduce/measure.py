@@ -15,10 +15,20 @@ Every frame
 Lights
     Sources are detected by ``sep.extract`` above ``detect_sigma`` times the global RMS of
     SEP's background map (at least ``minarea`` connected pixels), without SEP flags (not
-    blended, not truncated at the edge) and peaking below the saturation level. The shape of
-    each (up to 5000 brightest) comes from adaptive Gaussian-weighted second moments
-    (:func:`star_shapes`, Bernstein & Jarvis 2002); detections sharper than ``min_fwhm_px``
-    (hot pixels, cosmic rays) are not stars. ``n_stars`` counts the stars.
+    blended, not truncated at the edge) and peaking below the saturation level. Detection
+    runs on the frame binned ``detect_binning`` x ``detect_binning`` (the mean of each block;
+    ``minarea`` divided by the block's area, rounded up; a frame under 32 blocks a side is
+    not binned): a star of FWHM 2-6 px is found as surely on a quarter of the pixels, SEP's
+    background mesh and matched filter cost a quarter as much, and single hot pixels are
+    diluted. A binned frame resolves close pairs less: in a crowded field (the core of M13)
+    it counts about 30 % fewer unblended stars; in the sparse fields of the test data it
+    counts the same within a star or two. Everything else is measured on the
+    full-resolution pixels, the binned background map subtracted: each star's centre and
+    shape come from adaptive Gaussian-weighted second moments (:func:`star_shapes`,
+    Bernstein & Jarvis 2002; up to the 5000 brightest), its peak (for saturation) is the
+    largest pixel within ``detect_binning`` px of the centre, its flux SEP's isophotal flux
+    (a block's mean times its area). Detections sharper than ``min_fwhm_px`` (hot pixels,
+    cosmic rays) are not stars. ``n_stars`` counts the stars.
 
     ``fwhm_px``: the median over the stars of 2.3548 (det C)^(1/4), C the star's covariance
     (exact for a Gaussian star; for a real profile it follows the core, as a PSF fit does).
@@ -255,8 +265,8 @@ def detect(data: np.ndarray, parameters: dict, saturation: float | None = None, 
     data : ndarray, shape (ny, nx)
         The image, ADU.
     parameters : dict
-        ``detect_sigma``, ``minarea``, ``max_stars``, ``saturation_fraction``, ``fit_stars``,
-        ``isolation_px``, ``min_fwhm_px``.
+        ``detect_sigma``, ``minarea``, ``detect_binning`` (default 1), ``max_stars``,
+        ``saturation_fraction``, ``fit_stars``, ``isolation_px``, ``min_fwhm_px``.
     saturation : float, optional
         Saturation level of ``data`` (ADU); stars peaking above it are left out.
     in_place : bool
@@ -267,7 +277,8 @@ def detect(data: np.ndarray, parameters: dict, saturation: float | None = None, 
     -------
     dict
         ``n_stars``, ``fwhm_px``, ``eccentricity``, ``star_flux`` (the summed flux of the
-        stars, ADU), ``stars`` (list of [x, y, flux, fwhm_px, a, b]).
+        stars, ADU), ``stars`` (list of [x, y, flux, fwhm_px, a, b]: x, y the moments'
+        centre, a, b SEP's semi-axes, in full-resolution pixels).
     """
     import sep
 
@@ -278,53 +289,106 @@ def detect(data: np.ndarray, parameters: dict, saturation: float | None = None, 
     else:
         image = np.array(data, dtype=np.float32, order="C")
     bad = ~np.isfinite(image)
-    mask = bad if bad.any() else None
-    if mask is not None:
+    if bad.any():
         image[bad] = 0.0
-    background = sep.Background(image, mask=mask)
-    background.subfrom(image)
+    else:
+        bad = None
+    factor = int(parameters.get("detect_binning", 1))
+    factor = factor if factor > 1 and min(image.shape) >= 32 * factor else 1
+    detection, mask = (image, bad) if factor == 1 else _binned(image, bad, factor)
+    background = sep.Background(detection, mask=mask)
+    if factor == 1:
+        background.subfrom(image)
+    else:
+        back = background.back(dtype=np.float32)
+        detection -= back
+        _subtract_upsampled(image, back, factor)
     sep.set_sub_object_limit(4096)
     try:
-        sources = extract_sources(image, float(parameters.get("detect_sigma", 5.0)), background.globalrms,
-                                  minarea=int(parameters.get("minarea", 5)), mask=mask)
+        sources = extract_sources(detection, float(parameters.get("detect_sigma", 5.0)), background.globalrms,
+                                  minarea=max(1, -(-int(parameters.get("minarea", 5)) // factor ** 2)), mask=mask)
     except Exception as exc:  # noqa: BLE001 - sep raises plain Exception on buffer overflow
         log.warning("source extraction failed: %s", exc)
         sources = np.empty(0, dtype=[("x", float), ("y", float), ("flux", float), ("a", float), ("b", float),
                                      ("flag", int), ("peak", float)])
     keep = (sources["flag"] == 0) & (sources["a"] > 0) & (sources["b"] > 0)
+    stars = sources[keep]
+    x, y = factor * stars["x"] + (factor - 1) / 2.0, factor * stars["y"] + (factor - 1) / 2.0
+    # on the full-resolution pixels: a binned peak is the mean of factor^2 pixels
+    peak = stars["peak"] if factor == 1 else _peaks(image, x, y, factor)
     if saturation is not None:
         level = float(parameters.get("saturation_fraction", 0.95)) * saturation - float(background.globalback)
-        keep &= sources["peak"] < level
-    stars = sources[keep]
+        stars, x, y = stars[peak < level], x[peak < level], y[peak < level]
     empty = {"n_stars": int(len(stars)), "fwhm_px": None, "eccentricity": None, "star_flux": None, "stars": []}
     if len(stars) == 0:
         return empty
-    stars = stars[np.argsort(stars["flux"])[::-1]][:MOMENT_STARS]
+    order = np.argsort(stars["flux"])[::-1][:MOMENT_STARS]
+    stars, x, y = stars[order], x[order], y[order]
+    flux, a, b = stars["flux"] * factor ** 2, stars["a"] * factor, stars["b"] * factor
     # isophotal FWHM, to start the weight: 2.3548 * sqrt((a^2 + b^2) / 2)
-    rough = 2.3548 * np.sqrt((stars["a"] ** 2 + stars["b"] ** 2) / 2.0)
-    fwhm, axis_ratio = star_shapes(image, stars["x"], stars["y"], rough)
+    rough = 2.3548 * np.sqrt((a ** 2 + b ** 2) / 2.0)
+    fwhm, axis_ratio, x, y = star_shapes(image, x, y, rough)
     real = np.isfinite(fwhm) & (fwhm >= float(parameters.get("min_fwhm_px", 1.0)))
-    stars, fwhm, axis_ratio = stars[real], fwhm[real], axis_ratio[real]
-    if len(stars) == 0:
+    x, y, flux, a, b, fwhm, axis_ratio = (v[real] for v in (x, y, flux, a, b, fwhm, axis_ratio))
+    if len(x) == 0:
         return empty | {"n_stars": 0}
     # shapes from isolated stars only (a neighbour within isolation_px spoils the moments)
-    isolated = _isolated(stars["x"], stars["y"], float(parameters.get("isolation_px", 10.0)))
+    isolated = _isolated(x, y, float(parameters.get("isolation_px", 10.0)))
     if not isolated.any():
         isolated[:] = True
     ecc = np.sqrt(np.clip(1.0 - axis_ratio[isolated] ** 2, 0.0, 1.0))
     n_fit = int(parameters.get("fit_stars", 10))
-    single = stars[isolated][:n_fit]
-    fitted = np.array([moffat_fwhm(image, x, y, f) for x, y, f in zip(single["x"], single["y"], fwhm[isolated][:n_fit])])
+    fitted = np.array([moffat_fwhm(image, *star) for star in zip(x[isolated][:n_fit], y[isolated][:n_fit],
+                                                                  fwhm[isolated][:n_fit])])
     fitted = fitted[np.isfinite(fitted) & (fitted >= float(parameters.get("min_fwhm_px", 1.0)))]
     n_keep = int(parameters.get("max_stars", 400))
-    table = np.column_stack([stars["x"], stars["y"], stars["flux"], fwhm, stars["a"], stars["b"]])
+    table = np.column_stack([x, y, flux, fwhm, a, b])
     return {
-        "n_stars": int(len(stars)),
+        "n_stars": int(len(x)),
         "fwhm_px": float(np.median(fitted)) if fitted.size else float(np.median(fwhm[isolated])),
         "eccentricity": float(np.median(ecc)),
-        "star_flux": float(np.sum(stars["flux"])),
+        "star_flux": float(np.sum(flux)),
         "stars": [[round(float(v), 3) if np.isfinite(v) else None for v in row] for row in table[:n_keep]],
     }
+
+
+def _binned(image: np.ndarray, bad: np.ndarray | None, factor: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The mean of each ``factor`` x ``factor`` block of ``image`` (float32, C order; a last
+    partial row or column of blocks is left out) and the mask of blocks holding a bad pixel."""
+    ny, nx = (n - n % factor for n in image.shape)
+    binned = np.zeros((ny // factor, nx // factor), dtype=np.float32)
+    for i in range(factor):  # strided sums: a quarter of the time of a reshaped mean
+        for j in range(factor):
+            binned += image[i:ny:factor, j:nx:factor]
+    binned *= np.float32(1.0 / factor ** 2)
+    mask = None if bad is None else bad[:ny, :nx].reshape(ny // factor, factor, nx // factor, factor).any(axis=(1, 3))
+    return binned, mask
+
+
+def _subtract_upsampled(image: np.ndarray, level: np.ndarray, factor: int) -> None:
+    """Subtract from ``image`` in place a map ``level`` of its ``factor`` x ``factor`` blocks
+    (each block's value from all its pixels); a last partial row or column of blocks takes the
+    map's last row or column."""
+    by, bx = level.shape
+    ny, nx = by * factor, bx * factor
+    for i in range(factor):  # strided views: in place whatever the image's width
+        for j in range(factor):
+            image[i:ny:factor, j:nx:factor] -= level
+    if image.shape[1] > nx:
+        image[:ny, nx:] -= np.repeat(level[:, -1:], factor, axis=0)
+    if image.shape[0] > ny:
+        image[ny:, :] -= np.concatenate([np.repeat(level[-1], factor), np.full(image.shape[1] - nx, level[-1, -1])])
+
+
+def _peaks(image: np.ndarray, x: np.ndarray, y: np.ndarray, factor: int) -> np.ndarray:
+    """The largest pixel of ``image`` within ``factor`` px of each position (x, y), shape (n,)."""
+    if len(x) == 0:
+        return np.empty(0)
+    ny, nx = image.shape
+    offsets = np.arange(-factor, factor + 1)
+    rows = np.clip(np.rint(y).astype(int)[:, None] + offsets, 0, ny - 1)
+    cols = np.clip(np.rint(x).astype(int)[:, None] + offsets, 0, nx - 1)
+    return image[rows[:, :, None], cols[:, None, :]].max(axis=(1, 2))
 
 
 _LN2 = float(np.log(2.0))
@@ -424,14 +488,16 @@ def star_shapes(image: np.ndarray, x: np.ndarray, y: np.ndarray, rough_fwhm: np.
 
     Returns
     -------
-    fwhm, axis_ratio : ndarray
+    fwhm, axis_ratio : ndarray, shape (n,)
         NaN where the moments are not positive definite: a hot pixel or cosmic ray (sharper
         than the sampling), a blend, noise. At the edge of the frame the box repeats the
         border pixels.
+    x, y : ndarray, shape (n,)
+        The stars' centres (px, 0-based): the centroids of the last weighted moments.
     """
     n = len(x)
     if n == 0:
-        return np.empty(0), np.empty(0)
+        return np.empty(0), np.empty(0), np.empty(0), np.empty(0)
     sigma_w = np.maximum(np.asarray(rough_fwhm, dtype=float), 1.0) / 2.3548
     half = int(min(max(np.ceil(4 * 2.0 * np.median(sigma_w)), 4), 25))
     ny, nx = image.shape
@@ -480,7 +546,7 @@ def star_shapes(image: np.ndarray, x: np.ndarray, y: np.ndarray, rough_fwhm: np.
         valid &= minor > 0
         fwhm = np.where(valid, 2.3548 * (major * minor) ** 0.25, np.nan)
         ratio = np.where(valid, np.sqrt(minor / major), np.nan)
-    return fwhm, ratio
+    return fwhm, ratio, x + cx, y + cy
 
 
 def _boxes(data: np.ndarray, fraction: float) -> tuple[np.ndarray, list[np.ndarray]]:
