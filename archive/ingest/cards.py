@@ -142,10 +142,11 @@ def _card_value(card: str) -> Any:
                 return token == "T"
             if token == "":
                 return None
-            try:
-                return int(token)
-            except ValueError:
-                pass
+            if "." not in token and "E" not in token and "e" not in token:  # int() refuses those: no exception to raise
+                try:
+                    return int(token)
+                except ValueError:
+                    pass
             if "D" not in token.upper() and "(" not in token:
                 try:
                     return float(token)

@@ -54,6 +54,8 @@ def _column_limits(table) -> dict[str, ColumnLimits]:
     return limits
 
 
+#: The limits of a name that is no column: only range-checked.
+_NO_COLUMN = ColumnLimits("other")
 #: Frame column -> its limits.
 FRAME_COLUMNS: dict[str, ColumnLimits] = _column_limits(Frame.__table__)
 #: Longest instrument name (``instruments.name``): a model and a serial together are cut to it.
@@ -88,7 +90,7 @@ def check_value(column: str, value: Any, *, source: str, possible: tuple[float, 
     """
     if value is None:
         return None, None
-    limit = limits.get(column, ColumnLimits("other"))
+    limit = limits.get(column, _NO_COLUMN)
     if limit.kind == "str" and isinstance(value, str):
         if len(value) > limit.length:
             return value[: limit.length], f"{source}: {column} longer than {limit.length} characters: cut"

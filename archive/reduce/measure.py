@@ -77,6 +77,7 @@ Masters
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,7 +202,6 @@ def _wcs_scale(header) -> float | None:
     without one. A header without CTYPE1 and CTYPE2 has none: astropy.wcs is not imported."""
     if "CTYPE1" not in header or "CTYPE2" not in header:
         return None
-    import warnings
 
     from astropy.io.fits import Header
     from astropy.wcs import WCS
@@ -451,10 +451,12 @@ def moffat_fwhm(image: np.ndarray, x: float, y: float, fwhm_guess: float) -> flo
     if not peak > 0 or not np.isfinite(cut).all():
         return float("nan")
     try:
-        values, status = leastsq(lambda params: _moffat(xy, *params) - cut,
-                                 [peak, x - ix, y - iy, max(fwhm_guess, 1.0), 0.2, 0.0],
-                                 Dfun=lambda params: _moffat_jacobian(xy, *params), col_deriv=True, maxfev=400,
-                                 ftol=1e-5, xtol=1e-5)
+        with warnings.catch_warnings():  # MINPACK's "maxfev reached" is the status checked below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            values, status = leastsq(lambda params: _moffat(xy, *params) - cut,
+                                     [peak, x - ix, y - iy, max(fwhm_guess, 1.0), 0.2, 0.0],
+                                     Dfun=lambda params: _moffat_jacobian(xy, *params), col_deriv=True, maxfev=400,
+                                     ftol=1e-5, xtol=1e-5)
     except (RuntimeError, ValueError):
         return float("nan")
     if status not in (1, 2, 3, 4):  # MINPACK's four kinds of convergence
