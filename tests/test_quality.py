@@ -61,7 +61,7 @@ def test_detection_on_the_binned_frame_finds_the_same_stars_at_the_same_places(s
     eccentricity; the
     background subtracted from the full-resolution pixels is the binned map repeated over
     each block (numpy's ``repeat``)."""
-    from archive.reduce.measure import _binned, _subtract_upsampled, detect
+    from archive.reduce.stars import _binned, _subtract_upsampled, detect
 
     image = star_field(shape, fwhm=3.5, ellipticity=0.2, background=900.0, noise=10.0, n_stars=40)
     parameters = dict(load_quality_rules().measure)
