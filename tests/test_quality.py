@@ -60,7 +60,8 @@ def test_detection_on_the_binned_frame_finds_the_same_stars_at_the_same_places(s
     resolution (within 5 %), at their true centres (0.05 px), with the same FWHM and
     eccentricity; the
     background subtracted from the full-resolution pixels is the binned map repeated over
-    each block (numpy's ``repeat``)."""
+    each block (numpy's ``repeat``), and a block's value is the median of its pixels (numpy's):
+    a hot pixel alone in its block leaves no trace in it."""
     from archive.reduce.stars import _binned, _subtract_upsampled, detect
 
     image = star_field(shape, fwhm=3.5, ellipticity=0.2, background=900.0, noise=10.0, n_stars=40)
@@ -81,18 +82,23 @@ def test_detection_on_the_binned_frame_finds_the_same_stars_at_the_same_places(s
     pixels = np.random.default_rng(3).normal(100.0, 5.0, shape).astype(np.float32)
     binned, mask = _binned(pixels, None, 2)
     ny, nx = shape[0] // 2 * 2, shape[1] // 2 * 2
-    assert mask is None and np.allclose(binned, pixels[:ny, :nx].reshape(ny // 2, 2, nx // 2, 2).mean(axis=(1, 3)))
+    blocks = np.stack([pixels[i:ny:2, j:nx:2] for i in (0, 1) for j in (0, 1)])
+    assert mask is None and np.allclose(binned, np.median(blocks, axis=0), rtol=0, atol=1e-4)
     up = np.repeat(np.repeat(binned, 2, axis=0), 2, axis=1)
     up = np.pad(up, ((0, shape[0] - ny), (0, shape[1] - nx)), mode="edge")
     expected = pixels - up
     _subtract_upsampled(pixels, binned, 2)
     assert np.array_equal(pixels, expected)
+    hot = np.full(shape, 100.0, dtype=np.float32)
+    hot[11, 20] = 60000.0
+    assert np.all(_binned(hot, None, 2)[0] == 100.0)
 
 
 def test_clipped_stats_are_astropys_sigma_clipped_stats(arcsat_night):
     """The sorted-sample clipping of clipped_stats gives astropy's sigma_clipped_stats (3 sigma,
-    5 iterations) on the same sample: real ARCSAT frames of every type, one with NaN pixels and
-    one with a bright outlier block (more than one clipping iteration)."""
+    5 iterations) on the same sample: real ARCSAT frames of every type (16-bit whole numbers,
+    sorted by radix), one with NaN pixels, one with a bright outlier block (more than one
+    clipping iteration) and one scaled to fractions (sorted as floats)."""
     from astropy.stats import SigmaClip, sigma_clipped_stats
 
     from archive.reduce.measure import clipped_stats
@@ -104,7 +110,8 @@ def test_clipped_stats_are_astropys_sigma_clipped_stats(arcsat_night):
     holes[::7, ::5] = np.nan
     block = frames[-1].copy()
     block[:200, :300] += 5000.0
-    frames += [holes, block]
+    scaled = frames[0] * np.float32(0.37)  # not whole numbers (a calibrated frame): sorted as floats
+    frames += [holes, block, scaled]
     iterations = set()
     for data in frames:
         sample = data.ravel()[:: max(1, data.size // 65_536)]

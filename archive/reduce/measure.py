@@ -154,13 +154,17 @@ def clipped_stats(data: np.ndarray, sample: int = 65_536) -> tuple[float, float]
     clipped), written out for the one case used here: astropy's version masks NaN values and
     takes a median (a partition) again on every iteration. Here the sample is sorted once and
     each iteration keeps a contiguous slice of it (the bounds found by ``searchsorted``): a
-    frame's statistics take 0.3 ms instead of 5-10 ms (``tests/test_quality.py`` checks that
-    both give the same figures).
+    frame's statistics take about 1.5 ms instead of 5-10 ms, 0.5 ms when the sample is 16-bit
+    whole numbers (a raw frame), which numpy sorts by radix (``tests/test_quality.py`` checks
+    that both give the same figures).
     """
     flat = data.ravel()
     step = max(1, flat.size // sample)
     values = flat[::step]
-    values = np.sort(values[np.isfinite(values)])
+    values = values[np.isfinite(values)]
+    whole = values.astype(np.uint16)
+    # a raw frame's sample is 16-bit whole numbers: numpy sorts those by radix, 3 times as fast
+    values = np.sort(whole, kind="stable").astype(values.dtype) if np.array_equal(whole, values) else np.sort(values)
     if values.size == 0:
         return float("nan"), float("nan")
 

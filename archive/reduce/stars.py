@@ -8,19 +8,20 @@ the Moffat fits are ``scipy.optimize.leastsq`` (MINPACK), isolation ``scipy.spat
 Sources are detected by ``sep.extract`` above ``detect_sigma`` times the global RMS of
 SEP's background map (at least ``minarea`` connected pixels), without SEP flags (not
 blended, not truncated at the edge) and peaking below the saturation level. Detection
-runs on the frame binned ``detect_binning`` x ``detect_binning`` (the mean of each block;
-``minarea`` divided by the block's area, rounded up; a frame under 32 blocks a side is
-not binned): a star of FWHM 2-6 px is found as surely on a quarter of the pixels, SEP's
-background mesh and matched filter cost a quarter as much, and single hot pixels are
-diluted. A binned frame resolves close pairs less: in a crowded field (the core of M13)
-it counts about 30 % fewer unblended stars; in the sparse fields of the test data it
-counts the same within a star or two. Everything else is measured on the
-full-resolution pixels, the binned background map subtracted: each star's centre and
-shape come from adaptive Gaussian-weighted second moments (:func:`star_shapes`,
-Bernstein & Jarvis 2002; up to the 5000 brightest), its peak (for saturation) is the
-largest pixel within ``detect_binning`` px of the centre, its flux SEP's isophotal flux
-(a block's mean times its area). Detections sharper than ``min_fwhm_px`` (hot pixels,
-cosmic rays) are not stars. ``n_stars`` counts the stars.
+runs on the frame binned ``detect_binning`` x ``detect_binning`` (the median of each block,
+:func:`_binned`; ``minarea`` divided by the block's area, rounded up; a frame under 32
+blocks a side is not binned): a star of FWHM 2-6 px is found as surely on a quarter of the
+pixels, SEP's background mesh and matched filter cost a quarter as much, and a hot pixel or
+cosmic-ray hit alone in its block makes no detection. A binned frame resolves close pairs
+less: in a crowded field (the core of M13) it counts about 30 % fewer unblended stars; in
+the sparse fields of the test data it counts the same within two or three stars.
+Everything else is measured on the full-resolution pixels, the binned background map
+subtracted: each star's centre and shape come from adaptive Gaussian-weighted second
+moments (:func:`star_shapes`, Bernstein & Jarvis 2002; up to the 5000 brightest), its peak
+(for saturation) is the largest pixel within ``detect_binning`` px of the centre, its flux
+SEP's isophotal flux on the binned frame (a block's value times its area). Detections
+sharper than ``min_fwhm_px`` (hot pixels, cosmic rays) are not stars. ``n_stars`` counts
+the stars.
 """
 
 from __future__ import annotations
@@ -132,14 +133,29 @@ def detect(data: np.ndarray, parameters: dict, saturation: float | None = None, 
 
 
 def _binned(image: np.ndarray, bad: np.ndarray | None, factor: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """The mean of each ``factor`` x ``factor`` block of ``image`` (float32, C order; a last
-    partial row or column of blocks is left out) and the mask of blocks holding a bad pixel."""
+    """The median of each ``factor`` x ``factor`` block of ``image`` (float32, C order; a last
+    partial row or column of blocks is left out) and the mask of blocks holding a bad pixel.
+
+    The median, not the mean: a hot pixel or a cosmic-ray hit alone in its block is left out
+    of the block's value, so that it makes no detection (a raw 1024 x 1024 ARCSAT frame: 32
+    detections instead of 238, SEP's extraction 1.7 ms instead of 5.2), while a star, spread
+    over the whole block, keeps its level. For 2 x 2 blocks it is the mean of the middle two
+    of the four pixels: their sum less the largest and the smallest, halved.
+    """
     ny, nx = (n - n % factor for n in image.shape)
-    binned = np.zeros((ny // factor, nx // factor), dtype=np.float32)
-    for i in range(factor):  # strided sums: a quarter of the time of a reshaped mean
-        for j in range(factor):
-            binned += image[i:ny:factor, j:nx:factor]
-    binned *= np.float32(1.0 / factor ** 2)
+    views = [image[i:ny:factor, j:nx:factor] for i in range(factor) for j in range(factor)]
+    if factor == 2:  # strided operations: a third of the time of numpy's median over the four
+        binned = views[0] + views[1]
+        largest, smallest = np.maximum(views[0], views[1]), np.minimum(views[0], views[1])
+        for view in views[2:]:
+            binned += view
+            np.maximum(largest, view, out=largest)
+            np.minimum(smallest, view, out=smallest)
+        binned -= largest
+        binned -= smallest
+        binned *= np.float32(0.5)
+    else:
+        binned = np.median(np.stack(views), axis=0).astype(np.float32)
     mask = None if bad is None else bad[:ny, :nx].reshape(ny // factor, factor, nx // factor, factor).any(axis=(1, 3))
     return binned, mask
 
