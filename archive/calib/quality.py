@@ -148,6 +148,10 @@ def parse_rules(raw: Mapping[str, Any]) -> QualityRules:
             rules.append(rule)
         measure = dict(raw.get("measure", {}))
         measure.setdefault("version", "1")
+        binning = measure.get("detect_binning", 1)
+        if isinstance(binning, bool) or not isinstance(binning, int) or binning < 1:
+            raise ConfigError(f"quality [measure] detect_binning must be a whole number of pixels, 1 or more, "
+                              f"not {binning!r}")
         gains = {name: float(v["gain_e_per_adu"]) for name, v in raw.get("instruments", {}).items()
                  if "gain_e_per_adu" in v}
         names = {rule.name for rule in rules}
