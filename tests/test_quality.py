@@ -68,12 +68,18 @@ def test_detection_on_the_binned_frame_finds_the_same_stars_at_the_same_places(s
     parameters = dict(load_quality_rules().measure)
     assert parameters["detect_binning"] == 2
     results = {b: detect(image, parameters | {"detect_binning": b}) for b in (1, 2, 3)}
-    placement = np.random.default_rng(12345)  # star_field's positions
+    placement = np.random.default_rng(12345)  # star_field's positions and fluxes
     true = np.column_stack([placement.uniform(20, shape[1] - 20, 40), placement.uniform(20, shape[0] - 20, 40)])
+    true_flux = placement.uniform(2e4, 2e5, 40)
     for result in results.values():
-        found = np.array(result["stars"])[:, :2]
-        distance = np.hypot(*(found[:, None, :] - true[None, :, :]).transpose(2, 0, 1)).min(axis=1)
+        found = np.array(result["stars"])
+        separation = np.hypot(*(found[:, None, :2] - true[None, :, :]).transpose(2, 0, 1))
+        distance, nearest = separation.min(axis=1), separation.argmin(axis=1)
         assert np.median(distance) < 0.05 and result["n_stars"] >= 30  # a few of the 40 overlap
+        # fluxes on the full-resolution pixels (a median-binned block would lose a sharp core)
+        assert np.median(found[:, 2] / true_flux[nearest]) == pytest.approx(1.0, abs=0.03)
+        assert list(found[:, 2]) == sorted(found[:, 2], reverse=True)  # brightest first
+    assert results[2]["star_flux"] == pytest.approx(results[1]["star_flux"], rel=0.05)
     # a close pair may be resolved at full resolution only: within 5 % (one star here)
     assert abs(results[2]["n_stars"] - results[1]["n_stars"]) <= max(1, 0.05 * results[1]["n_stars"])
     for b in (2, 3):  # 3 x 3 blocks: numpy's median of nine

@@ -35,14 +35,15 @@ Lights
     the raw data type); NULL when neither is known.
 
     ``weight`` (the signal weight): (F / (sigma * FWHM))^2 with F the summed flux (ADU) of all
-    the stars, sigma the background noise (ADU) and FWHM in pixels. Per star, F_i / (sigma *
-    FWHM) is its signal-to-noise ratio when the sky dominates the noise (the noise in an
-    aperture of radius proportional to the FWHM is sigma times the square root of its area;
-    Howell, *Handbook of CCD Astronomy*, the CCD equation); summing the fluxes over the stars
-    follows PixInsight's PSF signal weight (the sum of the stars' PSF fluxes over the noise), so
-    clouds lower it twice (dimmer stars, fewer of them above the threshold), a bright sky
-    through sigma, seeing through the FWHM. It needs no reference frame; it compares frames of
-    one target, filter and instrument.
+    the stars (each in an aperture of radius 2 FWHM, :func:`archive.reduce.stars.aperture_flux`),
+    sigma the background noise (ADU) and FWHM in pixels. Per star, F_i / (sigma * FWHM) is its
+    signal-to-noise ratio when the sky dominates the noise (the noise in an aperture of radius
+    proportional to the FWHM is sigma times the square root of its area; Howell, *Handbook of
+    CCD Astronomy*, the CCD equation); summing the fluxes over the stars follows PixInsight's
+    PSF signal weight (the sum of the stars' PSF fluxes over the noise), so clouds lower it
+    twice (dimmer stars, fewer of them above the threshold), a bright sky through sigma, seeing
+    through the FWHM. It needs no reference frame; it compares frames of one target, filter
+    and instrument.
 
     ``stars``: [x, y, flux, fwhm_px, a, b] of up to ``max_stars`` stars, brightest first
     (pixel coordinates 0-based as SEP's), kept so registration does not detect them again.
@@ -162,9 +163,10 @@ def clipped_stats(data: np.ndarray, sample: int = 65_536) -> tuple[float, float]
     step = max(1, flat.size // sample)
     values = flat[::step]
     values = values[np.isfinite(values)]
-    whole = values.astype(np.uint16)
     # a raw frame's sample is 16-bit whole numbers: numpy sorts those by radix, 3 times as fast
-    values = np.sort(whole, kind="stable").astype(values.dtype) if np.array_equal(whole, values) else np.sort(values)
+    whole = values.astype(np.uint16) if values.size and 0 <= values.min() and values.max() <= 65535 else None
+    values = np.sort(whole, kind="stable").astype(values.dtype) if whole is not None and np.array_equal(whole, values) \
+        else np.sort(values)
     if values.size == 0:
         return float("nan"), float("nan")
 

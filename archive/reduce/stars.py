@@ -16,12 +16,13 @@ cosmic-ray hit alone in its block makes no detection. A binned frame resolves cl
 less: in a crowded field (the core of M13) it counts about 30 % fewer unblended stars; in
 the sparse fields of the test data it counts the same within two or three stars.
 Everything else is measured on the full-resolution pixels, the binned background map
-subtracted: each star's centre and shape come from adaptive Gaussian-weighted second
-moments (:func:`star_shapes`, Bernstein & Jarvis 2002; up to the 5000 brightest), its peak
-(for saturation) is the largest pixel within ``detect_binning`` px of the centre, its flux
-SEP's isophotal flux on the binned frame (a block's value times its area). Detections
+subtracted: each star's centre, shape and semi-axes come from adaptive Gaussian-weighted
+second moments (:func:`star_shapes`, Bernstein & Jarvis 2002; up to the 5000 brightest),
+its peak (for saturation) is the largest pixel within ``detect_binning`` px of the centre,
+its flux is the sum in a circle of radius 2 x the frame's median FWHM
+(:func:`aperture_flux`; a median-binned block would lose a sharp star's core). Detections
 sharper than ``min_fwhm_px`` (hot pixels, cosmic rays) are not stars. ``n_stars`` counts
-the stars.
+the stars; they are listed brightest first.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 
 #: Brightest detections whose shapes are measured (the rest are not counted as stars).
 MOMENT_STARS = 5000
+#: Radius of the aperture of a star's flux, in units of the frame's median FWHM: 4.7 sigma of
+#: a Gaussian star (all but 1e-5 of its flux), about 95 % of a Moffat star's of beta 3.
+APERTURE_FWHM = 2.0
 
 
 def detect(data: np.ndarray, parameters: dict, saturation: float | None = None, *, in_place: bool = False) -> dict:
@@ -56,9 +60,10 @@ def detect(data: np.ndarray, parameters: dict, saturation: float | None = None, 
     Returns
     -------
     dict
-        ``n_stars``, ``fwhm_px``, ``eccentricity``, ``star_flux`` (the summed flux of the
-        stars, ADU), ``stars`` (list of [x, y, flux, fwhm_px, a, b]: x, y the moments'
-        centre, a, b SEP's semi-axes, in full-resolution pixels).
+        ``n_stars``, ``fwhm_px``, ``eccentricity``, ``star_flux`` (the summed aperture flux
+        of the stars, ADU), ``stars`` (list of [x, y, flux, fwhm_px, a, b], brightest first:
+        x, y the moments' centre, a, b their semi-axes (standard deviations), in
+        full-resolution pixels).
     """
     import sep
 
@@ -102,16 +107,21 @@ def detect(data: np.ndarray, parameters: dict, saturation: float | None = None, 
     empty = {"n_stars": int(len(stars)), "fwhm_px": None, "eccentricity": None, "star_flux": None, "stars": []}
     if len(stars) == 0:
         return empty
-    order = np.argsort(stars["flux"])[::-1][:MOMENT_STARS]
-    stars, x, y = stars[order], x[order], y[order]
-    flux, a, b = stars["flux"] * factor ** 2, stars["a"] * factor, stars["b"] * factor
-    # isophotal FWHM, to start the weight: 2.3548 * sqrt((a^2 + b^2) / 2)
-    rough = 2.3548 * np.sqrt((a ** 2 + b ** 2) / 2.0)
+    order = np.argsort(stars["flux"])[::-1][:MOMENT_STARS]  # SEP's isophotal flux: which to measure
+    x, y = x[order], y[order]
+    # isophotal FWHM (SEP's semi-axes), where the moments' weight starts: 2.3548 sqrt((a^2 + b^2) / 2)
+    rough = 2.3548 * factor * np.sqrt((stars["a"][order] ** 2 + stars["b"][order] ** 2) / 2.0)
     fwhm, axis_ratio, x, y = star_shapes(image, x, y, rough)
     real = np.isfinite(fwhm) & (fwhm >= float(parameters.get("min_fwhm_px", 1.0)))
-    x, y, flux, a, b, fwhm, axis_ratio = (v[real] for v in (x, y, flux, a, b, fwhm, axis_ratio))
+    x, y, fwhm, axis_ratio = x[real], y[real], fwhm[real], axis_ratio[real]
     if len(x) == 0:
         return empty | {"n_stars": 0}
+    flux = aperture_flux(image, x, y, APERTURE_FWHM * float(np.median(fwhm)))
+    order = np.argsort(flux)[::-1]  # brightest first, by the full-resolution flux
+    x, y, fwhm, axis_ratio, flux = x[order], y[order], fwhm[order], axis_ratio[order], flux[order]
+    # the moments' semi-axes (px, standard deviations): sqrt(a b) = FWHM / 2.3548, b / a = axis ratio
+    a = fwhm / 2.3548 / np.sqrt(axis_ratio)
+    b = fwhm / 2.3548 * np.sqrt(axis_ratio)
     # shapes from isolated stars only (a neighbour within isolation_px spoils the moments)
     isolated = _isolated(x, y, float(parameters.get("isolation_px", 10.0)))
     if not isolated.any():
@@ -130,6 +140,18 @@ def detect(data: np.ndarray, parameters: dict, saturation: float | None = None, 
         "star_flux": float(np.sum(flux)),
         "stars": [[round(float(v), 3) if np.isfinite(v) else None for v in row] for row in table[:n_keep]],
     }
+
+
+def aperture_flux(image: np.ndarray, x: np.ndarray, y: np.ndarray, radius: float) -> np.ndarray:
+    """The flux (ADU) of each star in a circle of ``radius`` px around (x, y), shape (n,):
+    ``sep.sum_circle`` on the background-subtracted full-resolution pixels (exact pixel
+    overlap, subpix=0), the same aperture for every star of a frame."""
+    import sep
+
+    if len(x) == 0:
+        return np.empty(0)
+    flux, _, _ = sep.sum_circle(image, x, y, max(float(radius), 1.0), subpix=0)
+    return np.asarray(flux, dtype=float)
 
 
 def _binned(image: np.ndarray, bad: np.ndarray | None, factor: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -273,7 +295,7 @@ def _isolated(x: np.ndarray, y: np.ndarray, radius: float) -> np.ndarray:
 
 
 def star_shapes(image: np.ndarray, x: np.ndarray, y: np.ndarray, rough_fwhm: np.ndarray,
-                iterations: int = 3) -> tuple[np.ndarray, np.ndarray]:
+                iterations: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """FWHM (px) and axis ratio b/a of stars from adaptive Gaussian-weighted moments.
 
     The second moments M of I x W, with W a round Gaussian of variance w, give the star's
