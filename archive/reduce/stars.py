@@ -99,7 +99,7 @@ def detect(data: np.ndarray, parameters: dict, saturation: float | None = None, 
     keep = (sources["flag"] == 0) & (sources["a"] > 0) & (sources["b"] > 0)
     stars = sources[keep]
     x, y = factor * stars["x"] + (factor - 1) / 2.0, factor * stars["y"] + (factor - 1) / 2.0
-    # on the full-resolution pixels: a binned peak is the mean of factor^2 pixels
+    # on the full-resolution pixels: a binned block's value is no single pixel's
     peak = stars["peak"] if factor == 1 else _peaks(image, x, y, factor)
     if saturation is not None:
         level = float(parameters.get("saturation_fraction", 0.95)) * saturation - float(background.globalback)
@@ -143,9 +143,23 @@ def detect(data: np.ndarray, parameters: dict, saturation: float | None = None, 
 
 
 def aperture_flux(image: np.ndarray, x: np.ndarray, y: np.ndarray, radius: float) -> np.ndarray:
-    """The flux (ADU) of each star in a circle of ``radius`` px around (x, y), shape (n,):
-    ``sep.sum_circle`` on the background-subtracted full-resolution pixels (exact pixel
-    overlap, subpix=0), the same aperture for every star of a frame."""
+    """The flux of each star in a circle around its centre, the same circle for every star.
+
+    Parameters
+    ----------
+    image : ndarray, shape (ny, nx), float32, C order
+        The background-subtracted full-resolution frame, ADU.
+    x, y : ndarray, shape (n,)
+        Centres, pixels (0-based, as SEP's).
+    radius : float
+        Radius of the circle, pixels (at least 1).
+
+    Returns
+    -------
+    ndarray, shape (n,)
+        ADU: ``sep.sum_circle`` with the exact overlap of circle and pixels (``subpix=0``;
+        SExtractor's ``FLUX_APER``).
+    """
     import sep
 
     if len(x) == 0:
