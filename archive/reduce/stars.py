@@ -211,15 +211,21 @@ def _subtract_upsampled(image: np.ndarray, level: np.ndarray, factor: int) -> No
         image[ny:, :] -= np.concatenate([np.repeat(level[-1], factor), np.full(image.shape[1] - nx, level[-1, -1])])
 
 
+def _cutouts(image: np.ndarray, ix: np.ndarray, iy: np.ndarray, half: int) -> np.ndarray:
+    """The boxes of ``image`` of +-``half`` px around the pixels (ix, iy), shape (n, k, k) with
+    k = 2 half + 1; at the edge of the frame the box repeats the border pixels."""
+    ny, nx = image.shape
+    offsets = np.arange(-half, half + 1)
+    rows = np.clip(iy[:, None] + offsets[None, :], 0, ny - 1)
+    cols = np.clip(ix[:, None] + offsets[None, :], 0, nx - 1)
+    return image[rows[:, :, None], cols[:, None, :]]
+
+
 def _peaks(image: np.ndarray, x: np.ndarray, y: np.ndarray, factor: int) -> np.ndarray:
     """The largest pixel of ``image`` within ``factor`` px of each position (x, y), shape (n,)."""
     if len(x) == 0:
         return np.empty(0)
-    ny, nx = image.shape
-    offsets = np.arange(-factor, factor + 1)
-    rows = np.clip(np.rint(y).astype(int)[:, None] + offsets, 0, ny - 1)
-    cols = np.clip(np.rint(x).astype(int)[:, None] + offsets, 0, nx - 1)
-    return image[rows[:, :, None], cols[:, None, :]].max(axis=(1, 2))
+    return _cutouts(image, np.rint(x).astype(int), np.rint(y).astype(int), factor).max(axis=(1, 2))
 
 
 _LN2 = float(np.log(2.0))
@@ -333,12 +339,9 @@ def star_shapes(image: np.ndarray, x: np.ndarray, y: np.ndarray, rough_fwhm: np.
         return np.empty(0), np.empty(0), np.empty(0), np.empty(0)
     sigma_w = np.maximum(np.asarray(rough_fwhm, dtype=float), 1.0) / 2.3548
     half = int(min(max(np.ceil(4 * 2.0 * np.median(sigma_w)), 4), 25))
-    ny, nx = image.shape
     ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
     offsets = np.arange(-half, half + 1)
-    rows = np.clip(iy[:, None] + offsets[None, :], 0, ny - 1)
-    cols = np.clip(ix[:, None] + offsets[None, :], 0, nx - 1)
-    cuts = image[rows[:, :, None], cols[:, None, :]].astype(np.float64)  # (n, k, k); edges repeated
+    cuts = _cutouts(image, ix, iy, half).astype(np.float64)  # (n, k, k); edges repeated
     dy0 = offsets[None, :] - (y - iy)[:, None]  # (n, k)
     dx0 = offsets[None, :] - (x - ix)[:, None]
     cx, cy = np.zeros(n), np.zeros(n)
