@@ -258,6 +258,37 @@ def test_worker_pool_writes_the_catalogue_of_one_process(engine, shared_data, sh
     counts = ("new", "new_copies", "changed", "unchanged", "warnings", "duplicates", "by_type")
     assert [getattr(pooled, c) for c in counts] == [getattr(single, c) for c in counts]
     assert pooled.new + pooled.new_copies == shared_fits_count and pooled.new_copies == 24
+    if engine.dialect.name == "sqlite":  # the main process checkpointed the workers' log
+        assert _unchecked_pages(engine) == 0
+
+
+def _unchecked_pages(engine) -> int:
+    """Pages of a SQLite catalogue that are in its write-ahead log only (not yet copied into
+    the database file), read off the file's size against the page count."""
+    with engine.connect() as connection:
+        pages = connection.exec_driver_sql("PRAGMA page_count").scalar()
+        page_size = connection.exec_driver_sql("PRAGMA page_size").scalar()
+    return pages - os.path.getsize(engine.url.database) // page_size
+
+
+def test_checkpoint_copies_the_log_into_the_database_file(db_url, arcsat_night):
+    """A catalogue opened as ingest's workers open it does not checkpoint by itself; the
+    process that waits for them does, with :func:`checkpoint` (nothing to do on PostgreSQL)."""
+    from archive.config import load_settings
+    from archive.db.session import checkpoint, open_catalogue
+
+    engine = open_catalogue(db_url, autocheckpoint=False)
+    summary = ingest_paths(engine, [arcsat_night], settings=load_settings({"ingest": {"workers": 1}}))
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+        assert _unchecked_pages(engine) > 0
+    checkpoint(engine)
+    if engine.dialect.name == "sqlite":
+        assert _unchecked_pages(engine) == 0
+    with session_scope(engine) as session:
+        assert session.scalar(select(func.count()).select_from(Frame)) == summary.new == 32
+    engine.dispose()
 
 
 @pytest.mark.parametrize("stop", ["kill", "ctrl-c"])

@@ -12,6 +12,7 @@ read-only. A database at an older schema is never upgraded silently: ``archive d
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shlex
 from collections.abc import Iterator
@@ -27,6 +28,8 @@ from sqlalchemy.orm import Session, configure_mappers
 from archive.config import default_database_path
 from archive.db.base import SCHEMA_REVISION
 from archive.errors import DatabaseError
+
+log = logging.getLogger(__name__)
 
 WRITE = "archive_write"
 #: Key of the PostgreSQL advisory lock every write transaction takes first (see :func:`session_scope`).
@@ -58,13 +61,16 @@ def database_url(value: str | Path | None) -> str:
     return url.render_as_string(hide_password=False)
 
 
-def _configure_sqlite(engine: Engine, busy_timeout_s: float, read_only: bool = False) -> None:
+def _configure_sqlite(engine: Engine, busy_timeout_s: float, read_only: bool = False,
+                      autocheckpoint: bool = True) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):  # noqa: ANN001 - DB-API objects
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves, below
         cursor = dbapi_connection.cursor()
         if not read_only:  # setting the journal mode writes to the file
             cursor.execute("PRAGMA journal_mode=WAL")
+        if not autocheckpoint:
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
@@ -152,7 +158,7 @@ def _upgrade_hint(full_url: str) -> str:
 
 
 def open_catalogue(
-    url: str | Path | None = None, *, busy_timeout_s: float = 60.0, create: bool = True
+    url: str | Path | None = None, *, busy_timeout_s: float = 60.0, create: bool = True, autocheckpoint: bool = True
 ) -> Engine:
     """Open the catalogue database and check its schema.
 
@@ -168,6 +174,11 @@ def open_catalogue(
         exist: a missing SQLite file (and its folder), or a database with no tables at all
         (SQLite or PostgreSQL). A database with tables is never changed here. Reading commands
         pass ``False``.
+    autocheckpoint : bool
+        Whether a commit that grew a SQLite catalogue's write-ahead log past 1,000 pages
+        copies it into the database file (SQLite's default). Ingest's worker processes pass
+        ``False``: their process that waits for them checkpoints instead (:func:`checkpoint`),
+        so that the copy and its two fsyncs run beside the writes, not inside them.
 
     Returns
     -------
@@ -199,7 +210,7 @@ def open_catalogue(
             connect_url = f"sqlite:///file:{quote(str(path))}?mode=ro&uri=true"
     engine = _create_engine(connect_url, pool_pre_ping=not is_sqlite)
     if is_sqlite:
-        _configure_sqlite(engine, busy_timeout_s, read_only)
+        _configure_sqlite(engine, busy_timeout_s, read_only, autocheckpoint)
     elif engine.dialect.name == "postgresql":
         _configure_postgresql(engine)
     try:
@@ -229,6 +240,27 @@ def open_catalogue(
             f"this version of archive needs {SCHEMA_REVISION}; to upgrade it: {_upgrade_hint(full_url)}"
         )
     return engine
+
+
+def checkpoint(engine: Engine) -> None:
+    """Copy what a SQLite catalogue's write-ahead log holds into the database file, as far as
+    no reader still needs it; nothing for other databases.
+
+    A passive checkpoint (SQLite's ``PRAGMA wal_checkpoint(PASSIVE)``): it takes no lock that
+    a writer or reader waits for, so it can run while another process writes. Run outside any
+    transaction, on a connection of its own. A checkpoint that fails (a full disk) loses
+    nothing, as the log keeps what it could not copy: it is logged, and the writes that come
+    next report the failure.
+    """
+    if engine.dialect.name != "sqlite":
+        return
+    connection = engine.raw_connection()
+    try:
+        connection.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
+    except engine.dialect.dbapi.Error as exc:
+        log.warning("the write-ahead log was not checkpointed: %s", exc)
+    finally:
+        connection.close()
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 
 from archive.config import Settings
 from archive.db.bulk import chunked
-from archive.db.session import open_catalogue
+from archive.db.session import checkpoint, open_catalogue
 from archive.files import exit_with_parent
 from archive.ingest.catalogue import frame_row, write_with_retry
 from archive.ingest.dialects import DialectSet
@@ -84,7 +84,8 @@ def _init_worker(settings: Settings, dialect_folder: str | None, database: str |
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         exit_with_parent()
         gc.freeze()  # what the worker inherited stays put: later collections do not walk it
-        engine = open_catalogue(database, busy_timeout_s=settings.sqlite_busy_timeout_s, create=False)
+        # the main process checkpoints the write-ahead log after each batch (read_and_write)
+        engine = open_catalogue(database, busy_timeout_s=settings.sqlite_busy_timeout_s, create=False, autocheckpoint=False)
         multiprocessing.util.Finalize(None, engine.dispose, exitpriority=10)
         _worker_state["engine"] = engine
 
@@ -189,6 +190,7 @@ def read_and_write(engine: Engine, todo: list[Candidate], settings: Settings, di
         for future, batch in zip(futures, batches):
             summary.add(future.result())
             progress.advance(len(batch))
+            checkpoint(engine)  # while the workers read and write the next batches
     except BaseException:
         stop.set()
         pool.shutdown(wait=False, cancel_futures=True)
